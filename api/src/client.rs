@@ -1,0 +1,228 @@
+//! The HTTP client of the scheduler's `/v1/` API, used by the CLI and by nodes.
+
+use crate::types::*;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached at all.
+    #[error("cannot reach the skiff server at {url}: {source} (is `skiff server` or `skiff dev` running? set --server or SKIFF_SERVER)")]
+    Connect {
+        /// The base URL tried.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's one-line explanation.
+        message: String,
+    },
+    /// The answer could not be read.
+    #[error("unreadable answer from the skiff server at {url}: {source}")]
+    Decode {
+        /// The base URL.
+        url: String,
+        /// The decoding error.
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if that is what this is.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one scheduler.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the scheduler at `base` (such as `http://127.0.0.1:7070`).
+    pub fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client { base: base.trim_end_matches('/').to_string(), token: None, http }
+    }
+
+    /// Sends `token` as a bearer token on every call.
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// The scheduler's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = rb.send().await.map_err(|source| ClientError::Connect { url: self.base.clone(), source })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("server answered {status}: {}", text.trim()));
+        Err(ClientError::Api { status, message })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let resp = self.send(rb).await?;
+        resp.json().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::GET, "/healthz")).await.map(|_| ())
+    }
+
+    // ---- blobs ----
+
+    /// Whether the blob `digest` is stored.
+    pub async fn blob_exists(&self, digest: &str) -> Result<bool, ClientError> {
+        match self.send(self.request(reqwest::Method::HEAD, &format!("/v1/blobs/{digest}"))).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads `bytes` under `digest` (`sha256:<hex>`), which the server checks.
+    pub async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<BlobInfo, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/v1/blobs/{digest}")).body(bytes)).await
+    }
+
+    /// Downloads the blob `digest`.
+    pub async fn get_blob(&self, digest: &str) -> Result<Bytes, ClientError> {
+        let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/blobs/{digest}"))).await?;
+        resp.bytes().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })
+    }
+
+    // ---- deployments ----
+
+    /// Creates or updates deployment `name`.
+    pub async fn apply(&self, name: &str, req: &ApplyRequest) -> Result<ApplyResponse, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/v1/deployments/{name}")).json(req)).await
+    }
+
+    /// Every deployment.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/deployments")).await
+    }
+
+    /// Deployment `name`.
+    pub async fn deployment(&self, name: &str) -> Result<Deployment, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/deployments/{name}"))).await
+    }
+
+    /// Sets the replica count of `name`.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<Deployment, ClientError> {
+        self.json(
+            self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/scale")).json(&ScaleRequest { replicas }),
+        )
+        .await
+    }
+
+    /// Deletes `name` and stops its replicas.
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/deployments/{name}"))).await.map(|_| ())
+    }
+
+    /// Live replicas, optionally of one deployment or one node.
+    pub async fn replicas(&self, deployment: Option<&str>, node: Option<&str>) -> Result<Vec<Replica>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(d) = deployment {
+            q.push(("deployment", d));
+        }
+        if let Some(n) = node {
+            q.push(("node", n));
+        }
+        self.json(self.request(reqwest::Method::GET, "/v1/replicas").query(&q)).await
+    }
+
+    /// Events, optionally about one object (`deployment/NAME`, `node/NAME`), oldest first.
+    pub async fn events(&self, object: Option<&str>) -> Result<Vec<Event>, ClientError> {
+        let q: Vec<(&str, &str)> = object.map(|o| vec![("object", o)]).unwrap_or_default();
+        self.json(self.request(reqwest::Method::GET, "/v1/events").query(&q)).await
+    }
+
+    /// The log lines of a deployment's replicas (or of one), as a byte stream;
+    /// with `follow` it stays open and carries new lines as they come.
+    pub async fn logs(
+        &self,
+        deployment: &str,
+        replica: Option<&str>,
+        follow: bool,
+        tail: Option<u32>,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, ClientError> {
+        let mut q = vec![("follow", follow.to_string())];
+        if let Some(r) = replica {
+            q.push(("replica", r.to_string()));
+        }
+        if let Some(t) = tail {
+            q.push(("tail", t.to_string()));
+        }
+        let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/deployments/{deployment}/logs")).query(&q)).await?;
+        Ok(resp.bytes_stream())
+    }
+
+    // ---- nodes ----
+
+    /// Every node.
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/nodes")).await
+    }
+
+    /// Node `name`.
+    pub async fn node(&self, name: &str) -> Result<Node, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/nodes/{name}"))).await
+    }
+
+    /// Registers a node (the client must carry the join token).
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/v1/nodes/register").json(req)).await
+    }
+
+    /// Sends a node's heartbeat.
+    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::POST, &format!("/v1/nodes/{node}/heartbeat")).json(hb)).await.map(|_| ())
+    }
+
+    /// A node's desired set, blocking up to `wait` until its index passes `index`.
+    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        let rb = self
+            .request(reqwest::Method::GET, &format!("/v1/nodes/{node}/assignments"))
+            .query(&[("index", index.to_string()), ("wait", wait.as_millis().to_string())])
+            .timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
+    }
+}

@@ -1,0 +1,13 @@
+//! skiff-api: the resource types and wire messages of a skiff cluster, quantity
+//! parsing (`500m`, `64Mi`), manifest reading and validation, and the HTTP client
+//! that the CLI and node daemons use to talk to the scheduler.
+//!
+//! This crate is what other programs build against: its public items are stable.
+
+pub mod client;
+pub mod manifest;
+pub mod quantity;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;

@@ -1,0 +1,293 @@
+//! YAML manifests: one deployment per document, several documents per file.
+//!
+//! ```yaml
+//! name: worker
+//! wasm: ./worker.wasm        # relative to the manifest
+//! replicas: 3
+//! resources: { cpu: 100m, memory: 64Mi }
+//! env: { GREETING: hello }
+//! restart: always            # always | on-failure | never
+//! constraints: { zone: a }   # node labels
+//! ```
+
+use crate::quantity::{Cpu, Memory};
+use crate::types::RestartPolicy;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest replica count one deployment may ask for.
+pub const MAX_REPLICAS: u32 = 100_000;
+
+/// A name that is a DNS label: 1–63 characters of `a-z`, `0-9` and `-`, starting
+/// and ending with a letter or digit. Names become paths, cgroups and host names.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("name {name:?} must be 1 to 63 characters long"));
+    }
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
+    if !ok_chars || !ok_ends {
+        return Err(format!(
+            "name {name:?} must use only lowercase letters, digits and '-', and start and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an environment variable name: a C identifier.
+pub fn validate_env_key(key: &str) -> Result<(), String> {
+    let mut chars = key.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("environment variable name {key:?} must be letters, digits and '_', not starting with a digit"));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The raw text of the last value our own deserializers refused. serde_norway
+    /// places a custom error at the start of the enclosing mapping, not at the
+    /// value; [`parse_manifest`] uses this to point at the value itself.
+    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+pub(crate) fn refuse<E: serde::de::Error>(value: impl ToString, message: String) -> E {
+    REFUSED.with(|r| *r.borrow_mut() = Some(value.to_string()));
+    E::custom(message)
+}
+
+/// A deployment name checked by [`validate_name`] as it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Name(pub String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate_name(&s).map_err(|m| refuse(&s, m))?;
+        Ok(Name(s))
+    }
+}
+
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Str(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            validate_env_key(&k).map_err(|m| refuse(&k, m))?;
+            let v = match v {
+                Value::Str(s) => s,
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => f.to_string(),
+                Value::Bool(b) => b.to_string(),
+            };
+            Ok((k, v))
+        })
+        .collect()
+}
+
+fn replica_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > MAX_REPLICAS {
+        return Err(refuse(n, format!("replicas must be at most {MAX_REPLICAS}, got {n}")));
+    }
+    Ok(n)
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// What each replica requests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestResources {
+    /// CPU, `100m` by default.
+    #[serde(default = "default_cpu")]
+    pub cpu: Cpu,
+    /// Memory and its hard limit, `64Mi` by default.
+    #[serde(default = "default_memory")]
+    pub memory: Memory,
+}
+
+/// The default CPU request: `100m`.
+pub fn default_cpu() -> Cpu {
+    Cpu(100)
+}
+
+/// The default memory request and limit: `64Mi`.
+pub fn default_memory() -> Memory {
+    Memory(64 << 20)
+}
+
+impl Default for ManifestResources {
+    fn default() -> Self {
+        ManifestResources { cpu: default_cpu(), memory: default_memory() }
+    }
+}
+
+/// One deployment as a manifest declares it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDeployment {
+    /// The deployment's name.
+    pub name: Name,
+    /// Path to a `.wasm` file, relative to the manifest.
+    #[serde(default)]
+    pub wasm: Option<String>,
+    /// An OCI image reference.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Desired replicas (default 1).
+    #[serde(default = "default_replicas", deserialize_with = "replica_count")]
+    pub replicas: u32,
+    /// Requests per replica.
+    #[serde(default)]
+    pub resources: ManifestResources,
+    /// Environment variables.
+    #[serde(default, deserialize_with = "env_map")]
+    pub env: BTreeMap<String, String>,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Node labels required.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+}
+
+/// A manifest that could not be read, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ManifestError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ManifestError {
+    fn render(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("line {l} column {c}: {}", self.message),
+            _ => self.message.clone(),
+        }
+    }
+}
+
+/// Reads every deployment in a YAML text of one or more documents.
+pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestError> {
+    REFUSED.with(|r| r.borrow_mut().take());
+    let mut deployments = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        match Option::<ManifestDeployment>::deserialize(doc) {
+            Ok(Some(d)) => deployments.push(d),
+            Ok(None) => {}
+            Err(e) => return Err(locate_refused(text, yaml_error(e))),
+        }
+    }
+    if deployments.is_empty() {
+        return Err(ManifestError { line: None, column: None, message: "manifest holds no deployment".into() });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &deployments {
+        match (&d.wasm, &d.image) {
+            (Some(_), Some(_)) => return Err(plain(format!("deployment {:?}: set either wasm or image, not both", d.name.0))),
+            (None, None) => return Err(plain(format!("deployment {:?}: set wasm (a .wasm file) or image", d.name.0))),
+            _ => {}
+        }
+        if !seen.insert(d.name.0.clone()) {
+            return Err(plain(format!("deployment {:?} appears twice in the manifest", d.name.0)));
+        }
+    }
+    Ok(deployments)
+}
+
+/// Moves a custom error from its mapping's start to the refused value, found as a
+/// whole token on or after the reported line.
+fn locate_refused(text: &str, mut err: ManifestError) -> ManifestError {
+    let Some(value) = REFUSED.with(|r| r.borrow_mut().take()) else { return err };
+    let from = err.line.unwrap_or(1);
+    for (i, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+        let mut start = 0;
+        while let Some(pos) = line[start..].find(value.as_str()) {
+            let at = start + pos;
+            let before = line[..at].chars().next_back();
+            let after = line[at + value.len()..].chars().next();
+            let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-'));
+            if boundary(before) && boundary(after) {
+                err.line = Some(i + 1);
+                err.column = Some(line[..at].chars().count() + 1);
+                return err;
+            }
+            start = at + value.len();
+        }
+    }
+    err
+}
+
+fn plain(message: String) -> ManifestError {
+    ManifestError { line: None, column: None, message }
+}
+
+fn yaml_error(e: serde_norway::Error) -> ManifestError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    // serde_norway appends " at line L column C"; we print the place first instead.
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    ManifestError { line: loc.as_ref().map(|l| l.line()), column: loc.as_ref().map(|l| l.column()), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{Expect, expect};
+
+    fn check(text: &str, expected: Expect) {
+        let out = match parse_manifest(text) {
+            Ok(ds) => ds.iter().map(|d| format!("{} x{} {:?}\n", d.name.0, d.replicas, d.resources)).collect(),
+            Err(e) => format!("error: {e}"),
+        };
+        expected.assert_eq(&out);
+    }
+
+    #[test]
+    fn several_documents() {
+        check(
+            "name: a\nwasm: a.wasm\nreplicas: 3\nresources: {cpu: 250m, memory: 1Gi}\n---\nname: b\nwasm: b.wasm\n---\n",
+            expect![[r#"
+                a x3 ManifestResources { cpu: Cpu(250), memory: Memory(1073741824) }
+                b x1 ManifestResources { cpu: Cpu(100), memory: Memory(67108864) }
+            "#]],
+        );
+    }
+
+    #[test]
+    fn validation_messages() {
+        check("name: a\nwasm: a.wasm\nreplica: 3\n", expect!["error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`"]);
+        check("name: Bad_Name\nwasm: a.wasm\n", expect![[r#"error: line 1 column 7: name "Bad_Name" must use only lowercase letters, digits and '-', and start and end with a letter or digit"#]]);
+        check("name: a\nwasm: a.wasm\nresources:\n  memory: 64m\n", expect![[r#"error: line 4 column 11: resources: invalid memory quantity "64m": `m` means thousandths; did you mean Mi (mebibytes)?"#]]);
+        check("name: a\nwasm: a.wasm\nreplicas: -1\n", expect!["error: line 3 column 11: replicas: invalid type: integer `-1`, expected u32"]);
+        check("name: a\nwasm: a.wasm\nrestart: sometimes\n", expect!["error: line 3 column 10: restart: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"]);
+        check("name: a\nwasm: [a\n", expect!["error: line 2 column 7: wasm: invalid type: sequence, expected a string"]);
+        check("name: a\nwasm: x\nenv: {A: 1\n", expect!["error: line 4 column 1: did not find expected ',' or '}'"]);
+        check("name: web\nwasm: w.wasm\nreplicas: lots\n", expect![[r#"error: line 3 column 11: replicas: invalid type: string "lots", expected u32"#]]);
+        check("name: a\n", expect![[r#"error: deployment "a": set wasm (a .wasm file) or image"#]]);
+        check("name: a\nwasm: x\n---\nname: a\nwasm: y\n", expect![[r#"error: deployment "a" appears twice in the manifest"#]]);
+        check("", expect!["error: manifest holds no deployment"]);
+        check("name: a\nwasm: x\nenv: {1X: y}\n", expect![[r#"error: line 3 column 7: environment variable name "1X" must be letters, digits and '_', not starting with a digit"#]]);
+        check("name: a\nwasm: x\nreplicas: 1000000\n", expect!["error: line 3 column 11: replicas must be at most 100000, got 1000000"]);
+    }
+}

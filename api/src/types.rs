@@ -1,0 +1,495 @@
+//! The objects of a skiff cluster and the messages the scheduler, nodes and CLI
+//! exchange. Everything here is serialised as JSON on the wire; field names are
+//! part of the API.
+
+use crate::quantity::{Cpu, Memory};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The kinds of workload a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A WebAssembly module or component, run by wasmtime inside the node daemon.
+    Wasm,
+    /// A Linux container from an OCI image, run by an OCI runtime.
+    Container,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Runtime::Wasm => "wasm",
+            Runtime::Container => "container",
+        })
+    }
+}
+
+/// CPU and memory, as requested by a replica or offered by a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu: Cpu,
+    /// Memory in bytes.
+    pub memory: Memory,
+}
+
+impl Resources {
+    /// Resources of `cpu` millicores and `memory` bytes.
+    pub fn new(cpu_millis: u64, memory_bytes: u64) -> Self {
+        Resources { cpu: Cpu(cpu_millis), memory: Memory(memory_bytes) }
+    }
+
+    /// Adds `other`, saturating.
+    pub fn add(self, other: Resources) -> Resources {
+        Resources::new(self.cpu.0.saturating_add(other.cpu.0), self.memory.0.saturating_add(other.memory.0))
+    }
+
+    /// Subtracts `other`, saturating at zero.
+    pub fn sub(self, other: Resources) -> Resources {
+        Resources::new(self.cpu.0.saturating_sub(other.cpu.0), self.memory.0.saturating_sub(other.memory.0))
+    }
+
+    /// Whether `self` is at least `other` in every dimension.
+    pub fn covers(self, other: Resources) -> bool {
+        self.cpu >= other.cpu && self.memory >= other.memory
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu {}, memory {}", self.cpu, self.memory)
+    }
+}
+
+/// A node's place in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeating; takes new replicas.
+    Ready,
+    /// Heartbeating but takes no new replicas.
+    Draining,
+    /// Missed its heartbeats past the grace period; its replicas were replaced.
+    Down,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
+            NodeState::Down => "down",
+        })
+    }
+}
+
+/// A machine that runs replicas, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique name (a DNS label).
+    pub name: String,
+    /// Base URL of the node's own API (logs), such as `http://10.0.0.2:7071`.
+    pub address: String,
+    /// Labels that deployment constraints match against.
+    pub labels: BTreeMap<String, String>,
+    /// What the node offers to replicas.
+    pub capacity: Resources,
+    /// What the replicas assigned to it request in total.
+    pub allocated: Resources,
+    /// The runtimes it can run.
+    pub runtimes: Vec<Runtime>,
+    /// Its state.
+    pub state: NodeState,
+    /// Number of live replicas assigned to it.
+    pub replicas: u32,
+    /// When it registered first.
+    pub registered_ms: Millis,
+    /// When its last heartbeat arrived (0 if none since the scheduler started).
+    pub last_heartbeat_ms: Millis,
+}
+
+/// What to do when a replica's process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whatever the exit status (the default: services).
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit or a trap (batch work that may fail).
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        })
+    }
+}
+
+/// The artifact a replica runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// A WebAssembly module or component, by the digest of its blob (`sha256:<hex>`).
+    Wasm(String),
+    /// An OCI image, by reference or digest.
+    Image(String),
+}
+
+impl Workload {
+    /// The runtime that runs this workload.
+    pub fn runtime(&self) -> Runtime {
+        match self {
+            Workload::Wasm(_) => Runtime::Wasm,
+            Workload::Image(_) => Runtime::Container,
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Wasm(d) => write!(f, "wasm {d}"),
+            Workload::Image(i) => write!(f, "image {i}"),
+        }
+    }
+}
+
+/// The template every replica of a deployment is made from. Any change to it makes
+/// a new revision; the replica count is not part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// What to run.
+    pub workload: Workload,
+    /// What each replica requests; the memory is also its hard limit.
+    pub resources: Resources,
+    /// Environment variables; a replica sees these and no others.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// What to do when a replica exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Node labels a node must carry to receive replicas (all must match).
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+}
+
+/// Counts of a deployment's replicas by what they are doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    /// Live replicas (neither stopped nor lost).
+    pub total: u32,
+    /// Waiting for a node.
+    pub pending: u32,
+    /// Running on their node.
+    pub running: u32,
+    /// Exited or failed (waiting for a restart, or done for good).
+    pub failed: u32,
+    /// Restarts summed over live replicas.
+    pub restarts: u32,
+}
+
+/// A named set of identical replicas that the scheduler keeps at its count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Unique name (a DNS label).
+    pub name: String,
+    /// Desired number of replicas.
+    pub replicas: u32,
+    /// The current revision, starting at 1.
+    pub revision: u64,
+    /// The current revision's template.
+    pub spec: WorkloadSpec,
+    /// When it was created.
+    pub created_ms: Millis,
+    /// When its spec or count last changed.
+    pub updated_ms: Millis,
+    /// What its replicas are doing.
+    pub status: DeploymentStatus,
+}
+
+/// The lifecycle of a replica. Transitions are explicit: see [`ReplicaState::can_become`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// Waiting for a node with room for it.
+    Pending,
+    /// Placed on a node, which has not reported it yet.
+    Assigned,
+    /// The node is preparing it (fetching, compiling, instantiating).
+    Starting,
+    /// Its process runs.
+    Running,
+    /// Running and passing its readiness check.
+    Ready,
+    /// Ended with exit status 0.
+    Exited,
+    /// Ended with a non-zero status, a trap, or could not start.
+    Failed,
+    /// Its node went down; replaced elsewhere.
+    Lost,
+    /// Stopped on purpose (scale down, delete, replaced).
+    Stopped,
+}
+
+/// A transition the replica state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replica cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    /// The state it was in.
+    pub from: ReplicaState,
+    /// The state asked for.
+    pub to: ReplicaState,
+}
+
+impl ReplicaState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ReplicaState; 9] = [
+        ReplicaState::Pending,
+        ReplicaState::Assigned,
+        ReplicaState::Starting,
+        ReplicaState::Running,
+        ReplicaState::Ready,
+        ReplicaState::Exited,
+        ReplicaState::Failed,
+        ReplicaState::Lost,
+        ReplicaState::Stopped,
+    ];
+
+    /// Whether the replica is gone for good (it no longer counts toward its deployment).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ReplicaState::Lost | ReplicaState::Stopped)
+    }
+
+    /// Whether the replica holds resources on a node.
+    pub fn is_placed(self) -> bool {
+        !matches!(self, ReplicaState::Pending) && !self.is_terminal()
+    }
+
+    /// Whether a replica in this state may move to `next`. Staying in the same state
+    /// is always allowed (a repeated report).
+    pub fn can_become(self, next: ReplicaState) -> bool {
+        use ReplicaState::*;
+        if self == next {
+            return true;
+        }
+        match self {
+            Pending => matches!(next, Assigned | Stopped),
+            Assigned => matches!(next, Starting | Running | Ready | Exited | Failed | Lost | Stopped),
+            Starting => matches!(next, Running | Ready | Exited | Failed | Lost | Stopped),
+            // A restart between two heartbeats shows as Running → Starting.
+            Running | Ready => matches!(next, Running | Ready | Starting | Exited | Failed | Lost | Stopped),
+            Exited | Failed => matches!(next, Starting | Running | Ready | Exited | Failed | Lost | Stopped),
+            Lost => matches!(next, Stopped),
+            Stopped => false,
+        }
+    }
+
+    /// Moves to `next`, or says why it cannot.
+    pub fn become_(self, next: ReplicaState) -> Result<ReplicaState, IllegalTransition> {
+        if self.can_become(next) { Ok(next) } else { Err(IllegalTransition { from: self, to: next }) }
+    }
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// One copy of one revision of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Unique id, `<deployment>-<suffix>`.
+    pub id: String,
+    /// The deployment it belongs to.
+    pub deployment: String,
+    /// The revision of the deployment it runs.
+    pub revision: u64,
+    /// The node it is assigned to, if any.
+    pub node: Option<String>,
+    /// Its state.
+    pub state: ReplicaState,
+    /// Bumped on every (re)assignment; a node never runs an older generation.
+    pub generation: u64,
+    /// Restarts on its node so far.
+    pub restarts: u32,
+    /// Why it is in its state: why pending, why it failed.
+    pub reason: Option<String>,
+    /// Exit status of its last run, if it ended.
+    pub exit_code: Option<i32>,
+    /// When it was created.
+    pub created_ms: Millis,
+    /// When its state last changed.
+    pub updated_ms: Millis,
+}
+
+/// Something that happened in the cluster, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing id.
+    pub id: u64,
+    /// When it happened.
+    pub time_ms: Millis,
+    /// The object it is about: `deployment/NAME`, `node/NAME`, `replica/ID`.
+    pub object: String,
+    /// A short CamelCase reason, such as `Scheduled` or `NodeDown`.
+    pub reason: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+// ---- wire messages ----
+
+/// Error body of every failed API call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line that says what was wrong and what to do.
+    pub error: String,
+}
+
+/// `PUT /v1/deployments/{name}`: create or update a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// Desired number of replicas.
+    pub replicas: u32,
+    /// The template.
+    pub spec: WorkloadSpec,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    /// The deployment did not exist.
+    Created,
+    /// The spec or the count changed.
+    Updated,
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// Answer to [`ApplyRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// What happened.
+    pub outcome: ApplyOutcome,
+    /// The deployment as it is now.
+    pub deployment: Deployment,
+    /// Things the user should know, such as a request no node is large enough for.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/deployments/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// The new replica count.
+    pub replicas: u32,
+}
+
+/// Answer to a blob upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `POST /v1/nodes/register`, authenticated with the join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The node's name; re-registering with the same name is the same node.
+    pub name: String,
+    /// Base URL of the node's own API.
+    pub address: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// What it offers.
+    pub capacity: Resources,
+    /// What it can run.
+    pub runtimes: Vec<Runtime>,
+}
+
+/// Answer to [`RegisterRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The node as registered.
+    pub node: Node,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// A replica as its node reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica.
+    pub id: String,
+    /// The generation the node runs.
+    pub generation: u64,
+    /// One of starting, running, exited, failed.
+    pub state: ReplicaState,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Why it ended or failed.
+    pub reason: Option<String>,
+    /// Exit status of its last run.
+    pub exit_code: Option<i32>,
+}
+
+/// `POST /v1/nodes/{name}/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// What the node offers now.
+    pub capacity: Resources,
+    /// Every replica the node runs or has run and not yet been told to forget.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica a node must run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The replica id.
+    pub replica: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// The deployment revision.
+    pub revision: u64,
+    /// The assignment's generation.
+    pub generation: u64,
+    /// What to run.
+    pub spec: WorkloadSpec,
+}
+
+/// `GET /v1/nodes/{name}/assignments?index=I&wait=MS`: the full desired set of a
+/// node's replicas, answered when its index passes `I` or after `wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Pass it back to block until the set changes.
+    pub index: u64,
+    /// Every replica the node must run; anything else it must stop.
+    pub replicas: Vec<Assignment>,
+}

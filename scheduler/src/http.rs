@@ -1,0 +1,332 @@
+//! The HTTP/JSON API under `/v1/`, served with axum.
+
+use crate::Core;
+use crate::blobs::{MAX_BLOB_BYTES, parse_digest};
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use skiff_api::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Shared = State<Arc<Core>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Largest JSON request body.
+const MAX_JSON_BYTES: usize = 1 << 20;
+
+pub fn router(core: Arc<Core>) -> Router {
+    let json_routes = Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/{name}", get(get_node))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/assignments", get(assignments))
+        .route("/v1/deployments", get(list_deployments))
+        .route("/v1/deployments/{name}", put(apply).get(get_deployment).delete(delete_deployment))
+        .route("/v1/deployments/{name}/scale", post(scale))
+        .route("/v1/deployments/{name}/logs", get(logs))
+        .route("/v1/replicas", get(list_replicas))
+        .route("/v1/events", get(events))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
+    let blob_routes = Router::new()
+        .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(head_blob))
+        .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(json_routes)
+        .merge(blob_routes)
+        .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1/") })
+        .with_state(core)
+}
+
+/// Node routes carry the join token.
+fn require_join_token(core: &Core, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare in constant time: the token is a secret.
+    let want = core.join_token.as_bytes();
+    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if ok { Ok(()) } else { Err(ApiError::unauthorized("missing or wrong join token; pass the token `skiff server` printed")) }
+}
+
+async fn list_nodes(State(core): Shared) -> ApiResult<Vec<Node>> {
+    Ok(Json(core.state().mem().nodes().to_vec()))
+}
+
+async fn get_node(State(core): Shared, Path(name): Path<String>) -> ApiResult<Node> {
+    core.state()
+        .mem()
+        .node(&name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")))
+}
+
+async fn register(State(core): Shared, headers: HeaderMap, Json(req): Json<RegisterRequest>) -> ApiResult<RegisterResponse> {
+    require_join_token(&core, &headers)?;
+    let mut resp = core.state().register(req)?;
+    resp.heartbeat_interval_ms = core.config.heartbeat_interval.as_millis() as u64;
+    core.wake();
+    tracing::info!("node {} registered from {}", resp.node.name, resp.node.address);
+    Ok(Json(resp))
+}
+
+async fn heartbeat(
+    State(core): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<StatusCode, ApiError> {
+    require_join_token(&core, &headers)?;
+    let dirty = {
+        let mut st = core.state();
+        st.heartbeat(&name, hb)?;
+        st.mem().sched_dirty
+    };
+    if dirty {
+        core.wake();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn assignments(
+    State(core): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult<Assignments> {
+    require_join_token(&core, &headers)?;
+    let mut rx = core.state().watch(&name)?;
+    if *rx.borrow_and_update() <= q.index && q.wait > 0 {
+        let wait = Duration::from_millis(q.wait.min(60_000));
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+    Ok(Json(core.state().mem().assignments(&name)))
+}
+
+async fn list_deployments(State(core): Shared) -> ApiResult<Vec<Deployment>> {
+    let st = core.state();
+    let mem = st.mem();
+    Ok(Json(mem.deployment_names().filter_map(|n| mem.deployment(n)).collect()))
+}
+
+async fn get_deployment(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    core.state().mem().deployment(&name).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
+    })
+}
+
+async fn apply(State(core): Shared, Path(name): Path<String>, Json(req): Json<ApplyRequest>) -> ApiResult<ApplyResponse> {
+    if let Workload::Wasm(digest) = &req.spec.workload {
+        core.check_wasm(digest).await?;
+    }
+    let resp = core.state().apply(&name, req)?;
+    core.wake();
+    Ok(Json(resp))
+}
+
+async fn scale(State(core): Shared, Path(name): Path<String>, Json(req): Json<ScaleRequest>) -> ApiResult<Deployment> {
+    let d = core.state().scale(&name, req.replicas)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+async fn delete_deployment(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    core.state().delete(&name)?;
+    core.wake();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ReplicaQuery {
+    deployment: Option<String>,
+    node: Option<String>,
+}
+
+async fn list_replicas(State(core): Shared, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<Replica>> {
+    let st = core.state();
+    let mem = st.mem();
+    let mut out: Vec<Replica> = match (&q.deployment, &q.node) {
+        (Some(d), _) => mem.replicas_of(d).cloned().collect(),
+        (None, Some(n)) => mem.replicas_on(n).cloned().collect(),
+        (None, None) => mem.all_replicas().cloned().collect(),
+    };
+    if let Some(n) = &q.node {
+        out.retain(|r| r.node.as_deref() == Some(n));
+    }
+    out.sort_by(|a, b| (&a.deployment, a.created_ms, &a.id).cmp(&(&b.deployment, b.created_ms, &b.id)));
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    object: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn events(State(core): Shared, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
+    let limit = q.limit.unwrap_or(200).min(10_000);
+    Ok(Json(core.state().store().events(q.object.as_deref(), limit)?))
+}
+
+async fn head_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    match core.blobs.size(&digest)? {
+        Some(size) => Ok(([(header::CONTENT_LENGTH, size.to_string())], StatusCode::OK).into_response()),
+        None => Err(ApiError::not_found(format!("blob {digest} not stored"))),
+    }
+}
+
+async fn get_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let path = core.blobs.path(&digest)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found(format!("blob {digest} not stored")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())], body)
+        .into_response())
+}
+
+async fn put_blob(State(core): Shared, Path(digest): Path<String>, body: Body) -> ApiResult<BlobInfo> {
+    parse_digest(&digest)?;
+    if let Some(size) = core.blobs.size(&digest)? {
+        return Ok(Json(BlobInfo { digest, size })); // same bytes: nothing to do
+    }
+    let size = core.blobs.put(&digest, body).await?;
+    Ok(Json(BlobInfo { digest, size }))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    replica: Option<String>,
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u32>,
+}
+
+/// Streams the logs of a deployment's replicas from their nodes, one line at a
+/// time, each prefixed with its replica when there are several.
+async fn logs(State(core): Shared, Path(name): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let targets: Vec<(String, String)> = {
+        let st = core.state();
+        let mem = st.mem();
+        if mem.deployment(&name).is_none() {
+            return Err(ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them")));
+        }
+        let mut targets = Vec::new();
+        for r in mem.replicas_of(&name) {
+            if q.replica.as_deref().is_some_and(|id| id != r.id) {
+                continue;
+            }
+            if let Some(node) = r.node.as_deref().and_then(|n| mem.node(n)) {
+                targets.push((r.id.clone(), node.address.clone()));
+            }
+        }
+        targets.sort();
+        targets
+    };
+    if targets.is_empty() {
+        let what = match &q.replica {
+            Some(id) => format!("replica {id} of {name} is not running on any node"),
+            None => format!("no replica of {name} is on a node yet; `skiff describe deployment {name}` says why"),
+        };
+        return Err(ApiError::not_found(what));
+    }
+    let prefix = targets.len() > 1;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    for (id, address) in targets {
+        let tx = tx.clone();
+        let http = core.http.clone();
+        let mut url = format!("{address}/v1/replicas/{id}/logs?follow={}", q.follow);
+        if let Some(t) = q.tail {
+            url.push_str(&format!("&tail={t}"));
+        }
+        tokio::spawn(async move {
+            let send_line = |line: String| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(bytes::Bytes::from(line))).await.is_ok() }
+            };
+            let resp = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    let _ = send_line(format!("[{id}] skiff: node answered {} for its logs\n", r.status())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = send_line(format!("[{id}] skiff: cannot reach its node for logs: {e}\n")).await;
+                    return;
+                }
+            };
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    let out = if prefix { format!("[{id}] {text}") } else { text.into_owned() };
+                    if !send_line(out).await {
+                        return; // the client went away
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                let text = String::from_utf8_lossy(&buf);
+                let _ = send_line(if prefix { format!("[{id}] {text}\n") } else { format!("{text}\n") }).await;
+            }
+        });
+    }
+    drop(tx);
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+impl Core {
+    /// Checks a Wasm artifact is uploaded and is valid WebAssembly, once per digest.
+    async fn check_wasm(&self, digest: &str) -> Result<(), ApiError> {
+        let path = self.blobs.path(digest)?;
+        if self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).contains(digest) {
+            return Ok(());
+        }
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|_| ApiError::bad_request(format!("artifact {digest} is not uploaded; upload it first (skiff deploy does)")))?;
+        let digest_owned = digest.to_string();
+        let checked = tokio::task::spawn_blocking(move || validate_wasm(&bytes))
+            .await
+            .map_err(|e| ApiError::internal(format!("validating {digest_owned}: {e}")))?;
+        checked.map_err(|e| ApiError::bad_request(format!("artifact {digest} is not valid WebAssembly: {e}")))?;
+        self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string());
+        Ok(())
+    }
+}
+
+fn validate_wasm(bytes: &[u8]) -> Result<(), String> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err("it does not start with the \\0asm magic number".into());
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator.validate_all(bytes).map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,190 @@
+//! skiff-scheduler: the control plane. It keeps the cluster's desired state in
+//! SQLite, places replicas on nodes with a pure placement function, runs the
+//! level-triggered controllers (deployments at their count, dead nodes replaced)
+//! and serves the HTTP API that nodes and the CLI use.
+
+mod blobs;
+mod error;
+mod http;
+pub mod placement;
+mod state;
+pub mod store;
+
+pub use placement::Scoring;
+
+use anyhow::Context;
+use state::{Policy, State};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How a scheduler runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the API, dashboard and metrics; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Where the state file, blobs and join token live.
+    pub data_dir: PathBuf,
+    /// Resource scoring of placement.
+    pub scoring: Scoring,
+    /// How often nodes heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long a node may miss heartbeats before it is down and its replicas are
+    /// replaced.
+    pub node_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("skiff-data"),
+            scoring: Scoring::BinPack,
+            heartbeat_interval: Duration::from_secs(1),
+            node_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the routes and controllers share.
+pub(crate) struct Core {
+    state: Mutex<State>,
+    wake: Notify,
+    blobs: blobs::Blobs,
+    join_token: String,
+    config: ServerConfig,
+    http: reqwest::Client,
+    /// Digests already validated as WebAssembly.
+    valid_wasm: Mutex<HashSet<String>>,
+}
+
+impl Core {
+    /// The working set. Never held across an `.await`.
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written: every
+        // change is a transaction that reloads on failure. Carry on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the controllers to run now.
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A running scheduler.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its base URL.
+    pub url: String,
+    /// The token nodes join with.
+    pub join_token: String,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Runs until the server fails.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.serve.await.context("server task")?.context("serving the API")
+    }
+}
+
+/// Reads the join token from `data_dir`, making one (0600) at first start.
+fn join_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("join-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for the join token")?;
+    let token = format!("skj_{}", hex::encode(raw));
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}
+
+/// Opens the data dir, binds the listener and starts the API and controllers.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let token = join_token(&config.data_dir)?;
+    let db = config.data_dir.join("state.db");
+    let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
+    let state = State::load(store, policy).with_context(|| format!("loading {}", db.display()))?;
+    let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {} (is another skiff server running? pick another with --listen)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
+    let core = Arc::new(Core {
+        state: Mutex::new(state),
+        wake: Notify::new(),
+        blobs,
+        join_token: token.clone(),
+        config,
+        http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
+        valid_wasm: Mutex::new(HashSet::new()),
+    });
+    tokio::spawn(controllers(core.clone()));
+    let app = http::router(core);
+    let serve = tokio::spawn(async move { axum::serve(listener, app).await });
+    tracing::info!("skiff server listening on {url}");
+    Ok(Server { addr, url, join_token: token, serve })
+}
+
+/// The control loop: wakes on every change and at least every 250 ms, marks dead
+/// nodes down, keeps deployments at their counts and places pending replicas.
+async fn controllers(core: Arc<Core>) {
+    use std::time::Instant;
+    let (mut last_full, mut last_prune) = (Instant::now(), Instant::now());
+    loop {
+        tokio::select! {
+            _ = core.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let result = {
+            let mut st = core.state();
+            let mut r = st.check_nodes();
+            // The full level-triggered pass every 2 s; changes trigger their own.
+            if r.is_ok() && last_full.elapsed() >= Duration::from_secs(2) {
+                last_full = Instant::now();
+                r = st.reconcile_all();
+            }
+            r.and_then(|_| st.schedule()).map(|n| {
+                if n > 0 {
+                    tracing::info!("placed {n} replicas");
+                }
+            })
+        };
+        if let Err(e) = result {
+            tracing::error!("controller pass failed: {e}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if last_prune.elapsed() >= Duration::from_secs(600) {
+            last_prune = Instant::now();
+            if let Err(e) = core.state().store().prune_events(100_000) {
+                tracing::warn!("pruning events: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,961 @@
+//! The working set: every node, deployment and live replica held in memory, with
+//! the indexes placement needs (allocation per node, replicas of a deployment per
+//! node, the pending queue), kept in step with the store.
+//!
+//! Invariant: every change goes through [`State::transact`], which writes it to the
+//! store in one transaction; if the commit fails the working set is reloaded from
+//! the store, so memory never holds what the disk does not. A replica's indexes are
+//! changed only by [`Mem::update`], which removes its old contribution and adds the
+//! new one, so allocations can never drift from the replicas that make them.
+
+use crate::error::ApiError;
+use crate::placement::{self, Scoring, Snapshot};
+use crate::store::{Store, StoreError, Tx};
+use skiff_api::manifest::{MAX_REPLICAS, validate_name};
+use skiff_api::quantity::{format_cpu, format_memory};
+use skiff_api::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the controllers are told about time and policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub scoring: Scoring,
+    pub node_grace: Duration,
+}
+
+struct DeploymentEntry {
+    d: Deployment,
+    /// Placed replicas of this deployment per node (for spreading).
+    spread: HashMap<String, u32>,
+}
+
+/// The in-memory working set.
+#[derive(Default)]
+pub struct Mem {
+    nodes: Vec<Node>,
+    node_idx: HashMap<String, usize>,
+    deployments: BTreeMap<String, DeploymentEntry>,
+    revisions: HashMap<(String, u64), WorkloadSpec>,
+    replicas: HashMap<String, Replica>,
+    by_deployment: HashMap<String, BTreeSet<String>>,
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// Pending replicas, oldest first.
+    pending: BTreeSet<(Millis, String)>,
+    next_generation: u64,
+    /// Increases whenever some node's desired set changes.
+    index: u64,
+    /// Nodes whose desired set changed in the current transaction.
+    touched: BTreeSet<String>,
+    /// Whether this transaction changed anything in memory.
+    mutated: bool,
+    /// Whether placement should run again (capacity or demand changed).
+    pub sched_dirty: bool,
+}
+
+struct NodeLive {
+    last_heartbeat: Instant,
+    tx: watch::Sender<u64>,
+}
+
+/// The store and the working set behind one lock.
+pub struct State {
+    store: Store,
+    mem: Mem,
+    live: HashMap<String, NodeLive>,
+    pub policy: Policy,
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::from(e)
+}
+
+impl State {
+    /// Loads the working set from `store`.
+    pub fn load(store: Store, policy: Policy) -> Result<State, StoreError> {
+        let mem = Mem::load(&store)?;
+        let now = Instant::now();
+        // A restarted scheduler gives every node a full grace period before it
+        // counts as down: the nodes kept running while it was away.
+        let live = mem
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), NodeLive { last_heartbeat: now, tx: watch::Sender::new(mem.index) }))
+            .collect();
+        Ok(State { store, mem, live, policy })
+    }
+
+    /// Runs `f` on the working set inside one store transaction; commits, then wakes
+    /// the nodes whose desired set changed. On any failure the working set is
+    /// reloaded from the store.
+    pub fn transact<T>(&mut self, f: impl FnOnce(&mut Mem, &Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let tx = self.store.tx().map_err(store_err)?;
+        self.mem.mutated = false;
+        self.mem.touched.clear();
+        let result = f(&mut self.mem, &tx).and_then(|v| {
+            if !self.mem.touched.is_empty() {
+                self.mem.index += 1;
+                tx.set_meta("index", &self.mem.index.to_string()).map_err(store_err)?;
+            }
+            Ok(v)
+        });
+        let result = result.and_then(|v| tx.commit().map(|_| v).map_err(store_err));
+        match result {
+            Ok(v) => {
+                let index = self.mem.index;
+                for name in std::mem::take(&mut self.mem.touched) {
+                    if let Some(l) = self.live.get(&name) {
+                        l.tx.send_replace(index);
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                if self.mem.mutated {
+                    match Mem::load(&self.store) {
+                        Ok(mem) => self.mem = mem,
+                        Err(le) => tracing::error!("reloading state after a failed transaction: {le}"),
+                    }
+                    self.mem.sched_dirty = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn mem(&self) -> &Mem {
+        &self.mem
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    // ---- nodes ----
+
+    pub fn register(&mut self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
+        validate_name(&req.name).map_err(ApiError::bad_request)?;
+        let now = now_ms();
+        let node = self.transact(|mem, tx| mem.register(tx, req, now))?;
+        let index = self.mem.index;
+        let live = self
+            .live
+            .entry(node.name.clone())
+            .or_insert_with(|| NodeLive { last_heartbeat: Instant::now(), tx: watch::Sender::new(index) });
+        live.last_heartbeat = Instant::now();
+        Ok(RegisterResponse { node, heartbeat_interval_ms: 0 })
+    }
+
+    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
+        let Some(live) = self.live.get_mut(name) else {
+            return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
+        };
+        live.last_heartbeat = Instant::now();
+        let now = now_ms();
+        self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now))
+    }
+
+    /// A receiver that changes when node `name`'s desired set does.
+    pub fn watch(&self, name: &str) -> Result<watch::Receiver<u64>, ApiError> {
+        self.live
+            .get(name)
+            .map(|l| l.tx.subscribe())
+            .ok_or_else(|| ApiError::not_found(format!("node {name:?} is not registered; register it first")))
+    }
+
+    /// Marks nodes that missed their heartbeats as down and replaces their replicas.
+    pub fn check_nodes(&mut self) -> Result<(), ApiError> {
+        let grace = self.policy.node_grace;
+        let dead: Vec<String> = self
+            .mem
+            .nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Down)
+            .filter(|n| self.live.get(&n.name).is_none_or(|l| l.last_heartbeat.elapsed() > grace))
+            .map(|n| n.name.clone())
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            for name in &dead {
+                mem.node_down(tx, name, grace, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Places pending replicas; returns how many were placed.
+    pub fn schedule(&mut self) -> Result<usize, ApiError> {
+        if !self.mem.sched_dirty {
+            return Ok(0);
+        }
+        let scoring = self.policy.scoring;
+        let now = now_ms();
+        let placed = self.transact(|mem, tx| mem.schedule(tx, scoring, now))?;
+        self.mem.sched_dirty = false;
+        Ok(placed)
+    }
+
+    /// Brings every deployment to its count (the periodic, level-triggered pass).
+    pub fn reconcile_all(&mut self) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let names: Vec<String> = mem.deployments.keys().cloned().collect();
+            for name in names {
+                mem.reconcile(tx, &name, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    // ---- deployments ----
+
+    pub fn apply(&mut self, name: &str, req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+        validate_apply(name, &req)?;
+        let now = now_ms();
+        let outcome = self.transact(|mem, tx| mem.apply(tx, name, req, now))?;
+        let deployment = self.mem.deployment(name).ok_or_else(|| ApiError::internal("deployment vanished"))?;
+        let warnings = self.mem.size_warnings(&deployment.spec);
+        Ok(ApplyResponse { outcome, deployment, warnings })
+    }
+
+    pub fn scale(&mut self, name: &str, replicas: u32) -> Result<Deployment, ApiError> {
+        if replicas > MAX_REPLICAS {
+            return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            if e.d.replicas != replicas {
+                let from = e.d.replicas;
+                e.d.replicas = replicas;
+                e.d.updated_ms = now;
+                tx.put_deployment(&e.d)?;
+                tx.event(now, &format!("deployment/{name}"), "Scaled", &format!("scaled from {from} to {replicas} replicas"))?;
+                mem.mutated = true;
+                mem.reconcile(tx, name, now)?;
+            }
+            Ok(())
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    pub fn delete(&mut self, name: &str) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            if !mem.deployments.contains_key(name) {
+                return Err(not_found_deployment(name));
+            }
+            let ids: Vec<String> = mem.by_deployment.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            for id in ids {
+                mem.update(tx, &id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some("deployment deleted".into());
+                })?;
+            }
+            mem.deployments.remove(name);
+            mem.by_deployment.remove(name);
+            mem.revisions.retain(|(d, _), _| d != name);
+            tx.delete_deployment(name)?;
+            tx.event(now, &format!("deployment/{name}"), "Deleted", "deployment deleted; its replicas are stopping")?;
+            mem.mutated = true;
+            Ok(())
+        })
+    }
+}
+
+fn not_found_deployment(name: &str) -> ApiError {
+    ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
+}
+
+fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
+    validate_name(name).map_err(ApiError::bad_request)?;
+    if req.replicas > MAX_REPLICAS {
+        return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {}", req.replicas)));
+    }
+    let res = req.spec.resources;
+    if res.cpu.0 == 0 || res.memory.0 < (1 << 20) {
+        return Err(ApiError::bad_request("resources must request at least 1m of cpu and 1Mi of memory"));
+    }
+    for k in req.spec.env.keys() {
+        skiff_api::manifest::validate_env_key(k).map_err(ApiError::bad_request)?;
+    }
+    Ok(())
+}
+
+/// Orders replicas for removal on scale-down: those doing least first, newest first.
+fn removal_rank(r: &Replica) -> (u8, std::cmp::Reverse<Millis>) {
+    let rank = match r.state {
+        ReplicaState::Pending => 0,
+        ReplicaState::Failed | ReplicaState::Exited => 1,
+        ReplicaState::Assigned | ReplicaState::Starting => 2,
+        _ => 3,
+    };
+    (rank, std::cmp::Reverse(r.created_ms))
+}
+
+fn new_replica_id(deployment: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..6).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    // Replica ids are DNS labels too: keep them within 63 characters.
+    let prefix = &deployment[..deployment.len().min(56)];
+    format!("{prefix}-{suffix}")
+}
+
+/// A seed from a replica id: the same replica gets the same placement order.
+fn seed_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+impl Mem {
+    fn load(store: &Store) -> Result<Mem, StoreError> {
+        let loaded = store.load()?;
+        let mut mem = Mem::default();
+        for (k, v) in &loaded.meta {
+            match k.as_str() {
+                "index" => mem.index = v.parse().unwrap_or(0),
+                "next_generation" => mem.next_generation = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        for mut n in loaded.nodes {
+            n.allocated = Resources::default();
+            n.replicas = 0;
+            n.last_heartbeat_ms = 0;
+            mem.node_idx.insert(n.name.clone(), mem.nodes.len());
+            mem.nodes.push(n);
+        }
+        for (d, rev, spec) in loaded.revisions {
+            mem.revisions.insert((d, rev), spec);
+        }
+        for d in loaded.deployments {
+            mem.deployments.insert(d.name.clone(), DeploymentEntry { d, spread: HashMap::new() });
+        }
+        for r in loaded.replicas {
+            mem.next_generation = mem.next_generation.max(r.generation + 1);
+            mem.index_replica(&r);
+            mem.replicas.insert(r.id.clone(), r);
+        }
+        mem.touched.clear();
+        mem.sched_dirty = true;
+        Ok(mem)
+    }
+
+    /// Every node, in a stable order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.node_idx.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// Live replicas of a deployment.
+    pub fn replicas_of(&self, deployment: &str) -> impl Iterator<Item = &Replica> {
+        self.by_deployment.get(deployment).into_iter().flatten().filter_map(|id| self.replicas.get(id))
+    }
+
+    /// Live replicas assigned to a node.
+    pub fn replicas_on(&self, node: &str) -> impl Iterator<Item = &Replica> {
+        self.by_node.get(node).into_iter().flatten().filter_map(|id| self.replicas.get(id))
+    }
+
+    pub fn all_replicas(&self) -> impl Iterator<Item = &Replica> {
+        self.replicas.values()
+    }
+
+    pub fn deployment_names(&self) -> impl Iterator<Item = &String> {
+        self.deployments.keys()
+    }
+
+    /// Deployment `name` with its status counted.
+    pub fn deployment(&self, name: &str) -> Option<Deployment> {
+        let e = self.deployments.get(name)?;
+        let mut d = e.d.clone();
+        let mut s = DeploymentStatus::default();
+        for r in self.replicas_of(name) {
+            s.total += 1;
+            s.restarts += r.restarts;
+            match r.state {
+                ReplicaState::Pending => s.pending += 1,
+                ReplicaState::Running | ReplicaState::Ready => s.running += 1,
+                ReplicaState::Failed | ReplicaState::Exited => s.failed += 1,
+                _ => {}
+            }
+        }
+        d.status = s;
+        Some(d)
+    }
+
+    /// The desired set of node `name`.
+    pub fn assignments(&self, name: &str) -> Assignments {
+        let replicas = self
+            .replicas_on(name)
+            .filter_map(|r| {
+                let spec = self.revisions.get(&(r.deployment.clone(), r.revision))?;
+                Some(Assignment {
+                    replica: r.id.clone(),
+                    deployment: r.deployment.clone(),
+                    revision: r.revision,
+                    generation: r.generation,
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        Assignments { index: self.index, replicas }
+    }
+
+    /// Warns when no registered node could ever hold one replica of `spec`.
+    fn size_warnings(&self, spec: &WorkloadSpec) -> Vec<String> {
+        let need = spec.resources;
+        let runtime = spec.workload.runtime();
+        let capable: Vec<&Node> = self.nodes.iter().filter(|n| n.runtimes.contains(&runtime)).collect();
+        if self.nodes.is_empty() {
+            return vec!["no nodes are registered yet; replicas stay pending until one joins".into()];
+        }
+        if capable.is_empty() {
+            return vec![format!("no registered node runs {runtime} workloads; replicas stay pending until one joins")];
+        }
+        if capable.iter().any(|n| n.capacity.covers(need)) {
+            return Vec::new();
+        }
+        let max_cpu = capable.iter().map(|n| n.capacity.cpu.0).max().unwrap_or(0);
+        let max_mem = capable.iter().map(|n| n.capacity.memory.0).max().unwrap_or(0);
+        vec![format!(
+            "no node is large enough: each replica requests cpu {}, memory {}; the largest nodes have cpu {}, memory {}; replicas stay pending until a larger node joins",
+            need.cpu,
+            need.memory,
+            format_cpu(max_cpu),
+            format_memory(max_mem)
+        )]
+    }
+
+    fn resources_of(&self, r: &Replica) -> Resources {
+        self.revisions.get(&(r.deployment.clone(), r.revision)).map(|s| s.resources).unwrap_or_default()
+    }
+
+    fn index_replica(&mut self, r: &Replica) {
+        if r.state.is_terminal() {
+            return;
+        }
+        self.by_deployment.entry(r.deployment.clone()).or_default().insert(r.id.clone());
+        if r.state == ReplicaState::Pending {
+            self.pending.insert((r.created_ms, r.id.clone()));
+        }
+        if let (true, Some(node)) = (r.state.is_placed(), &r.node) {
+            let res = self.resources_of(r);
+            self.by_node.entry(node.clone()).or_default().insert(r.id.clone());
+            if let Some(&i) = self.node_idx.get(node) {
+                let n = &mut self.nodes[i];
+                n.allocated = n.allocated.add(res);
+                n.replicas += 1;
+            }
+            if let Some(e) = self.deployments.get_mut(&r.deployment) {
+                *e.spread.entry(node.clone()).or_default() += 1;
+            }
+            self.touched.insert(node.clone());
+        }
+    }
+
+    fn unindex_replica(&mut self, r: &Replica) {
+        if let Some(set) = self.by_deployment.get_mut(&r.deployment) {
+            set.remove(&r.id);
+        }
+        self.pending.remove(&(r.created_ms, r.id.clone()));
+        if let (true, Some(node)) = (r.state.is_placed(), &r.node) {
+            let res = self.resources_of(r);
+            if let Some(set) = self.by_node.get_mut(node) {
+                set.remove(&r.id);
+            }
+            if let Some(&i) = self.node_idx.get(node) {
+                let n = &mut self.nodes[i];
+                n.allocated = n.allocated.sub(res);
+                n.replicas = n.replicas.saturating_sub(1);
+            }
+            if let Some(e) = self.deployments.get_mut(&r.deployment)
+                && let Some(c) = e.spread.get_mut(node)
+            {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    e.spread.remove(node);
+                }
+            }
+            self.touched.insert(node.clone());
+        }
+    }
+
+    /// Changes replica `id` through `f`, checking the state transition, keeping
+    /// every index right and writing the row (deleting it once terminal).
+    fn update(&mut self, tx: &Tx, id: &str, f: impl FnOnce(&mut Replica)) -> Result<(), ApiError> {
+        let Some(old) = self.replicas.get(id).cloned() else {
+            return Ok(());
+        };
+        let mut new = old.clone();
+        f(&mut new);
+        if let Err(e) = old.state.become_(new.state) {
+            return Err(ApiError::internal(format!("replica {id}: {e}")));
+        }
+        if new == old {
+            return Ok(());
+        }
+        if new.state != old.state {
+            new.updated_ms = now_ms();
+        }
+        self.mutated = true;
+        self.unindex_replica(&old);
+        if new.state.is_terminal() {
+            self.replicas.remove(id);
+            tx.delete_replica(id)?;
+            if let Some(node) = &old.node {
+                // The node must hear that it should stop it.
+                self.touched.insert(node.clone());
+            }
+        } else {
+            self.index_replica(&new);
+            tx.put_replica(&new)?;
+            self.replicas.insert(id.to_string(), new);
+        }
+        if old.state.is_placed() && !self.replicas.get(id).is_some_and(|r| r.state.is_placed()) {
+            self.sched_dirty = true; // capacity freed
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, tx: &Tx, req: RegisterRequest, now: Millis) -> Result<Node, ApiError> {
+        self.mutated = true;
+        self.sched_dirty = true;
+        let object = format!("node/{}", req.name);
+        let node = match self.node_idx.get(&req.name) {
+            Some(&i) => {
+                let n = &mut self.nodes[i];
+                let was = n.state;
+                n.address = req.address;
+                n.labels = req.labels;
+                n.capacity = req.capacity;
+                n.runtimes = req.runtimes;
+                n.state = NodeState::Ready;
+                n.last_heartbeat_ms = now;
+                let msg = format!("node re-registered (was {was}) with {}", n.capacity);
+                tx.event(now, &object, "Registered", &msg)?;
+                n.clone()
+            }
+            None => {
+                let n = Node {
+                    name: req.name.clone(),
+                    address: req.address,
+                    labels: req.labels,
+                    capacity: req.capacity,
+                    allocated: Resources::default(),
+                    runtimes: req.runtimes,
+                    state: NodeState::Ready,
+                    replicas: 0,
+                    registered_ms: now,
+                    last_heartbeat_ms: now,
+                };
+                tx.event(now, &object, "Registered", &format!("node joined with {}", n.capacity))?;
+                self.node_idx.insert(n.name.clone(), self.nodes.len());
+                self.nodes.push(n.clone());
+                n
+            }
+        };
+        tx.put_node(&node)?;
+        // A re-registered node must hear its desired set again.
+        self.touched.insert(node.name.clone());
+        Ok(node)
+    }
+
+    fn heartbeat(&mut self, tx: &Tx, name: &str, hb: Heartbeat, now: Millis) -> Result<(), ApiError> {
+        let Some(&i) = self.node_idx.get(name) else {
+            return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
+        };
+        let node_obj = format!("node/{name}");
+        {
+            let n = &mut self.nodes[i];
+            n.last_heartbeat_ms = now;
+            let mut changed = false;
+            if n.state == NodeState::Down {
+                n.state = NodeState::Ready;
+                tx.event(now, &node_obj, "NodeReady", "node is heartbeating again")?;
+                changed = true;
+                self.touched.insert(name.to_string());
+            }
+            if n.capacity != hb.capacity {
+                n.capacity = hb.capacity;
+                changed = true;
+            }
+            if changed {
+                tx.put_node(n)?;
+                self.mutated = true;
+                self.sched_dirty = true;
+            }
+        }
+        for st in hb.replicas {
+            let Some(r) = self.replicas.get(&st.id) else { continue };
+            // Only the node a replica is assigned to, at the current generation,
+            // may report on it; anything else is stale (after a partition, say).
+            if r.node.as_deref() != Some(name) || r.generation != st.generation {
+                continue;
+            }
+            if !matches!(
+                st.state,
+                ReplicaState::Starting | ReplicaState::Running | ReplicaState::Ready | ReplicaState::Exited | ReplicaState::Failed
+            ) {
+                continue;
+            }
+            if r.state == st.state && r.restarts == st.restarts && r.reason == st.reason && r.exit_code == st.exit_code {
+                continue;
+            }
+            if !r.state.can_become(st.state) {
+                tracing::warn!("node {name} reported replica {} going from {} to {}: ignored", r.id, r.state, st.state);
+                continue;
+            }
+            let obj = format!("deployment/{}", r.deployment);
+            if st.state != r.state && matches!(st.state, ReplicaState::Failed) {
+                let why = st.reason.clone().unwrap_or_else(|| "no reason given".into());
+                tx.event(now, &obj, "ReplicaFailed", &format!("replica {} failed on {name}: {why}", r.id))?;
+            }
+            if st.state != r.state && matches!(st.state, ReplicaState::Running) && r.state == ReplicaState::Assigned {
+                tx.event(now, &obj, "Started", &format!("replica {} running on {name}", r.id))?;
+            }
+            if st.restarts > r.restarts {
+                tx.event(now, &obj, "Restarted", &format!("replica {} restarted on {name} ({} restarts)", r.id, st.restarts))?;
+            }
+            let id = st.id.clone();
+            self.update(tx, &id, |r| {
+                r.state = st.state;
+                r.restarts = st.restarts;
+                r.reason = st.reason;
+                r.exit_code = st.exit_code;
+            })?;
+        }
+        Ok(())
+    }
+
+    fn node_down(&mut self, tx: &Tx, name: &str, grace: Duration, now: Millis) -> Result<(), ApiError> {
+        let Some(&i) = self.node_idx.get(name) else { return Ok(()) };
+        self.nodes[i].state = NodeState::Down;
+        tx.put_node(&self.nodes[i])?;
+        self.mutated = true;
+        let ids: Vec<String> = self.by_node.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        tx.event(
+            now,
+            &format!("node/{name}"),
+            "NodeDown",
+            &format!("no heartbeat for {} ms; its {} replicas are replaced elsewhere", grace.as_millis(), ids.len()),
+        )?;
+        tracing::warn!("node {name} missed its heartbeats; replacing {} replicas", ids.len());
+        let mut deployments = BTreeSet::new();
+        for id in ids {
+            if let Some(r) = self.replicas.get(&id) {
+                deployments.insert(r.deployment.clone());
+                tx.event(now, &format!("deployment/{}", r.deployment), "ReplicaLost", &format!("replica {id} lost with node {name}"))?;
+            }
+            self.update(tx, &id, |r| {
+                r.state = ReplicaState::Lost;
+                r.reason = Some(format!("node {name} down"));
+            })?;
+        }
+        for d in deployments {
+            self.reconcile(tx, &d, now)?;
+        }
+        self.sched_dirty = true;
+        Ok(())
+    }
+
+    fn apply(&mut self, tx: &Tx, name: &str, req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
+        let obj = format!("deployment/{name}");
+        let outcome = match self.deployments.get_mut(name) {
+            None => {
+                let d = Deployment {
+                    name: name.to_string(),
+                    replicas: req.replicas,
+                    revision: 1,
+                    spec: req.spec.clone(),
+                    created_ms: now,
+                    updated_ms: now,
+                    status: DeploymentStatus::default(),
+                };
+                tx.put_revision(name, 1, &req.spec, now)?;
+                tx.put_deployment(&d)?;
+                tx.event(now, &obj, "Created", &format!("created with {} replicas of {}", d.replicas, d.spec.workload))?;
+                self.revisions.insert((name.to_string(), 1), req.spec);
+                self.deployments.insert(name.to_string(), DeploymentEntry { d, spread: HashMap::new() });
+                ApplyOutcome::Created
+            }
+            Some(e) if e.d.spec == req.spec && e.d.replicas == req.replicas => return Ok(ApplyOutcome::Unchanged),
+            Some(e) => {
+                if e.d.spec != req.spec {
+                    e.d.revision += 1;
+                    e.d.spec = req.spec.clone();
+                    tx.put_revision(name, e.d.revision, &req.spec, now)?;
+                    tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
+                    self.revisions.insert((name.to_string(), e.d.revision), req.spec);
+                }
+                if e.d.replicas != req.replicas {
+                    tx.event(now, &obj, "Scaled", &format!("scaled from {} to {} replicas", e.d.replicas, req.replicas))?;
+                    e.d.replicas = req.replicas;
+                }
+                e.d.updated_ms = now;
+                tx.put_deployment(&e.d)?;
+                ApplyOutcome::Updated
+            }
+        };
+        self.mutated = true;
+        self.reconcile(tx, name, now)?;
+        Ok(outcome)
+    }
+
+    /// Keeps deployment `name` at its count of current-revision replicas: creates
+    /// what is missing, stops what is extra and whatever runs an older revision.
+    fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        let Some(e) = self.deployments.get(name) else { return Ok(()) };
+        let (desired, revision) = (e.d.replicas as usize, e.d.revision);
+        let obj = format!("deployment/{name}");
+        let mut current: Vec<((u8, std::cmp::Reverse<Millis>), String)> = Vec::new();
+        let mut old: Vec<String> = Vec::new();
+        for r in self.replicas_of(name) {
+            if r.revision == revision { current.push((removal_rank(r), r.id.clone())) } else { old.push(r.id.clone()) }
+        }
+        // Until rolling updates land, a new revision replaces the old one at once.
+        for id in old {
+            self.update(tx, &id, |r| {
+                r.state = ReplicaState::Stopped;
+                r.reason = Some(format!("replaced by revision {revision}"));
+            })?;
+        }
+        let have = current.len();
+        if have > desired {
+            current.sort();
+            let victims = &current[..have - desired];
+            for (_, id) in victims {
+                self.update(tx, id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some("scaled down".into());
+                })?;
+            }
+            tx.event(now, &obj, "ScaledDown", &format!("stopped {} replicas", victims.len()))?;
+        } else if have < desired {
+            for _ in have..desired {
+                let r = Replica {
+                    id: new_replica_id(name),
+                    deployment: name.to_string(),
+                    revision,
+                    node: None,
+                    state: ReplicaState::Pending,
+                    generation: 0,
+                    restarts: 0,
+                    reason: None,
+                    exit_code: None,
+                    created_ms: now,
+                    updated_ms: now,
+                };
+                tx.put_replica(&r)?;
+                self.index_replica(&r);
+                self.replicas.insert(r.id.clone(), r);
+            }
+            self.mutated = true;
+            self.sched_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Places every pending replica that fits somewhere; records why the others don't.
+    fn schedule(&mut self, tx: &Tx, scoring: Scoring, now: Millis) -> Result<usize, ApiError> {
+        let pending: Vec<String> = self.pending.iter().map(|(_, id)| id.clone()).collect();
+        // Replicas of one revision make the same request: once one fits nowhere, the
+        // rest of its revision would not either (in this pass).
+        let mut unplaceable: HashMap<(String, u64), String> = HashMap::new();
+        let mut placed = 0;
+        for id in pending {
+            let Some(r) = self.replicas.get(&id) else { continue };
+            let key = (r.deployment.clone(), r.revision);
+            let reason = match unplaceable.get(&key) {
+                Some(reason) => Err(reason.clone()),
+                None => {
+                    let (Some(spec), Some(e)) = (self.revisions.get(&key), self.deployments.get(&r.deployment)) else {
+                        continue;
+                    };
+                    let req = placement::Request {
+                        resources: spec.resources,
+                        runtime: spec.workload.runtime(),
+                        constraints: &spec.constraints,
+                        spread: &e.spread,
+                        scoring,
+                    };
+                    let decision = placement::place(Snapshot { nodes: &self.nodes }, &req, seed_of(&id));
+                    match decision.chosen {
+                        Some((i, _)) => Ok(self.nodes[i].name.clone()),
+                        None => {
+                            let summary = decision.summary(self.nodes.len());
+                            unplaceable.insert(key, summary.clone());
+                            Err(summary)
+                        }
+                    }
+                }
+            };
+            match reason {
+                Ok(node) => {
+                    let generation = self.next_generation.max(1);
+                    self.next_generation = generation + 1;
+                    let dep = r.deployment.clone();
+                    self.update(tx, &id, |r| {
+                        r.state = ReplicaState::Assigned;
+                        r.node = Some(node.clone());
+                        r.generation = generation;
+                        r.reason = None;
+                    })?;
+                    tx.event(now, &format!("deployment/{dep}"), "Scheduled", &format!("replica {id} placed on {node}"))?;
+                    placed += 1;
+                }
+                Err(why) => {
+                    if r.reason.as_deref() != Some(why.as_str()) {
+                        self.update(tx, &id, |r| r.reason = Some(why))?;
+                    }
+                }
+            }
+        }
+        if placed > 0 {
+            tx.set_meta("next_generation", &self.next_generation.to_string())?;
+        }
+        Ok(placed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every legal and illegal transition of the replica state machine, written out.
+    #[test]
+    fn replica_state_machine() {
+        use ReplicaState::*;
+        let mut out = String::new();
+        for from in ReplicaState::ALL {
+            let to: Vec<String> =
+                ReplicaState::ALL.iter().filter(|&&t| t != from && from.can_become(t)).map(|t| t.to_string()).collect();
+            out.push_str(&format!("{from:>8} -> {}\n", if to.is_empty() { "(none)".into() } else { to.join(" ") }));
+        }
+        expect_test::expect![[r#"
+            pending -> assigned stopped
+            assigned -> starting running ready exited failed lost stopped
+            starting -> running ready exited failed lost stopped
+            running -> starting ready exited failed lost stopped
+            ready -> starting running exited failed lost stopped
+            exited -> starting running ready failed lost stopped
+            failed -> starting running ready exited lost stopped
+            lost -> stopped
+            stopped -> (none)
+        "#]]
+        .assert_eq(&out);
+        assert_eq!(Lost.become_(Running), Err(IllegalTransition { from: Lost, to: Running }));
+        assert_eq!(Stopped.become_(Pending).unwrap_err().to_string(), "replica cannot go from stopped to pending");
+        assert!(Pending.become_(Pending).is_ok(), "a repeated report is not a transition");
+    }
+
+    fn state() -> (State, tempdir::Dir) {
+        let dir = tempdir::Dir::new();
+        let store = Store::open(&dir.0.join("state.db")).unwrap();
+        let st = State::load(store, Policy { scoring: Scoring::BinPack, node_grace: Duration::from_secs(3) }).unwrap();
+        (st, dir)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!("skiff-state-test-{}-{}", std::process::id(), fastrand::u64(..)));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn node(name: &str, mem_mi: u64) -> RegisterRequest {
+        RegisterRequest {
+            name: name.into(),
+            address: "http://127.0.0.1:1".into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::new(4000, mem_mi << 20),
+            runtimes: vec![Runtime::Wasm],
+        }
+    }
+
+    fn spec(mem_mi: u64) -> WorkloadSpec {
+        WorkloadSpec {
+            workload: Workload::Wasm("sha256:00".into()),
+            resources: Resources::new(100, mem_mi << 20),
+            env: BTreeMap::new(),
+            args: vec![],
+            restart: RestartPolicy::Always,
+            constraints: BTreeMap::new(),
+        }
+    }
+
+    fn per_node(st: &State) -> Vec<(String, u32, u64)> {
+        st.mem().nodes().iter().map(|n| (n.name.clone(), n.replicas, n.allocated.memory.0 >> 20)).collect()
+    }
+
+    #[test]
+    fn places_by_resources_reloads_intact_and_replaces_a_dead_node() {
+        let (mut st, dir) = state();
+        st.register(node("a", 300)).unwrap();
+        st.register(node("b", 200)).unwrap();
+        st.register(node("c", 100)).unwrap();
+        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100) }).unwrap();
+        assert_eq!(resp.outcome, ApplyOutcome::Created);
+        assert_eq!(st.schedule().unwrap(), 6);
+        let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
+        assert_eq!(per_node(&st), expected);
+
+        // Applying the same thing again changes nothing.
+        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100) }).unwrap();
+        assert_eq!(again.outcome, ApplyOutcome::Unchanged);
+
+        // A seventh replica fits nowhere and says why.
+        st.scale("web", 7).unwrap();
+        st.schedule().unwrap();
+        let pending: Vec<_> = st.mem().replicas_of("web").filter(|r| r.state == ReplicaState::Pending).collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].reason.as_deref(), Some("0/3 nodes fit: 3 insufficient memory"));
+
+        // Reload from disk: the same objects and allocations.
+        let before: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
+        drop(st);
+        let store = Store::open(&dir.0.join("state.db")).unwrap();
+        let mut st = State::load(store, Policy { scoring: Scoring::BinPack, node_grace: Duration::ZERO }).unwrap();
+        let after: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
+        assert_eq!(before, after);
+        assert_eq!(per_node(&st), expected);
+
+        // Node c stops heartbeating (grace zero): its replica is lost, replaced, and
+        // with c gone the pending one still fits nowhere.
+        st.heartbeat("a", Heartbeat { capacity: Resources::new(4000, 300 << 20), replicas: vec![] }).unwrap();
+        st.heartbeat("b", Heartbeat { capacity: Resources::new(4000, 200 << 20), replicas: vec![] }).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        st.policy.node_grace = Duration::from_millis(1);
+        // Keep a and b fresh; only c misses.
+        for n in ["a", "b"] {
+            st.live.get_mut(n).unwrap().last_heartbeat = Instant::now() + Duration::from_secs(60);
+        }
+        st.check_nodes().unwrap();
+        st.schedule().unwrap();
+        assert_eq!(st.mem().node("c").unwrap().state, NodeState::Down);
+        assert_eq!(st.mem().replicas_of("web").count(), 7);
+        assert_eq!(st.mem().replicas_of("web").filter(|r| r.state == ReplicaState::Pending).count(), 2);
+
+        // Scale down to 2: pending replicas go first.
+        st.scale("web", 2).unwrap();
+        assert!(st.mem().replicas_of("web").all(|r| r.state == ReplicaState::Assigned));
+        st.delete("web").unwrap();
+        assert_eq!(st.mem().all_replicas().count(), 0);
+        assert!(st.mem().nodes().iter().all(|n| n.allocated == Resources::default()));
+    }
+}

@@ -1,0 +1,271 @@
+//! The durable state: one SQLite file in WAL mode, with numbered schema migrations.
+//!
+//! The store only reads and writes rows; the in-memory working set in
+//! [`crate::state`] decides what to write. Every mutation of the working set is
+//! written here first, in one transaction, and applied in memory only once it
+//! committed: a failed write (a full disk) leaves both as they were.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use skiff_api::{Deployment, DeploymentStatus, Event, Node, Replica, WorkloadSpec};
+use std::path::Path;
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored row could not be decoded.
+    #[error("state store holds an unreadable {what}: {source}")]
+    Decode { what: &'static str, source: serde_json::Error },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit one that shipped: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+     );
+     CREATE TABLE deployments (
+        name TEXT PRIMARY KEY,
+        replicas INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );
+     CREATE TABLE revisions (
+        deployment TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (deployment, revision)
+     );
+     CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        deployment TEXT NOT NULL,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX replicas_by_deployment ON replicas(deployment);
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms INTEGER NOT NULL,
+        object TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX events_by_object ON events(object, id);
+     CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );",
+];
+
+/// Everything stored, as loaded at start-up.
+pub struct Loaded {
+    pub nodes: Vec<Node>,
+    pub deployments: Vec<Deployment>,
+    /// (deployment, revision, spec) of every stored revision.
+    pub revisions: Vec<(String, u64, WorkloadSpec)>,
+    pub replicas: Vec<Replica>,
+    pub meta: Vec<(String, String)>,
+}
+
+/// The SQLite state file.
+pub struct Store {
+    conn: Connection,
+}
+
+/// One write transaction; dropped without [`Tx::commit`] it rolls back.
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // Serialising our own plain data types cannot fail.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|source| StoreError::Decode { what, source })
+}
+
+impl Store {
+    /// Opens (creating if needed) `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a commit survives a process crash; only a power loss
+        // may lose the last transactions, never corrupt the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn })
+    }
+
+    /// Reads everything.
+    pub fn load(&self) -> Result<Loaded> {
+        let mut nodes = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT body FROM nodes ORDER BY name")?;
+        for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            nodes.push(decode("node", &body?)?);
+        }
+        let mut revisions = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT deployment, revision, spec FROM revisions")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, String>(2)?)))? {
+            let (d, rev, spec) = row?;
+            revisions.push((d, rev, decode::<WorkloadSpec>("revision", &spec)?));
+        }
+        let mut deployments = Vec::new();
+        let mut stmt =
+            self.conn.prepare("SELECT name, replicas, revision, created_ms, updated_ms FROM deployments ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, u64>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?))
+        })?;
+        for row in rows {
+            let (name, replicas, revision, created_ms, updated_ms) = row?;
+            let spec = revisions
+                .iter()
+                .find(|(d, r, _)| *d == name && *r == revision)
+                .map(|(_, _, s)| s.clone())
+                .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
+            deployments.push(Deployment {
+                name,
+                replicas,
+                revision,
+                spec,
+                created_ms,
+                updated_ms,
+                status: DeploymentStatus::default(),
+            });
+        }
+        let mut replicas = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT body FROM replicas")?;
+        for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            replicas.push(decode("replica", &body?)?);
+        }
+        let mut meta = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT key, value FROM meta")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            meta.push(row?);
+        }
+        Ok(Loaded { nodes, deployments, revisions, replicas, meta })
+    }
+
+    /// Starts a write transaction.
+    pub fn tx(&mut self) -> Result<Tx<'_>> {
+        Ok(Tx { tx: self.conn.transaction()? })
+    }
+
+    /// Events about `object` (or all), newest `limit`, returned oldest first.
+    pub fn events(&self, object: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        let map = |r: &rusqlite::Row| {
+            Ok(Event { id: r.get(0)?, time_ms: r.get(1)?, object: r.get(2)?, reason: r.get(3)?, message: r.get(4)? })
+        };
+        let mut out: Vec<Event> = match object {
+            Some(o) => {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT id, time_ms, object, reason, message FROM events WHERE object = ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                stmt.query_map(params![o, limit], map)?.collect::<rusqlite::Result<_>>()?
+            }
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached("SELECT id, time_ms, object, reason, message FROM events ORDER BY id DESC LIMIT ?1")?;
+                stmt.query_map(params![limit], map)?.collect::<rusqlite::Result<_>>()?
+            }
+        };
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Keeps the newest `keep` events.
+    pub fn prune_events(&self, keep: u64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+            params![keep],
+        )?)
+    }
+
+    /// A stored setting.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+}
+
+impl Tx<'_> {
+    /// Makes the writes durable.
+    pub fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+
+    pub fn put_node(&self, node: &Node) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO nodes (name, body) VALUES (?1, ?2)")?
+            .execute(params![node.name, json(node)])?;
+        Ok(())
+    }
+
+    pub fn put_deployment(&self, d: &Deployment) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO deployments (name, replicas, revision, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![d.name, d.replicas, d.revision, d.created_ms, d.updated_ms])?;
+        Ok(())
+    }
+
+    pub fn put_revision(&self, deployment: &str, revision: u64, spec: &WorkloadSpec, now: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO revisions (deployment, revision, spec, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![deployment, revision, json(spec), now])?;
+        Ok(())
+    }
+
+    /// Deletes a deployment and its revisions (its replicas go one by one).
+    pub fn delete_deployment(&self, name: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM deployments WHERE name = ?1", [name])?;
+        self.tx.execute("DELETE FROM revisions WHERE deployment = ?1", [name])?;
+        Ok(())
+    }
+
+    pub fn put_replica(&self, r: &Replica) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO replicas (id, deployment, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![r.id, r.deployment, json(r)])?;
+        Ok(())
+    }
+
+    pub fn delete_replica(&self, id: &str) -> Result<()> {
+        self.tx.prepare_cached("DELETE FROM replicas WHERE id = ?1")?.execute([id])?;
+        Ok(())
+    }
+
+    pub fn event(&self, time_ms: u64, object: &str, reason: &str, message: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO events (time_ms, object, reason, message) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![time_ms, object, reason, message])?;
+        Ok(())
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! `skiff dev` (a scheduler and a node in one process) against bad input: each gets
+//! a clear error or is contained, and the daemon keeps serving.
+
+use serde_json::Value;
+use skiff_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+struct Dev {
+    dir: TempDir,
+    url: String,
+    proc: Proc,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        let dir = TempDir::new("dev");
+        let data = dir.path().join(".skiff");
+        let proc = Proc::start(
+            "skiff dev",
+            &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+            &dir.path().join("dev.log"),
+        );
+        let url = read_when_ready(&data.join("server.url"));
+        wait_for(Duration::from_secs(30), "the dev node ready", || {
+            let nodes = get_json(dir.path(), &url, "nodes");
+            if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
+        });
+        Dev { dir, url, proc }
+    }
+
+    fn cli(&self, args: &[&str]) -> Cli {
+        cli_in(self.dir.path(), &self.url, args)
+    }
+
+    fn replicas_of(&self, d: &str) -> Vec<Value> {
+        get_json(self.dir.path(), &self.url, "replicas").into_iter().filter(|r| r["deployment"] == d).collect()
+    }
+
+    fn deploy(&self, file: &Path, name: &str, extra: &[&str]) -> Cli {
+        let mut args = vec!["deploy", file.to_str().unwrap_or_default(), "--name", name];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    fn log_of(&self, deployment: &str) -> String {
+        self.cli(&["logs", deployment, "--tail", "1000"]).stdout
+    }
+
+    fn assert_serving(&mut self) {
+        assert!(self.proc.alive(), "skiff dev died");
+        http_get(&format!("{}/healthz", self.url)).expect("scheduler answers /healthz");
+    }
+}
+
+/// The one line a failed CLI call prints.
+fn one_line_error(out: &Cli) -> String {
+    assert!(!out.ok, "expected failure, got success: {}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {}", out.stderr);
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_is_contained() {
+    let mut dev = Dev::new();
+    let dir = dev.dir.path().to_path_buf();
+
+    // Bytes that are not Wasm: refused before upload.
+    let not_wasm = dir.join("notes.wasm");
+    std::fs::write(&not_wasm, b"hello, I am text").expect("write");
+    let err = one_line_error(&dev.deploy(&not_wasm, "bogus", &[]));
+    assert!(err.contains("not a WebAssembly"), "{err}");
+    // Wasm magic but garbage after it: the scheduler validates and refuses.
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x01\0\0\0\x05garbage").expect("write");
+    let err = one_line_error(&dev.deploy(&broken, "broken", &[]));
+    assert!(err.contains("not valid WebAssembly"), "{err}");
+    dev.assert_serving();
+
+    // A healthy worker (a core module, WASI preview 1) beside a guest in an
+    // infinite loop: the worker keeps logging.
+    let healthy = dev.deploy(&wasm_p1("worker"), "healthy", &["--env", "INTERVAL_MS=100", "--env", "GREETING=alive", "--wait"]);
+    assert!(healthy.ok, "{}", healthy.stderr);
+    let spin = dev.deploy(&wasm_p2("spinner"), "spin", &["--replicas", "2", "--wait"]);
+    assert!(spin.ok, "{}", spin.stderr);
+    let count = |s: &str| s.matches("alive").count();
+    let before = count(&dev.log_of("healthy"));
+    std::thread::sleep(Duration::from_secs(3));
+    let after = count(&dev.log_of("healthy"));
+    // 100 ms ticks: about 30 lines in 3 s; demand a third of that beside two spinners.
+    assert!(after >= before + 10, "the healthy guest starved: {before} -> {after} lines");
+    assert!(dev.replicas_of("spin").iter().all(|r| r["state"] == "running"));
+    dev.assert_serving();
+    // Deleting the spinners really stops them (epoch interruption lets them be aborted).
+    assert!(dev.cli(&["delete", "spin"]).ok);
+
+    // A guest that grows memory without end is stopped at its limit, with the reason.
+    let bomb = dev.deploy(&wasm_p2("membomb"), "bomb", &["--memory", "32Mi", "--restart", "never"]);
+    assert!(bomb.ok, "{}", bomb.stderr);
+    let failed = wait_for(Duration::from_secs(30), "the memory bomb to fail", || {
+        let r = dev.replicas_of("bomb");
+        match r.first() {
+            Some(r) if r["state"] == "failed" => Ok(r.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("memory limit"), "{reason}");
+    dev.assert_serving();
+
+    // A guest that exits non-zero is restarted with backoff, and counted.
+    assert!(dev.deploy(&wasm_p2("crasher"), "crash", &[]).ok);
+    let restarted = wait_for(Duration::from_secs(30), "restarts of the crasher", || {
+        let r = dev.replicas_of("crash");
+        let n = r.first().and_then(|r| r["restarts"].as_u64()).unwrap_or(0);
+        if n >= 2 { Ok(r[0].clone()) } else { Err(format!("{r:?}")) }
+    });
+    assert_eq!(restarted["exit_code"], 3, "{restarted}");
+    std::thread::sleep(Duration::from_secs(3));
+    let later = dev.replicas_of("crash")[0]["restarts"].as_u64().unwrap_or(0);
+    // With backoff starting near 250 ms and doubling, ~6 s allow far fewer than the
+    // dozens of restarts a busy loop would make.
+    assert!(later < 12, "{later} restarts in a few seconds: no backoff");
+    let logs = dev.log_of("crash");
+    assert!(logs.contains("restarting"), "the log explains the restarts: {logs}");
+
+    // A request larger than any node: a warning, a pending replica with the reason.
+    let huge = dev.deploy(&wasm_p2("worker"), "huge", &["--memory", "100Ti"]);
+    assert!(huge.ok, "{}", huge.stderr);
+    assert!(format!("{}{}", huge.stdout, huge.stderr).contains("no node is large enough"), "{} {}", huge.stdout, huge.stderr);
+    let pending = wait_for(Duration::from_secs(10), "the pending reason", || {
+        let r = dev.replicas_of("huge");
+        match r.first().and_then(|r| r["reason"].as_str().map(str::to_owned)) {
+            Some(reason) => Ok(reason),
+            None => Err(format!("{r:?}")),
+        }
+    });
+    assert_eq!(pending, "0/1 nodes fit: 1 insufficient memory");
+    let described = dev.cli(&["describe", "deployment", "huge"]);
+    assert!(described.ok && described.stdout.contains("insufficient memory"), "{}", described.stdout);
+
+    // Manifests: a malformed one names its line and column; a good one applied
+    // twice changes nothing the second time.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: web\nwasm: w.wasm\nreplicas: lots\n").expect("write");
+    let err = one_line_error(&dev.cli(&["apply", "-f", bad.to_str().unwrap_or_default()]));
+    assert!(err.contains("line 3 column 11"), "{err}");
+    let good = dir.join("app.yaml");
+    std::fs::copy(wasm_p2("worker"), dir.join("worker.wasm")).expect("copy");
+    std::fs::write(
+        &good,
+        "name: web\nwasm: worker.wasm\nreplicas: 2\nresources: {cpu: 50m, memory: 16Mi}\nenv: {GREETING: from-manifest}\n---\nname: web2\nwasm: worker.wasm\n",
+    )
+    .expect("write");
+    let first = dev.cli(&["apply", "-f", good.to_str().unwrap_or_default()]);
+    assert!(first.ok && first.stdout.contains("created"), "{} {}", first.stdout, first.stderr);
+    let second = dev.cli(&["apply", "-f", good.to_str().unwrap_or_default()]);
+    assert!(second.ok, "{}", second.stderr);
+    assert!(second.stdout.contains("unchanged") && !second.stdout.contains("created"), "{}", second.stdout);
+    wait_for(Duration::from_secs(20), "the manifest's replicas running", || {
+        let r = running(&dir, &dev.url, "web");
+        if r.len() == 2 { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    dev.assert_serving();
+}

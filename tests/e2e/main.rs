@@ -1,0 +1,6 @@
+//! End-to-end tests: real `skiff server`, `skiff node` and `skiff dev` processes,
+//! driven only through the CLI and the HTTP API. One test binary (as wasmtime
+//! does) to keep builds short.
+
+mod bad_input;
+mod cluster;

@@ -1,0 +1,212 @@
+//! Test support: start real `skiff` processes, drive them through the CLI and the
+//! HTTP API, and clean up everything they made, even when a test fails.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The `skiff` binary under test (`SKIFF_BIN`, or the workspace's debug build).
+pub fn skiff_bin() -> PathBuf {
+    let p = std::env::var_os("SKIFF_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug/skiff"));
+    assert!(p.exists(), "{} is missing: run `make test` (it builds the binary and the Wasm examples)", p.display());
+    p
+}
+
+/// A Wasm example built for wasm32-wasip2 (a component).
+pub fn wasm_p2(name: &str) -> PathBuf {
+    example("SKIFF_WASM_P2", "wasm32-wasip2", name)
+}
+
+/// A Wasm example built for wasm32-wasip1 (a core module).
+pub fn wasm_p1(name: &str) -> PathBuf {
+    example("SKIFF_WASM_P1", "wasm32-wasip1", name)
+}
+
+fn example(var: &str, triple: &str, name: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join(triple).join("release/examples"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `make test` (it builds the Wasm examples)", p.display());
+    p
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("skiff-e2e-{tag}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A process we started; killed (SIGKILL, by its pid) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `skiff ARGS`, output to `log`.
+    pub fn start(name: &str, args: &[&str], log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(skiff_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn skiff");
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash or a power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- last lines of {} ----\n{}", self.name, self.log_tail(40));
+        }
+        self.kill();
+    }
+}
+
+/// Waits until `f` gives `Some`, polling every 100 ms; panics after `timeout`
+/// saying what it waited for and what it last saw.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > timeout => panic!("timed out after {timeout:?} waiting for {what}; last: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Reads a file that a process writes at start-up, once it exists.
+pub fn read_when_ready(path: &Path) -> String {
+    wait_for(Duration::from_secs(30), &format!("{} to appear", path.display()), || {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| "not yet".to_string())
+    })
+}
+
+/// The outcome of one CLI call.
+pub struct Cli {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `skiff ARGS` against `server`, from `cwd`.
+pub fn cli_in(cwd: &Path, server: &str, args: &[&str]) -> Cli {
+    let out: Output = Command::new(skiff_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("SKIFF_SERVER", server)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    Cli {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `skiff ARGS` and requires success.
+pub fn cli_ok(cwd: &Path, server: &str, args: &[&str]) -> String {
+    let out = cli_in(cwd, server, args);
+    assert!(out.ok, "`skiff {}` failed:\nstdout: {}\nstderr: {}", args.join(" "), out.stdout, out.stderr);
+    out.stdout
+}
+
+/// `skiff get KIND -o json`, parsed.
+pub fn get_json(cwd: &Path, server: &str, kind: &str) -> Vec<Value> {
+    let out = cli_ok(cwd, server, &["get", kind, "-o", "json"]);
+    match serde_json::from_str::<Value>(&out) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("`skiff get {kind} -o json` did not print a JSON array: {other:?}\n{out}"),
+    }
+}
+
+/// Replicas of `deployment` in state running, as (id, node).
+pub fn running(cwd: &Path, server: &str, deployment: &str) -> Vec<(String, String)> {
+    get_json(cwd, server, "replicas")
+        .into_iter()
+        .filter(|r| r["deployment"] == deployment && r["state"] == "running")
+        .map(|r| (r["id"].as_str().unwrap_or("").to_string(), r["node"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// A plain HTTP/1.0 GET of `http://HOST:PORT/PATH` with a short timeout: the body
+/// of a 2xx answer, or an error string.
+pub fn http_get(url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("only http:// urls")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
+    let ok = head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
+    if ok { Ok(body.to_string()) } else { Err(head.lines().next().unwrap_or("").to_string()) }
+}
