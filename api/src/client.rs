@@ -10,7 +10,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached at all.
-    #[error("cannot reach the skiff server at {url}: {source} (is `skiff server` or `skiff dev` running? set --server or SKIFF_SERVER)")]
+    #[error(
+        "cannot reach the skiff server at {url}: {source} (is `skiff server` or `skiff dev` running? set --server or SKIFF_SERVER)"
+    )]
     Connect {
         /// The base URL tried.
         url: String,
@@ -147,7 +149,8 @@ impl Client {
     /// Sets the replica count of `name`.
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<Deployment, ClientError> {
         self.json(
-            self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/scale")).json(&ScaleRequest { replicas }),
+            self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/scale"))
+                .json(&ScaleRequest { replicas }),
         )
         .await
     }
@@ -191,7 +194,9 @@ impl Client {
         if let Some(t) = tail {
             q.push(("tail", t.to_string()));
         }
-        let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/deployments/{deployment}/logs")).query(&q)).await?;
+        let resp = self
+            .send(self.request(reqwest::Method::GET, &format!("/v1/deployments/{deployment}/logs")).query(&q))
+            .await?;
         Ok(resp.bytes_stream())
     }
 
@@ -214,7 +219,9 @@ impl Client {
 
     /// Sends a node's heartbeat.
     pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
-        self.send(self.request(reqwest::Method::POST, &format!("/v1/nodes/{node}/heartbeat")).json(hb)).await.map(|_| ())
+        self.send(self.request(reqwest::Method::POST, &format!("/v1/nodes/{node}/heartbeat")).json(hb))
+            .await
+            .map(|_| ())
     }
 
     /// A node's desired set, blocking up to `wait` until its index passes `index`.

@@ -39,7 +39,9 @@ pub fn validate_env_key(key: &str) -> Result<(), String> {
     let mut chars = key.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!("environment variable name {key:?} must be letters, digits and '_', not starting with a digit"));
+        return Err(format!(
+            "environment variable name {key:?} must be letters, digits and '_', not starting with a digit"
+        ));
     }
     Ok(())
 }
@@ -202,7 +204,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
     let mut seen = std::collections::BTreeSet::new();
     for d in &deployments {
         match (&d.wasm, &d.image) {
-            (Some(_), Some(_)) => return Err(plain(format!("deployment {:?}: set either wasm or image, not both", d.name.0))),
+            (Some(_), Some(_)) => {
+                return Err(plain(format!("deployment {:?}: set either wasm or image, not both", d.name.0)));
+            }
             (None, None) => return Err(plain(format!("deployment {:?}: set wasm (a .wasm file) or image", d.name.0))),
             _ => {}
         }
@@ -276,18 +280,58 @@ mod tests {
 
     #[test]
     fn validation_messages() {
-        check("name: a\nwasm: a.wasm\nreplica: 3\n", expect!["error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`"]);
-        check("name: Bad_Name\nwasm: a.wasm\n", expect![[r#"error: line 1 column 7: name "Bad_Name" must use only lowercase letters, digits and '-', and start and end with a letter or digit"#]]);
-        check("name: a\nwasm: a.wasm\nresources:\n  memory: 64m\n", expect![[r#"error: line 4 column 11: resources: invalid memory quantity "64m": `m` means thousandths; did you mean Mi (mebibytes)?"#]]);
-        check("name: a\nwasm: a.wasm\nreplicas: -1\n", expect!["error: line 3 column 11: replicas: invalid type: integer `-1`, expected u32"]);
-        check("name: a\nwasm: a.wasm\nrestart: sometimes\n", expect!["error: line 3 column 10: restart: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"]);
-        check("name: a\nwasm: [a\n", expect!["error: line 2 column 7: wasm: invalid type: sequence, expected a string"]);
+        check(
+            "name: a\nwasm: a.wasm\nreplica: 3\n",
+            expect![
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`"
+            ],
+        );
+        check(
+            "name: Bad_Name\nwasm: a.wasm\n",
+            expect![[
+                r#"error: line 1 column 7: name "Bad_Name" must use only lowercase letters, digits and '-', and start and end with a letter or digit"#
+            ]],
+        );
+        check(
+            "name: a\nwasm: a.wasm\nresources:\n  memory: 64m\n",
+            expect![[
+                r#"error: line 4 column 11: resources: invalid memory quantity "64m": `m` means thousandths; did you mean Mi (mebibytes)?"#
+            ]],
+        );
+        check(
+            "name: a\nwasm: a.wasm\nreplicas: -1\n",
+            expect!["error: line 3 column 11: replicas: invalid type: integer `-1`, expected u32"],
+        );
+        check(
+            "name: a\nwasm: a.wasm\nrestart: sometimes\n",
+            expect![
+                "error: line 3 column 10: restart: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"
+            ],
+        );
+        check(
+            "name: a\nwasm: [a\n",
+            expect!["error: line 2 column 7: wasm: invalid type: sequence, expected a string"],
+        );
         check("name: a\nwasm: x\nenv: {A: 1\n", expect!["error: line 4 column 1: did not find expected ',' or '}'"]);
-        check("name: web\nwasm: w.wasm\nreplicas: lots\n", expect![[r#"error: line 3 column 11: replicas: invalid type: string "lots", expected u32"#]]);
+        check(
+            "name: web\nwasm: w.wasm\nreplicas: lots\n",
+            expect![[r#"error: line 3 column 11: replicas: invalid type: string "lots", expected u32"#]],
+        );
         check("name: a\n", expect![[r#"error: deployment "a": set wasm (a .wasm file) or image"#]]);
-        check("name: a\nwasm: x\n---\nname: a\nwasm: y\n", expect![[r#"error: deployment "a" appears twice in the manifest"#]]);
+        check(
+            "name: a\nwasm: x\n---\nname: a\nwasm: y\n",
+            expect![[r#"error: deployment "a" appears twice in the manifest"#]],
+        );
         check("", expect!["error: manifest holds no deployment"]);
-        check("name: a\nwasm: x\nenv: {1X: y}\n", expect![[r#"error: line 3 column 7: environment variable name "1X" must be letters, digits and '_', not starting with a digit"#]]);
-        check("name: a\nwasm: x\nreplicas: 1000000\n", expect!["error: line 3 column 11: replicas must be at most 100000, got 1000000"]);
+        check(
+            "name: a\nwasm: x\nenv: {1X: y}\n",
+            expect![[
+                r#"error: line 3 column 7: environment variable name "1X" must be letters, digits and '_', not starting with a digit"#
+            ]],
+        );
+        check(
+            "name: a\nwasm: x\nreplicas: 1000000\n",
+            expect!["error: line 3 column 11: replicas must be at most 100000, got 1000000"],
+        );
     }
 }

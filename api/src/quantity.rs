@@ -39,11 +39,7 @@ fn split_number<'a>(kind: &'static str, input: &'a str) -> Result<(u128, &'a str
     if frac.len() > 3 {
         return Err(err(kind, input, "at most three decimal places are supported"));
     }
-    let int: u128 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| err(kind, input, "number too large"))?
-    };
+    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| err(kind, input, "number too large"))? };
     let mut milli = int.checked_mul(1000).ok_or_else(|| err(kind, input, "number too large"))?;
     if !frac.is_empty() {
         let padded = format!("{frac:0<3}");
@@ -91,11 +87,7 @@ pub fn parse_memory(input: &str) -> Result<u64, QuantityError> {
             return Err(err("memory", input, "`m` means thousandths; did you mean Mi (mebibytes)?"));
         }
         other => {
-            return Err(err(
-                "memory",
-                input,
-                format!("unknown suffix {other:?}; use Ki, Mi, Gi, Ti (or k, M, G, T)"),
-            ));
+            return Err(err("memory", input, format!("unknown suffix {other:?}; use Ki, Mi, Gi, Ti (or k, M, G, T)")));
         }
     };
     let scaled = milli.checked_mul(multiplier).ok_or_else(|| err("memory", input, "number too large"))?;
@@ -107,7 +99,7 @@ pub fn parse_memory(input: &str) -> Result<u64, QuantityError> {
 
 /// Formats millicores the way a user would write them: `500m`, `2`.
 pub fn format_cpu(millicores: u64) -> String {
-    if millicores % 1000 == 0 { format!("{}", millicores / 1000) } else { format!("{millicores}m") }
+    if millicores.is_multiple_of(1000) { format!("{}", millicores / 1000) } else { format!("{millicores}m") }
 }
 
 /// Formats bytes with the largest binary suffix that divides them exactly, or with
@@ -115,7 +107,7 @@ pub fn format_cpu(millicores: u64) -> String {
 pub fn format_memory(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (suffix, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{suffix}", bytes / size);
         }
     }

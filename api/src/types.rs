@@ -12,10 +12,7 @@ pub type Millis = u64;
 
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The kinds of workload a node can run.
@@ -53,12 +50,12 @@ impl Resources {
     }
 
     /// Adds `other`, saturating.
-    pub fn add(self, other: Resources) -> Resources {
+    pub fn saturating_add(self, other: Resources) -> Resources {
         Resources::new(self.cpu.0.saturating_add(other.cpu.0), self.memory.0.saturating_add(other.memory.0))
     }
 
     /// Subtracts `other`, saturating at zero.
-    pub fn sub(self, other: Resources) -> Resources {
+    pub fn saturating_sub(self, other: Resources) -> Resources {
         Resources::new(self.cpu.0.saturating_sub(other.cpu.0), self.memory.0.saturating_sub(other.memory.0))
     }
 

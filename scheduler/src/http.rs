@@ -56,7 +56,11 @@ fn require_join_token(core: &Core, headers: &HeaderMap) -> Result<(), ApiError> 
     // Compare in constant time: the token is a secret.
     let want = core.join_token.as_bytes();
     let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if ok { Ok(()) } else { Err(ApiError::unauthorized("missing or wrong join token; pass the token `skiff server` printed")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("missing or wrong join token; pass the token `skiff server` printed"))
+    }
 }
 
 async fn list_nodes(State(core): Shared) -> ApiResult<Vec<Node>> {
@@ -72,7 +76,11 @@ async fn get_node(State(core): Shared, Path(name): Path<String>) -> ApiResult<No
         .ok_or_else(|| ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")))
 }
 
-async fn register(State(core): Shared, headers: HeaderMap, Json(req): Json<RegisterRequest>) -> ApiResult<RegisterResponse> {
+async fn register(
+    State(core): Shared,
+    headers: HeaderMap,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<RegisterResponse> {
     require_join_token(&core, &headers)?;
     let mut resp = core.state().register(req)?;
     resp.heartbeat_interval_ms = core.config.heartbeat_interval.as_millis() as u64;
@@ -134,7 +142,11 @@ async fn get_deployment(State(core): Shared, Path(name): Path<String>) -> ApiRes
     })
 }
 
-async fn apply(State(core): Shared, Path(name): Path<String>, Json(req): Json<ApplyRequest>) -> ApiResult<ApplyResponse> {
+async fn apply(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<ApplyRequest>,
+) -> ApiResult<ApplyResponse> {
     if let Workload::Wasm(digest) = &req.spec.workload {
         core.check_wasm(digest).await?;
     }
@@ -196,10 +208,14 @@ async fn head_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Re
 
 async fn get_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Response, ApiError> {
     let path = core.blobs.path(&digest)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found(format!("blob {digest} not stored")))?;
+    let file =
+        tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found(format!("blob {digest} not stored")))?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())], body)
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())],
+        body,
+    )
         .into_response())
 }
 
@@ -227,7 +243,9 @@ async fn logs(State(core): Shared, Path(name): Path<String>, Query(q): Query<Log
         let st = core.state();
         let mem = st.mem();
         if mem.deployment(&name).is_none() {
-            return Err(ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them")));
+            return Err(ApiError::not_found(format!(
+                "deployment {name:?} not found; `skiff get deployments` lists them"
+            )));
         }
         let mut targets = Vec::new();
         for r in mem.replicas_of(&name) {
@@ -310,9 +328,9 @@ impl Core {
         if self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).contains(digest) {
             return Ok(());
         }
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|_| ApiError::bad_request(format!("artifact {digest} is not uploaded; upload it first (skiff deploy does)")))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+            ApiError::bad_request(format!("artifact {digest} is not uploaded; upload it first (skiff deploy does)"))
+        })?;
         let digest_owned = digest.to_string();
         let checked = tokio::task::spawn_blocking(move || validate_wasm(&bytes))
             .await

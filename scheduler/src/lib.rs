@@ -130,9 +130,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
     let state = State::load(store, policy).with_context(|| format!("loading {}", db.display()))?;
     let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {} (is another skiff server running? pick another with --listen)", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!("binding {} (is another skiff server running? pick another with --listen)", config.listen)
+    })?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;

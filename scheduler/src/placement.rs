@@ -147,7 +147,7 @@ fn filter(node: &Node, req: &Request) -> Result<(), Rejection> {
             return Err(Rejection::Constraint { key: key.clone(), want: want.clone() });
         }
     }
-    let free = node.capacity.sub(node.allocated);
+    let free = node.capacity.saturating_sub(node.allocated);
     if free.cpu < req.resources.cpu {
         return Err(Rejection::Cpu { free: free.cpu.0, need: req.resources.cpu.0 });
     }
@@ -161,7 +161,7 @@ fn filter(node: &Node, req: &Request) -> Result<(), Rejection> {
 /// 10^freeMem)` over free fractions after placement, clamped to 0..=18 and
 /// divided by 18; spread is its mirror.
 fn resource_score(node: &Node, req: &Request) -> f64 {
-    let after = node.allocated.add(req.resources);
+    let after = node.allocated.saturating_add(req.resources);
     let frac = |used: u64, cap: u64| if cap == 0 { 0.0 } else { 1.0 - (used as f64 / cap as f64).min(1.0) };
     let free_cpu = frac(after.cpu.0, node.capacity.cpu.0);
     let free_mem = frac(after.memory.0, node.capacity.memory.0);
@@ -254,20 +254,42 @@ mod tests {
         expected.assert_eq(&show(nodes, &d));
     }
 
-    fn req<'a>(cpu: u64, mem_mi: u64, c: &'a BTreeMap<String, String>, s: &'a HashMap<String, u32>, scoring: Scoring) -> Request<'a> {
-        Request { resources: Resources::new(cpu, mem_mi << 20), runtime: Runtime::Wasm, constraints: c, spread: s, scoring }
+    fn req<'a>(
+        cpu: u64,
+        mem_mi: u64,
+        c: &'a BTreeMap<String, String>,
+        s: &'a HashMap<String, u32>,
+        scoring: Scoring,
+    ) -> Request<'a> {
+        Request {
+            resources: Resources::new(cpu, mem_mi << 20),
+            runtime: Runtime::Wasm,
+            constraints: c,
+            spread: s,
+            scoring,
+        }
     }
 
     #[test]
     fn binpack_prefers_the_fuller_node_and_spread_the_emptier() {
         let nodes = [node("a", 4000, 4096, 3000, 3072), node("b", 4000, 4096, 0, 0)];
         let (c, s) = (BTreeMap::new(), HashMap::new());
-        check(&nodes, req(500, 512, &c, &s, Scoring::BinPack), 0, expect![[r#"
+        check(
+            &nodes,
+            req(500, 512, &c, &s, Scoring::BinPack),
+            0,
+            expect![[r#"
             chose a (score 2.963), examined 2, feasible 2
-        "#]]);
-        check(&nodes, req(500, 512, &c, &s, Scoring::Spread), 0, expect![[r#"
+        "#]],
+        );
+        check(
+            &nodes,
+            req(500, 512, &c, &s, Scoring::Spread),
+            0,
+            expect![[r#"
             chose b (score 2.722), examined 2, feasible 2
-        "#]]);
+        "#]],
+        );
     }
 
     #[test]
@@ -275,9 +297,14 @@ mod tests {
         let nodes = [node("a", 4000, 4096, 1000, 1024), node("b", 4000, 4096, 0, 0)];
         let c = BTreeMap::new();
         let s = HashMap::from([("a".to_string(), 1)]);
-        check(&nodes, req(500, 512, &c, &s, Scoring::BinPack), 0, expect![[r#"
+        check(
+            &nodes,
+            req(500, 512, &c, &s, Scoring::BinPack),
+            0,
+            expect![[r#"
             chose b (score 2.278), examined 2, feasible 2
-        "#]]);
+        "#]],
+        );
     }
 
     #[test]
@@ -291,27 +318,42 @@ mod tests {
         let nodes = [node("small", 4000, 128, 0, 0), node("busy", 1000, 4096, 900, 0), down, labelled, containers];
         let c = BTreeMap::from([("zone".to_string(), "b".to_string())]);
         let s = HashMap::new();
-        check(&nodes, req(200, 256, &c, &s, Scoring::BinPack), 0, expect![[r#"
+        check(
+            &nodes,
+            req(200, 256, &c, &s, Scoring::BinPack),
+            0,
+            expect![[r#"
             chose zoned (score 2.135), examined 5, feasible 1
               small: label zone=b missing
               busy: label zone=b missing
               down: node down
               ctr: no wasm runtime
-        "#]]);
+        "#]],
+        );
         let none = BTreeMap::new();
-        check(&nodes[..2], req(200, 256, &none, &s, Scoring::BinPack), 0, expect![[r#"
+        check(
+            &nodes[..2],
+            req(200, 256, &none, &s, Scoring::BinPack),
+            0,
+            expect![[r#"
             unschedulable: 0/2 nodes fit: 1 insufficient cpu, 1 insufficient memory, examined 2, feasible 0
               small: insufficient memory: needs 256Mi, 128Mi free
               busy: insufficient cpu: needs 200m, 100m free
-        "#]]);
+        "#]],
+        );
     }
 
     #[test]
     fn empty_cluster() {
         let (c, s) = (BTreeMap::new(), HashMap::new());
-        check(&[], req(1, 1, &c, &s, Scoring::BinPack), 7, expect![[r#"
+        check(
+            &[],
+            req(1, 1, &c, &s, Scoring::BinPack),
+            7,
+            expect![[r#"
             unschedulable: no nodes registered; start one with `skiff node`, examined 0, feasible 0
-        "#]]);
+        "#]],
+        );
     }
 
     #[test]

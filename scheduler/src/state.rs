@@ -234,7 +234,12 @@ impl State {
                 e.d.replicas = replicas;
                 e.d.updated_ms = now;
                 tx.put_deployment(&e.d)?;
-                tx.event(now, &format!("deployment/{name}"), "Scaled", &format!("scaled from {from} to {replicas} replicas"))?;
+                tx.event(
+                    now,
+                    &format!("deployment/{name}"),
+                    "Scaled",
+                    &format!("scaled from {from} to {replicas} replicas"),
+                )?;
                 mem.mutated = true;
                 mem.reconcile(tx, name, now)?;
             }
@@ -450,7 +455,7 @@ impl Mem {
             self.by_node.entry(node.clone()).or_default().insert(r.id.clone());
             if let Some(&i) = self.node_idx.get(node) {
                 let n = &mut self.nodes[i];
-                n.allocated = n.allocated.add(res);
+                n.allocated = n.allocated.saturating_add(res);
                 n.replicas += 1;
             }
             if let Some(e) = self.deployments.get_mut(&r.deployment) {
@@ -472,7 +477,7 @@ impl Mem {
             }
             if let Some(&i) = self.node_idx.get(node) {
                 let n = &mut self.nodes[i];
-                n.allocated = n.allocated.sub(res);
+                n.allocated = n.allocated.saturating_sub(res);
                 n.replicas = n.replicas.saturating_sub(1);
             }
             if let Some(e) = self.deployments.get_mut(&r.deployment)
@@ -601,11 +606,16 @@ impl Mem {
             }
             if !matches!(
                 st.state,
-                ReplicaState::Starting | ReplicaState::Running | ReplicaState::Ready | ReplicaState::Exited | ReplicaState::Failed
+                ReplicaState::Starting
+                    | ReplicaState::Running
+                    | ReplicaState::Ready
+                    | ReplicaState::Exited
+                    | ReplicaState::Failed
             ) {
                 continue;
             }
-            if r.state == st.state && r.restarts == st.restarts && r.reason == st.reason && r.exit_code == st.exit_code {
+            if r.state == st.state && r.restarts == st.restarts && r.reason == st.reason && r.exit_code == st.exit_code
+            {
                 continue;
             }
             if !r.state.can_become(st.state) {
@@ -621,7 +631,12 @@ impl Mem {
                 tx.event(now, &obj, "Started", &format!("replica {} running on {name}", r.id))?;
             }
             if st.restarts > r.restarts {
-                tx.event(now, &obj, "Restarted", &format!("replica {} restarted on {name} ({} restarts)", r.id, st.restarts))?;
+                tx.event(
+                    now,
+                    &obj,
+                    "Restarted",
+                    &format!("replica {} restarted on {name} ({} restarts)", r.id, st.restarts),
+                )?;
             }
             let id = st.id.clone();
             self.update(tx, &id, |r| {
@@ -651,7 +666,12 @@ impl Mem {
         for id in ids {
             if let Some(r) = self.replicas.get(&id) {
                 deployments.insert(r.deployment.clone());
-                tx.event(now, &format!("deployment/{}", r.deployment), "ReplicaLost", &format!("replica {id} lost with node {name}"))?;
+                tx.event(
+                    now,
+                    &format!("deployment/{}", r.deployment),
+                    "ReplicaLost",
+                    &format!("replica {id} lost with node {name}"),
+                )?;
             }
             self.update(tx, &id, |r| {
                 r.state = ReplicaState::Lost;
@@ -680,7 +700,12 @@ impl Mem {
                 };
                 tx.put_revision(name, 1, &req.spec, now)?;
                 tx.put_deployment(&d)?;
-                tx.event(now, &obj, "Created", &format!("created with {} replicas of {}", d.replicas, d.spec.workload))?;
+                tx.event(
+                    now,
+                    &obj,
+                    "Created",
+                    &format!("created with {} replicas of {}", d.replicas, d.spec.workload),
+                )?;
                 self.revisions.insert((name.to_string(), 1), req.spec);
                 self.deployments.insert(name.to_string(), DeploymentEntry { d, spread: HashMap::new() });
                 ApplyOutcome::Created
@@ -695,7 +720,12 @@ impl Mem {
                     self.revisions.insert((name.to_string(), e.d.revision), req.spec);
                 }
                 if e.d.replicas != req.replicas {
-                    tx.event(now, &obj, "Scaled", &format!("scaled from {} to {} replicas", e.d.replicas, req.replicas))?;
+                    tx.event(
+                        now,
+                        &obj,
+                        "Scaled",
+                        &format!("scaled from {} to {} replicas", e.d.replicas, req.replicas),
+                    )?;
                     e.d.replicas = req.replicas;
                 }
                 e.d.updated_ms = now;
@@ -807,7 +837,12 @@ impl Mem {
                         r.generation = generation;
                         r.reason = None;
                     })?;
-                    tx.event(now, &format!("deployment/{dep}"), "Scheduled", &format!("replica {id} placed on {node}"))?;
+                    tx.event(
+                        now,
+                        &format!("deployment/{dep}"),
+                        "Scheduled",
+                        &format!("replica {id} placed on {node}"),
+                    )?;
                     placed += 1;
                 }
                 Err(why) => {
@@ -866,7 +901,8 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                let p = std::env::temp_dir().join(format!("skiff-state-test-{}-{}", std::process::id(), fastrand::u64(..)));
+                let p =
+                    std::env::temp_dir().join(format!("skiff-state-test-{}-{}", std::process::id(), fastrand::u64(..)));
                 std::fs::create_dir_all(&p).unwrap();
                 Dir(p)
             }

@@ -127,10 +127,17 @@ impl Store {
             revisions.push((d, rev, decode::<WorkloadSpec>("revision", &spec)?));
         }
         let mut deployments = Vec::new();
-        let mut stmt =
-            self.conn.prepare("SELECT name, replicas, revision, created_ms, updated_ms FROM deployments ORDER BY name")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, replicas, revision, created_ms, updated_ms FROM deployments ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, u64>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+            ))
         })?;
         for row in rows {
             let (name, replicas, revision, created_ms, updated_ms) = row?;
@@ -180,9 +187,9 @@ impl Store {
                 stmt.query_map(params![o, limit], map)?.collect::<rusqlite::Result<_>>()?
             }
             None => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached("SELECT id, time_ms, object, reason, message FROM events ORDER BY id DESC LIMIT ?1")?;
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT id, time_ms, object, reason, message FROM events ORDER BY id DESC LIMIT ?1",
+                )?;
                 stmt.query_map(params![limit], map)?.collect::<rusqlite::Result<_>>()?
             }
         };
@@ -192,10 +199,7 @@ impl Store {
 
     /// Keeps the newest `keep` events.
     pub fn prune_events(&self, keep: u64) -> Result<usize> {
-        Ok(self.conn.execute(
-            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
-            params![keep],
-        )?)
+        Ok(self.conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![keep])?)
     }
 
     /// A stored setting.

@@ -33,9 +33,8 @@ pub fn wasm_p1(name: &str) -> PathBuf {
 }
 
 fn example(var: &str, triple: &str, name: &str) -> PathBuf {
-    let dir = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join(triple).join("release/examples"));
+    let dir =
+        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| target_dir().join(triple).join("release/examples"));
     let p = dir.join(format!("{name}.wasm"));
     assert!(p.exists(), "{} is missing: run `make test` (it builds the Wasm examples)", p.display());
     p
@@ -128,7 +127,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<
     loop {
         match f() {
             Ok(v) => return v,
-            Err(last) if start.elapsed() > timeout => panic!("timed out after {timeout:?} waiting for {what}; last: {last}"),
+            Err(last) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }

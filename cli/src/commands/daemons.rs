@@ -1,0 +1,299 @@
+//! `skiff server`, `skiff node` and `skiff dev`: the daemons, which run until a
+//! signal (SIGINT or SIGTERM) or a fatal error.
+
+use super::{parse_duration, parse_labels};
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use skiff_api::quantity::{Cpu, Memory};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the scheduler ranks the nodes that fit a replica.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScoringArg {
+    /// Fill the busiest nodes first (keeps whole nodes free)
+    Binpack,
+    /// Prefer the emptiest nodes (spreads load)
+    Spread,
+}
+
+impl From<ScoringArg> for skiff_scheduler::Scoring {
+    fn from(s: ScoringArg) -> Self {
+        match s {
+            ScoringArg::Binpack => skiff_scheduler::Scoring::BinPack,
+            ScoringArg::Spread => skiff_scheduler::Scoring::Spread,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address of the API and dashboard
+    #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the state, blobs and join token live
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "./skiff-data")]
+    data_dir: PathBuf,
+    /// How to rank nodes that fit a replica
+    #[arg(long, value_enum, default_value = "binpack")]
+    scoring: ScoringArg,
+    /// How often nodes heartbeat (500ms, 1s, ...)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// How long past a missed heartbeat a node is declared down
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    node_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The join token the server printed at its first start
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the join token (such as the server's DATA_DIR/join-token)
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The node's name [default: the host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels for deployment constraints: k=v,k2=v2
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// CPU offered to replicas, overriding detection (2, 1500m)
+    #[arg(long)]
+    cpu: Option<Cpu>,
+    /// Memory offered to replicas, overriding detection (4Gi, 512Mi)
+    #[arg(long)]
+    memory: Option<Memory>,
+    /// Where the node keeps compiled code, blobs and logs
+    #[arg(long, env = "SKIFF_NODE_DATA_DIR", default_value = "./skiff-node")]
+    data_dir: PathBuf,
+    /// Address of the node's own API (logs, metrics)
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    listen: SocketAddr,
+    /// The URL the scheduler should use to reach this node [default: from --listen]
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address of the API and dashboard
+    #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the state lives; the node keeps its data in DATA_DIR/node
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "./.skiff")]
+    data_dir: PathBuf,
+    /// How to rank nodes that fit a replica
+    #[arg(long, value_enum, default_value = "binpack")]
+    scoring: ScoringArg,
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let first_start = !args.data_dir.join("join-token").exists();
+    let config = skiff_scheduler::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        scoring: args.scoring.into(),
+        heartbeat_interval: args.heartbeat_interval,
+        node_grace: args.node_grace,
+    };
+    let server = skiff_scheduler::start(config).await.with_context(|| {
+        format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())
+    })?;
+    println!("skiff server: listening at {} (data in {})", server.url, args.data_dir.display());
+    let token_file = args.data_dir.join("join-token");
+    if first_start {
+        println!(
+            "join token: {} ; start a node with: skiff node --server {} --token {}",
+            server.join_token, server.url, server.join_token
+        );
+    } else {
+        println!(
+            "join token in {} ; start a node with: skiff node --server {} --token-file {}",
+            token_file.display(),
+            server.url,
+            token_file.display()
+        );
+    }
+    tokio::select! {
+        res = server.wait() => res.context("the scheduler stopped"),
+        sig = shutdown_signal() => {
+            tracing::info!("{sig}: stopping the scheduler");
+            Ok(())
+        }
+    }
+}
+
+pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the join token from {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => bail!(
+            "a join token is needed: pass --token TOKEN (or SKIFF_TOKEN) or --token-file PATH; the server printed it at its first start and keeps it in its DATA_DIR/join-token"
+        ),
+    };
+    if token.is_empty() {
+        bail!("the join token is empty; pass the one the server printed (or its DATA_DIR/join-token)");
+    }
+    let name = match args.name {
+        Some(n) => n,
+        None => host_name(),
+    };
+    skiff_api::manifest::validate_name(&name).map_err(anyhow::Error::msg).context("node name (set --name)")?;
+    let labels = parse_labels("--labels", &args.labels)?;
+    let config = skiff_node::NodeConfig {
+        server: server.clone(),
+        token,
+        name: name.clone(),
+        labels,
+        cpu_millis: args.cpu.map(|c| c.0),
+        memory_bytes: args.memory.map(|m| m.0),
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+    };
+    tracing::info!("node {name} joining {server}");
+    tokio::select! {
+        res = skiff_node::run(config) => res.with_context(|| format!("node {name} stopped")),
+        sig = shutdown_signal() => {
+            tracing::info!("{sig}: stopping node {name}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = skiff_scheduler::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        scoring: args.scoring.into(),
+        ..Default::default()
+    };
+    let server = skiff_scheduler::start(config).await.with_context(|| {
+        format!(
+            "cannot start the scheduler on {} with data in {} (is another skiff already running? pass --listen)",
+            args.listen,
+            args.data_dir.display()
+        )
+    })?;
+    let node_name = "dev".to_string();
+    let node_config = skiff_node::NodeConfig {
+        server: server.url.clone(),
+        token: server.join_token.clone(),
+        name: node_name.clone(),
+        labels: Default::default(),
+        cpu_millis: None,
+        memory_bytes: None,
+        data_dir: args.data_dir.join("node"),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise: None,
+    };
+    let url = server.url.clone();
+    let mut node_task = tokio::spawn(skiff_node::run(node_config));
+    let mut server_task = tokio::spawn(server.wait());
+
+    // Say "ready" only once the node has registered, so that a script that waits
+    // for this line can deploy at once.
+    let ready = wait_for_node(&url, &node_name);
+    tokio::pin!(ready);
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            ok = &mut ready, if !announced => {
+                announced = true;
+                if ok {
+                    println!("skiff dev: server at {url}, node {node_name} ready; try: skiff deploy FILE.wasm --name hello");
+                } else {
+                    tracing::warn!("node {node_name} has not registered after 30s; still waiting");
+                }
+            }
+            res = &mut server_task => {
+                node_task.abort();
+                return flatten(res).context("the scheduler stopped");
+            }
+            res = &mut node_task => {
+                server_task.abort();
+                return flatten(res).with_context(|| format!("node {node_name} stopped"));
+            }
+            sig = shutdown_signal() => {
+                tracing::info!("{sig}: stopping skiff dev");
+                node_task.abort();
+                server_task.abort();
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn flatten(res: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match res {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
+    }
+}
+
+/// Polls the scheduler until node `name` is registered and ready, for up to 30 s.
+async fn wait_for_node(url: &str, name: &str) -> bool {
+    let client = skiff_api::Client::new(url);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(node) = client.node(name).await
+            && node.state == skiff_api::NodeState::Ready
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Resolves on SIGINT or SIGTERM, naming which.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// The host name made into a valid node name (a DNS label), or `node`.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    sanitize_name(raw.trim())
+}
+
+fn sanitize_name(raw: &str) -> String {
+    // Only the first label of a FQDN: "web1.example.com" → "web1".
+    let first = raw.split('.').next().unwrap_or_default();
+    let mut name: String =
+        first.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(63).collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() { "node".to_string() } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_name;
+
+    #[test]
+    fn host_names_become_node_names() {
+        assert_eq!(sanitize_name("Web_1.example.com"), "web-1");
+        assert_eq!(sanitize_name(""), "node");
+        assert_eq!(sanitize_name("--x--"), "x");
+    }
+}

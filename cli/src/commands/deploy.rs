@@ -1,0 +1,294 @@
+//! `skiff deploy` and `skiff apply`: upload artifacts by digest, create or update
+//! deployments, and optionally wait until their replicas run.
+
+use super::{parse_duration, parse_env, parse_labels};
+use crate::output;
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use sha2::{Digest, Sha256};
+use skiff_api::quantity::{Cpu, Memory};
+use skiff_api::{
+    ApplyOutcome, ApplyRequest, Client, NodeState, ReplicaState, Resources, RestartPolicy, Workload, WorkloadSpec,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The first four bytes of every WebAssembly binary, module or component.
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestartArg {
+    /// Restart whatever the exit status
+    Always,
+    /// Restart only after a failure
+    OnFailure,
+    /// Never restart
+    Never,
+}
+
+impl From<RestartArg> for RestartPolicy {
+    fn from(r: RestartArg) -> Self {
+        match r {
+            RestartArg::Always => RestartPolicy::Always,
+            RestartArg::OnFailure => RestartPolicy::OnFailure,
+            RestartArg::Never => RestartPolicy::Never,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The .wasm file (a WASI command module or component)
+    file: PathBuf,
+    /// The deployment's name (lowercase letters, digits and '-')
+    #[arg(long)]
+    name: String,
+    /// How many replicas to run
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// CPU each replica requests (100m, 1)
+    #[arg(long, default_value = "100m")]
+    cpu: Cpu,
+    /// Memory each replica requests; also its hard limit (64Mi, 1Gi)
+    #[arg(long, default_value = "64Mi")]
+    memory: Memory,
+    /// An environment variable, KEY=VALUE (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// An argument passed to the program (repeatable)
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// What to do when a replica exits
+    #[arg(long, value_enum, default_value = "always")]
+    restart: RestartArg,
+    /// A node label the nodes must carry, k=v (repeatable)
+    #[arg(long = "label-selector", value_name = "K=V")]
+    label_selector: Vec<String>,
+    /// Wait until every replica of the new revision runs
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The YAML manifest: one deployment per document
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Wait until every replica of every deployment runs
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
+    skiff_api::manifest::validate_name(&args.name).map_err(anyhow::Error::msg).context("--name")?;
+    if args.replicas > skiff_api::manifest::MAX_REPLICAS {
+        bail!("--replicas must be at most {}, got {}", skiff_api::manifest::MAX_REPLICAS, args.replicas);
+    }
+    let env = parse_env(&args.env)?;
+    let constraints = parse_labels("--label-selector", &args.label_selector)?;
+    let wasm = read_wasm(&args.file)?;
+    let digest = upload(client, &args.file, wasm).await?;
+    let spec = WorkloadSpec {
+        workload: Workload::Wasm(digest),
+        resources: Resources { cpu: args.cpu, memory: args.memory },
+        env,
+        args: args.args,
+        restart: args.restart.into(),
+        constraints,
+    };
+    let request = spec.clone();
+    let revision = apply_one(client, &args.name, args.replicas, spec).await?;
+    if args.replicas > 0 {
+        warn_if_no_node_fits(client, &args.name, &request).await;
+    }
+    if args.wait {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        wait_running(client, &args.name, revision, args.replicas, deadline, args.timeout).await?;
+    }
+    Ok(())
+}
+
+pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
+    let file = &args.file;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
+    let manifest =
+        skiff_api::manifest::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    // Read every artifact before changing anything, so that a typo in the third
+    // deployment does not leave the first two applied.
+    let mut prepared = Vec::new();
+    for d in &manifest {
+        let wasm = match &d.wasm {
+            Some(rel) => {
+                let path = base.join(rel);
+                let bytes = read_wasm(&path).with_context(|| format!("{}: deployment {}", file.display(), d.name.0))?;
+                Some((path, bytes))
+            }
+            None => None,
+        };
+        prepared.push((d, wasm));
+    }
+
+    let mut applied = Vec::new();
+    for (d, wasm) in prepared {
+        let workload = match (wasm, &d.image) {
+            (Some((path, bytes)), _) => Workload::Wasm(upload(client, &path, bytes).await?),
+            (None, Some(image)) => Workload::Image(image.clone()),
+            (None, None) => bail!("{}: deployment {}: set wasm or image", file.display(), d.name.0),
+        };
+        let spec = WorkloadSpec {
+            workload,
+            resources: Resources { cpu: d.resources.cpu, memory: d.resources.memory },
+            env: d.env.clone(),
+            args: d.args.clone(),
+            restart: d.restart,
+            constraints: d.constraints.clone(),
+        };
+        let request = spec.clone();
+        let revision = apply_one(client, &d.name.0, d.replicas, spec).await?;
+        if d.replicas > 0 {
+            warn_if_no_node_fits(client, &d.name.0, &request).await;
+        }
+        applied.push((d.name.0.clone(), revision, d.replicas));
+    }
+    if args.wait {
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        for (name, revision, replicas) in applied {
+            wait_running(client, &name, revision, replicas, deadline, args.timeout).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file and checks that it is WebAssembly, before anything is uploaded.
+fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !bytes.starts_with(WASM_MAGIC) {
+        bail!(
+            "{} is not a WebAssembly file (it does not start with \\0asm); build a WASI command, e.g. with `cargo build --target wasm32-wasip2`",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Uploads `bytes` unless the server has them already; returns their digest.
+async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<String> {
+    let digest = digest_of(&bytes);
+    let exists = client.blob_exists(&digest).await?;
+    if !exists {
+        client.put_blob(&digest, bytes).await.with_context(|| format!("cannot upload {}", path.display()))?;
+        tracing::info!("uploaded {} as {digest}", path.display());
+    }
+    Ok(digest)
+}
+
+/// Applies one deployment and prints what happened; returns its revision.
+async fn apply_one(client: &Client, name: &str, replicas: u32, spec: WorkloadSpec) -> anyhow::Result<u64> {
+    let resp =
+        client.apply(name, &ApplyRequest { replicas, spec }).await.with_context(|| format!("deployment {name}"))?;
+    let outcome = match resp.outcome {
+        ApplyOutcome::Created => "created",
+        ApplyOutcome::Updated => "updated",
+        ApplyOutcome::Unchanged => "unchanged",
+    };
+    println!("deployment {name} {outcome} (revision {})", resp.deployment.revision);
+    Ok(resp.deployment.revision)
+}
+
+/// Tells the user at once when no node could ever hold one replica, rather than
+/// leaving them to find a pending replica later. Only advice: any failure to list
+/// the nodes is ignored.
+async fn warn_if_no_node_fits(client: &Client, name: &str, spec: &WorkloadSpec) {
+    let runtime = spec.workload.runtime();
+    let request = spec.resources;
+    let Ok(nodes) = client.nodes().await else {
+        return;
+    };
+    let live: Vec<_> = nodes.iter().filter(|n| n.state != NodeState::Down && n.runtimes.contains(&runtime)).collect();
+    if nodes.is_empty() {
+        eprintln!("warning: no node has joined yet; the replicas of {name} stay pending until one does");
+        return;
+    }
+    let labelled: Vec<_> =
+        live.iter().filter(|n| spec.constraints.iter().all(|(k, v)| n.labels.get(k) == Some(v))).collect();
+    if !live.is_empty() && labelled.is_empty() {
+        eprintln!(
+            "warning: no live node carries the labels {} that {name} requires; its replicas stay pending until one does (see `skiff get nodes`)",
+            output::map_list(&spec.constraints)
+        );
+        return;
+    }
+    if labelled.iter().any(|n| n.capacity.covers(request)) {
+        return;
+    }
+    let largest = labelled
+        .iter()
+        .max_by_key(|n| (n.capacity.memory, n.capacity.cpu))
+        .map(|n| format!("the largest, {}, offers {}", n.name, output::resources(n.capacity)))
+        .unwrap_or_else(|| format!("no live node runs {runtime} workloads"));
+    eprintln!(
+        "warning: no node is large enough for a replica of {name} ({}): {largest}; its replicas stay pending until a node that fits joins (or lower --cpu/--memory)",
+        output::resources(request)
+    );
+}
+
+/// Polls until `want` replicas of `revision` run, or fails at `deadline` saying
+/// what the others are waiting for (`timeout` is the whole wait, for the message).
+async fn wait_running(
+    client: &Client,
+    name: &str,
+    revision: u64,
+    want: u32,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let replicas = client.replicas(Some(name), None).await?;
+        let current: Vec<_> = replicas.iter().filter(|r| r.revision == revision && !r.state.is_terminal()).collect();
+        let running = current.iter().filter(|r| matches!(r.state, ReplicaState::Running | ReplicaState::Ready)).count();
+        if running >= want as usize {
+            println!("deployment {name}: {running}/{want} replicas running");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let waiting: Vec<String> = current
+                .iter()
+                .filter(|r| !matches!(r.state, ReplicaState::Running | ReplicaState::Ready))
+                .map(|r| match &r.reason {
+                    Some(reason) => format!("{} {}: {reason}", r.id, r.state),
+                    None => format!("{} {}", r.id, r.state),
+                })
+                .collect();
+            let detail =
+                if waiting.is_empty() { "no replica of this revision yet".to_string() } else { waiting.join("; ") };
+            bail!(
+                "deployment {name}: only {running}/{want} replicas running after {}: {detail} (see `skiff describe deployment {name}`)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest_of;
+
+    #[test]
+    fn digests_are_sha256_hex() {
+        assert_eq!(digest_of(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+}

@@ -1,0 +1,314 @@
+//! `skiff get` and `skiff describe`: read-only views of the cluster.
+
+use crate::output::{Format, Table, age, map_list, memory, or_dash, print_encoded, resources, short_workload};
+use anyhow::{Context, bail};
+use clap::Args;
+use skiff_api::quantity::format_cpu;
+use skiff_api::{Client, Deployment, Event, Node, Replica, ReplicaState};
+
+/// What `get` and `describe` can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nodes,
+    Deployments,
+    Replicas,
+}
+
+impl Kind {
+    fn parse(word: &str) -> anyhow::Result<Kind> {
+        Ok(match word.to_ascii_lowercase().as_str() {
+            "nodes" | "node" | "no" => Kind::Nodes,
+            "deployments" | "deployment" | "deploy" | "deploys" | "dep" => Kind::Deployments,
+            "replicas" | "replica" | "rs" | "rep" => Kind::Replicas,
+            other => bail!("unknown kind {other:?}; use nodes, deployments or replicas"),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// nodes, deployments or replicas (singular and short forms work too)
+    kind: String,
+    /// Show only this object
+    name: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: Format,
+    /// Replicas: only those of this deployment
+    #[arg(long)]
+    deployment: Option<String>,
+    /// Replicas: only those on this node
+    #[arg(long)]
+    node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// deployment or node
+    kind: String,
+    /// Its name
+    name: String,
+}
+
+pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
+    let kind = Kind::parse(&args.kind)?;
+    let format = args.output;
+    match (kind, &args.name) {
+        (Kind::Nodes, None) => {
+            let nodes = client.nodes().await?;
+            if format == Format::Table {
+                nodes_table(&nodes).print();
+            } else {
+                print_encoded(format, &nodes)?;
+            }
+        }
+        (Kind::Nodes, Some(name)) => {
+            let node = client.node(name).await?;
+            if format == Format::Table {
+                nodes_table(std::slice::from_ref(&node)).print();
+            } else {
+                print_encoded(format, &node)?;
+            }
+        }
+        (Kind::Deployments, None) => {
+            let deployments = client.deployments().await?;
+            if format == Format::Table {
+                deployments_table(&deployments).print();
+            } else {
+                print_encoded(format, &deployments)?;
+            }
+        }
+        (Kind::Deployments, Some(name)) => {
+            let d = client.deployment(name).await?;
+            if format == Format::Table {
+                deployments_table(std::slice::from_ref(&d)).print();
+            } else {
+                print_encoded(format, &d)?;
+            }
+        }
+        (Kind::Replicas, name) => {
+            let mut replicas = client.replicas(args.deployment.as_deref(), args.node.as_deref()).await?;
+            if let Some(name) = name {
+                // A replica id, or, as a convenience, a deployment's name.
+                let by_id: Vec<Replica> = replicas.iter().filter(|r| &r.id == name).cloned().collect();
+                replicas = if by_id.is_empty() {
+                    replicas.into_iter().filter(|r| &r.deployment == name).collect()
+                } else {
+                    by_id
+                };
+                if replicas.is_empty() {
+                    bail!(
+                        "no replica {name:?} (and no deployment of that name with replicas); list them with `skiff get replicas`"
+                    );
+                }
+                if format != Format::Table && replicas.len() == 1 && replicas[0].id == *name {
+                    return print_encoded(format, &replicas[0]);
+                }
+            }
+            if format == Format::Table {
+                replicas_table(&replicas, true).print();
+            } else {
+                print_encoded(format, &replicas)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nodes_table(nodes: &[Node]) -> Table {
+    let mut t = Table::new(&["NAME", "STATE", "CPU", "MEMORY", "REPLICAS", "RUNTIMES", "LABELS", "AGE"]);
+    for n in nodes {
+        t.row(vec![
+            n.name.clone(),
+            n.state.to_string(),
+            format!("{}/{}", format_cpu(n.allocated.cpu.0), format_cpu(n.capacity.cpu.0)),
+            format!("{}/{}", memory(n.allocated.memory.0), memory(n.capacity.memory.0)),
+            n.replicas.to_string(),
+            n.runtimes.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            map_list(&n.labels),
+            age(n.registered_ms),
+        ]);
+    }
+    t
+}
+
+fn deployments_table(deployments: &[Deployment]) -> Table {
+    let mut t = Table::new(&["NAME", "REPLICAS", "PENDING", "REVISION", "WORKLOAD", "AGE"]);
+    for d in deployments {
+        t.row(vec![
+            d.name.clone(),
+            format!("{}/{}", d.status.running, d.replicas),
+            d.status.pending.to_string(),
+            d.revision.to_string(),
+            short_workload(&d.spec.workload),
+            age(d.created_ms),
+        ]);
+    }
+    t
+}
+
+fn replicas_table(replicas: &[Replica], with_deployment: bool) -> Table {
+    let mut header = vec!["ID"];
+    if with_deployment {
+        header.push("DEPLOYMENT");
+    }
+    header.extend(["REV", "STATE", "NODE", "RESTARTS", "AGE", "REASON"]);
+    let mut t = Table::new(&header);
+    for r in replicas {
+        let mut row = vec![r.id.clone()];
+        if with_deployment {
+            row.push(r.deployment.clone());
+        }
+        let reason = match (&r.reason, r.exit_code) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(code)) if matches!(r.state, ReplicaState::Exited | ReplicaState::Failed) => {
+                format!("exit {code}")
+            }
+            _ => "-".to_string(),
+        };
+        row.extend([
+            r.revision.to_string(),
+            r.state.to_string(),
+            or_dash(r.node.as_deref()),
+            r.restarts.to_string(),
+            age(r.created_ms),
+            reason,
+        ]);
+        t.row(row);
+    }
+    t
+}
+
+fn events_table(events: &[Event]) -> Table {
+    let mut t = Table::new(&["AGE", "OBJECT", "REASON", "MESSAGE"]);
+    let start = events.len().saturating_sub(20);
+    for e in &events[start..] {
+        t.row(vec![age(e.time_ms), e.object.clone(), e.reason.clone(), e.message.clone()]);
+    }
+    t
+}
+
+pub async fn describe(args: DescribeArgs, client: &Client) -> anyhow::Result<()> {
+    match Kind::parse(&args.kind)? {
+        Kind::Deployments => describe_deployment(client, &args.name).await,
+        Kind::Nodes => describe_node(client, &args.name).await,
+        Kind::Replicas => {
+            bail!("describe shows a deployment or a node; for replicas use `skiff get replicas {}`", args.name)
+        }
+    }
+}
+
+async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> {
+    let d = client.deployment(name).await?;
+    let replicas = client.replicas(Some(name), None).await.context("listing its replicas")?;
+    let events = client.events(Some(&format!("deployment/{name}"))).await.context("listing its events")?;
+    let spec = &d.spec;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<13}{v}\n", format!("{k}:")));
+    field(&mut out, "Name", d.name.clone());
+    field(&mut out, "Revision", d.revision.to_string());
+    field(&mut out, "Workload", spec.workload.to_string());
+    field(&mut out, "Resources", format!("{} per replica (memory is also the limit)", resources(spec.resources)));
+    field(&mut out, "Restart", spec.restart.to_string());
+    field(&mut out, "Args", if spec.args.is_empty() { "<none>".into() } else { spec.args.join(" ") });
+    if spec.env.is_empty() {
+        field(&mut out, "Env", "<none>".into());
+    } else {
+        out.push_str("Env:\n");
+        for (k, v) in &spec.env {
+            out.push_str(&format!("  {k}={v}\n"));
+        }
+    }
+    field(&mut out, "Constraints", map_list(&spec.constraints));
+    let s = d.status;
+    field(
+        &mut out,
+        "Replicas",
+        format!(
+            "{} desired, {} total, {} running, {} pending, {} failed, {} restarts",
+            d.replicas, s.total, s.running, s.pending, s.failed, s.restarts
+        ),
+    );
+    field(&mut out, "Created", format!("{} ago", age(d.created_ms)));
+    field(&mut out, "Updated", format!("{} ago", age(d.updated_ms)));
+
+    let pending: Vec<&Replica> = replicas.iter().filter(|r| r.state == ReplicaState::Pending).collect();
+    if !pending.is_empty() {
+        out.push_str("\nPending:\n");
+        for r in pending {
+            out.push_str(&format!("  {}  pending: {}\n", r.id, r.reason.as_deref().unwrap_or("waiting for placement")));
+        }
+    }
+    out.push_str("\nReplicas:\n");
+    if replicas.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        out.push_str(&replicas_table(&replicas, false).render("  "));
+    }
+    out.push_str(&events_section(&events));
+    print!("{out}");
+    Ok(())
+}
+
+async fn describe_node(client: &Client, name: &str) -> anyhow::Result<()> {
+    let n = client.node(name).await?;
+    let replicas = client.replicas(None, Some(name)).await.context("listing its replicas")?;
+    let events = client.events(Some(&format!("node/{name}"))).await.context("listing its events")?;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<16}{v}\n", format!("{k}:")));
+    field(&mut out, "Name", n.name.clone());
+    field(&mut out, "State", n.state.to_string());
+    field(&mut out, "Address", n.address.clone());
+    field(&mut out, "Labels", map_list(&n.labels));
+    field(&mut out, "Runtimes", n.runtimes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    field(&mut out, "Capacity", resources(n.capacity));
+    field(&mut out, "Allocated", resources(n.allocated));
+    field(&mut out, "Free", resources(n.capacity.saturating_sub(n.allocated)));
+    field(&mut out, "Replicas", n.replicas.to_string());
+    field(&mut out, "Registered", format!("{} ago", age(n.registered_ms)));
+    field(
+        &mut out,
+        "Last heartbeat",
+        if n.last_heartbeat_ms == 0 {
+            "none since the scheduler started".into()
+        } else {
+            format!("{} ago", age(n.last_heartbeat_ms))
+        },
+    );
+    out.push_str("\nReplicas:\n");
+    if replicas.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        out.push_str(&replicas_table(&replicas, true).render("  "));
+    }
+    out.push_str(&events_section(&events));
+    print!("{out}");
+    Ok(())
+}
+
+fn events_section(events: &[Event]) -> String {
+    if events.is_empty() {
+        return "\nEvents:\n  <none>\n".to_string();
+    }
+    let title = if events.len() > 20 { "\nEvents (last 20):\n" } else { "\nEvents:\n" };
+    format!("{title}{}", events_table(events).render("  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn kinds_accept_short_forms() {
+        for w in ["nodes", "node", "no"] {
+            assert_eq!(Kind::parse(w).ok(), Some(Kind::Nodes));
+        }
+        for w in ["deployments", "deployment", "deploy"] {
+            assert_eq!(Kind::parse(w).ok(), Some(Kind::Deployments));
+        }
+        for w in ["replicas", "replica", "rs"] {
+            assert_eq!(Kind::parse(w).ok(), Some(Kind::Replicas));
+        }
+        assert!(Kind::parse("pods").is_err());
+    }
+}

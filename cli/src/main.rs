@@ -1,0 +1,198 @@
+//! `skiff`: one binary for the whole cluster. `server`, `node` and `dev` run the
+//! daemons; the other subcommands are the user's verbs, spoken to the scheduler's
+//! HTTP API through `skiff_api::Client`.
+//!
+//! Errors from a verb end the process with status 1 and one line on stderr,
+//! `error: <what was wrong and what to do>`.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+use commands::{daemons, deploy, get, manage};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The address a CLI talks to when nothing else says.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+/// Where `skiff dev` (run in this directory) leaves the URL it serves on.
+const DEV_SERVER_URL_FILE: &str = ".skiff/server.url";
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff", about = "skiff: a workload scheduler for Wasm and containers", version)]
+struct Cli {
+    /// The scheduler's URL [default: the URL in ./.skiff/server.url, else http://127.0.0.1:7070]
+    #[arg(long, global = true, env = "SKIFF_SERVER")]
+    server: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the scheduler (control plane)
+    Server(daemons::ServerArgs),
+    /// Run a node daemon that joins a scheduler and runs replicas
+    Node(daemons::NodeArgs),
+    /// Run a scheduler and a node in one process, for development
+    Dev(daemons::DevArgs),
+    /// Upload a .wasm file and create or update a deployment running it
+    Deploy(deploy::DeployArgs),
+    /// Create or update the deployments of a YAML manifest
+    Apply(deploy::ApplyArgs),
+    /// List nodes, deployments or replicas
+    Get(get::GetArgs),
+    /// Show a deployment or a node in detail, with its replicas and events
+    Describe(get::DescribeArgs),
+    /// Set a deployment's replica count
+    Scale(manage::ScaleArgs),
+    /// Delete a deployment and stop its replicas
+    #[command(visible_alias = "rm")]
+    Delete(manage::DeleteArgs),
+    /// Print the logs of a deployment's replicas
+    Logs(manage::LogsArgs),
+    /// Print skiff's version
+    Version,
+}
+
+impl Command {
+    fn is_daemon(&self) -> bool {
+        matches!(self, Command::Server(_) | Command::Node(_) | Command::Dev(_))
+    }
+}
+
+/// The scheduler URL to use: the flag or `SKIFF_SERVER`, else what `skiff dev`
+/// wrote in the current directory, else the default.
+fn resolve_server(flag: Option<String>) -> String {
+    if let Some(url) = flag.filter(|u| !u.trim().is_empty()) {
+        return url.trim().to_string();
+    }
+    if let Ok(text) = std::fs::read_to_string(Path::new(DEV_SERVER_URL_FILE)) {
+        let url = text.trim();
+        if !url.is_empty() {
+            return url.to_string();
+        }
+    }
+    DEFAULT_SERVER.to_string()
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+}
+
+/// Clap's usage errors span several lines; skiff promises one. Keeps what was wrong
+/// and drops the usage block and tips.
+fn one_line_usage_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Usage:")
+                && !l.starts_with("For more information")
+                && !l.starts_with("tip:")
+        })
+        .collect();
+    let mut line = parts.join(" ");
+    if !line.starts_with("error:") {
+        line = format!("error: {line}");
+    }
+    format!("{line} (see skiff --help)")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            eprintln!("{}", one_line_usage_error(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+
+    init_logging(if cli.command.is_daemon() { "info" } else { "warn" });
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let daemon = cli.command.is_daemon();
+    let result = runtime.block_on(run(cli));
+    // Dropping a runtime waits for its blocking threads, and a guest may be running
+    // in one: a daemon gives them a moment to finish, a verb does not wait at all.
+    if daemon {
+        runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    } else {
+        runtime.shutdown_background();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, "doing x: because y", skipping a cause
+/// whose text its parent already shows (many errors print their source too).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = resolve_server(cli.server);
+    match cli.command {
+        Command::Server(args) => daemons::server(args).await,
+        Command::Node(args) => daemons::node(args, server).await,
+        Command::Dev(args) => daemons::dev(args).await,
+        Command::Deploy(args) => deploy::deploy(args, &client(&server)).await,
+        Command::Apply(args) => deploy::apply(args, &client(&server)).await,
+        Command::Get(args) => get::get(args, &client(&server)).await,
+        Command::Describe(args) => get::describe(args, &client(&server)).await,
+        Command::Scale(args) => manage::scale(args, &client(&server)).await,
+        Command::Delete(args) => manage::delete(args, &client(&server)).await,
+        Command::Logs(args) => manage::logs(args, &client(&server)).await,
+        Command::Version => {
+            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn client(server: &str) -> skiff_api::Client {
+    skiff_api::Client::new(server)
+}

@@ -1,0 +1,295 @@
+//! The agent loop: register with the scheduler, heartbeat the node's capacity
+//! and replica statuses, watch the node's assignments with a blocking query and
+//! converge the running replicas to them.
+//!
+//! Control is level-triggered: each answer is the full desired set, so a lost
+//! answer or a partition costs nothing but time. While the scheduler is
+//! unreachable the replicas keep running and the agent retries every second,
+//! logging once per change of state rather than once per attempt.
+
+use crate::supervisor::{Context, Replica};
+use skiff_api::{Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaStatus, Resources, Runtime};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long one assignments query may block on the scheduler.
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// Delay between attempts while the scheduler is unreachable.
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for an answer to a register or heartbeat call: a partition that
+/// drops packets must not stall the loop for the TCP retransmission timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat interval until the scheduler says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Who the node is, as it registers.
+pub struct Identity {
+    /// Node name.
+    pub name: String,
+    /// Base URL of the node API, as the scheduler should dial it.
+    pub address: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// What the node offers.
+    pub capacity: Resources,
+}
+
+/// The node's agent: its replicas and its conversation with the scheduler.
+pub struct Agent {
+    id: Identity,
+    client: Client,
+    ctx: Arc<Context>,
+    replicas: Mutex<HashMap<String, Replica>>,
+    heartbeat_ms: AtomicU64,
+    /// Bumped on every successful registration; the watcher restarts its
+    /// query from index 0 when it changes (the scheduler may have lost its state).
+    registered: tokio::sync::watch::Sender<u64>,
+    registering: tokio::sync::Mutex<()>,
+}
+
+/// Whether the scheduler answers, for logging one line per change.
+#[derive(Default)]
+struct Link {
+    down_since: Option<Instant>,
+}
+
+impl Link {
+    fn failed(&mut self, what: &str, e: &dyn std::fmt::Display, replicas: usize) {
+        if self.down_since.is_none() {
+            tracing::warn!("{what} failed: {e}; keeping {replicas} replicas running and retrying");
+            self.down_since = Some(Instant::now());
+        }
+    }
+
+    fn ok(&mut self, what: &str) {
+        if let Some(since) = self.down_since.take() {
+            tracing::info!("{what} works again after {:.1}s", since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Agent {
+    /// An agent for `id` that talks to the scheduler through `client`.
+    pub fn new(id: Identity, client: Client, ctx: Arc<Context>) -> Agent {
+        Agent {
+            id,
+            client,
+            ctx,
+            replicas: Mutex::new(HashMap::new()),
+            heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
+            registered: tokio::sync::watch::channel(0).0,
+            registering: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Replica>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status of every replica the node runs.
+    pub fn statuses(&self) -> Vec<ReplicaStatus> {
+        self.lock().values().map(Replica::status).collect()
+    }
+
+    /// Ids of the replicas the node runs.
+    pub fn replica_ids(&self) -> HashSet<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Registers unless someone registered since `seen` (the registration count
+    /// the caller knew). Retries until the scheduler answers; a rejected join
+    /// token is fatal.
+    pub async fn register(&self, seen: u64) -> anyhow::Result<()> {
+        let _guard = self.registering.lock().await;
+        if *self.registered.borrow() > seen {
+            return Ok(());
+        }
+        let req = RegisterRequest {
+            name: self.id.name.clone(),
+            address: self.id.address.clone(),
+            labels: self.id.labels.clone(),
+            capacity: self.id.capacity,
+            runtimes: vec![Runtime::Wasm],
+        };
+        let mut link = Link::default();
+        loop {
+            let answer = tokio::time::timeout(CALL_TIMEOUT, self.client.register(&req)).await;
+            let Ok(answer) = answer else {
+                link.failed("registering with the scheduler", &timeout_error(), self.lock().len());
+                continue;
+            };
+            match answer {
+                Ok(resp) => {
+                    let ms = resp.heartbeat_interval_ms.clamp(100, 60_000);
+                    self.heartbeat_ms.store(ms, Ordering::Relaxed);
+                    self.registered.send_modify(|n| *n += 1);
+                    tracing::info!(
+                        node = %self.id.name,
+                        server = %self.client.base(),
+                        "registered (capacity {}, heartbeat every {ms}ms)",
+                        self.id.capacity
+                    );
+                    return Ok(());
+                }
+                Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
+                    anyhow::bail!("the scheduler at {} rejected the join token: {e}", self.client.base());
+                }
+                Err(e) => {
+                    link.failed("registering with the scheduler", &e, self.lock().len());
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Heartbeats forever; re-registers when the scheduler forgot the node.
+    pub async fn heartbeat_loop(&self) -> anyhow::Result<()> {
+        let mut link = Link::default();
+        loop {
+            let seen = *self.registered.borrow();
+            let hb = Heartbeat { capacity: self.id.capacity, replicas: self.statuses() };
+            let answer = tokio::time::timeout(CALL_TIMEOUT, self.client.heartbeat(&self.id.name, &hb)).await;
+            match answer.unwrap_or_else(|_| Err(timeout_error())) {
+                Ok(()) => link.ok("heartbeat"),
+                Err(e) if e.status() == Some(404) => {
+                    tracing::warn!(node = %self.id.name, "the scheduler does not know this node; registering again");
+                    self.register(seen).await?;
+                    continue;
+                }
+                Err(e) => link.failed("heartbeat", &e, hb.replicas.len()),
+            }
+            tokio::time::sleep(Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))).await;
+        }
+    }
+
+    /// Watches the node's assignments forever and converges to each answer.
+    pub async fn watch_loop(&self) -> anyhow::Result<()> {
+        let mut registrations = self.registered.subscribe();
+        let mut applied: Option<u64> = None;
+        let mut link = Link::default();
+        loop {
+            let seen = *registrations.borrow_and_update();
+            let index = applied.unwrap_or(0);
+            let asked = Instant::now();
+            // Right after an outage ask without waiting: the answer both says
+            // the link is back and brings any change made meanwhile.
+            let wait = if link.down_since.is_some() { Duration::ZERO } else { WATCH_WAIT };
+            let answer = tokio::select! {
+                a = self.client.assignments(&self.id.name, index, wait) => a,
+                _ = registrations.changed() => {
+                    // Registered anew: the scheduler may have restarted with
+                    // fresh indexes, so start over rather than ignore them.
+                    applied = None;
+                    continue;
+                }
+            };
+            match answer {
+                Ok(a) => {
+                    link.ok("watching assignments");
+                    if applied.is_some_and(|i| a.index < i) {
+                        tracing::debug!(index = a.index, "ignoring assignments older than those applied");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                    self.converge(a.replicas);
+                    let unchanged = applied == Some(a.index);
+                    applied = Some(a.index);
+                    // A scheduler that answers at once without news must not
+                    // turn this loop into a busy one.
+                    if unchanged && asked.elapsed() < Duration::from_millis(500) {
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+                Err(e) if e.status() == Some(404) => {
+                    tracing::warn!(node = %self.id.name, "the scheduler does not know this node; registering again");
+                    self.register(seen).await?;
+                }
+                Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
+                    anyhow::bail!("the scheduler at {} rejected the join token: {e}", self.client.base());
+                }
+                Err(e) => {
+                    link.failed("watching assignments", &e, self.lock().len());
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Makes the running replicas exactly `desired`: stops the others (and those
+    /// whose generation or spec changed), starts the missing ones.
+    pub fn converge(&self, desired: Vec<Assignment>) {
+        let mut want: HashMap<String, Assignment> = HashMap::new();
+        for a in desired {
+            if let Err(e) = skiff_api::manifest::validate_name(&a.replica) {
+                tracing::warn!("ignoring an assignment with an invalid replica id: {e}");
+                continue;
+            }
+            if !matches!(a.spec.workload, skiff_api::Workload::Wasm(_)) {
+                // Still started: its supervisor reports it failed with the reason.
+                tracing::debug!(replica = %a.replica, "assignment needs a runtime this node lacks");
+            }
+            want.entry(a.replica.clone()).or_insert(a);
+        }
+        let mut running = self.lock();
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(id, r)| want.get(*id).is_none_or(|a| a != r.assignment()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            let Some(r) = running.remove(&id) else {
+                continue;
+            };
+            let why = match want.get(&id) {
+                Some(a) => format!(
+                    "reassigned (generation {} → {}, revision {} → {})",
+                    r.assignment().generation,
+                    a.generation,
+                    r.assignment().revision,
+                    a.revision
+                ),
+                None => "no longer assigned to this node".to_string(),
+            };
+            tracing::info!(replica = %id, "stopping: {why}");
+            r.stop(&why);
+        }
+        for (id, a) in want {
+            if running.contains_key(&id) {
+                continue;
+            }
+            tracing::info!(replica = %id, deployment = %a.deployment, generation = a.generation, "starting");
+            running.insert(id, Replica::start(self.ctx.clone(), a));
+        }
+    }
+}
+
+/// A heartbeat that got no answer, as the client would report a server error.
+fn timeout_error() -> ClientError {
+    ClientError::Api { status: 504, message: format!("no answer within {}s", CALL_TIMEOUT.as_secs()) }
+}
+
+/// Removes log directories of replicas that have not run here for `max_age`.
+pub fn collect_old_logs(data_dir: &std::path::Path, running: &HashSet<String>, max_age: Duration) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("logs")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if running.contains(&name) {
+            continue;
+        }
+        let current = entry.path().join(crate::logs::CURRENT);
+        let age = std::fs::metadata(&current)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        if age >= max_age
+            && let Err(e) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(dir = %entry.path().display(), "cannot remove old replica logs: {e}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One supervisor per replica: fetch and compile its artifact, run it, and when
+//! it ends decide by its restart policy whether to run it again, with
+//! exponential backoff. It keeps the replica's status for the heartbeat and
+//! explains each decision in the replica's log.
+
+use crate::logs::{self, LogSink};
+use crate::wasm::{ArtifactError, Outcome, RunSpec, WasmRuntime};
+use skiff_api::{Assignment, ReplicaState, ReplicaStatus, RestartPolicy, Workload};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// First delay before a restart.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+/// Longest delay before a restart.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A run at least this long resets the backoff.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// Exponential backoff between restarts: 250 ms, doubling, capped at 10 s, back
+/// to the start after a run of 10 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_INITIAL }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt, after a run that lasted `ran_for`.
+    pub fn after_run(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= BACKOFF_RESET_AFTER {
+            self.next = BACKOFF_INITIAL;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// What every supervisor on the node shares.
+pub struct Context {
+    /// The Wasm runtime.
+    pub wasm: Arc<WasmRuntime>,
+    /// Where blobs come from; `None` runs only blobs already on disk.
+    pub client: Option<skiff_api::Client>,
+    /// The node's data directory (logs live under it).
+    pub data_dir: PathBuf,
+}
+
+/// A supervised replica. Dropping it stops the replica.
+pub struct Replica {
+    assignment: Assignment,
+    status: Arc<Mutex<ReplicaStatus>>,
+    log: Option<Arc<LogSink>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// Starts supervising `assignment` on the current tokio runtime.
+    pub fn start(ctx: Arc<Context>, assignment: Assignment) -> Replica {
+        let status = Arc::new(Mutex::new(ReplicaStatus {
+            id: assignment.replica.clone(),
+            generation: assignment.generation,
+            state: ReplicaState::Starting,
+            restarts: 0,
+            reason: None,
+            exit_code: None,
+        }));
+        let log = match LogSink::open(logs::replica_dir(&ctx.data_dir, &assignment.replica)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(replica = %assignment.replica, "cannot open the replica's log: {e}");
+                None
+            }
+        };
+        let task = tokio::spawn(supervise(ctx, assignment.clone(), status.clone(), log.clone()));
+        Replica { assignment, status, log, task }
+    }
+
+    /// What the replica was started from.
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    /// Its status now.
+    pub fn status(&self) -> ReplicaStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Stops the guest for good, saying why in its log.
+    pub fn stop(self, why: &str) {
+        if let Some(log) = &self.log {
+            log.system(&format!("stopping: {why}"));
+        }
+        // Drop aborts the task, which drops the guest's future, which aborts the
+        // guest's task on the guest runtime (it yields every epoch tick).
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(status: &Mutex<ReplicaStatus>) -> std::sync::MutexGuard<'_, ReplicaStatus> {
+    status.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set_state(status: &Mutex<ReplicaStatus>, state: ReplicaState, reason: Option<String>, exit_code: Option<i32>) {
+    let mut st = lock(status);
+    if let Err(e) = st.state.become_(state) {
+        // Our own transitions are all legal; say so loudly if that ever changes.
+        tracing::warn!(replica = %st.id, "{e}");
+    }
+    st.state = state;
+    st.reason = reason;
+    st.exit_code = exit_code;
+}
+
+/// Pretty delay for log lines: `250ms`, `1s`, `2.5s`.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaStatus>>, log: Option<Arc<LogSink>>) {
+    let say = |msg: &str| {
+        if let Some(l) = &log {
+            l.system(msg);
+        }
+    };
+    let id = a.replica.clone();
+    let digest = match &a.spec.workload {
+        Workload::Wasm(d) => d.clone(),
+        Workload::Image(image) => {
+            let reason = format!("image {image} needs the container runtime, which this node does not have");
+            say(&format!("cannot run: {reason}"));
+            set_state(&status, ReplicaState::Failed, Some(reason), None);
+            return;
+        }
+    };
+    say(&format!(
+        "starting replica {id} of {} revision {} (generation {}, wasm {digest})",
+        a.deployment, a.revision, a.generation
+    ));
+
+    // Fetch and compile; a scheduler we cannot reach is retried, an artifact
+    // that is not runnable never will be.
+    let mut retry = Backoff::default();
+    let mut last_error: Option<String> = None;
+    let compiled = loop {
+        let client = ctx.client.clone();
+        let d = digest.clone();
+        let fetch = || async move {
+            match client {
+                Some(c) => c.get_blob(&d).await.map_err(|e| format!("cannot fetch blob {d}: {e}")),
+                None => Err(format!("blob {d} is not on this node and there is no scheduler to fetch it from")),
+            }
+        };
+        match ctx.wasm.artifact(&digest, fetch).await {
+            Ok(c) => break c,
+            Err(ArtifactError::Invalid(reason)) => {
+                say(&format!("cannot run: {reason}"));
+                tracing::warn!(replica = %id, "cannot run: {reason}");
+                set_state(&status, ReplicaState::Failed, Some(reason), None);
+                return;
+            }
+            Err(ArtifactError::Transient(reason)) => {
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    say(&format!("{reason} (retrying)"));
+                    tracing::warn!(replica = %id, "{reason} (retrying)");
+                }
+                set_state(&status, ReplicaState::Starting, Some(reason.clone()), None);
+                last_error = Some(reason);
+                tokio::time::sleep(retry.after_run(Duration::ZERO)).await;
+            }
+        }
+    };
+
+    let spec = RunSpec {
+        deployment: a.deployment.clone(),
+        replica: id.clone(),
+        revision: a.revision,
+        env: a.spec.env.clone(),
+        args: a.spec.args.clone(),
+        memory_limit: a.spec.resources.memory.0,
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        set_state(&status, ReplicaState::Running, None, None);
+        let started = Instant::now();
+        let Some(sink) = log.clone().or_else(|| LogSink::open(logs::replica_dir(&ctx.data_dir, &id)).ok()) else {
+            let reason = "cannot open the replica's log".to_string();
+            set_state(&status, ReplicaState::Failed, Some(reason), None);
+            return;
+        };
+        let outcome = ctx.wasm.run(compiled.clone(), spec.clone(), sink).await;
+        let reason = outcome.reason();
+        let state = if outcome.is_success() { ReplicaState::Exited } else { ReplicaState::Failed };
+        set_state(&status, state, Some(reason.clone()), outcome.exit_code());
+        tracing::info!(replica = %id, "{reason}");
+
+        let restart = match a.spec.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !outcome.is_success(),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            say(&format!("{reason}; not restarting (restart policy {})", a.spec.restart));
+            return;
+        }
+        let delay = backoff.after_run(started.elapsed());
+        say(&format!("restarting after {} (backoff {})", describe_for_restart(&outcome), human(delay)));
+        tokio::time::sleep(delay).await;
+        set_state(&status, ReplicaState::Starting, None, None);
+        lock(&status).restarts += 1;
+    }
+}
+
+/// `exit status 3`, `memory limit of 64Mi exceeded`, `trapped: ...`.
+fn describe_for_restart(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited(c) => format!("exit status {c}"),
+        other => other.reason(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut b = Backoff::default();
+        let short = Duration::from_millis(10);
+        let got: Vec<Duration> = (0..8).map(|_| b.after_run(short)).collect();
+        let ms: Vec<u128> = got.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        assert_eq!(b.after_run(Duration::from_secs(11)), BACKOFF_INITIAL);
+        assert_eq!(b.after_run(short), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn delays_read_well() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(2)), "2s");
+        assert_eq!(human(Duration::from_millis(2500)), "2.5s");
+    }
+}
