@@ -176,8 +176,8 @@ mod tests {
         inputs
             .iter()
             .map(|i| match f(i) {
-                Ok(v) => format!("{i:>8} => {v}\n"),
-                Err(e) => format!("{i:>8} => error: {e}\n"),
+                Ok(v) => format!("{i:?} => {v}\n"),
+                Err(e) => format!("{i:?} => error: {e}\n"),
             })
             .collect()
     }
@@ -186,17 +186,17 @@ mod tests {
     fn cpu() {
         let out = show(&["500m", "1", "0.5", "2.25", "1500m", "0.0005", "abc", "1.5m", "2x", "", "1.2.3"], parse_cpu);
         expect![[r#"
-                500m => 500
-                   1 => 1000
-                 0.5 => 500
-                2.25 => 2250
-               1500m => 1500
-              0.0005 => error: invalid cpu quantity "0.0005": at most three decimal places are supported
-                 abc => error: invalid cpu quantity "abc": expected a number, such as 500m or 64Mi
-                1.5m => error: invalid cpu quantity "1.5m": millicores must be a whole number
-                  2x => error: invalid cpu quantity "2x": unknown suffix "x"; write cores (1, 0.5) or millicores (500m)
-                     => error: invalid cpu quantity "": expected a number, such as 500m or 64Mi
-               1.2.3 => error: invalid cpu quantity "1.2.3": malformed number
+            "500m" => 500
+            "1" => 1000
+            "0.5" => 500
+            "2.25" => 2250
+            "1500m" => 1500
+            "0.0005" => error: invalid cpu quantity "0.0005": at most three decimal places are supported
+            "abc" => error: invalid cpu quantity "abc": expected a number, such as 500m or 64Mi
+            "1.5m" => error: invalid cpu quantity "1.5m": millicores must be a whole number
+            "2x" => error: invalid cpu quantity "2x": unknown suffix "x"; write cores (1, 0.5) or millicores (500m)
+            "" => error: invalid cpu quantity "": expected a number, such as 500m or 64Mi
+            "1.2.3" => error: invalid cpu quantity "1.2.3": malformed number
         "#]]
         .assert_eq(&out);
     }
@@ -205,15 +205,15 @@ mod tests {
     fn memory() {
         let out = show(&["64Mi", "1Gi", "1.5Gi", "500M", "1024", "1k", "64m", "3Qi", "99999999999Ti"], parse_memory);
         expect![[r#"
-                64Mi => 67108864
-                 1Gi => 1073741824
-               1.5Gi => 1610612736
-                500M => 500000000
-                1024 => 1024
-                  1k => 1000
-                 64m => error: invalid memory quantity "64m": `m` means thousandths; did you mean Mi (mebibytes)?
-                 3Qi => error: invalid memory quantity "3Qi": unknown suffix "Qi"; use Ki, Mi, Gi, Ti (or k, M, G, T)
-            99999999999Ti => error: invalid memory quantity "99999999999Ti": number too large
+            "64Mi" => 67108864
+            "1Gi" => 1073741824
+            "1.5Gi" => 1610612736
+            "500M" => 500000000
+            "1024" => 1024
+            "1k" => 1000
+            "64m" => error: invalid memory quantity "64m": `m` means thousandths; did you mean Mi (mebibytes)?
+            "3Qi" => error: invalid memory quantity "3Qi": unknown suffix "Qi"; use Ki, Mi, Gi, Ti (or k, M, G, T)
+            "99999999999Ti" => error: invalid memory quantity "99999999999Ti": number too large
         "#]]
         .assert_eq(&out);
     }
