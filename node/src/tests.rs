@@ -598,6 +598,8 @@ async fn sdk_examples_run_as_modules_and_components() {
     for (var, target, crash_status) in [("SKIFF_WASM_P1", "wasm32-wasip1", 3), ("SKIFF_WASM_P2", "wasm32-wasip2", 1)] {
         let get = |name| example(var, target, name);
         let (Some(worker), Some(crasher), Some(membomb)) = (get("worker"), get("crasher"), get("membomb")) else {
+            // Under `make test` (which sets the variable) a missing example is a failure.
+            assert!(std::env::var_os(var).is_none(), "{var} is set but the {target} examples are missing");
             eprintln!("skipping {target} examples: not built (make wasm)");
             continue;
         };
