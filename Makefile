@@ -5,7 +5,7 @@
 #   make lint    clippy (warnings denied) and rustfmt
 #   make build   the skiff binary and the Wasm examples
 #   make deps    toolchain targets and system packages (quiet when present)
-#   make bench   benchmarks (issue 7)
+#   make bench   benchmarks at scale (simulated nodes) and deploy latency; see bench/
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -15,7 +15,14 @@ TARGET := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 # Debian packages the build, tests or `make run` need beyond a stock machine with
 # rustup; installed only when `dpkg -s` says one is missing. curl: scripts/run.sh.
-PACKAGES ?= curl
+# runc: the OCI runtime nodes run containers with; busybox-static: the e2e
+# tests build their container image from it.
+PACKAGES ?= curl runc busybox-static
+# The observability tests (issue 6): a real Prometheus, and Debian's Chromium
+# driven by playwright-core (npm, tests/browser/). Node.js may come from Debian
+# (nodejs + npm) or from NodeSource (whose nodejs carries npm): ask for Debian's
+# packages only when there is no npm at all.
+PACKAGES += chromium prometheus $(if $(shell command -v npm),,nodejs npm)
 RUST_TARGETS := wasm32-wasip1 wasm32-wasip2
 RUST_COMPONENTS := clippy rustfmt
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -32,7 +39,7 @@ export SKIFF_BIN := $(TARGET)/debug/skiff
 export SKIFF_WASM_P2 := $(WASM_P2)
 export SKIFF_WASM_P1 := $(WASM_P1)
 
-.PHONY: all deps build wasm lint test run bench
+.PHONY: all deps build wasm lint test run bench bench-report
 
 all: build
 
@@ -52,6 +59,11 @@ deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# The browser test's node modules, exactly as locked; again only when the lock changed.
+	@if [ ! -f tests/browser/node_modules/.package-lock.json ] || \
+	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then \
+	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
+	fi
 
 build: deps wasm
 	$(CARGO) build --workspace --bins
@@ -70,5 +82,16 @@ test: deps lint build
 run: build
 	scripts/run.sh
 
-bench:
-	@echo "skiff: benchmarks land with issue 7; nothing to run yet"
+# The benchmarks of issue 7 against a release build: a real `skiff server` with
+# thousands of simulated nodes (`skiff node --simulate`), and `skiff dev` for
+# deploy latency. Results go to bench/results/<time>.json and the README table is
+# regenerated from them. BENCH_ARGS passes options (`--scenarios a,failover`).
+BENCH_ARGS ?=
+bench: deps wasm
+	$(CARGO) build --release -p skiff-cli -p skiff-bench
+	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm $(BENCH_ARGS)
+	$(TARGET)/release/skiff-bench report
+
+# Regenerates the README's benchmark table from bench/results/ without running anything.
+bench-report:
+	$(CARGO) run --release -q -p skiff-bench -- report

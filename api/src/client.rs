@@ -178,6 +178,23 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/v1/events").query(&q)).await
     }
 
+    /// Events with an id above `after` (optionally about one object), oldest first;
+    /// waits up to `wait` for the first one and answers empty if none came.
+    pub async fn events_after(
+        &self,
+        object: Option<&str>,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut q =
+            vec![("after", after.to_string()), ("wait", wait.as_millis().to_string()), ("limit", "1000".to_string())];
+        if let Some(o) = object {
+            q.push(("object", o.to_string()));
+        }
+        let rb = self.request(reqwest::Method::GET, "/v1/events").query(&q).timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
+    }
+
     /// The log lines of a deployment's replicas (or of one), as a byte stream;
     /// with `follow` it stays open and carries new lines as they come.
     pub async fn logs(
@@ -198,6 +215,35 @@ impl Client {
             .send(self.request(reqwest::Method::GET, &format!("/v1/deployments/{deployment}/logs")).query(&q))
             .await?;
         Ok(resp.bytes_stream())
+    }
+
+    // ---- secrets ----
+
+    /// Creates secret `name` (or replaces its values when `req.overwrite`).
+    pub async fn put_secret(&self, name: &str, req: &SecretRequest) -> Result<Secret, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/v1/secrets/{name}")).json(req)).await
+    }
+
+    /// Every secret, without values.
+    pub async fn secrets(&self) -> Result<Vec<Secret>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/secrets")).await
+    }
+
+    /// Deletes secret `name`.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/secrets/{name}"))).await.map(|_| ())
+    }
+
+    // ---- images ----
+
+    /// Points `req.name:req.tag` at an uploaded image manifest.
+    pub async fn put_image(&self, req: &ImageRequest) -> Result<Image, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/v1/images").json(req)).await
+    }
+
+    /// Every imported image.
+    pub async fn images(&self) -> Result<Vec<Image>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/images")).await
     }
 
     // ---- nodes ----
@@ -222,6 +268,16 @@ impl Client {
         self.send(self.request(reqwest::Method::POST, &format!("/v1/nodes/{node}/heartbeat")).json(hb))
             .await
             .map(|_| ())
+    }
+
+    /// The table of ready HTTP endpoints, blocking up to `wait` until its index
+    /// differs from `index` (a node call: needs the join token).
+    pub async fn endpoints(&self, index: u64, wait: Duration) -> Result<Endpoints, ClientError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/v1/endpoints")
+            .query(&[("index", index.to_string()), ("wait", wait.as_millis().to_string())])
+            .timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
     }
 
     /// A node's desired set, blocking up to `wait` until its index passes `index`.

@@ -8,6 +8,7 @@
 //! env: { GREETING: hello }
 //! restart: always            # always | on-failure | never
 //! constraints: { zone: a }   # node labels
+//! allowed_hosts: [api.example.com]   # outbound HTTP the replicas may make
 //! ```
 
 use crate::quantity::{Cpu, Memory};
@@ -56,6 +57,29 @@ thread_local! {
 pub(crate) fn refuse<E: serde::de::Error>(value: impl ToString, message: String) -> E {
     REFUSED.with(|r| *r.borrow_mut() = Some(value.to_string()));
     E::custom(message)
+}
+
+/// Checks a deployment's use of a secret: a valid secret name, valid variable
+/// names, and an absolute, plain directory path.
+pub fn validate_secret_ref(r: &crate::types::SecretRef) -> Result<(), String> {
+    validate_name(&r.secret).map_err(|e| format!("secret {e}"))?;
+    for var in r.env.keys() {
+        validate_env_key(var)?;
+    }
+    if let Some(path) = &r.path {
+        let plain = path.starts_with('/')
+            && path.len() <= 255
+            && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain {
+            return Err(format!(
+                "secret path {path:?} must be an absolute directory path without '.' or '..', such as /secrets/db"
+            ));
+        }
+    }
+    if r.env.is_empty() && r.path.is_none() {
+        return Err(format!("secret {:?} is referenced but used neither as env nor as path", r.secret));
+    }
+    Ok(())
 }
 
 /// A deployment name checked by [`validate_name`] as it is read.
@@ -164,6 +188,12 @@ pub struct ManifestDeployment {
     /// Node labels required.
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
+    /// Secrets read as env vars or files.
+    #[serde(default)]
+    pub secrets: Vec<crate::types::SecretRef>,
+    /// Hosts the replicas may call over HTTP.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A manifest that could not be read, with where.
@@ -283,7 +313,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`"
             ],
         );
         check(

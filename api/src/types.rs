@@ -116,6 +116,9 @@ pub struct Node {
     pub registered_ms: Millis,
     /// When its last heartbeat arrived (0 if none since the scheduler started).
     pub last_heartbeat_ms: Millis,
+    /// Base URL of the node's ingress (`http://10.0.0.2:8080`), if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
 }
 
 /// What to do when a replica's process ends.
@@ -190,6 +193,51 @@ pub struct WorkloadSpec {
     /// Node labels a node must carry to receive replicas (all must match).
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
+    /// Secrets the replicas read, as environment variables or files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    /// Hosts a replica may send outbound HTTP requests to (`api.example.com`,
+    /// `api.example.com:8080`, `*.example.com`); anything else is refused. Other
+    /// deployments (`NAME.skiff.local`) are always reachable through the node's ingress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// A deployment's use of one secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The secret's name.
+    pub secret: String,
+    /// Environment variables to set from the secret's keys: `VAR: key`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A directory in the replica where every key of the secret is a read-only file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A secret as the API shows it: names of its keys, never their values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    /// Unique name (a DNS label).
+    pub name: String,
+    /// The keys it holds.
+    pub keys: Vec<String>,
+    /// When it was created.
+    pub created_ms: Millis,
+    /// When its values last changed.
+    pub updated_ms: Millis,
+}
+
+/// `PUT /v1/secrets/{name}`: create a secret, or replace its values with `overwrite`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretRequest {
+    /// Key → value (UTF-8).
+    pub data: BTreeMap<String, String>,
+    /// Replace the values of an existing secret instead of refusing.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// Counts of a deployment's replicas by what they are doing.
@@ -429,6 +477,9 @@ pub struct RegisterRequest {
     pub capacity: Resources,
     /// What it can run.
     pub runtimes: Vec<Runtime>,
+    /// Base URL of its ingress, where other nodes send requests for its HTTP replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
 }
 
 /// Answer to [`RegisterRequest`].
@@ -455,6 +506,12 @@ pub struct ReplicaStatus {
     pub reason: Option<String>,
     /// Exit status of its last run.
     pub exit_code: Option<i32>,
+    /// CPU time the replica's guest has used so far, over all its runs, in seconds.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    /// Memory the replica holds now, in bytes (a Wasm guest's linear memories).
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// `POST /v1/nodes/{name}/heartbeat`.
@@ -479,6 +536,10 @@ pub struct Assignment {
     pub generation: u64,
     /// What to run.
     pub spec: WorkloadSpec,
+    /// Values of the secrets `spec.secrets` names: secret → key → value. Sent only
+    /// to the node the replica is assigned to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// `GET /v1/nodes/{name}/assignments?index=I&wait=MS`: the full desired set of a
@@ -489,4 +550,53 @@ pub struct Assignments {
     pub index: u64,
     /// Every replica the node must run; anything else it must stop.
     pub replicas: Vec<Assignment>,
+}
+
+/// One ready HTTP replica, and where to send requests for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The replica id.
+    pub replica: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Base URL of that node's ingress.
+    pub ingress: String,
+}
+
+/// `GET /v1/endpoints?index=I&wait=MS`: every deployment with its ready HTTP
+/// replicas, answered as soon as the table's index differs from `I` or after `wait`.
+/// A deployment with no ready replica is listed with none (it exists: 503, not 404).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// Pass it back to block until the table changes.
+    pub index: u64,
+    /// Deployment name → its ready endpoints.
+    pub deployments: BTreeMap<String, Vec<Endpoint>>,
+}
+
+/// An OCI image imported into the scheduler's blob store, by name and tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Repository name, such as `busybox` or `example.com/team/app`.
+    pub name: String,
+    /// Tag, such as `latest`.
+    pub tag: String,
+    /// Digest of the image manifest (`sha256:<hex>`).
+    pub digest: String,
+    /// Bytes of the manifest, config and layers as stored (layers compressed).
+    pub size: u64,
+    /// When this name:tag was last pointed at `digest`.
+    pub created_ms: Millis,
+}
+
+/// `POST /v1/images`: point `name:tag` at a manifest whose blobs (the manifest,
+/// its config and every layer) are already uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRequest {
+    /// Repository name.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+    /// Digest of the OCI image manifest blob.
+    pub digest: String,
 }

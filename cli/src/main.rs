@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, get, manage};
+use commands::{daemons, deploy, events, get, image, manage, secret};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -52,6 +52,12 @@ enum Command {
     Delete(manage::DeleteArgs),
     /// Print the logs of a deployment's replicas
     Logs(manage::LogsArgs),
+    /// Print what the controllers decided and why; -f follows
+    Events(events::EventsArgs),
+    /// Import and list OCI images for container deployments
+    Image(image::ImageArgs),
+    /// Create, list and delete secrets
+    Secret(secret::SecretArgs),
     /// Print skiff's version
     Version,
 }
@@ -129,6 +135,9 @@ fn main() -> ExitCode {
     };
 
     init_logging(if cli.command.is_daemon() { "info" } else { "warn" });
+    if cli.command.is_daemon() {
+        daemons::raise_fd_limit();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -186,6 +195,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args, &client(&server)).await,
         Command::Delete(args) => manage::delete(args, &client(&server)).await,
         Command::Logs(args) => manage::logs(args, &client(&server)).await,
+        Command::Events(args) => events::events(args, &client(&server)).await,
+        Command::Image(args) => image::image(args, &client(&server)).await,
+        Command::Secret(args) => secret::secret(args, &client(&server)).await,
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

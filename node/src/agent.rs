@@ -34,6 +34,8 @@ pub struct Identity {
     pub labels: BTreeMap<String, String>,
     /// What the node offers.
     pub capacity: Resources,
+    /// Base URL of the node's ingress, as other nodes should dial it.
+    pub ingress: Option<String>,
 }
 
 /// The node's agent: its replicas and its conversation with the scheduler.
@@ -93,6 +95,18 @@ impl Agent {
         self.lock().values().map(Replica::status).collect()
     }
 
+    /// Every replica the node runs, with its deployment and runtime (for metrics).
+    pub fn views(&self) -> Vec<crate::metrics::ReplicaView> {
+        self.lock()
+            .values()
+            .map(|r| crate::metrics::ReplicaView {
+                deployment: r.assignment().deployment.clone(),
+                runtime: r.assignment().spec.workload.runtime(),
+                status: r.status(),
+            })
+            .collect()
+    }
+
     /// Ids of the replicas the node runs.
     pub fn replica_ids(&self) -> HashSet<String> {
         self.lock().keys().cloned().collect()
@@ -111,7 +125,12 @@ impl Agent {
             address: self.id.address.clone(),
             labels: self.id.labels.clone(),
             capacity: self.id.capacity,
-            runtimes: vec![Runtime::Wasm],
+            runtimes: if self.ctx.containers.is_some() {
+                vec![Runtime::Wasm, Runtime::Container]
+            } else {
+                vec![Runtime::Wasm]
+            },
+            ingress: self.id.ingress.clone(),
         };
         let mut link = Link::default();
         loop {

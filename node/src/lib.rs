@@ -6,11 +6,19 @@
 //! Modules: [`agent`] (scheduler conversation and convergence), [`supervisor`]
 //! (one per replica: restart policy, backoff, status), [`wasm`] (wasmtime engine,
 //! caches, running guests), [`logs`] (per-replica rotating logs), [`api`] (the
-//! node API: `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`).
+//! node API: `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`), [`sim`] (simulated
+//! nodes for benchmarks: the protocol without workloads).
 
 pub mod agent;
 pub mod api;
+pub mod http;
+pub mod ingress;
+pub mod container;
 pub mod logs;
+pub mod metrics;
+pub mod runtime;
+pub mod secrets;
+pub mod sim;
 pub mod supervisor;
 pub mod wasm;
 
@@ -44,6 +52,17 @@ pub struct NodeConfig {
     /// URL the scheduler uses to reach the node API; by default
     /// `http://<listen ip>:<bound port>` (127.0.0.1 if the ip is unspecified).
     pub advertise: Option<String>,
+    /// The OCI runtime binary for containers; found on PATH (crun, then runc) when
+    /// `None`. Containers run only when the node is root and the runtime works.
+    pub oci_runtime: Option<PathBuf>,
+    /// Address of the ingress (port 0 picks one); by default port 8080 on the
+    /// node API's ip (any free port when the node API's port is 0).
+    pub ingress: Option<SocketAddr>,
+    /// URL other nodes use to reach the ingress; by default `http://<ingress ip>:<port>`
+    /// (127.0.0.1 if the ip is unspecified).
+    pub ingress_advertise: Option<String>,
+    /// How HTTP components are served (deadline, concurrency, host suffix).
+    pub http: http::HttpConfig,
 }
 
 /// How often old replica logs are looked for, and how old they must be to go.
@@ -56,6 +75,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     skiff_api::manifest::validate_name(&config.name).map_err(|e| anyhow::anyhow!("invalid node name: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    // Secret files of a previous run (a crash leaves them) go before anything starts.
+    secrets::clear_all(&config.data_dir);
     let capacity = Resources::new(
         config.cpu_millis.unwrap_or_else(detect_cpu_millis),
         config.memory_bytes.unwrap_or_else(detect_memory_bytes),
@@ -79,10 +100,64 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .and_then(|()| std::fs::rename(&tmp, &addr_file))
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
 
+    // The ingress: bound before anything registers, so that its URL is known.
+    // A node API on port 0 (tests, several nodes on one host) gets an ingress
+    // on any free port too, rather than all of them fighting over 8080.
+    let default_port = if config.listen.port() == 0 { 0 } else { 8080 };
+    let ingress_addr = config.ingress.unwrap_or_else(|| SocketAddr::new(config.listen.ip(), default_port));
+    let ingress_listener = tokio::net::TcpListener::bind(ingress_addr)
+        .await
+        .with_context(|| format!("cannot listen on {ingress_addr} for the ingress (pass --ingress ADDR)"))?;
+    let ingress_bound = ingress_listener.local_addr().context("cannot read the ingress's bound address")?;
+    let ingress_local = SocketAddr::new(
+        if ingress_bound.ip().is_unspecified() { local_ip } else { ingress_bound.ip() },
+        ingress_bound.port(),
+    );
+    let ingress_url = config.ingress_advertise.clone().unwrap_or_else(|| format!("http://{ingress_local}"));
+    let ingress_file = config.data_dir.join("ingress.addr");
+    let tmp = config.data_dir.join("ingress.addr.tmp");
+    std::fs::write(&tmp, format!("http://{ingress_local}"))
+        .and_then(|()| std::fs::rename(&tmp, &ingress_file))
+        .with_context(|| format!("cannot write {}", ingress_file.display()))?;
+    let http_runtime = Arc::new(http::HttpRuntime::new(
+        &config.data_dir,
+        http::HttpConfig { ingress: Some(ingress_local), ..config.http.clone() },
+    )?);
+    let ingress = Arc::new(ingress::Ingress::new(&config.name, http_runtime.clone())?);
+
     let wasm = Arc::new(wasm::WasmRuntime::new(&config.data_dir)?);
     let client = skiff_api::Client::new(&config.server).with_token(&config.token);
-    let ctx = Arc::new(supervisor::Context { wasm, client: Some(client.clone()), data_dir: config.data_dir.clone() });
-    let identity = agent::Identity { name: config.name.clone(), address, labels: config.labels.clone(), capacity };
+    let endpoints_client = client.clone();
+    let containers = {
+        let (dir, wanted) = (config.data_dir.clone(), config.oci_runtime.clone());
+        tokio::task::spawn_blocking(move || container::ContainerRuntime::start(&dir, wanted.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(format!("the container runtime's start-up task failed: {e}")))
+    };
+    let containers = match containers {
+        Ok(c) => {
+            tracing::info!(runtime = %c.oci().bin.display(), version = %c.oci().version, "containers enabled");
+            Some(Arc::new(c))
+        }
+        Err(why) => {
+            tracing::warn!("containers disabled: {why}");
+            None
+        }
+    };
+    let ctx = Arc::new(supervisor::Context {
+        wasm,
+        containers,
+        client: Some(client.clone()),
+        data_dir: config.data_dir.clone(),
+        http: Some(http_runtime),
+    });
+    let identity = agent::Identity {
+        name: config.name.clone(),
+        address,
+        labels: config.labels.clone(),
+        capacity,
+        ingress: Some(ingress_url.clone()),
+    };
     let agent = Arc::new(agent::Agent::new(identity, client, ctx));
 
     let api_state = Arc::new(api::ApiState {
@@ -92,12 +167,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             move || agent.upgrade().map(|a| a.statuses()).unwrap_or_default()
         }),
     });
+    let metrics_routes = metrics::router(Box::new({
+        let agent = Arc::downgrade(&agent);
+        move || agent.upgrade().map(|a| a.views()).unwrap_or_default()
+    }));
     tracing::info!(node = %config.name, api = %local_url, data_dir = %config.data_dir.display(), "node api listening");
+    tracing::info!(node = %config.name, ingress = %ingress_url, "ingress listening");
 
     // Every task lives in this set: dropping `run` aborts them all, and with
     // them the agent, its supervisors and their guests.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { axum::serve(listener, api::router(api_state)).await.context("the node api stopped") });
+    tasks.spawn(async move { axum::serve(listener, api::router(api_state).merge(metrics_routes)).await.context("the node api stopped") });
+    tasks.spawn(ingress.clone().serve(ingress_listener));
+    tasks.spawn(ingress.watch(endpoints_client));
     {
         let agent = agent.clone();
         tasks.spawn(async move {

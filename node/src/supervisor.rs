@@ -4,6 +4,8 @@
 //! explains each decision in the replica's log.
 
 use crate::logs::{self, LogSink};
+use crate::metrics::{METRICS, Usage, exit_reason};
+use crate::runtime::Runtime;
 use crate::wasm::{ArtifactError, Outcome, RunSpec, WasmRuntime};
 use skiff_api::{Assignment, ReplicaState, ReplicaStatus, RestartPolicy, Workload};
 use std::path::PathBuf;
@@ -46,16 +48,21 @@ impl Backoff {
 pub struct Context {
     /// The Wasm runtime.
     pub wasm: Arc<WasmRuntime>,
+    /// The container runtime, when the node can run containers.
+    pub containers: Option<Arc<crate::container::ContainerRuntime>>,
     /// Where blobs come from; `None` runs only blobs already on disk.
     pub client: Option<skiff_api::Client>,
     /// The node's data directory (logs live under it).
     pub data_dir: PathBuf,
+    /// Serves HTTP components; `None` runs every component as a command.
+    pub http: Option<Arc<crate::http::HttpRuntime>>,
 }
 
 /// A supervised replica. Dropping it stops the replica.
 pub struct Replica {
     assignment: Assignment,
     status: Arc<Mutex<ReplicaStatus>>,
+    usage: Arc<Usage>,
     log: Option<Arc<LogSink>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -70,7 +77,10 @@ impl Replica {
             restarts: 0,
             reason: None,
             exit_code: None,
+            cpu_seconds: 0.0,
+            memory_bytes: 0,
         }));
+        let usage = Arc::new(Usage::default());
         let log = match LogSink::open(logs::replica_dir(&ctx.data_dir, &assignment.replica)) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -78,8 +88,8 @@ impl Replica {
                 None
             }
         };
-        let task = tokio::spawn(supervise(ctx, assignment.clone(), status.clone(), log.clone()));
-        Replica { assignment, status, log, task }
+        let task = tokio::spawn(supervise(ctx, assignment.clone(), status.clone(), usage.clone(), log.clone()));
+        Replica { assignment, status, usage, log, task }
     }
 
     /// What the replica was started from.
@@ -89,7 +99,10 @@ impl Replica {
 
     /// Its status now.
     pub fn status(&self) -> ReplicaStatus {
-        lock(&self.status).clone()
+        let mut st = lock(&self.status).clone();
+        st.cpu_seconds = self.usage.cpu_seconds();
+        st.memory_bytes = self.usage.memory_bytes();
+        st
     }
 
     /// Stops the guest for good, saying why in its log.
@@ -112,7 +125,7 @@ fn lock(status: &Mutex<ReplicaStatus>) -> std::sync::MutexGuard<'_, ReplicaStatu
     status.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn set_state(status: &Mutex<ReplicaStatus>, state: ReplicaState, reason: Option<String>, exit_code: Option<i32>) {
+pub(crate) fn set_state(status: &Mutex<ReplicaStatus>, state: ReplicaState, reason: Option<String>, exit_code: Option<i32>) {
     let mut st = lock(status);
     if let Err(e) = st.state.become_(state) {
         // Our own transitions are all legal; say so loudly if that ever changes.
@@ -135,16 +148,23 @@ fn human(d: Duration) -> String {
     }
 }
 
-async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaStatus>>, log: Option<Arc<LogSink>>) {
+async fn supervise(
+    ctx: Arc<Context>,
+    a: Assignment,
+    status: Arc<Mutex<ReplicaStatus>>,
+    usage: Arc<Usage>,
+    log: Option<Arc<LogSink>>,
+) {
     let say = |msg: &str| {
         if let Some(l) = &log {
             l.system(msg);
         }
     };
     let id = a.replica.clone();
-    let digest = match &a.spec.workload {
-        Workload::Wasm(d) => d.clone(),
-        Workload::Image(image) => {
+    let runtime: Arc<dyn Runtime> = match (&a.spec.workload, &ctx.containers) {
+        (Workload::Wasm(_), _) => ctx.wasm.clone(),
+        (Workload::Image(_), Some(containers)) => containers.clone(),
+        (Workload::Image(image), None) => {
             let reason = format!("image {image} needs the container runtime, which this node does not have");
             say(&format!("cannot run: {reason}"));
             set_state(&status, ReplicaState::Failed, Some(reason), None);
@@ -152,24 +172,23 @@ async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaSt
         }
     };
     say(&format!(
-        "starting replica {id} of {} revision {} (generation {}, wasm {digest})",
-        a.deployment, a.revision, a.generation
+        "starting replica {id} of {} revision {} (generation {}, {})",
+        a.deployment, a.revision, a.generation, a.spec.workload
     ));
+    // An HTTP component is served by the ingress (an instance per request)
+    // until this supervisor is stopped, rather than run to its end.
+    if let Workload::Wasm(digest) = &a.spec.workload
+        && crate::http::supervise_if_http(&ctx, &a, digest, &status, &log).await
+    {
+        return;
+    }
 
     // Fetch and compile; a scheduler we cannot reach is retried, an artifact
     // that is not runnable never will be.
     let mut retry = Backoff::default();
     let mut last_error: Option<String> = None;
     let compiled = loop {
-        let client = ctx.client.clone();
-        let d = digest.clone();
-        let fetch = || async move {
-            match client {
-                Some(c) => c.get_blob(&d).await.map_err(|e| format!("cannot fetch blob {d}: {e}")),
-                None => Err(format!("blob {d} is not on this node and there is no scheduler to fetch it from")),
-            }
-        };
-        match ctx.wasm.artifact(&digest, fetch).await {
+        match runtime.prepare(&a, ctx.client.clone()).await {
             Ok(c) => break c,
             Err(ArtifactError::Invalid(reason)) => {
                 say(&format!("cannot run: {reason}"));
@@ -189,13 +208,27 @@ async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaSt
         }
     };
 
+    // Secret values live on tmpfs for as long as this supervisor runs (dropped,
+    // and the files removed, when the replica stops).
+    let secrets = match crate::secrets::materialize(&ctx.data_dir, &a) {
+        Ok(s) => s,
+        Err(reason) => {
+            say(&format!("cannot run: {reason}"));
+            set_state(&status, ReplicaState::Failed, Some(reason), None);
+            return;
+        }
+    };
+    let mut env = a.spec.env.clone();
+    env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = RunSpec {
         deployment: a.deployment.clone(),
         replica: id.clone(),
         revision: a.revision,
-        env: a.spec.env.clone(),
+        env,
         args: a.spec.args.clone(),
         memory_limit: a.spec.resources.memory.0,
+        usage,
+        preopens: secrets.preopens.clone(),
     };
     let mut backoff = Backoff::default();
     loop {
@@ -206,8 +239,12 @@ async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaSt
             set_state(&status, ReplicaState::Failed, Some(reason), None);
             return;
         };
-        let outcome = ctx.wasm.run(compiled.clone(), spec.clone(), sink).await;
+        let outcome = runtime.run(compiled.clone(), spec.clone(), sink).await;
         let reason = outcome.reason();
+        METRICS.exits.with_label_values(&[a.deployment.as_str(), exit_reason(&outcome)]).inc();
+        if matches!(outcome, Outcome::MemoryExceeded(_)) {
+            METRICS.memory_limit_traps.with_label_values(&[a.deployment.as_str()]).inc();
+        }
         let state = if outcome.is_success() { ReplicaState::Exited } else { ReplicaState::Failed };
         set_state(&status, state, Some(reason.clone()), outcome.exit_code());
         tracing::info!(replica = %id, "{reason}");
@@ -226,6 +263,7 @@ async fn supervise(ctx: Arc<Context>, a: Assignment, status: Arc<Mutex<ReplicaSt
         tokio::time::sleep(delay).await;
         set_state(&status, ReplicaState::Starting, None, None);
         lock(&status).restarts += 1;
+        METRICS.restarts.with_label_values(&[a.deployment.as_str()]).inc();
     }
 }
 

@@ -279,7 +279,10 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             args: vec![],
             restart,
             constraints: Default::default(),
+            secrets: vec![],
+            allowed_hosts: vec![],
         },
+        secrets: Default::default(),
     }
 }
 
@@ -296,8 +299,10 @@ async fn supervisors_apply_restart_policies_and_explain_themselves() {
     let data = temp_dir("supervisor");
     let ctx = Arc::new(Context {
         wasm: Arc::new(WasmRuntime::new(&data).expect("runtime")),
+        containers: None,
         client: None,
         data_dir: data.clone(),
+        http: None,
     });
     let blob = |bytes: &[u8]| std::fs::write(data.join("blobs").join(sha256_hex(bytes)), bytes).expect("write blob");
     let (exit3, hello) = (wasm(EXIT3), wasm(HELLO));
@@ -435,6 +440,7 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             replicas: 0,
             registered_ms: 0,
             last_heartbeat_ms: 0,
+            ingress: req.ingress,
         };
         axum::Json(RegisterResponse { node, heartbeat_interval_ms: 100 }).into_response()
     }
@@ -515,6 +521,10 @@ async fn the_agent_converges_reregisters_and_serves_logs() {
         data_dir: data.clone(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
+        oci_runtime: None,
+        ingress: Some("127.0.0.1:0".parse().expect("addr")),
+        ingress_advertise: None,
+        http: Default::default(),
     };
     let node = tokio::spawn(crate::run(config));
     wait_for("node.addr", || data.join("node.addr").is_file()).await;

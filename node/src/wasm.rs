@@ -104,6 +104,21 @@ pub struct RunSpec {
     pub args: Vec<String>,
     /// Memory limit per linear memory in bytes; 0 means none.
     pub memory_limit: u64,
+    /// Where the guest's cpu time and memory are counted.
+    pub usage: Arc<crate::metrics::Usage>,
+    /// Host directories the guest sees, and nothing else of the filesystem.
+    pub preopens: Vec<Preopen>,
+}
+
+/// A host directory a guest sees at `guest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the node.
+    pub host: PathBuf,
+    /// Where the guest sees it, an absolute path.
+    pub guest: String,
+    /// Whether the guest may write.
+    pub writable: bool,
 }
 
 /// The node's Wasm runtime. Dropping it stops the ticker and every guest.
@@ -237,7 +252,7 @@ impl WasmRuntime {
     }
 
     /// The blob bytes, from disk or fetched (and verified) once.
-    async fn blob<F, Fut>(&self, hex: &str, fetch: F) -> Result<bytes::Bytes, String>
+    pub async fn blob<F, Fut>(&self, hex: &str, fetch: F) -> Result<bytes::Bytes, String>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<bytes::Bytes, String>>,
@@ -267,7 +282,9 @@ impl WasmRuntime {
         log: Arc<LogSink>,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         let engine = self.compiler.engine.clone();
-        let task = AbortOnDrop(self.guest_handle().spawn(run_guest(engine, compiled, spec, log)));
+        let usage = spec.usage.clone();
+        let guest = crate::metrics::Metered::new(run_guest(engine, compiled, spec, log), usage);
+        let task = AbortOnDrop(self.guest_handle().spawn(guest));
         async move {
             let mut task = task;
             match (&mut task.0).await {
@@ -309,6 +326,7 @@ impl Compiler {
             }
         }
         self.compilations.fetch_add(1, Ordering::Relaxed);
+        let _timer = crate::metrics::METRICS.compile_seconds.start_timer();
         let code =
             if component { self.engine.precompile_component(bytes) } else { self.engine.precompile_module(bytes) }
                 .map_err(|e| {
@@ -422,16 +440,26 @@ struct Limiter {
     inner: StoreLimits,
     limit: Option<usize>,
     exceeded: bool,
+    /// The replica's usage, and how many bytes of it this run's memories hold.
+    usage: Arc<crate::metrics::Usage>,
+    held: u64,
 }
 
 impl Limiter {
-    fn new(limit: u64) -> Limiter {
+    fn new(limit: u64, usage: Arc<crate::metrics::Usage>) -> Limiter {
         let limit = (limit > 0).then(|| usize::try_from(limit).unwrap_or(usize::MAX));
         let mut b = StoreLimitsBuilder::new().trap_on_grow_failure(true);
         if let Some(l) = limit {
             b = b.memory_size(l);
         }
-        Limiter { inner: b.build(), limit, exceeded: false }
+        Limiter { inner: b.build(), limit, exceeded: false, usage, held: 0 }
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        // The store and its memories are gone with this run.
+        self.usage.add_memory(-i64::try_from(self.held).unwrap_or(i64::MAX));
     }
 }
 
@@ -440,7 +468,13 @@ impl ResourceLimiter for Limiter {
         if self.limit.is_some_and(|l| desired > l) {
             self.exceeded = true;
         }
-        self.inner.memory_growing(current, desired, maximum)
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            let grown = desired.saturating_sub(current) as u64;
+            self.held += grown;
+            self.usage.add_memory(i64::try_from(grown).unwrap_or(i64::MAX));
+        }
+        Ok(allowed)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -482,18 +516,27 @@ fn wasi_builder(spec: &RunSpec, log: &Arc<LogSink>) -> WasiCtxBuilder {
     b.env("SKIFF_DEPLOYMENT", &spec.deployment)
         .env("SKIFF_REPLICA", &spec.replica)
         .env("SKIFF_REVISION", spec.revision.to_string());
+    for p in &spec.preopens {
+        let perms = if p.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
+        if let Err(e) = b.preopened_dir(&p.host, &p.guest, perms) {
+            // The supervisor made the directory just before; say so if it vanished.
+            log.system(&format!("cannot give the guest {} ({}): {e}", p.guest, p.host.display()));
+        }
+    }
     b
 }
 
 async fn run_guest(engine: Engine, compiled: Arc<Compiled>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
     match &*compiled {
         Compiled::Module(pre) => {
-            let state = P1State { wasi: wasi_builder(&spec, &log).build_p1(), limits: Limiter::new(spec.memory_limit) };
+            let state = P1State { wasi: wasi_builder(&spec, &log).build_p1(), limits: Limiter::new(spec.memory_limit, spec.usage.clone()) };
             let mut store = Store::new(&engine, state);
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_async_yield_and_update(1);
             let result = async {
+                let timer = crate::metrics::METRICS.instantiate_seconds.start_timer();
                 let instance = pre.instantiate_async(&mut store).await?;
+                timer.observe_duration();
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             }
@@ -504,13 +547,15 @@ async fn run_guest(engine: Engine, compiled: Arc<Compiled>, spec: RunSpec, log: 
             let state = P2State {
                 ctx: wasi_builder(&spec, &log).build(),
                 table: ResourceTable::new(),
-                limits: Limiter::new(spec.memory_limit),
+                limits: Limiter::new(spec.memory_limit, spec.usage.clone()),
             };
             let mut store = Store::new(&engine, state);
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_async_yield_and_update(1);
             let result = async {
+                let timer = crate::metrics::METRICS.instantiate_seconds.start_timer();
                 let command = pre.instantiate_async(&mut store).await?;
+                timer.observe_duration();
                 command.wasi_cli_run().call_run(&mut store).await
             }
             .await;

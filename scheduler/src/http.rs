@@ -28,26 +28,36 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}/assignments", get(assignments))
+        .route("/v1/endpoints", get(crate::endpoints::watch))
         .route("/v1/deployments", get(list_deployments))
         .route("/v1/deployments/{name}", put(apply).get(get_deployment).delete(delete_deployment))
         .route("/v1/deployments/{name}/scale", post(scale))
         .route("/v1/deployments/{name}/logs", get(logs))
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/events", get(events))
+        .route("/v1/images", get(crate::images::list_images).post(crate::images::put_image))
+        .route("/v1/secrets", get(list_secrets))
+        .route("/v1/secrets/{name}", put(put_secret).delete(delete_secret))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let blob_routes = Router::new()
         .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(head_blob))
         .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES as usize));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{file}", get(crate::dashboard::asset))
+        .route("/metrics", get(crate::metrics::serve))
+        .route("/v1/prometheus/targets", get(crate::metrics::targets))
+        .route("/v1/watch", get(crate::dashboard::watch))
         .merge(json_routes)
         .merge(blob_routes)
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1/") })
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(core)
 }
 
 /// Node routes carry the join token.
-fn require_join_token(core: &Core, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_join_token(core: &Core, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -96,14 +106,9 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
     require_join_token(&core, &headers)?;
-    let dirty = {
-        let mut st = core.state();
-        st.heartbeat(&name, hb)?;
-        st.mem().sched_dirty
-    };
-    if dirty {
-        core.wake();
-    }
+    core.live.record(&name, &hb.replicas);
+    // Applied with the other heartbeats that arrive meanwhile, in one transaction.
+    core.heartbeats.submit(name, hb).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -127,7 +132,7 @@ async fn assignments(
         let wait = Duration::from_millis(q.wait.min(60_000));
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
-    Ok(Json(core.state().mem().assignments(&name)))
+    Ok(Json(core.state().assignments(&name)?))
 }
 
 async fn list_deployments(State(core): Shared) -> ApiResult<Vec<Deployment>> {
@@ -145,10 +150,15 @@ async fn get_deployment(State(core): Shared, Path(name): Path<String>) -> ApiRes
 async fn apply(
     State(core): Shared,
     Path(name): Path<String>,
-    Json(req): Json<ApplyRequest>,
+    Json(mut req): Json<ApplyRequest>,
 ) -> ApiResult<ApplyResponse> {
     if let Workload::Wasm(digest) = &req.spec.workload {
         core.check_wasm(digest).await?;
+    }
+    // An image reference is pinned to its manifest digest now, so that nodes
+    // fetch exactly what was imported and a re-tag changes nothing running.
+    if let Workload::Image(reference) = &req.spec.workload {
+        req.spec.workload = Workload::Image(crate::images::resolve(&core, reference).await?);
     }
     let resp = core.state().apply(&name, req)?;
     core.wake();
@@ -164,6 +174,25 @@ async fn scale(State(core): Shared, Path(name): Path<String>, Json(req): Json<Sc
 async fn delete_deployment(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     core.state().delete(&name)?;
     core.wake();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_secrets(State(core): Shared) -> ApiResult<Vec<Secret>> {
+    Ok(Json(core.state().secrets()))
+}
+
+async fn put_secret(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<SecretRequest>,
+) -> ApiResult<Secret> {
+    let secret = core.state().put_secret(&name, req)?;
+    core.wake();
+    Ok(Json(secret))
+}
+
+async fn delete_secret(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    core.state().delete_secret(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -192,10 +221,18 @@ async fn list_replicas(State(core): Shared, Query(q): Query<ReplicaQuery>) -> Ap
 struct EventQuery {
     object: Option<String>,
     limit: Option<u32>,
+    /// Only events with a larger id; with `wait` (ms), blocks until one exists.
+    after: Option<u64>,
+    #[serde(default)]
+    wait: u64,
 }
 
 async fn events(State(core): Shared, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
     let limit = q.limit.unwrap_or(200).min(10_000);
+    if let Some(after) = q.after {
+        let wait = Duration::from_millis(q.wait.min(60_000));
+        return Ok(Json(crate::dashboard::events_after(&core, q.object.as_deref(), after, wait, limit).await?));
+    }
     Ok(Json(core.state().store().events(q.object.as_deref(), limit)?))
 }
 

@@ -4,9 +4,15 @@
 //! and serves the HTTP API that nodes and the CLI use.
 
 mod blobs;
+mod dashboard;
+mod endpoints;
 mod error;
+mod heartbeats;
 mod http;
+mod images;
+mod metrics;
 pub mod placement;
+mod secrets;
 mod state;
 pub mod store;
 
@@ -36,6 +42,8 @@ pub struct ServerConfig {
     /// How long a node may miss heartbeats before it is down and its replicas are
     /// replaced.
     pub node_grace: Duration,
+    /// Re-seal every secret under a new key at start-up, then forget the old keys.
+    pub rotate_secret_key: bool,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +54,7 @@ impl Default for ServerConfig {
             scoring: Scoring::BinPack,
             heartbeat_interval: Duration::from_secs(1),
             node_grace: Duration::from_secs(3),
+            rotate_secret_key: false,
         }
     }
 }
@@ -60,6 +69,10 @@ pub(crate) struct Core {
     http: reqwest::Client,
     /// Digests already validated as WebAssembly.
     valid_wasm: Mutex<HashSet<String>>,
+    /// Replica usage from heartbeats, for the dashboard.
+    live: dashboard::Live,
+    /// Heartbeats waiting to be applied together.
+    heartbeats: heartbeats::Batcher,
 }
 
 impl Core {
@@ -128,7 +141,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let db = config.data_dir.join("state.db");
     let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
     let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
-    let state = State::load(store, policy).with_context(|| format!("loading {}", db.display()))?;
+    let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
+    let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;
+    if config.rotate_secret_key {
+        let n = state.rotate_secret_key().context("rotating the secret key")?;
+        tracing::info!("secret key rotated; {n} secrets re-sealed");
+    }
     let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!("binding {} (is another skiff server running? pick another with --listen)", config.listen)
@@ -144,8 +162,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config,
         http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
         valid_wasm: Mutex::new(HashSet::new()),
+        live: dashboard::Live::default(),
+        heartbeats: heartbeats::Batcher::default(),
     });
     tokio::spawn(controllers(core.clone()));
+    tokio::spawn(heartbeats::run(core.clone()));
     let app = http::router(core);
     let serve = tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!("skiff server listening on {url}");
@@ -170,7 +191,17 @@ async fn controllers(core: Arc<Core>) {
                 last_full = Instant::now();
                 r = st.reconcile_all();
             }
-            r.and_then(|_| st.schedule()).map(|n| {
+            r.and_then(|_| {
+                let dirty = st.mem().sched_dirty;
+                let start = Instant::now();
+                let n = st.schedule()?;
+                if dirty {
+                    metrics::METRICS.placement_seconds.observe(start.elapsed().as_secs_f64());
+                    metrics::METRICS.placements.inc_by(n as u64);
+                }
+                Ok(n)
+            })
+            .map(|n| {
                 if n > 0 {
                     tracing::info!("placed {n} replicas");
                 }
@@ -179,6 +210,9 @@ async fn controllers(core: Arc<Core>) {
         if let Err(e) = result {
             tracing::error!("controller pass failed: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
+        } else if core.state().mem().sched_dirty {
+            // A batch of placements stopped short, or something changed meanwhile.
+            core.wake();
         }
         if last_prune.elapsed() >= Duration::from_secs(600) {
             last_prune = Instant::now();

@@ -234,6 +234,7 @@ mod tests {
             replicas: 0,
             registered_ms: 0,
             last_heartbeat_ms: 0,
+            ingress: None,
         }
     }
 

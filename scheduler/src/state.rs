@@ -10,11 +10,13 @@
 
 use crate::error::ApiError;
 use crate::placement::{self, Scoring, Snapshot};
+use crate::secrets::{Keyring, Sealed};
 use crate::store::{Store, StoreError, Tx};
 use skiff_api::manifest::{MAX_REPLICAS, validate_name};
 use skiff_api::quantity::{format_cpu, format_memory};
 use skiff_api::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -52,6 +54,11 @@ pub struct Mem {
     mutated: bool,
     /// Whether placement should run again (capacity or demand changed).
     pub sched_dirty: bool,
+    /// Whether the endpoints table (ready replicas, deployments, node ingresses)
+    /// may have changed in this transaction.
+    pub endpoints_dirty: bool,
+    /// Secrets, sealed; opened only to hand values to the node that needs them.
+    secrets: BTreeMap<String, (Secret, Sealed)>,
 }
 
 struct NodeLive {
@@ -62,9 +69,13 @@ struct NodeLive {
 /// The store and the working set behind one lock.
 pub struct State {
     store: Store,
+    keyring: Keyring,
     mem: Mem,
     live: HashMap<String, NodeLive>,
     pub policy: Policy,
+    /// The endpoints table's index; starts at the clock so that a restarted
+    /// scheduler never answers a node with the index it already holds.
+    endpoints: watch::Sender<u64>,
 }
 
 fn store_err(e: StoreError) -> ApiError {
@@ -73,7 +84,7 @@ fn store_err(e: StoreError) -> ApiError {
 
 impl State {
     /// Loads the working set from `store`.
-    pub fn load(store: Store, policy: Policy) -> Result<State, StoreError> {
+    pub fn load(store: Store, keyring: Keyring, policy: Policy) -> Result<State, StoreError> {
         let mem = Mem::load(&store)?;
         let now = Instant::now();
         // A restarted scheduler gives every node a full grace period before it
@@ -83,13 +94,14 @@ impl State {
             .iter()
             .map(|n| (n.name.clone(), NodeLive { last_heartbeat: now, tx: watch::Sender::new(mem.index) }))
             .collect();
-        Ok(State { store, mem, live, policy })
+        Ok(State { store, keyring, mem, live, policy, endpoints: watch::Sender::new(now_ms()) })
     }
 
     /// Runs `f` on the working set inside one store transaction; commits, then wakes
     /// the nodes whose desired set changed. On any failure the working set is
     /// reloaded from the store.
     pub fn transact<T>(&mut self, f: impl FnOnce(&mut Mem, &Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let _timer = crate::metrics::METRICS.store_tx_seconds.start_timer();
         let tx = self.store.tx().map_err(store_err)?;
         self.mem.mutated = false;
         self.mem.touched.clear();
@@ -109,6 +121,13 @@ impl State {
                         l.tx.send_replace(index);
                     }
                 }
+                if std::mem::take(&mut self.mem.endpoints_dirty) {
+                    self.endpoints.send_modify(|i| *i += 1);
+                }
+                if self.mem.mutated {
+                    // The dashboard's live stream and `skiff events -f` wait on this.
+                    crate::metrics::changed();
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -118,7 +137,9 @@ impl State {
                         Err(le) => tracing::error!("reloading state after a failed transaction: {le}"),
                     }
                     self.mem.sched_dirty = true;
+                    self.endpoints.send_modify(|i| *i += 1);
                 }
+                self.mem.endpoints_dirty = false;
                 Err(e)
             }
         }
@@ -126,6 +147,11 @@ impl State {
 
     pub fn mem(&self) -> &Mem {
         &self.mem
+    }
+
+    /// A receiver that changes when the endpoints table may have.
+    pub fn endpoints_watch(&self) -> watch::Receiver<u64> {
+        self.endpoints.subscribe()
     }
 
     pub fn store(&self) -> &Store {
@@ -147,13 +173,44 @@ impl State {
         Ok(RegisterResponse { node, heartbeat_interval_ms: 0 })
     }
 
+    /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
+    #[cfg(test)]
     pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
-        let Some(live) = self.live.get_mut(name) else {
-            return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
-        };
-        live.last_heartbeat = Instant::now();
+        self.heartbeats(vec![(name.to_string(), hb)]).pop().unwrap_or(Ok(()))
+    }
+
+    /// Many heartbeats in one transaction (group commit, see `heartbeats.rs`), with
+    /// one result per heartbeat. If the batch fails, each is applied again on its
+    /// own, so that one bad report fails only its own node.
+    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat)>) -> Vec<Result<(), ApiError>> {
+        let arrived = Instant::now();
+        let mut results: Vec<Result<(), ApiError>> = batch
+            .iter()
+            .map(|(name, _)| match self.live.get_mut(name) {
+                Some(live) => {
+                    live.last_heartbeat = arrived;
+                    Ok(())
+                }
+                None => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
+            })
+            .collect();
         let now = now_ms();
-        self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now))
+        let together = self.transact(|mem, tx| {
+            for ((name, hb), r) in batch.iter().zip(&results) {
+                if r.is_ok() {
+                    mem.heartbeat(tx, name, hb, now)?;
+                }
+            }
+            Ok(())
+        });
+        if together.is_err() {
+            for ((name, hb), r) in batch.iter().zip(results.iter_mut()) {
+                if r.is_ok() {
+                    *r = self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now));
+                }
+            }
+        }
+        results
     }
 
     /// A receiver that changes when node `name`'s desired set does.
@@ -194,8 +251,10 @@ impl State {
         }
         let scoring = self.policy.scoring;
         let now = now_ms();
-        let placed = self.transact(|mem, tx| mem.schedule(tx, scoring, now))?;
-        self.mem.sched_dirty = false;
+        let (placed, more) = self.transact(|mem, tx| mem.schedule(tx, scoring, now, SCHEDULE_BATCH))?;
+        // A pass stops after a batch so that heartbeats and watchers get the lock
+        // between batches; the controllers run again at once while more remain.
+        self.mem.sched_dirty = more;
         Ok(placed)
     }
 
@@ -209,6 +268,127 @@ impl State {
             }
             Ok(())
         })
+    }
+
+    // ---- secrets ----
+
+    /// Every secret, without values.
+    pub fn secrets(&self) -> Vec<Secret> {
+        self.mem.secrets.values().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Creates secret `name`, or replaces its values when `req.overwrite`.
+    pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, ApiError> {
+        validate_name(name).map_err(|e| ApiError::bad_request(format!("secret {e}")))?;
+        if req.data.is_empty() {
+            return Err(ApiError::bad_request(
+                "a secret needs at least one key: --from-literal K=V or --from-file K=PATH",
+            ));
+        }
+        let mut total = 0;
+        for (k, v) in &req.data {
+            validate_secret_key(k).map_err(ApiError::bad_request)?;
+            total += k.len() + v.len();
+        }
+        if total > MAX_SECRET_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "secret {name} holds {total} bytes; at most {MAX_SECRET_BYTES}"
+            )));
+        }
+        let now = now_ms();
+        let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
+        if existing.is_some() && !req.overwrite {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("secret {name} already exists; pass --overwrite to replace its values"),
+            ));
+        }
+        let sealed = self.keyring.seal(name, &req.data).map_err(|e| ApiError::internal(e.to_string()))?;
+        let secret = Secret {
+            name: name.to_string(),
+            keys: req.data.keys().cloned().collect(),
+            created_ms: existing.unwrap_or(now),
+            updated_ms: now,
+        };
+        self.transact(|mem, tx| {
+            tx.put_secret(&secret, &sealed)?;
+            let verb = if existing.is_some() { "Updated" } else { "Created" };
+            let msg = format!("secret with keys {}", secret.keys.join(", "));
+            tx.event(now, &format!("secret/{name}"), verb, &msg)?;
+            mem.secrets.insert(name.to_string(), (secret.clone(), sealed));
+            mem.mutated = true;
+            // Replicas may be pending for want of it.
+            mem.sched_dirty = true;
+            Ok(())
+        })?;
+        Ok(secret)
+    }
+
+    /// Deletes secret `name`, unless a deployment uses it.
+    pub fn delete_secret(&mut self, name: &str) -> Result<(), ApiError> {
+        if !self.mem.secrets.contains_key(name) {
+            return Err(ApiError::not_found(format!("secret {name:?} not found; `skiff secret ls` lists them")));
+        }
+        let users: Vec<&str> = self
+            .mem
+            .deployments
+            .values()
+            .filter(|e| e.d.spec.secrets.iter().any(|r| r.secret == name))
+            .map(|e| e.d.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("secret {name} is used by deployments {}; change or delete them first", users.join(", ")),
+            ));
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            tx.delete_secret(name)?;
+            tx.event(now, &format!("secret/{name}"), "Deleted", "secret deleted")?;
+            mem.secrets.remove(name);
+            mem.mutated = true;
+            Ok(())
+        })
+    }
+
+    /// Re-seals every secret under a new key, then forgets the old keys.
+    pub fn rotate_secret_key(&mut self) -> anyhow::Result<usize> {
+        self.keyring.add_key()?;
+        let mut resealed = Vec::new();
+        for (name, (secret, sealed)) in &self.mem.secrets {
+            let values = self.keyring.open_sealed(name, sealed)?;
+            resealed.push((secret.clone(), self.keyring.seal(name, &values)?));
+        }
+        let n = resealed.len();
+        self.transact(|mem, tx| {
+            for (secret, sealed) in resealed {
+                tx.put_secret(&secret, &sealed)?;
+                mem.secrets.insert(secret.name.clone(), (secret, sealed));
+            }
+            mem.mutated = true;
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.keyring.drop_old_keys()?;
+        Ok(n)
+    }
+
+    /// Node `name`'s desired set, with the values of the secrets its replicas use.
+    pub fn assignments(&self, name: &str) -> Result<Assignments, ApiError> {
+        let mut a = self.mem.assignments(name);
+        for asg in &mut a.replicas {
+            for r in &asg.spec.secrets {
+                if asg.secrets.contains_key(&r.secret) {
+                    continue;
+                }
+                let Some((_, sealed)) = self.mem.secrets.get(&r.secret) else { continue };
+                let values =
+                    self.keyring.open_sealed(&r.secret, sealed).map_err(|e| ApiError::internal(e.to_string()))?;
+                asg.secrets.insert(r.secret.clone(), values);
+            }
+        }
+        Ok(a)
     }
 
     // ---- deployments ----
@@ -267,6 +447,7 @@ impl State {
             tx.delete_deployment(name)?;
             tx.event(now, &format!("deployment/{name}"), "Deleted", "deployment deleted; its replicas are stopping")?;
             mem.mutated = true;
+            mem.endpoints_dirty = true;
             Ok(())
         })
     }
@@ -276,7 +457,26 @@ fn not_found_deployment(name: &str) -> ApiError {
     ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
 }
 
+/// Largest secret, keys and values together.
+const MAX_SECRET_BYTES: usize = 256 << 10;
+
+/// Secret keys become file names: letters, digits, `.`, `_` and `-`, not starting with `.`.
+fn validate_secret_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && !key.starts_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("secret key {key:?} must be letters, digits, '.', '_' and '-', not starting with '.'"))
+    }
+}
+
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
+    for r in &req.spec.secrets {
+        skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
+    }
     validate_name(name).map_err(ApiError::bad_request)?;
     if req.replicas > MAX_REPLICAS {
         return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {}", req.replicas)));
@@ -290,6 +490,10 @@ fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// Most replicas one scheduling pass places (one transaction, one hold of the
+/// lock): about 50 ms of work at 5,000 nodes.
+const SCHEDULE_BATCH: usize = 2048;
 
 /// Orders replicas for removal on scale-down: those doing least first, newest first.
 fn removal_rank(r: &Replica) -> (u8, std::cmp::Reverse<Millis>) {
@@ -308,6 +512,19 @@ fn new_replica_id(deployment: &str) -> String {
     // Replica ids are DNS labels too: keep them within 63 characters.
     let prefix = &deployment[..deployment.len().min(56)];
     format!("{prefix}-{suffix}")
+}
+
+/// One event for a deployment's placements in a pass: a row per placement cost as
+/// much as the placement itself at scale.
+fn scheduled_message(list: &[(String, String)]) -> String {
+    const SHOWN: usize = 10;
+    if let [(id, node)] = list {
+        return format!("replica {id} placed on {node}");
+    }
+    let shown: Vec<String> = list.iter().take(SHOWN).map(|(id, node)| format!("{id} on {node}")).collect();
+    let rest = list.len().saturating_sub(SHOWN);
+    let more = if rest > 0 { format!(" and {rest} more") } else { String::new() };
+    format!("{} replicas placed: {}{more}", list.len(), shown.join(", "))
 }
 
 /// A seed from a replica id: the same replica gets the same placement order.
@@ -338,6 +555,9 @@ impl Mem {
         }
         for d in loaded.deployments {
             mem.deployments.insert(d.name.clone(), DeploymentEntry { d, spread: HashMap::new() });
+        }
+        for (secret, sealed) in loaded.secrets {
+            mem.secrets.insert(secret.name.clone(), (secret, sealed));
         }
         for r in loaded.replicas {
             mem.next_generation = mem.next_generation.max(r.generation + 1);
@@ -407,6 +627,7 @@ impl Mem {
                     revision: r.revision,
                     generation: r.generation,
                     spec: spec.clone(),
+                    secrets: BTreeMap::new(),
                 })
             })
             .collect();
@@ -510,6 +731,9 @@ impl Mem {
             new.updated_ms = now_ms();
         }
         self.mutated = true;
+        if old.state == ReplicaState::Ready || new.state == ReplicaState::Ready {
+            self.endpoints_dirty = true;
+        }
         self.unindex_replica(&old);
         if new.state.is_terminal() {
             self.replicas.remove(id);
@@ -532,6 +756,7 @@ impl Mem {
     fn register(&mut self, tx: &Tx, req: RegisterRequest, now: Millis) -> Result<Node, ApiError> {
         self.mutated = true;
         self.sched_dirty = true;
+        self.endpoints_dirty = true;
         let object = format!("node/{}", req.name);
         let node = match self.node_idx.get(&req.name) {
             Some(&i) => {
@@ -541,6 +766,7 @@ impl Mem {
                 n.labels = req.labels;
                 n.capacity = req.capacity;
                 n.runtimes = req.runtimes;
+                n.ingress = req.ingress;
                 n.state = NodeState::Ready;
                 n.last_heartbeat_ms = now;
                 let msg = format!("node re-registered (was {was}) with {}", n.capacity);
@@ -559,6 +785,7 @@ impl Mem {
                     replicas: 0,
                     registered_ms: now,
                     last_heartbeat_ms: now,
+                    ingress: req.ingress,
                 };
                 tx.event(now, &object, "Registered", &format!("node joined with {}", n.capacity))?;
                 self.node_idx.insert(n.name.clone(), self.nodes.len());
@@ -572,7 +799,7 @@ impl Mem {
         Ok(node)
     }
 
-    fn heartbeat(&mut self, tx: &Tx, name: &str, hb: Heartbeat, now: Millis) -> Result<(), ApiError> {
+    fn heartbeat(&mut self, tx: &Tx, name: &str, hb: &Heartbeat, now: Millis) -> Result<(), ApiError> {
         let Some(&i) = self.node_idx.get(name) else {
             return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
         };
@@ -597,7 +824,7 @@ impl Mem {
                 self.sched_dirty = true;
             }
         }
-        for st in hb.replicas {
+        for st in &hb.replicas {
             let Some(r) = self.replicas.get(&st.id) else { continue };
             // Only the node a replica is assigned to, at the current generation,
             // may report on it; anything else is stale (after a partition, say).
@@ -627,7 +854,10 @@ impl Mem {
                 let why = st.reason.clone().unwrap_or_else(|| "no reason given".into());
                 tx.event(now, &obj, "ReplicaFailed", &format!("replica {} failed on {name}: {why}", r.id))?;
             }
-            if st.state != r.state && matches!(st.state, ReplicaState::Running) && r.state == ReplicaState::Assigned {
+            if st.state != r.state
+                && matches!(st.state, ReplicaState::Running | ReplicaState::Ready)
+                && r.state == ReplicaState::Assigned
+            {
                 tx.event(now, &obj, "Started", &format!("replica {} running on {name}", r.id))?;
             }
             if st.restarts > r.restarts {
@@ -642,7 +872,7 @@ impl Mem {
             self.update(tx, &id, |r| {
                 r.state = st.state;
                 r.restarts = st.restarts;
-                r.reason = st.reason;
+                r.reason = st.reason.clone();
                 r.exit_code = st.exit_code;
             })?;
         }
@@ -708,6 +938,7 @@ impl Mem {
                 )?;
                 self.revisions.insert((name.to_string(), 1), req.spec);
                 self.deployments.insert(name.to_string(), DeploymentEntry { d, spread: HashMap::new() });
+                self.endpoints_dirty = true;
                 ApplyOutcome::Created
             }
             Some(e) if e.d.spec == req.spec && e.d.replicas == req.replicas => return Ok(ApplyOutcome::Unchanged),
@@ -792,14 +1023,47 @@ impl Mem {
         Ok(())
     }
 
+    /// Why replicas of `spec` cannot start yet for want of a secret, if they can't.
+    fn missing_secret(&self, spec: &WorkloadSpec) -> Option<String> {
+        for r in &spec.secrets {
+            let Some((secret, _)) = self.secrets.get(&r.secret) else {
+                return Some(format!(
+                    "secret {:?} not found; create it with `skiff secret create {}`",
+                    r.secret, r.secret
+                ));
+            };
+            if let Some(key) = r.env.values().find(|k| !secret.keys.contains(k)) {
+                return Some(format!("secret {:?} has no key {key:?}", r.secret));
+            }
+        }
+        None
+    }
+
     /// Places every pending replica that fits somewhere; records why the others don't.
-    fn schedule(&mut self, tx: &Tx, scoring: Scoring, now: Millis) -> Result<usize, ApiError> {
-        let pending: Vec<String> = self.pending.iter().map(|(_, id)| id.clone()).collect();
+    /// Places at most `limit`; says whether placeable replicas may remain.
+    fn schedule(&mut self, tx: &Tx, scoring: Scoring, now: Millis, limit: usize) -> Result<(usize, bool), ApiError> {
         // Replicas of one revision make the same request: once one fits nowhere, the
         // rest of its revision would not either (in this pass).
         let mut unplaceable: HashMap<(String, u64), String> = HashMap::new();
         let mut placed = 0;
-        for id in pending {
+        // Placements per deployment, recorded as one event each at the end.
+        let mut scheduled: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        // Walks the pending queue in place (placing removes entries, recording a
+        // reason keeps them) rather than copying a queue that may hold a million ids.
+        let mut cursor: Option<(Millis, String)> = None;
+        let mut more = false;
+        loop {
+            let next = match &cursor {
+                None => self.pending.iter().next(),
+                Some(c) => self.pending.range((Bound::Excluded(c), Bound::Unbounded)).next(),
+            };
+            let Some(entry) = next.cloned() else { break };
+            if placed >= limit {
+                more = true;
+                break;
+            }
+            let id = entry.1.clone();
+            cursor = Some(entry);
             let Some(r) = self.replicas.get(&id) else { continue };
             let key = (r.deployment.clone(), r.revision);
             let reason = match unplaceable.get(&key) {
@@ -808,6 +1072,13 @@ impl Mem {
                     let (Some(spec), Some(e)) = (self.revisions.get(&key), self.deployments.get(&r.deployment)) else {
                         continue;
                     };
+                    if let Some(missing) = self.missing_secret(spec) {
+                        unplaceable.insert(key, missing.clone());
+                        if r.reason.as_deref() != Some(missing.as_str()) {
+                            self.update(tx, &id, |r| r.reason = Some(missing))?;
+                        }
+                        continue;
+                    }
                     let req = placement::Request {
                         resources: spec.resources,
                         runtime: spec.workload.runtime(),
@@ -837,12 +1108,7 @@ impl Mem {
                         r.generation = generation;
                         r.reason = None;
                     })?;
-                    tx.event(
-                        now,
-                        &format!("deployment/{dep}"),
-                        "Scheduled",
-                        &format!("replica {id} placed on {node}"),
-                    )?;
+                    scheduled.entry(dep).or_default().push((id, node));
                     placed += 1;
                 }
                 Err(why) => {
@@ -855,7 +1121,10 @@ impl Mem {
         if placed > 0 {
             tx.set_meta("next_generation", &self.next_generation.to_string())?;
         }
-        Ok(placed)
+        for (dep, list) in scheduled {
+            tx.event(now, &format!("deployment/{dep}"), "Scheduled", &scheduled_message(&list))?;
+        }
+        Ok((placed, more))
     }
 }
 
@@ -893,7 +1162,9 @@ mod tests {
     fn state() -> (State, tempdir::Dir) {
         let dir = tempdir::Dir::new();
         let store = Store::open(&dir.0.join("state.db")).unwrap();
-        let st = State::load(store, Policy { scoring: Scoring::BinPack, node_grace: Duration::from_secs(3) }).unwrap();
+        let keys = Keyring::open(&dir.0).unwrap();
+        let st =
+            State::load(store, keys, Policy { scoring: Scoring::BinPack, node_grace: Duration::from_secs(3) }).unwrap();
         (st, dir)
     }
 
@@ -921,6 +1192,7 @@ mod tests {
             labels: BTreeMap::new(),
             capacity: Resources::new(4000, mem_mi << 20),
             runtimes: vec![Runtime::Wasm],
+            ingress: None,
         }
     }
 
@@ -932,11 +1204,36 @@ mod tests {
             args: vec![],
             restart: RestartPolicy::Always,
             constraints: BTreeMap::new(),
+            secrets: vec![],
+            allowed_hosts: vec![],
         }
     }
 
     fn per_node(st: &State) -> Vec<(String, u32, u64)> {
         st.mem().nodes().iter().map(|n| (n.name.clone(), n.replicas, n.allocated.memory.0 >> 20)).collect()
+    }
+
+    #[test]
+    fn a_scheduling_pass_places_one_batch_and_leaves_the_rest_for_the_next() {
+        let (mut st, _dir) = state();
+        // 40 replicas of 100m fit a 4-cpu node: 60 nodes hold more than a batch.
+        for i in 0..60 {
+            st.register(node(&format!("n{i}"), 1024)).unwrap();
+        }
+        let total = SCHEDULE_BATCH + 52;
+        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1) }).unwrap();
+        assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
+        assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
+        assert_eq!(st.schedule().unwrap(), 52);
+        assert!(!st.mem().sched_dirty);
+        assert!(st.mem().replicas_of("big").all(|r| r.state == ReplicaState::Assigned));
+        // One event per deployment and pass, naming the first placements.
+        let events = st.store().events(Some("deployment/big"), 10).unwrap();
+        let scheduled: Vec<&str> =
+            events.iter().filter(|e| e.reason == "Scheduled").map(|e| e.message.as_str()).collect();
+        assert_eq!(scheduled.len(), 2, "{scheduled:?}");
+        assert!(scheduled[0].starts_with(&format!("{SCHEDULE_BATCH} replicas placed: big-")), "{}", scheduled[0]);
+        assert!(scheduled[0].ends_with(&format!(" and {} more", SCHEDULE_BATCH - 10)), "{}", scheduled[0]);
     }
 
     #[test]
@@ -966,7 +1263,9 @@ mod tests {
         let before: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
         drop(st);
         let store = Store::open(&dir.0.join("state.db")).unwrap();
-        let mut st = State::load(store, Policy { scoring: Scoring::BinPack, node_grace: Duration::ZERO }).unwrap();
+        let keys = Keyring::open(&dir.0).unwrap();
+        let mut st =
+            State::load(store, keys, Policy { scoring: Scoring::BinPack, node_grace: Duration::ZERO }).unwrap();
         let after: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
         assert_eq!(before, after);
         assert_eq!(per_node(&st), expected);

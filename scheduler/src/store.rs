@@ -5,8 +5,9 @@
 //! written here first, in one transaction, and applied in memory only once it
 //! committed: a failed write (a full disk) leaves both as they were.
 
+use crate::secrets::Sealed;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use skiff_api::{Deployment, DeploymentStatus, Event, Node, Replica, WorkloadSpec};
+use skiff_api::{Deployment, DeploymentStatus, Event, Node, Replica, Secret, WorkloadSpec};
 use std::path::Path;
 
 /// A store operation that failed.
@@ -62,6 +63,25 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );",
+    // 2: secrets, sealed (see secrets.rs); `keys` holds the key names only.
+    "CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        keys TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );",
+    // 3: imported OCI images: name:tag → manifest digest (blobs live in the blob store).
+    "CREATE TABLE images (
+        name TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, tag)
+     );",
 ];
 
 /// Everything stored, as loaded at start-up.
@@ -72,6 +92,7 @@ pub struct Loaded {
     pub revisions: Vec<(String, u64, WorkloadSpec)>,
     pub replicas: Vec<Replica>,
     pub meta: Vec<(String, String)>,
+    pub secrets: Vec<(Secret, Sealed)>,
 }
 
 /// The SQLite state file.
@@ -166,7 +187,25 @@ impl Store {
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
             meta.push(row?);
         }
-        Ok(Loaded { nodes, deployments, revisions, replicas, meta })
+        let mut secrets = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT name, keys, key_id, nonce, ciphertext, created_ms, updated_ms FROM secrets ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                Sealed { key_id: r.get(2)?, nonce: r.get(3)?, ciphertext: r.get(4)? },
+                r.get::<_, u64>(5)?,
+                r.get::<_, u64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, keys, sealed, created_ms, updated_ms) = row?;
+            let keys = decode("secret", &keys)?;
+            secrets.push((Secret { name, keys, created_ms, updated_ms }, sealed));
+        }
+        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets })
     }
 
     /// Starts a write transaction.
@@ -200,6 +239,33 @@ impl Store {
     /// Keeps the newest `keep` events.
     pub fn prune_events(&self, keep: u64) -> Result<usize> {
         Ok(self.conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![keep])?)
+    }
+
+    /// Every imported image, by name and tag.
+    pub fn images(&self) -> Result<Vec<skiff_api::Image>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT name, tag, digest, size, created_ms FROM images ORDER BY name, tag")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(skiff_api::Image {
+                name: r.get(0)?,
+                tag: r.get(1)?,
+                digest: r.get(2)?,
+                size: r.get(3)?,
+                created_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Points `image.name:image.tag` at `image.digest` (images are not part of the
+    /// working set, so this writes directly rather than through a transaction).
+    pub fn put_image(&self, image: &skiff_api::Image) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO images (name, tag, digest, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![image.name, image.tag, image.digest, image.size, image.created_ms])?;
+        Ok(())
     }
 
     /// A stored setting.
@@ -263,6 +329,29 @@ impl Tx<'_> {
         self.tx
             .prepare_cached("INSERT INTO events (time_ms, object, reason, message) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![time_ms, object, reason, message])?;
+        Ok(())
+    }
+
+    pub fn put_secret(&self, s: &Secret, sealed: &Sealed) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO secrets (name, keys, key_id, nonce, ciphertext, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                s.name,
+                json(&s.keys),
+                sealed.key_id,
+                sealed.nonce,
+                sealed.ciphertext,
+                s.created_ms,
+                s.updated_ms
+            ])?;
+        Ok(())
+    }
+
+    pub fn delete_secret(&self, name: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM secrets WHERE name = ?1", [name])?;
         Ok(())
     }
 

@@ -4,3 +4,6 @@
 
 mod bad_input;
 mod cluster;
+mod containers;
+mod observability;
+mod secrets;

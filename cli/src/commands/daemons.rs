@@ -44,6 +44,9 @@ pub struct ServerArgs {
     /// How long past a missed heartbeat a node is declared down
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     node_grace: Duration,
+    /// Re-seal every secret under a new key at start-up and forget the old keys
+    #[arg(long)]
+    rotate_secret_key: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +78,24 @@ pub struct NodeArgs {
     /// The URL the scheduler should use to reach this node [default: from --listen]
     #[arg(long)]
     advertise: Option<String>,
+    /// The OCI runtime for containers [default: crun, else runc, whichever works here]
+    #[arg(long, env = "SKIFF_OCI_RUNTIME", value_name = "PATH")]
+    oci_runtime: Option<PathBuf>,
+    /// Address of the ingress that serves HTTP deployments [default: port 8080 on the --listen ip, any free port if --listen has port 0]
+    #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR")]
+    ingress: Option<SocketAddr>,
+    /// The URL other nodes should use to reach this node's ingress [default: from --ingress]
+    #[arg(long, value_name = "URL")]
+    ingress_advertise: Option<String>,
+    #[command(flatten)]
+    http: HttpArgs,
+    /// Run N simulated nodes instead of a real one: they register, heartbeat and
+    /// acknowledge their assignments but run nothing (for benchmarks)
+    #[arg(long, value_name = "N")]
+    simulate: Option<usize>,
+    /// Names of simulated nodes: PREFIX-00000, PREFIX-00001, ... [default: sim]
+    #[arg(long, requires = "simulate")]
+    name_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +109,40 @@ pub struct DevArgs {
     /// How to rank nodes that fit a replica
     #[arg(long, value_enum, default_value = "binpack")]
     scoring: ScoringArg,
+    /// Address of the ingress that serves HTTP deployments (port 0 picks one;
+    /// the address is written to DATA_DIR/ingress.addr)
+    #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    ingress: SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// How a node serves HTTP components.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Host suffix that names deployments at the ingress (Host: NAME.SUFFIX)
+    #[arg(long, default_value = skiff_node::http::DEFAULT_SUFFIX, value_name = "SUFFIX")]
+    ingress_suffix: String,
+    /// Longest an HTTP request may run before it gets a 504 (30s, 500ms, ...)
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+}
+
+impl HttpArgs {
+    fn config(&self) -> anyhow::Result<skiff_node::http::HttpConfig> {
+        let suffix = self.ingress_suffix.trim_matches('.').to_ascii_lowercase();
+        if suffix.is_empty() || suffix.split('.').any(|l| skiff_api::manifest::validate_name(l).is_err()) {
+            bail!("--ingress-suffix {:?} must be a domain name such as skiff.local", self.ingress_suffix);
+        }
+        if self.request_timeout.is_zero() {
+            bail!("--request-timeout must be more than 0");
+        }
+        Ok(skiff_node::http::HttpConfig {
+            request_timeout: self.request_timeout,
+            suffix,
+            ..Default::default()
+        })
+    }
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -98,6 +153,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         scoring: args.scoring.into(),
         heartbeat_interval: args.heartbeat_interval,
         node_grace: args.node_grace,
+        rotate_secret_key: args.rotate_secret_key,
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
         format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())
@@ -140,6 +196,9 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
     if token.is_empty() {
         bail!("the join token is empty; pass the one the server printed (or its DATA_DIR/join-token)");
     }
+    if let Some(count) = args.simulate {
+        return simulate(args, count, server, token).await;
+    }
     let name = match args.name {
         Some(n) => n,
         None => host_name(),
@@ -156,6 +215,10 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         advertise: args.advertise,
+        oci_runtime: args.oci_runtime,
+        ingress: args.ingress,
+        ingress_advertise: args.ingress_advertise,
+        http: args.http.config()?,
     };
     tracing::info!("node {name} joining {server}");
     tokio::select! {
@@ -164,6 +227,47 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
             tracing::info!("{sig}: stopping node {name}");
             Ok(())
         }
+    }
+}
+
+/// `skiff node --simulate N`: N fake nodes in this process (see `skiff_node::sim`).
+async fn simulate(args: NodeArgs, count: usize, server: String, token: String) -> anyhow::Result<()> {
+    if args.name.is_some() {
+        bail!("--name names one real node; simulated nodes are named by --name-prefix");
+    }
+    let config = skiff_node::sim::SimConfig {
+        server: server.clone(),
+        token,
+        count,
+        name_prefix: args.name_prefix.unwrap_or_else(|| "sim".into()),
+        capacity: skiff_api::Resources::new(
+            args.cpu.map_or(4000, |c| c.0),
+            args.memory.map_or(16 << 30, |m| m.0),
+        ),
+        labels: parse_labels("--labels", &args.labels)?,
+    };
+    tracing::info!("simulating {count} nodes against {server}");
+    tokio::select! {
+        res = skiff_node::sim::simulate(config) => res.context("simulated nodes stopped"),
+        sig = shutdown_signal() => {
+            tracing::info!("{sig}: stopping {count} simulated nodes");
+            Ok(())
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit: a scheduler holds one
+/// socket per node long-poll, and a process of simulated nodes as many again.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open files limit: {e}"),
     }
 }
 
@@ -192,6 +296,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.join("node"),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
+        oci_runtime: None,
+        ingress: Some(args.ingress),
+        ingress_advertise: None,
+        http: args.http.config()?,
     };
     let url = server.url.clone();
     let mut node_task = tokio::spawn(skiff_node::run(node_config));
@@ -207,7 +315,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ok = &mut ready, if !announced => {
                 announced = true;
                 if ok {
-                    println!("skiff dev: server at {url}, node {node_name} ready; try: skiff deploy FILE.wasm --name hello");
+                    // The node wrote its ingress address before registering; keep
+                    // a copy where a script looks for it.
+                    let ingress = std::fs::read_to_string(args.data_dir.join("node").join("ingress.addr")).unwrap_or_default();
+                    if let Err(e) = std::fs::write(args.data_dir.join("ingress.addr"), &ingress) {
+                        tracing::warn!("cannot write {}: {e}", args.data_dir.join("ingress.addr").display());
+                    }
+                    println!("skiff dev: server at {url}, ingress at {ingress}, node {node_name} ready; try: skiff deploy FILE.wasm --name hello");
                 } else {
                     tracing::warn!("node {node_name} has not registered after 30s; still waiting");
                 }

@@ -38,8 +38,12 @@ impl From<RestartArg> for RestartPolicy {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The .wasm file (a WASI command module or component)
-    file: PathBuf,
+    /// The .wasm file (a WASI command module or component); or use --image
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    file: Option<PathBuf>,
+    /// An imported OCI image to run as a container, NAME[:TAG] (see `skiff image import`)
+    #[arg(long, value_name = "NAME[:TAG]")]
+    image: Option<String>,
     /// The deployment's name (lowercase letters, digits and '-')
     #[arg(long)]
     name: String,
@@ -64,6 +68,15 @@ pub struct DeployArgs {
     /// A node label the nodes must carry, k=v (repeatable)
     #[arg(long = "label-selector", value_name = "K=V")]
     label_selector: Vec<String>,
+    /// An environment variable set from a secret's key, VAR=SECRET:KEY (repeatable)
+    #[arg(long = "secret-env", value_name = "VAR=SECRET:KEY")]
+    secret_env: Vec<String>,
+    /// A secret mounted read-only as files, one per key, SECRET:/DIR (repeatable)
+    #[arg(long = "secret-dir", value_name = "SECRET:/DIR")]
+    secret_dir: Vec<String>,
+    /// A host the replicas may send HTTP requests to, such as api.example.com (repeatable)
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_host: Vec<String>,
     /// Wait until every replica of the new revision runs
     #[arg(long)]
     wait: bool,
@@ -85,6 +98,39 @@ pub struct ApplyArgs {
     timeout: Duration,
 }
 
+/// Turns `--secret-env VAR=SECRET:KEY` and `--secret-dir SECRET:/DIR` into secret
+/// references, one per secret.
+fn parse_secret_refs(env: &[String], dirs: &[String]) -> anyhow::Result<Vec<skiff_api::SecretRef>> {
+    let mut refs: std::collections::BTreeMap<String, skiff_api::SecretRef> = Default::default();
+    fn entry<'a>(
+        refs: &'a mut std::collections::BTreeMap<String, skiff_api::SecretRef>,
+        secret: &str,
+    ) -> &'a mut skiff_api::SecretRef {
+        refs.entry(secret.to_string()).or_insert_with(|| skiff_api::SecretRef {
+            secret: secret.to_string(),
+            env: Default::default(),
+            path: None,
+        })
+    }
+    for e in env {
+        let parsed = e.split_once('=').and_then(|(var, r)| r.split_once(':').map(|(s, k)| (var, s, k)));
+        let Some((var, secret, key)) = parsed else {
+            bail!("--secret-env {e:?} must be VAR=SECRET:KEY, such as DB_PASSWORD=db:password");
+        };
+        entry(&mut refs, secret).env.insert(var.to_string(), key.to_string());
+    }
+    for d in dirs {
+        let Some((secret, dir)) = d.split_once(':') else {
+            bail!("--secret-dir {d:?} must be SECRET:/DIR, such as tls:/secrets/tls");
+        };
+        entry(&mut refs, secret).path = Some(dir.to_string());
+    }
+    for r in refs.values() {
+        skiff_api::manifest::validate_secret_ref(r).map_err(anyhow::Error::msg)?;
+    }
+    Ok(refs.into_values().collect())
+}
+
 pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
     skiff_api::manifest::validate_name(&args.name).map_err(anyhow::Error::msg).context("--name")?;
     if args.replicas > skiff_api::manifest::MAX_REPLICAS {
@@ -92,15 +138,21 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
     }
     let env = parse_env(&args.env)?;
     let constraints = parse_labels("--label-selector", &args.label_selector)?;
-    let wasm = read_wasm(&args.file)?;
-    let digest = upload(client, &args.file, wasm).await?;
+    // The scheduler pins an image reference to the imported manifest's digest.
+    let workload = match (&args.file, &args.image) {
+        (Some(file), _) => Workload::Wasm(upload(client, file, read_wasm(file)?).await?),
+        (None, Some(image)) => Workload::Image(image.trim().to_string()),
+        (None, None) => bail!("give a .wasm file or --image NAME[:TAG]"),
+    };
     let spec = WorkloadSpec {
-        workload: Workload::Wasm(digest),
+        workload,
         resources: Resources { cpu: args.cpu, memory: args.memory },
         env,
         args: args.args,
         restart: args.restart.into(),
         constraints,
+        allowed_hosts: args.allow_host.clone(),
+        secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
     };
     let request = spec.clone();
     let revision = apply_one(client, &args.name, args.replicas, spec).await?;
@@ -150,6 +202,8 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             args: d.args.clone(),
             restart: d.restart,
             constraints: d.constraints.clone(),
+            allowed_hosts: d.allowed_hosts.clone(),
+            secrets: d.secrets.clone(),
         };
         let request = spec.clone();
         let revision = apply_one(client, &d.name.0, d.replicas, spec).await?;

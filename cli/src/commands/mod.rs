@@ -2,8 +2,11 @@
 
 pub mod daemons;
 pub mod deploy;
+pub mod events;
 pub mod get;
+pub mod image;
 pub mod manage;
+pub mod secret;
 
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;

@@ -1,0 +1,583 @@
+//! `skiff-bench`: the benchmark driver behind `make bench`.
+//!
+//! `skiff-bench run` starts real `skiff` processes (a `skiff server` plus
+//! `skiff node --simulate` processes, or a `skiff dev`), drives them only through
+//! the public HTTP API, measures, and writes one JSON file into `bench/results/`.
+//! `skiff-bench report` turns the newest results into the README's table, so no
+//! figure is ever typed by hand.
+//!
+//! Scenarios:
+//! - `a`: 5,000 simulated nodes, 50,000 replicas in deployments of varied sizes and
+//!   requests (kube-scheduler's scheduler_perf shape);
+//! - `failover`: right after `a`, SIGKILL the process holding 10% of the nodes and
+//!   time until every replica runs again elsewhere;
+//! - `b`: 1,000,000 replicas onto 5,000 simulated nodes (Nomad's C1M shape);
+//! - `deploy`: deploy → first replica running over 100 deploys with `skiff dev`.
+
+mod procs;
+mod report;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use procs::{Proc, TempDir, cpu_seconds, peak_rss};
+use serde_json::{Value, json};
+use skiff_api::{ApplyRequest, Client, Deployment};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "skiff-bench", about = "skiff's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run benchmarks and write bench/results/<time>.json
+    Run(RunArgs),
+    /// Regenerate the README's benchmark table from bench/results/
+    Report(report::ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The skiff binary to benchmark (a release build)
+    #[arg(long, default_value = "target/release/skiff")]
+    skiff: PathBuf,
+    /// A long-running Wasm workload for the deploy scenario
+    #[arg(long, default_value = "target/wasm32-wasip2/release/examples/worker.wasm")]
+    wasm: PathBuf,
+    /// Where result files go
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Scenarios to run: a, failover (runs a first), b, deploy
+    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy")]
+    scenarios: Vec<String>,
+    /// Simulated nodes in scenarios a and b
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Replicas in scenario a
+    #[arg(long, default_value_t = 50_000)]
+    replicas: u32,
+    /// Replicas in scenario b
+    #[arg(long, default_value_t = 1_000_000)]
+    c1m_replicas: u32,
+    /// Deploys in the deploy scenario
+    #[arg(long, default_value_t = 100)]
+    deploys: usize,
+    /// Longest a scenario may take before its partial figures are recorded
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Report(args) => report::run(args),
+        Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run(args))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The smallest valid WebAssembly module: simulated nodes never run it, but the
+/// scheduler checks that a deployment's artifact is Wasm.
+const EMPTY_WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    procs::raise_fd_limit();
+    if !args.skiff.exists() {
+        bail!("{} not found; build it with `cargo build --release -p skiff-cli`", args.skiff.display());
+    }
+    let started = now_rfc3339();
+    let mut scenarios = serde_json::Map::new();
+    let want = |s: &str| args.scenarios.iter().any(|x| x == s);
+    if want("a") || want("failover") {
+        let (a, failover) = scenario_a(&args, want("failover")).await?;
+        scenarios.insert("a".into(), a);
+        if let Some(f) = failover {
+            scenarios.insert("failover".into(), f);
+        }
+    }
+    if want("b") {
+        scenarios.insert("b".into(), scenario_b(&args).await?);
+    }
+    if want("deploy") {
+        scenarios.insert("deploy".into(), scenario_deploy(&args).await?);
+    }
+    let result = json!({
+        "date": started,
+        "machine": procs::machine(),
+        "commit": procs::commit(),
+        "skiff": args.skiff.display().to_string(),
+        "scenarios": scenarios,
+    });
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let file = args.out.join(format!("{}.json", started.replace(':', "-")));
+    std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!("results in {}", file.display());
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output();
+    out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+/// A `skiff server` with simulated-node processes around it.
+struct Cluster {
+    dir: TempDir,
+    server: Proc,
+    sims: Vec<Proc>,
+    url: String,
+    token: String,
+    api: Client,
+}
+
+impl Cluster {
+    async fn start(skiff: &Path, name: &str, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let dir = TempDir::new(name)?;
+        let data = dir.path().join("server");
+        let mut server_args = vec!["server", "--listen", "127.0.0.1:0", "--data-dir"];
+        let data_str = data.display().to_string();
+        server_args.push(&data_str);
+        server_args.extend_from_slice(extra);
+        let server = Proc::spawn(skiff, &server_args, &dir.path().join("server.log"))?;
+        let url_file = data.join("server.url");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Ok(u) = std::fs::read_to_string(&url_file)
+                && !u.trim().is_empty()
+            {
+                break u.trim().to_string();
+            }
+            server.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("skiff server wrote no {} within 30s", url_file.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let token = std::fs::read_to_string(data.join("join-token"))?.trim().to_string();
+        let api = Client::new(&url);
+        Ok(Cluster { dir, server, sims: Vec::new(), url, token, api })
+    }
+
+    /// Starts a process of `count` simulated nodes named `prefix-NNNNN`.
+    fn simulate(&mut self, skiff: &Path, count: usize, prefix: &str) -> anyhow::Result<()> {
+        let n = count.to_string();
+        let args = [
+            "node",
+            "--simulate",
+            &n,
+            "--name-prefix",
+            prefix,
+            "--server",
+            &self.url,
+            "--token",
+            &self.token,
+            "--cpu",
+            "4",
+            "--memory",
+            "16Gi",
+        ];
+        let log = self.dir.path().join(format!("sim-{prefix}.log"));
+        self.sims.push(Proc::spawn(skiff, &args, &log)?);
+        Ok(())
+    }
+
+    async fn wait_ready_nodes(&self, want: usize) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            self.server.check_alive()?;
+            for s in &self.sims {
+                s.check_alive()?;
+            }
+            if let Ok(nodes) = self.api.nodes().await {
+                let ready = nodes.iter().filter(|n| n.state == skiff_api::NodeState::Ready).count();
+                if ready >= want {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(180) {
+                bail!("fewer than {want} nodes ready after 180s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        use sha2::Digest;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        self.api.put_blob(&digest, bytes.to_vec()).await?;
+        Ok(digest)
+    }
+}
+
+fn apply_request(digest: &str, replicas: u32, cpu_m: u64, mem_mi: u64, env: &[(&str, &str)]) -> ApplyRequest {
+    // Built from JSON so that fields other issues add to the spec keep their
+    // defaults here.
+    let env: serde_json::Map<String, Value> = env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let spec = json!({
+        "workload": { "wasm": digest },
+        "resources": { "cpu": format!("{cpu_m}m"), "memory": format!("{mem_mi}Mi") },
+        "env": env,
+    });
+    serde_json::from_value(json!({ "replicas": replicas, "spec": spec })).expect("a well-formed apply request")
+}
+
+/// What a poll of the deployments saw first, per deployment.
+#[derive(Default)]
+struct Progress {
+    created: HashMap<String, Instant>,
+    all_assigned: HashMap<String, Instant>,
+    all_running: HashMap<String, Instant>,
+}
+
+/// Polls `GET /v1/deployments` every `every` until every deployment of `plan`
+/// is fully assigned and running, or `timeout` passes. Returns whether it finished
+/// and the last counts (assigned, running).
+async fn watch_plan(
+    api: &Client,
+    plan: &[(String, u32)],
+    progress: &Mutex<Progress>,
+    every: Duration,
+    timeout: Duration,
+    server: &Proc,
+) -> anyhow::Result<(bool, u64, u64)> {
+    let t0 = Instant::now();
+    let wanted: HashMap<&str, u32> = plan.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let mut last = (0u64, 0u64);
+    loop {
+        server.check_alive()?;
+        if let Ok(ds) = api.deployments().await {
+            let now = Instant::now();
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut assigned, mut running) = (0u64, 0u64);
+            for d in &ds {
+                let Some(&want) = wanted.get(d.name.as_str()) else { continue };
+                let s = d.status;
+                let placed = s.total.saturating_sub(s.pending);
+                assigned += placed as u64;
+                running += s.running as u64;
+                if placed >= want && s.total == want {
+                    p.all_assigned.entry(d.name.clone()).or_insert(now);
+                }
+                if s.running >= want {
+                    p.all_running.entry(d.name.clone()).or_insert(now);
+                }
+            }
+            last = (assigned, running);
+            if p.all_running.len() == plan.len() {
+                return Ok((true, assigned, running));
+            }
+        }
+        if t0.elapsed() > timeout {
+            return Ok((false, last.0, last.1));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Scenario a's deployments: sizes from 1 to 1,000 replicas and requests from
+/// 50m/32Mi to 500m/256Mi, in a fixed order, summing to `total`.
+fn plan_a(total: u32) -> Vec<(String, u32, u64, u64)> {
+    const SIZES: [u32; 9] = [1, 5, 10, 20, 50, 100, 200, 500, 1000];
+    const CPU: [u64; 5] = [50, 100, 200, 250, 500];
+    const MEM: [u64; 4] = [32, 64, 128, 256];
+    let mut plan = Vec::new();
+    let mut left = total;
+    let mut i = 0usize;
+    while left > 0 {
+        let n = SIZES[i % SIZES.len()].min(left);
+        plan.push((format!("a{i:04}"), n, CPU[i % CPU.len()], MEM[i % MEM.len()]));
+        left -= n;
+        i += 1;
+    }
+    plan
+}
+
+async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Option<Value>)> {
+    println!("scenario a: {} nodes, {} replicas", args.nodes, args.replicas);
+    let mut c = Cluster::start(&args.skiff, "a", &[]).await?;
+    // Two processes, so that failover can kill 10% of the nodes at once.
+    let victims = if failover { args.nodes / 10 } else { 0 };
+    c.simulate(&args.skiff, args.nodes - victims, "sa")?;
+    if victims > 0 {
+        c.simulate(&args.skiff, victims, "sb")?;
+    }
+    let join = c.wait_ready_nodes(args.nodes).await?;
+    println!("  {} nodes ready after {:.1}s", args.nodes, join.as_secs_f64());
+    let digest = c.upload(EMPTY_WASM).await?;
+    let plan = plan_a(args.replicas);
+    let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let cpu0 = cpu_seconds(c.server.pid())?;
+    let t0 = Instant::now();
+    let submit = {
+        let (api, progress, digest) = (c.api.clone(), progress.clone(), digest.clone());
+        tokio::spawn(async move {
+            for (name, replicas, cpu, mem) in plan {
+                progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
+                api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
+            }
+            Ok::<Instant, anyhow::Error>(Instant::now())
+        })
+    };
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let poll = Duration::from_millis(50);
+    let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
+    let submitted = submit.await??;
+    let cpu = cpu_seconds(c.server.pid())? - cpu0;
+    let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+    let last_assigned = p.all_assigned.values().max().copied().unwrap_or(t0);
+    let last_running = p.all_running.values().max().copied().unwrap_or(t0);
+    let mut lat: Vec<f64> = names
+        .iter()
+        .filter_map(|(n, _)| Some(ms(*p.all_running.get(n)? - *p.created.get(n)?)))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let mut lat_assigned: Vec<f64> = names
+        .iter()
+        .filter_map(|(n, _)| Some(ms(*p.all_assigned.get(n)? - *p.created.get(n)?)))
+        .collect();
+    lat_assigned.sort_by(f64::total_cmp);
+    let assign_secs = (last_assigned - t0).as_secs_f64();
+    let a = json!({
+        "nodes": args.nodes,
+        "replicas": args.replicas,
+        "deployments": names.len(),
+        "finished": done,
+        "assigned": assigned,
+        "running": running,
+        "nodes_join_s": join.as_secs_f64(),
+        "submit_s": (submitted - t0).as_secs_f64(),
+        "all_assigned_s": assign_secs,
+        "all_running_s": (last_running - t0).as_secs_f64(),
+        "placements_per_s": (assigned as f64 / assign_secs.max(1e-9)).round(),
+        "create_to_running_ms": { "p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "max": lat.last() },
+        "create_to_assigned_ms": { "p50": percentile(&lat_assigned, 50.0), "p99": percentile(&lat_assigned, 99.0) },
+        "poll_interval_ms": poll.as_millis() as u64,
+        "scheduler_cpu_s": cpu,
+        "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
+        "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
+        "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",
+    });
+    drop(p);
+    println!("  {a}");
+    let f = if victims > 0 && done { Some(scenario_failover(&mut c, victims, &names).await?) } else { None };
+    if let Some(f) = &f {
+        println!("  failover: {f}");
+    }
+    Ok((a, f))
+}
+
+async fn scenario_failover(c: &mut Cluster, victims: usize, plan: &[(String, u32)]) -> anyhow::Result<Value> {
+    println!("failover: killing {victims} simulated nodes");
+    let nodes = c.api.nodes().await?;
+    let lost: u64 = nodes.iter().filter(|n| n.name.starts_with("sb-")).map(|n| n.replicas as u64).sum();
+    let total: u64 = plan.iter().map(|(_, r)| *r as u64).sum();
+    let mut victim = c.sims.pop().context("no victim process")?;
+    let t0 = Instant::now();
+    victim.kill();
+    let timeout = Duration::from_secs(120);
+    let detected = loop {
+        let nodes = c.api.nodes().await?;
+        let down = nodes.iter().filter(|n| n.name.starts_with("sb-") && n.state == skiff_api::NodeState::Down).count();
+        if down == victims {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            bail!("only {down} of {victims} killed nodes marked down after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let recovered = loop {
+        let ds: Vec<Deployment> = c.api.deployments().await?;
+        let running: u64 = ds.iter().map(|d| d.status.running as u64).sum();
+        if running >= total {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            bail!("only {running} of {total} replicas running {timeout:?} after the failure");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(json!({
+        "killed_nodes": victims,
+        "lost_replicas": lost,
+        "all_down_s": detected.as_secs_f64(),
+        "all_running_again_s": recovered.as_secs_f64(),
+        "server_flags": "defaults (heartbeat 1s, node grace 3s)",
+    }))
+}
+
+async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
+    println!("scenario b: {} nodes, {} replicas", args.nodes, args.c1m_replicas);
+    let mut c = Cluster::start(&args.skiff, "b", &[]).await?;
+    c.simulate(&args.skiff, args.nodes, "sc")?;
+    let join = c.wait_ready_nodes(args.nodes).await?;
+    let digest = c.upload(EMPTY_WASM).await?;
+    let per = 10_000u32;
+    let mut names = Vec::new();
+    let mut left = args.c1m_replicas;
+    while left > 0 {
+        let n = per.min(left);
+        names.push((format!("b{:03}", names.len()), n));
+        left -= n;
+    }
+    let progress = Mutex::new(Progress::default());
+    let cpu0 = cpu_seconds(c.server.pid())?;
+    let t0 = Instant::now();
+    for (name, n) in &names {
+        progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
+        c.api.apply(name, &apply_request(&digest, *n, 10, 16, &[])).await?;
+    }
+    let submitted = t0.elapsed();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let poll = Duration::from_millis(1000);
+    let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
+    let elapsed = t0.elapsed();
+    let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+    let last_assigned = p.all_assigned.values().max().map(|t| (*t - t0).as_secs_f64());
+    let b = json!({
+        "nodes": args.nodes,
+        "replicas": args.c1m_replicas,
+        "deployments": names.len(),
+        "finished": done,
+        "assigned": assigned,
+        "running": running,
+        "nodes_join_s": join.as_secs_f64(),
+        "submit_s": submitted.as_secs_f64(),
+        "all_assigned_s": if done { last_assigned } else { None },
+        "all_running_s": if done { Some(elapsed.as_secs_f64()) } else { None },
+        "elapsed_s": elapsed.as_secs_f64(),
+        "poll_interval_ms": poll.as_millis() as u64,
+        "scheduler_cpu_s": cpu_seconds(c.server.pid())? - cpu0,
+        "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
+        "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
+        "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",
+    });
+    println!("  {b}");
+    Ok(b)
+}
+
+async fn scenario_deploy(args: &RunArgs) -> anyhow::Result<Value> {
+    println!("deploy: {} deploys on skiff dev", args.deploys);
+    let wasm = std::fs::read(&args.wasm)
+        .with_context(|| format!("reading {} (build the examples with `make wasm`)", args.wasm.display()))?;
+    let dir = TempDir::new("deploy")?;
+    let data = dir.path().join("dev");
+    let data_str = data.display().to_string();
+    let dev = Proc::spawn(
+        &args.skiff,
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_str],
+        &dir.path().join("dev.log"),
+    )?;
+    let url_file = data.join("server.url");
+    let t0 = Instant::now();
+    let url = loop {
+        if let Ok(u) = std::fs::read_to_string(&url_file)
+            && !u.trim().is_empty()
+        {
+            break u.trim().to_string();
+        }
+        dev.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("skiff dev wrote no {} within 30s", url_file.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let api = Client::new(&url);
+    let node = loop {
+        if let Ok(n) = api.node("dev").await
+            && n.state == skiff_api::NodeState::Ready
+        {
+            break n;
+        }
+        dev.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the dev node did not become ready within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    use sha2::Digest;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&wasm)));
+    api.put_blob(&digest, wasm).await?;
+    let http = reqwest::Client::new();
+    let node_replicas = format!("{}/v1/replicas", node.address.trim_end_matches('/'));
+    // One deploy first, not counted: it compiles the module into the node's cache.
+    let mut cold = None;
+    let (mut on_node, mut on_scheduler) = (Vec::new(), Vec::new());
+    for i in 0..=args.deploys {
+        let name = format!("lat-{i}");
+        let prefix = format!("{name}-");
+        let t = Instant::now();
+        api.apply(&name, &apply_request(&digest, 1, 10, 64, &[("INTERVAL_MS", "600000")])).await?;
+        let (mut node_seen, mut sched_seen) = (None, None);
+        while node_seen.is_none() || sched_seen.is_none() {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("deploy {name}: replica not running after 30s");
+            }
+            if node_seen.is_none()
+                && let Ok(resp) = http.get(&node_replicas).send().await
+                && let Ok(list) = resp.json::<Vec<skiff_api::ReplicaStatus>>().await
+                && list.iter().any(|r| r.id.starts_with(&prefix) && r.state == skiff_api::ReplicaState::Running)
+            {
+                node_seen = Some(t.elapsed());
+            }
+            if sched_seen.is_none()
+                && let Ok(d) = api.deployment(&name).await
+                && d.status.running >= 1
+            {
+                sched_seen = Some(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (n, s) = (node_seen.unwrap_or_default(), sched_seen.unwrap_or_default());
+        if i == 0 {
+            cold = Some((ms(n), ms(s)));
+        } else {
+            on_node.push(ms(n));
+            on_scheduler.push(ms(s));
+        }
+        api.delete(&name).await?;
+    }
+    on_node.sort_by(f64::total_cmp);
+    on_scheduler.sort_by(f64::total_cmp);
+    let d = json!({
+        "deploys": args.deploys,
+        "workload": args.wasm.display().to_string(),
+        "running_on_node_ms": { "p50": percentile(&on_node, 50.0), "p99": percentile(&on_node, 99.0) },
+        "running_at_scheduler_ms": { "p50": percentile(&on_scheduler, 50.0), "p99": percentile(&on_scheduler, 99.0) },
+        "cold_first_deploy_ms": cold.map(|(n, s)| json!({ "on_node": n, "at_scheduler": s })),
+        "note": "on node: the node API lists the replica running; at scheduler: its next heartbeat reported it",
+    });
+    println!("  {d}");
+    drop(dev);
+    Ok(d)
+}

@@ -1,0 +1,133 @@
+//! The OCI runtime binary (runc or crun) and the few commands skiff uses: `run`
+//! in the foreground (its exit status is the container's), `kill`, `delete`,
+//! `list` and `state`. Its state lives under the node's data directory (`--root`),
+//! so two node daemons on one machine never see each other's containers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An OCI runtime binary with its state directory.
+#[derive(Debug, Clone)]
+pub struct Oci {
+    /// The binary.
+    pub bin: PathBuf,
+    /// Its `--root` state directory.
+    pub root: PathBuf,
+    /// What `--version` said first (`runc version 1.1.5+ds1`).
+    pub version: String,
+}
+
+impl Oci {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root").arg(&self.root).stdin(Stdio::null());
+        c
+    }
+
+    /// The command that runs container `id` from `bundle` in the foreground and
+    /// keeps its state after it exits (so its cgroup can be read for OOM kills).
+    pub fn run_command(&self, bundle: &Path, id: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.bin);
+        c.arg("--root").arg(&self.root).arg("run").arg("--keep").arg("--bundle").arg(bundle).arg(id);
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    fn quiet(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(format!("{} {} failed: {}", self.bin.display(), args.join(" "), err.trim()))
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to every process of container `id`.
+    pub fn kill(&self, id: &str, signal: &str) -> Result<(), String> {
+        self.quiet(&["kill", "--all", id, signal]).map(|_| ())
+    }
+
+    /// Forgets container `id`, killing it first if it still runs.
+    pub fn delete(&self, id: &str) -> Result<(), String> {
+        self.quiet(&["delete", "--force", id]).map(|_| ())
+    }
+
+    /// `running`, `stopped`, `created`… or `None` when the runtime does not know `id`.
+    pub fn status(&self, id: &str) -> Option<String> {
+        let out = self.quiet(&["state", id]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v.get("status").and_then(|s| s.as_str()).map(str::to_owned)
+    }
+
+    /// Ids of every container in this state directory.
+    pub fn list(&self) -> Vec<String> {
+        self.quiet(&["list", "-q"])
+            .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops container `id`: SIGTERM, up to `grace` for it to end, SIGKILL, then
+    /// deletes it. Blocking.
+    pub fn stop(&self, id: &str, grace: Duration) {
+        if self.status(id).as_deref() == Some("running") {
+            let _ = self.kill(id, "TERM");
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && self.status(id).as_deref() == Some("running") {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if self.status(id).is_some() {
+            let _ = self.kill(id, "KILL");
+            if let Err(e) = self.delete(id) {
+                tracing::warn!(container = id, "{e}");
+            }
+        }
+    }
+}
+
+/// Finds a working OCI runtime: `wanted` if given, else crun, else runc on PATH.
+/// Each candidate must answer `--version` and really run a container (`probe`);
+/// the first that does wins. The error says why none did.
+pub fn find(wanted: Option<&Path>, root: &Path, probe: impl Fn(&Oci) -> Result<(), String>) -> Result<Oci, String> {
+    let candidates: Vec<PathBuf> = match wanted {
+        Some(p) => vec![p.to_path_buf()],
+        None => ["crun", "runc"].iter().filter_map(|n| which(n)).collect(),
+    };
+    if candidates.is_empty() {
+        return Err("no OCI runtime found (install runc or crun)".into());
+    }
+    let mut why = Vec::new();
+    for bin in candidates {
+        let out = Command::new(&bin).arg("--version").stdin(Stdio::null()).output();
+        let version = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string(),
+            Ok(o) => {
+                why.push(format!("{} --version failed: {}", bin.display(), String::from_utf8_lossy(&o.stderr).trim()));
+                continue;
+            }
+            Err(e) => {
+                why.push(format!("cannot run {}: {e}", bin.display()));
+                continue;
+            }
+        };
+        let oci = Oci { bin: bin.clone(), root: root.to_path_buf(), version };
+        match probe(&oci) {
+            Ok(()) => return Ok(oci),
+            Err(e) => why.push(format!("{} cannot run a container here: {e}", bin.display())),
+        }
+    }
+    Err(why.join("; "))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}

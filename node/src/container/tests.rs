@@ -1,0 +1,1 @@
+//! Tests of the container runtime that need no scheduler.

@@ -1,0 +1,812 @@
+//! HTTP components: replicas whose component exports `wasi:http/incoming-handler`
+//! (the `wasi:http/proxy` world) are not run as a process-like command but served
+//! by the node's ingress, with a fresh instance per request.
+//!
+//! They have an engine of their own, with the pooling allocator: instantiation
+//! from a slot takes microseconds, which is what makes an instance per request
+//! affordable, while command replicas keep the on-demand allocator of
+//! [`crate::wasm`] (a long-running command would pin a pool slot forever and could
+//! not have a memory limit above the slot size). The pool's per-memory size is
+//! lowered to [`POOL_MEMORY`] so that its slots fit the address space several times
+//! over; an admission semaphore in front of it answers 503 when every slot is busy
+//! rather than letting instantiation fail.
+//!
+//! Each request runs under a deadline (epoch interruption makes a spinning guest
+//! yield every tick, so the deadline fires and its neighbours keep running), the
+//! replica's memory limit (capped at [`POOL_MEMORY`]) and the replica's env. Its
+//! outbound HTTP goes only to the deployment's `allowed_hosts`, or to another
+//! deployment by name (`http://NAME.skiff.local`) through the node's own ingress.
+
+use crate::logs::{LogSink, Stream};
+use crate::supervisor::{Backoff, Context, set_state};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use skiff_api::quantity::format_memory;
+use skiff_api::{Assignment, ReplicaState, ReplicaStatus};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OnceCell, Semaphore};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Largest linear memory of an HTTP instance (the pool's slot size).
+pub const POOL_MEMORY: u64 = 1 << 30;
+/// Instances that may run at once on a node (the pool's size and the admission limit).
+pub const DEFAULT_CONCURRENCY: u32 = 1000;
+/// How long one request may run, by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The host suffix that names a deployment, by default.
+pub const DEFAULT_SUFFIX: &str = "skiff.local";
+/// How often the epoch advances; a busy guest yields this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Worker threads of the HTTP guests' runtime.
+const GUEST_WORKERS: usize = 2;
+
+/// Errors of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the ingress sends.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A response of one line of text, such as the ingress's own errors.
+pub fn text(status: StatusCode, line: &str) -> Response<Body> {
+    let body = http_body_util::Full::new(Bytes::from(format!("{line}\n"))).map_err(|e| match e {}).boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// How HTTP components are served on this node.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Longest a request may run (its handler and its response body).
+    pub request_timeout: Duration,
+    /// Instances that may run at once.
+    pub concurrency: u32,
+    /// Host suffix naming deployments (`NAME.<suffix>`).
+    pub suffix: String,
+    /// The node's ingress, where a guest's requests for `NAME.<suffix>` go.
+    pub ingress: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+            suffix: DEFAULT_SUFFIX.to_string(),
+            ingress: None,
+        }
+    }
+}
+
+/// Whether `bytes` is a component that exports `wasi:http/incoming-handler`.
+pub fn is_http_component(bytes: &[u8]) -> bool {
+    use wasmtime::wasmparser::{Parser, Payload};
+    if !Parser::is_component(bytes) {
+        return false;
+    }
+    // Only the outermost component's exports count: nested modules and
+    // components come in the same stream, each closed by its own `End`.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return false };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => {
+                if depth == 0 {
+                    return false;
+                }
+                depth -= 1;
+            }
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if export.name.name.starts_with("wasi:http/incoming-handler") {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The compiled handler of one digest once ready, or why it never can be.
+type PreCell = OnceCell<Result<ProxyPre<HttpState>, String>>;
+
+/// The node's HTTP component runtime and its local routing table.
+pub struct HttpRuntime {
+    engine: Engine,
+    linker: Linker<HttpState>,
+    cache_dir: PathBuf,
+    pooling: bool,
+    compiled: Mutex<HashMap<String, Arc<PreCell>>>,
+    guests: GuestRuntime,
+    admission: Arc<Semaphore>,
+    config: HttpConfig,
+    local: Mutex<HashMap<String, Vec<Arc<HttpReplica>>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl HttpRuntime {
+    /// A runtime keeping its compiled code under `data_dir/cache`.
+    pub fn new(data_dir: &Path, config: HttpConfig) -> anyhow::Result<HttpRuntime> {
+        let (engine, pooling) = match Engine::new(&engine_config(Some(config.concurrency))) {
+            Ok(e) => (e, true),
+            Err(e) => {
+                // A host with a small address space (ulimit -v, 32-bit) cannot
+                // reserve the pool; serve with on-demand allocation instead.
+                tracing::warn!("cannot reserve the http instance pool ({e}); allocating instances on demand");
+                let engine = Engine::new(&engine_config(None))
+                    .map_err(|e| anyhow::anyhow!("cannot create the http wasm engine: {e}"))?;
+                (engine, false)
+            }
+        };
+        let mut hasher = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = hex::encode(hasher.0.finalize());
+        let cache_dir = data_dir.join("cache").join(format!("http-{}", &compat[..32]));
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the compile cache {}: {e}", cache_dir.display()))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot set up wasi 0.2 for http components: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot set up wasi:http: {e}"))?;
+
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(GUEST_WORKERS)
+            .thread_name("skiff-http-guest")
+            // As for command guests: look at new tasks and timers often, since a
+            // busy guest holds a worker for a whole epoch tick per poll.
+            .global_queue_interval(4)
+            .event_interval(8)
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the http guest runtime: {e}"))?;
+
+        // One ticker for the engine, never one per request.
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("skiff-http-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the http epoch ticker: {e}"))?;
+
+        Ok(HttpRuntime {
+            engine,
+            linker,
+            cache_dir,
+            pooling,
+            compiled: Mutex::new(HashMap::new()),
+            guests: GuestRuntime(Some(guests)),
+            admission: Arc::new(Semaphore::new(config.concurrency as usize)),
+            config,
+            local: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// How HTTP components are served.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// The handler of blob `hex`, compiled (or loaded from disk) once per node.
+    pub async fn prepare(&self, hex: &str, bytes: Bytes) -> Result<ProxyPre<HttpState>, String> {
+        let cell = {
+            let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(hex.to_string()).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            let engine = self.engine.clone();
+            let linker = self.linker.clone();
+            let path = self.cache_dir.join(format!("{hex}.cwasm"));
+            self.guests
+                .handle()
+                .spawn_blocking(move || compile(&engine, &linker, &path, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(format!("compiler task failed: {e}")))
+        })
+        .await
+        .clone()
+    }
+
+    /// Replicas of `deployment` served by this node.
+    pub fn local(&self, deployment: &str) -> Vec<Arc<HttpReplica>> {
+        self.lock_local().get(deployment).cloned().unwrap_or_default()
+    }
+
+    fn lock_local(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<HttpReplica>>>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes requests for the replica's deployment to it until the guard drops.
+    fn route(self: &Arc<Self>, replica: Arc<HttpReplica>) -> Route {
+        self.lock_local().entry(replica.deployment.clone()).or_default().push(replica.clone());
+        Route { runtime: self.clone(), replica }
+    }
+
+    fn store(&self, replica: &HttpReplica) -> Store<HttpState> {
+        let mut b = WasiCtxBuilder::new();
+        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        if let Some(log) = &replica.log {
+            b.stdout(log.guest_stream(Stream::Stdout)).stderr(log.guest_stream(Stream::Stderr));
+        }
+        b.arg(&replica.deployment);
+        for (k, v) in &replica.env {
+            b.env(k, v);
+        }
+        b.env("SKIFF_DEPLOYMENT", &replica.deployment)
+            .env("SKIFF_REPLICA", &replica.id)
+            .env("SKIFF_REVISION", replica.revision.to_string());
+        let state = HttpState {
+            wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Outbound {
+                allowed: replica.allowed_hosts.clone(),
+                suffix: self.config.suffix.clone(),
+                ingress: self.config.ingress,
+            },
+            limits: Limiter::new(replica.memory_limit),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// Whether the replica's handler instantiates (what "ready" means for it).
+    async fn check_instantiable(&self, replica: &HttpReplica) -> Result<(), String> {
+        let mut store = self.store(replica);
+        let pre = replica.pre.clone();
+        self.guests
+            .handle()
+            .spawn(async move { pre.instantiate_async(&mut store).await.map(|_| ()).map_err(|e| first_line(&e)) })
+            .await
+            .unwrap_or_else(|e| Err(format!("instantiation task failed: {e}")))
+    }
+
+    /// Serves one request with a fresh instance of `replica`.
+    pub async fn handle<B>(&self, replica: &Arc<HttpReplica>, req: http::Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            let mut resp = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("node is serving its limit of {} concurrent requests; retry", self.config.concurrency),
+            );
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return resp;
+        };
+        replica.inflight.fetch_add(1, Ordering::Relaxed);
+        let _inflight = InFlight(replica.clone());
+        let mut store = self.store(replica);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prepared = (|| {
+            let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            Ok::<_, wasmtime::Error>((req, out))
+        })();
+        let (req, out) = match prepared {
+            Ok(v) => v,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("cannot pass the request on: {}", first_line(&e))),
+        };
+        let pre = replica.pre.clone();
+        let deadline = self.config.request_timeout;
+        // The task outlives this call when the guest streams its body after
+        // the headers; the deadline bounds it either way.
+        let task = self.guests.handle().spawn(async move {
+            let _permit = permit;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            };
+            match tokio::time::timeout(deadline, run).await {
+                Err(_) => Failure::Timeout(deadline),
+                Ok(Ok(())) => Failure::NoResponse,
+                Ok(Err(e)) if store.data().limits.exceeded => {
+                    drop(e);
+                    Failure::Memory(store.data().limits.limit)
+                }
+                Ok(Err(e)) => Failure::Trap(first_line(&e)),
+            }
+        });
+        match rx.await {
+            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Ok(Err(code)) => text(StatusCode::BAD_GATEWAY, &format!("the handler failed: {code:?}")),
+            Err(_) => {
+                let failure = task.await.unwrap_or_else(|e| Failure::Trap(format!("the handler task failed: {e}")));
+                let (status, line) = match failure {
+                    Failure::Timeout(d) => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{} did not answer within {}s", replica.deployment, d.as_secs_f64()),
+                    ),
+                    Failure::Memory(limit) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{} exceeded its memory limit of {}", replica.deployment, format_memory(limit)),
+                    ),
+                    Failure::Trap(msg) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, format!("{} failed: {msg}", replica.deployment))
+                    }
+                    Failure::NoResponse => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, format!("{} returned without a response", replica.deployment))
+                    }
+                };
+                if let Some(log) = &replica.log {
+                    log.system(&format!("request failed: {line}"));
+                }
+                text(status, &line)
+            }
+        }
+    }
+}
+
+impl Drop for HttpRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why a request got no response from its handler.
+enum Failure {
+    Timeout(Duration),
+    Memory(u64),
+    Trap(String),
+    NoResponse,
+}
+
+struct InFlight(Arc<HttpReplica>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(pool: Option<u32>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // Smaller reservations than the 4 GiB default: memories past this size move
+    // (bounds-checked code instead of guard pages), and a pool of them fits.
+    config.memory_reservation(POOL_MEMORY);
+    config.memory_guard_size(32 << 20);
+    if let Some(n) = pool {
+        let mut p = PoolingAllocationConfig::default();
+        p.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .max_memory_size(POOL_MEMORY as usize)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    config
+}
+
+/// Compiles (or loads from the disk cache) and links a handler. Blocking.
+fn compile(engine: &Engine, linker: &Linker<HttpState>, path: &Path, bytes: &[u8]) -> Result<ProxyPre<HttpState>, String> {
+    let component = match path.exists() {
+        // SAFETY: files in the cache directory are written only below, by an
+        // engine whose `precompile_compatibility_hash` names the directory, and
+        // renamed into place whole; nothing else writes there.
+        true => match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "discarding unusable compiled code: {}", first_line(&e));
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        },
+        false => None,
+    };
+    let component = match component {
+        Some(c) => c,
+        None => {
+            let code = engine
+                .precompile_component(bytes)
+                .map_err(|e| format!("not a valid WebAssembly component: {}", first_line(&e)))?;
+            write_atomic(path, &code)
+                .map_err(|e| format!("cannot store compiled code in {}: {e}", path.display()))?;
+            // SAFETY: as above: our own output, just written.
+            unsafe { Component::deserialize_file(engine, path) }
+                .map_err(|e| format!("cannot load compiled code: {}", first_line(&e)))?
+        }
+    };
+    let pre = linker.instantiate_pre(&component).map_err(|e| format!("cannot link component: {}", first_line(&e)))?;
+    ProxyPre::new(pre).map_err(|e| format!("component is not a wasi:http proxy: {}", first_line(&e)))
+}
+
+/// One HTTP replica on this node: what each of its instances is made from.
+pub struct HttpReplica {
+    /// Replica id.
+    pub id: String,
+    /// Its deployment.
+    pub deployment: String,
+    revision: u64,
+    pre: ProxyPre<HttpState>,
+    env: Vec<(String, String)>,
+    memory_limit: u64,
+    allowed_hosts: Arc<Vec<String>>,
+    log: Option<Arc<LogSink>>,
+    inflight: AtomicUsize,
+}
+
+impl HttpReplica {
+    /// Requests it is serving now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps a replica routed; unroutes it when dropped (the replica stops). Requests
+/// already in flight hold their own reference and finish.
+struct Route {
+    runtime: Arc<HttpRuntime>,
+    replica: Arc<HttpReplica>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let mut local = self.runtime.lock_local();
+        if let Some(list) = local.get_mut(&self.replica.deployment) {
+            list.retain(|r| !Arc::ptr_eq(r, &self.replica));
+            if list.is_empty() {
+                local.remove(&self.replica.deployment);
+            }
+        }
+    }
+}
+
+/// Runs the replica as an HTTP service if its artifact is an HTTP component:
+/// fetches and checks the blob, compiles, proves it instantiates, routes it and
+/// reports it ready, then holds it until the supervisor is stopped. Returns
+/// `false`, having done nothing visible, when the artifact is something else.
+pub(crate) async fn supervise_if_http(
+    ctx: &Arc<Context>,
+    a: &Assignment,
+    digest: &str,
+    status: &Arc<Mutex<ReplicaStatus>>,
+    log: &Option<Arc<LogSink>>,
+) -> bool {
+    let Some(runtime) = ctx.http.clone() else { return false };
+    let Ok(hex) = crate::wasm::digest_hex(digest) else { return false };
+    let say = |msg: &str| {
+        if let Some(l) = log {
+            l.system(msg);
+        }
+    };
+    let mut retry = Backoff::default();
+    let mut last_error: Option<String> = None;
+    let bytes = loop {
+        let client = ctx.client.clone();
+        let d = digest.to_string();
+        let fetch = || async move {
+            match client {
+                Some(c) => c.get_blob(&d).await.map_err(|e| format!("cannot fetch blob {d}: {e}")),
+                None => Err(format!("blob {d} is not on this node and there is no scheduler to fetch it from")),
+            }
+        };
+        match ctx.wasm.blob(hex, fetch).await {
+            Ok(b) => break b,
+            Err(reason) => {
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    say(&format!("{reason} (retrying)"));
+                    tracing::warn!(replica = %a.replica, "{reason} (retrying)");
+                }
+                set_state(status, ReplicaState::Starting, Some(reason.clone()), None);
+                last_error = Some(reason);
+                tokio::time::sleep(retry.after_run(Duration::ZERO)).await;
+            }
+        }
+    };
+    if !is_http_component(&bytes) {
+        return false;
+    }
+    let fail = |reason: String| {
+        say(&format!("cannot serve: {reason}"));
+        tracing::warn!(replica = %a.replica, "cannot serve: {reason}");
+        set_state(status, ReplicaState::Failed, Some(reason), None);
+    };
+    let pre = match runtime.prepare(hex, bytes).await {
+        Ok(pre) => pre,
+        Err(reason) => {
+            fail(reason);
+            return true;
+        }
+    };
+    let limit = a.spec.resources.memory.0;
+    let replica = Arc::new(HttpReplica {
+        id: a.replica.clone(),
+        deployment: a.deployment.clone(),
+        revision: a.revision,
+        pre,
+        env: a.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        memory_limit: if limit == 0 { POOL_MEMORY } else { limit.min(POOL_MEMORY) },
+        allowed_hosts: Arc::new(a.spec.allowed_hosts.clone()),
+        log: log.clone(),
+        inflight: AtomicUsize::new(0),
+    });
+    if let Err(e) = runtime.check_instantiable(&replica).await {
+        fail(format!("the component does not instantiate: {e}"));
+        return true;
+    }
+    let _route = runtime.route(replica);
+    say(&format!(
+        "serving http: {} and /d/{}/ on every node's ingress ({} per request, {} instances)",
+        format_args!("{}.{}", a.deployment, runtime.config.suffix),
+        a.deployment,
+        format_args!("deadline {}s", runtime.config.request_timeout.as_secs_f64()),
+        if runtime.pooling { "pooled" } else { "on-demand" },
+    ));
+    set_state(status, ReplicaState::Ready, None, None);
+    // Served until the supervisor is dropped, which drops `_route`.
+    std::future::pending::<()>().await;
+    true
+}
+
+// ---- store state ----
+
+/// Store data of one HTTP request.
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Outbound,
+    limits: Limiter,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// The memory limit of one instance, remembering whether it was hit.
+struct Limiter {
+    inner: StoreLimits,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl Limiter {
+    fn new(limit: u64) -> Limiter {
+        let bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+        Limiter { inner: StoreLimitsBuilder::new().memory_size(bytes).trap_on_grow_failure(true).build(), limit, exceeded: false }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.limit {
+            self.exceeded = true;
+        }
+        self.inner.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+/// Outbound requests of a guest: to another deployment through the node's
+/// ingress, to an allowed host directly, and nowhere else.
+struct Outbound {
+    allowed: Arc<Vec<String>>,
+    suffix: String,
+    ingress: Option<SocketAddr>,
+}
+
+/// Whether `host` (and `port`) matches one of `allowed`: `host`, `host:port`,
+/// or `*.domain` (any subdomain).
+pub fn host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|pattern| {
+        let pattern = pattern.trim().to_ascii_lowercase();
+        let (name, want_port) = match pattern.rsplit_once(':') {
+            Some((n, p)) => match p.parse::<u16>() {
+                Ok(p) => (n.to_string(), Some(p)),
+                Err(_) => return false,
+            },
+            None => (pattern.clone(), None),
+        };
+        if want_port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match name.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+            None => host == name,
+        }
+    })
+}
+
+type SendFuture = Box<
+    dyn std::future::Future<
+            Output = Result<
+                (Response<WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        use wasmtime_wasi_http::Error;
+        let uri = request.uri().clone();
+        let host = uri.host().unwrap_or_default().trim_end_matches('.').to_ascii_lowercase();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let internal = host.ends_with(&format!(".{}", self.suffix));
+        let target: Result<String, Error> = if internal {
+            match self.ingress {
+                Some(addr) => Ok(addr.to_string()),
+                None => Err(Error::DestinationUnavailable),
+            }
+        } else if !host_allowed(&self.allowed, &host, port) {
+            tracing::debug!(%host, port, "outbound request refused: host not in allowed_hosts");
+            Err(Error::HttpRequestDenied)
+        } else if https {
+            // The node carries no TLS stack for guests (yet): say so rather than
+            // send plaintext to a port that expects TLS.
+            Err(Error::TlsProtocolError)
+        } else {
+            Ok(format!("{host}:{port}"))
+        };
+        let connect_timeout = options.and_then(|o| o.connect_timeout).unwrap_or(Duration::from_secs(10));
+        let first_byte_timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(Duration::from_secs(60));
+        Box::new(async move {
+            let target = target?;
+            let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?
+                .map_err(Error::Connect)?;
+            let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+                .handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+                .await
+                .map_err(Error::from)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("outbound connection ended: {e}");
+                }
+            });
+            let mut request = request;
+            // Origin form on the wire; the Host header (set by wasmtime) keeps
+            // the name, which is what routes `NAME.skiff.local` at the ingress.
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+            *request.uri_mut() = http::Uri::try_from(path).map_err(|_| Error::HttpRequestUriInvalid)?;
+            let resp = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+                .await
+                .map_err(|_| Error::ConnectionReadTimeout)?
+                .map_err(Error::from)?;
+            let resp = resp.map(|b| b.map_err(Error::from).boxed_unsync());
+            Ok((resp, Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>))
+        })
+    }
+}
+
+// ---- plumbing ----
+
+/// The HTTP guests' tokio runtime; shut down without blocking when dropped.
+struct GuestRuntime(Option<tokio::runtime::Runtime>);
+
+impl GuestRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the guest runtime lives as long as its owner"),
+        }
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let msgs: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    msgs.join(": ").lines().next().unwrap_or("").to_string()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), fastrand_u64()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn fastrand_u64() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Feeds `Hash` output into sha256, to name the cache directory stably.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_match_names_ports_and_wildcards() {
+        let allowed: Vec<String> = ["api.example.com", "db.internal:8080", "*.svc.test"].map(String::from).to_vec();
+        assert!(host_allowed(&allowed, "api.example.com", 80));
+        assert!(host_allowed(&allowed, "API.example.com.", 443));
+        assert!(!host_allowed(&allowed, "evil.example.com", 80));
+        assert!(host_allowed(&allowed, "db.internal", 8080));
+        assert!(!host_allowed(&allowed, "db.internal", 80));
+        assert!(host_allowed(&allowed, "a.svc.test", 80));
+        assert!(!host_allowed(&allowed, "svc.test", 80));
+        assert!(!host_allowed(&[], "api.example.com", 80));
+    }
+
+    #[test]
+    fn only_components_exporting_the_handler_are_http() {
+        let module = wat::parse_str("(module)").expect("wat");
+        assert!(!is_http_component(&module));
+        let plain = wat::parse_str("(component)").expect("wat");
+        assert!(!is_http_component(&plain));
+        assert!(!is_http_component(b"not wasm"));
+    }
+}

@@ -1,0 +1,391 @@
+//! The ingress every node runs: an HTTP/1.1 proxy that routes a request to one of
+//! its deployment's ready replicas anywhere in the cluster.
+//!
+//! A request names its deployment by `Host: NAME.<suffix>` (`skiff.local` unless
+//! configured) or by the path prefix `/d/NAME/` (removed before the handler sees
+//! the path). Requests go round robin over every ready replica in the cluster, a
+//! local one (served in-process) weighing twice a remote one (reached through the
+//! ingress of the node that runs it, as the scheduler's endpoints table, watched
+//! with a blocking query, says). A connection error to a node is retried once on
+//! another node, then on a local replica, for idempotent methods.
+//!
+//! Draining: a stopped replica is unrouted at once on its node, while requests in
+//! flight finish under their own deadline. Another node may still send it requests
+//! until its copy of the table catches up; the owning node then passes them on to
+//! a replica elsewhere (one extra hop at most, marked by `x-skiff-hop`) rather
+//! than fail them.
+//!
+//! Answers of its own: 404 for a deployment that does not exist, 503 with
+//! `Retry-After` when none of its replicas is ready, 502 when no replica could be
+//! reached. Each is one line of text.
+
+use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, text};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use skiff_api::{Client, ClientError, Endpoint, Endpoints};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Header naming the deployment on a request one ingress passes to another.
+const DEPLOYMENT_HEADER: &str = "x-skiff-deployment";
+/// Header counting ingress-to-ingress hops, so a request never circles.
+const HOP_HEADER: &str = "x-skiff-hop";
+/// Hops a request may take between ingresses.
+const MAX_HOPS: u32 = 2;
+/// Largest request body passed to another node (it is held to be retried).
+const MAX_FORWARD_BODY: usize = 16 << 20;
+/// How many remote replicas' worth of requests a local replica takes.
+const LOCAL_WEIGHT: usize = 2;
+/// How long one endpoints query may block on the scheduler.
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+/// A node's ingress.
+pub struct Ingress {
+    runtime: Arc<HttpRuntime>,
+    node: String,
+    suffix: String,
+    table: RwLock<Option<Endpoints>>,
+    next: AtomicUsize,
+    http: reqwest::Client,
+}
+
+impl Ingress {
+    /// The ingress of node `node`, serving its local replicas from `runtime`.
+    pub fn new(node: &str, runtime: Arc<HttpRuntime>) -> anyhow::Result<Ingress> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the ingress's http client: {e}"))?;
+        Ok(Ingress {
+            suffix: runtime.config().suffix.trim_matches('.').to_ascii_lowercase(),
+            runtime,
+            node: node.to_string(),
+            table: RwLock::new(None),
+            next: AtomicUsize::new(0),
+            http,
+        })
+    }
+
+    /// Sets the endpoints table (the watcher does; tests may).
+    pub fn set_table(&self, table: Endpoints) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Some(table);
+    }
+
+    /// Accepts connections on `listener` forever.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait, don't spin.
+                    tracing::warn!("ingress cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let ingress = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let ingress = ingress.clone();
+                    async move { Ok::<_, Infallible>(ingress.handle(req).await) }
+                });
+                let io = wasmtime_wasi_http::io::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                    tracing::debug!("ingress connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Watches the scheduler's endpoints table forever.
+    pub async fn watch(self: Arc<Self>, client: Client) -> anyhow::Result<()> {
+        let mut index = 0u64;
+        let mut down_since: Option<Instant> = None;
+        loop {
+            let asked = Instant::now();
+            match client.endpoints(index, WATCH_WAIT).await {
+                Ok(table) => {
+                    if let Some(since) = down_since.take() {
+                        tracing::info!("endpoints watch works again after {:.1}s", since.elapsed().as_secs_f64());
+                    }
+                    let unchanged = table.index == index;
+                    index = table.index;
+                    self.set_table(table);
+                    if unchanged && asked.elapsed() < Duration::from_millis(500) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
+                    anyhow::bail!("the scheduler at {} refused the endpoints watch: {e}", client.base());
+                }
+                Err(e) => {
+                    // Keep routing by the last table: replicas keep running while
+                    // the scheduler is away.
+                    if down_since.is_none() {
+                        tracing::warn!("watching endpoints failed: {e}; routing by the last table and retrying");
+                        down_since = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Routes one request.
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let hops: u32 = header_str(req.headers(), HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+        let Some((name, path)) = route(&req, &self.suffix) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!("no deployment named in the request: use Host: NAME.{} or the path /d/NAME/", self.suffix),
+            );
+        };
+        if let Some(path) = path {
+            match http::Uri::try_from(path) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "the path after /d/NAME is not a valid request path"),
+            }
+        }
+
+        let local = self.runtime.local(&name);
+        // A request another ingress passed on is served here if it can be:
+        // passing it on again could make it circle.
+        if hops > 0 && !local.is_empty() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % local.len();
+            return self.runtime.handle(&local[i], req).await;
+        }
+        let remote: Vec<Endpoint> = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            match table.as_ref().map(|t| t.deployments.get(&name)) {
+                Some(Some(eps)) => eps.iter().filter(|e| e.node != self.node).cloned().collect(),
+                // A table that has not caught up with a replica running here.
+                _ if !local.is_empty() => Vec::new(),
+                None => {
+                    return unavailable("this node has not received the endpoints table from the scheduler yet");
+                }
+                Some(None) => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        &format!("no deployment named {name}; `skiff get deployments` lists them"),
+                    );
+                }
+            }
+        };
+        let remote = if hops >= MAX_HOPS { Vec::new() } else { remote };
+        if local.is_empty() && remote.is_empty() {
+            return unavailable(&format!("no ready replica of {name}; `skiff describe deployment {name}` says why"));
+        }
+        // Weighted round robin over every ready replica of the cluster, a local
+        // one counting LOCAL_WEIGHT times: local replicas take more (no extra
+        // hop) and every replica still takes its share.
+        let slots = local.len() * LOCAL_WEIGHT + remote.len();
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % slots;
+        if k < local.len() * LOCAL_WEIGHT {
+            return self.runtime.handle(&local[k % local.len()], req).await;
+        }
+        let first = k - local.len() * LOCAL_WEIGHT;
+        self.forward(&name, req, &remote, first, hops, &local).await
+    }
+
+    /// Sends the request to another node's ingress, starting with `remote[first]`;
+    /// on a connection error tries once more on another node if the method is
+    /// idempotent, and then on a local replica if there is one.
+    async fn forward(
+        &self,
+        name: &str,
+        req: Request<Incoming>,
+        remote: &[Endpoint],
+        first: usize,
+        hops: u32,
+        local: &[Arc<HttpReplica>],
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_FORWARD_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "cannot read the request body (at most {} MiB pass between nodes): {e}",
+                        MAX_FORWARD_BODY >> 20
+                    ),
+                );
+            }
+        };
+        // Distinct nodes, from the round-robin position on.
+        let mut targets: Vec<&Endpoint> = Vec::new();
+        for i in 0..remote.len() {
+            let e = &remote[(first + i) % remote.len()];
+            if !targets.iter().any(|t| t.ingress == e.ingress) {
+                targets.push(e);
+            }
+        }
+        let attempts = if idempotent(&parts.method) { 2 } else { 1 };
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let mut last_error = String::new();
+        for target in targets.iter().take(attempts) {
+            let url = format!("{}{}", target.ingress.trim_end_matches('/'), path);
+            let mut headers = without_hop_by_hop(&parts.headers);
+            headers.insert(HeaderName::from_static(DEPLOYMENT_HEADER), header_value(name));
+            headers.insert(HeaderName::from_static(HOP_HEADER), header_value(&(hops + 1).to_string()));
+            let sent = self.http.request(parts.method.clone(), &url).headers(headers).body(body.clone()).send().await;
+            match sent {
+                Ok(resp) => return relay(resp),
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(deployment = %name, node = %target.node, "cannot reach ingress: {e}");
+                    last_error = format!("cannot reach node {} at {}: {e}", target.node, target.ingress);
+                }
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("node {} failed the request for {name}: {e}", target.node),
+                    );
+                }
+            }
+        }
+        if let Some(replica) = local.first()
+            && (attempts > 1 || targets.is_empty())
+        {
+            let req = Request::from_parts(parts, http_body_util::Full::new(body));
+            return self.runtime.handle(replica, req).await;
+        }
+        text(StatusCode::BAD_GATEWAY, &format!("no replica of {name} could be reached: {last_error}"))
+    }
+}
+
+/// 503 with `Retry-After`.
+fn unavailable(line: &str) -> Response<Body> {
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, line);
+    resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The deployment a request is for, and the path to pass on when it came by
+/// path prefix.
+pub fn route<B>(req: &Request<B>, suffix: &str) -> Option<(String, Option<String>)> {
+    if let Some(name) = header_str(req.headers(), DEPLOYMENT_HEADER) {
+        return valid(name).map(|n| (n, None));
+    }
+    let host = header_str(req.headers(), http::header::HOST.as_str()).or_else(|| req.uri().host());
+    if let Some(host) = host {
+        let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(name) = host.strip_suffix(suffix).and_then(|h| h.strip_suffix('.')) {
+            return valid(name).map(|n| (n, None));
+        }
+    }
+    let rest = req.uri().path().strip_prefix("/d/")?;
+    let (name, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let name = valid(name)?;
+    let path = match req.uri().query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_string(),
+    };
+    Some((name, Some(path)))
+}
+
+fn valid(name: &str) -> Option<String> {
+    skiff_api::manifest::validate_name(name).ok().map(|()| name.to_string())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// The headers minus those that belong to one connection (RFC 9110 §7.6.1), and
+/// minus `Host` and `Content-Length`, which the next hop sets.
+fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for h in named {
+        out.remove(h.as_str());
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    ] {
+        out.remove(h);
+    }
+    out
+}
+
+/// Streams another ingress's response back.
+fn relay(resp: reqwest::Response) -> Response<Body> {
+    let status = resp.status();
+    let headers = without_hop_by_hop(resp.headers());
+    let stream = futures_util::StreamExt::map(resp.bytes_stream(), |chunk| {
+        chunk.map(hyper::body::Frame::data).map_err(|e| Box::new(e) as BoxError)
+    });
+    let body: Body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>, path: &str) -> Request<()> {
+        let mut b = Request::builder().uri(path);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn routes_by_host_or_path_prefix() {
+        let s = "skiff.local";
+        assert_eq!(route(&req(Some("hello.skiff.local"), "/x?y=1"), s), Some(("hello".into(), None)));
+        assert_eq!(route(&req(Some("hello.skiff.local:8080"), "/"), s), Some(("hello".into(), None)));
+        assert_eq!(route(&req(Some("127.0.0.1:8080"), "/d/hello/a/b?q=2"), s), Some(("hello".into(), Some("/a/b?q=2".into()))));
+        assert_eq!(route(&req(Some("127.0.0.1:8080"), "/d/hello"), s), Some(("hello".into(), Some("/".into()))));
+        assert_eq!(route(&req(Some("127.0.0.1:8080"), "/hello"), s), None);
+        assert_eq!(route(&req(Some("a.b.skiff.local"), "/"), s), None);
+        assert_eq!(route(&req(Some("Bad_Name.skiff.local"), "/"), s), None);
+        assert_eq!(route(&req(None, "/d/api/"), s), Some(("api".into(), Some("/".into()))));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let out = without_hop_by_hop(&h);
+        assert_eq!(out.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+}

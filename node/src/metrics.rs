@@ -1,0 +1,275 @@
+//! The node's Prometheus metrics, served at `/metrics` on the node API, and the
+//! per-replica resource accounting behind them (also sent in heartbeats).
+//!
+//! Counters and histograms live in one process-wide registry (a process runs one
+//! node outside tests). Gauges of what runs now — replicas by state, per-replica
+//! cpu and memory — are rebuilt from the agent's replicas at every scrape, so a
+//! replica's series disappear with the replica. Names are documented in
+//! `docs/metrics.md`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use skiff_api::{ReplicaStatus, Runtime};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// What one replica uses, updated by the runtime while its guest runs.
+#[derive(Debug, Default)]
+pub struct Usage {
+    cpu_nanos: AtomicU64,
+    memory_bytes: AtomicU64,
+}
+
+impl Usage {
+    /// Adds time spent running the guest.
+    pub fn add_cpu(&self, d: Duration) {
+        self.cpu_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Adds `delta` bytes to the memory held (negative when a run ends).
+    pub fn add_memory(&self, delta: i64) {
+        if delta >= 0 {
+            self.memory_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            let d = delta.unsigned_abs();
+            let _ =
+                self.memory_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(m.saturating_sub(d)));
+        }
+    }
+
+    /// CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Memory held now, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A future that charges the time spent in its `poll` to a replica. A Wasm
+/// guest runs only inside `poll` (async wasmtime yields at every epoch tick), so
+/// this is the guest's CPU time plus the host calls it makes.
+pub struct Metered<F> {
+    inner: Pin<Box<F>>,
+    usage: Arc<Usage>,
+}
+
+impl<F: Future> Metered<F> {
+    /// Wraps `inner`, charging `usage`.
+    pub fn new(inner: F, usage: Arc<Usage>) -> Metered<F> {
+        Metered { inner: Box::pin(inner), usage }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = Instant::now();
+        let out = self.inner.as_mut().poll(cx);
+        self.usage.add_cpu(start.elapsed());
+        out
+    }
+}
+
+/// The node's process-wide metrics.
+pub struct NodeMetrics {
+    registry: Registry,
+    /// Restarts by deployment.
+    pub restarts: IntCounterVec,
+    /// Ended runs by deployment and reason (`success`, `error`, `memory_limit`, `trap`).
+    pub exits: IntCounterVec,
+    /// Time to compile an artifact (not counting cache hits).
+    pub compile_seconds: Histogram,
+    /// Time to instantiate a guest.
+    pub instantiate_seconds: Histogram,
+    /// Memory-limit traps.
+    pub memory_limit_traps: IntCounterVec,
+    replicas: IntGaugeVec,
+    cpu: CounterVec,
+    memory: IntGaugeVec,
+    /// Scrapes rebuild the per-replica families: one at a time.
+    scrape: Mutex<()>,
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    // Names are constants checked by the tests: registering cannot fail but for a
+    // duplicate, which would be a bug caught at once.
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!("registering a metric: {e}");
+    }
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+}
+
+/// The node metrics of this process.
+pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    NodeMetrics {
+        restarts: counter_vec(&r, "skiff_node_replica_restarts_total", "Replica restarts by deployment", &["deployment"]),
+        exits: counter_vec(
+            &r,
+            "skiff_node_replica_exits_total",
+            "Ended replica runs by deployment and reason (success, error, memory_limit, trap)",
+            &["deployment", "reason"],
+        ),
+        compile_seconds: histogram(
+            &r,
+            "skiff_node_wasm_compile_duration_seconds",
+            "Time to compile a Wasm artifact (cache misses only)",
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        ),
+        instantiate_seconds: histogram(
+            &r,
+            "skiff_node_wasm_instantiate_duration_seconds",
+            "Time to instantiate a Wasm guest",
+            vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5],
+        ),
+        memory_limit_traps: counter_vec(
+            &r,
+            "skiff_node_wasm_memory_limit_traps_total",
+            "Guests stopped for growing memory past their limit, by deployment",
+            &["deployment"],
+        ),
+        replicas: gauge_vec(&r, "skiff_node_replicas", "Replicas on this node by state and runtime", &["state", "runtime"]),
+        cpu: registered(
+            &r,
+            CounterVec::new(
+                Opts::new("skiff_node_replica_cpu_seconds_total", "CPU time used by a replica"),
+                &["deployment", "replica"],
+            )
+            .expect("valid metric"),
+        ),
+        memory: gauge_vec(
+            &r,
+            "skiff_node_replica_memory_bytes",
+            "Memory a replica holds now (Wasm linear memories)",
+            &["deployment", "replica"],
+        ),
+        scrape: Mutex::new(()),
+        registry: r,
+    }
+});
+
+/// Why a run ended, as the `reason` label of `skiff_node_replica_exits_total`.
+pub fn exit_reason(outcome: &crate::wasm::Outcome) -> &'static str {
+    use crate::wasm::Outcome;
+    match outcome {
+        Outcome::Exited(0) => "success",
+        Outcome::Exited(_) => "error",
+        Outcome::MemoryExceeded(_) => "memory_limit",
+        Outcome::Failed(_) => "trap",
+    }
+}
+
+/// One replica as the metrics see it.
+pub struct ReplicaView {
+    /// Its deployment.
+    pub deployment: String,
+    /// Its runtime.
+    pub runtime: Runtime,
+    /// Its status and usage.
+    pub status: ReplicaStatus,
+}
+
+/// The replicas the node runs now.
+pub type ReplicaSource = Box<dyn Fn() -> Vec<ReplicaView> + Send + Sync>;
+
+impl NodeMetrics {
+    /// The text exposition of every node metric, with the gauges of `replicas`.
+    pub fn render(&self, replicas: &[ReplicaView]) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.replicas.reset();
+        self.cpu.reset();
+        self.memory.reset();
+        // Every state appears, at 0 when empty, so a query for "running" finds a
+        // series even on an idle node.
+        for state in ["starting", "running", "ready", "exited", "failed"] {
+            self.replicas.with_label_values(&[state, "wasm"]).set(0);
+        }
+        for r in replicas {
+            let runtime = r.runtime.to_string();
+            self.replicas.with_label_values(&[r.status.state.to_string().as_str(), runtime.as_str()]).inc();
+            let labels = [r.deployment.as_str(), r.status.id.as_str()];
+            self.cpu.with_label_values(&labels).inc_by(r.status.cpu_seconds.max(0.0));
+            self.memory.with_label_values(&labels).set(i64::try_from(r.status.memory_bytes).unwrap_or(i64::MAX));
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `/metrics` for the node API.
+pub fn router(replicas: ReplicaSource) -> Router {
+    let replicas = Arc::new(replicas);
+    Router::new().route("/metrics", get(serve)).with_state(replicas)
+}
+
+async fn serve(State(replicas): State<Arc<ReplicaSource>>) -> impl IntoResponse {
+    let text = METRICS.render(&replicas());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::ReplicaState;
+
+    #[test]
+    fn per_replica_series_go_with_the_replica() {
+        let status = |id: &str| ReplicaStatus {
+            id: id.into(),
+            generation: 1,
+            state: ReplicaState::Running,
+            restarts: 0,
+            reason: None,
+            exit_code: None,
+            cpu_seconds: 1.5,
+            memory_bytes: 65536,
+        };
+        let view = |id: &str| ReplicaView { deployment: "web".into(), runtime: Runtime::Wasm, status: status(id) };
+        let text = METRICS.render(&[view("web-aaaaaa"), view("web-bbbbbb")]);
+        assert!(text.contains(r#"skiff_node_replica_cpu_seconds_total{deployment="web",replica="web-aaaaaa"} 1.5"#));
+        assert!(text.contains(r#"skiff_node_replica_memory_bytes{deployment="web",replica="web-bbbbbb"} 65536"#));
+        assert!(text.contains(r#"skiff_node_replicas{runtime="wasm",state="running"} 2"#), "{text}");
+        let text = METRICS.render(&[view("web-aaaaaa")]);
+        assert!(!text.contains("web-bbbbbb"), "a gone replica's series must go: {text}");
+        assert!(text.contains(r#"skiff_node_replicas{runtime="wasm",state="running"} 1"#));
+    }
+
+    #[test]
+    fn usage_counts_memory_both_ways() {
+        let u = Usage::default();
+        u.add_memory(1 << 20);
+        u.add_memory(-(1 << 19));
+        assert_eq!(u.memory_bytes(), 1 << 19);
+        u.add_memory(-(1 << 30));
+        assert_eq!(u.memory_bytes(), 0);
+    }
+}

@@ -1,0 +1,198 @@
+//! The web dashboard: static assets built into the binary (from `web/`), the
+//! live stream it draws from (`GET /v1/watch`, server-sent events carrying a
+//! snapshot of the cluster after every change), the replicas' usage as the
+//! nodes report it, and the long poll behind `skiff events -f`.
+//!
+//! Live means pushed: the stream waits on the change signal that
+//! `State::transact` raises after each committed change (and on usage arriving
+//! in heartbeats), never on a client polling.
+
+use crate::Core;
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Serialize;
+use skiff_api::{Deployment, Event, Node, Replica, ReplicaStatus, now_ms};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
+const FAVICON_SVG: &str = include_str!("../../web/favicon.svg");
+
+/// Events in each snapshot.
+const SNAPSHOT_EVENTS: u32 = 100;
+/// Snapshots of one stream come at most this often, however busy the cluster.
+const MIN_SNAPSHOT_GAP: Duration = Duration::from_millis(500);
+/// A snapshot is sent at least this often (carries nothing new, keeps ages fresh).
+const MAX_SNAPSHOT_GAP: Duration = Duration::from_secs(15);
+
+/// Usage of the replicas as their nodes last reported it.
+#[derive(Default)]
+pub struct Live {
+    /// Node → (replica id → (cpu seconds, memory bytes)), replaced whole by each
+    /// heartbeat, so a replica a node no longer reports is forgotten with it.
+    usage: Mutex<HashMap<String, HashMap<String, (f64, u64)>>>,
+}
+
+impl Live {
+    /// Keeps what a node's heartbeat says its replicas use.
+    pub fn record(&self, node: &str, replicas: &[ReplicaStatus]) {
+        let map = replicas.iter().map(|r| (r.id.clone(), (r.cpu_seconds, r.memory_bytes))).collect();
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), map);
+        // Usage is not state (it is not stored), but the dashboard draws it.
+        crate::metrics::changed();
+    }
+
+    /// What replica `replica` on `node` uses, as last reported.
+    fn usage_of(&self, node: &str, replica: &str) -> (f64, u64) {
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        usage.get(node).and_then(|m| m.get(replica)).copied().unwrap_or((0.0, 0))
+    }
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    #[serde(flatten)]
+    node: Node,
+    /// CPU seconds used by its replicas so far.
+    cpu_seconds: f64,
+    /// Memory its replicas hold now.
+    memory_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct ReplicaView {
+    #[serde(flatten)]
+    replica: Replica,
+    cpu_seconds: f64,
+    memory_bytes: u64,
+}
+
+/// What the dashboard draws: the whole cluster at one instant.
+#[derive(Serialize)]
+struct Snapshot {
+    time_ms: u64,
+    nodes: Vec<NodeView>,
+    deployments: Vec<Deployment>,
+    replicas: Vec<ReplicaView>,
+    events: Vec<Event>,
+}
+
+fn snapshot(core: &Core) -> Result<String, ApiError> {
+    let snap = {
+        let st = core.state();
+        let mem = st.mem();
+        let mut replicas: Vec<ReplicaView> = mem
+            .all_replicas()
+            .map(|r| {
+                let (cpu_seconds, memory_bytes) =
+                    r.node.as_deref().map(|n| core.live.usage_of(n, &r.id)).unwrap_or((0.0, 0));
+                ReplicaView { replica: r.clone(), cpu_seconds, memory_bytes }
+            })
+            .collect();
+        replicas.sort_by(|a, b| {
+            (&a.replica.deployment, a.replica.created_ms, &a.replica.id).cmp(&(
+                &b.replica.deployment,
+                b.replica.created_ms,
+                &b.replica.id,
+            ))
+        });
+        let mut per_node: HashMap<&str, (f64, u64)> = HashMap::new();
+        for r in &replicas {
+            if let Some(n) = r.replica.node.as_deref() {
+                let e = per_node.entry(n).or_default();
+                e.0 += r.cpu_seconds;
+                e.1 += r.memory_bytes;
+            }
+        }
+        let nodes = mem
+            .nodes()
+            .iter()
+            .map(|n| {
+                let (cpu_seconds, memory_bytes) = per_node.get(n.name.as_str()).copied().unwrap_or((0.0, 0));
+                NodeView { node: n.clone(), cpu_seconds, memory_bytes }
+            })
+            .collect();
+        let deployments = mem.deployment_names().filter_map(|n| mem.deployment(n)).collect();
+        let events = st.store().events(None, SNAPSHOT_EVENTS)?;
+        Snapshot { time_ms: now_ms(), nodes, deployments, replicas, events }
+    };
+    serde_json::to_string(&snap).map_err(|e| ApiError::internal(format!("encoding the snapshot: {e}")))
+}
+
+/// `GET /v1/watch`: a `snapshot` event now and after every change.
+pub async fn watch(State(core): State<Arc<Core>>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = crate::metrics::subscribe();
+    let stream = futures_util::stream::unfold((core, rx, true), |(core, mut rx, first)| async move {
+        if !first {
+            tokio::time::sleep(MIN_SNAPSHOT_GAP).await;
+            let _ = tokio::time::timeout(MAX_SNAPSHOT_GAP, rx.changed()).await;
+        }
+        rx.borrow_and_update();
+        let event = match snapshot(&core) {
+            Ok(json) => SseEvent::default().event("snapshot").data(json),
+            Err(e) => SseEvent::default().event("error").data(e.to_string()),
+        };
+        Some((Ok(event), (core, rx, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Events newer than `after`, waiting up to `wait` for the first one.
+pub async fn events_after(
+    core: &Core,
+    object: Option<&str>,
+    after: u64,
+    wait: Duration,
+    limit: u32,
+) -> Result<Vec<Event>, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut rx = crate::metrics::subscribe();
+    loop {
+        rx.borrow_and_update();
+        let mut events = core.state().store().events(object, limit)?;
+        events.retain(|e| e.id > after);
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(events);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return Ok(Vec::new());
+        }
+    }
+}
+
+/// `GET /`: the dashboard page.
+pub async fn index() -> Response {
+    asset_response("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /assets/{file}`.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS),
+        "app.css" => asset_response("text/css; charset=utf-8", APP_CSS),
+        "favicon.svg" => asset_response("image/svg+xml", FAVICON_SVG),
+        _ => ApiError::not_found(format!("no dashboard asset {file:?}")).into_response(),
+    }
+}
+
+fn asset_response(content_type: &'static str, body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Assets change with the binary; no stale page after an upgrade.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,56 @@
+//! Group commit of heartbeats. Thousands of nodes heartbeat every second; one
+//! store transaction (and one WAL commit) each was most of the scheduler's work
+//! at 5,000 nodes, and the queue behind the state lock made live nodes miss their
+//! grace period. Handlers queue their heartbeat here and wait; one task takes
+//! everything queued, applies it in one transaction and answers each handler.
+//! While a batch is applied the next one gathers, so an idle scheduler answers
+//! at once and a busy one commits less often.
+
+use crate::Core;
+use crate::error::ApiError;
+use skiff_api::Heartbeat;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, oneshot};
+
+type Reply = oneshot::Sender<Result<(), ApiError>>;
+
+/// Heartbeats waiting for the next batch.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    queue: Mutex<Vec<(String, Heartbeat, Reply)>>,
+    ready: Notify,
+}
+
+impl Batcher {
+    /// Queues node `name`'s heartbeat and waits until it is applied and committed.
+    pub(crate) async fn submit(&self, name: String, hb: Heartbeat) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((name, hb, tx));
+        self.ready.notify_one();
+        rx.await.unwrap_or_else(|_| Err(ApiError::internal("the heartbeat was dropped; the scheduler is stopping")))
+    }
+}
+
+/// Applies queued heartbeats in batches, forever.
+pub(crate) async fn run(core: Arc<Core>) {
+    loop {
+        core.heartbeats.ready.notified().await;
+        let items = std::mem::take(&mut *core.heartbeats.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if items.is_empty() {
+            continue;
+        }
+        let (batch, replies): (Vec<(String, Heartbeat)>, Vec<Reply>) =
+            items.into_iter().map(|(name, hb, reply)| ((name, hb), reply)).unzip();
+        let (results, dirty) = {
+            let mut st = core.state();
+            let results = st.heartbeats(batch);
+            (results, st.mem().sched_dirty)
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+        if dirty {
+            core.wake();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The scheduler's Prometheus metrics (`/metrics`), the http_sd target list
+//! (`/v1/prometheus/targets`) and the change signal the dashboard's live stream
+//! and `skiff events -f` wait on.
+//!
+//! Counters and histograms are recorded where things happen (the request
+//! middleware, the controllers loop, `State::transact`). Gauges of the cluster as
+//! it is now (nodes, replicas, pending reasons, deployments) are computed from the
+//! working set at each scrape, so they can never drift from it. Names are
+//! documented in `docs/metrics.md`.
+
+use crate::Core;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use serde::Serialize;
+use skiff_api::{NodeState, ReplicaState};
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The scheduler's metrics.
+pub struct Metrics {
+    registry: Registry,
+    api_requests: IntCounterVec,
+    api_seconds: HistogramVec,
+    /// Replicas placed on a node.
+    pub placements: IntCounter,
+    /// Time of one placement pass (every pending replica considered once).
+    pub placement_seconds: Histogram,
+    /// Time of one store transaction, commit included.
+    pub store_tx_seconds: Histogram,
+    nodes: IntGaugeVec,
+    replicas: IntGaugeVec,
+    pending: IntGaugeVec,
+    deployments: IntGauge,
+    desired: IntGaugeVec,
+    running: IntGaugeVec,
+    /// Scrapes rebuild the gauges: one at a time.
+    scrape: Mutex<()>,
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    // Every name below is distinct; a duplicate would be a bug seen at once.
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!("registering a metric: {e}");
+    }
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+}
+
+/// Fast operations: from 100 µs to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+}
+
+/// The scheduler metrics of this process.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    Metrics {
+        api_requests: registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new("skiff_scheduler_api_requests_total", "API requests by route, method and status"),
+                &["route", "method", "status"],
+            )
+            .expect("valid metric"),
+        ),
+        api_seconds: registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "skiff_scheduler_api_request_duration_seconds",
+                    "API request latency by route and method (long polls and streams last as long as they wait)",
+                )
+                .buckets(latency_buckets()),
+                &["route", "method"],
+            )
+            .expect("valid metric"),
+        ),
+        placements: registered(
+            &r,
+            IntCounter::new("skiff_scheduler_placements_total", "Replicas placed on a node").expect("valid metric"),
+        ),
+        placement_seconds: histogram(
+            &r,
+            "skiff_scheduler_placement_duration_seconds",
+            "Time of one placement pass over the pending replicas",
+            latency_buckets(),
+        ),
+        store_tx_seconds: histogram(
+            &r,
+            "skiff_scheduler_store_transaction_duration_seconds",
+            "Time of one state store transaction, commit included",
+            latency_buckets(),
+        ),
+        nodes: gauge_vec(&r, "skiff_scheduler_nodes", "Nodes by state", &["state"]),
+        replicas: gauge_vec(&r, "skiff_scheduler_replicas", "Live replicas by state", &["state"]),
+        pending: gauge_vec(
+            &r,
+            "skiff_scheduler_pending_replicas",
+            "Pending replicas by why they are not placed",
+            &["reason"],
+        ),
+        deployments: registered(&r, IntGauge::new("skiff_scheduler_deployments", "Deployments").expect("valid metric")),
+        desired: gauge_vec(
+            &r,
+            "skiff_scheduler_deployment_replicas_desired",
+            "Replicas a deployment asks for",
+            &["deployment"],
+        ),
+        running: gauge_vec(
+            &r,
+            "skiff_scheduler_deployment_replicas_running",
+            "Replicas of a deployment running (or ready)",
+            &["deployment"],
+        ),
+        scrape: Mutex::new(()),
+        registry: r,
+    }
+});
+
+/// Bumped after every committed change of the cluster state.
+static CHANGES: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Says the cluster state changed.
+pub fn changed() {
+    CHANGES.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+/// A receiver that wakes at the next change.
+pub fn subscribe() -> watch::Receiver<u64> {
+    CHANGES.subscribe()
+}
+
+/// The pending reason as a bounded label: the placement message names counts and
+/// sizes, which would make a series per message.
+pub fn pending_reason(reason: Option<&str>) -> &'static str {
+    let Some(r) = reason else { return "not_yet_scheduled" };
+    if r.contains("insufficient memory") {
+        "insufficient_memory"
+    } else if r.contains("insufficient cpu") {
+        "insufficient_cpu"
+    } else if r.contains("missing") {
+        "constraints"
+    } else if r.contains("runtime") {
+        "no_runtime"
+    } else if r.starts_with("0/0") || r.contains("no nodes") {
+        "no_nodes"
+    } else if r.contains("node ") {
+        "nodes_not_ready"
+    } else {
+        "other"
+    }
+}
+
+/// Counts every request by its route pattern (never the raw path: ids and names
+/// in paths would make unbounded series).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let route = route.unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &*METRICS;
+    m.api_seconds.with_label_values(&[route.as_str(), method.as_str()]).observe(start.elapsed().as_secs_f64());
+    m.api_requests.with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()]).inc();
+    resp
+}
+
+impl Metrics {
+    /// The text exposition, gauges computed from `core`'s working set now.
+    fn render(&self, core: &Core) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        for g in [&self.nodes, &self.replicas, &self.pending, &self.desired, &self.running] {
+            g.reset();
+        }
+        // Every state appears, at 0 when empty, so that queries and alerts on
+        // "down" or "pending" always find a series.
+        for s in [NodeState::Ready, NodeState::Draining, NodeState::Down] {
+            self.nodes.with_label_values(&[s.to_string().as_str()]).set(0);
+        }
+        for s in [
+            ReplicaState::Pending,
+            ReplicaState::Assigned,
+            ReplicaState::Starting,
+            ReplicaState::Running,
+            ReplicaState::Ready,
+            ReplicaState::Exited,
+            ReplicaState::Failed,
+        ] {
+            self.replicas.with_label_values(&[s.to_string().as_str()]).set(0);
+        }
+        {
+            let st = core.state();
+            let mem = st.mem();
+            for n in mem.nodes() {
+                self.nodes.with_label_values(&[n.state.to_string().as_str()]).inc();
+            }
+            for r in mem.all_replicas() {
+                self.replicas.with_label_values(&[r.state.to_string().as_str()]).inc();
+                if r.state == ReplicaState::Pending {
+                    self.pending.with_label_values(&[pending_reason(r.reason.as_deref())]).inc();
+                }
+            }
+            let mut count = 0;
+            for name in mem.deployment_names() {
+                if let Some(d) = mem.deployment(name) {
+                    count += 1;
+                    self.desired.with_label_values(&[name.as_str()]).set(i64::from(d.replicas));
+                    self.running.with_label_values(&[name.as_str()]).set(i64::from(d.status.running));
+                }
+            }
+            self.deployments.set(count);
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn serve(State(core): State<Arc<Core>>) -> Response {
+    let text = METRICS.render(&core);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// One group of Prometheus' http_sd format.
+#[derive(Serialize)]
+struct TargetGroup {
+    targets: Vec<String>,
+    labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/prometheus/targets`: the scheduler and every ready node's API, for
+/// Prometheus' `http_sd_configs`. The scheduler is named by the host the scraper
+/// reached it at (the Host header), which is the address that works for it.
+pub async fn targets(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| core.config.listen.to_string());
+    let mut groups =
+        vec![TargetGroup { targets: vec![host], labels: BTreeMap::from([("job".into(), "skiff-scheduler".into())]) }];
+    let st = core.state();
+    for n in st.mem().nodes().iter().filter(|n| n.state == NodeState::Ready) {
+        let Some(target) = host_port(&n.address) else {
+            continue;
+        };
+        let labels =
+            BTreeMap::from([("job".to_string(), "skiff-node".to_string()), ("node".to_string(), n.name.clone())]);
+        groups.push(TargetGroup { targets: vec![target], labels });
+    }
+    axum::Json(groups).into_response()
+}
+
+/// `http://127.0.0.1:7071/` → `127.0.0.1:7071`.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let hp = rest.split('/').next()?;
+    (!hp.is_empty()).then(|| hp.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_reasons_are_bounded() {
+        assert_eq!(pending_reason(None), "not_yet_scheduled");
+        assert_eq!(pending_reason(Some("0/3 nodes fit: 3 insufficient memory")), "insufficient_memory");
+        assert_eq!(pending_reason(Some("0/2 nodes fit: 2 insufficient cpu")), "insufficient_cpu");
+        assert_eq!(pending_reason(Some("0/1 nodes fit: 1 label zone=a missing")), "constraints");
+        assert_eq!(pending_reason(Some("0/1 nodes fit: 1 no container runtime")), "no_runtime");
+        assert_eq!(pending_reason(Some("0/1 nodes fit: 1 node down")), "nodes_not_ready");
+    }
+
+    #[test]
+    fn targets_are_host_and_port() {
+        assert_eq!(host_port("http://127.0.0.1:7071").as_deref(), Some("127.0.0.1:7071"));
+        assert_eq!(host_port("http://n1:7071/").as_deref(), Some("n1:7071"));
+        assert_eq!(host_port("n1:7071"), None);
+    }
+}

@@ -1,0 +1,489 @@
+//! Containers end to end: a scheduler and a node as real processes, an OCI image
+//! built here from Debian's busybox-static (no network), imported with the CLI,
+//! deployed and run by runc. Needs root and runc (`make deps` installs runc and
+//! busybox-static; `make test` runs as root): without them the test fails, it
+//! does not skip.
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use skiff_tests::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BUSYBOX: &str = "/bin/busybox";
+const RUNC: &str = "runc";
+const APPLETS: &[&str] = &["sh", "echo", "sleep", "dd", "cat", "ls", "true", "false"];
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Appends a file, directory or symlink to a tar being built.
+fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode: u32, body: &[u8], link: Option<&str>) {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(body.len() as u64);
+    if let Some(l) = link {
+        h.set_link_name(l).expect("link name");
+    }
+    b.append_data(&mut h, path, body).expect("append to tar");
+}
+
+/// The image's two layers: busybox with its applets and /etc/{motd,removed},
+/// then a layer that whites out /etc/removed and adds /etc/added (gzip).
+fn layers() -> (Vec<u8>, Vec<u8>) {
+    let busybox = std::fs::read(BUSYBOX)
+        .unwrap_or_else(|e| panic!("{BUSYBOX} is missing ({e}); install busybox-static (`make deps` does)"));
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["bin/", "etc/", "tmp/"] {
+        add(&mut b, d, tar::EntryType::Directory, 0o755, b"", None);
+    }
+    add(&mut b, "bin/busybox", tar::EntryType::Regular, 0o755, &busybox, None);
+    for a in APPLETS {
+        add(&mut b, &format!("bin/{a}"), tar::EntryType::Symlink, 0o777, b"", Some("busybox"));
+    }
+    add(&mut b, "etc/motd", tar::EntryType::Regular, 0o644, b"hello from the image\n", None);
+    add(&mut b, "etc/removed", tar::EntryType::Regular, 0o644, b"gone\n", None);
+    let first = b.into_inner().expect("layer 1");
+
+    let mut b = tar::Builder::new(Vec::new());
+    add(&mut b, "etc/", tar::EntryType::Directory, 0o755, b"", None);
+    add(&mut b, "etc/.wh.removed", tar::EntryType::Regular, 0o644, b"", None);
+    add(&mut b, "etc/added", tar::EntryType::Regular, 0o644, b"new\n", None);
+    let second = b.into_inner().expect("layer 2");
+    (first, second)
+}
+
+struct Image {
+    /// (path in the archive, bytes)
+    files: Vec<(String, Vec<u8>)>,
+}
+
+fn write_tar(path: &Path, files: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        add(&mut b, name, tar::EntryType::Regular, 0o644, bytes, None);
+    }
+    std::fs::write(path, b.into_inner().expect("archive")).expect("write archive");
+}
+
+/// An OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`), as
+/// `skopeo copy … oci-archive:` writes it, and a `docker save` archive of the
+/// same layers.
+fn build_images(dir: &Path) -> (PathBuf, PathBuf) {
+    let (l1, l2) = layers();
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    gz.write_all(&l2).expect("gzip");
+    let l2gz = gz.finish().expect("gzip");
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": ["/bin/sh"], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha(&l1)), format!("sha256:{}", sha(&l2))] },
+    }))
+    .expect("config");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha(&config)), "size": config.len() },
+        "layers": [
+            { "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha(&l1)), "size": l1.len() },
+            { "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", sha(&l2gz)), "size": l2gz.len() },
+        ],
+    }))
+    .expect("manifest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha(&manifest)),
+            "size": manifest.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "latest" },
+        }],
+    }))
+    .expect("index");
+    let blob = |b: &[u8]| (format!("blobs/sha256/{}", sha(b)), b.to_vec());
+    let oci = Image {
+        files: vec![
+            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            ("index.json".into(), index),
+            blob(&manifest),
+            blob(&config),
+            blob(&l1),
+            blob(&l2gz),
+        ],
+    };
+    let oci_path = dir.join("busybox.tar");
+    write_tar(&oci_path, &oci.files);
+
+    let docker_manifest = serde_json::to_vec(&json!([{
+        "Config": format!("{}.json", sha(&config)),
+        "RepoTags": ["bbdocker:v1"],
+        "Layers": [format!("{}/layer.tar", sha(&l1)), format!("{}/layer.tar", sha(&l2))],
+    }]))
+    .expect("docker manifest");
+    let docker = vec![
+        ("manifest.json".to_string(), docker_manifest),
+        (format!("{}.json", sha(&config)), config.clone()),
+        (format!("{}/layer.tar", sha(&l1)), l1.clone()),
+        (format!("{}/layer.tar", sha(&l2)), l2.clone()),
+    ];
+    let docker_path = dir.join("docker-save.tar");
+    write_tar(&docker_path, &docker);
+    (oci_path, docker_path)
+}
+
+fn runc(state: &Path, args: &[&str]) -> String {
+    let out = Command::new(RUNC).arg("--root").arg(state).args(args).output().expect("run runc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn runc_ids(state: &Path) -> Vec<String> {
+    runc(state, &["list", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// Mount points under `dir`, from /proc/mounts.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let p = e.path().join("skiff").join(id);
+        if p.exists() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Removes whatever containers, mounts and cgroups the node left when the test
+/// ends, passed or failed (declared before the node so it drops after it).
+struct Janitor {
+    state: PathBuf,
+    data: PathBuf,
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        for id in runc_ids(&self.state) {
+            let _ = Command::new(RUNC).arg("--root").arg(&self.state).args(["kill", "--all", &id, "KILL"]).output();
+            let _ = Command::new(RUNC).arg("--root").arg(&self.state).args(["delete", "--force", &id]).output();
+            for c in cgroups_of(&id) {
+                let _ = std::fs::remove_dir(c);
+            }
+        }
+        for m in mounts_under(&self.data) {
+            let _ = Command::new("umount").args(["-l", &m]).output();
+        }
+    }
+}
+
+fn require_root_and_runc() {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(uid.as_deref().unwrap_or(""), "0", "the container tests need root (run `make test` as root)");
+    let v = Command::new(RUNC).arg("--version").output();
+    assert!(v.is_ok_and(|o| o.status.success()), "the container tests need runc (`make deps` installs it)");
+}
+
+struct Setup {
+    dir: TempDir,
+    url: String,
+    _janitor: Janitor,
+    server: Proc,
+    node: Option<Proc>,
+    node_args: Vec<String>,
+    state: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        require_root_and_runc();
+        let dir = TempDir::new("containers");
+        let data = dir.path().join("node");
+        let state = data.join("containers/state");
+        let janitor = Janitor { state: state.clone(), data: data.clone() };
+        let server_data = dir.path().join("server");
+        let server = Proc::start(
+            "server",
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
+            &dir.path().join("server.log"),
+        );
+        let url = read_when_ready(&server_data.join("server.url"));
+        let token = read_when_ready(&server_data.join("join-token"));
+        let node_args: Vec<String> = [
+            "node",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--name",
+            "n1",
+            "--cpu",
+            "2",
+            "--memory",
+            "1Gi",
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut s = Setup { dir, url, _janitor: janitor, server, node: None, node_args, state };
+        s.start_node();
+        s
+    }
+
+    fn start_node(&mut self) {
+        let data = self.dir.path().join("node");
+        let _ = std::fs::remove_file(data.join("node.addr"));
+        let args: Vec<&str> = self.node_args.iter().map(String::as_str).collect();
+        self.node = Some(Proc::start("node", &args, &self.dir.path().join("node.log")));
+        read_when_ready(&data.join("node.addr"));
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    fn replicas(&self, deployment: &str) -> Vec<Value> {
+        get_json(self.dir.path(), &self.url, "replicas").into_iter().filter(|r| r["deployment"] == deployment).collect()
+    }
+
+    fn wait_running(&self, deployment: &str, n: usize) -> Vec<String> {
+        wait_for(Duration::from_secs(60), &format!("{n} running replicas of {deployment}"), || {
+            let r = running(self.dir.path(), &self.url, deployment);
+            if r.len() == n { Ok(r.into_iter().map(|(id, _)| id).collect()) } else { Err(format!("{r:?}")) }
+        })
+    }
+
+    fn logs(&self, deployment: &str) -> String {
+        let out = cli_in(self.dir.path(), &self.url, &["logs", deployment]);
+        out.stdout + &out.stderr
+    }
+}
+
+#[test]
+fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
+    let s = Setup::new();
+    let _ = &s.server;
+
+    // The node says it can run containers.
+    wait_for(Duration::from_secs(30), "node n1 to advertise containers", || {
+        let nodes = get_json(s.dir.path(), &s.url, "nodes");
+        let ok = nodes.iter().any(|n| n["runtimes"].as_array().is_some_and(|r| r.iter().any(|x| x == "container")));
+        if ok { Ok(()) } else { Err(format!("{nodes:?}")) }
+    });
+
+    // Import both archive shapes; list them.
+    let (oci, docker) = build_images(s.dir.path());
+    let out = s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    assert!(out.contains("imported busybox:latest sha256:"), "{out}");
+    let out = s.cli(&["image", "import", docker.to_str().unwrap_or_default()]);
+    assert!(out.contains("imported bbdocker:v1 sha256:"), "{out}");
+    let ls = s.cli(&["image", "ls"]);
+    assert!(ls.contains("busybox") && ls.contains("latest") && ls.contains("bbdocker") && ls.contains("v1"), "{ls}");
+
+    // Two replicas that log a line every 200 ms.
+    let ticker = "i=0; while true; do echo tick $i from $(cat /etc/motd | wc -c) FROM_IMAGE=$FROM_IMAGE; i=$((i+1)); sleep 0.2; done";
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "ticker",
+        "--replicas",
+        "2",
+        "--cpu",
+        "100m",
+        "--memory",
+        "32Mi",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        ticker,
+    ]);
+    let ids = s.wait_running("ticker", 2);
+    wait_for(Duration::from_secs(30), "ticks from both replicas in `skiff logs`", || {
+        let logs = s.logs("ticker");
+        let both =
+            ids.iter().all(|id| logs.lines().any(|l| l.starts_with(&format!("[{id}]")) && l.contains("tick 3 ")));
+        if both { Ok(()) } else { Err(logs) }
+    });
+    assert!(s.logs("ticker").contains("FROM_IMAGE=yes"), "the image's env reaches the container");
+    let mut live = runc_ids(&s.state);
+    live.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(live, want, "runc runs exactly the two replicas");
+
+    // The docker-save import runs too, and the whiteout layer hid /etc/removed.
+    s.cli(&[
+        "deploy",
+        "--image",
+        "bbdocker:v1",
+        "--name",
+        "lister",
+        "--restart",
+        "never",
+        "--arg",
+        "/bin/ls",
+        "--arg",
+        "/etc",
+    ]);
+    wait_for(Duration::from_secs(60), "lister to exit", || {
+        let r = s.replicas("lister");
+        if r.iter().any(|r| r["state"] == "exited") { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let logs = s.logs("lister");
+    assert!(logs.contains("stdout added") && logs.contains("stdout motd"), "{logs}");
+    assert!(!logs.contains("stdout removed"), "the whiteout must hide /etc/removed: {logs}");
+
+    // A container that exits 3 is restarted with growing backoff.
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "crasher",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "echo boom; exit 3",
+    ]);
+    wait_for(Duration::from_secs(60), "crasher to restart twice", || {
+        let r = s.replicas("crasher");
+        let ok = r.iter().any(|r| r["restarts"].as_u64().unwrap_or(0) >= 2 && r["exit_code"] == 3);
+        if ok { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let logs = s.logs("crasher");
+    assert!(logs.contains("stdout boom"), "{logs}");
+    assert!(logs.contains("restarting after exit status 3 (backoff 250ms)"), "{logs}");
+    assert!(logs.contains("restarting after exit status 3 (backoff 500ms)"), "{logs}");
+
+    // A container that allocates past its memory limit is OOM-killed and says so.
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "hog",
+        "--memory",
+        "16Mi",
+        "--restart",
+        "never",
+        "--arg",
+        "/bin/dd",
+        "--arg",
+        "if=/dev/zero",
+        "--arg",
+        "of=/dev/null",
+        "--arg",
+        "bs=64M",
+        "--arg",
+        "count=1",
+    ]);
+    let hog = wait_for(Duration::from_secs(60), "hog to be OOM-killed", || {
+        let r = s.replicas("hog");
+        match r.iter().find(|r| r["state"] == "failed") {
+            Some(r) => Ok(r.clone()),
+            None => Err(format!("{r:?}")),
+        }
+    });
+    let reason = hog["reason"].as_str().unwrap_or("");
+    assert!(reason.starts_with("OOMKilled: memory limit of 16Mi exceeded"), "{hog}");
+    let describe = s.cli(&["describe", "deployment", "hog"]);
+    assert!(describe.contains("OOMKilled"), "{describe}");
+
+    // Delete everything: no container, mount or cgroup stays.
+    let mut all_ids = ids.clone();
+    for d in ["lister", "crasher", "hog"] {
+        all_ids.extend(s.replicas(d).iter().filter_map(|r| r["id"].as_str().map(str::to_owned)));
+    }
+    for d in ["ticker", "lister", "crasher", "hog"] {
+        s.cli(&["delete", d]);
+    }
+    let data = s.dir.path().join("node");
+    wait_for(Duration::from_secs(30), "every container, mount and cgroup to be gone", || {
+        let left = runc_ids(&s.state);
+        let mounts = mounts_under(&data);
+        let cgroups: Vec<PathBuf> = all_ids.iter().flat_map(|id| cgroups_of(id)).collect();
+        let bundles: Vec<_> = std::fs::read_dir(data.join("containers/run")).into_iter().flatten().flatten().collect();
+        if left.is_empty() && mounts.is_empty() && cgroups.is_empty() && bundles.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("runc: {left:?}, mounts: {mounts:?}, cgroups: {cgroups:?}, bundles: {}", bundles.len()))
+        }
+    });
+}
+
+#[test]
+fn a_killed_node_daemon_leaves_nothing_behind_after_its_restart() {
+    let mut s = Setup::new();
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "sleeper",
+        "--replicas",
+        "2",
+        "--arg",
+        "/bin/sleep",
+        "--arg",
+        "3600",
+    ]);
+    let ids = s.wait_running("sleeper", 2);
+    assert_eq!(runc_ids(&s.state).len(), 2);
+
+    // SIGKILL the daemon: its containers outlive it.
+    if let Some(mut n) = s.node.take() {
+        n.kill();
+    }
+    assert_eq!(runc_ids(&s.state).len(), 2, "containers outlive a killed daemon");
+
+    // The new daemon removes them, then runs the replicas the scheduler assigns:
+    // exactly two containers, never four.
+    s.start_node();
+    wait_for(Duration::from_secs(60), "the replicas to run again in fresh containers", || {
+        let running = running(s.dir.path(), &s.url, "sleeper");
+        let live = runc_ids(&s.state);
+        let states: Vec<String> = live.iter().map(|id| runc(&s.state, &["state", id])).collect();
+        let all_running = states.iter().all(|st| st.contains("\"status\": \"running\""));
+        if running.len() == 2 && live.len() == 2 && all_running {
+            Ok(())
+        } else {
+            Err(format!("scheduler: {running:?}, runc: {live:?}"))
+        }
+    });
+    assert_eq!(ids.len(), 2);
+    s.cli(&["delete", "sleeper"]);
+    let data = s.dir.path().join("node");
+    wait_for(Duration::from_secs(30), "containers and mounts to be gone", || {
+        let (left, mounts) = (runc_ids(&s.state), mounts_under(&data));
+        if left.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left:?} {mounts:?}")) }
+    });
+}

@@ -1,0 +1,201 @@
+//! HTTP services: a scheduler and two nodes as separate processes, the
+//! `hello_http` component deployed with three replicas and reached through either
+//! node's ingress, by Host name and by path prefix; unknown names, no ready
+//! replica, a handler in an infinite loop, one that outgrows its memory limit,
+//! and outbound calls (to another deployment by name, and to a host not allowed).
+
+use skiff_tests::*;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// `GET path` on `addr` (`http://IP:PORT`) with `Host: host`, HTTP/1.0 so the
+/// answer ends with the connection.
+fn get(addr: &str, host: &str, path: &str) -> Result<Answer, String> {
+    let hostport = addr.strip_prefix("http://").ok_or("only http:// addresses")?;
+    let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
+    Ok(Answer { status, head: head.to_string(), body: body.to_string() })
+}
+
+struct Cluster {
+    dir: TempDir,
+    url: String,
+    _server: Proc,
+    _nodes: Vec<Proc>,
+    ingresses: Vec<String>,
+}
+
+impl Cluster {
+    fn new(nodes: &[&str]) -> Cluster {
+        let dir = TempDir::new("http");
+        let data = dir.path().join("server");
+        let server = Proc::start(
+            "server",
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+            &dir.path().join("server.log"),
+        );
+        let url = read_when_ready(&data.join("server.url"));
+        let token = read_when_ready(&data.join("join-token"));
+        let mut procs = Vec::new();
+        let mut ingresses = Vec::new();
+        for name in nodes {
+            let data = dir.path().join(format!("node-{name}"));
+            let args = [
+                "node",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--name",
+                name,
+                "--cpu",
+                "2",
+                "--memory",
+                "2Gi",
+                "--data-dir",
+                data.to_str().unwrap_or_default(),
+                "--listen",
+                "127.0.0.1:0",
+                "--ingress",
+                "127.0.0.1:0",
+                "--request-timeout",
+                "2s",
+            ];
+            procs.push(Proc::start(name, &args, &dir.path().join(format!("node-{name}.log"))));
+            ingresses.push(read_when_ready(&data.join("ingress.addr")));
+        }
+        Cluster { dir, url, _server: server, _nodes: procs, ingresses }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    fn ready(&self, deployment: &str) -> Vec<String> {
+        get_json(self.dir.path(), &self.url, "replicas")
+            .into_iter()
+            .filter(|r| r["deployment"] == deployment && r["state"] == "ready")
+            .map(|r| r["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn wait_ready(&self, deployment: &str, n: usize) -> BTreeSet<String> {
+        wait_for(Duration::from_secs(60), &format!("{n} ready replicas of {deployment}"), || {
+            let r = self.ready(deployment);
+            if r.len() == n { Ok(r.into_iter().collect()) } else { Err(format!("{r:?}")) }
+        })
+    }
+}
+
+/// Asks `ingress` until every replica in `want` has answered (through `host` and
+/// `path`), at most 100 times; what answered otherwise fails the test.
+fn reach_all(ingress: &str, host: &str, path: &str, want: &BTreeSet<String>) {
+    let mut seen = BTreeSet::new();
+    for _ in 0..100 {
+        let a = get(ingress, host, path).unwrap_or_else(|e| panic!("GET {path} Host {host} on {ingress}: {e}"));
+        assert_eq!(a.status, 200, "GET {path} Host {host} on {ingress}: {a:?}");
+        let id = a.body.trim().strip_prefix("hello from ").unwrap_or_else(|| panic!("unexpected body {:?}", a.body));
+        assert_eq!(a.header("x-skiff-replica").as_deref(), Some(id), "{a:?}");
+        assert!(want.contains(id), "answered by {id}, not a ready replica of {want:?}");
+        seen.insert(id.to_string());
+        if &seen == want {
+            return;
+        }
+    }
+    panic!("through {ingress} ({host}{path}) only {seen:?} of {want:?} answered in 100 requests");
+}
+
+fn example(dir: &Path) -> String {
+    let wasm = wasm_p2("hello_http");
+    let copy = dir.join("hello_http.wasm");
+    std::fs::copy(&wasm, &copy).expect("copy the example");
+    copy.to_string_lossy().into_owned()
+}
+
+#[test]
+fn http_replicas_answer_through_every_ingress() {
+    let c = Cluster::new(&["n1", "n2"]);
+    let wasm = example(c.dir.path());
+    c.cli(&["deploy", &wasm, "--name", "hello", "--replicas", "3", "--memory", "64Mi", "--wait"]);
+    let replicas = c.wait_ready("hello", 3);
+
+    // Every replica answers through either node's ingress, by Host and by path.
+    for ingress in &c.ingresses {
+        reach_all(ingress, "hello.skiff.local", "/", &replicas);
+        reach_all(ingress, "127.0.0.1", "/d/hello/", &replicas);
+    }
+
+    // Unknown names: 404 with one line saying so.
+    let a = get(&c.ingresses[0], "nope.skiff.local", "/").expect("GET nope");
+    assert_eq!(a.status, 404, "{a:?}");
+    assert_eq!(a.body, "no deployment named nope; `skiff get deployments` lists them\n");
+    let a = get(&c.ingresses[1], "127.0.0.1", "/elsewhere").expect("GET /elsewhere");
+    assert_eq!(a.status, 404, "{a:?}");
+
+    // A handler that never returns gets 504 at the deadline; meanwhile the others
+    // answer (one request at a time, on the same node).
+    let spin_ingress = c.ingresses[0].clone();
+    let spinner = std::thread::spawn(move || get(&spin_ingress, "hello.skiff.local", "/spin"));
+    for _ in 0..10 {
+        let a = get(&c.ingresses[0], "hello.skiff.local", "/").expect("GET / while one spins");
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let spun = spinner.join().expect("spinner thread").expect("GET /spin");
+    assert_eq!(spun.status, 504, "{spun:?}");
+    assert!(spun.body.starts_with("hello did not answer within 2s"), "{spun:?}");
+
+    // Growing past the memory limit fails that request only.
+    let grown = get(&c.ingresses[1], "hello.skiff.local", "/grow").expect("GET /grow");
+    assert_eq!(grown.status, 500, "{grown:?}");
+    assert_eq!(grown.body, "hello exceeded its memory limit of 64Mi\n");
+    let a = get(&c.ingresses[1], "hello.skiff.local", "/").expect("GET / after /grow");
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // Outbound: another deployment by name works; a host not allowed is refused.
+    c.cli(&["deploy", &wasm, "--name", "caller", "--replicas", "1", "--wait"]);
+    c.wait_ready("caller", 1);
+    let a = get(&c.ingresses[1], "caller.skiff.local", "/call/hello.skiff.local/").expect("GET /call");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.body.starts_with("200 hello from hello-"), "{a:?}");
+    let a = get(&c.ingresses[0], "caller.skiff.local", "/call/127.0.0.1:9/").expect("GET /call denied");
+    assert_eq!(a.status, 502, "{a:?}");
+    assert!(a.body.contains("HttpRequestDenied"), "{a:?}");
+
+    // Scaled to zero: the deployment exists but nothing is ready, so 503 and
+    // Retry-After, on both nodes once the table says so.
+    c.cli(&["scale", "hello", "0"]);
+    for ingress in &c.ingresses {
+        let a = wait_for(Duration::from_secs(30), "503 after scaling to 0", || {
+            let a = get(ingress, "hello.skiff.local", "/").map_err(|e| e.to_string())?;
+            if a.status == 503 { Ok(a) } else { Err(format!("{a:?}")) }
+        });
+        assert_eq!(a.header("retry-after").as_deref(), Some("1"), "{a:?}");
+        assert!(a.body.starts_with("no ready replica of hello"), "{a:?}");
+    }
+}

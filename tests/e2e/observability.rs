@@ -1,0 +1,325 @@
+//! Observability against the real things: Debian's Prometheus scraping a
+//! scheduler and two nodes found through `/v1/prometheus/targets`, the dashboard
+//! driven in Debian's headless Chromium, and `skiff events -f`.
+
+use serde_json::Value;
+use skiff_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A scheduler and nodes as separate processes.
+struct Cluster {
+    dir: TempDir,
+    url: String,
+    token: String,
+    _server: Proc,
+    nodes: Vec<Proc>,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let data = dir.path().join("server");
+        let server = Proc::start(
+            "server",
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+            &dir.path().join("server.log"),
+        );
+        let url = read_when_ready(&data.join("server.url"));
+        let token = read_when_ready(&data.join("join-token"));
+        Cluster { dir, url, token, _server: server, nodes: Vec::new() }
+    }
+
+    fn start_node(&mut self, name: &str) {
+        let data = self.dir.path().join(format!("node-{name}"));
+        let args = [
+            "node",
+            "--server",
+            &self.url,
+            "--token",
+            &self.token,
+            "--name",
+            name,
+            "--cpu",
+            "2",
+            "--memory",
+            "1Gi",
+            "--labels",
+            &format!("host={name}"),
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let p = Proc::start(name, &args, &self.dir.path().join(format!("node-{name}.log")));
+        read_when_ready(&data.join("node.addr"));
+        self.nodes.push(p);
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    fn wait_nodes_ready(&self, n: usize) {
+        wait_for(Duration::from_secs(30), &format!("{n} ready nodes"), || {
+            let nodes = get_json(self.dir.path(), &self.url, "nodes");
+            let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
+            if ready == n { Ok(()) } else { Err(format!("{ready} ready")) }
+        });
+    }
+
+    fn wait_running(&self, deployment: &str, n: usize) {
+        wait_for(Duration::from_secs(60), &format!("{n} running replicas of {deployment}"), || {
+            let r = running(self.dir.path(), &self.url, deployment);
+            if r.len() == n { Ok(()) } else { Err(format!("{} running", r.len())) }
+        });
+    }
+}
+
+/// A process that is not skiff (prometheus, node), killed by its pid on drop.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- last lines of {} ----\n{}", self.name, lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of a PromQL query that answers one sample, or why not.
+fn query(prom: &str, q: &str) -> Result<f64, String> {
+    let body = http_get(&format!("{prom}/api/v1/query?query={}", encode(q)))?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let result = v["data"]["result"].as_array().ok_or_else(|| format!("no result: {body}"))?;
+    match result.as_slice() {
+        [one] => one["value"][1].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad sample: {body}")),
+        [] => Err("no series".into()),
+        many => Err(format!("{} series, wanted one: {body}", many.len())),
+    }
+}
+
+/// Waits until query `q` answers a value for which `ok` holds.
+fn wait_query(prom: &str, q: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    wait_for(Duration::from_secs(60), &format!("{what} ({q})"), || match query(prom, q) {
+        Ok(v) if ok(v) => Ok(v),
+        Ok(v) => Err(format!("value {v}")),
+        Err(e) => Err(e),
+    })
+}
+
+#[test]
+fn prometheus_scrapes_the_scheduler_and_every_node() {
+    let prometheus_bin = Path::new("/usr/bin/prometheus");
+    assert!(
+        prometheus_bin.exists(),
+        "/usr/bin/prometheus is missing: run `make test` (it installs Debian's prometheus)"
+    );
+    let mut c = Cluster::new("prom");
+    c.start_node("n1");
+    c.start_node("n2");
+    c.wait_nodes_ready(2);
+
+    // The target list is http_sd: the scheduler and both nodes.
+    let targets: Value =
+        serde_json::from_str(&http_get(&format!("{}/v1/prometheus/targets", c.url)).expect("GET targets"))
+            .expect("targets are JSON");
+    let jobs: Vec<&str> =
+        targets.as_array().expect("a list").iter().filter_map(|g| g["labels"]["job"].as_str()).collect();
+    assert_eq!(jobs, ["skiff-scheduler", "skiff-node", "skiff-node"], "{targets}");
+
+    let worker = wasm_p1("worker");
+    let crasher = wasm_p1("crasher");
+    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "hello", "--replicas", "3", "--memory", "32Mi"]);
+    c.cli(&["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--replicas", "1", "--memory", "32Mi"]);
+    c.wait_running("hello", 3);
+
+    let port = free_port();
+    let prom = format!("http://127.0.0.1:{port}");
+    let config = c.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: skiff\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    http_sd_configs:\n      - url: {}/v1/prometheus/targets\n        refresh_interval: 1s\n",
+            c.url
+        ),
+    )
+    .expect("write prometheus.yml");
+    let log = c.dir.path().join("prometheus.log");
+    let out = std::fs::File::create(&log).expect("prometheus log");
+    let child = Command::new(prometheus_bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", c.dir.path().join("prometheus-data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone log"))
+        .stderr(out)
+        .spawn()
+        .expect("start prometheus");
+    let _prometheus = Daemon { name: "prometheus", child, log };
+
+    // Every target is up: the scheduler and both nodes, found by discovery.
+    wait_query(&prom, r#"count(up{job="skiff-node"} == 1)"#, "both nodes scraped", |v| v == 2.0);
+    wait_query(&prom, r#"up{job="skiff-scheduler"}"#, "the scheduler scraped", |v| v == 1.0);
+    // The scheduler's view.
+    wait_query(&prom, r#"skiff_scheduler_nodes{state="ready"}"#, "two ready nodes", |v| v == 2.0);
+    wait_query(&prom, r#"skiff_scheduler_deployment_replicas_desired{deployment="hello"}"#, "hello wants 3", |v| {
+        v == 3.0
+    });
+    wait_query(&prom, r#"skiff_scheduler_deployment_replicas_running{deployment="hello"}"#, "3 running", |v| v == 3.0);
+    wait_query(&prom, "skiff_scheduler_placements_total", "placements counted", |v| v >= 4.0);
+    // Routes are the matched pattern, never the raw path with a node's name.
+    wait_query(
+        &prom,
+        r#"sum(skiff_scheduler_api_requests_total{route="/v1/nodes/{name}/heartbeat",status="204"})"#,
+        "heartbeats counted by route",
+        |v| v > 0.0,
+    );
+    wait_query(&prom, r#"absent(skiff_scheduler_api_requests_total{route=~".*n1.*"})"#, "no raw paths", |v| v == 1.0);
+    wait_query(&prom, "skiff_scheduler_store_transaction_duration_seconds_count", "store transactions", |v| v > 0.0);
+    // The nodes' view: every replica of hello runs, uses memory and cpu; the
+    // crasher (exit 3) has been restarted and its exits counted.
+    wait_query(&prom, r#"count(skiff_node_replica_memory_bytes{deployment="hello"} > 0)"#, "3 replicas' memory", |v| {
+        v == 3.0
+    });
+    wait_query(&prom, r#"sum(skiff_node_replica_cpu_seconds_total{deployment="hello"})"#, "cpu counted", |v| v > 0.0);
+    wait_query(&prom, r#"sum(skiff_node_replica_restarts_total{deployment="crash"})"#, "crasher restarted", |v| {
+        v >= 1.0
+    });
+    wait_query(&prom, r#"sum(skiff_node_replica_exits_total{deployment="crash",reason="error"})"#, "its exits", |v| {
+        v >= 1.0
+    });
+    wait_query(&prom, r#"sum(skiff_node_replicas{state="running"})"#, "running on the nodes", |v| v >= 3.0);
+    wait_query(&prom, "sum(skiff_node_wasm_compile_duration_seconds_count)", "compiles timed", |v| v >= 2.0);
+
+    // Scaling down removes the per-replica series of the stopped replicas.
+    c.cli(&["scale", "hello", "1"]);
+    c.wait_running("hello", 1);
+    wait_query(&prom, r#"count(skiff_node_replica_memory_bytes{deployment="hello"})"#, "one replica's series", |v| {
+        v == 1.0
+    });
+    wait_query(&prom, r#"skiff_scheduler_deployment_replicas_running{deployment="hello"}"#, "1 running", |v| v == 1.0);
+}
+
+#[test]
+fn dashboard_in_a_real_browser() {
+    let browser_dir = workspace().join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run `make test` (it runs npm ci there)"
+    );
+    assert!(Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing: run `make test` (it installs it)");
+    let mut c = Cluster::new("dash");
+    c.start_node("n1");
+    c.wait_nodes_ready(1);
+    let worker = wasm_p2("worker");
+    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "hello", "--replicas", "2", "--memory", "32Mi"]);
+
+    // The page itself serves from the binary, with its assets.
+    let page = http_get(&format!("{}/", c.url)).expect("GET /");
+    assert!(page.contains("<title>skiff</title>"), "{page}");
+    assert!(http_get(&format!("{}/assets/app.js", c.url)).expect("GET app.js").contains("EventSource"));
+
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("e2e-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let log = c.dir.path().join("browser.log");
+    let out = std::fs::File::create(&log).expect("browser log");
+    let mut child = Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .arg(&c.url)
+        .arg(&shots)
+        .arg(wasm_p2("worker"))
+        .current_dir(&browser_dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone log"))
+        .stderr(out)
+        .spawn()
+        .expect("run node (is Node.js installed? `make test` installs it)");
+    let status = child.wait().expect("wait for the browser test");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "the browser test failed:\n{said}");
+    println!("{said}");
+
+    // What the page did, seen through the API.
+    let deployments = get_json(c.dir.path(), &c.url, "deployments");
+    let hello = deployments.iter().find(|d| d["name"] == "hello").expect("hello exists");
+    assert_eq!(hello["replicas"], 4, "scaled from the page: {hello}");
+    c.wait_running("hello", 4);
+    assert!(deployments.iter().all(|d| d["name"] != "uploaded"), "deleted from the page: {deployments:?}");
+    let events = c.cli(&["events", "--object", "deployment/uploaded"]);
+    assert!(events.contains("Deleted"), "the upload was deployed and deleted from the page: {events}");
+    for view in ["cluster", "deployments", "replicas", "events", "logs", "phone-dark-deployments"] {
+        let png = shots.join(format!("{view}.png"));
+        let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "screenshot {} missing or empty", png.display());
+    }
+}
+
+#[test]
+fn events_follow_prints_decisions_as_they_happen() {
+    let mut c = Cluster::new("events");
+    c.start_node("n1");
+    c.wait_nodes_ready(1);
+    let worker = wasm_p2("worker");
+    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "hello", "--replicas", "1", "--memory", "32Mi"]);
+    c.wait_running("hello", 1);
+
+    let past = c.cli(&["events", "--object", "deployment/hello"]);
+    assert!(past.starts_with("AGE"), "{past}");
+    assert!(past.contains("Scheduled") || past.contains("Started"), "{past}");
+    let bad = cli_in(c.dir.path(), &c.url, &["events", "--object", "hello"]);
+    assert!(!bad.ok && bad.stderr.contains("must be deployment/NAME or node/NAME"), "{}", bad.stderr);
+
+    // Follow, then make something happen.
+    let log = c.dir.path().join("events-f.log");
+    let out = std::fs::File::create(&log).expect("events log");
+    let child = Command::new(skiff_bin())
+        .args(["events", "-f", "--object", "deployment/hello", "-o", "json"])
+        .env("SKIFF_SERVER", &c.url)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .spawn()
+        .expect("skiff events -f");
+    let _follow = Daemon { name: "skiff events -f", child, log: log.clone() };
+    wait_for(Duration::from_secs(10), "the past events", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"reason\"") { Ok(()) } else { Err(text) }
+    });
+    c.cli(&["scale", "hello", "3"]);
+    wait_for(Duration::from_secs(20), "the Scaled event, followed", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let scaled = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| e["reason"] == "Scaled" && e["message"] == "scaled from 1 to 3 replicas");
+        if scaled { Ok(()) } else { Err(text) }
+    });
+}

@@ -1,0 +1,123 @@
+//! Secrets: sealed at rest, delivered only to the node that runs the replica,
+//! readable by the workload as env and as a read-only file, and shown nowhere.
+
+use skiff_tests::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Whether `needle` occurs in any file under `dir` (SQLite file and WAL included).
+fn found_under(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return hits };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(found_under(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+#[test]
+fn secrets_reach_the_workload_and_nothing_else() {
+    let dir = TempDir::new("secrets");
+    let data = dir.path().join(".skiff");
+    let mut dev = Proc::start(
+        "skiff dev",
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+        &dir.path().join("dev.log"),
+    );
+    let url = read_when_ready(&data.join("server.url"));
+    let cwd = dir.path();
+    wait_for(Duration::from_secs(30), "the dev node ready", || {
+        let nodes = get_json(cwd, &url, "nodes");
+        if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
+    });
+
+    // A value no other bytes in this test could contain by chance.
+    let value =
+        format!("s3cr3t-{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0));
+    let value_file = dir.path().join("password.txt");
+
+    // Deployed before the secret exists: pending, with that reason.
+    let reader = wasm_p2("secret_reader");
+    let deploy = cli_in(
+        cwd,
+        &url,
+        &[
+            "deploy",
+            reader.to_str().unwrap_or_default(),
+            "--name",
+            "reader",
+            "--secret-env",
+            "DB_PASSWORD=db:password",
+            "--secret-dir",
+            "db:/secrets/db",
+        ],
+    );
+    assert!(deploy.ok, "{}", deploy.stderr);
+    let reason = wait_for(Duration::from_secs(10), "a pending reason", || {
+        let r = get_json(cwd, &url, "replicas");
+        match r.first().and_then(|r| r["reason"].as_str().map(str::to_owned)) {
+            Some(reason) if r[0]["state"] == "pending" => Ok(reason),
+            _ => Err(format!("{r:?}")),
+        }
+    });
+    assert!(reason.contains("secret \"db\" not found"), "{reason}");
+
+    std::fs::write(&value_file, &value).expect("write");
+    let created =
+        cli_ok(cwd, &url, &["secret", "create", "db", &format!("--from-file=password={}", value_file.display())]);
+    assert!(created.contains("created"), "{created}");
+    std::fs::remove_file(&value_file).expect("remove");
+    let again = cli_in(cwd, &url, &["secret", "create", "db", "--from-literal", "password=x"]);
+    assert!(!again.ok && again.stderr.contains("already exists"), "{}", again.stderr);
+
+    // The workload reads it as env and as a file that it cannot write.
+    let logs = wait_for(Duration::from_secs(30), "the reader's report", || {
+        let out = cli_in(cwd, &url, &["logs", "reader", "--tail", "50"]);
+        if out.stdout.contains("matches: true") && out.stdout.contains("writable: false") {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    });
+    assert!(logs.contains(&format!("{} bytes", value.len())), "{logs}");
+
+    // The value appears in no API answer, no CLI output, no file of the data dir.
+    let needle = value.as_bytes();
+    for args in [
+        vec!["get", "deployments", "-o", "json"],
+        vec!["get", "replicas", "-o", "yaml"],
+        vec!["describe", "deployment", "reader"],
+        vec!["secret", "ls"],
+        vec!["logs", "reader", "--tail", "1000"],
+    ] {
+        let out = cli_ok(cwd, &url, &args);
+        assert!(!out.contains(&value), "`skiff {}` shows the secret", args.join(" "));
+    }
+    let events = http_get(&format!("{url}/v1/events")).expect("events");
+    assert!(!events.contains(&value), "events show the secret");
+    assert!(cli_ok(cwd, &url, &["secret", "ls"]).contains("password"), "keys are listed");
+    let hits = found_under(&data, needle);
+    assert!(hits.is_empty(), "the secret is stored in clear in {hits:?}");
+    let mode =
+        std::fs::metadata(data.join("secret.keys")).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    assert_eq!(mode.map(|m| m & 0o777).ok(), Some(0o600), "the key file is private");
+
+    // In use: it cannot be deleted; after the deployment goes, it can, and the
+    // tmpfs copy is gone with the replica.
+    let rm = cli_in(cwd, &url, &["secret", "rm", "db"]);
+    assert!(!rm.ok && rm.stderr.contains("used by deployments reader"), "{}", rm.stderr);
+    cli_ok(cwd, &url, &["delete", "reader"]);
+    cli_ok(cwd, &url, &["secret", "rm", "db"]);
+    wait_for(Duration::from_secs(10), "the tmpfs copy removed", || {
+        let left = found_under(Path::new("/dev/shm"), needle);
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+    assert!(dev.alive());
+}

@@ -1,0 +1,553 @@
+// skiff dashboard. Plain JavaScript, no framework and no build step: the
+// scheduler serves this file from its binary. Everything it shows comes from the
+// server-sent events of GET /v1/watch (a snapshot after every change); actions
+// call the same /v1/ API the CLI uses.
+"use strict";
+
+const HISTORY_MS = 5 * 60 * 1000; // how much usage history the charts keep
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+
+const $ = (sel) => document.querySelector(sel);
+let snap = null; // the latest snapshot
+const history = { node: new Map(), replica: new Map() }; // key → [{t, cpu (cores), mem (bytes), cpuSec}]
+
+// ---- quantities and formatting ----
+
+function parseCpu(q) {
+  const s = String(q).trim();
+  if (s.endsWith("m")) return Number(s.slice(0, -1));
+  return Math.round(Number(s) * 1000);
+}
+
+function parseMem(q) {
+  const s = String(q).trim();
+  const units = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+  for (const [u, f] of Object.entries(units)) {
+    if (s.endsWith(u)) return Number(s.slice(0, -u.length)) * f;
+  }
+  return Number(s);
+}
+
+function fmtMem(b) {
+  if (!isFinite(b) || b <= 0) return "0";
+  const units = ["B", "Ki", "Mi", "Gi", "Ti"];
+  let i = 0;
+  while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+  return (b >= 100 || i === 0 ? b.toFixed(0) : b.toFixed(1)) + units[i];
+}
+
+function fmtCpu(cores) {
+  if (!isFinite(cores) || cores <= 0) return "0";
+  return cores >= 1 ? cores.toFixed(2) : Math.round(cores * 1000) + "m";
+}
+
+function fmtAge(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + (s % 60 ? (s % 60) + "s" : "");
+  if (s < 86400) return Math.floor(s / 3600) + "h" + Math.floor((s % 3600) / 60) + "m";
+  return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
+}
+
+function colorOf(name) {
+  let h = 0;
+  for (const c of name) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c != null) e.append(c);
+  return e;
+}
+
+function stateBadge(state) {
+  return el("span", { class: "state " + state, text: state });
+}
+
+// ---- errors and the API ----
+
+function showError(msg) {
+  $("#error-text").textContent = msg;
+  $("#error").hidden = false;
+}
+$("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
+
+async function api(method, path, body, headers = {}) {
+  let resp;
+  try {
+    resp = await fetch(path, { method, body, headers });
+  } catch (e) {
+    throw new Error(`cannot reach the skiff server: ${e.message}`);
+  }
+  const text = await resp.text();
+  if (!resp.ok) {
+    let msg = `server answered ${resp.status}`;
+    try { msg = JSON.parse(text).error || msg; } catch { if (text.trim()) msg += ": " + text.trim(); }
+    throw new Error(msg);
+  }
+  return text ? JSON.parse(text) : null;
+}
+
+// ---- views (hash routing, one visible at a time) ----
+
+const VIEWS = ["cluster", "deployments", "replicas", "events", "logs"];
+
+function showView() {
+  const want = location.hash.slice(1);
+  const view = VIEWS.includes(want) ? want : "cluster";
+  for (const v of VIEWS) {
+    $("#view-" + v).hidden = v !== view;
+    const link = document.querySelector(`nav a[data-view="${v}"]`);
+    if (v === view) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+  }
+  document.body.dataset.view = view;
+  if (view === "logs") fillLogChoices();
+  render();
+}
+window.addEventListener("hashchange", showView);
+
+// ---- the live stream ----
+
+function connect() {
+  const conn = $("#conn");
+  const es = new EventSource("/v1/watch");
+  es.addEventListener("snapshot", (ev) => {
+    try {
+      snap = JSON.parse(ev.data);
+    } catch (e) {
+      showError("unreadable snapshot from the server: " + e.message);
+      return;
+    }
+    conn.textContent = "live";
+    conn.className = "conn live";
+    record(snap);
+    render();
+  });
+  es.addEventListener("error", (ev) => {
+    if (ev.data) showError("the server could not build a snapshot: " + ev.data);
+    conn.textContent = "disconnected; reconnecting…";
+    conn.className = "conn down";
+  });
+}
+
+// Accumulates usage samples: cpu as a rate from consecutive cpu-second counters.
+function record(s) {
+  const t = s.time_ms;
+  const add = (map, key, cpuSec, mem) => {
+    let h = map.get(key);
+    if (!h) { h = []; map.set(key, h); }
+    const prev = h[h.length - 1];
+    let cpu = 0;
+    if (prev && t > prev.t && cpuSec >= prev.cpuSec) cpu = (cpuSec - prev.cpuSec) / ((t - prev.t) / 1000);
+    else if (prev) cpu = prev.cpu;
+    if (prev && t === prev.t) return;
+    h.push({ t, cpu, mem, cpuSec });
+    while (h.length && h[0].t < t - HISTORY_MS) h.shift();
+  };
+  const live = new Set();
+  for (const n of s.nodes) { add(history.node, n.name, n.cpu_seconds, n.memory_bytes); live.add("n/" + n.name); }
+  for (const r of s.replicas) { add(history.replica, r.id, r.cpu_seconds, r.memory_bytes); live.add("r/" + r.id); }
+  for (const k of history.node.keys()) if (!live.has("n/" + k)) history.node.delete(k);
+  for (const k of history.replica.keys()) if (!live.has("r/" + k)) history.replica.delete(k);
+}
+
+function latest(map, key) {
+  const h = map.get(key);
+  return h && h.length ? h[h.length - 1] : { cpu: 0, mem: 0 };
+}
+
+function render() {
+  if (!snap) return;
+  const view = document.body.dataset.view;
+  if (view === "cluster") renderCluster();
+  if (view === "deployments") renderDeployments();
+  if (view === "replicas") renderReplicas();
+  if (view === "events") renderEvents();
+  if (view === "logs") fillLogChoices();
+}
+
+// ---- cluster ----
+
+function meter(label, used, alloc, cap, fmt) {
+  const pct = (v) => cap > 0 ? Math.min(100, (v / cap) * 100).toFixed(1) + "%" : "0%";
+  const bar = el("div", { class: "bar", role: "img", "aria-label": `${label}: ${fmt(alloc)} requested, ${fmt(used)} used of ${fmt(cap)}` },
+    el("div", { class: "alloc", style: `width:${pct(alloc)}` }),
+    el("div", { class: "used", style: `width:${pct(used)}` }));
+  return el("div", { class: "meter" }, el("span", { text: `${label} ${fmt(used)} used · ${fmt(alloc)} requested / ${fmt(cap)}` }), bar);
+}
+
+function renderCluster() {
+  const nodes = snap.nodes;
+  const ready = nodes.filter((n) => n.state === "ready").length;
+  $("#cluster-summary").textContent =
+    `${nodes.length} node${nodes.length === 1 ? "" : "s"} (${ready} ready) · ${snap.deployments.length} deployments · ${snap.replicas.length} replicas`;
+  const box = $("#nodes");
+  box.replaceChildren(...nodes.map((n) => {
+    const u = latest(history.node, n.name);
+    const capCpu = parseCpu(n.capacity.cpu) / 1000, capMem = parseMem(n.capacity.memory);
+    const allocCpu = parseCpu(n.allocated.cpu) / 1000, allocMem = parseMem(n.allocated.memory);
+    return el("article", { class: "card node", "data-node": n.name, "aria-label": "node " + n.name },
+      el("h4", {}, el("span", { text: n.name }), stateBadge(n.state)),
+      el("div", { class: "muted", text: `${n.replicas} replicas · ${(n.runtimes || []).join(", ")} · ${n.address}` }),
+      meter("CPU", u.cpu, allocCpu, capCpu, fmtCpu),
+      meter("Memory", n.memory_bytes, allocMem, capMem, fmtMem),
+      el("div", { class: "labels" }, ...Object.entries(n.labels || {}).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))));
+  }));
+  if (!nodes.length) box.replaceChildren(el("p", { class: "muted", text: "No nodes have joined yet: start one with `skiff node`." }));
+
+  // Packing: every placed replica as a block sized by its memory request.
+  const reqMem = new Map(snap.deployments.map((d) => [d.name, parseMem(d.spec.resources.memory)]));
+  const deploys = new Set();
+  const rows = nodes.map((n) => {
+    const cap = parseMem(n.capacity.memory) || 1;
+    const mine = snap.replicas.filter((r) => r.node === n.name && !["pending"].includes(r.state));
+    const blocks = mine.map((r) => {
+      deploys.add(r.deployment);
+      const w = ((reqMem.get(r.deployment) || 0) / cap) * 100;
+      return el("span", { style: `width:${w.toFixed(2)}%;background:${colorOf(r.deployment)}`, title: `${r.id} (${r.deployment}, ${r.state})` });
+    });
+    return el("div", { class: "pack-row" },
+      el("div", { class: "pack-name", text: n.name }),
+      el("div", { class: "pack-bar", role: "img", "aria-label": `${n.name}: ${mine.length} replicas` }, ...blocks));
+  });
+  const legend = el("div", { class: "legend" }, ...[...deploys].sort().map((d) => el("span", {}, el("i", { style: `background:${colorOf(d)}` }), d)));
+  $("#packing").replaceChildren(...rows, legend);
+
+  chart($("#chart-node-cpu"), history.node, "cpu", fmtCpu);
+  chart($("#chart-node-mem"), history.node, "mem", fmtMem);
+}
+
+// ---- charts: inline SVG polylines of the accumulated samples ----
+
+function chart(box, map, field, fmt) {
+  const W = 480, H = 160, L = 44, B = 16;
+  const series = [...map.entries()].filter(([, h]) => h.length > 0).slice(0, 10);
+  const now = snap ? snap.time_ms : Date.now();
+  const t0 = now - HISTORY_MS;
+  let max = 0;
+  for (const [, h] of series) for (const p of h) max = Math.max(max, p[field]);
+  if (max <= 0) max = field === "cpu" ? 0.01 : 1024 * 1024;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${field === "cpu" ? "CPU" : "Memory"} over the last 5 minutes; peak ${fmt(max)}`);
+  const add = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text != null) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  add("line", { x1: L, y1: H - B, x2: W, y2: H - B, class: "axis" });
+  add("line", { x1: L, y1: 4, x2: L, y2: H - B, class: "axis" });
+  add("text", { x: 2, y: 12 }, fmt(max));
+  add("text", { x: 2, y: H - B }, "0");
+  add("text", { x: L, y: H - 2 }, "-5m");
+  add("text", { x: W - 24, y: H - 2 }, "now");
+  const x = (t) => L + ((t - t0) / HISTORY_MS) * (W - L);
+  const y = (v) => H - B - (v / max) * (H - B - 6);
+  for (const [key, h] of series) {
+    const pts = h.map((p) => `${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`).join(" ");
+    const line = add("polyline", { points: pts, fill: "none", stroke: colorOf(key), "stroke-width": 2 });
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${key}: ${fmt(h[h.length - 1][field])}`;
+    line.append(title);
+  }
+  const legend = el("div", { class: "legend" }, ...series.map(([k, h]) => el("span", {}, el("i", { style: `background:${colorOf(k)}` }), `${k} ${fmt(h[h.length - 1][field])}`)));
+  box.replaceChildren(svg, legend);
+}
+
+// ---- deployments ----
+
+// Updates a table body in place, row by key, so that an input someone is typing
+// in (a scale count) keeps its value and focus across live updates.
+function syncRows(tbody, items, key, create, update) {
+  const existing = new Map([...tbody.rows].map((tr) => [tr.dataset.key, tr]));
+  const wanted = [];
+  for (const item of items) {
+    const k = key(item);
+    let tr = existing.get(k);
+    if (!tr) { tr = create(item); tr.dataset.key = k; }
+    update(tr, item);
+    existing.delete(k);
+    wanted.push(tr);
+  }
+  for (const tr of existing.values()) tr.remove();
+  wanted.forEach((tr, i) => { if (tbody.rows[i] !== tr) tbody.insertBefore(tr, tbody.rows[i] || null); });
+}
+
+function renderDeployments() {
+  const tbody = $("#deployments-table tbody");
+  $("#deployments-empty").hidden = snap.deployments.length > 0;
+  syncRows(tbody, snap.deployments, (d) => d.name, (d) => {
+    const tr = el("tr", { "data-deployment": d.name });
+    for (let i = 0; i < 7; i++) tr.append(el("td"));
+    const input = el("input", { type: "number", min: "0", max: "10000", "aria-label": `replicas of ${d.name}`, class: "scale-input", value: String(d.replicas) });
+    const scaleBtn = el("button", { type: "button", class: "scale-btn", text: "Scale" });
+    const delBtn = el("button", { type: "button", class: "danger delete-btn", text: "Delete" });
+    scaleBtn.addEventListener("click", () => scale(d.name, input.value, scaleBtn));
+    input.addEventListener("keydown", (e) => { if (e.key === "Enter") scale(d.name, input.value, scaleBtn); });
+    delBtn.addEventListener("click", () => remove(d.name));
+    tr.append(el("td", {}, el("div", { class: "actions" }, input, scaleBtn, delBtn)));
+    return tr;
+  }, (tr, d) => {
+    const s = d.status || {};
+    const c = tr.cells;
+    c[0].textContent = d.name;
+    c[1].textContent = `${s.running || 0}/${d.replicas}`;
+    c[1].className = "ready-count";
+    c[2].textContent = s.pending || 0;
+    c[3].textContent = s.failed || 0;
+    c[4].textContent = s.restarts || 0;
+    c[5].textContent = d.revision;
+    c[6].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
+    const input = tr.querySelector(".scale-input");
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = String(d.replicas);
+  });
+}
+
+async function scale(name, value, btn) {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) { showError(`replicas must be a whole number of at least 0, not ${JSON.stringify(value)}`); return; }
+  btn.disabled = true;
+  try {
+    await api("POST", `/v1/deployments/${encodeURIComponent(name)}/scale`, JSON.stringify({ replicas: n }), { "content-type": "application/json" });
+    $("#error").hidden = true;
+  } catch (e) {
+    showError(`scaling ${name}: ${e.message}`);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+function confirmDialog(text) {
+  const dlg = $("#confirm");
+  $("#confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
+    dlg.returnValue = "cancel";
+    dlg.showModal();
+    $("#confirm-cancel").focus();
+  });
+}
+
+async function remove(name) {
+  if (!(await confirmDialog(`Delete deployment ${name}? Its replicas are stopped.`))) return;
+  try {
+    await api("DELETE", `/v1/deployments/${encodeURIComponent(name)}`);
+  } catch (e) {
+    showError(`deleting ${name}: ${e.message}`);
+  }
+}
+
+$("#deploy-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const status = $("#deploy-status");
+  const file = $("#deploy-file").files[0];
+  const name = $("#deploy-name").value.trim();
+  if (!file) { showError("choose a .wasm file to deploy"); return; }
+  $("#deploy-submit").disabled = true;
+  try {
+    status.textContent = "hashing…";
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const digest = "sha256:" + (await sha256Hex(bytes));
+    status.textContent = "uploading…";
+    await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
+    status.textContent = "applying…";
+    const req = {
+      replicas: Number($("#deploy-replicas").value),
+      spec: {
+        workload: { wasm: digest },
+        resources: { cpu: $("#deploy-cpu").value.trim(), memory: $("#deploy-memory").value.trim() },
+        restart: $("#deploy-restart").value,
+      },
+    };
+    const resp = await api("PUT", `/v1/deployments/${encodeURIComponent(name)}`, JSON.stringify(req), { "content-type": "application/json" });
+    status.textContent = `deployment ${name}: ${resp.outcome}` + (resp.warnings && resp.warnings.length ? ` (${resp.warnings.join("; ")})` : "");
+    $("#error").hidden = true;
+  } catch (e) {
+    status.textContent = "";
+    showError(`deploying ${name}: ${e.message}`);
+  } finally {
+    $("#deploy-submit").disabled = false;
+  }
+});
+
+// crypto.subtle exists only on secure origins (https or localhost); a dashboard
+// reached over plain http on another host hashes with this instead.
+async function sha256Hex(bytes) {
+  if (window.crypto && crypto.subtle) {
+    const d = await crypto.subtle.digest("SHA-256", bytes);
+    return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return sha256Fallback(bytes);
+}
+
+function sha256Fallback(msg) {
+  const K = new Uint32Array([
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
+    0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
+    0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
+    0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2]);
+  const H = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+  const len = msg.length;
+  const padded = new Uint8Array(((len + 9 + 63) >> 6) << 6);
+  padded.set(msg);
+  padded[len] = 0x80;
+  const dv = new DataView(padded.buffer);
+  dv.setUint32(padded.length - 8, Math.floor(len / 0x20000000));
+  dv.setUint32(padded.length - 4, (len << 3) >>> 0);
+  const W = new Uint32Array(64);
+  const rotr = (x, n) => (x >>> n) | (x << (32 - n));
+  for (let off = 0; off < padded.length; off += 64) {
+    for (let i = 0; i < 16; i++) W[i] = dv.getUint32(off + i * 4);
+    for (let i = 16; i < 64; i++) {
+      const s0 = rotr(W[i - 15], 7) ^ rotr(W[i - 15], 18) ^ (W[i - 15] >>> 3);
+      const s1 = rotr(W[i - 2], 17) ^ rotr(W[i - 2], 19) ^ (W[i - 2] >>> 10);
+      W[i] = (W[i - 16] + s0 + W[i - 7] + s1) >>> 0;
+    }
+    let [a, b, c, d, e, f, g, h] = H;
+    for (let i = 0; i < 64; i++) {
+      const S1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
+      const t1 = (h + S1 + ((e & f) ^ (~e & g)) + K[i] + W[i]) >>> 0;
+      const S0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
+      const t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
+      h = g; g = f; f = e; e = (d + t1) >>> 0; d = c; c = b; b = a; a = (t1 + t2) >>> 0;
+    }
+    H[0] += a; H[1] += b; H[2] += c; H[3] += d; H[4] += e; H[5] += f; H[6] += g; H[7] += h;
+  }
+  return [...H].map((x) => x.toString(16).padStart(8, "0")).join("");
+}
+
+// ---- replicas ----
+
+function renderReplicas() {
+  const tbody = $("#replicas-table tbody");
+  $("#replicas-empty").hidden = snap.replicas.length > 0;
+  const now = snap.time_ms;
+  syncRows(tbody, snap.replicas, (r) => r.id, (r) => {
+    const tr = el("tr", { "data-replica": r.id });
+    for (let i = 0; i < 8; i++) tr.append(el("td"));
+    tr.append(el("td", {}, el("a", { href: `#logs`, text: "logs", onclick: () => { pendingLog = r.id; } })));
+    return tr;
+  }, (tr, r) => {
+    const u = latest(history.replica, r.id);
+    const c = tr.cells;
+    c[0].textContent = r.id;
+    c[1].textContent = r.deployment;
+    c[2].replaceChildren(stateBadge(r.state));
+    if (r.reason) c[2].title = r.reason; else c[2].removeAttribute("title");
+    c[3].textContent = r.node || "—";
+    c[4].textContent = r.restarts;
+    c[5].textContent = fmtAge(now - r.created_ms);
+    c[6].textContent = fmtCpu(u.cpu);
+    c[7].textContent = fmtMem(r.memory_bytes);
+  });
+  chart($("#chart-replica-cpu"), history.replica, "cpu", fmtCpu);
+  chart($("#chart-replica-mem"), history.replica, "mem", fmtMem);
+}
+
+// ---- events ----
+
+function renderEvents() {
+  const events = [...snap.events].reverse();
+  syncRows($("#events-table tbody"), events, (e) => String(e.id), () => {
+    const tr = el("tr");
+    for (let i = 0; i < 4; i++) tr.append(el("td"));
+    tr.cells[3].className = "msg";
+    return tr;
+  }, (tr, e) => {
+    const c = tr.cells;
+    c[0].textContent = new Date(e.time_ms).toLocaleTimeString();
+    c[1].textContent = e.object;
+    c[2].textContent = e.reason;
+    c[3].textContent = e.message;
+  });
+}
+
+// ---- logs: tails one replica through the scheduler's log proxy ----
+
+let pendingLog = null;
+let logAbort = null;
+
+function fillLogChoices() {
+  if (!snap) return;
+  const sel = $("#logs-replica");
+  const current = pendingLog || sel.value;
+  const ids = snap.replicas.filter((r) => r.node).map((r) => `${r.deployment}/${r.id}`);
+  const have = [...sel.options].map((o) => o.value);
+  if (have.join() !== ids.join()) {
+    sel.replaceChildren(...ids.map((v) => el("option", { value: v, text: v })));
+  }
+  if (pendingLog) {
+    const match = ids.find((v) => v.endsWith("/" + pendingLog));
+    pendingLog = null;
+    if (match) { sel.value = match; startTail(); return; }
+  }
+  if (current && ids.includes(current)) sel.value = current;
+}
+
+async function startTail() {
+  stopTail();
+  const value = $("#logs-replica").value;
+  if (!value) { showError("no replica is on a node yet, so there are no logs to tail"); return; }
+  const [deployment, replica] = value.split("/");
+  const out = $("#logs-output");
+  out.textContent = "";
+  const ctrl = new AbortController();
+  logAbort = ctrl;
+  $("#logs-stop").disabled = false;
+  $("#logs-status").textContent = `tailing ${replica}`;
+  try {
+    const url = `/v1/deployments/${encodeURIComponent(deployment)}/logs?follow=true&tail=200&replica=${encodeURIComponent(replica)}`;
+    const resp = await fetch(url, { signal: ctrl.signal });
+    if (!resp.ok) {
+      let msg = `server answered ${resp.status}`;
+      try { msg = (await resp.json()).error || msg; } catch { /* not JSON */ }
+      throw new Error(msg);
+    }
+    const reader = resp.body.getReader();
+    const dec = new TextDecoder();
+    for (;;) {
+      const { value: chunk, done } = await reader.read();
+      if (done) break;
+      const atBottom = out.scrollTop + out.clientHeight >= out.scrollHeight - 20;
+      out.append(dec.decode(chunk, { stream: true }));
+      // Keep the page light: at most ~200 KB of text.
+      if (out.textContent.length > 200000) out.textContent = out.textContent.slice(-150000);
+      if (atBottom) out.scrollTop = out.scrollHeight;
+    }
+    $("#logs-status").textContent = `${replica}: the log stream ended`;
+  } catch (e) {
+    if (e.name !== "AbortError") showError(`logs of ${replica}: ${e.message}`);
+  } finally {
+    if (logAbort === ctrl) { logAbort = null; $("#logs-stop").disabled = true; }
+  }
+}
+
+function stopTail() {
+  if (logAbort) { logAbort.abort(); logAbort = null; }
+  $("#logs-stop").disabled = true;
+  $("#logs-status").textContent = "";
+}
+
+$("#logs-form").addEventListener("submit", (ev) => { ev.preventDefault(); startTail(); });
+$("#logs-stop").addEventListener("click", stopTail);
+
+// ---- start ----
+
+showView();
+connect();
+// Ages and "now" on the charts advance even when nothing changes.
+setInterval(() => { if (snap) { snap.time_ms += 1000; render(); } }, 1000);
