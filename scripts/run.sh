@@ -73,11 +73,25 @@ sleep 2 # let the replicas log a few lines
 echo "\$ skiff logs hello --tail 5"
 "$SKIFF" logs hello --tail 5 || true
 
+# An HTTP service, reached through the node's ingress by name.
+HELLO_HTTP=$(dirname "$WORKER")/hello_http.wasm
+INGRESS=$(cat "$DATA_DIR/ingress.addr" 2>/dev/null || true)
+if [[ -e $HELLO_HTTP && -n $INGRESS ]]; then
+  echo
+  echo "\$ skiff deploy hello_http.wasm --name web --replicas 2 --wait"
+  "$SKIFF" deploy "$HELLO_HTTP" --name web --replicas 2 --wait
+  for _ in 1 2; do
+    echo "\$ curl -H 'Host: web.skiff.local' $INGRESS/"
+    curl -fsS --max-time 5 -H 'Host: web.skiff.local' "$INGRESS/" || true
+  done
+fi
+
 cat <<MSG
 
 skiff dev is running (pid $DEV_PID; its log is $LOG). What to try next, in another
 terminal in this directory, after: export PATH="$(dirname "$SKIFF"):\$PATH"
   skiff scale hello 5                 more replicas, placed at once
+  curl $INGRESS/d/web/               the HTTP service, by path (or Host: web.skiff.local)
   skiff describe deployment hello     spec, replicas and events
   skiff logs hello -f                 follow the logs (Ctrl-C to stop)
   skiff get replicas -o yaml          the API objects

@@ -38,7 +38,14 @@ function fmtMem(b) {
 
 function fmtCpu(cores) {
   if (!isFinite(cores) || cores <= 0) return "0";
-  return cores >= 1 ? cores.toFixed(2) : Math.round(cores * 1000) + "m";
+  const m = cores * 1000;
+  if (cores >= 1) return cores.toFixed(2);
+  return (m >= 10 ? m.toFixed(0) : m >= 1 ? m.toFixed(1) : m.toFixed(2)) + "m";
+}
+
+function fmtSpan(ms) {
+  const s = Math.round(ms / 1000);
+  return s >= 60 ? `-${Math.round(s / 60)}m` : `-${s}s`;
 }
 
 function fmtAge(ms) {
@@ -230,7 +237,12 @@ function chart(box, map, field, fmt) {
   const W = 480, H = 160, L = 44, B = 16;
   const series = [...map.entries()].filter(([, h]) => h.length > 0).slice(0, 10);
   const now = snap ? snap.time_ms : Date.now();
-  const t0 = now - HISTORY_MS;
+  // The window grows with the history the page has seen, from 1 to 5 minutes,
+  // so that a freshly opened page does not squeeze its lines into the corner.
+  let first = now;
+  for (const [, h] of series) if (h.length) first = Math.min(first, h[0].t);
+  const span = Math.min(HISTORY_MS, Math.max(60 * 1000, now - first));
+  const t0 = now - span;
   let max = 0;
   for (const [, h] of series) for (const p of h) max = Math.max(max, p[field]);
   if (max <= 0) max = field === "cpu" ? 0.01 : 1024 * 1024;
@@ -238,7 +250,7 @@ function chart(box, map, field, fmt) {
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `${field === "cpu" ? "CPU" : "Memory"} over the last 5 minutes; peak ${fmt(max)}`);
+  svg.setAttribute("aria-label", `${field === "cpu" ? "CPU" : "Memory"} over the last ${fmtSpan(span).slice(1)}; peak ${fmt(max)}`);
   const add = (tag, attrs, text) => {
     const e = document.createElementNS(ns, tag);
     for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -250,18 +262,18 @@ function chart(box, map, field, fmt) {
   add("line", { x1: L, y1: 4, x2: L, y2: H - B, class: "axis" });
   add("text", { x: 2, y: 12 }, fmt(max));
   add("text", { x: 2, y: H - B }, "0");
-  add("text", { x: L, y: H - 2 }, "-5m");
+  add("text", { x: L, y: H - 2 }, fmtSpan(span));
   add("text", { x: W - 24, y: H - 2 }, "now");
-  const x = (t) => L + ((t - t0) / HISTORY_MS) * (W - L);
+  const x = (t) => L + ((t - t0) / span) * (W - L);
   const y = (v) => H - B - (v / max) * (H - B - 6);
-  for (const [key, h] of series) {
+  series.forEach(([key, h], i) => {
     const pts = h.map((p) => `${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`).join(" ");
-    const line = add("polyline", { points: pts, fill: "none", stroke: colorOf(key), "stroke-width": 2 });
+    const line = add("polyline", { points: pts, fill: "none", stroke: PALETTE[i % PALETTE.length], "stroke-width": 2 });
     const title = document.createElementNS(ns, "title");
     title.textContent = `${key}: ${fmt(h[h.length - 1][field])}`;
     line.append(title);
-  }
-  const legend = el("div", { class: "legend" }, ...series.map(([k, h]) => el("span", {}, el("i", { style: `background:${colorOf(k)}` }), `${k} ${fmt(h[h.length - 1][field])}`)));
+  });
+  const legend = el("div", { class: "legend" }, ...series.map(([k, h], i) => el("span", {}, el("i", { style: `background:${PALETTE[i % PALETTE.length]}` }), `${k} ${fmt(h[h.length - 1][field])}`)));
   box.replaceChildren(svg, legend);
 }
 
@@ -289,14 +301,16 @@ function renderDeployments() {
   $("#deployments-empty").hidden = snap.deployments.length > 0;
   syncRows(tbody, snap.deployments, (d) => d.name, (d) => {
     const tr = el("tr", { "data-deployment": d.name });
-    for (let i = 0; i < 7; i++) tr.append(el("td"));
+    for (let i = 0; i < 8; i++) tr.append(el("td"));
     const input = el("input", { type: "number", min: "0", max: "10000", "aria-label": `replicas of ${d.name}`, class: "scale-input", value: String(d.replicas) });
     const scaleBtn = el("button", { type: "button", class: "scale-btn", text: "Scale" });
+    const backBtn = el("button", { type: "button", class: "rollback-btn", text: "Roll back" });
     const delBtn = el("button", { type: "button", class: "danger delete-btn", text: "Delete" });
+    backBtn.addEventListener("click", () => rollback(d.name));
     scaleBtn.addEventListener("click", () => scale(d.name, input.value, scaleBtn));
     input.addEventListener("keydown", (e) => { if (e.key === "Enter") scale(d.name, input.value, scaleBtn); });
     delBtn.addEventListener("click", () => remove(d.name));
-    tr.append(el("td", {}, el("div", { class: "actions" }, input, scaleBtn, delBtn)));
+    tr.append(el("td", {}, el("div", { class: "actions" }, input, scaleBtn, backBtn, delBtn)));
     return tr;
   }, (tr, d) => {
     const s = d.status || {};
@@ -308,7 +322,12 @@ function renderDeployments() {
     c[3].textContent = s.failed || 0;
     c[4].textContent = s.restarts || 0;
     c[5].textContent = d.revision;
-    c[6].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
+    // Rollouts (issue 4) may be absent from an older server's answers.
+    const ro = d.rollout;
+    c[6].textContent = ro ? (ro.paused ? `${ro.state} (paused)` : String(ro.state)) : "—";
+    if (ro && ro.message) c[6].title = ro.message; else c[6].removeAttribute("title");
+    c[7].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
+    tr.querySelector(".rollback-btn").disabled = d.revision <= 1;
     const input = tr.querySelector(".scale-input");
     if (document.activeElement !== input && !input.dataset.dirty) input.value = String(d.replicas);
   });
@@ -328,15 +347,25 @@ async function scale(name, value, btn) {
   }
 }
 
-function confirmDialog(text) {
+function confirmDialog(text, action = "Delete") {
   const dlg = $("#confirm");
   $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = action;
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
     dlg.returnValue = "cancel";
     dlg.showModal();
     $("#confirm-cancel").focus();
   });
+}
+
+async function rollback(name) {
+  if (!(await confirmDialog(`Roll ${name} back to its previous revision? Its replicas are replaced.`, "Roll back"))) return;
+  try {
+    await api("POST", `/v1/deployments/${encodeURIComponent(name)}/rollback`, "{}", { "content-type": "application/json" });
+  } catch (e) {
+    showError(`rolling back ${name}: ${e.message}`);
+  }
 }
 
 async function remove(name) {

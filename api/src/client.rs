@@ -155,6 +155,23 @@ impl Client {
         .await
     }
 
+    /// The revisions of `name`, oldest first.
+    pub async fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/deployments/{name}/revisions"))).await
+    }
+
+    /// Rolls `name` back to `to_revision`, or to the revision before the current one.
+    pub async fn rollback(&self, name: &str, to_revision: Option<u64>) -> Result<Deployment, ClientError> {
+        let body = RollbackRequest { to_revision };
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/rollback")).json(&body)).await
+    }
+
+    /// Pauses (`true`) or resumes (`false`) the rollout of `name`.
+    pub async fn pause(&self, name: &str, paused: bool) -> Result<Deployment, ClientError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/{verb}"))).await
+    }
+
     /// Deletes `name` and stops its replicas.
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.request(reqwest::Method::DELETE, &format!("/v1/deployments/{name}"))).await.map(|_| ())

@@ -191,6 +191,9 @@ pub struct ManifestDeployment {
     /// Secrets read as env vars or files.
     #[serde(default)]
     pub secrets: Vec<crate::types::SecretRef>,
+    /// How a new revision replaces the old one.
+    #[serde(default)]
+    pub strategy: crate::types::UpdateStrategy,
     /// Hosts the replicas may call over HTTP.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -313,7 +316,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `allowed_hosts`"
             ],
         );
         check(

@@ -255,6 +255,100 @@ pub struct DeploymentStatus {
     pub restarts: u32,
 }
 
+/// How a new revision replaces the old one: a rolling update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateStrategy {
+    /// Replicas allowed above the desired count during a rollout (default 1).
+    pub max_surge: u32,
+    /// Replicas allowed to be unavailable during a rollout (default 0: capacity
+    /// never drops).
+    pub max_unavailable: u32,
+    /// How long a new replica must run (and be ready) before it counts as available.
+    pub min_ready_seconds: u32,
+    /// A rollout that makes no progress for this long has failed (default 120).
+    pub progress_deadline_seconds: u32,
+    /// Roll a failed rollout back to the last good revision (default true).
+    pub auto_rollback: bool,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        UpdateStrategy {
+            max_surge: 1,
+            max_unavailable: 0,
+            min_ready_seconds: 0,
+            progress_deadline_seconds: 120,
+            auto_rollback: true,
+        }
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Every replica runs the current revision and is available.
+    #[default]
+    Complete,
+    /// Replicas of an older revision are being replaced.
+    Progressing,
+    /// The rollout failed and was rolled back to the last good revision.
+    RolledBack,
+    /// The rollout failed and stays where it is (automatic rollback is off).
+    Failed,
+}
+
+impl fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutState::Complete => "complete",
+            RolloutState::Progressing => "progressing",
+            RolloutState::RolledBack => "rolled-back",
+            RolloutState::Failed => "failed",
+        })
+    }
+}
+
+/// The latest rollout of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rollout {
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The revision it started from (the last good one).
+    pub from_revision: u64,
+    /// The revision it rolls out (or rolled out and gave up on).
+    pub to_revision: u64,
+    /// When it started.
+    pub started_ms: Millis,
+    /// When an old replica was last replaced by an available new one.
+    pub progress_ms: Millis,
+    /// Paused: no replica is created or stopped for the rollout until resumed.
+    pub paused: bool,
+    /// Why it is where it is.
+    pub message: String,
+}
+
+/// One revision of a deployment, for `skiff rollout history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// The revision number.
+    pub revision: u64,
+    /// Its template.
+    pub spec: WorkloadSpec,
+    /// Whether the deployment runs it now.
+    pub current: bool,
+}
+
+/// `POST /v1/deployments/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The revision to go back to; the previous one when absent.
+    #[serde(default)]
+    pub to_revision: Option<u64>,
+}
+
 /// A named set of identical replicas that the scheduler keeps at its count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
@@ -272,6 +366,12 @@ pub struct Deployment {
     pub updated_ms: Millis,
     /// What its replicas are doing.
     pub status: DeploymentStatus,
+    /// How a new revision replaces the old one.
+    #[serde(default)]
+    pub strategy: UpdateStrategy,
+    /// Where the latest rollout stands.
+    #[serde(default)]
+    pub rollout: Rollout,
 }
 
 /// The lifecycle of a replica. Transitions are explicit: see [`ReplicaState::can_become`].
@@ -422,6 +522,10 @@ pub struct ApplyRequest {
     pub replicas: u32,
     /// The template.
     pub spec: WorkloadSpec,
+    /// How a new revision replaces the old one; when absent, the deployment keeps
+    /// the strategy it has (the default one for a new deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<UpdateStrategy>,
 }
 
 /// What an apply did.

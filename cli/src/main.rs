@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, events, get, image, manage, secret};
+use commands::{daemons, deploy, events, get, image, manage, rollout, secret};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -58,6 +58,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Create, list and delete secrets
     Secret(secret::SecretArgs),
+    /// Follow, undo, pause and resume rolling updates
+    Rollout(rollout::RolloutArgs),
     /// Print skiff's version
     Version,
 }
@@ -198,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::events(args, &client(&server)).await,
         Command::Image(args) => image::image(args, &client(&server)).await,
         Command::Secret(args) => secret::secret(args, &client(&server)).await,
+        Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

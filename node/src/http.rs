@@ -289,6 +289,8 @@ impl HttpRuntime {
 
     /// Whether the replica's handler instantiates (what "ready" means for it).
     async fn check_instantiable(&self, replica: &HttpReplica) -> Result<(), String> {
+        // Takes a pool slot like a request, so it waits for one rather than fail.
+        let _permit = self.admission.acquire().await.map_err(|e| format!("the instance pool is closed: {e}"))?;
         let mut store = self.store(replica);
         let pre = replica.pre.clone();
         self.guests
@@ -331,6 +333,9 @@ impl HttpRuntime {
         // the headers; the deadline bounds it either way.
         let task = self.guests.handle().spawn(async move {
             let _permit = permit;
+            // Re-bound after the permit so that it is dropped first: the pool
+            // slot must be free again before the permit says so.
+            let mut store = store;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
@@ -362,9 +367,10 @@ impl HttpRuntime {
                     Failure::Trap(msg) => {
                         (StatusCode::INTERNAL_SERVER_ERROR, format!("{} failed: {msg}", replica.deployment))
                     }
-                    Failure::NoResponse => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, format!("{} returned without a response", replica.deployment))
-                    }
+                    Failure::NoResponse => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{} returned without a response", replica.deployment),
+                    ),
                 };
                 if let Some(log) = &replica.log {
                     log.system(&format!("request failed: {line}"));
@@ -420,7 +426,12 @@ fn engine_config(pool: Option<u32>) -> Config {
 }
 
 /// Compiles (or loads from the disk cache) and links a handler. Blocking.
-fn compile(engine: &Engine, linker: &Linker<HttpState>, path: &Path, bytes: &[u8]) -> Result<ProxyPre<HttpState>, String> {
+fn compile(
+    engine: &Engine,
+    linker: &Linker<HttpState>,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<ProxyPre<HttpState>, String> {
     let component = match path.exists() {
         // SAFETY: files in the cache directory are written only below, by an
         // engine whose `precompile_compatibility_hash` names the directory, and
@@ -441,8 +452,7 @@ fn compile(engine: &Engine, linker: &Linker<HttpState>, path: &Path, bytes: &[u8
             let code = engine
                 .precompile_component(bytes)
                 .map_err(|e| format!("not a valid WebAssembly component: {}", first_line(&e)))?;
-            write_atomic(path, &code)
-                .map_err(|e| format!("cannot store compiled code in {}: {e}", path.display()))?;
+            write_atomic(path, &code).map_err(|e| format!("cannot store compiled code in {}: {e}", path.display()))?;
             // SAFETY: as above: our own output, just written.
             unsafe { Component::deserialize_file(engine, path) }
                 .map_err(|e| format!("cannot load compiled code: {}", first_line(&e)))?
@@ -613,7 +623,11 @@ struct Limiter {
 impl Limiter {
     fn new(limit: u64) -> Limiter {
         let bytes = usize::try_from(limit).unwrap_or(usize::MAX);
-        Limiter { inner: StoreLimitsBuilder::new().memory_size(bytes).trap_on_grow_failure(true).build(), limit, exceeded: false }
+        Limiter {
+            inner: StoreLimitsBuilder::new().memory_size(bytes).trap_on_grow_failure(true).build(),
+            limit,
+            exceeded: false,
+        }
     }
 }
 
@@ -664,7 +678,10 @@ pub fn host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
 type SendFuture = Box<
     dyn std::future::Future<
             Output = Result<
-                (Response<WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                (
+                    Response<WasiBody>,
+                    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
                 wasmtime_wasi_http::Error,
             >,
         > + Send,
@@ -799,6 +816,79 @@ mod tests {
         assert!(host_allowed(&allowed, "a.svc.test", 80));
         assert!(!host_allowed(&allowed, "svc.test", 80));
         assert!(!host_allowed(&[], "api.example.com", 80));
+    }
+
+    /// The SDK's `hello_http` example, when it has been built (`make wasm`).
+    fn hello_http() -> Option<Vec<u8>> {
+        let dir = std::env::var_os("SKIFF_WASM_P2").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/examples")
+        });
+        let bytes = std::fs::read(dir.join("hello_http.wasm")).ok();
+        // Under `make test` (which sets the variable) a missing example is a failure.
+        assert!(bytes.is_some() || std::env::var_os("SKIFF_WASM_P2").is_none(), "SKIFF_WASM_P2 lacks hello_http");
+        bytes
+    }
+
+    async fn call(rt: &HttpRuntime, replica: &Arc<HttpReplica>, path: &str) -> (u16, String) {
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", "web.skiff.local")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let resp = rt.handle(replica, req).await;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_get_fresh_instances_deadlines_limits_and_admission() {
+        let Some(bytes) = hello_http() else {
+            eprintln!("skipping: hello_http not built (make wasm)");
+            return;
+        };
+        assert!(is_http_component(&bytes));
+        let data = std::env::temp_dir().join(format!("skiff-http-test-{}", std::process::id()));
+        let config = HttpConfig { request_timeout: Duration::from_millis(500), concurrency: 2, ..Default::default() };
+        let rt = Arc::new(HttpRuntime::new(&data, config).expect("runtime"));
+        let hex = crate::wasm::sha256_hex(&bytes);
+        let pre = rt.prepare(&hex, Bytes::from(bytes)).await.expect("prepare");
+        let replica = Arc::new(HttpReplica {
+            id: "web-1".into(),
+            deployment: "web".into(),
+            revision: 1,
+            pre,
+            env: vec![("GREETING".into(), "hi".into())],
+            memory_limit: 64 << 20,
+            allowed_hosts: Arc::new(vec!["example.com".into()]),
+            log: None,
+            inflight: AtomicUsize::new(0),
+        });
+        rt.check_instantiable(&replica).await.expect("instantiable");
+        assert_eq!(call(&rt, &replica, "/").await, (200, "hi from web-1\n".into()));
+
+        // Two handlers spin: the pool of two is full, so a third request is
+        // turned away at once; the spinners get 504 at the deadline.
+        let spin =
+            |rt: Arc<HttpRuntime>, r: Arc<HttpReplica>| tokio::spawn(async move { call(&rt, &r, "/spin").await });
+        let (a, b) = (spin(rt.clone(), replica.clone()), spin(rt.clone(), replica.clone()));
+        while replica.inflight() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (status, body) = call(&rt, &replica, "/").await;
+        assert_eq!((status, body.as_str()), (503, "node is serving its limit of 2 concurrent requests; retry\n"));
+        for spun in [a.await.expect("spinner"), b.await.expect("spinner")] {
+            assert_eq!(spun, (504, "web did not answer within 0.5s\n".into()));
+        }
+        // The slots are back.
+        assert_eq!(call(&rt, &replica, "/").await.0, 200);
+
+        assert_eq!(call(&rt, &replica, "/grow").await, (500, "web exceeded its memory limit of 64Mi\n".into()));
+        let (status, body) = call(&rt, &replica, "/call/127.0.0.1:9/").await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("HttpRequestDenied"), "{body}");
+        drop(rt);
+        let _ = std::fs::remove_dir_all(&data);
     }
 
     #[test]

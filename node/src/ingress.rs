@@ -272,7 +272,8 @@ pub fn route<B>(req: &Request<B>, suffix: &str) -> Option<(String, Option<String
     }
     let host = header_str(req.headers(), http::header::HOST.as_str()).or_else(|| req.uri().host());
     if let Some(host) = host {
-        let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if let Some(name) = host.strip_suffix(suffix).and_then(|h| h.strip_suffix('.')) {
             return valid(name).map(|n| (n, None));
@@ -370,7 +371,10 @@ mod tests {
         let s = "skiff.local";
         assert_eq!(route(&req(Some("hello.skiff.local"), "/x?y=1"), s), Some(("hello".into(), None)));
         assert_eq!(route(&req(Some("hello.skiff.local:8080"), "/"), s), Some(("hello".into(), None)));
-        assert_eq!(route(&req(Some("127.0.0.1:8080"), "/d/hello/a/b?q=2"), s), Some(("hello".into(), Some("/a/b?q=2".into()))));
+        assert_eq!(
+            route(&req(Some("127.0.0.1:8080"), "/d/hello/a/b?q=2"), s),
+            Some(("hello".into(), Some("/a/b?q=2".into())))
+        );
         assert_eq!(route(&req(Some("127.0.0.1:8080"), "/d/hello"), s), Some(("hello".into(), Some("/".into()))));
         assert_eq!(route(&req(Some("127.0.0.1:8080"), "/hello"), s), None);
         assert_eq!(route(&req(Some("a.b.skiff.local"), "/"), s), None);

@@ -11,9 +11,9 @@
 
 pub mod agent;
 pub mod api;
+pub mod container;
 pub mod http;
 pub mod ingress;
-pub mod container;
 pub mod logs;
 pub mod metrics;
 pub mod runtime;
@@ -177,7 +177,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Every task lives in this set: dropping `run` aborts them all, and with
     // them the agent, its supervisors and their guests.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { axum::serve(listener, api::router(api_state).merge(metrics_routes)).await.context("the node api stopped") });
+    tasks.spawn(async move {
+        axum::serve(listener, api::router(api_state).merge(metrics_routes)).await.context("the node api stopped")
+    });
     tasks.spawn(ingress.clone().serve(ingress_listener));
     tasks.spawn(ingress.watch(endpoints_client));
     {

@@ -42,8 +42,7 @@ impl Usage {
             self.memory_bytes.fetch_add(delta as u64, Ordering::Relaxed);
         } else {
             let d = delta.unsigned_abs();
-            let _ =
-                self.memory_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(m.saturating_sub(d)));
+            let _ = self.memory_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(m.saturating_sub(d)));
         }
     }
 
@@ -129,7 +128,12 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| {
     let r = Registry::new();
     NodeMetrics {
-        restarts: counter_vec(&r, "skiff_node_replica_restarts_total", "Replica restarts by deployment", &["deployment"]),
+        restarts: counter_vec(
+            &r,
+            "skiff_node_replica_restarts_total",
+            "Replica restarts by deployment",
+            &["deployment"],
+        ),
         exits: counter_vec(
             &r,
             "skiff_node_replica_exits_total",
@@ -154,7 +158,12 @@ pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| {
             "Guests stopped for growing memory past their limit, by deployment",
             &["deployment"],
         ),
-        replicas: gauge_vec(&r, "skiff_node_replicas", "Replicas on this node by state and runtime", &["state", "runtime"]),
+        replicas: gauge_vec(
+            &r,
+            "skiff_node_replicas",
+            "Replicas on this node by state and runtime",
+            &["state", "runtime"],
+        ),
         cpu: registered(
             &r,
             CounterVec::new(

@@ -21,7 +21,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Runtime: Send + Sync {
     /// Fetches what `a` needs from the scheduler through `client` and makes it
     /// ready to run. [`ArtifactError::Transient`] is retried by the caller.
-    fn prepare<'a>(&'a self, a: &'a Assignment, client: Option<Client>) -> BoxFuture<'a, Result<Prepared, ArtifactError>>;
+    fn prepare<'a>(
+        &'a self,
+        a: &'a Assignment,
+        client: Option<Client>,
+    ) -> BoxFuture<'a, Result<Prepared, ArtifactError>>;
 
     /// Runs the prepared workload once, to its end. Dropping the future stops it
     /// and releases whatever the run held.
@@ -29,7 +33,11 @@ pub trait Runtime: Send + Sync {
 }
 
 impl Runtime for WasmRuntime {
-    fn prepare<'a>(&'a self, a: &'a Assignment, client: Option<Client>) -> BoxFuture<'a, Result<Prepared, ArtifactError>> {
+    fn prepare<'a>(
+        &'a self,
+        a: &'a Assignment,
+        client: Option<Client>,
+    ) -> BoxFuture<'a, Result<Prepared, ArtifactError>> {
         Box::pin(async move {
             let Workload::Wasm(digest) = &a.spec.workload else {
                 return Err(ArtifactError::Invalid(format!("{} is not a wasm workload", a.spec.workload)));

@@ -125,7 +125,12 @@ fn lock(status: &Mutex<ReplicaStatus>) -> std::sync::MutexGuard<'_, ReplicaStatu
     status.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn set_state(status: &Mutex<ReplicaStatus>, state: ReplicaState, reason: Option<String>, exit_code: Option<i32>) {
+pub(crate) fn set_state(
+    status: &Mutex<ReplicaStatus>,
+    state: ReplicaState,
+    reason: Option<String>,
+    exit_code: Option<i32>,
+) {
     let mut st = lock(status);
     if let Err(e) = st.state.become_(state) {
         // Our own transitions are all legal; say so loudly if that ever changes.

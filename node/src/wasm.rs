@@ -529,7 +529,10 @@ fn wasi_builder(spec: &RunSpec, log: &Arc<LogSink>) -> WasiCtxBuilder {
 async fn run_guest(engine: Engine, compiled: Arc<Compiled>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
     match &*compiled {
         Compiled::Module(pre) => {
-            let state = P1State { wasi: wasi_builder(&spec, &log).build_p1(), limits: Limiter::new(spec.memory_limit, spec.usage.clone()) };
+            let state = P1State {
+                wasi: wasi_builder(&spec, &log).build_p1(),
+                limits: Limiter::new(spec.memory_limit, spec.usage.clone()),
+            };
             let mut store = Store::new(&engine, state);
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_async_yield_and_update(1);

@@ -30,6 +30,8 @@ const FAVICON_SVG: &str = include_str!("../../web/favicon.svg");
 const SNAPSHOT_EVENTS: u32 = 100;
 /// Snapshots of one stream come at most this often, however busy the cluster.
 const MIN_SNAPSHOT_GAP: Duration = Duration::from_millis(500);
+/// A waiting `GET /v1/events?after=` reads the events table at most this often.
+const EVENTS_POLL_GAP: Duration = Duration::from_millis(250);
 /// A snapshot is sent at least this often (carries nothing new, keeps ages fresh).
 const MAX_SNAPSHOT_GAP: Duration = Duration::from_secs(15);
 
@@ -38,8 +40,11 @@ const MAX_SNAPSHOT_GAP: Duration = Duration::from_secs(15);
 pub struct Live {
     /// Node → (replica id → (cpu seconds, memory bytes)), replaced whole by each
     /// heartbeat, so a replica a node no longer reports is forgotten with it.
-    usage: Mutex<HashMap<String, HashMap<String, (f64, u64)>>>,
+    usage: Mutex<HashMap<String, NodeUsage>>,
 }
+
+/// Replica id → (cpu seconds, memory bytes) of one node.
+type NodeUsage = HashMap<String, (f64, u64)>;
 
 impl Live {
     /// Keeps what a node's heartbeat says its replicas use.
@@ -165,6 +170,9 @@ pub async fn events_after(
         if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
             return Ok(Vec::new());
         }
+        // Heartbeats change state many times a second in a big cluster: look at
+        // the events table at most every 250 ms, whatever the rate of changes.
+        tokio::time::sleep(EVENTS_POLL_GAP).await;
     }
 }
 

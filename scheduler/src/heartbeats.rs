@@ -8,16 +8,18 @@
 
 use crate::Core;
 use crate::error::ApiError;
+use crate::state::State;
 use skiff_api::Heartbeat;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{Notify, oneshot};
 
 type Reply = oneshot::Sender<Result<(), ApiError>>;
 
-/// Heartbeats waiting for the next batch.
+/// Heartbeats waiting for the next batch, with when each arrived.
 #[derive(Default)]
 pub(crate) struct Batcher {
-    queue: Mutex<Vec<(String, Heartbeat, Reply)>>,
+    queue: Mutex<Vec<(String, Heartbeat, Instant, Reply)>>,
     ready: Notify,
 }
 
@@ -25,9 +27,28 @@ impl Batcher {
     /// Queues node `name`'s heartbeat and waits until it is applied and committed.
     pub(crate) async fn submit(&self, name: String, hb: Heartbeat) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((name, hb, tx));
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((name, hb, Instant::now(), tx));
         self.ready.notify_one();
         rx.await.unwrap_or_else(|_| Err(ApiError::internal("the heartbeat was dropped; the scheduler is stopping")))
+    }
+}
+
+/// Applies every queued heartbeat with the state lock the caller holds. The
+/// controllers call it before they look for dead nodes, so that a node is never
+/// declared down for a heartbeat that arrived but waited for the lock.
+pub(crate) fn apply_queued(core: &Core, st: &mut State) {
+    let items = std::mem::take(&mut *core.heartbeats.queue.lock().unwrap_or_else(|p| p.into_inner()));
+    if items.is_empty() {
+        return;
+    }
+    let mut batch = Vec::with_capacity(items.len());
+    let mut replies = Vec::with_capacity(items.len());
+    for (name, hb, arrived, reply) in items {
+        batch.push((name, hb, arrived));
+        replies.push(reply);
+    }
+    for (reply, result) in replies.into_iter().zip(st.heartbeats(batch)) {
+        let _ = reply.send(result);
     }
 }
 
@@ -35,20 +56,11 @@ impl Batcher {
 pub(crate) async fn run(core: Arc<Core>) {
     loop {
         core.heartbeats.ready.notified().await;
-        let items = std::mem::take(&mut *core.heartbeats.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        if items.is_empty() {
-            continue;
-        }
-        let (batch, replies): (Vec<(String, Heartbeat)>, Vec<Reply>) =
-            items.into_iter().map(|(name, hb, reply)| ((name, hb), reply)).unzip();
-        let (results, dirty) = {
+        let dirty = {
             let mut st = core.state();
-            let results = st.heartbeats(batch);
-            (results, st.mem().sched_dirty)
+            apply_queued(&core, &mut st);
+            st.mem().sched_dirty
         };
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
-        }
         if dirty {
             core.wake();
         }

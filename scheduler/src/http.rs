@@ -32,6 +32,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/deployments", get(list_deployments))
         .route("/v1/deployments/{name}", put(apply).get(get_deployment).delete(delete_deployment))
         .route("/v1/deployments/{name}/scale", post(scale))
+        .route("/v1/deployments/{name}/revisions", get(revisions))
+        .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/pause", post(pause))
+        .route("/v1/deployments/{name}/resume", post(resume))
         .route("/v1/deployments/{name}/logs", get(logs))
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/events", get(events))
@@ -167,6 +171,31 @@ async fn apply(
 
 async fn scale(State(core): Shared, Path(name): Path<String>, Json(req): Json<ScaleRequest>) -> ApiResult<Deployment> {
     let d = core.state().scale(&name, req.replicas)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+async fn revisions(State(core): Shared, Path(name): Path<String>) -> ApiResult<Vec<RevisionInfo>> {
+    Ok(Json(core.state().revisions(&name)?))
+}
+
+async fn rollback(
+    State(core): Shared,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackRequest>>,
+) -> ApiResult<Deployment> {
+    let to = body.and_then(|Json(b)| b.to_revision);
+    let d = core.state().rollback(&name, to)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+async fn pause(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    Ok(Json(core.state().set_paused(&name, true)?))
+}
+
+async fn resume(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    let d = core.state().set_paused(&name, false)?;
     core.wake();
     Ok(Json(d))
 }

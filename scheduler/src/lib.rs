@@ -12,6 +12,7 @@ mod http;
 mod images;
 mod metrics;
 pub mod placement;
+mod rollout;
 mod secrets;
 mod state;
 pub mod store;
@@ -185,6 +186,7 @@ async fn controllers(core: Arc<Core>) {
         }
         let result = {
             let mut st = core.state();
+            heartbeats::apply_queued(&core, &mut st);
             let mut r = st.check_nodes();
             // The full level-triggered pass every 2 s; changes trigger their own.
             if r.is_ok() && last_full.elapsed() >= Duration::from_secs(2) {

@@ -10,6 +10,7 @@
 
 use crate::error::ApiError;
 use crate::placement::{self, Scoring, Snapshot};
+use crate::rollout;
 use crate::secrets::{Keyring, Sealed};
 use crate::store::{Store, StoreError, Tx};
 use skiff_api::manifest::{MAX_REPLICAS, validate_name};
@@ -176,19 +177,20 @@ impl State {
     /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
     #[cfg(test)]
     pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
-        self.heartbeats(vec![(name.to_string(), hb)]).pop().unwrap_or(Ok(()))
+        self.heartbeats(vec![(name.to_string(), hb, Instant::now())]).pop().unwrap_or(Ok(()))
     }
 
     /// Many heartbeats in one transaction (group commit, see `heartbeats.rs`), with
     /// one result per heartbeat. If the batch fails, each is applied again on its
     /// own, so that one bad report fails only its own node.
-    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat)>) -> Vec<Result<(), ApiError>> {
-        let arrived = Instant::now();
+    /// Each heartbeat counts as a sign of life from when it `arrived`, not from
+    /// when the lock let it through.
+    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat, Instant)>) -> Vec<Result<(), ApiError>> {
         let mut results: Vec<Result<(), ApiError>> = batch
             .iter()
-            .map(|(name, _)| match self.live.get_mut(name) {
+            .map(|(name, _, arrived)| match self.live.get_mut(name) {
                 Some(live) => {
-                    live.last_heartbeat = arrived;
+                    live.last_heartbeat = live.last_heartbeat.max(*arrived);
                     Ok(())
                 }
                 None => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
@@ -196,7 +198,7 @@ impl State {
             .collect();
         let now = now_ms();
         let together = self.transact(|mem, tx| {
-            for ((name, hb), r) in batch.iter().zip(&results) {
+            for ((name, hb, _), r) in batch.iter().zip(&results) {
                 if r.is_ok() {
                     mem.heartbeat(tx, name, hb, now)?;
                 }
@@ -204,7 +206,7 @@ impl State {
             Ok(())
         });
         if together.is_err() {
-            for ((name, hb), r) in batch.iter().zip(results.iter_mut()) {
+            for ((name, hb, _), r) in batch.iter().zip(results.iter_mut()) {
                 if r.is_ok() {
                     *r = self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now));
                 }
@@ -420,6 +422,86 @@ impl State {
                     "Scaled",
                     &format!("scaled from {from} to {replicas} replicas"),
                 )?;
+                mem.mutated = true;
+                mem.reconcile(tx, name, now)?;
+            }
+            Ok(())
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Every revision of `name`, oldest first.
+    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, ApiError> {
+        let d = self.mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
+        let mut out: Vec<RevisionInfo> = self
+            .mem
+            .revisions
+            .iter()
+            .filter(|((dep, _), _)| dep == name)
+            .map(|((_, rev), spec)| RevisionInfo { revision: *rev, spec: spec.clone(), current: *rev == d.d.revision })
+            .collect();
+        out.sort_by_key(|r| r.revision);
+        Ok(out)
+    }
+
+    /// Rolls `name` back to revision `to` (by default the one before the current),
+    /// as a rollout like any other.
+    pub fn rollback(&mut self, name: &str, to: Option<u64>) -> Result<Deployment, ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
+            let current = e.d.revision;
+            let target = match to {
+                Some(t) => t,
+                None => mem
+                    .revisions
+                    .keys()
+                    .filter(|(d, r)| d == name && *r < current)
+                    .map(|(_, r)| *r)
+                    .max()
+                    .ok_or_else(|| ApiError::bad_request(format!("{name} has no revision before {current}")))?,
+            };
+            if target == current {
+                return Err(ApiError::bad_request(format!("{name} already runs revision {target}")));
+            }
+            let spec = mem.revisions.get(&(name.to_string(), target)).cloned().ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{name} has no revision {target}; `skiff rollout history {name}` lists them"
+                ))
+            })?;
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            e.d.revision = target;
+            e.d.spec = spec;
+            e.d.updated_ms = now;
+            e.d.rollout = Rollout {
+                state: RolloutState::Progressing,
+                from_revision: current,
+                to_revision: target,
+                started_ms: now,
+                progress_ms: now,
+                paused: false,
+                message: format!("rolling back from revision {current} to {target}"),
+            };
+            tx.put_deployment(&e.d)?;
+            tx.event(now, &format!("deployment/{name}"), "Rollback", &e.d.rollout.message)?;
+            mem.mutated = true;
+            mem.reconcile(tx, name, now)
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Pauses or resumes the rollout of `name`.
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<Deployment, ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            if e.d.rollout.paused != paused {
+                e.d.rollout.paused = paused;
+                // Time spent paused is not a lack of progress.
+                e.d.rollout.progress_ms = now;
+                tx.put_deployment(&e.d)?;
+                let (reason, msg) = if paused { ("Paused", "rollout paused") } else { ("Resumed", "rollout resumed") };
+                tx.event(now, &format!("deployment/{name}"), reason, msg)?;
                 mem.mutated = true;
                 mem.reconcile(tx, name, now)?;
             }
@@ -927,6 +1009,17 @@ impl Mem {
                     created_ms: now,
                     updated_ms: now,
                     status: DeploymentStatus::default(),
+                    strategy: req.strategy.unwrap_or_default(),
+                    // The first rollout completes once its replicas are available.
+                    rollout: Rollout {
+                        state: RolloutState::Progressing,
+                        from_revision: 1,
+                        to_revision: 1,
+                        started_ms: now,
+                        progress_ms: now,
+                        paused: false,
+                        message: "rolling out revision 1".into(),
+                    },
                 };
                 tx.put_revision(name, 1, &req.spec, now)?;
                 tx.put_deployment(&d)?;
@@ -941,11 +1034,33 @@ impl Mem {
                 self.endpoints_dirty = true;
                 ApplyOutcome::Created
             }
-            Some(e) if e.d.spec == req.spec && e.d.replicas == req.replicas => return Ok(ApplyOutcome::Unchanged),
+            Some(e)
+                if e.d.spec == req.spec
+                    && e.d.replicas == req.replicas
+                    && req.strategy.is_none_or(|s| s == e.d.strategy) =>
+            {
+                return Ok(ApplyOutcome::Unchanged);
+            }
             Some(e) => {
+                if let Some(s) = req.strategy {
+                    e.d.strategy = s;
+                }
                 if e.d.spec != req.spec {
-                    e.d.revision += 1;
+                    // After a rollback the current revision is not the newest: number
+                    // the new one after every revision there is.
+                    let latest = self.revisions.keys().filter(|(d, _)| d == name).map(|(_, r)| *r).max();
+                    let from = e.d.revision;
+                    e.d.revision = latest.unwrap_or(from).max(from) + 1;
                     e.d.spec = req.spec.clone();
+                    e.d.rollout = Rollout {
+                        state: RolloutState::Progressing,
+                        from_revision: from,
+                        to_revision: e.d.revision,
+                        started_ms: now,
+                        progress_ms: now,
+                        paused: e.d.rollout.paused,
+                        message: format!("rolling out revision {} to replace {from}", e.d.revision),
+                    };
                     tx.put_revision(name, e.d.revision, &req.spec, now)?;
                     tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
                     self.revisions.insert((name.to_string(), e.d.revision), req.spec);
@@ -969,58 +1084,131 @@ impl Mem {
         Ok(outcome)
     }
 
-    /// Keeps deployment `name` at its count of current-revision replicas: creates
-    /// what is missing, stops what is extra and whatever runs an older revision.
+    /// Keeps deployment `name` at its count of current-revision replicas, rolling
+    /// older revisions out as [`rollout::plan`] decides, and rolls a failing
+    /// rollout back to the last good revision.
     fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
-        let (desired, revision) = (e.d.replicas as usize, e.d.revision);
-        let obj = format!("deployment/{name}");
-        let mut current: Vec<((u8, std::cmp::Reverse<Millis>), String)> = Vec::new();
-        let mut old: Vec<String> = Vec::new();
-        for r in self.replicas_of(name) {
-            if r.revision == revision { current.push((removal_rank(r), r.id.clone())) } else { old.push(r.id.clone()) }
+        let (desired, revision, strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        let paused = e.d.rollout.paused;
+        let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
+        let seen: Vec<rollout::Seen> = self
+            .replicas_of(name)
+            .map(|r| rollout::Seen {
+                id: r.id.clone(),
+                current: r.revision == revision,
+                available: matches!(r.state, ReplicaState::Running | ReplicaState::Ready)
+                    && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
+                rank: removal_rank(r),
+            })
+            .collect();
+        let plan = rollout::plan(desired, &strategy, paused, &seen);
+        if plan.rolling && self.rollout_check(tx, name, &plan, now)? {
+            // Rolled back: the next pass plans against the good revision.
+            return self.reconcile(tx, name, now);
         }
-        // Until rolling updates land, a new revision replaces the old one at once.
-        for id in old {
-            self.update(tx, &id, |r| {
+        let obj = format!("deployment/{name}");
+        let scaled_down = plan.stop.iter().filter(|(_, why)| *why == "scaled down").count();
+        for (id, why) in &plan.stop {
+            let why = if *why == "scaled down" { why.to_string() } else { format!("replaced by revision {revision}") };
+            self.update(tx, id, |r| {
                 r.state = ReplicaState::Stopped;
-                r.reason = Some(format!("replaced by revision {revision}"));
+                r.reason = Some(why);
             })?;
         }
-        let have = current.len();
-        if have > desired {
-            current.sort();
-            let victims = &current[..have - desired];
-            for (_, id) in victims {
-                self.update(tx, id, |r| {
-                    r.state = ReplicaState::Stopped;
-                    r.reason = Some("scaled down".into());
-                })?;
-            }
-            tx.event(now, &obj, "ScaledDown", &format!("stopped {} replicas", victims.len()))?;
-        } else if have < desired {
-            for _ in have..desired {
-                let r = Replica {
-                    id: new_replica_id(name),
-                    deployment: name.to_string(),
-                    revision,
-                    node: None,
-                    state: ReplicaState::Pending,
-                    generation: 0,
-                    restarts: 0,
-                    reason: None,
-                    exit_code: None,
-                    created_ms: now,
-                    updated_ms: now,
-                };
-                tx.put_replica(&r)?;
-                self.index_replica(&r);
-                self.replicas.insert(r.id.clone(), r);
-            }
+        if scaled_down > 0 {
+            tx.event(now, &obj, "ScaledDown", &format!("stopped {scaled_down} replicas"))?;
+        }
+        for _ in 0..plan.create {
+            let r = Replica {
+                id: new_replica_id(name),
+                deployment: name.to_string(),
+                revision,
+                node: None,
+                state: ReplicaState::Pending,
+                generation: 0,
+                restarts: 0,
+                reason: None,
+                exit_code: None,
+                created_ms: now,
+                updated_ms: now,
+            };
+            tx.put_replica(&r)?;
+            self.index_replica(&r);
+            self.replicas.insert(r.id.clone(), r);
             self.mutated = true;
             self.sched_dirty = true;
         }
+        // A rollout is complete once no old replica is left and the new ones serve.
+        let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+        let done = !plan.rolling && plan.stop.iter().all(|(_, w)| *w == "scaled down") && plan.available_new >= desired;
+        if e.d.rollout.state == RolloutState::Progressing && done {
+            e.d.rollout.state = RolloutState::Complete;
+            e.d.rollout.message = format!("revision {revision} is rolled out");
+            tx.put_deployment(&e.d)?;
+            tx.event(now, &obj, "RolloutComplete", &e.d.rollout.message)?;
+            self.mutated = true;
+        }
         Ok(())
+    }
+
+    /// Watches a rollout under way: records progress, and when its new replicas
+    /// keep failing or it makes no progress within its deadline, rolls back to the
+    /// revision it started from (or marks it failed when automatic rollback is
+    /// off). Returns whether it rolled back.
+    fn rollout_check(&mut self, tx: &Tx, name: &str, plan: &rollout::Plan, now: Millis) -> Result<bool, ApiError> {
+        let obj = format!("deployment/{name}");
+        let Some(e) = self.deployments.get_mut(name) else { return Ok(false) };
+        let r = &mut e.d.rollout;
+        if r.state != RolloutState::Progressing || r.paused {
+            return Ok(false);
+        }
+        if plan.stop.iter().any(|(_, w)| *w != "scaled down") {
+            r.progress_ms = now;
+        }
+        let deadline_ms = e.d.strategy.progress_deadline_seconds as u64 * 1000;
+        let why = if plan.failing > 0 {
+            Some(format!("{} replicas of revision {} keep failing", plan.failing, e.d.revision))
+        } else if now.saturating_sub(r.progress_ms) > deadline_ms {
+            Some(format!("revision {} made no progress in {} s", e.d.revision, e.d.strategy.progress_deadline_seconds))
+        } else {
+            None
+        };
+        let Some(why) = why else {
+            tx.put_deployment(&e.d)?;
+            return Ok(false);
+        };
+        let good = r.from_revision;
+        let spec = self.revisions.get(&(name.to_string(), good)).cloned();
+        self.mutated = true;
+        match spec {
+            Some(spec) if e.d.strategy.auto_rollback && good != e.d.revision => {
+                let bad = e.d.revision;
+                e.d.revision = good;
+                e.d.spec = spec;
+                e.d.rollout = Rollout {
+                    state: RolloutState::RolledBack,
+                    from_revision: good,
+                    to_revision: bad,
+                    started_ms: e.d.rollout.started_ms,
+                    progress_ms: now,
+                    paused: false,
+                    message: format!("rolled back to revision {good}: {why}"),
+                };
+                tx.put_deployment(&e.d)?;
+                tx.event(now, &obj, "RolledBack", &e.d.rollout.message)?;
+                tracing::warn!("deployment {name}: {}", e.d.rollout.message);
+                Ok(true)
+            }
+            _ => {
+                e.d.rollout.state = RolloutState::Failed;
+                e.d.rollout.message = format!("rollout failed: {why}");
+                tx.put_deployment(&e.d)?;
+                tx.event(now, &obj, "RolloutFailed", &e.d.rollout.message)?;
+                Ok(false)
+            }
+        }
     }
 
     /// Why replicas of `spec` cannot start yet for want of a secret, if they can't.
@@ -1048,6 +1236,9 @@ impl Mem {
         let mut placed = 0;
         // Placements per deployment, recorded as one event each at the end.
         let mut scheduled: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        // Replicas per deployment that newly cannot be placed, and why: one
+        // `Unschedulable` event each, only when the reason changes (not every pass).
+        let mut unschedulable: BTreeMap<String, (usize, String)> = BTreeMap::new();
         // Walks the pending queue in place (placing removes entries, recording a
         // reason keeps them) rather than copying a queue that may hold a million ids.
         let mut cursor: Option<(Millis, String)> = None;
@@ -1113,10 +1304,17 @@ impl Mem {
                 }
                 Err(why) => {
                     if r.reason.as_deref() != Some(why.as_str()) {
+                        let e = unschedulable.entry(r.deployment.clone()).or_insert((0, why.clone()));
+                        e.0 += 1;
                         self.update(tx, &id, |r| r.reason = Some(why))?;
                     }
                 }
             }
+        }
+        for (dep, (n, why)) in unschedulable {
+            let what =
+                if n == 1 { "1 replica stays pending".to_string() } else { format!("{n} replicas stay pending") };
+            tx.event(now, &format!("deployment/{dep}"), "Unschedulable", &format!("{what}: {why}"))?;
         }
         if placed > 0 {
             tx.set_meta("next_generation", &self.next_generation.to_string())?;
@@ -1221,7 +1419,7 @@ mod tests {
             st.register(node(&format!("n{i}"), 1024)).unwrap();
         }
         let total = SCHEDULE_BATCH + 52;
-        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1) }).unwrap();
+        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None }).unwrap();
         assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
         assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
         assert_eq!(st.schedule().unwrap(), 52);
@@ -1242,14 +1440,14 @@ mod tests {
         st.register(node("a", 300)).unwrap();
         st.register(node("b", 200)).unwrap();
         st.register(node("c", 100)).unwrap();
-        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100) }).unwrap();
+        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None }).unwrap();
         assert_eq!(resp.outcome, ApplyOutcome::Created);
         assert_eq!(st.schedule().unwrap(), 6);
         let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
         assert_eq!(per_node(&st), expected);
 
         // Applying the same thing again changes nothing.
-        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100) }).unwrap();
+        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None }).unwrap();
         assert_eq!(again.outcome, ApplyOutcome::Unchanged);
 
         // A seventh replica fits nowhere and says why.

@@ -82,7 +82,17 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         PRIMARY KEY (name, tag)
      );",
+    // 4: a deployment's update strategy and rollout, as JSON (`DeploymentExtra`).
+    "ALTER TABLE deployments ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';",
 ];
+
+/// What the deployments table keeps as JSON beside its columns.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+struct DeploymentExtra {
+    strategy: skiff_api::UpdateStrategy,
+    rollout: skiff_api::Rollout,
+}
 
 /// Everything stored, as loaded at start-up.
 pub struct Loaded {
@@ -150,7 +160,7 @@ impl Store {
         let mut deployments = Vec::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT name, replicas, revision, created_ms, updated_ms FROM deployments ORDER BY name")?;
+            .prepare("SELECT name, replicas, revision, created_ms, updated_ms, extra FROM deployments ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -158,10 +168,12 @@ impl Store {
                 r.get::<_, u64>(2)?,
                 r.get::<_, u64>(3)?,
                 r.get::<_, u64>(4)?,
+                r.get::<_, String>(5)?,
             ))
         })?;
         for row in rows {
-            let (name, replicas, revision, created_ms, updated_ms) = row?;
+            let (name, replicas, revision, created_ms, updated_ms, extra) = row?;
+            let extra: DeploymentExtra = decode("deployment", &extra)?;
             let spec = revisions
                 .iter()
                 .find(|(d, r, _)| *d == name && *r == revision)
@@ -175,6 +187,8 @@ impl Store {
                 created_ms,
                 updated_ms,
                 status: DeploymentStatus::default(),
+                strategy: extra.strategy,
+                rollout: extra.rollout,
             });
         }
         let mut replicas = Vec::new();
@@ -290,10 +304,17 @@ impl Tx<'_> {
     pub fn put_deployment(&self, d: &Deployment) -> Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO deployments (name, replicas, revision, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO deployments (name, replicas, revision, created_ms, updated_ms, extra)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![d.name, d.replicas, d.revision, d.created_ms, d.updated_ms])?;
+            .execute(params![
+                d.name,
+                d.replicas,
+                d.revision,
+                d.created_ms,
+                d.updated_ms,
+                json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone() })
+            ])?;
         Ok(())
     }
 

@@ -7,8 +7,7 @@
 //
 // Prints one line per step; exits non-zero with the reason on the first failure.
 import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const [url, shots, wasm] = process.argv.slice(2);
@@ -17,7 +16,6 @@ if (!url || !shots || !wasm) {
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "skiff-chromium-"));
 const TIMEOUT = 30_000;
 
 const browser = await chromium.launch({
@@ -25,16 +23,17 @@ const browser = await chromium.launch({
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--user-data-dir=${profile}`,
   ],
+  // Playwright gives the browser a fresh profile in a temp dir and removes it.
 });
 
 const step = (msg) => console.log(`step: ${msg}`);
 const consoleErrors = [];
 let failed = false;
+let page = null;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
+  page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   // A refused API call (tested below) also makes Chromium log the status; that is
   // the browser's doing, not the page's.
@@ -129,8 +128,17 @@ try {
 } catch (e) {
   failed = true;
   console.error(`FAILED: ${e.message}`);
+  if (page) {
+    // What the page said, and how it looked, when it went wrong.
+    const said = await page.evaluate(() => ({
+      error: document.querySelector("#error").hidden ? null : document.querySelector("#error-text").textContent,
+      deploy: document.querySelector("#deploy-status").textContent,
+      conn: document.querySelector("#conn").textContent,
+    })).catch(() => null);
+    console.error(`page state: ${JSON.stringify(said)}`);
+    await page.screenshot({ path: join(shots, "failure.png"), fullPage: true }).catch(() => {});
+  }
 } finally {
   await browser.close();
-  rmSync(profile, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

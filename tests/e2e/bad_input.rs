@@ -6,35 +6,17 @@ use skiff_tests::*;
 use std::path::Path;
 use std::time::Duration;
 
-struct Dev {
-    dir: TempDir,
-    url: String,
-    proc: Proc,
+/// What these tests ask of `skiff dev` beyond the shared harness.
+trait DevExt {
+    fn replicas_of(&self, d: &str) -> Vec<Value>;
+    fn deploy(&self, file: &Path, name: &str, extra: &[&str]) -> Cli;
+    fn log_of(&self, deployment: &str) -> String;
+    fn assert_serving(&mut self);
 }
 
-impl Dev {
-    fn new() -> Dev {
-        let dir = TempDir::new("dev");
-        let data = dir.path().join(".skiff");
-        let proc = Proc::start(
-            "skiff dev",
-            &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
-            &dir.path().join("dev.log"),
-        );
-        let url = read_when_ready(&data.join("server.url"));
-        wait_for(Duration::from_secs(30), "the dev node ready", || {
-            let nodes = get_json(dir.path(), &url, "nodes");
-            if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
-        });
-        Dev { dir, url, proc }
-    }
-
-    fn cli(&self, args: &[&str]) -> Cli {
-        cli_in(self.dir.path(), &self.url, args)
-    }
-
+impl DevExt for Dev {
     fn replicas_of(&self, d: &str) -> Vec<Value> {
-        get_json(self.dir.path(), &self.url, "replicas").into_iter().filter(|r| r["deployment"] == d).collect()
+        self.get("replicas").into_iter().filter(|r| r["deployment"] == d).collect()
     }
 
     fn deploy(&self, file: &Path, name: &str, extra: &[&str]) -> Cli {
@@ -63,7 +45,7 @@ fn one_line_error(out: &Cli) -> String {
 
 #[test]
 fn bad_input_gets_clear_errors_and_is_contained() {
-    let mut dev = Dev::new();
+    let mut dev = Dev::start("dev");
     let dir = dev.dir.path().to_path_buf();
 
     // Bytes that are not Wasm: refused before upload.

@@ -141,6 +141,25 @@ fn build_images(dir: &Path) -> (PathBuf, PathBuf) {
     (oci_path, docker_path)
 }
 
+/// A copy of the archive at `from` whose largest blob (the busybox layer) holds
+/// other bytes under the same digest.
+fn tampered(from: &Path, to: &Path) -> PathBuf {
+    let mut archive = tar::Archive::new(std::fs::File::open(from).expect("open archive"));
+    let mut files = Vec::new();
+    for e in archive.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let name = e.path().expect("path").to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut bytes).expect("read");
+        if bytes.len() > 100_000 {
+            bytes = b"not the layer".to_vec();
+        }
+        files.push((name, bytes));
+    }
+    write_tar(to, &files);
+    to.to_path_buf()
+}
+
 fn runc(state: &Path, args: &[&str]) -> String {
     let out = Command::new(RUNC).arg("--root").arg(state).args(args).output().expect("run runc");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -181,6 +200,9 @@ struct Janitor {
 
 impl Drop for Janitor {
     fn drop(&mut self) {
+        if !self.state.exists() {
+            return; // runc would create it
+        }
         for id in runc_ids(&self.state) {
             let _ = Command::new(RUNC).arg("--root").arg(&self.state).args(["kill", "--all", &id, "KILL"]).output();
             let _ = Command::new(RUNC).arg("--root").arg(&self.state).args(["delete", "--force", &id]).output();
@@ -201,14 +223,16 @@ fn require_root_and_runc() {
     assert!(v.is_ok_and(|o| o.status.success()), "the container tests need runc (`make deps` installs it)");
 }
 
+/// Fields drop in order: the node and server first, then the janitor cleans up
+/// after them, and the directory goes last.
 struct Setup {
-    dir: TempDir,
-    url: String,
-    _janitor: Janitor,
-    server: Proc,
     node: Option<Proc>,
+    server: Proc,
+    _janitor: Janitor,
+    url: String,
     node_args: Vec<String>,
     state: PathBuf,
+    dir: TempDir,
 }
 
 impl Setup {
@@ -246,7 +270,7 @@ impl Setup {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut s = Setup { dir, url, _janitor: janitor, server, node: None, node_args, state };
+        let mut s = Setup { node: None, server, _janitor: janitor, url, node_args, state, dir };
         s.start_node();
         s
     }
@@ -301,6 +325,15 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
     let ls = s.cli(&["image", "ls"]);
     assert!(ls.contains("busybox") && ls.contains("latest") && ls.contains("bbdocker") && ls.contains("v1"), "{ls}");
 
+    // A tampered archive is refused before anything is tagged.
+    let bad = tampered(&oci, &s.dir.path().join("bad.tar"));
+    let out = cli_in(s.dir.path(), &s.url, &["image", "import", bad.to_str().unwrap_or_default(), "--name", "bad"]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("the archive is corrupt or was tampered with"), "{}", out.stderr);
+    assert!(!s.cli(&["image", "ls"]).contains("bad"));
+    let out = cli_in(s.dir.path(), &s.url, &["deploy", "--image", "nosuch:v9", "--name", "nosuch"]);
+    assert!(!out.ok && out.stderr.contains("image nosuch:v9 is not imported"), "{}", out.stderr);
+
     // Two replicas that log a line every 200 ms.
     let ticker = "i=0; while true; do echo tick $i from $(cat /etc/motd | wc -c) FROM_IMAGE=$FROM_IMAGE; i=$((i+1)); sleep 0.2; done";
     s.cli(&[
@@ -335,6 +368,44 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(live, want, "runc runs exactly the two replicas");
+
+    // A Wasm replica runs beside them on the same node.
+    s.cli(&["deploy", wasm_p2("worker").to_str().unwrap_or_default(), "--name", "wasm-worker"]);
+    s.wait_running("wasm-worker", 1);
+    assert_eq!(running(s.dir.path(), &s.url, "ticker").len(), 2);
+    let nodes = get_json(s.dir.path(), &s.url, "nodes");
+    assert_eq!(nodes[0]["replicas"], 3, "{nodes:?}");
+
+    // A fork bomb stops at the pids limit; the other replicas keep running.
+    let bomb = "i=0; while [ $i -lt 2000 ]; do sleep 600 & i=$((i+1)); done; echo spawned $i";
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "forkbomb",
+        "--memory",
+        "512Mi",
+        "--restart",
+        "never",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        bomb,
+    ]);
+    wait_for(Duration::from_secs(60), "the fork bomb to hit the pids limit", || {
+        let logs = s.logs("forkbomb");
+        if logs.contains("can't fork") { Ok(()) } else { Err(logs) }
+    });
+    assert!(!s.logs("forkbomb").contains("spawned 2000"));
+    let before = s.logs("ticker").matches("tick").count();
+    wait_for(Duration::from_secs(30), "the ticker to keep ticking", || {
+        let now = s.logs("ticker").matches("tick").count();
+        if now > before + 4 { Ok(()) } else { Err(format!("{before} → {now}")) }
+    });
+    assert_eq!(running(s.dir.path(), &s.url, "ticker").len(), 2);
 
     // The docker-save import runs too, and the whiteout layer hid /etc/removed.
     s.cli(&[
@@ -418,10 +489,10 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
 
     // Delete everything: no container, mount or cgroup stays.
     let mut all_ids = ids.clone();
-    for d in ["lister", "crasher", "hog"] {
+    for d in ["lister", "crasher", "hog", "forkbomb"] {
         all_ids.extend(s.replicas(d).iter().filter_map(|r| r["id"].as_str().map(str::to_owned)));
     }
-    for d in ["ticker", "lister", "crasher", "hog"] {
+    for d in ["ticker", "lister", "crasher", "hog", "forkbomb", "wasm-worker"] {
         s.cli(&["delete", d]);
     }
     let data = s.dir.path().join("node");

@@ -5,5 +5,7 @@
 mod bad_input;
 mod cluster;
 mod containers;
+mod http;
 mod observability;
+mod rollout;
 mod secrets;

@@ -156,6 +156,8 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     let crasher = wasm_p1("crasher");
     c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "hello", "--replicas", "3", "--memory", "32Mi"]);
     c.cli(&["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--replicas", "1", "--memory", "32Mi"]);
+    // Larger than any node: pending, and counted under its reason.
+    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "big", "--replicas", "2", "--memory", "4Gi"]);
     c.wait_running("hello", 3);
 
     let port = free_port();
@@ -192,6 +194,8 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     });
     wait_query(&prom, r#"skiff_scheduler_deployment_replicas_running{deployment="hello"}"#, "3 running", |v| v == 3.0);
     wait_query(&prom, "skiff_scheduler_placements_total", "placements counted", |v| v >= 4.0);
+    wait_query(&prom, r#"skiff_scheduler_pending_replicas{reason="insufficient_memory"}"#, "big pending", |v| v == 2.0);
+    wait_query(&prom, r#"skiff_scheduler_replicas{state="pending"}"#, "pending by state", |v| v == 2.0);
     // Routes are the matched pattern, never the raw path with a node's name.
     wait_query(
         &prom,
@@ -294,6 +298,15 @@ fn events_follow_prints_decisions_as_they_happen() {
     let past = c.cli(&["events", "--object", "deployment/hello"]);
     assert!(past.starts_with("AGE"), "{past}");
     assert!(past.contains("Scheduled") || past.contains("Started"), "{past}");
+    // A deployment no node can hold says why in an event.
+    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "big", "--replicas", "2", "--memory", "4Gi"]);
+    wait_for(Duration::from_secs(20), "the Unschedulable event", || {
+        let out = c.cli(&["events", "--object", "deployment/big"]);
+        let ok = out.lines().any(|l| {
+            l.contains("Unschedulable") && l.contains("2 replicas stay pending: 0/1 nodes fit: 1 insufficient memory")
+        });
+        if ok { Ok(()) } else { Err(out) }
+    });
     let bad = cli_in(c.dir.path(), &c.url, &["events", "--object", "hello"]);
     assert!(!bad.ok && bad.stderr.contains("must be deployment/NAME or node/NAME"), "{}", bad.stderr);
 

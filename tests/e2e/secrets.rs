@@ -24,24 +24,14 @@ fn found_under(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 #[test]
 fn secrets_reach_the_workload_and_nothing_else() {
-    let dir = TempDir::new("secrets");
-    let data = dir.path().join(".skiff");
-    let mut dev = Proc::start(
-        "skiff dev",
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
-        &dir.path().join("dev.log"),
-    );
-    let url = read_when_ready(&data.join("server.url"));
-    let cwd = dir.path();
-    wait_for(Duration::from_secs(30), "the dev node ready", || {
-        let nodes = get_json(cwd, &url, "nodes");
-        if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
-    });
+    let mut dev = Dev::start("secrets");
+    let (cwd, url, data) = (dev.dir.path().to_path_buf(), dev.url.clone(), dev.data());
+    let cwd = cwd.as_path();
 
     // A value no other bytes in this test could contain by chance.
     let value =
         format!("s3cr3t-{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0));
-    let value_file = dir.path().join("password.txt");
+    let value_file = cwd.join("password.txt");
 
     // Deployed before the secret exists: pending, with that reason.
     let reader = wasm_p2("secret_reader");
@@ -119,5 +109,5 @@ fn secrets_reach_the_workload_and_nothing_else() {
         let left = found_under(Path::new("/dev/shm"), needle);
         if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
     });
-    assert!(dev.alive());
+    assert!(dev.proc.alive());
 }

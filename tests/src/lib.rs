@@ -211,3 +211,58 @@ pub fn http_get(url: &str) -> Result<String, String> {
     let ok = head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
     if ok { Ok(body.to_string()) } else { Err(head.lines().next().unwrap_or("").to_string()) }
 }
+
+/// A `skiff dev` process (a scheduler and a node in one) on free ports, in its
+/// own temp dir, with its node ready.
+pub struct Dev {
+    /// Killed first on drop (fields drop in order), then the directory goes.
+    pub proc: Proc,
+    pub url: String,
+    pub dir: TempDir,
+}
+
+impl Dev {
+    pub fn start(tag: &str) -> Dev {
+        let dir = TempDir::new(tag);
+        let data = dir.path().join(".skiff");
+        let proc = Proc::start(
+            "skiff dev",
+            &[
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--ingress",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap_or_default(),
+            ],
+            &dir.path().join("dev.log"),
+        );
+        let url = read_when_ready(&data.join("server.url"));
+        wait_for(Duration::from_secs(30), "the dev node ready", || {
+            let nodes = get_json(dir.path(), &url, "nodes");
+            if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
+        });
+        Dev { proc, url, dir }
+    }
+
+    /// Its data dir.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join(".skiff")
+    }
+
+    /// `skiff ARGS` against it, from its directory.
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        cli_in(self.dir.path(), &self.url, args)
+    }
+
+    /// `skiff ARGS`, which must succeed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    /// `skiff get KIND -o json`.
+    pub fn get(&self, kind: &str) -> Vec<Value> {
+        get_json(self.dir.path(), &self.url, kind)
+    }
+}

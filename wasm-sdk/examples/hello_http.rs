@@ -12,6 +12,10 @@
 //!
 //! Build: `cargo build -p skiff-sdk --example hello_http --release --target wasm32-wasip2`.
 
+// Host builds (`cargo test --workspace`) get an empty library: the exports'
+// names (`wasi:http/...`) are not valid symbol names for a native linker.
+#![cfg(target_arch = "wasm32")]
+
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };

@@ -109,10 +109,10 @@ pub struct DevArgs {
     /// How to rank nodes that fit a replica
     #[arg(long, value_enum, default_value = "binpack")]
     scoring: ScoringArg,
-    /// Address of the ingress that serves HTTP deployments (port 0 picks one;
-    /// the address is written to DATA_DIR/ingress.addr)
-    #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    ingress: SocketAddr,
+    /// Address of the ingress that serves HTTP deployments, written to
+    /// DATA_DIR/ingress.addr [default: 127.0.0.1:8080, any free port if --listen has port 0]
+    #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR")]
+    ingress: Option<SocketAddr>,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -137,11 +137,7 @@ impl HttpArgs {
         if self.request_timeout.is_zero() {
             bail!("--request-timeout must be more than 0");
         }
-        Ok(skiff_node::http::HttpConfig {
-            request_timeout: self.request_timeout,
-            suffix,
-            ..Default::default()
-        })
+        Ok(skiff_node::http::HttpConfig { request_timeout: self.request_timeout, suffix, ..Default::default() })
     }
 }
 
@@ -297,7 +293,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
         oci_runtime: None,
-        ingress: Some(args.ingress),
+        ingress: Some(
+            args.ingress
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], if args.listen.port() == 0 { 0 } else { 8080 }))),
+        ),
         ingress_advertise: None,
         http: args.http.config()?,
     };

@@ -155,7 +155,7 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
     };
     let request = spec.clone();
-    let revision = apply_one(client, &args.name, args.replicas, spec).await?;
+    let revision = apply_one(client, &args.name, args.replicas, spec, None).await?;
     if args.replicas > 0 {
         warn_if_no_node_fits(client, &args.name, &request).await;
     }
@@ -206,7 +206,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             secrets: d.secrets.clone(),
         };
         let request = spec.clone();
-        let revision = apply_one(client, &d.name.0, d.replicas, spec).await?;
+        let revision = apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy)).await?;
         if d.replicas > 0 {
             warn_if_no_node_fits(client, &d.name.0, &request).await;
         }
@@ -250,9 +250,15 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<
 }
 
 /// Applies one deployment and prints what happened; returns its revision.
-async fn apply_one(client: &Client, name: &str, replicas: u32, spec: WorkloadSpec) -> anyhow::Result<u64> {
+async fn apply_one(
+    client: &Client,
+    name: &str,
+    replicas: u32,
+    spec: WorkloadSpec,
+    strategy: Option<skiff_api::UpdateStrategy>,
+) -> anyhow::Result<u64> {
     let resp =
-        client.apply(name, &ApplyRequest { replicas, spec }).await.with_context(|| format!("deployment {name}"))?;
+        client.apply(name, &ApplyRequest { replicas, spec, strategy }).await.with_context(|| format!("deployment {name}"))?;
     let outcome = match resp.outcome {
         ApplyOutcome::Created => "created",
         ApplyOutcome::Updated => "updated",

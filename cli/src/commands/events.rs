@@ -92,13 +92,7 @@ fn print_stream(events: &[Event], format: Format) -> anyhow::Result<bool> {
             Format::Json => serde_json::to_string(e)?,
             _ => {
                 let when = UNIX_EPOCH + Duration::from_millis(e.time_ms);
-                format!(
-                    "{}  {:<28} {:<14} {}",
-                    humantime::format_rfc3339_seconds(when),
-                    e.object,
-                    e.reason,
-                    e.message
-                )
+                format!("{}  {:<28} {:<14} {}", humantime::format_rfc3339_seconds(when), e.object, e.reason, e.message)
             }
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

@@ -86,7 +86,10 @@ async fn import(args: ImportArgs, client: &Client) -> anyhow::Result<()> {
     } else if files.contains_key("index.json") {
         oci_images(&files)
     } else {
-        bail!("{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)", path.display())
+        bail!(
+            "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)",
+            path.display()
+        )
     }
     .with_context(|| format!("cannot read image archive {}", path.display()))?;
     if found.is_empty() {
@@ -246,7 +249,8 @@ fn oci_images(files: &HashMap<String, Vec<u8>>) -> anyhow::Result<Vec<Found>> {
         if digest_of(&manifest_bytes) != desc.digest {
             bail!("manifest {} does not match its digest; the archive is corrupt or was tampered with", desc.digest);
         }
-        let m: Manifest = serde_json::from_slice(&manifest_bytes).with_context(|| format!("manifest {}", desc.digest))?;
+        let m: Manifest =
+            serde_json::from_slice(&manifest_bytes).with_context(|| format!("manifest {}", desc.digest))?;
         let mut blobs = Vec::new();
         for d in std::iter::once(&m.config).chain(&m.layers) {
             blobs.push((d.digest.clone(), blob_path(&d.digest)?));

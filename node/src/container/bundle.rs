@@ -212,8 +212,8 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
     if b.cpu_millis > 0 {
         let shares = (b.cpu_millis * 1024 / 1000).max(2);
         let quota = i64::try_from(b.cpu_millis * CPU_PERIOD / 1000).unwrap_or(i64::MAX).max(1000);
-        resources =
-            resources.cpu(LinuxCpuBuilder::default().shares(shares).quota(quota).period(CPU_PERIOD).build().map_err(e)?);
+        resources = resources
+            .cpu(LinuxCpuBuilder::default().shares(shares).quota(quota).period(CPU_PERIOD).build().map_err(e)?);
     }
 
     let namespaces: Vec<LinuxNamespace> = [
@@ -262,15 +262,8 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
             return Err(format!("cannot bind {} at {dest:?}: the path must be absolute, without '..'", host.display()));
         }
         let opts = ["rbind", "ro", "nosuid", "nodev"].map(String::from).to_vec();
-        mounts.push(
-            MountBuilder::default()
-                .destination(dest)
-                .typ("bind")
-                .source(host)
-                .options(opts)
-                .build()
-                .map_err(e)?,
-        );
+        mounts
+            .push(MountBuilder::default().destination(dest).typ("bind").source(host).options(opts).build().map_err(e)?);
     }
 
     let mut spec = Spec::default();
@@ -338,8 +331,11 @@ mod tests {
             }
         }
         // The long lists are checked by length, the rest in full.
-        let syscalls = v.pointer_mut("/linux/seccomp/syscalls/0/names").map(std::mem::take);
-        assert_eq!(syscalls.and_then(|s| s.as_array().map(Vec::len)), Some(DENIED_SYSCALLS.len()));
+        if let Some(names) = v.pointer_mut("/linux/seccomp/syscalls/0/names") {
+            let n = names.as_array().map_or(0, Vec::len);
+            assert_eq!(n, DENIED_SYSCALLS.len());
+            *names = serde_json::Value::String(format!("<{n} names: DENIED_SYSCALLS>"));
+        }
         let text = serde_json::to_string_pretty(&v).expect("pretty");
         expect![[r#"
             {
@@ -408,7 +404,7 @@ mod tests {
                     {
                       "action": "SCMP_ACT_ERRNO",
                       "errnoRet": 1,
-                      "names": null
+                      "names": "<50 names: DENIED_SYSCALLS>"
                     }
                   ]
                 }
@@ -582,6 +578,7 @@ mod tests {
                 "path": "rootfs",
                 "readonly": false
               }
-            }"#]].assert_eq(&text);
+            }"#]]
+        .assert_eq(&text);
     }
 }

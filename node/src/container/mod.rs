@@ -82,6 +82,9 @@ impl ContainerRuntime {
         if !nix::unistd::geteuid().is_root() {
             return Err("the node does not run as root".into());
         }
+        // overlayfs options and runc want absolute paths.
+        let data_dir = &fs::canonicalize(data_dir)
+            .map_err(|e| format!("cannot resolve the data directory {}: {e}", data_dir.display()))?;
         let dir = data_dir.join("containers");
         for sub in ["layers", "run", "probe"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
@@ -133,7 +136,9 @@ impl ContainerRuntime {
             return Ok(bytes);
         }
         let Some(c) = client else {
-            return Err(ArtifactError::Transient(format!("blob {digest} is not on this node and there is no scheduler")));
+            return Err(ArtifactError::Transient(format!(
+                "blob {digest} is not on this node and there is no scheduler"
+            )));
         };
         let bytes = c
             .get_blob(digest)
@@ -182,8 +187,7 @@ impl ContainerRuntime {
             let raw: Box<dyn Read> =
                 if gzip { Box::new(flate2::read::GzDecoder::new(&bytes[..])) } else { Box::new(&bytes[..]) };
             let mut hashing = HashingReader { inner: raw, hasher: Sha256::new() };
-            let stats = unpack::unpack_layer(&mut hashing, &tmp2)
-                .map_err(|e| format!("layer {digest_owned}: {e}"))?;
+            let stats = unpack::unpack_layer(&mut hashing, &tmp2).map_err(|e| format!("layer {digest_owned}: {e}"))?;
             // The tar's end padding counts toward the diff id too.
             io::copy(&mut hashing, &mut io::sink()).map_err(|e| format!("layer {digest_owned}: {e}"))?;
             let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
@@ -236,7 +240,8 @@ impl ContainerRuntime {
         let mut layers = Vec::new();
         for (i, l) in manifest.layers().iter().enumerate() {
             let media_type = l.media_type().to_string();
-            let dir = self.layer(&client, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
+            let dir =
+                self.layer(&client, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
             layers.push(dir);
         }
         let process = bundle::merge_process(config.config().as_ref(), &a.spec.args, &a.spec.env)
@@ -261,7 +266,11 @@ fn manifest_digest(reference: &str) -> Result<&str, String> {
 }
 
 impl Runtime for ContainerRuntime {
-    fn prepare<'a>(&'a self, a: &'a Assignment, client: Option<Client>) -> BoxFuture<'a, Result<Prepared, ArtifactError>> {
+    fn prepare<'a>(
+        &'a self,
+        a: &'a Assignment,
+        client: Option<Client>,
+    ) -> BoxFuture<'a, Result<Prepared, ArtifactError>> {
         Box::pin(async move { Ok(Arc::new(self.prepare_image(a, client).await?) as Prepared) })
     }
 
@@ -383,8 +392,7 @@ fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec) -> Result<(), Stri
         }
     }
     let lowerdir: Vec<String> = lower.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    let opts =
-        format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
     nix::mount::mount(Some("overlay"), &rootfs, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
         .map_err(|e| ctx("mount the overlay rootfs at", &rootfs, &e))?;
 

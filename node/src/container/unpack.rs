@@ -239,7 +239,7 @@ pub fn unpack_layer(reader: impl Read, root: &Path) -> Result<Unpacked, UnpackEr
         }
         if is_root {
             let uid = entry.header().uid().ok().and_then(|u| u32::try_from(u).ok());
-            let gid = entry.header().gid().ok().and_then(|g| g32(g));
+            let gid = entry.header().gid().ok().and_then(|g| u32::try_from(g).ok());
             std::os::unix::fs::lchown(&p, uid, gid).map_err(io_err(&p))?;
             // chown clears set-id bits: put them back.
             if kind != tar::EntryType::Symlink && mode & 0o6000 != 0 {
@@ -249,10 +249,6 @@ pub fn unpack_layer(reader: impl Read, root: &Path) -> Result<Unpacked, UnpackEr
         stats.entries += 1;
     }
     Ok(stats)
-}
-
-fn g32(g: u64) -> Option<u32> {
-    u32::try_from(g).ok()
 }
 
 #[cfg(test)]
@@ -393,7 +389,10 @@ mod tests {
         let target = d.outside.display().to_string();
         let tar = Tar::new().link("evil", tar::EntryType::Symlink, &target).file("evil/x", "pwned");
         let err = unpack(tar, &d).expect_err("refused");
-        assert_eq!(err, r#"layer entry "evil/x" goes through a symlink; refusing a layer that writes outside its root"#);
+        assert_eq!(
+            err,
+            r#"layer entry "evil/x" goes through a symlink; refusing a layer that writes outside its root"#
+        );
         assert!(outside_is_empty(&d));
     }
 
@@ -407,9 +406,11 @@ mod tests {
         let err = unpack(Tar::new().link("y", tar::EntryType::Link, "../outside/secret"), &d).expect_err("refused");
         assert!(err.contains("hard link to a path outside"), "{err}");
         // Through a symlink that points out: refused too.
-        let tar = Tar::new()
-            .link("out", tar::EntryType::Symlink, &d.outside.display().to_string())
-            .link("z", tar::EntryType::Link, "out/secret");
+        let tar = Tar::new().link("out", tar::EntryType::Symlink, &d.outside.display().to_string()).link(
+            "z",
+            tar::EntryType::Link,
+            "out/secret",
+        );
         let err = unpack(tar, &d).expect_err("refused");
         assert!(err.contains("goes through a symlink"), "{err}");
         assert_eq!(fs::metadata(d.outside.join("secret")).expect("secret").len(), 1);
