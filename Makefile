@@ -16,8 +16,9 @@ TARGET := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 # Debian packages the build, tests or `make run` need beyond a stock machine with
 # rustup; installed only when `dpkg -s` says one is missing. curl: scripts/run.sh.
 # runc: the OCI runtime nodes run containers with; busybox-static: the e2e
-# tests build their container image from it.
-PACKAGES ?= curl runc busybox-static
+# tests build their container image from it; containernetworking-plugins,
+# iptables, iproute2: container networking (CNI bridge, masquerade, netns).
+PACKAGES ?= curl runc busybox-static containernetworking-plugins iptables iproute2
 # The observability tests (issue 6): a real Prometheus, and Debian's Chromium
 # driven by playwright-core (npm, tests/browser/). Node.js may come from Debian
 # (nodejs + npm) or from NodeSource (whose nodejs carries npm): ask for Debian's

@@ -307,8 +307,14 @@ function renderDeployments() {
     const backBtn = el("button", { type: "button", class: "rollback-btn", text: "Roll back" });
     const delBtn = el("button", { type: "button", class: "danger delete-btn", text: "Delete" });
     backBtn.addEventListener("click", () => rollback(d.name));
-    scaleBtn.addEventListener("click", () => scale(d.name, input.value, scaleBtn));
-    input.addEventListener("keydown", (e) => { if (e.key === "Enter") scale(d.name, input.value, scaleBtn); });
+    scaleBtn.addEventListener("click", () => scale(d.name, input, scaleBtn));
+    // A count being typed is the user's until sent (or Escape): live updates
+    // must not overwrite it, even once focus has moved to the Scale button.
+    input.addEventListener("input", () => { input.dataset.dirty = "1"; });
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") scale(d.name, input, scaleBtn);
+      if (e.key === "Escape") { delete input.dataset.dirty; renderDeployments(); }
+    });
     delBtn.addEventListener("click", () => remove(d.name));
     tr.append(el("td", {}, el("div", { class: "actions" }, input, scaleBtn, backBtn, delBtn)));
     return tr;
@@ -333,12 +339,14 @@ function renderDeployments() {
   });
 }
 
-async function scale(name, value, btn) {
+async function scale(name, input, btn) {
+  const value = input.value;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) { showError(`replicas must be a whole number of at least 0, not ${JSON.stringify(value)}`); return; }
   btn.disabled = true;
   try {
     await api("POST", `/v1/deployments/${encodeURIComponent(name)}/scale`, JSON.stringify({ replicas: n }), { "content-type": "application/json" });
+    delete input.dataset.dirty;
     $("#error").hidden = true;
   } catch (e) {
     showError(`scaling ${name}: ${e.message}`);
@@ -388,8 +396,12 @@ $("#deploy-form").addEventListener("submit", async (ev) => {
     status.textContent = "hashing…";
     const bytes = new Uint8Array(await file.arrayBuffer());
     const digest = "sha256:" + (await sha256Hex(bytes));
-    status.textContent = "uploading…";
-    await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
+    // Upload only what the server lacks (as `skiff deploy` does).
+    const have = await fetch(`/v1/blobs/${digest}`, { method: "HEAD" }).then((r) => r.ok, () => false);
+    if (!have) {
+      status.textContent = "uploading…";
+      await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
+    }
     status.textContent = "applying…";
     const req = {
       replicas: Number($("#deploy-replicas").value),

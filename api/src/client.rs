@@ -263,6 +263,26 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/v1/images")).await
     }
 
+    // ---- volumes ----
+
+    /// Every volume.
+    pub async fn volumes(&self) -> Result<Vec<Volume>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/volumes")).await
+    }
+
+    /// Deletes volume `name` (no deployment may use it) and, on its node, its data.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/volumes/{name}"))).await.map(|_| ())
+    }
+
+    /// Deletes deployment `name` and the volumes it uses (their data too).
+    pub async fn delete_purging_volumes(&self, name: &str) -> Result<(), ClientError> {
+        let rb = self
+            .request(reqwest::Method::DELETE, &format!("/v1/deployments/{name}"))
+            .query(&[("purge_volumes", "true")]);
+        self.send(rb).await.map(|_| ())
+    }
+
     // ---- nodes ----
 
     /// Every node.

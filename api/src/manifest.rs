@@ -35,6 +35,35 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an entry of `allowed_hosts`: a host name or IPv4 address, optionally
+/// `*.` for any subdomain and `:PORT` for one port (`api.example.com`,
+/// `*.example.com`, `10.0.0.5:8080`); no scheme, no path.
+pub fn validate_allowed_host(entry: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("allowed host {entry:?} {why}; write a host such as api.example.com[:8080]"));
+    if entry.contains("://") || entry.contains('/') {
+        return bad("has a scheme or a path");
+    }
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (entry, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().ok().is_none_or(|p| p == 0)) {
+        return bad("has an invalid port");
+    }
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return bad("is not a host name");
+    }
+    Ok(())
+}
+
 /// Checks an environment variable name: a C identifier.
 pub fn validate_env_key(key: &str) -> Result<(), String> {
     let mut chars = key.chars();
@@ -66,20 +95,46 @@ pub fn validate_secret_ref(r: &crate::types::SecretRef) -> Result<(), String> {
     for var in r.env.keys() {
         validate_env_key(var)?;
     }
-    if let Some(path) = &r.path {
-        let plain = path.starts_with('/')
-            && path.len() <= 255
-            && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..");
-        if !plain {
-            return Err(format!(
-                "secret path {path:?} must be an absolute directory path without '.' or '..', such as /secrets/db"
-            ));
-        }
+    if let Some(path) = &r.path
+        && !is_plain_abs_path(path)
+    {
+        return Err(format!(
+            "secret path {path:?} must be an absolute directory path without '.' or '..', such as /secrets/db"
+        ));
     }
     if r.env.is_empty() && r.path.is_none() {
         return Err(format!("secret {:?} is referenced but used neither as env nor as path", r.secret));
     }
     Ok(())
+}
+
+/// Checks a deployment's volumes: valid names, absolute plain paths, no name or
+/// path twice, and at most one replica when one is mounted read-write.
+pub fn validate_volumes(volumes: &[crate::types::VolumeMount], replicas: u32) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut paths = std::collections::BTreeSet::new();
+    for v in volumes {
+        validate_name(&v.name).map_err(|e| format!("volume {e}"))?;
+        if !is_plain_abs_path(&v.path) {
+            return Err(format!("volume path {:?} must be an absolute directory path without '.' or '..'", v.path));
+        }
+        if !names.insert(&v.name) || !paths.insert(&v.path) {
+            return Err(format!("volume {} or its path {} is given twice", v.name, v.path));
+        }
+        if !v.read_only && replicas > 1 {
+            return Err(format!(
+                "volume {} is mounted read-write, which only one replica may do; use replicas: 1 or read_only: true",
+                v.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_plain_abs_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 255
+        && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// A deployment name checked by [`validate_name`] as it is read.
@@ -194,6 +249,9 @@ pub struct ManifestDeployment {
     /// How a new revision replaces the old one.
     #[serde(default)]
     pub strategy: crate::types::UpdateStrategy,
+    /// Named node-local volumes.
+    #[serde(default)]
+    pub volumes: Vec<crate::types::VolumeMount>,
     /// Hosts the replicas may call over HTTP.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -243,6 +301,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
             (None, None) => return Err(plain(format!("deployment {:?}: set wasm (a .wasm file) or image", d.name.0))),
             _ => {}
         }
+        validate_volumes(&d.volumes, d.replicas).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         if !seen.insert(d.name.0.clone()) {
             return Err(plain(format!("deployment {:?} appears twice in the manifest", d.name.0)));
         }
@@ -312,11 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn allowed_hosts_are_hosts() {
+        for ok in ["api.example.com", "*.example.com", "10.0.0.5:8080", "localhost"] {
+            assert_eq!(validate_allowed_host(ok), Ok(()), "{ok}");
+        }
+        for bad in ["http://api.example.com", "api.example.com/x", "a..b", "", "*.", "host:0", "host:http", "-a.com"] {
+            assert!(validate_allowed_host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_allowed_host("https://x.io").unwrap_err(),
+            r#"allowed host "https://x.io" has a scheme or a path; write a host such as api.example.com[:8080]"#
+        );
+    }
+
+    #[test]
     fn validation_messages() {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `allowed_hosts`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `allowed_hosts`"
             ],
         );
         check(

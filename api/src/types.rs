@@ -201,6 +201,48 @@ pub struct WorkloadSpec {
     /// deployments (`NAME.skiff.local`) are always reachable through the node's ingress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Named node-local volumes the replicas mount. A replica with a volume is
+    /// pinned to the node that holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A deployment's use of a named volume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name (a DNS label), unique in the cluster.
+    pub name: String,
+    /// Where the replica sees it, an absolute directory path.
+    pub path: String,
+    /// Mounted read-only (any number of replicas) rather than read-write (one).
+    #[serde(default)]
+    pub read_only: bool,
+    /// How large it is expected to grow (a hint; not enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Memory>,
+}
+
+impl WorkloadSpec {
+    /// Whether a replica mounts a volume read-write: at most one may run at a time.
+    pub fn has_writable_volume(&self) -> bool {
+        self.volumes.iter().any(|v| !v.read_only)
+    }
+}
+
+/// A named volume, as the scheduler knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name.
+    pub name: String,
+    /// The node that holds its data, once a replica using it was placed.
+    pub node: Option<String>,
+    /// The size hint it was created with.
+    pub size: Option<Memory>,
+    /// Deployments that mount it now.
+    pub deployments: Vec<String>,
+    /// When it was created.
+    pub created_ms: Millis,
 }
 
 /// A deployment's use of one secret.
@@ -654,6 +696,9 @@ pub struct Assignments {
     pub index: u64,
     /// Every replica the node must run; anything else it must stop.
     pub replicas: Vec<Assignment>,
+    /// Volumes whose data the node must delete (purged by the user).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purge_volumes: Vec<String>,
 }
 
 /// One ready HTTP replica, and where to send requests for it.

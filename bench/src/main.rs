@@ -92,6 +92,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Deployments created at once in scenario a.
+const SUBMIT_CONCURRENCY: usize = 16;
+
 /// The smallest valid WebAssembly module: simulated nodes never run it, but the
 /// scheduler checks that a deployment's artifact is Wasm.
 const EMPTY_WASM: &[u8] = b"\0asm\x01\0\0\0";
@@ -102,6 +105,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("{} not found; build it with `cargo build --release -p skiff-cli`", args.skiff.display());
     }
     let started = now_rfc3339();
+    let machine = procs::machine();
     let mut scenarios = serde_json::Map::new();
     let want = |s: &str| args.scenarios.iter().any(|x| x == s);
     if want("a") || want("failover") {
@@ -119,7 +123,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let result = json!({
         "date": started,
-        "machine": procs::machine(),
+        "machine": machine,
         "commit": procs::commit(),
         "skiff": args.skiff.display().to_string(),
         "scenarios": scenarios,
@@ -337,13 +341,29 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
     let progress = Arc::new(Mutex::new(Progress::default()));
     let cpu0 = cpu_seconds(c.server.pid())?;
+    let sim_cpu0: f64 = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum();
     let t0 = Instant::now();
     let submit = {
         let (api, progress, digest) = (c.api.clone(), progress.clone(), digest.clone());
         tokio::spawn(async move {
+            // Several clients at once, as a busy cluster's users would be; the
+            // scheduler's own rate is what is measured, not one client's round trips.
+            let mut inflight = tokio::task::JoinSet::new();
             for (name, replicas, cpu, mem) in plan {
-                progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
-                api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
+                if inflight.len() >= SUBMIT_CONCURRENCY
+                    && let Some(done) = inflight.join_next().await
+                {
+                    done??;
+                }
+                let (api, progress, digest) = (api.clone(), progress.clone(), digest.clone());
+                inflight.spawn(async move {
+                    progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
+                    api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
+                    Ok::<(), anyhow::Error>(())
+                });
+            }
+            while let Some(done) = inflight.join_next().await {
+                done??;
             }
             Ok::<Instant, anyhow::Error>(Instant::now())
         })
@@ -353,6 +373,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
     let submitted = submit.await??;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
+    let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
     let p = progress.lock().unwrap_or_else(|e| e.into_inner());
     let last_assigned = p.all_assigned.values().max().copied().unwrap_or(t0);
     let last_running = p.all_running.values().max().copied().unwrap_or(t0);
@@ -382,7 +403,9 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
         "create_to_running_ms": { "p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "max": lat.last() },
         "create_to_assigned_ms": { "p50": percentile(&lat_assigned, 50.0), "p99": percentile(&lat_assigned, 99.0) },
         "poll_interval_ms": poll.as_millis() as u64,
+        "submit_concurrency": SUBMIT_CONCURRENCY,
         "scheduler_cpu_s": cpu,
+        "simulated_nodes_cpu_s": sim_cpu,
         "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
         "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
         "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",

@@ -137,6 +137,8 @@ pub fn machine() -> Value {
         "memory_bytes": kb_field(&meminfo, "MemTotal:").map(|kb| kb * 1024),
         "cpu": model,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        // The machine may be shared: what else ran when the bench started.
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     })
 }
 

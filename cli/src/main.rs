@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, events, get, image, manage, rollout, secret};
+use commands::{daemons, deploy, events, get, image, manage, rollout, secret, volume};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -60,6 +60,8 @@ enum Command {
     Secret(secret::SecretArgs),
     /// Follow, undo, pause and resume rolling updates
     Rollout(rollout::RolloutArgs),
+    /// List and delete named volumes
+    Volume(volume::VolumeArgs),
     /// Print skiff's version
     Version,
 }
@@ -201,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(args) => image::image(args, &client(&server)).await,
         Command::Secret(args) => secret::secret(args, &client(&server)).await,
         Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
+        Command::Volume(args) => volume::volume(args, &client(&server)).await,
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -213,6 +213,12 @@ impl Agent {
                         continue;
                     }
                     self.converge(a.replicas);
+                    if !a.purge_volumes.is_empty() {
+                        let running = self.lock();
+                        let in_use =
+                            |v: &str| running.values().any(|r| r.assignment().spec.volumes.iter().any(|m| m.name == v));
+                        crate::volumes::purge(&self.ctx.data_dir, &a.purge_volumes, in_use);
+                    }
                     let unchanged = applied == Some(a.index);
                     applied = Some(a.index);
                     // A scheduler that answers at once without news must not

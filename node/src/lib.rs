@@ -18,6 +18,7 @@ pub mod logs;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;
+pub mod volumes;
 pub mod sim;
 pub mod supervisor;
 pub mod wasm;
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     /// The OCI runtime binary for containers; found on PATH (crun, then runc) when
     /// `None`. Containers run only when the node is root and the runtime works.
     pub oci_runtime: Option<PathBuf>,
+    /// How containers are networked (bridge via CNI, or loopback only).
+    pub container_network: container::Network,
     /// Address of the ingress (port 0 picks one); by default port 8080 on the
     /// node API's ip (any free port when the node API's port is 0).
     pub ingress: Option<SocketAddr>,
@@ -129,14 +132,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let client = skiff_api::Client::new(&config.server).with_token(&config.token);
     let endpoints_client = client.clone();
     let containers = {
-        let (dir, wanted) = (config.data_dir.clone(), config.oci_runtime.clone());
-        tokio::task::spawn_blocking(move || container::ContainerRuntime::start(&dir, wanted.as_deref()))
+        let (dir, wanted, network) = (config.data_dir.clone(), config.oci_runtime.clone(), config.container_network);
+        tokio::task::spawn_blocking(move || container::ContainerRuntime::start(&dir, wanted.as_deref(), network))
             .await
             .unwrap_or_else(|e| Err(format!("the container runtime's start-up task failed: {e}")))
     };
     let containers = match containers {
         Ok(c) => {
-            tracing::info!(runtime = %c.oci().bin.display(), version = %c.oci().version, "containers enabled");
+            let network = if c.bridged() { "bridge" } else { "loopback only" };
+            tracing::info!(runtime = %c.oci().bin.display(), version = %c.oci().version, network, "containers enabled");
             Some(Arc::new(c))
         }
         Err(why) => {

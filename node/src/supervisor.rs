@@ -223,6 +223,25 @@ async fn supervise(
             return;
         }
     };
+    let mut preopens = secrets.preopens.clone();
+    match crate::volumes::preopens(&ctx.data_dir, &a) {
+        Ok(v) => preopens.extend(v),
+        Err(reason) => {
+            say(&format!("cannot run: {reason}"));
+            set_state(&status, ReplicaState::Failed, Some(reason), None);
+            return;
+        }
+    }
+    // A read-write volume has one writer: wait until an older replica lets go.
+    let _volumes = loop {
+        match crate::volumes::LOCKS.acquire(&ctx.data_dir, &a) {
+            Ok(held) => break held,
+            Err(reason) => {
+                set_state(&status, ReplicaState::Starting, Some(reason), None);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     let mut env = a.spec.env.clone();
     env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = RunSpec {
@@ -233,11 +252,14 @@ async fn supervise(
         args: a.spec.args.clone(),
         memory_limit: a.spec.resources.memory.0,
         usage,
-        preopens: secrets.preopens.clone(),
+        preopens,
     };
     let mut backoff = Backoff::default();
+    // Why the previous run ended, kept as the reason of the restarted replica so
+    // that the scheduler's `Restarted` event can say why.
+    let mut last_exit: Option<String> = None;
     loop {
-        set_state(&status, ReplicaState::Running, None, None);
+        set_state(&status, ReplicaState::Running, last_exit.clone(), None);
         let started = Instant::now();
         let Some(sink) = log.clone().or_else(|| LogSink::open(logs::replica_dir(&ctx.data_dir, &id)).ok()) else {
             let reason = "cannot open the replica's log".to_string();
@@ -266,7 +288,8 @@ async fn supervise(
         let delay = backoff.after_run(started.elapsed());
         say(&format!("restarting after {} (backoff {})", describe_for_restart(&outcome), human(delay)));
         tokio::time::sleep(delay).await;
-        set_state(&status, ReplicaState::Starting, None, None);
+        last_exit = Some(format!("last exit: {}", describe_for_restart(&outcome)));
+        set_state(&status, ReplicaState::Starting, last_exit.clone(), None);
         lock(&status).restarts += 1;
         METRICS.restarts.with_label_values(&[a.deployment.as_str()]).inc();
     }

@@ -281,6 +281,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             constraints: Default::default(),
             secrets: vec![],
             allowed_hosts: vec![],
+            volumes: vec![],
         },
         secrets: Default::default(),
     }
@@ -465,7 +466,7 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             {
                 let f = s.0.lock().unwrap_or_else(|e| e.into_inner());
                 if f.index > index || tokio::time::Instant::now() >= deadline {
-                    return axum::Json(Assignments { index: f.index, replicas: f.replicas.clone() }).into_response();
+                    return axum::Json(Assignments { index: f.index, replicas: f.replicas.clone(), purge_volumes: vec![] }).into_response();
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
@@ -522,6 +523,7 @@ async fn the_agent_converges_reregisters_and_serves_logs() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         oci_runtime: None,
+        container_network: crate::container::Network::Loopback,
         ingress: Some("127.0.0.1:0".parse().expect("addr")),
         ingress_advertise: None,
         http: Default::default(),

@@ -67,3 +67,77 @@ pub(crate) async fn watch(
     let index = *st.endpoints_watch().borrow();
     Ok(Json(table(st.mem(), index)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::Scoring;
+    use crate::state::{Policy, State};
+    use serde_json::json;
+
+    /// Wire messages from JSON, so the test keeps compiling as fields are added.
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("valid message")
+    }
+
+    fn ready(st: &mut State, node: &str, state: &str) {
+        let replicas: Vec<serde_json::Value> = st
+            .mem()
+            .all_replicas()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .map(|r| json!({"id": r.id, "generation": r.generation, "state": state, "restarts": 0}))
+            .collect();
+        let hb = from(json!({"capacity": {"cpu": 4000, "memory": 1u64 << 32}, "replicas": replicas}));
+        st.heartbeat(node, hb).expect("heartbeat");
+    }
+
+    fn shown(st: &State) -> Vec<(String, Vec<String>)> {
+        table(st.mem(), 0)
+            .deployments
+            .into_iter()
+            .map(|(d, eps)| (d, eps.into_iter().map(|e| format!("{}@{}", e.node, e.ingress)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn ready_replicas_with_an_ingress_are_listed_and_leave_as_they_stop() {
+        let dir = std::env::temp_dir().join(format!("skiff-endpoints-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
+        let keys = crate::secrets::Keyring::open(&dir).expect("keyring");
+        let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, node_grace: Duration::from_secs(3) })
+            .expect("load");
+        let mut rx = st.endpoints_watch();
+        let start = *rx.borrow_and_update();
+        for (name, ingress) in [("n1", Some("http://10.0.0.1:8080")), ("n2", None)] {
+            let req = from(json!({
+                "name": name, "address": "http://127.0.0.1:1", "labels": {},
+                "capacity": {"cpu": 4000, "memory": 1u64 << 32}, "runtimes": ["wasm"], "ingress": ingress,
+            }));
+            st.register(req).expect("register");
+        }
+        let spec = json!({"workload": {"wasm": "sha256:00"}, "resources": {"cpu": 100, "memory": 1 << 20}});
+        st.apply("web", from(json!({"replicas": 4, "spec": spec}))).expect("apply");
+        assert!(*rx.borrow_and_update() > start, "a new deployment changes the table");
+        assert_eq!(shown(&st), [("web".to_string(), vec![])]);
+
+        st.schedule().expect("schedule");
+        ready(&mut st, "n1", "running");
+        assert!(!rx.has_changed().unwrap_or(true), "running is not ready: the table stays");
+        ready(&mut st, "n1", "ready");
+        ready(&mut st, "n2", "ready");
+        assert!(rx.has_changed().unwrap_or(false));
+        // n2 has no ingress: its replicas cannot be reached, so they are not listed.
+        let http = "n1@http://10.0.0.1:8080".to_string();
+        assert_eq!(shown(&st), [("web".to_string(), vec![http.clone(), http])]);
+
+        rx.borrow_and_update();
+        st.scale("web", 0).expect("scale");
+        assert!(rx.has_changed().unwrap_or(false), "stopping ready replicas changes the table");
+        assert_eq!(shown(&st), [("web".to_string(), vec![])]);
+        st.delete("web", false).expect("delete");
+        assert!(shown(&st).is_empty());
+        drop(st);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

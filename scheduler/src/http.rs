@@ -40,6 +40,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/events", get(events))
         .route("/v1/images", get(crate::images::list_images).post(crate::images::put_image))
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/volumes/{name}", axum::routing::delete(delete_volume))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(put_secret).delete(delete_secret))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
@@ -200,9 +202,28 @@ async fn resume(State(core): Shared, Path(name): Path<String>) -> ApiResult<Depl
     Ok(Json(d))
 }
 
-async fn delete_deployment(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    core.state().delete(&name)?;
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    purge_volumes: bool,
+}
+
+async fn delete_deployment(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    core.state().delete(&name, q.purge_volumes)?;
     core.wake();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_volumes(State(core): Shared) -> ApiResult<Vec<Volume>> {
+    Ok(Json(core.state().volumes()))
+}
+
+async fn delete_volume(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    core.state().delete_volume(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,7 +309,12 @@ async fn get_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Res
 async fn put_blob(State(core): Shared, Path(digest): Path<String>, body: Body) -> ApiResult<BlobInfo> {
     parse_digest(&digest)?;
     if let Some(size) = core.blobs.size(&digest)? {
-        return Ok(Json(BlobInfo { digest, size })); // same bytes: nothing to do
+        // Same bytes: nothing to store, but read the body to its end. Answering
+        // while the client still sends makes the server drop the connection, and
+        // the client (a browser uploading from the dashboard) sees a reset.
+        let mut rest = body.into_data_stream();
+        while let Some(Ok(_)) = rest.next().await {}
+        return Ok(Json(BlobInfo { digest, size }));
     }
     let size = core.blobs.put(&digest, body).await?;
     Ok(Json(BlobInfo { digest, size }))

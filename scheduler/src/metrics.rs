@@ -41,6 +41,7 @@ pub struct Metrics {
     deployments: IntGauge,
     desired: IntGaugeVec,
     running: IntGaugeVec,
+    rollouts: IntGaugeVec,
     /// Scrapes rebuild the gauges: one at a time.
     scrape: Mutex<()>,
 }
@@ -127,6 +128,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Replicas of a deployment running (or ready)",
             &["deployment"],
         ),
+        rollouts: gauge_vec(
+            &r,
+            "skiff_scheduler_rollouts",
+            "Deployments by the state of their latest rollout",
+            &["state"],
+        ),
         scrape: Mutex::new(()),
         registry: r,
     }
@@ -184,7 +191,7 @@ impl Metrics {
     /// The text exposition, gauges computed from `core`'s working set now.
     fn render(&self, core: &Core) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        for g in [&self.nodes, &self.replicas, &self.pending, &self.desired, &self.running] {
+        for g in [&self.nodes, &self.replicas, &self.pending, &self.desired, &self.running, &self.rollouts] {
             g.reset();
         }
         // Every state appears, at 0 when empty, so that queries and alerts on
@@ -221,6 +228,7 @@ impl Metrics {
                     count += 1;
                     self.desired.with_label_values(&[name.as_str()]).set(i64::from(d.replicas));
                     self.running.with_label_values(&[name.as_str()]).set(i64::from(d.status.running));
+                    self.rollouts.with_label_values(&[d.rollout.state.to_string().as_str()]).inc();
                 }
             }
             self.deployments.set(count);

@@ -53,6 +53,8 @@ pub struct Request<'a> {
     pub spread: &'a HashMap<String, u32>,
     /// Resource scoring.
     pub scoring: Scoring,
+    /// The only node it may go to (the one holding its volume), if any.
+    pub pinned: Option<&'a str>,
 }
 
 /// Why a node was turned away.
@@ -68,6 +70,8 @@ pub enum Rejection {
     Cpu { free: u64, need: u64 },
     /// Not enough free memory.
     Memory { free: u64, need: u64 },
+    /// The replica's volume lives on another node.
+    Pinned { node: String },
 }
 
 impl Rejection {
@@ -80,6 +84,7 @@ impl Rejection {
             Rejection::Constraint { key, want } => format!("label {key}={want} missing"),
             Rejection::Cpu { .. } => "insufficient cpu".into(),
             Rejection::Memory { .. } => "insufficient memory".into(),
+            Rejection::Pinned { node } => format!("volume held by node {node}"),
         }
     }
 }
@@ -136,6 +141,11 @@ pub fn candidates_to_score(nodes: usize) -> usize {
 }
 
 fn filter(node: &Node, req: &Request) -> Result<(), Rejection> {
+    if let Some(pinned) = req.pinned
+        && node.name != pinned
+    {
+        return Err(Rejection::Pinned { node: pinned.to_string() });
+    }
     if node.state != NodeState::Ready {
         return Err(Rejection::NotReady(node.state));
     }
@@ -268,6 +278,7 @@ mod tests {
             constraints: c,
             spread: s,
             scoring,
+            pinned: None,
         }
     }
 

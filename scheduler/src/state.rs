@@ -60,6 +60,10 @@ pub struct Mem {
     pub endpoints_dirty: bool,
     /// Secrets, sealed; opened only to hand values to the node that needs them.
     secrets: BTreeMap<String, (Secret, Sealed)>,
+    /// Named volumes (with `deployments` left empty: computed when listed).
+    volumes: BTreeMap<String, Volume>,
+    /// Volumes deleted by the user whose node has still to delete the data.
+    purging: BTreeSet<String>,
 }
 
 struct NodeLive {
@@ -411,6 +415,7 @@ impl State {
         let now = now_ms();
         self.transact(|mem, tx| {
             let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            skiff_api::manifest::validate_volumes(&e.d.spec.volumes, replicas).map_err(ApiError::bad_request)?;
             if e.d.replicas != replicas {
                 let from = e.d.replicas;
                 e.d.replicas = replicas;
@@ -510,12 +515,15 @@ impl State {
         self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
     }
 
-    pub fn delete(&mut self, name: &str) -> Result<(), ApiError> {
+    /// Deletes deployment `name`; its volumes stay unless `purge_volumes` (then
+    /// those no other deployment mounts go, with their data).
+    pub fn delete(&mut self, name: &str, purge_volumes: bool) -> Result<(), ApiError> {
         let now = now_ms();
         self.transact(|mem, tx| {
-            if !mem.deployments.contains_key(name) {
+            let Some(e) = mem.deployments.get(name) else {
                 return Err(not_found_deployment(name));
-            }
+            };
+            let volumes: Vec<String> = e.d.spec.volumes.iter().map(|v| v.name.clone()).collect();
             let ids: Vec<String> = mem.by_deployment.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             for id in ids {
                 mem.update(tx, &id, |r| {
@@ -530,7 +538,37 @@ impl State {
             tx.event(now, &format!("deployment/{name}"), "Deleted", "deployment deleted; its replicas are stopping")?;
             mem.mutated = true;
             mem.endpoints_dirty = true;
+            if purge_volumes {
+                for v in volumes {
+                    let used = mem.deployments.values().any(|e| e.d.spec.volumes.iter().any(|m| m.name == v));
+                    if !used {
+                        mem.purge_volume(tx, &v, now)?;
+                    }
+                }
+            }
             Ok(())
+        })
+    }
+
+    /// Every volume.
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.mem.volumes()
+    }
+
+    /// Deletes volume `name` and its data, unless a deployment mounts it.
+    pub fn delete_volume(&mut self, name: &str) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let Some(v) = mem.volumes().into_iter().find(|v| v.name == name) else {
+                return Err(ApiError::not_found(format!("volume {name:?} not found; `skiff volume ls` lists them")));
+            };
+            if !v.deployments.is_empty() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    format!("volume {name} is mounted by deployments {}; delete them first", v.deployments.join(", ")),
+                ));
+            }
+            mem.purge_volume(tx, name, now)
         })
     }
 }
@@ -556,6 +594,7 @@ fn validate_secret_key(key: &str) -> Result<(), String> {
 }
 
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
+    skiff_api::manifest::validate_volumes(&req.spec.volumes, req.replicas).map_err(ApiError::bad_request)?;
     for r in &req.spec.secrets {
         skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
     }
@@ -569,6 +608,9 @@ fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
     }
     for k in req.spec.env.keys() {
         skiff_api::manifest::validate_env_key(k).map_err(ApiError::bad_request)?;
+    }
+    for h in &req.spec.allowed_hosts {
+        skiff_api::manifest::validate_allowed_host(h).map_err(ApiError::bad_request)?;
     }
     Ok(())
 }
@@ -637,6 +679,12 @@ impl Mem {
         }
         for d in loaded.deployments {
             mem.deployments.insert(d.name.clone(), DeploymentEntry { d, spread: HashMap::new() });
+        }
+        for (v, purge) in loaded.volumes {
+            if purge {
+                mem.purging.insert(v.name.clone());
+            }
+            mem.volumes.insert(v.name.clone(), v);
         }
         for (secret, sealed) in loaded.secrets {
             mem.secrets.insert(secret.name.clone(), (secret, sealed));
@@ -713,7 +761,13 @@ impl Mem {
                 })
             })
             .collect();
-        Assignments { index: self.index, replicas }
+        let purge_volumes = self
+            .purging
+            .iter()
+            .filter(|v| self.volumes.get(*v).and_then(|v| v.node.as_deref()) == Some(name))
+            .cloned()
+            .collect();
+        Assignments { index: self.index, replicas, purge_volumes }
     }
 
     /// Warns when no registered node could ever hold one replica of `spec`.
@@ -947,7 +1001,12 @@ impl Mem {
                     now,
                     &obj,
                     "Restarted",
-                    &format!("replica {} restarted on {name} ({} restarts)", r.id, st.restarts),
+                    &format!(
+                        "replica {} restarted on {name} ({} restarts){}",
+                        r.id,
+                        st.restarts,
+                        st.reason.as_deref().map(|why| format!("; {why}")).unwrap_or_default()
+                    ),
                 )?;
             }
             let id = st.id.clone();
@@ -999,6 +1058,7 @@ impl Mem {
 
     fn apply(&mut self, tx: &Tx, name: &str, req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
         let obj = format!("deployment/{name}");
+        self.declare_volumes(tx, name, &req.spec, now)?;
         let outcome = match self.deployments.get_mut(name) {
             None => {
                 let d = Deployment {
@@ -1089,7 +1149,17 @@ impl Mem {
     /// rollout back to the last good revision.
     fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
-        let (desired, revision, strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        // Two writers of one volume must never run at once: with a read-write
+        // volume, a new revision replaces the old one by stopping it first.
+        let writable = e.d.spec.has_writable_volume()
+            || self.replicas_of(name).any(|r| {
+                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(WorkloadSpec::has_writable_volume)
+            });
+        if writable {
+            strategy.max_surge = 0;
+            strategy.max_unavailable = strategy.max_unavailable.max(1);
+        }
         let paused = e.d.rollout.paused;
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
         let seen: Vec<rollout::Seen> = self
@@ -1211,6 +1281,108 @@ impl Mem {
         }
     }
 
+    /// The node a replica of `spec` must go to because a volume it mounts lives
+    /// there; an error when its volumes live on different nodes.
+    fn volume_node(&self, spec: &WorkloadSpec) -> Result<Option<String>, String> {
+        let mut pinned: Option<&String> = None;
+        for m in &spec.volumes {
+            let Some(node) = self.volumes.get(&m.name).and_then(|v| v.node.as_ref()) else { continue };
+            match pinned {
+                Some(p) if p != node => {
+                    return Err(format!(
+                        "its volumes live on different nodes ({p} and {node}); no node holds them all"
+                    ));
+                }
+                _ => pinned = Some(node),
+            }
+        }
+        Ok(pinned.cloned())
+    }
+
+    /// Binds the still unbound volumes of revision `key` to `node`, where its
+    /// replica was just placed.
+    fn bind_volumes(&mut self, tx: &Tx, key: &(String, u64), node: &str) -> Result<(), ApiError> {
+        let Some(spec) = self.revisions.get(key) else { return Ok(()) };
+        for m in &spec.volumes {
+            if let Some(v) = self.volumes.get_mut(&m.name)
+                && v.node.is_none()
+            {
+                v.node = Some(node.to_string());
+                tx.put_volume(v)?;
+                tx.event(now_ms(), &format!("volume/{}", v.name), "Bound", &format!("volume lives on node {node}"))?;
+                self.mutated = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the volumes `spec` names that do not exist yet (unbound: the first
+    /// placement decides their node), and refuses a read-write volume that another
+    /// deployment mounts.
+    fn declare_volumes(&mut self, tx: &Tx, deployment: &str, spec: &WorkloadSpec, now: Millis) -> Result<(), ApiError> {
+        for m in &spec.volumes {
+            for e in self.deployments.values().filter(|e| e.d.name != deployment) {
+                if let Some(other) = e.d.spec.volumes.iter().find(|o| o.name == m.name)
+                    && (!other.read_only || !m.read_only)
+                {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        format!(
+                            "volume {} is mounted by deployment {}; a volume mounted read-write belongs to one deployment",
+                            m.name, e.d.name
+                        ),
+                    ));
+                }
+            }
+            if !self.volumes.contains_key(&m.name) || self.purging.contains(&m.name) {
+                let v = Volume { name: m.name.clone(), node: None, size: m.size, deployments: vec![], created_ms: now };
+                tx.put_volume(&v)?;
+                self.purging.remove(&m.name);
+                self.volumes.insert(m.name.clone(), v);
+                self.mutated = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every volume, with the deployments that mount it.
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.volumes
+            .values()
+            .filter(|v| !self.purging.contains(&v.name))
+            .map(|v| {
+                let mut v = v.clone();
+                v.deployments = self
+                    .deployments
+                    .values()
+                    .filter(|e| e.d.spec.volumes.iter().any(|m| m.name == v.name))
+                    .map(|e| e.d.name.clone())
+                    .collect();
+                v
+            })
+            .collect()
+    }
+
+    /// Forgets volume `name` and tells its node to delete the data.
+    fn purge_volume(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        let Some(v) = self.volumes.get(name) else { return Ok(()) };
+        match v.node.clone() {
+            Some(node) => {
+                // Kept as a tombstone so the node hears it (and again after a restart).
+                tx.put_volume_purge(v)?;
+                self.purging.insert(name.to_string());
+                self.touched.insert(node);
+            }
+            None => {
+                tx.delete_volume(name)?;
+                self.volumes.remove(name);
+            }
+        }
+        tx.event(now, &format!("volume/{name}"), "Purged", "volume deleted with its data")?;
+        self.mutated = true;
+        Ok(())
+    }
+
     /// Why replicas of `spec` cannot start yet for want of a secret, if they can't.
     fn missing_secret(&self, spec: &WorkloadSpec) -> Option<String> {
         for r in &spec.secrets {
@@ -1270,12 +1442,23 @@ impl Mem {
                         }
                         continue;
                     }
+                    let pinned = match self.volume_node(spec) {
+                        Ok(p) => p,
+                        Err(why) => {
+                            unplaceable.insert(key, why.clone());
+                            if r.reason.as_deref() != Some(why.as_str()) {
+                                self.update(tx, &id, |r| r.reason = Some(why))?;
+                            }
+                            continue;
+                        }
+                    };
                     let req = placement::Request {
                         resources: spec.resources,
                         runtime: spec.workload.runtime(),
                         constraints: &spec.constraints,
                         spread: &e.spread,
                         scoring,
+                        pinned: pinned.as_deref(),
                     };
                     let decision = placement::place(Snapshot { nodes: &self.nodes }, &req, seed_of(&id));
                     match decision.chosen {
@@ -1293,6 +1476,7 @@ impl Mem {
                     let generation = self.next_generation.max(1);
                     self.next_generation = generation + 1;
                     let dep = r.deployment.clone();
+                    self.bind_volumes(tx, &(dep.clone(), r.revision), &node)?;
                     self.update(tx, &id, |r| {
                         r.state = ReplicaState::Assigned;
                         r.node = Some(node.clone());
@@ -1404,6 +1588,7 @@ mod tests {
             constraints: BTreeMap::new(),
             secrets: vec![],
             allowed_hosts: vec![],
+            volumes: vec![],
         }
     }
 
@@ -1487,7 +1672,7 @@ mod tests {
         // Scale down to 2: pending replicas go first.
         st.scale("web", 2).unwrap();
         assert!(st.mem().replicas_of("web").all(|r| r.state == ReplicaState::Assigned));
-        st.delete("web").unwrap();
+        st.delete("web", false).unwrap();
         assert_eq!(st.mem().all_replicas().count(), 0);
         assert!(st.mem().nodes().iter().all(|n| n.allocated == Resources::default()));
     }

@@ -7,7 +7,7 @@
 
 use crate::secrets::Sealed;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use skiff_api::{Deployment, DeploymentStatus, Event, Node, Replica, Secret, WorkloadSpec};
+use skiff_api::{Deployment, DeploymentStatus, Event, Node, Replica, Secret, Volume, WorkloadSpec};
 use std::path::Path;
 
 /// A store operation that failed.
@@ -84,6 +84,14 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 4: a deployment's update strategy and rollout, as JSON (`DeploymentExtra`).
     "ALTER TABLE deployments ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';",
+    // 5: named node-local volumes; `purge` marks one whose node must delete its data.
+    "CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        node TEXT,
+        size INTEGER,
+        created_ms INTEGER NOT NULL,
+        purge INTEGER NOT NULL DEFAULT 0
+     );",
 ];
 
 /// What the deployments table keeps as JSON beside its columns.
@@ -103,6 +111,8 @@ pub struct Loaded {
     pub replicas: Vec<Replica>,
     pub meta: Vec<(String, String)>,
     pub secrets: Vec<(Secret, Sealed)>,
+    /// Volumes, and whether each is being purged.
+    pub volumes: Vec<(Volume, bool)>,
 }
 
 /// The SQLite state file.
@@ -219,7 +229,24 @@ impl Store {
             let keys = decode("secret", &keys)?;
             secrets.push((Secret { name, keys, created_ms, updated_ms }, sealed));
         }
-        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets })
+        let mut volumes = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT name, node, size, created_ms, purge FROM volumes ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                Volume {
+                    name: r.get(0)?,
+                    node: r.get(1)?,
+                    size: r.get::<_, Option<u64>>(2)?.map(skiff_api::quantity::Memory),
+                    deployments: vec![],
+                    created_ms: r.get(3)?,
+                },
+                r.get::<_, bool>(4)?,
+            ))
+        })?;
+        for row in rows {
+            volumes.push(row?);
+        }
+        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
     }
 
     /// Starts a write transaction.
@@ -368,6 +395,25 @@ impl Tx<'_> {
                 s.created_ms,
                 s.updated_ms
             ])?;
+        Ok(())
+    }
+
+    pub fn put_volume(&self, v: &Volume) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO volumes (name, node, size, created_ms, purge) VALUES (?1, ?2, ?3, ?4, 0)",
+            )?
+            .execute(params![v.name, v.node, v.size.map(|s| s.0), v.created_ms])?;
+        Ok(())
+    }
+
+    pub fn put_volume_purge(&self, v: &Volume) -> Result<()> {
+        self.tx.execute("UPDATE volumes SET purge = 1 WHERE name = ?1", [&v.name])?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 const BUSYBOX: &str = "/bin/busybox";
 const RUNC: &str = "runc";
-const APPLETS: &[&str] = &["sh", "echo", "sleep", "dd", "cat", "ls", "true", "false"];
+const APPLETS: &[&str] = &["sh", "echo", "sleep", "dd", "cat", "ls", "true", "false", "mkdir", "hostname", "httpd"];
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -165,6 +165,15 @@ fn runc(state: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The host pid of a running container.
+fn container_pid(state: &Path, id: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(&runc(state, &["state", id])).ok()?;
+    if v["status"] != "running" {
+        return None;
+    }
+    v["pid"].as_u64().filter(|p| *p > 0)
+}
+
 fn runc_ids(state: &Path) -> Vec<String> {
     runc(state, &["list", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
@@ -191,6 +200,42 @@ fn cgroups_of(id: &str) -> Vec<PathBuf> {
     out
 }
 
+/// A network namespace made for the test; deleted on drop (after the processes
+/// in it are gone: the Setup drops it late).
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> NetNs {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("skiff-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let ok = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        };
+        ok(&["netns", "add", &name]);
+        let ns = NetNs(name);
+        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ARGS` inside the namespace; stdout, or stderr on failure.
+    fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip").args(["netns", "exec", &self.0]).args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).output();
+    }
+}
+
 /// Removes whatever containers, mounts and cgroups the node left when the test
 /// ends, passed or failed (declared before the node so it drops after it).
 struct Janitor {
@@ -209,6 +254,7 @@ impl Drop for Janitor {
             for c in cgroups_of(&id) {
                 let _ = std::fs::remove_dir(c);
             }
+            let _ = Command::new("ip").args(["netns", "delete", &format!("skiff-{id}")]).output();
         }
         for m in mounts_under(&self.data) {
             let _ = Command::new("umount").args(["-l", &m]).output();
@@ -232,19 +278,40 @@ struct Setup {
     url: String,
     node_args: Vec<String>,
     state: PathBuf,
+    /// Runs every skiff process (and the CLI) inside the test's network namespace.
+    wrapper: Vec<String>,
+    _netns: Option<NetNs>,
     dir: TempDir,
 }
 
 impl Setup {
+    /// A scheduler and a node on the machine's loopback; containers get
+    /// loopback-only networking (a bridge would change the machine's network).
     fn new() -> Setup {
+        Setup::start(None)
+    }
+
+    /// The same inside a network namespace made for the test, where the node
+    /// may make its bridge.
+    fn in_netns() -> Setup {
+        Setup::start(Some(NetNs::new()))
+    }
+
+    fn start(netns: Option<NetNs>) -> Setup {
         require_root_and_runc();
+        let wrapper: Vec<String> = match &netns {
+            Some(ns) => vec!["nsenter".into(), format!("--net=/run/netns/{}", ns.0), "--".into()],
+            None => vec![],
+        };
+        let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let dir = TempDir::new("containers");
         let data = dir.path().join("node");
         let state = data.join("containers/state");
         let janitor = Janitor { state: state.clone(), data: data.clone() };
         let server_data = dir.path().join("server");
-        let server = Proc::start(
+        let server = Proc::start_in(
             "server",
+            &w,
             &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
             &dir.path().join("server.log"),
         );
@@ -266,11 +333,13 @@ impl Setup {
             data.to_str().unwrap_or_default(),
             "--listen",
             "127.0.0.1:0",
+            "--container-network",
+            if netns.is_some() { "bridge" } else { "loopback" },
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut s = Setup { node: None, server, _janitor: janitor, url, node_args, state, dir };
+        let mut s = Setup { node: None, server, _janitor: janitor, url, node_args, state, wrapper, _netns: netns, dir };
         s.start_node();
         s
     }
@@ -279,27 +348,72 @@ impl Setup {
         let data = self.dir.path().join("node");
         let _ = std::fs::remove_file(data.join("node.addr"));
         let args: Vec<&str> = self.node_args.iter().map(String::as_str).collect();
-        self.node = Some(Proc::start("node", &args, &self.dir.path().join("node.log")));
+        let w: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        self.node = Some(Proc::start_in("node", &w, &args, &self.dir.path().join("node.log")));
         read_when_ready(&data.join("node.addr"));
     }
 
+    /// `skiff ARGS` (in the test's namespace, if any).
+    fn cli_in(&self, args: &[&str]) -> Cli {
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(skiff_bin());
+                c
+            }
+            None => Command::new(skiff_bin()),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("SKIFF_SERVER", &self.url)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run skiff");
+        Cli {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> String {
-        cli_ok(self.dir.path(), &self.url, args)
+        let out = self.cli_in(args);
+        assert!(out.ok, "`skiff {}` failed:\nstdout: {}\nstderr: {}", args.join(" "), out.stdout, out.stderr);
+        out.stdout
+    }
+
+    fn json(&self, kind: &str) -> Vec<Value> {
+        let out = self.cli(&["get", kind, "-o", "json"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(v)) => v,
+            other => panic!("`skiff get {kind} -o json` did not print a JSON array: {other:?}\n{out}"),
+        }
     }
 
     fn replicas(&self, deployment: &str) -> Vec<Value> {
-        get_json(self.dir.path(), &self.url, "replicas").into_iter().filter(|r| r["deployment"] == deployment).collect()
+        self.json("replicas").into_iter().filter(|r| r["deployment"] == deployment).collect()
+    }
+
+    /// Ids of the running replicas of `deployment`.
+    fn running(&self, deployment: &str) -> Vec<String> {
+        self.replicas(deployment)
+            .into_iter()
+            .filter(|r| r["state"] == "running")
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect()
     }
 
     fn wait_running(&self, deployment: &str, n: usize) -> Vec<String> {
         wait_for(Duration::from_secs(60), &format!("{n} running replicas of {deployment}"), || {
-            let r = running(self.dir.path(), &self.url, deployment);
-            if r.len() == n { Ok(r.into_iter().map(|(id, _)| id).collect()) } else { Err(format!("{r:?}")) }
+            let r = self.running(deployment);
+            if r.len() == n { Ok(r) } else { Err(format!("{r:?}")) }
         })
     }
 
     fn logs(&self, deployment: &str) -> String {
-        let out = cli_in(self.dir.path(), &self.url, &["logs", deployment]);
+        let out = self.cli_in(&["logs", deployment]);
         out.stdout + &out.stderr
     }
 }
@@ -311,7 +425,7 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
 
     // The node says it can run containers.
     wait_for(Duration::from_secs(30), "node n1 to advertise containers", || {
-        let nodes = get_json(s.dir.path(), &s.url, "nodes");
+        let nodes = s.json("nodes");
         let ok = nodes.iter().any(|n| n["runtimes"].as_array().is_some_and(|r| r.iter().any(|x| x == "container")));
         if ok { Ok(()) } else { Err(format!("{nodes:?}")) }
     });
@@ -327,11 +441,11 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
 
     // A tampered archive is refused before anything is tagged.
     let bad = tampered(&oci, &s.dir.path().join("bad.tar"));
-    let out = cli_in(s.dir.path(), &s.url, &["image", "import", bad.to_str().unwrap_or_default(), "--name", "bad"]);
+    let out = s.cli_in(&["image", "import", bad.to_str().unwrap_or_default(), "--name", "bad"]);
     assert!(!out.ok, "{}", out.stdout);
     assert!(out.stderr.contains("the archive is corrupt or was tampered with"), "{}", out.stderr);
     assert!(!s.cli(&["image", "ls"]).contains("bad"));
-    let out = cli_in(s.dir.path(), &s.url, &["deploy", "--image", "nosuch:v9", "--name", "nosuch"]);
+    let out = s.cli_in(&["deploy", "--image", "nosuch:v9", "--name", "nosuch"]);
     assert!(!out.ok && out.stderr.contains("image nosuch:v9 is not imported"), "{}", out.stderr);
 
     // Two replicas that log a line every 200 ms.
@@ -372,8 +486,8 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
     // A Wasm replica runs beside them on the same node.
     s.cli(&["deploy", wasm_p2("worker").to_str().unwrap_or_default(), "--name", "wasm-worker"]);
     s.wait_running("wasm-worker", 1);
-    assert_eq!(running(s.dir.path(), &s.url, "ticker").len(), 2);
-    let nodes = get_json(s.dir.path(), &s.url, "nodes");
+    assert_eq!(s.running("ticker").len(), 2);
+    let nodes = s.json("nodes");
     assert_eq!(nodes[0]["replicas"], 3, "{nodes:?}");
 
     // A fork bomb stops at the pids limit; the other replicas keep running.
@@ -405,7 +519,7 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
         let now = s.logs("ticker").matches("tick").count();
         if now > before + 4 { Ok(()) } else { Err(format!("{before} → {now}")) }
     });
-    assert_eq!(running(s.dir.path(), &s.url, "ticker").len(), 2);
+    assert_eq!(s.running("ticker").len(), 2);
 
     // The docker-save import runs too, and the whiteout layer hid /etc/removed.
     s.cli(&[
@@ -514,47 +628,113 @@ fn a_killed_node_daemon_leaves_nothing_behind_after_its_restart() {
     let mut s = Setup::new();
     let (oci, _) = build_images(s.dir.path());
     s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
-    s.cli(&[
-        "deploy",
-        "--image",
-        "busybox",
-        "--name",
-        "sleeper",
-        "--replicas",
-        "2",
-        "--arg",
-        "/bin/sleep",
-        "--arg",
-        "3600",
-    ]);
+    // `image:` in a manifest resolves like --image.
+    let manifest = s.dir.path().join("sleeper.yaml");
+    let yaml = "name: sleeper\nimage: busybox:latest\nreplicas: 2\nargs: [/bin/sleep, \"3600\"]\n";
+    std::fs::write(&manifest, yaml).expect("manifest");
+    s.cli(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
     let ids = s.wait_running("sleeper", 2);
     assert_eq!(runc_ids(&s.state).len(), 2);
 
     // SIGKILL the daemon: its containers outlive it.
+    let old_pids: Vec<u64> = ids.iter().filter_map(|id| container_pid(&s.state, id)).collect();
+    assert_eq!(old_pids.len(), 2, "both containers run");
     if let Some(mut n) = s.node.take() {
         n.kill();
     }
     assert_eq!(runc_ids(&s.state).len(), 2, "containers outlive a killed daemon");
 
-    // The new daemon removes them, then runs the replicas the scheduler assigns:
-    // exactly two containers, never four.
+    // The new daemon removes them (their processes end), then runs the replicas
+    // the scheduler assigns in fresh containers: exactly two, never four.
     s.start_node();
     wait_for(Duration::from_secs(60), "the replicas to run again in fresh containers", || {
-        let running = running(s.dir.path(), &s.url, "sleeper");
+        let running = s.running("sleeper");
         let live = runc_ids(&s.state);
-        let states: Vec<String> = live.iter().map(|id| runc(&s.state, &["state", id])).collect();
-        let all_running = states.iter().all(|st| st.contains("\"status\": \"running\""));
-        if running.len() == 2 && live.len() == 2 && all_running {
+        let pids: Vec<u64> = live.iter().filter_map(|id| container_pid(&s.state, id)).collect();
+        let fresh = pids.len() == 2 && pids.iter().all(|p| !old_pids.contains(p));
+        let old_gone = old_pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if running.len() == 2 && live.len() == 2 && fresh && old_gone {
             Ok(())
         } else {
-            Err(format!("scheduler: {running:?}, runc: {live:?}"))
+            Err(format!("scheduler: {running:?}, runc: {live:?}, pids {pids:?} (old {old_pids:?})"))
         }
     });
-    assert_eq!(ids.len(), 2);
+    assert_eq!(runc_ids(&s.state).len(), 2);
     s.cli(&["delete", "sleeper"]);
     let data = s.dir.path().join("node");
     wait_for(Duration::from_secs(30), "containers and mounts to be gone", || {
         let (left, mounts) = (runc_ids(&s.state), mounts_under(&data));
         if left.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left:?} {mounts:?}")) }
+    });
+}
+
+#[test]
+fn containers_get_their_own_address_on_the_node_bridge() {
+    let s = Setup::in_netns();
+    let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    let web = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--memory",
+        "32Mi",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        web,
+    ]);
+    let ids = s.wait_running("web", 2);
+
+    // Each replica says its address in its log; each serves its own page there.
+    let addresses: Vec<(String, String)> = wait_for(Duration::from_secs(30), "both addresses in the logs", || {
+        let logs = s.logs("web");
+        let found: Vec<(String, String)> = ids
+            .iter()
+            .filter_map(|id| {
+                let line = logs.lines().find(|l| l.starts_with(&format!("[{id}]")) && l.contains("network: eth0 "))?;
+                let cidr = line.rsplit("network: eth0 ").next()?;
+                Some((id.clone(), cidr.split('/').next()?.to_string()))
+            })
+            .collect();
+        if found.len() == 2 { Ok(found) } else { Err(logs) }
+    });
+    assert_ne!(addresses[0].1, addresses[1].1);
+    for (id, ip) in &addresses {
+        assert!(ip.starts_with("10.89."), "{ip}");
+        let page = wait_for(Duration::from_secs(30), &format!("the page of {id} at {ip}"), || {
+            // curl, not busybox wget: Debian's busybox-static wget crashes here.
+            ns.exec(&["curl", "-sS", "--max-time", "3", &format!("http://{ip}:8080/")])
+        });
+        assert_eq!(page.trim(), format!("hello from {id}"));
+    }
+
+    // Deleted: the namespaces go and the addresses are released.
+    s.cli(&["delete", "web"]);
+    let ipam = s.dir.path().join("node/containers/cni/skiff");
+    wait_for(Duration::from_secs(30), "containers, namespaces and addresses to be released", || {
+        let left = runc_ids(&s.state);
+        let netns: Vec<&String> =
+            ids.iter().filter(|id| Path::new(&format!("/run/netns/skiff-{id}")).exists()).collect();
+        let reserved: Vec<String> = std::fs::read_dir(&ipam)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        if left.is_empty() && netns.is_empty() && reserved.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("runc: {left:?}, netns: {netns:?}, reserved: {reserved:?}"))
+        }
     });
 }

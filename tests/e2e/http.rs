@@ -177,15 +177,30 @@ fn http_replicas_answer_through_every_ingress() {
     let a = get(&c.ingresses[1], "hello.skiff.local", "/").expect("GET / after /grow");
     assert_eq!(a.status, 200, "{a:?}");
 
-    // Outbound: another deployment by name works; a host not allowed is refused.
-    c.cli(&["deploy", &wasm, "--name", "caller", "--replicas", "1", "--wait"]);
+    // Outbound: another deployment by name works; an allowed host works; a
+    // host not allowed is refused.
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the outside server");
+    let outside_addr = outside.local_addr().expect("outside address").to_string();
+    let server = std::thread::spawn(move || {
+        // One request, one answer, then the thread ends.
+        let (mut conn, _) = outside.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\noutside\n");
+    });
+    c.cli(&["deploy", &wasm, "--name", "caller", "--replicas", "1", "--allow-host", &outside_addr, "--wait"]);
     c.wait_ready("caller", 1);
     let a = get(&c.ingresses[1], "caller.skiff.local", "/call/hello.skiff.local/").expect("GET /call");
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.body.starts_with("200 hello from hello-"), "{a:?}");
+    let a = get(&c.ingresses[0], "caller.skiff.local", &format!("/call/{outside_addr}/")).expect("GET /call allowed");
+    assert_eq!((a.status, a.body.as_str()), (200, "200 outside\n"), "{a:?}");
+    server.join().expect("outside server");
     let a = get(&c.ingresses[0], "caller.skiff.local", "/call/127.0.0.1:9/").expect("GET /call denied");
     assert_eq!(a.status, 502, "{a:?}");
     assert!(a.body.contains("HttpRequestDenied"), "{a:?}");
+    let bad = cli_in(c.dir.path(), &c.url, &["deploy", &wasm, "--name", "bad", "--allow-host", "http://x.io"]);
+    assert!(!bad.ok && bad.stderr.contains("allowed host \"http://x.io\" has a scheme or a path"), "{}", bad.stderr);
 
     // A node dies: requests through the other keep succeeding (a connection
     // error is retried elsewhere), and once its replicas are replaced every

@@ -9,3 +9,4 @@ mod http;
 mod observability;
 mod rollout;
 mod secrets;
+mod volumes;

@@ -196,6 +196,7 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     wait_query(&prom, "skiff_scheduler_placements_total", "placements counted", |v| v >= 4.0);
     wait_query(&prom, r#"skiff_scheduler_pending_replicas{reason="insufficient_memory"}"#, "big pending", |v| v == 2.0);
     wait_query(&prom, r#"skiff_scheduler_replicas{state="pending"}"#, "pending by state", |v| v == 2.0);
+    wait_query(&prom, "sum(skiff_scheduler_rollouts)", "a rollout state per deployment", |v| v == 3.0);
     // Routes are the matched pattern, never the raw path with a node's name.
     wait_query(
         &prom,
@@ -259,7 +260,8 @@ fn dashboard_in_a_real_browser() {
         .arg(browser_dir.join("dashboard.mjs"))
         .arg(&c.url)
         .arg(&shots)
-        .arg(wasm_p2("worker"))
+        // Not the bytes hello runs: the page must really upload them.
+        .arg(wasm_p1("worker"))
         .current_dir(&browser_dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log"))
@@ -305,6 +307,14 @@ fn events_follow_prints_decisions_as_they_happen() {
         let ok = out.lines().any(|l| {
             l.contains("Unschedulable") && l.contains("2 replicas stay pending: 0/1 nodes fit: 1 insufficient memory")
         });
+        if ok { Ok(()) } else { Err(out) }
+    });
+    // A restart says what the last run ended with.
+    let crasher = wasm_p1("crasher");
+    c.cli(&["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--memory", "32Mi"]);
+    wait_for(Duration::from_secs(30), "a Restarted event with the exit", || {
+        let out = c.cli(&["events", "--object", "deployment/crash"]);
+        let ok = out.lines().any(|l| l.contains("Restarted") && l.contains("status 3"));
         if ok { Ok(()) } else { Err(out) }
     });
     let bad = cli_in(c.dir.path(), &c.url, &["events", "--object", "hello"]);

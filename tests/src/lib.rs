@@ -74,9 +74,23 @@ pub struct Proc {
 impl Proc {
     /// Starts `skiff ARGS`, output to `log`.
     pub fn start(name: &str, args: &[&str], log: &Path) -> Proc {
+        Proc::start_in(name, &[], args, log)
+    }
+
+    /// Starts `WRAPPER... skiff ARGS` (such as `nsenter --net=… --`, which execs
+    /// skiff in place, so the pid is skiff's), output to `log`.
+    pub fn start_in(name: &str, wrapper: &[&str], args: &[&str], log: &Path) -> Proc {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
         let err = out.try_clone().expect("clone log");
-        let child = Command::new(skiff_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(skiff_bin());
+                c
+            }
+            None => Command::new(skiff_bin()),
+        };
+        let child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

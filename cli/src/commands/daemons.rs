@@ -81,6 +81,11 @@ pub struct NodeArgs {
     /// The OCI runtime for containers [default: crun, else runc, whichever works here]
     #[arg(long, env = "SKIFF_OCI_RUNTIME", value_name = "PATH")]
     oci_runtime: Option<PathBuf>,
+    /// Container networking: bridge (CNI bridge + host-local, needs
+    /// containernetworking-plugins), loopback (a private namespace, no network), or
+    /// auto (bridge when the plugins are installed)
+    #[arg(long, value_enum, default_value = "auto", env = "SKIFF_CONTAINER_NETWORK")]
+    container_network: ContainerNetworkArg,
     /// Address of the ingress that serves HTTP deployments [default: port 8080 on the --listen ip, any free port if --listen has port 0]
     #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR")]
     ingress: Option<SocketAddr>,
@@ -212,6 +217,7 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
         listen: args.listen,
         advertise: args.advertise,
         oci_runtime: args.oci_runtime,
+        container_network: args.container_network.into(),
         ingress: args.ingress,
         ingress_advertise: args.ingress_advertise,
         http: args.http.config()?,
@@ -236,10 +242,7 @@ async fn simulate(args: NodeArgs, count: usize, server: String, token: String) -
         token,
         count,
         name_prefix: args.name_prefix.unwrap_or_else(|| "sim".into()),
-        capacity: skiff_api::Resources::new(
-            args.cpu.map_or(4000, |c| c.0),
-            args.memory.map_or(16 << 30, |m| m.0),
-        ),
+        capacity: skiff_api::Resources::new(args.cpu.map_or(4000, |c| c.0), args.memory.map_or(16 << 30, |m| m.0)),
         labels: parse_labels("--labels", &args.labels)?,
     };
     tracing::info!("simulating {count} nodes against {server}");
@@ -293,6 +296,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
         oci_runtime: None,
+        container_network: skiff_node::container::Network::Auto,
         ingress: Some(
             args.ingress
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], if args.listen.port() == 0 { 0 } else { 8080 }))),
@@ -408,5 +412,25 @@ mod tests {
         assert_eq!(sanitize_name("Web_1.example.com"), "web-1");
         assert_eq!(sanitize_name(""), "node");
         assert_eq!(sanitize_name("--x--"), "x");
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ContainerNetworkArg {
+    /// Bridge when the CNI plugins are installed, else loopback
+    Auto,
+    /// CNI bridge + host-local addresses
+    Bridge,
+    /// A private network namespace with loopback only
+    Loopback,
+}
+
+impl From<ContainerNetworkArg> for skiff_node::container::Network {
+    fn from(a: ContainerNetworkArg) -> Self {
+        match a {
+            ContainerNetworkArg::Auto => Self::Auto,
+            ContainerNetworkArg::Bridge => Self::Bridge,
+            ContainerNetworkArg::Loopback => Self::Loopback,
+        }
     }
 }

@@ -68,6 +68,10 @@ pub struct DeployArgs {
     /// A node label the nodes must carry, k=v (repeatable)
     #[arg(long = "label-selector", value_name = "K=V")]
     label_selector: Vec<String>,
+    /// A named node-local volume, NAME:/DIR or NAME:/DIR:ro (repeatable); pins the
+    /// replica to the volume's node
+    #[arg(long = "volume", value_name = "NAME:/DIR[:ro]")]
+    volume: Vec<String>,
     /// An environment variable set from a secret's key, VAR=SECRET:KEY (repeatable)
     #[arg(long = "secret-env", value_name = "VAR=SECRET:KEY")]
     secret_env: Vec<String>,
@@ -96,6 +100,25 @@ pub struct ApplyArgs {
     /// How long --wait waits
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
+}
+
+/// Turns `--volume NAME:/DIR[:ro]` flags into volume mounts.
+fn parse_volumes(flags: &[String]) -> anyhow::Result<Vec<skiff_api::VolumeMount>> {
+    flags
+        .iter()
+        .map(|f| {
+            let mut parts = f.splitn(3, ':');
+            let (Some(name), Some(path)) = (parts.next(), parts.next()) else {
+                bail!("--volume {f:?} must be NAME:/DIR or NAME:/DIR:ro, such as data:/data");
+            };
+            let read_only = match parts.next() {
+                None | Some("rw") => false,
+                Some("ro") => true,
+                Some(other) => bail!("--volume {f:?}: {other:?} must be ro or rw"),
+            };
+            Ok(skiff_api::VolumeMount { name: name.into(), path: path.into(), read_only, size: None })
+        })
+        .collect()
 }
 
 /// Turns `--secret-env VAR=SECRET:KEY` and `--secret-dir SECRET:/DIR` into secret
@@ -152,6 +175,7 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         restart: args.restart.into(),
         constraints,
         allowed_hosts: args.allow_host.clone(),
+        volumes: parse_volumes(&args.volume)?,
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
     };
     let request = spec.clone();
@@ -203,6 +227,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             restart: d.restart,
             constraints: d.constraints.clone(),
             allowed_hosts: d.allowed_hosts.clone(),
+            volumes: d.volumes.clone(),
             secrets: d.secrets.clone(),
         };
         let request = spec.clone();
@@ -257,8 +282,10 @@ async fn apply_one(
     spec: WorkloadSpec,
     strategy: Option<skiff_api::UpdateStrategy>,
 ) -> anyhow::Result<u64> {
-    let resp =
-        client.apply(name, &ApplyRequest { replicas, spec, strategy }).await.with_context(|| format!("deployment {name}"))?;
+    let resp = client
+        .apply(name, &ApplyRequest { replicas, spec, strategy })
+        .await
+        .with_context(|| format!("deployment {name}"))?;
     let outcome = match resp.outcome {
         ApplyOutcome::Created => "created",
         ApplyOutcome::Updated => "updated",

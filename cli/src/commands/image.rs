@@ -165,8 +165,11 @@ fn read_archive(path: &Path) -> anyhow::Result<HashMap<String, Vec<u8>>> {
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut files = HashMap::new();
     let mut total = 0u64;
-    for entry in archive.entries().with_context(|| format!("{} is not a tar archive", path.display()))? {
-        let mut entry = entry.with_context(|| format!("{} is not a readable tar archive", path.display()))?;
+    // The tar crate's own messages ("numeric field was not a number…") help nobody.
+    let not_tar =
+        || anyhow::anyhow!("{} is not a tar archive; give an OCI image layout or `docker save` tar", path.display());
+    for entry in archive.entries().map_err(|_| not_tar())? {
+        let mut entry = entry.map_err(|_| not_tar())?;
         if !entry.header().entry_type().is_file() {
             continue;
         }

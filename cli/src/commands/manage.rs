@@ -18,6 +18,9 @@ pub struct ScaleArgs {
 pub struct DeleteArgs {
     /// The deployment
     name: String,
+    /// Also delete the volumes it mounts (that no other deployment mounts), data and all
+    #[arg(long)]
+    purge_volumes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -45,8 +48,13 @@ pub async fn scale(args: ScaleArgs, client: &Client) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs, client: &Client) -> anyhow::Result<()> {
-    client.delete(&args.name).await?;
-    println!("deployment {} deleted", args.name);
+    if args.purge_volumes {
+        client.delete_purging_volumes(&args.name).await?;
+        println!("deployment {} deleted with its volumes", args.name);
+    } else {
+        client.delete(&args.name).await?;
+        println!("deployment {} deleted", args.name);
+    }
     Ok(())
 }
 

@@ -44,8 +44,10 @@ pub struct BundleSpec {
     pub memory: u64,
     /// CPU in millicores (0: no quota).
     pub cpu_millis: u64,
-    /// Host paths bound read-only into the container: (host, container path).
-    pub binds: Vec<(std::path::PathBuf, String)>,
+    /// The network namespace to join (made by CNI); a new empty one when `None`.
+    pub netns: Option<std::path::PathBuf>,
+    /// Host paths bound into the container: (host, container path, writable).
+    pub binds: Vec<(std::path::PathBuf, String, bool)>,
 }
 
 /// Merges the image's config with the replica's spec: the spec's args replace
@@ -227,6 +229,9 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
     .map(|typ| {
         let mut ns = LinuxNamespace::default();
         ns.set_typ(typ);
+        if typ == LinuxNamespaceType::Network {
+            ns.set_path(b.netns.clone());
+        }
         ns
     })
     .collect();
@@ -257,11 +262,11 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
         .map_err(e)?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
-    for (host, dest) in &b.binds {
+    for (host, dest, writable) in &b.binds {
         if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
             return Err(format!("cannot bind {} at {dest:?}: the path must be absolute, without '..'", host.display()));
         }
-        let opts = ["rbind", "ro", "nosuid", "nodev"].map(String::from).to_vec();
+        let opts = ["rbind", if *writable { "rw" } else { "ro" }, "nosuid", "nodev"].map(String::from).to_vec();
         mounts
             .push(MountBuilder::default().destination(dest).typ("bind").source(host).options(opts).build().map_err(e)?);
     }
@@ -319,7 +324,8 @@ mod tests {
             cgroups_path: "/skiff/web-abc123".into(),
             memory: 64 << 20,
             cpu_millis: 250,
-            binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into())],
+            netns: Some("/run/netns/skiff-web-abc123".into()),
+            binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into(), false)],
         };
         let mut v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
         // Sets serialise in hash order: sort them so the snapshot is stable.
@@ -368,6 +374,7 @@ mod tests {
                     "type": "uts"
                   },
                   {
+                    "path": "/run/netns/skiff-web-abc123",
                     "type": "network"
                   }
                 ],

@@ -15,6 +15,7 @@
 //!   before the agent starts, and the scheduler's set then starts what must run.
 
 pub mod bundle;
+pub mod cni;
 pub mod oci;
 pub mod unpack;
 
@@ -60,6 +61,8 @@ pub struct ContainerRuntime {
     dir: PathBuf,
     blobs: PathBuf,
     oci: Oci,
+    /// Bridge networking; `None`: a private namespace with loopback only.
+    cni: Option<cni::Cni>,
     /// One lock per layer digest, so N replicas of an image unpack each layer once.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -78,7 +81,7 @@ impl ContainerRuntime {
     /// Finds a working OCI runtime (`wanted`, else crun, else runc) and removes
     /// what an earlier daemon left under `data_dir`. Fails, saying why, when the
     /// node cannot run containers (not root, no runtime that works here).
-    pub fn start(data_dir: &Path, wanted: Option<&Path>) -> Result<ContainerRuntime, String> {
+    pub fn start(data_dir: &Path, wanted: Option<&Path>, network: Network) -> Result<ContainerRuntime, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("the node does not run as root".into());
         }
@@ -94,7 +97,18 @@ impl ContainerRuntime {
         let root = dir.join("state");
         let probe_dir = dir.join("probe");
         let oci = oci::find(wanted, &root, |oci| probe(oci, &probe_dir))?;
-        let rt = ContainerRuntime { dir, blobs, oci, unpacking: Mutex::new(HashMap::new()) };
+        let cni = match network {
+            Network::Loopback => None,
+            Network::Bridge => Some(cni::Cni::find(data_dir)?),
+            Network::Auto => match cni::Cni::find(data_dir) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    tracing::warn!("containers get loopback networking only: {why}");
+                    None
+                }
+            },
+        };
+        let rt = ContainerRuntime { dir, blobs, oci, cni, unpacking: Mutex::new(HashMap::new()) };
         rt.clean_leftovers();
         Ok(rt)
     }
@@ -102,6 +116,11 @@ impl ContainerRuntime {
     /// The OCI runtime in use.
     pub fn oci(&self) -> &Oci {
         &self.oci
+    }
+
+    /// Whether containers get bridge networking (else loopback only).
+    pub fn bridged(&self) -> bool {
+        self.cni.is_some()
     }
 
     /// Stops and removes every container, mount, bundle and cgroup a previous
@@ -115,7 +134,7 @@ impl ContainerRuntime {
         ids.dedup();
         for id in ids {
             tracing::info!(container = %id, "removing a container left by an earlier node daemon");
-            teardown(&self.oci, &id, &self.dir.join("run").join(&id), Duration::ZERO);
+            teardown(&self.oci, self.cni.as_ref(), &id, &self.dir.join("run").join(&id), Duration::ZERO);
         }
         if let Ok(entries) = fs::read_dir(self.dir.join("layers")) {
             for e in entries.flatten() {
@@ -278,16 +297,16 @@ impl Runtime for ContainerRuntime {
         let Ok(plan) = prepared.downcast::<Plan>() else {
             return Box::pin(async { Outcome::Failed("internal error: not a container plan".into()) });
         };
-        let oci = self.oci.clone();
+        let net = Net { oci: self.oci.clone(), cni: self.cni.clone() };
         let bundle = self.dir.join("run").join(&spec.replica);
-        Box::pin(run_container(oci, bundle, plan, spec, log))
+        Box::pin(run_container(net, bundle, plan, spec, log))
     }
 }
 
 /// Tears the container down when dropped unless disarmed: the supervisor stops a
 /// replica by dropping its future.
 struct Running {
-    oci: Oci,
+    net: Net,
     id: String,
     bundle: PathBuf,
     armed: bool,
@@ -296,19 +315,22 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if self.armed {
-            let (oci, id, bundle) = (self.oci.clone(), self.id.clone(), self.bundle.clone());
+            let (net, id, bundle) = (self.net.clone(), self.id.clone(), self.bundle.clone());
             // Drop cannot wait; a thread gives the container its grace period.
             let _ = std::thread::Builder::new()
                 .name("skiff-ctr-stop".into())
-                .spawn(move || teardown(&oci, &id, &bundle, STOP_GRACE));
+                .spawn(move || teardown(&net.oci, net.cni.as_ref(), &id, &bundle, STOP_GRACE));
         }
     }
 }
 
-/// Stops and deletes container `id` and removes its rootfs mount, bundle and
-/// cgroups. Blocking; every step tolerates what is already gone.
-pub fn teardown(oci: &Oci, id: &str, bundle: &Path, grace: Duration) {
+/// Stops and deletes container `id` and removes its network, rootfs mount,
+/// bundle and cgroups. Blocking; every step tolerates what is already gone.
+pub fn teardown(oci: &Oci, cni: Option<&cni::Cni>, id: &str, bundle: &Path, grace: Duration) {
     oci.stop(id, grace);
+    if let Some(cni) = cni {
+        cni.del(id);
+    }
     let rootfs = bundle.join("rootfs");
     if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
         && e != nix::errno::Errno::EINVAL
@@ -372,7 +394,7 @@ fn cgroup_usage(id: &str) -> Option<(u64, u64)> {
     Some((read("cpuacct", "cpuacct.usage")?, read("memory", "memory.usage_in_bytes")?))
 }
 
-fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec) -> Result<(), String> {
+fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec, netns: Option<PathBuf>) -> Result<(), String> {
     let ctx = |what: &str, p: &Path, e: &dyn std::fmt::Display| format!("cannot {what} {}: {e}", p.display());
     let rootfs = bundle.join("rootfs");
     let upper = bundle.join("upper");
@@ -408,7 +430,8 @@ fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec) -> Result<(), Stri
         cgroups_path: format!("/{CGROUP_PARENT}/{}", spec.replica),
         memory: plan.memory,
         cpu_millis: plan.cpu_millis,
-        binds: spec.preopens.iter().map(|p| (p.host.clone(), p.guest.clone())).collect(),
+        netns,
+        binds: spec.preopens.iter().map(|p| (p.host.clone(), p.guest.clone(), p.writable)).collect(),
     };
     let config = bundle::spec(&b)?;
     let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("cannot write config.json: {e}"))?;
@@ -426,22 +449,37 @@ async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, log: Arc<LogSink>, st
     }
 }
 
-async fn run_container(oci: Oci, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
+/// The OCI runtime and the network setup, as a run needs them.
+#[derive(Clone)]
+struct Net {
+    oci: Oci,
+    cni: Option<cni::Cni>,
+}
+
+async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
     let id = spec.replica.clone();
-    // A bundle of an earlier run (a crash of this daemon) goes first.
-    let mut guard = Running { oci: oci.clone(), id: id.clone(), bundle: bundle.clone(), armed: true };
+    let oci = net.oci.clone();
+    let mut guard = Running { net: net.clone(), id: id.clone(), bundle: bundle.clone(), armed: true };
     {
-        let (oci, id, bundle, plan, spec) = (oci.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
+        let (net, id, bundle, plan, spec) = (net.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
         let prepared = tokio::task::spawn_blocking(move || {
-            if bundle.exists() || oci.status(&id).is_some() {
-                teardown(&oci, &id, &bundle, Duration::ZERO);
+            // What an earlier run left (a crash of this daemon) goes first.
+            if bundle.exists() || net.oci.status(&id).is_some() {
+                teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO);
             }
-            prepare_bundle(&bundle, &plan, &spec)
+            let address = match &net.cni {
+                Some(cni) => Some(cni.add(&id)?),
+                None => None,
+            };
+            let netns = net.cni.as_ref().map(|_| cni::Cni::netns(&id));
+            prepare_bundle(&bundle, &plan, &spec, netns).map(|()| address)
         })
         .await
         .unwrap_or_else(|e| Err(format!("bundle task failed: {e}")));
-        if let Err(e) = prepared {
-            return Outcome::Failed(format!("cannot prepare the container: {e}"));
+        match prepared {
+            Ok(Some(address)) => log.system(&format!("network: eth0 {address}")),
+            Ok(None) => {}
+            Err(e) => return Outcome::Failed(format!("cannot prepare the container: {e}")),
         }
     }
     let mut child = match oci.run_command(&bundle, &id).spawn() {
@@ -475,8 +513,9 @@ async fn run_container(oci: Oci, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
 
     guard.armed = false;
     {
-        let (oci, id, bundle) = (oci.clone(), id.clone(), bundle.clone());
-        let _ = tokio::task::spawn_blocking(move || teardown(&oci, &id, &bundle, Duration::ZERO)).await;
+        let (net, id, bundle) = (net.clone(), id.clone(), bundle.clone());
+        let _ = tokio::task::spawn_blocking(move || teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO))
+            .await;
     }
     // The container is gone, so its pipes are closed: the pumps end.
     for p in pumps {
@@ -508,10 +547,10 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
     let result = (|| {
         let rootfs = bundle.join("rootfs");
         fs::create_dir_all(&rootfs).map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
-        let binds: Vec<(PathBuf, String)> = ["/usr", "/bin", "/lib", "/lib64"]
+        let binds: Vec<(PathBuf, String, bool)> = ["/usr", "/bin", "/lib", "/lib64"]
             .iter()
             .filter(|p| Path::new(p).exists())
-            .map(|p| (PathBuf::from(p), p.to_string()))
+            .map(|p| (PathBuf::from(p), p.to_string(), false))
             .collect();
         let truth = ["/bin/true", "/usr/bin/true"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("/bin/true");
         let b = bundle::BundleSpec {
@@ -526,6 +565,7 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
             memory: 32 << 20,
             cpu_millis: 100,
+            netns: None,
             binds,
         };
         let config = bundle::spec(&b)?;
@@ -548,8 +588,21 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             Err(format!("{} (exit status {:?})", line, out.status.code()))
         }
     })();
-    teardown(oci, &id, &bundle, Duration::ZERO);
+    teardown(oci, None, &id, &bundle, Duration::ZERO);
     result
+}
+
+/// How containers are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Bridge networking when the CNI plugins are installed, else loopback only.
+    #[default]
+    Auto,
+    /// Bridge networking (CNI bridge + host-local); containers are disabled
+    /// without the plugins.
+    Bridge,
+    /// A private network namespace with loopback only.
+    Loopback,
 }
 
 struct HashingReader<R> {
