@@ -134,6 +134,7 @@ function connect() {
     }
     conn.textContent = "live";
     conn.className = "conn live";
+    if (snap.node_history) seed(snap.node_history);
     record(snap);
     render();
   });
@@ -163,6 +164,21 @@ function record(s) {
   for (const r of s.replicas) { add(history.replica, r.id, r.cpu_seconds, r.memory_bytes); live.add("r/" + r.id); }
   for (const k of history.node.keys()) if (!live.has("n/" + k)) history.node.delete(k);
   for (const k of history.replica.keys()) if (!live.has("r/" + k)) history.replica.delete(k);
+}
+
+// The server keeps a few minutes of per-node totals: a page opened now starts
+// with them instead of empty charts.
+function seed(nodeHistory) {
+  for (const [name, samples] of Object.entries(nodeHistory)) {
+    if (history.node.has(name)) continue;
+    const h = [];
+    for (const [t, cpuSec, mem] of samples) {
+      const prev = h[h.length - 1];
+      const cpu = prev && t > prev.t && cpuSec >= prev.cpuSec ? (cpuSec - prev.cpuSec) / ((t - prev.t) / 1000) : 0;
+      h.push({ t, cpu, mem, cpuSec });
+    }
+    history.node.set(name, h);
+  }
 }
 
 function latest(map, key) {

@@ -137,6 +137,30 @@ fn is_plain_abs_path(path: &str) -> bool {
         && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
+/// Checks health checks: each sets exactly one of http, tcp or exec, with a path
+/// that starts with `/` and sane timing.
+pub fn validate_probes(p: &crate::types::Probes) -> Result<(), String> {
+    for (what, probe) in [("liveness", &p.liveness), ("readiness", &p.readiness), ("startup", &p.startup)] {
+        let Some(probe) = probe else { continue };
+        let kinds = probe.http.is_some() as u8 + probe.tcp.is_some() as u8 + probe.exec.is_some() as u8;
+        if kinds != 1 {
+            return Err(format!("{what} probe must set exactly one of http, tcp or exec"));
+        }
+        if let Some(h) = &probe.http
+            && (!h.path.starts_with('/') || h.path.len() > 1024 || h.path.chars().any(char::is_whitespace))
+        {
+            return Err(format!("{what} probe path {:?} must start with '/' and hold no spaces", h.path));
+        }
+        if probe.period_seconds == 0 || probe.timeout_seconds == 0 || probe.failure_threshold == 0 {
+            return Err(format!("{what} probe period, timeout and failure threshold must be at least 1"));
+        }
+        if probe.exec.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(format!("{what} probe exec needs a command"));
+        }
+    }
+    Ok(())
+}
+
 /// A deployment name checked by [`validate_name`] as it is read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Name(pub String);
@@ -252,6 +276,9 @@ pub struct ManifestDeployment {
     /// Named node-local volumes.
     #[serde(default)]
     pub volumes: Vec<crate::types::VolumeMount>,
+    /// Health checks.
+    #[serde(default)]
+    pub probes: crate::types::Probes,
     /// Hosts the replicas may call over HTTP.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -302,6 +329,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
             _ => {}
         }
         validate_volumes(&d.volumes, d.replicas).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        validate_probes(&d.probes).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         if !seen.insert(d.name.0.clone()) {
             return Err(plain(format!("deployment {:?} appears twice in the manifest", d.name.0)));
         }

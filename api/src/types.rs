@@ -205,6 +205,96 @@ pub struct WorkloadSpec {
     /// pinned to the node that holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// Health checks.
+    #[serde(default, skip_serializing_if = "Probes::is_empty")]
+    pub probes: Probes,
+}
+
+/// A replica's health checks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Probes {
+    /// Failing it restarts the replica.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+    /// While it fails the replica gets no traffic and does not count as available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Until it passes the other two wait; failing it restarts the replica.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Probe>,
+}
+
+impl Probes {
+    /// Whether no probe is set.
+    pub fn is_empty(&self) -> bool {
+        self.liveness.is_none() && self.readiness.is_none() && self.startup.is_none()
+    }
+}
+
+/// One health check and its timing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// An HTTP GET that must answer `status` (Wasm HTTP components: through their
+    /// handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    /// A TCP connection that must open (containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    /// A command that must exit 0 (containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Seconds between checks (default 5).
+    #[serde(default = "Probe::default_period")]
+    pub period_seconds: u32,
+    /// Seconds a check may take (default 1).
+    #[serde(default = "Probe::default_timeout")]
+    pub timeout_seconds: u32,
+    /// Consecutive failures that make the check fail (default 3).
+    #[serde(default = "Probe::default_threshold")]
+    pub failure_threshold: u32,
+    /// Seconds after start before the first check (default 0).
+    #[serde(default)]
+    pub initial_delay_seconds: u32,
+}
+
+impl Probe {
+    fn default_period() -> u32 {
+        5
+    }
+    fn default_timeout() -> u32 {
+        1
+    }
+    fn default_threshold() -> u32 {
+        3
+    }
+}
+
+/// `http:` of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// The path to GET, such as `/healthz`.
+    pub path: String,
+    /// The status that passes (default 200).
+    #[serde(default = "HttpProbe::default_status")]
+    pub status: u16,
+}
+
+impl HttpProbe {
+    fn default_status() -> u16 {
+        200
+    }
+}
+
+/// `tcp:` of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// The port that must accept a connection.
+    pub port: u16,
 }
 
 /// A deployment's use of a named volume.

@@ -252,7 +252,7 @@ impl HttpRuntime {
     }
 
     /// Routes requests for the replica's deployment to it until the guard drops.
-    fn route(self: &Arc<Self>, replica: Arc<HttpReplica>) -> Route {
+    pub(crate) fn route(self: &Arc<Self>, replica: Arc<HttpReplica>) -> Route {
         self.lock_local().entry(replica.deployment.clone()).or_default().push(replica.clone());
         Route { runtime: self.clone(), replica }
     }
@@ -486,7 +486,7 @@ impl HttpReplica {
 
 /// Keeps a replica routed; unroutes it when dropped (the replica stops). Requests
 /// already in flight hold their own reference and finish.
-struct Route {
+pub(crate) struct Route {
     runtime: Arc<HttpRuntime>,
     replica: Arc<HttpReplica>,
 }
@@ -576,7 +576,7 @@ pub(crate) async fn supervise_if_http(
         fail(format!("the component does not instantiate: {e}"));
         return true;
     }
-    let _route = runtime.route(replica);
+    let probes = a.spec.probes.clone();
     say(&format!(
         "serving http: {} and /d/{}/ on every node's ingress ({} per request, {} instances)",
         format_args!("{}.{}", a.deployment, runtime.config.suffix),
@@ -584,9 +584,8 @@ pub(crate) async fn supervise_if_http(
         format_args!("deadline {}s", runtime.config.request_timeout.as_secs_f64()),
         if runtime.pooling { "pooled" } else { "on-demand" },
     ));
-    set_state(status, ReplicaState::Ready, None, None);
-    // Served until the supervisor is dropped, which drops `_route`.
-    std::future::pending::<()>().await;
+    // Served until the supervisor is dropped, which drops the route.
+    crate::probes::serve(runtime, replica, probes, status, log).await;
     true
 }
 

@@ -17,6 +17,7 @@ pub mod ingress;
 pub mod logs;
 pub mod metrics;
 pub mod runtime;
+pub mod probes;
 pub mod secrets;
 pub mod volumes;
 pub mod sim;

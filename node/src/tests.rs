@@ -282,6 +282,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             secrets: vec![],
             allowed_hosts: vec![],
             volumes: vec![],
+            probes: Default::default(),
         },
         secrets: Default::default(),
     }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Serialize;
 use skiff_api::{Deployment, Event, Node, Replica, ReplicaStatus, now_ms};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,13 +35,25 @@ const EVENTS_POLL_GAP: Duration = Duration::from_millis(250);
 /// A snapshot is sent at least this often (carries nothing new, keeps ages fresh).
 const MAX_SNAPSHOT_GAP: Duration = Duration::from_secs(15);
 
+/// A node's usage samples kept for the dashboard's charts.
+const HISTORY_SAMPLES: usize = 60;
+/// One sample per node at most this often: 60 of them span five minutes.
+const HISTORY_EVERY_MS: u64 = 5_000;
+
 /// Usage of the replicas as their nodes last reported it.
 #[derive(Default)]
 pub struct Live {
     /// Node → (replica id → (cpu seconds, memory bytes)), replaced whole by each
     /// heartbeat, so a replica a node no longer reports is forgotten with it.
     usage: Mutex<HashMap<String, NodeUsage>>,
+    /// Node → its recent (time ms, cpu seconds, memory bytes) totals, so that a
+    /// page opened now draws the last minutes at once. Per node only: bounded by
+    /// the cluster's size, whereas a history per replica would grow with it.
+    history: Mutex<HashMap<String, VecDeque<Sample>>>,
 }
+
+/// A node's (time ms, cpu seconds, memory bytes) at one instant.
+type Sample = (u64, f64, u64);
 
 /// Replica id → (cpu seconds, memory bytes) of one node.
 type NodeUsage = HashMap<String, (f64, u64)>;
@@ -51,8 +63,34 @@ impl Live {
     pub fn record(&self, node: &str, replicas: &[ReplicaStatus]) {
         let map = replicas.iter().map(|r| (r.id.clone(), (r.cpu_seconds, r.memory_bytes))).collect();
         self.usage.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), map);
+        self.sample(
+            node,
+            now_ms(),
+            replicas.iter().map(|r| r.cpu_seconds).sum(),
+            replicas.iter().map(|r| r.memory_bytes).sum(),
+        );
         // Usage is not state (it is not stored), but the dashboard draws it.
         crate::metrics::changed();
+    }
+
+    /// Adds a node's totals to its history, at most one sample per
+    /// `HISTORY_EVERY_MS`, keeping the last `HISTORY_SAMPLES`.
+    fn sample(&self, node: &str, t: u64, cpu_seconds: f64, memory_bytes: u64) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let h = history.entry(node.to_string()).or_default();
+        if h.back().is_some_and(|&(last, _, _)| t < last + HISTORY_EVERY_MS) {
+            return;
+        }
+        if h.len() == HISTORY_SAMPLES {
+            h.pop_front();
+        }
+        h.push_back((t, cpu_seconds, memory_bytes));
+    }
+
+    /// Every node's history.
+    fn history(&self) -> HashMap<String, Vec<Sample>> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().map(|(k, v)| (k.clone(), v.iter().copied().collect())).collect()
     }
 
     /// What replica `replica` on `node` uses, as last reported.
@@ -88,9 +126,13 @@ struct Snapshot {
     deployments: Vec<Deployment>,
     replicas: Vec<ReplicaView>,
     events: Vec<Event>,
+    /// Per node, recent `[time ms, cpu seconds, memory bytes]` samples: only in
+    /// the first snapshot of a stream, to seed the page's charts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_history: Option<HashMap<String, Vec<Sample>>>,
 }
 
-fn snapshot(core: &Core) -> Result<String, ApiError> {
+fn snapshot(core: &Core, with_history: bool) -> Result<String, ApiError> {
     let snap = {
         let st = core.state();
         let mem = st.mem();
@@ -127,7 +169,8 @@ fn snapshot(core: &Core) -> Result<String, ApiError> {
             .collect();
         let deployments = mem.deployment_names().filter_map(|n| mem.deployment(n)).collect();
         let events = st.store().events(None, SNAPSHOT_EVENTS)?;
-        Snapshot { time_ms: now_ms(), nodes, deployments, replicas, events }
+        let node_history = with_history.then(|| core.live.history());
+        Snapshot { time_ms: now_ms(), nodes, deployments, replicas, events, node_history }
     };
     serde_json::to_string(&snap).map_err(|e| ApiError::internal(format!("encoding the snapshot: {e}")))
 }
@@ -141,7 +184,7 @@ pub async fn watch(State(core): State<Arc<Core>>) -> Sse<impl Stream<Item = Resu
             let _ = tokio::time::timeout(MAX_SNAPSHOT_GAP, rx.changed()).await;
         }
         rx.borrow_and_update();
-        let event = match snapshot(&core) {
+        let event = match snapshot(&core, first) {
             Ok(json) => SseEvent::default().event("snapshot").data(json),
             Err(e) => SseEvent::default().event("error").data(e.to_string()),
         };
@@ -203,4 +246,27 @@ fn asset_response(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_history_is_sampled_and_bounded() {
+        let live = Live::default();
+        for i in 0..200u64 {
+            // Every second: only one in five becomes a sample.
+            live.sample("n1", 1_000_000 + i * 1_000, i as f64, i);
+        }
+        let h = live.history().remove("n1").unwrap_or_default();
+        assert_eq!(h.len(), 40, "200 s at one sample per 5 s");
+        for i in 200..1000u64 {
+            live.sample("n1", 1_000_000 + i * 1_000, i as f64, i);
+        }
+        let h = live.history().remove("n1").unwrap_or_default();
+        assert_eq!(h.len(), HISTORY_SAMPLES);
+        assert_eq!(h.last().map(|s| s.0), Some(1_000_000 + 995_000));
+        assert!(h.windows(2).all(|w| w[1].0 - w[0].0 == HISTORY_EVERY_MS));
+    }
 }

@@ -595,6 +595,7 @@ fn validate_secret_key(key: &str) -> Result<(), String> {
 
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
     skiff_api::manifest::validate_volumes(&req.spec.volumes, req.replicas).map_err(ApiError::bad_request)?;
+    skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
     for r in &req.spec.secrets {
         skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
     }
@@ -1162,13 +1163,21 @@ impl Mem {
         }
         let paused = e.d.rollout.paused;
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
+        // Available: ready, or running when its revision has no readiness probe
+        // (then running is all there is to know), for min_ready_seconds.
+        let serving = |r: &Replica| match r.state {
+            ReplicaState::Ready => true,
+            ReplicaState::Running => {
+                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(|s| s.probes.readiness.is_none())
+            }
+            _ => false,
+        };
         let seen: Vec<rollout::Seen> = self
             .replicas_of(name)
             .map(|r| rollout::Seen {
                 id: r.id.clone(),
                 current: r.revision == revision,
-                available: matches!(r.state, ReplicaState::Running | ReplicaState::Ready)
-                    && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                available: serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms,
                 failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
                 rank: removal_rank(r),
             })
@@ -1589,6 +1598,7 @@ mod tests {
             secrets: vec![],
             allowed_hosts: vec![],
             volumes: vec![],
+            probes: Default::default(),
         }
     }
 

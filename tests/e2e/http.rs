@@ -10,39 +10,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// One HTTP answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// `GET path` on `addr` (`http://IP:PORT`) with `Host: host`, HTTP/1.0 so the
-/// answer ends with the connection.
-fn get(addr: &str, host: &str, path: &str) -> Result<Answer, String> {
-    let hostport = addr.strip_prefix("http://").ok_or("only http:// addresses")?;
-    let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
-    Ok(Answer { status, head: head.to_string(), body: body.to_string() })
-}
-
 struct Cluster {
     dir: TempDir,
     url: String,

@@ -87,3 +87,82 @@ fn rolling_updates_keep_capacity_and_roll_back_failures() {
     assert!(reps.iter().all(|r| r["revision"] == 1), "{reps:?}");
     assert!(dev.proc.alive());
 }
+
+fn http_manifest(greeting: &str, healthy: bool) -> String {
+    format!(
+        "name: hello\nwasm: hello_http.wasm\nreplicas: 3\nresources: {{cpu: 50m, memory: 32Mi}}\n\
+         env: {{GREETING: {greeting}, HEALTHY: '{healthy}'}}\n\
+         probes:\n  readiness: {{http: {{path: /healthz}}, period_seconds: 1, failure_threshold: 1}}\n  \
+         liveness: {{http: {{path: /}}, period_seconds: 1}}\n\
+         strategy: {{max_surge: 1, max_unavailable: 0, min_ready_seconds: 1, progress_deadline_seconds: 8}}\n"
+    )
+}
+
+/// The test of zero downtime: a client sends requests all the time through the
+/// ingress while three HTTP replicas roll to a new version, and then to a broken
+/// one (it fails readiness) that is rolled back by itself; no request fails.
+#[test]
+fn http_rollouts_drop_no_request() {
+    let dev = Dev::start("zero-downtime");
+    let (cwd, url) = (dev.dir.path().to_path_buf(), dev.url.clone());
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+    std::fs::copy(wasm_p2("hello_http"), cwd.join("hello_http.wasm")).expect("copy");
+    let file = cwd.join("hello.yaml");
+    let apply = |text: &str| {
+        std::fs::write(&file, text).expect("write manifest");
+        cli_ok(&cwd, &url, &["apply", "-f", file.to_str().unwrap_or_default()])
+    };
+    let status = || cli_in(&cwd, &url, &["rollout", "status", "hello", "--timeout", "90s"]);
+    apply(&http_manifest("v1", true));
+    let first = status();
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, ingress) = (stop.clone(), ingress.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut answers = std::collections::BTreeMap::<String, u64>::new();
+            while !stop.load(Ordering::Relaxed) {
+                match get(&ingress, "hello.skiff.local", "/") {
+                    Ok(a) if a.status == 200 => {
+                        ok += 1;
+                        let word = a.body.split_whitespace().next().unwrap_or("").to_string();
+                        *answers.entry(word).or_default() += 1;
+                    }
+                    Ok(a) => failed.push(format!("{} {}", a.status, a.body.trim())),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed, answers)
+        })
+    };
+
+    apply(&http_manifest("v2", true));
+    let good = status();
+    assert!(good.ok, "{}{}", good.stdout, good.stderr);
+    apply(&http_manifest("v3", false));
+    let bad = status();
+    assert!(!bad.ok && bad.stderr.contains("rolled back to revision 2"), "{}{}", bad.stdout, bad.stderr);
+    wait_for(Duration::from_secs(30), "only revision 2 serving", || {
+        let reps = get_json(&cwd, &url, "replicas");
+        let ok = reps.len() == 3 && reps.iter().all(|r| r["revision"] == 2 && r["state"] == "ready");
+        if ok { Ok(()) } else { Err(format!("{reps:?}")) }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, answers) = client.join().expect("client");
+    eprintln!("{ok} requests answered during the rollouts: {answers:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(answers.contains_key("v1") && answers.contains_key("v2"), "both versions answered: {answers:?}");
+    assert!(!answers.contains_key("v3"), "the broken version got traffic: {answers:?}");
+    assert!(ok > 50, "only {ok} requests made it through");
+    let events = cli_ok(&cwd, &url, &["describe", "deployment", "hello"]);
+    assert!(events.contains("RolledBack") && events.contains("no progress"), "{events}");
+}

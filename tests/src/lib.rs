@@ -209,21 +209,48 @@ pub fn running(cwd: &Path, server: &str, deployment: &str) -> Vec<(String, Strin
         .collect()
 }
 
-/// A plain HTTP/1.0 GET of `http://HOST:PORT/PATH` with a short timeout: the body
-/// of a 2xx answer, or an error string.
-pub fn http_get(url: &str) -> Result<String, String> {
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// `GET path` on `addr` (`http://IP:PORT`) with `Host: host`, HTTP/1.0 so the
+/// answer ends with the connection.
+pub fn get(addr: &str, host: &str, path: &str) -> Result<Answer, String> {
     use std::io::{Read, Write};
+    let hostport = addr.strip_prefix("http://").ok_or("only http:// addresses")?;
+    let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
+    Ok(Answer { status, head: head.to_string(), body: body.to_string() })
+}
+
+/// A plain GET of `http://HOST:PORT/PATH`: the body of a 2xx answer, or an
+/// error string.
+pub fn http_get(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// urls")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
-    let ok = head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2'));
-    if ok { Ok(body.to_string()) } else { Err(head.lines().next().unwrap_or("").to_string()) }
+    let a = get(&format!("http://{host}"), host, &path)?;
+    if (200..300).contains(&a.status) { Ok(a.body) } else { Err(a.head.lines().next().unwrap_or("").to_string()) }
 }
 
 /// A `skiff dev` process (a scheduler and a node in one) on free ports, in its

@@ -4,6 +4,8 @@
 //! Routes:
 //! - `GET /` answers `hello from REPLICA` (the replica id from `SKIFF_REPLICA`),
 //!   with the id also in the `x-skiff-replica` header; `GREETING` changes the word.
+//! - `/healthz` answers 200 `ok`, or 500 when `HEALTHY=false` (a version that
+//!   fails its readiness probe).
 //! - `/spin` loops forever (the node answers 504 at its request deadline).
 //! - `/grow` allocates 512 MiB (more than any small memory limit: that request fails).
 //! - `/call/AUTHORITY/PATH` sends `GET http://AUTHORITY/PATH` and answers with the
@@ -29,6 +31,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let replica = std::env::var("SKIFF_REPLICA").unwrap_or_else(|_| "unknown".to_string());
         let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".to_string());
+        if path == "/healthz" {
+            let healthy = std::env::var("HEALTHY").map(|v| v != "false").unwrap_or(true);
+            let (status, body) = if healthy { (200, "ok\n") } else { (500, "unhealthy\n") };
+            respond(out, status, &replica, body);
+            return;
+        }
         if path == "/spin" {
             #[allow(clippy::empty_loop)]
             loop {}

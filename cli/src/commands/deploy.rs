@@ -176,6 +176,7 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         constraints,
         allowed_hosts: args.allow_host.clone(),
         volumes: parse_volumes(&args.volume)?,
+        probes: Default::default(),
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
     };
     let request = spec.clone();
@@ -228,6 +229,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             constraints: d.constraints.clone(),
             allowed_hosts: d.allowed_hosts.clone(),
             volumes: d.volumes.clone(),
+            probes: d.probes.clone(),
             secrets: d.secrets.clone(),
         };
         let request = spec.clone();
