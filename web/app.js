@@ -86,14 +86,34 @@ function showError(msg) {
 }
 $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
 
+// The API token: from `?token=` once (then kept in localStorage and taken out of
+// the address bar), else what was kept; asked for when the server refuses it.
+const TOKEN_KEY = "skiff-token";
+{
+  const given = new URLSearchParams(location.search).get("token");
+  if (given) {
+    localStorage.setItem(TOKEN_KEY, given);
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
+}
+function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
+function authHeaders(headers = {}) {
+  return token() ? { ...headers, authorization: "Bearer " + token() } : headers;
+}
+function askToken() {
+  const t = prompt("skiff API token (the server's DATA_DIR/admin-token, or one from `skiff token create --read-only`):");
+  if (t && t.trim()) { localStorage.setItem(TOKEN_KEY, t.trim()); location.reload(); }
+}
+
 async function api(method, path, body, headers = {}) {
   let resp;
   try {
-    resp = await fetch(path, { method, body, headers });
+    resp = await fetch(path, { method, body, headers: authHeaders(headers) });
   } catch (e) {
     throw new Error(`cannot reach the skiff server: ${e.message}`);
   }
   const text = await resp.text();
+  if (resp.status === 401) askToken();
   if (!resp.ok) {
     let msg = `server answered ${resp.status}`;
     try { msg = JSON.parse(text).error || msg; } catch { if (text.trim()) msg += ": " + text.trim(); }
@@ -124,7 +144,8 @@ window.addEventListener("hashchange", showView);
 
 function connect() {
   const conn = $("#conn");
-  const es = new EventSource("/v1/watch");
+  // EventSource cannot send headers: the stream takes the token in its query.
+  const es = new EventSource("/v1/watch" + (token() ? "?token=" + encodeURIComponent(token()) : ""));
   es.addEventListener("snapshot", (ev) => {
     try {
       snap = JSON.parse(ev.data);
@@ -140,6 +161,8 @@ function connect() {
   });
   es.addEventListener("error", (ev) => {
     if (ev.data) showError("the server could not build a snapshot: " + ev.data);
+    // A refused stream is closed for good: check whether the token is the reason.
+    if (es.readyState === EventSource.CLOSED) api("GET", "/v1/nodes").catch((e) => showError(e.message));
     conn.textContent = "disconnected; reconnecting…";
     conn.className = "conn down";
   });
@@ -413,7 +436,7 @@ $("#deploy-form").addEventListener("submit", async (ev) => {
     const bytes = new Uint8Array(await file.arrayBuffer());
     const digest = "sha256:" + (await sha256Hex(bytes));
     // Upload only what the server lacks (as `skiff deploy` does).
-    const have = await fetch(`/v1/blobs/${digest}`, { method: "HEAD" }).then((r) => r.ok, () => false);
+    const have = await fetch(`/v1/blobs/${digest}`, { method: "HEAD", headers: authHeaders() }).then((r) => r.ok, () => false);
     if (!have) {
       status.textContent = "uploading…";
       await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
@@ -568,7 +591,7 @@ async function startTail() {
   $("#logs-status").textContent = `tailing ${replica}`;
   try {
     const url = `/v1/deployments/${encodeURIComponent(deployment)}/logs?follow=true&tail=200&replica=${encodeURIComponent(replica)}`;
-    const resp = await fetch(url, { signal: ctrl.signal });
+    const resp = await fetch(url, { signal: ctrl.signal, headers: authHeaders() });
     if (!resp.ok) {
       let msg = `server answered ${resp.status}`;
       try { msg = (await resp.json()).error || msg; } catch { /* not JSON */ }

@@ -51,7 +51,9 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    /// Shared by clones, so that a node switching to its credential switches
+    /// every task's client at once.
+    token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     http: reqwest::Client,
 }
 
@@ -62,13 +64,24 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { base: base.trim_end_matches('/').to_string(), token: None, http }
+        Client { base: base.trim_end_matches('/').to_string(), token: Default::default(), http }
     }
 
-    /// Sends `token` as a bearer token on every call.
+    /// Sends `token` as a bearer token on every call (this client and its later
+    /// clones; earlier clones keep theirs).
     pub fn with_token(mut self, token: &str) -> Client {
-        self.token = Some(token.to_string());
+        self.token = std::sync::Arc::new(std::sync::RwLock::new(Some(token.to_string())));
         self
+    }
+
+    /// Replaces the bearer token of this client and of every clone sharing it.
+    pub fn set_token(&self, token: &str) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token.to_string());
+    }
+
+    /// The bearer token sent, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The scheduler's base URL.
@@ -78,7 +91,7 @@ impl Client {
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let rb = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
+        match &self.token() {
             Some(t) => rb.bearer_auth(t),
             None => rb,
         }
@@ -283,6 +296,23 @@ impl Client {
         self.send(rb).await.map(|_| ())
     }
 
+    // ---- tokens ----
+
+    /// Every API token (names and roles, never the tokens).
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/tokens")).await
+    }
+
+    /// Makes an API token; the answer is the only time it is shown.
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/v1/tokens").json(req)).await
+    }
+
+    /// Revokes the API token `name`.
+    pub async fn delete_token(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/tokens/{name}"))).await.map(|_| ())
+    }
+
     // ---- nodes ----
 
     /// Every node.
@@ -295,7 +325,12 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, &format!("/v1/nodes/{name}"))).await
     }
 
-    /// Registers a node (the client must carry the join token).
+    /// Removes node `name` and revokes its credential.
+    pub async fn remove_node(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/nodes/{name}"))).await.map(|_| ())
+    }
+
+    /// Registers a node (the client must carry the join token or its credential).
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/v1/nodes/register").json(req)).await
     }

@@ -282,6 +282,12 @@ pub struct ManifestDeployment {
     /// Hosts the replicas may call over HTTP.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// The port an image serves HTTP on, routed by the ingress.
+    #[serde(default)]
+    pub http_port: Option<u16>,
+    /// Scaling by load between `min` and `max` replicas.
+    #[serde(default)]
+    pub autoscale: Option<crate::types::Autoscale>,
 }
 
 /// A manifest that could not be read, with where.
@@ -330,6 +336,19 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
         }
         validate_volumes(&d.volumes, d.replicas).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         validate_probes(&d.probes).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        if let Some(a) = &d.autoscale {
+            a.validate().map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        }
+        match d.http_port {
+            Some(0) => return Err(plain(format!("deployment {:?}: http_port must be 1-65535", d.name.0))),
+            Some(_) if d.image.is_none() => {
+                return Err(plain(format!(
+                    "deployment {:?}: http_port is for images; a Wasm HTTP component is served without one",
+                    d.name.0
+                )));
+            }
+            _ => {}
+        }
         if !seen.insert(d.name.0.clone()) {
             return Err(plain(format!("deployment {:?} appears twice in the manifest", d.name.0)));
         }

@@ -208,6 +208,11 @@ pub struct WorkloadSpec {
     /// Health checks.
     #[serde(default, skip_serializing_if = "Probes::is_empty")]
     pub probes: Probes,
+    /// The port a container serves HTTP on: a running replica counts as ready once
+    /// it accepts connections there (or its readiness probe passes), and the
+    /// ingress routes `NAME.skiff.local` to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
 }
 
 /// A replica's health checks.
@@ -281,6 +286,10 @@ pub struct HttpProbe {
     /// The status that passes (default 200).
     #[serde(default = "HttpProbe::default_status")]
     pub status: u16,
+    /// The port to GET on the container's address (containers only; a Wasm
+    /// component is checked through its handler and ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl HttpProbe {
@@ -385,6 +394,66 @@ pub struct DeploymentStatus {
     pub failed: u32,
     /// Restarts summed over live replicas.
     pub restarts: u32,
+}
+
+/// Scaling by load: the scheduler keeps the replica count between `min` and
+/// `max` so that the usage the nodes report meets the target.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// Fewest replicas (at least 1).
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Target average cpu use per replica, in percent of its cpu request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu_percent: Option<u32>,
+    /// Target requests per second per replica (HTTP components, counted by the ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_requests_per_second: Option<f64>,
+    /// Seconds of usage averaged for each decision (default 30).
+    #[serde(default = "Autoscale::default_window")]
+    pub window_seconds: u32,
+    /// Seconds the load must have stayed low before scaling down: the count is
+    /// the highest recommended over this window (default 30).
+    #[serde(default = "Autoscale::default_stabilization")]
+    pub stabilization_seconds: u32,
+    /// The same before scaling up: the lowest recommended over it (default 0, at once).
+    #[serde(default)]
+    pub scale_up_stabilization_seconds: u32,
+}
+
+impl Autoscale {
+    fn default_window() -> u32 {
+        30
+    }
+    fn default_stabilization() -> u32 {
+        30
+    }
+
+    /// Checks the bounds and that exactly one target is set, with a usable value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min == 0 || self.min > self.max {
+            return Err(format!("autoscale needs 1 <= min <= max, got min {} and max {}", self.min, self.max));
+        }
+        if self.max > crate::manifest::MAX_REPLICAS {
+            return Err(format!("autoscale max must be at most {}, got {}", crate::manifest::MAX_REPLICAS, self.max));
+        }
+        match (self.target_cpu_percent, self.target_requests_per_second) {
+            (Some(0), _) => Err("autoscale target_cpu_percent must be above 0".into()),
+            (None, Some(r)) if !(r.is_finite() && r > 0.0) => {
+                Err("autoscale target_requests_per_second must be above 0".into())
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                if self.window_seconds == 0 {
+                    Err("autoscale window_seconds must be above 0".into())
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err("autoscale needs one target: target_cpu_percent or target_requests_per_second".into()),
+        }
+    }
 }
 
 /// How a new revision replaces the old one: a rolling update.
@@ -504,6 +573,9 @@ pub struct Deployment {
     /// Where the latest rollout stands.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Scaling by load, when set: the scheduler then owns `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
 }
 
 /// The lifecycle of a replica. Transitions are explicit: see [`ReplicaState::can_become`].
@@ -658,6 +730,9 @@ pub struct ApplyRequest {
     /// the strategy it has (the default one for a new deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<UpdateStrategy>,
+    /// Scaling by load; when absent, the deployment keeps what it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
 }
 
 /// What an apply did.
@@ -725,6 +800,10 @@ pub struct RegisterResponse {
     pub node: Node,
     /// How often to heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// The node's own credential, given when it registered with the join token:
+    /// every later call of the node carries it instead (kept by the node, 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// A replica as its node reports it.
@@ -748,6 +827,9 @@ pub struct ReplicaStatus {
     /// Memory the replica holds now, in bytes (a Wasm guest's linear memories).
     #[serde(default)]
     pub memory_bytes: u64,
+    /// HTTP requests the ingress has passed to the replica so far.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// `POST /v1/nodes/{name}/heartbeat`.
@@ -838,4 +920,53 @@ pub struct ImageRequest {
     pub tag: String,
     /// Digest of the OCI image manifest blob.
     pub digest: String,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRole {
+    /// Every call.
+    Admin,
+    /// Only reads (GET and HEAD).
+    ReadOnly,
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRole::Admin => "admin",
+            TokenRole::ReadOnly => "read-only",
+        })
+    }
+}
+
+/// An API token as listed (`GET /v1/tokens`); the token itself is never shown again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its name, unique.
+    pub name: String,
+    /// What it may do.
+    pub role: TokenRole,
+    /// When it was made.
+    pub created_ms: Millis,
+}
+
+/// `POST /v1/tokens`: make a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Its name; the server picks one when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What it may do.
+    pub role: TokenRole,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The token as listed.
+    pub info: TokenInfo,
+    /// The bearer token itself.
+    pub token: String,
 }

@@ -108,18 +108,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let machine = procs::machine();
     let mut scenarios = serde_json::Map::new();
     let want = |s: &str| args.scenarios.iter().any(|x| x == s);
+    // A scenario that fails is recorded with its error: a failure is a result too.
+    let failed = |e: anyhow::Error| {
+        eprintln!("  failed: {e:#}");
+        json!({ "error": format!("{e:#}") })
+    };
     if want("a") || want("failover") {
-        let (a, failover) = scenario_a(&args, want("failover")).await?;
-        scenarios.insert("a".into(), a);
-        if let Some(f) = failover {
-            scenarios.insert("failover".into(), f);
+        match scenario_a(&args, want("failover")).await {
+            Ok((a, failover)) => {
+                scenarios.insert("a".into(), a);
+                if let Some(f) = failover {
+                    scenarios.insert("failover".into(), f);
+                }
+            }
+            Err(e) => {
+                scenarios.insert("a".into(), failed(e));
+            }
         }
     }
     if want("b") {
-        scenarios.insert("b".into(), scenario_b(&args).await?);
+        scenarios.insert("b".into(), scenario_b(&args).await.unwrap_or_else(failed));
     }
     if want("deploy") {
-        scenarios.insert("deploy".into(), scenario_deploy(&args).await?);
+        scenarios.insert("deploy".into(), scenario_deploy(&args).await.unwrap_or_else(failed));
     }
     let result = json!({
         "date": started,
@@ -175,7 +186,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let token = std::fs::read_to_string(data.join("join-token"))?.trim().to_string();
-        let api = Client::new(&url);
+        let api = user_client(&url, &data);
         Ok(Cluster { dir, server, sims: Vec::new(), url, token, api })
     }
 
@@ -227,6 +238,14 @@ impl Cluster {
         let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
         self.api.put_blob(&digest, bytes.to_vec()).await?;
         Ok(digest)
+    }
+}
+
+/// A client of the user API, with the server's admin token when it keeps one.
+fn user_client(url: &str, data_dir: &Path) -> Client {
+    match std::fs::read_to_string(data_dir.join("admin-token")) {
+        Ok(t) if !t.trim().is_empty() => Client::new(url).with_token(t.trim()),
+        _ => Client::new(url),
     }
 }
 
@@ -412,7 +431,11 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     });
     drop(p);
     println!("  {a}");
-    let f = if victims > 0 && done { Some(scenario_failover(&mut c, victims, &names).await?) } else { None };
+    let f = if victims > 0 && done {
+        Some(scenario_failover(&mut c, victims, &names).await.unwrap_or_else(|e| json!({ "error": format!("{e:#}") })))
+    } else {
+        None
+    };
     if let Some(f) = &f {
         println!("  failover: {f}");
     }
@@ -535,7 +558,7 @@ async fn scenario_deploy(args: &RunArgs) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let api = Client::new(&url);
+    let api = user_client(&url, &data);
     let node = loop {
         if let Ok(n) = api.node("dev").await
             && n.state == skiff_api::NodeState::Ready

@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, events, get, image, manage, rollout, secret, volume};
+use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, volume};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -17,6 +17,8 @@ use std::process::ExitCode;
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// Where `skiff dev` (run in this directory) leaves the URL it serves on.
 const DEV_SERVER_URL_FILE: &str = ".skiff/server.url";
+/// Where `skiff dev` (run in this directory) leaves its admin API token.
+const DEV_TOKEN_FILE: &str = ".skiff/admin-token";
 
 #[derive(Debug, Parser)]
 #[command(name = "skiff", about = "skiff: a workload scheduler for Wasm and containers", version)]
@@ -24,6 +26,10 @@ struct Cli {
     /// The scheduler's URL [default: the URL in ./.skiff/server.url, else http://127.0.0.1:7070]
     #[arg(long, global = true, env = "SKIFF_SERVER")]
     server: Option<String>,
+
+    /// The API token, given before the subcommand (skiff --token T get nodes) [default: ./.skiff/admin-token, else ~/.config/skiff/token]
+    #[arg(long = "token", env = "SKIFF_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -62,13 +68,15 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// List and delete named volumes
     Volume(volume::VolumeArgs),
+    /// Create, list and revoke API tokens
+    Token(token::TokenArgs),
     /// Print skiff's version
     Version,
 }
 
 impl Command {
     fn is_daemon(&self) -> bool {
-        matches!(self, Command::Server(_) | Command::Node(_) | Command::Dev(_))
+        matches!(self, Command::Server(_) | Command::Dev(_)) || matches!(self, Command::Node(a) if a.action.is_none())
     }
 }
 
@@ -85,6 +93,21 @@ fn resolve_server(flag: Option<String>) -> String {
         }
     }
     DEFAULT_SERVER.to_string()
+}
+
+/// The API token to send: the flag or `SKIFF_TOKEN`, else what `skiff dev` wrote
+/// in the current directory, else `~/.config/skiff/token`.
+fn resolve_token(flag: Option<String>) -> Option<String> {
+    if let Some(t) = flag.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/skiff/token"));
+    [Some(Path::new(DEV_TOKEN_FILE).to_path_buf()), home]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+        .find(|t| !t.is_empty())
 }
 
 fn init_logging(default_level: &str) {
@@ -143,7 +166,15 @@ fn main() -> ExitCode {
         daemons::raise_fd_limit();
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.command.is_daemon() {
+        // The scheduler's handlers wait on its state lock; with one worker per
+        // core, a few waiting handlers stop the accept loop and heartbeats queue
+        // up in the kernel until live nodes miss their grace period.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        builder.worker_threads((cores * 4).max(8));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -188,9 +219,17 @@ fn one_line(err: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = resolve_server(cli.server);
+    let token = resolve_token(cli.api_token);
+    let client = |server: &str| match &token {
+        Some(t) => skiff_api::Client::new(server).with_token(t),
+        None => skiff_api::Client::new(server),
+    };
     match cli.command {
         Command::Server(args) => daemons::server(args).await,
-        Command::Node(args) => daemons::node(args, server).await,
+        Command::Node(mut args) => match args.action.take() {
+            Some(action) => daemons::node_action(action, &client(&server)).await,
+            None => daemons::node(args, server).await,
+        },
         Command::Dev(args) => daemons::dev(args).await,
         Command::Deploy(args) => deploy::deploy(args, &client(&server)).await,
         Command::Apply(args) => deploy::apply(args, &client(&server)).await,
@@ -204,13 +243,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(args) => secret::secret(args, &client(&server)).await,
         Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
         Command::Volume(args) => volume::volume(args, &client(&server)).await,
+        Command::Token(args) => token::token(args, &client(&server)).await,
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
-}
-
-fn client(server: &str) -> skiff_api::Client {
-    skiff_api::Client::new(server)
 }

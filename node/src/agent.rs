@@ -21,6 +21,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for an answer to a register or heartbeat call: a partition that
 /// drops packets must not stall the loop for the TCP retransmission timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The node's credential from the scheduler, in the data dir (0600): a restarted
+/// daemon carries on with it instead of joining anew.
+pub const CREDENTIAL_FILE: &str = "node-credential";
 /// Heartbeat interval until the scheduler says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -49,6 +52,9 @@ pub struct Agent {
     /// query from index 0 when it changes (the scheduler may have lost its state).
     registered: tokio::sync::watch::Sender<u64>,
     registering: tokio::sync::Mutex<()>,
+    /// The token the client was made with: used to register when the node has
+    /// no credential (or the scheduler revoked it).
+    join_token: String,
 }
 
 /// Whether the scheduler answers, for logging one line per change.
@@ -75,7 +81,15 @@ impl Link {
 impl Agent {
     /// An agent for `id` that talks to the scheduler through `client`.
     pub fn new(id: Identity, client: Client, ctx: Arc<Context>) -> Agent {
+        let join_token = client.token().unwrap_or_default();
+        if let Ok(credential) = std::fs::read_to_string(ctx.data_dir.join(CREDENTIAL_FILE)) {
+            let credential = credential.trim();
+            if !credential.is_empty() {
+                client.set_token(credential);
+            }
+        }
         Agent {
+            join_token,
             id,
             client,
             ctx,
@@ -116,9 +130,52 @@ impl Agent {
     /// the caller knew). Retries until the scheduler answers; a rejected join
     /// token is fatal.
     pub async fn register(&self, seen: u64) -> anyhow::Result<()> {
+        self.register_as(seen, false).await
+    }
+
+    /// Registers with the join token, dropping the node's credential (which the
+    /// scheduler refused: the node was removed, or its state was lost).
+    async fn rejoin(&self, seen: u64) -> anyhow::Result<()> {
+        self.register_as(seen, true).await
+    }
+
+    fn has_credential(&self) -> bool {
+        self.client.token().is_some_and(|t| t != self.join_token)
+    }
+
+    fn forget_credential(&self) {
+        let _ = std::fs::remove_file(self.ctx.data_dir.join(CREDENTIAL_FILE));
+        self.client.set_token(&self.join_token);
+    }
+
+    fn keep_credential(&self, credential: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.ctx.data_dir.join(CREDENTIAL_FILE);
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| writeln!(f, "{credential}").and_then(|_| f.sync_all()))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            // Not fatal: the node works on; a restarted daemon joins anew.
+            tracing::warn!("cannot keep the node credential in {}: {e}", path.display());
+        }
+        self.client.set_token(credential);
+    }
+
+    async fn register_as(&self, seen: u64, rejoin: bool) -> anyhow::Result<()> {
         let _guard = self.registering.lock().await;
         if *self.registered.borrow() > seen {
             return Ok(());
+        }
+        if rejoin && self.has_credential() {
+            tracing::warn!(node = %self.id.name, "the scheduler refused this node's credential; joining again");
+            self.forget_credential();
         }
         let req = RegisterRequest {
             name: self.id.name.clone(),
@@ -141,6 +198,9 @@ impl Agent {
             };
             match answer {
                 Ok(resp) => {
+                    if let Some(credential) = &resp.credential {
+                        self.keep_credential(credential);
+                    }
                     let ms = resp.heartbeat_interval_ms.clamp(100, 60_000);
                     self.heartbeat_ms.store(ms, Ordering::Relaxed);
                     self.registered.send_modify(|n| *n += 1);
@@ -151,6 +211,10 @@ impl Agent {
                         self.id.capacity
                     );
                     return Ok(());
+                }
+                Err(ClientError::Api { status: 401 | 403, .. }) if self.has_credential() => {
+                    tracing::warn!(node = %self.id.name, "the scheduler refused this node's credential; joining again");
+                    self.forget_credential();
                 }
                 Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
                     anyhow::bail!("the scheduler at {} rejected the join token: {e}", self.client.base());
@@ -175,6 +239,10 @@ impl Agent {
                 Err(e) if e.status() == Some(404) => {
                     tracing::warn!(node = %self.id.name, "the scheduler does not know this node; registering again");
                     self.register(seen).await?;
+                    continue;
+                }
+                Err(ClientError::Api { status: 401 | 403, .. }) => {
+                    self.rejoin(seen).await?;
                     continue;
                 }
                 Err(e) => link.failed("heartbeat", &e, hb.replicas.len()),
@@ -231,8 +299,8 @@ impl Agent {
                     tracing::warn!(node = %self.id.name, "the scheduler does not know this node; registering again");
                     self.register(seen).await?;
                 }
-                Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
-                    anyhow::bail!("the scheduler at {} rejected the join token: {e}", self.client.base());
+                Err(ClientError::Api { status: 401 | 403, .. }) => {
+                    self.rejoin(seen).await?;
                 }
                 Err(e) => {
                     link.failed("watching assignments", &e, self.lock().len());

@@ -140,6 +140,8 @@ pub struct HttpRuntime {
     admission: Arc<Semaphore>,
     config: HttpConfig,
     local: Mutex<HashMap<String, Vec<Arc<HttpReplica>>>>,
+    /// Local container replicas serving HTTP, reached at their address.
+    upstreams: Mutex<HashMap<String, Vec<Arc<Upstream>>>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -208,6 +210,7 @@ impl HttpRuntime {
             admission: Arc::new(Semaphore::new(config.concurrency as usize)),
             config,
             local: Mutex::new(HashMap::new()),
+            upstreams: Mutex::new(HashMap::new()),
             ticker_stop,
         })
     }
@@ -251,6 +254,22 @@ impl HttpRuntime {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Container replicas of `deployment` on this node that serve HTTP now.
+    pub fn upstreams(&self, deployment: &str) -> Vec<Arc<Upstream>> {
+        self.lock_upstreams().get(deployment).cloned().unwrap_or_default()
+    }
+
+    fn lock_upstreams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Upstream>>>> {
+        self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes requests for a container replica's deployment to its address until
+    /// the guard drops.
+    pub(crate) fn route_upstream(self: &Arc<Self>, upstream: Arc<Upstream>) -> UpstreamRoute {
+        self.lock_upstreams().entry(upstream.deployment.clone()).or_default().push(upstream.clone());
+        UpstreamRoute { runtime: self.clone(), upstream }
+    }
+
     /// Routes requests for the replica's deployment to it until the guard drops.
     pub(crate) fn route(self: &Arc<Self>, replica: Arc<HttpReplica>) -> Route {
         self.lock_local().entry(replica.deployment.clone()).or_default().push(replica.clone());
@@ -270,6 +289,14 @@ impl HttpRuntime {
         b.env("SKIFF_DEPLOYMENT", &replica.deployment)
             .env("SKIFF_REPLICA", &replica.id)
             .env("SKIFF_REVISION", replica.revision.to_string());
+        for p in &replica.preopens {
+            let perms = if p.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
+            if let Err(e) = b.preopened_dir(&p.host, &p.guest, perms)
+                && let Some(log) = &replica.log
+            {
+                log.system(&format!("cannot give the guest {} ({}): {e}", p.guest, p.host.display()));
+            }
+        }
         let state = HttpState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
@@ -471,6 +498,10 @@ pub struct HttpReplica {
     revision: u64,
     pre: ProxyPre<HttpState>,
     env: Vec<(String, String)>,
+    /// Secret and volume directories each request's instance sees.
+    preopens: Vec<crate::wasm::Preopen>,
+    /// Where the ingress counts the requests it passes on.
+    usage: Arc<crate::metrics::Usage>,
     memory_limit: u64,
     allowed_hosts: Arc<Vec<String>>,
     log: Option<Arc<LogSink>>,
@@ -478,6 +509,11 @@ pub struct HttpReplica {
 }
 
 impl HttpReplica {
+    /// Counts a request from the ingress (not a probe's) toward its usage.
+    pub fn count_request(&self) {
+        self.usage.add_request();
+    }
+
     /// Requests it is serving now.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
@@ -503,6 +539,35 @@ impl Drop for Route {
     }
 }
 
+/// A container replica on this node that serves HTTP at `addr`.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Replica id.
+    pub id: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// Its bridge address and HTTP port.
+    pub addr: SocketAddr,
+}
+
+/// Keeps a container replica routed; unroutes it when dropped.
+pub(crate) struct UpstreamRoute {
+    runtime: Arc<HttpRuntime>,
+    upstream: Arc<Upstream>,
+}
+
+impl Drop for UpstreamRoute {
+    fn drop(&mut self) {
+        let mut map = self.runtime.lock_upstreams();
+        if let Some(list) = map.get_mut(&self.upstream.deployment) {
+            list.retain(|u| !Arc::ptr_eq(u, &self.upstream));
+            if list.is_empty() {
+                map.remove(&self.upstream.deployment);
+            }
+        }
+    }
+}
+
 /// Runs the replica as an HTTP service if its artifact is an HTTP component:
 /// fetches and checks the blob, compiles, proves it instantiates, routes it and
 /// reports it ready, then holds it until the supervisor is stopped. Returns
@@ -512,6 +577,7 @@ pub(crate) async fn supervise_if_http(
     a: &Assignment,
     digest: &str,
     status: &Arc<Mutex<ReplicaStatus>>,
+    usage: &Arc<crate::metrics::Usage>,
     log: &Option<Arc<LogSink>>,
 ) -> bool {
     let Some(runtime) = ctx.http.clone() else { return false };
@@ -560,13 +626,43 @@ pub(crate) async fn supervise_if_http(
             return true;
         }
     };
+    // Secret files live on tmpfs, and a read-write volume has one writer, for as
+    // long as this replica is served (the guards live until the supervisor drops).
+    let secrets = match crate::secrets::materialize(&ctx.data_dir, a) {
+        Ok(s) => s,
+        Err(reason) => {
+            fail(reason);
+            return true;
+        }
+    };
+    let mut preopens = secrets.preopens.clone();
+    match crate::volumes::preopens(&ctx.data_dir, a) {
+        Ok(v) => preopens.extend(v),
+        Err(reason) => {
+            fail(reason);
+            return true;
+        }
+    }
+    let _volumes = loop {
+        match crate::volumes::LOCKS.acquire(&ctx.data_dir, a) {
+            Ok(held) => break held,
+            Err(reason) => {
+                set_state(status, ReplicaState::Starting, Some(reason), None);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut env = a.spec.env.clone();
+    env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let limit = a.spec.resources.memory.0;
     let replica = Arc::new(HttpReplica {
         id: a.replica.clone(),
         deployment: a.deployment.clone(),
         revision: a.revision,
         pre,
-        env: a.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: env.into_iter().collect(),
+        preopens,
+        usage: usage.clone(),
         memory_limit: if limit == 0 { POOL_MEMORY } else { limit.min(POOL_MEMORY) },
         allowed_hosts: Arc::new(a.spec.allowed_hosts.clone()),
         log: log.clone(),
@@ -858,6 +954,8 @@ mod tests {
             revision: 1,
             pre,
             env: vec![("GREETING".into(), "hi".into())],
+            preopens: Vec::new(),
+            usage: Default::default(),
             memory_limit: 64 << 20,
             allowed_hosts: Arc::new(vec!["example.com".into()]),
             log: None,

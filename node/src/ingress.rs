@@ -19,7 +19,8 @@
 //! `Retry-After` when none of its replicas is ready, 502 when no replica could be
 //! reached. Each is one line of text.
 
-use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, text};
+use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, Upstream, text};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -58,6 +59,8 @@ impl Ingress {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
+            // A proxy passes redirects on to the client rather than follow them.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the ingress's http client: {e}"))?;
         Ok(Ingress {
@@ -120,7 +123,11 @@ impl Ingress {
                     }
                 }
                 Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
-                    anyhow::bail!("the scheduler at {} refused the endpoints watch: {e}", client.base());
+                    // The client carries the join token until the agent has
+                    // registered (then the node's credential, shared with this
+                    // client), or a revoked credential until it joins again.
+                    tracing::debug!("the scheduler refused the endpoints watch: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
                     // Keep routing by the last table: replicas keep running while
@@ -151,12 +158,12 @@ impl Ingress {
             }
         }
 
-        let local = self.runtime.local(&name);
+        let local = self.local(&name);
         // A request another ingress passed on is served here if it can be:
         // passing it on again could make it circle.
         if hops > 0 && !local.is_empty() {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % local.len();
-            return self.runtime.handle(&local[i], req).await;
+            return self.serve_local(&name, &local[i], req).await;
         }
         let remote: Vec<Endpoint> = {
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
@@ -185,7 +192,7 @@ impl Ingress {
         let slots = local.len() * LOCAL_WEIGHT + remote.len();
         let k = self.next.fetch_add(1, Ordering::Relaxed) % slots;
         if k < local.len() * LOCAL_WEIGHT {
-            return self.runtime.handle(&local[k % local.len()], req).await;
+            return self.serve_local(&name, &local[k % local.len()], req).await;
         }
         let first = k - local.len() * LOCAL_WEIGHT;
         self.forward(&name, req, &remote, first, hops, &local).await
@@ -201,7 +208,7 @@ impl Ingress {
         remote: &[Endpoint],
         first: usize,
         hops: u32,
-        local: &[Arc<HttpReplica>],
+        local: &[Local],
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = match http_body_util::Limited::new(body, MAX_FORWARD_BODY).collect().await {
@@ -251,10 +258,77 @@ impl Ingress {
             && (attempts > 1 || targets.is_empty())
         {
             let req = Request::from_parts(parts, http_body_util::Full::new(body));
-            return self.runtime.handle(replica, req).await;
+            return self.serve_local(name, replica, req).await;
         }
         text(StatusCode::BAD_GATEWAY, &format!("no replica of {name} could be reached: {last_error}"))
     }
+
+    /// The replicas of `name` this node serves: Wasm components, then containers.
+    fn local(&self, name: &str) -> Vec<Local> {
+        let wasm = self.runtime.local(name).into_iter().map(Local::Wasm);
+        wasm.chain(self.runtime.upstreams(name).into_iter().map(Local::Container)).collect()
+    }
+
+    /// Serves a request with a replica on this node.
+    async fn serve_local<B>(&self, name: &str, replica: &Local, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>,
+    {
+        match replica {
+            Local::Wasm(r) => {
+                r.count_request();
+                self.runtime.handle(r, req).await
+            }
+            Local::Container(u) => self.proxy(name, u, req).await,
+        }
+    }
+
+    /// Passes a request to a container on this node, at its bridge address; the
+    /// `Host` header stays, so the server sees the name it was asked by.
+    async fn proxy<B>(&self, name: &str, upstream: &Upstream, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_FORWARD_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "cannot read the request body (at most {} MiB pass to a container): {e}",
+                        MAX_FORWARD_BODY >> 20
+                    ),
+                );
+            }
+        };
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let url = format!("http://{}{}", upstream.addr, path);
+        let mut headers = without_hop_by_hop(&parts.headers);
+        headers.remove(DEPLOYMENT_HEADER);
+        headers.remove(HOP_HEADER);
+        if let Some(host) = parts.headers.get(http::header::HOST) {
+            headers.insert(http::header::HOST, host.clone());
+        }
+        match self.http.request(parts.method.clone(), &url).headers(headers).body(body).send().await {
+            Ok(resp) => relay(resp),
+            Err(e) => text(
+                StatusCode::BAD_GATEWAY,
+                &format!("replica {} of {name} at {} failed the request: {e}", upstream.id, upstream.addr),
+            ),
+        }
+    }
+}
+
+/// A replica on this node that the ingress hands requests to.
+#[derive(Clone)]
+enum Local {
+    /// A Wasm HTTP component, served in-process.
+    Wasm(Arc<HttpReplica>),
+    /// A container serving HTTP at its bridge address.
+    Container(Arc<Upstream>),
 }
 
 /// 503 with `Retry-After`.

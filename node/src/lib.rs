@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub oci_runtime: Option<PathBuf>,
     /// How containers are networked (bridge via CNI, or loopback only).
     pub container_network: container::Network,
+    /// Registry hosts (`host` or `host:port`) images may be pulled from over plain
+    /// HTTP; registries on loopback always may, every other one needs HTTPS.
+    pub insecure_registries: Vec<String>,
     /// Address of the ingress (port 0 picks one); by default port 8080 on the
     /// node API's ip (any free port when the node API's port is 0).
     pub ingress: Option<SocketAddr>,
@@ -134,9 +137,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let endpoints_client = client.clone();
     let containers = {
         let (dir, wanted, network) = (config.data_dir.clone(), config.oci_runtime.clone(), config.container_network);
-        tokio::task::spawn_blocking(move || container::ContainerRuntime::start(&dir, wanted.as_deref(), network))
-            .await
-            .unwrap_or_else(|e| Err(format!("the container runtime's start-up task failed: {e}")))
+        let insecure = config.insecure_registries.clone();
+        tokio::task::spawn_blocking(move || {
+            container::ContainerRuntime::start(&dir, wanted.as_deref(), network)
+                .map(|c| c.with_insecure_registries(insecure))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the container runtime's start-up task failed: {e}")))
     };
     let containers = match containers {
         Ok(c) => {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 pub struct Usage {
     cpu_nanos: AtomicU64,
     memory_bytes: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Usage {
@@ -54,6 +55,16 @@ impl Usage {
     /// Memory held now, in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts one HTTP request the ingress passed to the replica.
+    pub fn add_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP requests passed to the replica so far (its autoscaling input).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -261,6 +272,7 @@ mod tests {
             exit_code: None,
             cpu_seconds: 1.5,
             memory_bytes: 65536,
+            requests: 0,
         };
         let view = |id: &str| ReplicaView { deployment: "web".into(), runtime: Runtime::Wasm, status: status(id) };
         let text = METRICS.render(&[view("web-aaaaaa"), view("web-bbbbbb")]);

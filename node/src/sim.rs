@@ -49,7 +49,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 struct SimNode {
     name: String,
     req: RegisterRequest,
+    /// This node's own client (sharing the connection pool): it carries the
+    /// join token to register, then the node's credential.
     client: Client,
+    join_token: String,
     /// The desired set as last received, reported back as running.
     running: Mutex<Vec<ReplicaStatus>>,
     heartbeat_ms: AtomicU64,
@@ -98,7 +101,8 @@ pub async fn simulate(config: SimConfig) -> anyhow::Result<()> {
                 ingress: None,
             },
             name,
-            client: client.clone(),
+            client: client.clone().with_token(&config.token),
+            join_token: config.token.clone(),
             running: Mutex::new(Vec::new()),
             heartbeat_ms: AtomicU64::new(1000),
             registered: tokio::sync::watch::channel(0).0,
@@ -141,10 +145,15 @@ impl SimNode {
 
     /// Registers, retrying until the scheduler answers; a rejected token is fatal.
     async fn register(&self, stats: &Stats) -> anyhow::Result<()> {
+        // Always join anew: a simulated node keeps no credential across registrations.
+        self.client.set_token(&self.join_token);
         loop {
             let answer = tokio::time::timeout(CALL_TIMEOUT, self.client.register(&self.req)).await;
             match answer {
                 Ok(Ok(resp)) => {
+                    if let Some(credential) = &resp.credential {
+                        self.client.set_token(credential);
+                    }
                     self.heartbeat_ms.store(resp.heartbeat_interval_ms.clamp(100, 60_000), Ordering::Relaxed);
                     self.registered.send_modify(|n| *n += 1);
                     stats.registered.fetch_add(1, Ordering::Relaxed);
@@ -247,6 +256,7 @@ impl SimNode {
                 exit_code: None,
                 cpu_seconds: 0.0,
                 memory_bytes: 0,
+                requests: 0,
             })
             .collect();
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = set;

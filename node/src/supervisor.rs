@@ -79,6 +79,7 @@ impl Replica {
             exit_code: None,
             cpu_seconds: 0.0,
             memory_bytes: 0,
+            requests: 0,
         }));
         let usage = Arc::new(Usage::default());
         let log = match LogSink::open(logs::replica_dir(&ctx.data_dir, &assignment.replica)) {
@@ -102,6 +103,7 @@ impl Replica {
         let mut st = lock(&self.status).clone();
         st.cpu_seconds = self.usage.cpu_seconds();
         st.memory_bytes = self.usage.memory_bytes();
+        st.requests = self.usage.requests();
         st
     }
 
@@ -183,7 +185,7 @@ async fn supervise(
     // An HTTP component is served by the ingress (an instance per request)
     // until this supervisor is stopped, rather than run to its end.
     if let Workload::Wasm(digest) = &a.spec.workload
-        && crate::http::supervise_if_http(&ctx, &a, digest, &status, &log).await
+        && crate::http::supervise_if_http(&ctx, &a, digest, &status, &usage, &log).await
     {
         return;
     }
@@ -244,6 +246,13 @@ async fn supervise(
     };
     let mut env = a.spec.env.clone();
     env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // A container reaches other deployments by name through the node's ingress.
+    if let (Workload::Image(_), Some(c), Some(ingress)) =
+        (&a.spec.workload, &ctx.containers, ctx.http.as_ref().and_then(|h| h.config().ingress))
+    {
+        env.entry("SKIFF_INGRESS".into())
+            .or_insert_with(|| crate::container::serve::ingress_for_containers(ingress, c.bridged()));
+    }
     let spec = RunSpec {
         deployment: a.deployment.clone(),
         replica: id.clone(),
@@ -266,7 +275,21 @@ async fn supervise(
             set_state(&status, ReplicaState::Failed, Some(reason), None);
             return;
         };
-        let outcome = runtime.run(compiled.clone(), spec.clone(), sink).await;
+        let run = runtime.run(compiled.clone(), spec.clone(), sink);
+        let outcome = match (&ctx.containers, &a.spec.workload) {
+            (Some(c), Workload::Image(_)) if a.spec.http_port.is_some() => {
+                let port = a.spec.http_port.unwrap_or_default();
+                let probes = crate::container::serve::probes_for(&a.spec.probes, port);
+                match &ctx.http {
+                    Some(http) => crate::container::serve::run(c, http, run, &probes, port, &a, &status, &log).await,
+                    None => crate::probes::run_container(c, run, &probes, &id, &status, &log).await,
+                }
+            }
+            (Some(c), Workload::Image(_)) if !a.spec.probes.is_empty() => {
+                crate::probes::run_container(c, run, &a.spec.probes, &id, &status, &log).await
+            }
+            _ => run.await,
+        };
         let reason = outcome.reason();
         METRICS.exits.with_label_values(&[a.deployment.as_str(), exit_reason(&outcome)]).inc();
         if matches!(outcome, Outcome::MemoryExceeded(_)) {

@@ -283,6 +283,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             allowed_hosts: vec![],
             volumes: vec![],
             probes: Default::default(),
+            http_port: None,
         },
         secrets: Default::default(),
     }
@@ -444,7 +445,7 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             last_heartbeat_ms: 0,
             ingress: req.ingress,
         };
-        axum::Json(RegisterResponse { node, heartbeat_interval_ms: 100 }).into_response()
+        axum::Json(RegisterResponse { node, heartbeat_interval_ms: 100, credential: None }).into_response()
     }
     async fn heartbeat(State(s): State<FakeState>, axum::Json(hb): axum::Json<Heartbeat>) -> axum::response::Response {
         let mut f = s.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -525,6 +526,7 @@ async fn the_agent_converges_reregisters_and_serves_logs() {
         advertise: None,
         oci_runtime: None,
         container_network: crate::container::Network::Loopback,
+        insecure_registries: vec![],
         ingress: Some("127.0.0.1:0".parse().expect("addr")),
         ingress_advertise: None,
         http: Default::default(),

@@ -1,11 +1,12 @@
 //! The HTTP/JSON API under `/v1/`, served with axum.
 
 use crate::Core;
+use crate::auth::Caller;
 use crate::blobs::{MAX_BLOB_BYTES, parse_digest};
 use crate::error::ApiError;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -25,7 +26,7 @@ pub fn router(core: Arc<Core>) -> Router {
     let json_routes = Router::new()
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/register", post(register))
-        .route("/v1/nodes/{name}", get(get_node))
+        .route("/v1/nodes/{name}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}/assignments", get(assignments))
         .route("/v1/endpoints", get(crate::endpoints::watch))
@@ -44,6 +45,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/volumes/{name}", axum::routing::delete(delete_volume))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(put_secret).delete(delete_secret))
+        .route("/v1/tokens", get(crate::auth::list_tokens).post(crate::auth::create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(crate::auth::delete_token))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let blob_routes = Router::new()
         .route("/v1/blobs/{digest}", put(put_blob).get(get_blob).head(head_blob))
@@ -58,26 +61,11 @@ pub fn router(core: Arc<Core>) -> Router {
         .merge(json_routes)
         .merge(blob_routes)
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1/") })
+        .layer(axum::middleware::from_fn_with_state(core.clone(), crate::auth::check))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(core)
 }
 
-/// Node routes carry the join token.
-pub(crate) fn require_join_token(core: &Core, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare in constant time: the token is a secret.
-    let want = core.join_token.as_bytes();
-    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("missing or wrong join token; pass the token `skiff server` printed"))
-    }
-}
 
 async fn list_nodes(State(core): Shared) -> ApiResult<Vec<Node>> {
     Ok(Json(core.state().mem().nodes().to_vec()))
@@ -92,13 +80,40 @@ async fn get_node(State(core): Shared, Path(name): Path<String>) -> ApiResult<No
         .ok_or_else(|| ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")))
 }
 
+/// Registers a node: with the join token it gets a new credential (replacing any
+/// it had); with its own credential (a restarted node daemon) it keeps that one.
+/// Removes a node: its replicas are replaced as a dead node's are and its
+/// credential is revoked; it can come back only by joining again.
+async fn remove_node(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    {
+        let mut st = core.state();
+        st.remove_node(&name)?;
+        core.auth.revoke_node(st.store(), &name)?;
+    }
+    core.wake();
+    tracing::info!("node {name} removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn register(
     State(core): Shared,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
-    require_join_token(&core, &headers)?;
-    let mut resp = core.state().register(req)?;
+    if let Caller::Node(n) = &caller
+        && *n != req.name
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "a node credential can only register its own node"));
+    }
+    let name = req.name.clone();
+    let mut resp = {
+        let mut st = core.state();
+        let mut resp = st.register(req)?;
+        if caller == Caller::Join {
+            resp.credential = Some(core.auth.issue_node(st.store(), &name)?);
+        }
+        resp
+    };
     resp.heartbeat_interval_ms = core.config.heartbeat_interval.as_millis() as u64;
     core.wake();
     tracing::info!("node {} registered from {}", resp.node.name, resp.node.address);
@@ -107,12 +122,12 @@ async fn register(
 
 async fn heartbeat(
     State(core): Shared,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Json(hb): Json<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    require_join_token(&core, &headers)?;
+    // `auth::check` let only this node's credential through.
     core.live.record(&name, &hb.replicas);
+    core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas, skiff_api::now_ms());
     // Applied with the other heartbeats that arrive meanwhile, in one transaction.
     core.heartbeats.submit(name, hb).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -128,11 +143,10 @@ struct WatchQuery {
 
 async fn assignments(
     State(core): Shared,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
 ) -> ApiResult<Assignments> {
-    require_join_token(&core, &headers)?;
+    // Only this node's credential gets here: assignments carry its secrets.
     let mut rx = core.state().watch(&name)?;
     if *rx.borrow_and_update() <= q.index && q.wait > 0 {
         let wait = Duration::from_millis(q.wait.min(60_000));

@@ -155,19 +155,37 @@ pub(crate) async fn resolve(core: &Core, reference: &str) -> Result<String, ApiE
         return Ok(reference.to_string());
     }
     let (name, tag, digest) = split_reference(reference);
+    let remote = is_remote(name);
     if let Some(d) = digest {
         parse_digest(d)?;
-        check_manifest(core, d).await?;
+        // A registry's image is pulled by the nodes; anything else must be here.
+        if !remote {
+            check_manifest(core, d).await?;
+        }
         return Ok(reference.to_string());
     }
-    validate_name(name)?;
+    // The registry host (`localhost:5000`) is not a repository path component.
+    validate_name(if remote { name.split_once('/').map_or(name, |(_, path)| path) } else { name })?;
     validate_tag(tag)?;
     let images = core.state().store().images().map_err(|e| ApiError::internal(e.to_string()))?;
     match images.into_iter().find(|i| i.name == name && i.tag == tag) {
         Some(i) => Ok(format!("{name}:{tag}@{}", i.digest)),
+        // Not imported, but named by its registry: the nodes pull it from there.
+        None if remote => Ok(format!("{name}:{tag}")),
         None => Err(ApiError::bad_request(format!(
-            "image {name}:{tag} is not imported; run `skiff image import FILE.tar` first (`skiff image ls` lists images)"
+            "image {name}:{tag} is not imported; run `skiff image import FILE.tar` first (`skiff image ls` lists \
+             images), or name it with its registry (localhost:5000/{name}:{tag}) to have the nodes pull it"
         ))),
+    }
+}
+
+/// Whether an image name starts with a registry host (`localhost:5000/app`,
+/// `registry.example.com/team/app`): a first path component with a `.` or a
+/// `:`, or `localhost`, as Docker reads names.
+pub(crate) fn is_remote(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((first, _)) => first.contains(['.', ':']) || first == "localhost",
+        None => false,
     }
 }
 
@@ -182,6 +200,15 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/app"), ("localhost:5000/app", "latest", None));
         assert_eq!(split_reference("localhost:5000/app:v2"), ("localhost:5000/app", "v2", None));
         assert_eq!(split_reference("app:v1@sha256:ab"), ("app", "v1", Some("sha256:ab")));
+    }
+
+    #[test]
+    fn registry_hosts_start_remote_names() {
+        assert!(is_remote("localhost:5000/busybox"));
+        assert!(is_remote("localhost/busybox"));
+        assert!(is_remote("registry.example.com/team/app"));
+        assert!(!is_remote("busybox"));
+        assert!(!is_remote("team/app"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! level-triggered controllers (deployments at their count, dead nodes replaced)
 //! and serves the HTTP API that nodes and the CLI use.
 
+mod auth;
+mod autoscale;
 mod blobs;
 mod dashboard;
 mod endpoints;
@@ -45,6 +47,10 @@ pub struct ServerConfig {
     pub node_grace: Duration,
     /// Re-seal every secret under a new key at start-up, then forget the old keys.
     pub rotate_secret_key: bool,
+    /// Serve `/metrics` and `/v1/prometheus/targets` without a token, for scrapers.
+    pub metrics_open: bool,
+    /// Most deployments, secrets and volumes each.
+    pub max_objects: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +62,8 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_secs(1),
             node_grace: Duration::from_secs(3),
             rotate_secret_key: false,
+            metrics_open: false,
+            max_objects: state::MAX_OBJECTS,
         }
     }
 }
@@ -65,13 +73,16 @@ pub(crate) struct Core {
     state: Mutex<State>,
     wake: Notify,
     blobs: blobs::Blobs,
-    join_token: String,
+    /// API tokens, node credentials and the join token.
+    auth: auth::Auth,
     config: ServerConfig,
     http: reqwest::Client,
     /// Digests already validated as WebAssembly.
     valid_wasm: Mutex<HashSet<String>>,
     /// Replica usage from heartbeats, for the dashboard.
     live: dashboard::Live,
+    /// Recent usage of autoscaled replicas, from heartbeats.
+    autoscale: Mutex<autoscale::Window>,
     /// Heartbeats waiting to be applied together.
     heartbeats: heartbeats::Batcher,
 }
@@ -134,6 +145,19 @@ fn join_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Connections the kernel queues before the server accepts them. The default
+/// (128) overflows when thousands of nodes connect at once (a scheduler restart,
+/// a cluster joining): dropped SYNs are retried after 1 s and 3 s, long enough
+/// for live nodes to miss their grace period. The kernel caps it at somaxconn.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Opens the data dir, binds the listener and starts the API and controllers.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)
@@ -141,15 +165,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let token = join_token(&config.data_dir)?;
     let db = config.data_dir.join("state.db");
     let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let auth = auth::Auth::open(&config.data_dir, &store, &token, config.metrics_open)
+        .context("opening the API tokens")?;
     let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
     let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
     let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;
+    state.max_objects = config.max_objects;
     if config.rotate_secret_key {
         let n = state.rotate_secret_key().context("rotating the secret key")?;
         tracing::info!("secret key rotated; {n} secrets re-sealed");
     }
     let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+    let listener = bind(config.listen).with_context(|| {
         format!("binding {} (is another skiff server running? pick another with --listen)", config.listen)
     })?;
     let addr = listener.local_addr()?;
@@ -159,11 +186,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         state: Mutex::new(state),
         wake: Notify::new(),
         blobs,
-        join_token: token.clone(),
+        auth,
         config,
         http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
         valid_wasm: Mutex::new(HashSet::new()),
         live: dashboard::Live::default(),
+        autoscale: Mutex::default(),
         heartbeats: heartbeats::Batcher::default(),
     });
     tokio::spawn(controllers(core.clone()));
@@ -178,7 +206,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
 /// nodes down, keeps deployments at their counts and places pending replicas.
 async fn controllers(core: Arc<Core>) {
     use std::time::Instant;
-    let (mut last_full, mut last_prune) = (Instant::now(), Instant::now());
+    let (mut last_full, mut last_prune, mut last_autoscale) = (Instant::now(), Instant::now(), Instant::now());
     loop {
         tokio::select! {
             _ = core.wake.notified() => {}
@@ -215,6 +243,12 @@ async fn controllers(core: Arc<Core>) {
         } else if core.state().mem().sched_dirty {
             // A batch of placements stopped short, or something changed meanwhile.
             core.wake();
+        }
+        if last_autoscale.elapsed() >= Duration::from_secs(1) {
+            last_autoscale = Instant::now();
+            if let Err(e) = autoscale::pass(&core) {
+                tracing::error!("autoscaling pass failed: {e}");
+            }
         }
         if last_prune.elapsed() >= Duration::from_secs(600) {
             last_prune = Instant::now();

@@ -81,6 +81,19 @@ pub struct State {
     /// The endpoints table's index; starts at the clock so that a restarted
     /// scheduler never answers a node with the index it already holds.
     endpoints: watch::Sender<u64>,
+    /// Most deployments, secrets and volumes each (`--max-objects`).
+    pub max_objects: usize,
+}
+
+/// Default of [`State::max_objects`].
+pub const MAX_OBJECTS: usize = 10_000;
+
+/// The error for one object too many of `kind`.
+fn too_many(kind: &str, max: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        format!("the cluster holds its limit of {max} {kind}; delete some first (the server's --max-objects)"),
+    )
 }
 
 fn store_err(e: StoreError) -> ApiError {
@@ -99,7 +112,7 @@ impl State {
             .iter()
             .map(|n| (n.name.clone(), NodeLive { last_heartbeat: now, tx: watch::Sender::new(mem.index) }))
             .collect();
-        Ok(State { store, keyring, mem, live, policy, endpoints: watch::Sender::new(now_ms()) })
+        Ok(State { store, keyring, mem, live, policy, endpoints: watch::Sender::new(now_ms()), max_objects: MAX_OBJECTS })
     }
 
     /// Runs `f` on the working set inside one store transaction; commits, then wakes
@@ -175,7 +188,7 @@ impl State {
             .entry(node.name.clone())
             .or_insert_with(|| NodeLive { last_heartbeat: Instant::now(), tx: watch::Sender::new(index) });
         live.last_heartbeat = Instant::now();
-        Ok(RegisterResponse { node, heartbeat_interval_ms: 0 })
+        Ok(RegisterResponse { node, heartbeat_interval_ms: 0, credential: None })
     }
 
     /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
@@ -242,12 +255,25 @@ impl State {
             return Ok(());
         }
         let now = now_ms();
+        let why = format!("no heartbeat for {} ms", grace.as_millis());
         self.transact(|mem, tx| {
             for name in &dead {
-                mem.node_down(tx, name, grace, now)?;
+                mem.node_down(tx, name, &why, now)?;
             }
             Ok(())
         })
+    }
+
+    /// Removes node `name` (`skiff node rm`): its replicas are replaced as a dead
+    /// node's are, then the node is forgotten.
+    pub fn remove_node(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.mem.node(name).is_none() {
+            return Err(ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")));
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| mem.remove_node(tx, name, now))?;
+        self.live.remove(name);
+        Ok(())
     }
 
     /// Places pending replicas; returns how many were placed.
@@ -303,6 +329,9 @@ impl State {
         }
         let now = now_ms();
         let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
+        if existing.is_none() && self.mem.secrets.len() >= self.max_objects {
+            return Err(too_many("secrets", self.max_objects));
+        }
         if existing.is_some() && !req.overwrite {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -401,6 +430,13 @@ impl State {
 
     pub fn apply(&mut self, name: &str, req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
         validate_apply(name, &req)?;
+        if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
+            return Err(too_many("deployments", self.max_objects));
+        }
+        let new_volumes = req.spec.volumes.iter().filter(|m| !self.mem.volumes.contains_key(&m.name)).count();
+        if new_volumes > 0 && self.mem.volumes.len() + new_volumes > self.max_objects {
+            return Err(too_many("volumes", self.max_objects));
+        }
         let now = now_ms();
         let outcome = self.transact(|mem, tx| mem.apply(tx, name, req, now))?;
         let deployment = self.mem.deployment(name).ok_or_else(|| ApiError::internal("deployment vanished"))?;
@@ -411,6 +447,13 @@ impl State {
     pub fn scale(&mut self, name: &str, replicas: u32) -> Result<Deployment, ApiError> {
         if replicas > MAX_REPLICAS {
             return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
+        }
+        if let Some(a) = self.mem.deployments.get(name).and_then(|e| e.d.autoscale) {
+            let msg = format!(
+                "deployment {name:?} scales by load between {} and {} replicas; change its autoscale min and max instead",
+                a.min, a.max
+            );
+            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, msg));
         }
         let now = now_ms();
         self.transact(|mem, tx| {
@@ -433,6 +476,25 @@ impl State {
             Ok(())
         })?;
         self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Sets the count of autoscaled deployment `name` to `replicas`, saying `why`.
+    pub fn autoscale(&mut self, name: &str, replicas: u32, why: &str) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let Some(e) = mem.deployments.get_mut(name) else { return Ok(()) };
+            if e.d.replicas == replicas || e.d.autoscale.is_none() {
+                return Ok(());
+            }
+            let from = e.d.replicas;
+            e.d.replicas = replicas;
+            e.d.updated_ms = now;
+            tx.put_deployment(&e.d)?;
+            let msg = format!("autoscaled from {from} to {replicas} replicas: {why}");
+            tx.event(now, &format!("deployment/{name}"), "Scaled", &msg)?;
+            mem.mutated = true;
+            mem.reconcile(tx, name, now)
+        })
     }
 
     /// Every revision of `name`, oldest first.
@@ -596,6 +658,17 @@ fn validate_secret_key(key: &str) -> Result<(), String> {
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
     skiff_api::manifest::validate_volumes(&req.spec.volumes, req.replicas).map_err(ApiError::bad_request)?;
     skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
+    if let Some(a) = &req.autoscale {
+        a.validate().map_err(ApiError::bad_request)?;
+        let longest = a.window_seconds.max(a.stabilization_seconds).max(a.scale_up_stabilization_seconds);
+        if longest > crate::autoscale::MAX_WINDOW_SECONDS {
+            return Err(ApiError::bad_request(format!(
+                "autoscale windows must be at most {} seconds, got {longest}",
+                crate::autoscale::MAX_WINDOW_SECONDS
+            )));
+        }
+        skiff_api::manifest::validate_volumes(&req.spec.volumes, a.max).map_err(ApiError::bad_request)?;
+    }
     for r in &req.spec.secrets {
         skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
     }
@@ -728,6 +801,11 @@ impl Mem {
     }
 
     /// Deployment `name` with its status counted.
+    /// Deployments that scale by load (`autoscale.rs`).
+    pub fn autoscaled(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values().map(|e| &e.d).filter(|d| d.autoscale.is_some())
+    }
+
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
         let e = self.deployments.get(name)?;
         let mut d = e.d.clone();
@@ -1021,7 +1099,7 @@ impl Mem {
         Ok(())
     }
 
-    fn node_down(&mut self, tx: &Tx, name: &str, grace: Duration, now: Millis) -> Result<(), ApiError> {
+    fn node_down(&mut self, tx: &Tx, name: &str, why: &str, now: Millis) -> Result<(), ApiError> {
         let Some(&i) = self.node_idx.get(name) else { return Ok(()) };
         self.nodes[i].state = NodeState::Down;
         tx.put_node(&self.nodes[i])?;
@@ -1031,9 +1109,9 @@ impl Mem {
             now,
             &format!("node/{name}"),
             "NodeDown",
-            &format!("no heartbeat for {} ms; its {} replicas are replaced elsewhere", grace.as_millis(), ids.len()),
+            &format!("{why}; its {} replicas are replaced elsewhere", ids.len()),
         )?;
-        tracing::warn!("node {name} missed its heartbeats; replacing {} replicas", ids.len());
+        tracing::warn!("node {name} down ({why}); replacing {} replicas", ids.len());
         let mut deployments = BTreeSet::new();
         for id in ids {
             if let Some(r) = self.replicas.get(&id) {
@@ -1057,8 +1135,29 @@ impl Mem {
         Ok(())
     }
 
-    fn apply(&mut self, tx: &Tx, name: &str, req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
+    fn remove_node(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        self.node_down(tx, name, "removed by `skiff node rm`", now)?;
+        let Some(i) = self.node_idx.remove(name) else { return Ok(()) };
+        self.nodes.swap_remove(i);
+        if let Some(moved) = self.nodes.get(i) {
+            self.node_idx.insert(moved.name.clone(), i);
+        }
+        self.by_node.remove(name);
+        self.touched.remove(name);
+        self.endpoints_dirty = true;
+        tx.delete_node(name)?;
+        tx.event(now, &format!("node/{name}"), "NodeRemoved", "removed; it can come back only by joining again")?;
+        Ok(())
+    }
+
+    fn apply(&mut self, tx: &Tx, name: &str, mut req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
         let obj = format!("deployment/{name}");
+        // An autoscaled deployment keeps the count the autoscaler gave it (within
+        // the bounds); `replicas` only starts a new one.
+        let existing = self.deployments.get(name).map(|e| (e.d.replicas, e.d.autoscale));
+        if let Some(a) = req.autoscale.or(existing.and_then(|(_, a)| a)) {
+            req.replicas = existing.map_or(req.replicas, |(n, _)| n).clamp(a.min, a.max);
+        }
         self.declare_volumes(tx, name, &req.spec, now)?;
         let outcome = match self.deployments.get_mut(name) {
             None => {
@@ -1071,6 +1170,7 @@ impl Mem {
                     updated_ms: now,
                     status: DeploymentStatus::default(),
                     strategy: req.strategy.unwrap_or_default(),
+                    autoscale: req.autoscale,
                     // The first rollout completes once its replicas are available.
                     rollout: Rollout {
                         state: RolloutState::Progressing,
@@ -1098,13 +1198,21 @@ impl Mem {
             Some(e)
                 if e.d.spec == req.spec
                     && e.d.replicas == req.replicas
-                    && req.strategy.is_none_or(|s| s == e.d.strategy) =>
+                    && req.strategy.is_none_or(|s| s == e.d.strategy)
+                    && req.autoscale.is_none_or(|a| Some(a) == e.d.autoscale) =>
             {
                 return Ok(ApplyOutcome::Unchanged);
             }
             Some(e) => {
                 if let Some(s) = req.strategy {
                     e.d.strategy = s;
+                }
+                if let Some(a) = req.autoscale
+                    && e.d.autoscale != Some(a)
+                {
+                    e.d.autoscale = Some(a);
+                    let msg = format!("autoscale between {} and {} replicas", a.min, a.max);
+                    tx.event(now, &obj, "AutoscaleSet", &msg)?;
                 }
                 if e.d.spec != req.spec {
                     // After a rollback the current revision is not the newest: number
@@ -1599,6 +1707,7 @@ mod tests {
             allowed_hosts: vec![],
             volumes: vec![],
             probes: Default::default(),
+            http_port: None,
         }
     }
 
@@ -1614,7 +1723,7 @@ mod tests {
             st.register(node(&format!("n{i}"), 1024)).unwrap();
         }
         let total = SCHEDULE_BATCH + 52;
-        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None }).unwrap();
+        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None, autoscale: None }).unwrap();
         assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
         assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
         assert_eq!(st.schedule().unwrap(), 52);
@@ -1635,14 +1744,14 @@ mod tests {
         st.register(node("a", 300)).unwrap();
         st.register(node("b", 200)).unwrap();
         st.register(node("c", 100)).unwrap();
-        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None }).unwrap();
+        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
         assert_eq!(resp.outcome, ApplyOutcome::Created);
         assert_eq!(st.schedule().unwrap(), 6);
         let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
         assert_eq!(per_node(&st), expected);
 
         // Applying the same thing again changes nothing.
-        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None }).unwrap();
+        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
         assert_eq!(again.outcome, ApplyOutcome::Unchanged);
 
         // A seventh replica fits nowhere and says why.

@@ -92,6 +92,18 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         purge INTEGER NOT NULL DEFAULT 0
      );",
+    // 6: API tokens and node credentials, by the SHA-256 of the token (auth.rs).
+    "CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE node_credentials (
+        node TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL
+     );",
 ];
 
 /// What the deployments table keeps as JSON beside its columns.
@@ -100,6 +112,7 @@ const MIGRATIONS: &[&str] = &[
 struct DeploymentExtra {
     strategy: skiff_api::UpdateStrategy,
     rollout: skiff_api::Rollout,
+    autoscale: Option<skiff_api::Autoscale>,
 }
 
 /// Everything stored, as loaded at start-up.
@@ -199,6 +212,7 @@ impl Store {
                 status: DeploymentStatus::default(),
                 strategy: extra.strategy,
                 rollout: extra.rollout,
+                autoscale: extra.autoscale,
             });
         }
         let mut replicas = Vec::new();
@@ -309,6 +323,50 @@ impl Store {
         Ok(())
     }
 
+    /// Every API token as (name, hex hash, role, created); tokens, like images,
+    /// live outside the working set and are written directly.
+    pub fn tokens(&self) -> Result<Vec<(String, String, String, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT name, hash, role, created_ms FROM tokens ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores (or replaces) API token `name`.
+    pub fn put_token(&self, name: &str, hash: &str, role: &str, created_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tokens (name, hash, role, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, hash, role, created_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Removes API token `name`; whether it existed.
+    pub fn delete_token(&self, name: &str) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM tokens WHERE name = ?1", [name])? > 0)
+    }
+
+    /// Every node credential as (node, hex hash).
+    pub fn node_credentials(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare("SELECT node, hash FROM node_credentials")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores (or replaces) the credential of `node`.
+    pub fn put_node_credential(&self, node: &str, hash: &str, created_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO node_credentials (node, hash, created_ms) VALUES (?1, ?2, ?3)",
+            params![node, hash, created_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes the credential of `node`.
+    pub fn delete_node_credential(&self, node: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM node_credentials WHERE node = ?1", [node])?;
+        Ok(())
+    }
+
     /// A stored setting.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
@@ -328,6 +386,11 @@ impl Tx<'_> {
         Ok(())
     }
 
+    pub fn delete_node(&self, name: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM nodes WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     pub fn put_deployment(&self, d: &Deployment) -> Result<()> {
         self.tx
             .prepare_cached(
@@ -340,7 +403,11 @@ impl Tx<'_> {
                 d.revision,
                 d.created_ms,
                 d.updated_ms,
-                json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone() })
+                json(&DeploymentExtra {
+                    strategy: d.strategy,
+                    rollout: d.rollout.clone(),
+                    autoscale: d.autoscale
+                })
             ])?;
         Ok(())
     }

@@ -33,6 +33,10 @@ let failed = false;
 let page = null;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  // The page keeps its API token in localStorage (it also takes `?token=`).
+  if (process.env.SKIFF_TOKEN) {
+    await context.addInitScript((t) => localStorage.setItem("skiff-token", t), process.env.SKIFF_TOKEN);
+  }
   page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   // A refused API call (tested below) also makes Chromium log the status; that is
@@ -112,6 +116,9 @@ try {
 
   step("phone width, dark mode");
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark", isMobile: true });
+  if (process.env.SKIFF_TOKEN) {
+    await phone.addInitScript((t) => localStorage.setItem("skiff-token", t), process.env.SKIFF_TOKEN);
+  }
   const p2 = await phone.newPage();
   p2.setDefaultTimeout(TIMEOUT);
   await p2.goto(url + "/#deployments");

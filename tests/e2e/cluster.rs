@@ -28,9 +28,8 @@ impl Cluster {
 
     fn new() -> Cluster {
         let dir = TempDir::new("cluster");
-        let url_file = dir.path().join("server/server.url");
         let server = Self::start_server(dir.path(), "127.0.0.1:0");
-        let url = read_when_ready(&url_file);
+        let url = server_ready(&dir.path().join("server"));
         let port = url.rsplit(':').next().unwrap_or_default().to_string();
         let token = read_when_ready(&dir.path().join("server/join-token"));
         Cluster { dir, url, port, token, server, nodes: BTreeMap::new() }

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 const BUSYBOX: &str = "/bin/busybox";
 const RUNC: &str = "runc";
-const APPLETS: &[&str] = &["sh", "echo", "sleep", "dd", "cat", "ls", "true", "false", "mkdir", "hostname", "httpd"];
+const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "dd", "cat", "ls", "true", "false", "mkdir", "hostname", "httpd", "test", "rm", "touch",
+    "nc",
+];
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -315,7 +318,7 @@ impl Setup {
             &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
             &dir.path().join("server.log"),
         );
-        let url = read_when_ready(&server_data.join("server.url"));
+        let url = server_ready(&server_data);
         let token = read_when_ready(&server_data.join("join-token"));
         let node_args: Vec<String> = [
             "node",
@@ -367,6 +370,7 @@ impl Setup {
             .args(args)
             .current_dir(self.dir.path())
             .env("SKIFF_SERVER", &self.url)
+            .env("SKIFF_TOKEN", token_for(&self.url).unwrap_or_default())
             .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
             .output()
@@ -737,4 +741,258 @@ fn containers_get_their_own_address_on_the_node_bridge() {
             Err(format!("runc: {left:?}, netns: {netns:?}, reserved: {reserved:?}"))
         }
     });
+}
+
+/// Probes of a container: a TCP startup probe, an HTTP readiness probe to its
+/// address and an exec liveness probe; readiness lost and regained, and a failed
+/// liveness restarts it with the reason.
+#[test]
+fn container_probes_gate_readiness_and_restart_on_liveness() {
+    let s = Setup::in_netns();
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    let manifest = s.dir.path().join("web.yaml");
+    let yaml = "name: web\nimage: busybox:latest\nreplicas: 1\nresources: {memory: 32Mi}\n\
+        args: [/bin/sh, -c, 'mkdir -p /www && echo ok > /www/healthz && touch /tmp/ok && exec httpd -f -p 8080 -h /www']\n\
+        probes:\n  startup: {tcp: {port: 8080}, period_seconds: 1, failure_threshold: 10}\n  \
+        readiness: {http: {path: /healthz, port: 8080}, period_seconds: 1, failure_threshold: 1}\n  \
+        liveness: {exec: [test, -f, /tmp/ok], period_seconds: 1, failure_threshold: 2}\n";
+    std::fs::write(&manifest, yaml).expect("manifest");
+    s.cli(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    let state = |want: &str| -> Value {
+        wait_for(Duration::from_secs(60), &format!("web to be {want}"), || {
+            let r = s.replicas("web");
+            match r.first() {
+                Some(r) if r["state"] == want => Ok(r.clone()),
+                _ => Err(format!("{r:?}")),
+            }
+        })
+    };
+    let r = state("ready");
+    let id = r["id"].as_str().unwrap_or_default().to_string();
+
+    // Its page gone: not ready (no longer available), with the reason.
+    runc(&s.state, &["exec", &id, "rm", "/www/healthz"]);
+    let r = state("running");
+    assert!(r["reason"].as_str().unwrap_or_default().contains("readiness probe failed"), "{r}");
+    assert!(r["reason"].as_str().unwrap_or_default().contains("answered 404"), "{r}");
+    runc(&s.state, &["exec", &id, "touch", "/www/healthz"]);
+    state("ready");
+
+    // Liveness fails: restarted (counted, with the reason), then ready again.
+    runc(&s.state, &["exec", &id, "rm", "/tmp/ok"]);
+    let r = wait_for(Duration::from_secs(60), "a restart after the liveness probe failed", || {
+        let r = s.replicas("web");
+        match r.first() {
+            Some(r) if r["restarts"].as_u64().unwrap_or(0) >= 1 && r["state"] == "ready" => Ok(r.clone()),
+            _ => Err(format!("{r:?}")),
+        }
+    });
+    assert_eq!(r["id"], id.as_str(), "the same replica restarted");
+    let logs = s.logs("web");
+    assert!(logs.contains("liveness probe failed: test -f /tmp/ok exited with 1"), "{logs}");
+}
+
+/// Containers behind the ingress: a busybox httpd deployment with an HTTP port is
+/// ready once it listens, reached through the node's ingress by Host and by path
+/// (both replicas answer), and a container reaches it by name through
+/// `SKIFF_INGRESS`.
+#[test]
+fn containers_serve_http_through_the_ingress() {
+    let mut s = Setup::in_netns();
+    // The ingress on every address of the test's namespace, so that containers
+    // reach it on the bridge.
+    s.node = None;
+    s.node_args.extend(["--ingress".to_string(), "0.0.0.0:0".to_string()]);
+    let _ = std::fs::remove_file(s.dir.path().join("node/ingress.addr"));
+    s.start_node();
+    let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
+    let ingress = read_when_ready(&s.dir.path().join("node/ingress.addr"));
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    let web = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--memory",
+        "32Mi",
+        "--port",
+        "8080",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        web,
+    ]);
+    let ids: Vec<String> = wait_for(Duration::from_secs(60), "2 ready replicas of web", || {
+        let r: Vec<String> = s
+            .replicas("web")
+            .into_iter()
+            .filter(|r| r["state"] == "ready")
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        if r.len() == 2 { Ok(r) } else { Err(format!("{:?}", s.replicas("web"))) }
+    });
+
+    // By Host and by path prefix, every replica answers over a run of requests.
+    for how in [vec!["-H", "Host: web.skiff.local"], vec![]] {
+        let url = if how.is_empty() { format!("{ingress}/d/web/") } else { format!("{ingress}/") };
+        let mut seen = std::collections::BTreeSet::new();
+        wait_for(Duration::from_secs(30), &format!("both replicas through {url}"), || {
+            let mut args = vec!["curl", "-sS", "--fail", "--max-time", "3"];
+            args.extend(how.iter().copied());
+            args.push(&url);
+            let page = ns.exec(&args)?;
+            seen.insert(page.trim().to_string());
+            let want: std::collections::BTreeSet<String> = ids.iter().map(|id| format!("hello from {id}")).collect();
+            if seen == want { Ok(()) } else { Err(format!("seen {seen:?}")) }
+        });
+    }
+
+    // A container calls web by name through the ingress it is handed.
+    // busybox nc stops at the end of its input: the sleep keeps it reading the
+    // answer until the server closes.
+    let call = "hp=${SKIFF_INGRESS#http://}; while true; do \
+        (printf 'GET / HTTP/1.0\\r\\nHost: web.skiff.local\\r\\n\\r\\n'; sleep 3) | nc ${hp%:*} ${hp##*:}; done";
+    s.cli(&[
+        "deploy", "--image", "busybox", "--name", "client", "--memory", "16Mi", "--arg", "/bin/sh", "--arg", "-c",
+        "--arg", call,
+    ]);
+    wait_for(Duration::from_secs(60), "the client's call by name to be answered", || {
+        let logs = s.logs("client");
+        if logs.contains("200 OK") && logs.contains("hello from web-") { Ok(()) } else { Err(logs) }
+    });
+
+    // Scaled to one: the stopped replica leaves routing, and every request still
+    // gets an answer from the one left.
+    s.cli(&["scale", "web", "1"]);
+    wait_for(Duration::from_secs(60), "web to have one replica", || {
+        let r = s.replicas("web");
+        if r.len() == 1 && r[0]["state"] == "ready" { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let left = s.replicas("web")[0]["id"].as_str().unwrap_or_default().to_string();
+    for _ in 0..5 {
+        let page = ns
+            .exec(&["curl", "-sS", "--fail", "--max-time", "3", "-H", "Host: web.skiff.local", &format!("{ingress}/")])
+            .unwrap_or_else(|e| panic!("a request after scaling down failed: {e}"));
+        assert_eq!(page.trim(), format!("hello from {left}"));
+    }
+}
+
+/// A registry (Debian's docker-registry) started by a test on a loopback port;
+/// killed by its pid on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let root = dir.join("registry");
+        std::fs::create_dir_all(&root).expect("registry dir");
+        let config = dir.join("registry.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            root.display()
+        );
+        std::fs::write(&config, yaml).expect("registry config");
+        let log = std::fs::File::create(dir.join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start docker-registry ({e}); `make deps` installs it"));
+        let r = Registry { child, port };
+        wait_for(Duration::from_secs(30), "the registry to answer", || {
+            let out = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/v2/")])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            if code == "200" { Ok(()) } else { Err(format!("status {code}")) }
+        });
+        r
+    }
+
+    /// `skopeo copy oci-archive:ARCHIVE docker://127.0.0.1:PORT/NAME`.
+    fn push(&self, archive: &Path, name: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run skopeo ({e}); `make deps` installs it"));
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registry pulls: an image pushed to a loopback registry with skopeo and never
+/// imported runs from `localhost:PORT/busybox:1`; its layers land in the node's
+/// cache; a tag the registry does not have fails the replica with the reason.
+#[test]
+fn nodes_pull_images_from_a_loopback_registry() {
+    let s = Setup::new();
+    let (oci, _) = build_images(s.dir.path());
+    let registry = Registry::start(s.dir.path());
+    registry.push(&oci, "busybox:1");
+    let image = format!("localhost:{}/busybox:1", registry.port);
+    s.cli(&[
+        "deploy",
+        "--image",
+        &image,
+        "--name",
+        "pulled",
+        "--memory",
+        "16Mi",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "cat /etc/motd /etc/added; test -e /etc/removed || echo whiteout honoured; sleep 600",
+    ]);
+    wait_for(Duration::from_secs(60), "the pulled image's output", || {
+        let logs = s.logs("pulled");
+        let ok = ["hello from the image", "new", "whiteout honoured"].iter().all(|w| logs.contains(w));
+        if ok { Ok(()) } else { Err(logs) }
+    });
+    assert!(!s.cli(&["image", "ls"]).contains("busybox"), "the image was pulled by the node, not imported");
+    let layers: Vec<String> = std::fs::read_dir(s.dir.path().join("node/containers/layers"))
+        .expect("layer cache")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(layers.len(), 2, "both layers unpacked once into the cache: {layers:?}");
+
+    let missing = format!("localhost:{}/busybox:nosuch", registry.port);
+    s.cli(&["deploy", "--image", &missing, "--name", "missing"]);
+    let r = wait_for(Duration::from_secs(60), "the missing image's replica to fail", || {
+        let r = s.replicas("missing");
+        match r.first() {
+            Some(r) if r["state"] == "failed" => Ok(r.clone()),
+            _ => Err(format!("{r:?}")),
+        }
+    });
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cannot pull the manifest of") && reason.contains("nosuch"), "{reason}");
 }

@@ -27,7 +27,7 @@ impl Cluster {
             &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
             &dir.path().join("server.log"),
         );
-        let url = read_when_ready(&data.join("server.url"));
+        let url = server_ready(&data);
         let token = read_when_ready(&data.join("join-token"));
         let mut procs = Vec::new();
         let mut ingresses = Vec::new();

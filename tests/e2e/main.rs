@@ -2,9 +2,12 @@
 //! driven only through the CLI and the HTTP API. One test binary (as wasmtime
 //! does) to keep builds short.
 
+mod auth;
+mod autoscale;
 mod bad_input;
 mod cluster;
 mod containers;
+mod faults;
 mod http;
 mod observability;
 mod rollout;

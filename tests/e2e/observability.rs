@@ -21,12 +21,13 @@ impl Cluster {
     fn new(tag: &str) -> Cluster {
         let dir = TempDir::new(tag);
         let data = dir.path().join("server");
+        // Prometheus scrapes without a token: the flag that allows it.
         let server = Proc::start(
             "server",
-            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default(), "--metrics-open"],
             &dir.path().join("server.log"),
         );
-        let url = read_when_ready(&data.join("server.url"));
+        let url = server_ready(&data);
         let token = read_when_ready(&data.join("join-token"));
         Cluster { dir, url, token, _server: server, nodes: Vec::new() }
     }
@@ -262,6 +263,7 @@ fn dashboard_in_a_real_browser() {
         .arg(&shots)
         // Not the bytes hello runs: the page must really upload them.
         .arg(wasm_p1("worker"))
+        .env("SKIFF_TOKEN", token_for(&c.url).unwrap_or_default())
         .current_dir(&browser_dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log"))

@@ -111,3 +111,38 @@ fn secrets_reach_the_workload_and_nothing_else() {
     });
     assert!(dev.proc.alive());
 }
+
+/// An HTTP component gets its secrets too: as env (its greeting) and as a
+/// read-only file, in every request's instance.
+#[test]
+fn http_components_read_their_secrets() {
+    let dev = Dev::start("http-secrets");
+    let (cwd, url) = (dev.dir.path().to_path_buf(), dev.url.clone());
+    let cwd = cwd.as_path();
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+    let value =
+        format!("tok{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0));
+    cli_ok(cwd, &url, &["secret", "create", "api", "--from-literal", &format!("token={value}")]);
+    let web = wasm_p2("hello_http");
+    let args = ["deploy", web.to_str().unwrap_or_default(), "--name", "web", "--secret-env", "GREETING=api:token"];
+    cli_ok(cwd, &url, &[&args[..], &["--secret-dir", "api:/secrets/api"]].concat());
+    let greeting = wait_for(Duration::from_secs(30), "the greeting from the secret", || {
+        match get(&ingress, "web.skiff.local", "/") {
+            Ok(a) if a.status == 200 => Ok(a.body),
+            Ok(a) => Err(format!("{} {}", a.status, a.body)),
+            Err(e) => Err(e),
+        }
+    });
+    assert!(greeting.starts_with(&format!("{value} from web-")), "{greeting}");
+    let file = get(&ingress, "web.skiff.local", "/file/secrets/api/token").expect("file");
+    assert_eq!((file.status, file.body.as_str()), (200, value.as_str()));
+    let missing = get(&ingress, "web.skiff.local", "/file/etc/passwd").expect("outside");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // Deleted: the tmpfs copy goes with the replica.
+    cli_ok(cwd, &url, &["delete", "web"]);
+    wait_for(Duration::from_secs(10), "the tmpfs copy removed", || {
+        let left = found_under(Path::new("/dev/shm"), value.as_bytes());
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+}

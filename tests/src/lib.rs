@@ -160,6 +160,37 @@ pub fn read_when_ready(path: &Path) -> String {
     })
 }
 
+/// API tokens of the servers the tests started, by `host:port`: the CLI and the
+/// HTTP helpers send the right one to each server.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn host_port(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Remembers `token` as the API token of the server at `url`.
+pub fn remember_token(url: &str, token: &str) {
+    let mut tokens = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = host_port(url).to_string();
+    tokens.retain(|(k, _)| *k != key);
+    tokens.push((key, token.to_string()));
+}
+
+/// The API token of the server at `url`, if a test started it.
+pub fn token_for(url: &str) -> Option<String> {
+    let tokens = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    tokens.iter().find(|(k, _)| k == host_port(url)).map(|(_, t)| t.clone())
+}
+
+/// Waits for a server started with `--data-dir data` and returns its URL; its
+/// admin token (`data/admin-token`) is remembered for the CLI and HTTP helpers.
+pub fn server_ready(data: &Path) -> String {
+    let url = read_when_ready(&data.join("server.url"));
+    remember_token(&url, &read_when_ready(&data.join("admin-token")));
+    url
+}
+
 /// The outcome of one CLI call.
 pub struct Cli {
     pub ok: bool,
@@ -169,7 +200,12 @@ pub struct Cli {
 
 /// Runs `skiff ARGS` against `server`, from `cwd`.
 pub fn cli_in(cwd: &Path, server: &str, args: &[&str]) -> Cli {
-    let out: Output = Command::new(skiff_bin())
+    let mut cmd = Command::new(skiff_bin());
+    match token_for(server) {
+        Some(t) => cmd.env("SKIFF_TOKEN", t),
+        None => cmd.env_remove("SKIFF_TOKEN"),
+    };
+    let out: Output = cmd
         .args(args)
         .current_dir(cwd)
         .env("SKIFF_SERVER", server)
@@ -235,7 +271,8 @@ pub fn get(addr: &str, host: &str, path: &str) -> Result<Answer, String> {
     let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let auth = token_for(addr).map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -279,7 +316,7 @@ impl Dev {
             ],
             &dir.path().join("dev.log"),
         );
-        let url = read_when_ready(&data.join("server.url"));
+        let url = server_ready(&data);
         wait_for(Duration::from_secs(30), "the dev node ready", || {
             let nodes = get_json(dir.path(), &url, "nodes");
             if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }

@@ -6,6 +6,8 @@
 //!   with the id also in the `x-skiff-replica` header; `GREETING` changes the word.
 //! - `/healthz` answers 200 `ok`, or 500 when `HEALTHY=false` (a version that
 //!   fails its readiness probe).
+//! - `/file/PATH` answers the contents of file `/PATH` (a secret or volume the
+//!   deployment mounts), or 404 saying why it cannot read it.
 //! - `/spin` loops forever (the node answers 504 at its request deadline).
 //! - `/grow` allocates 512 MiB (more than any small memory limit: that request fails).
 //! - `/call/AUTHORITY/PATH` sends `GET http://AUTHORITY/PATH` and answers with the
@@ -35,6 +37,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             let healthy = std::env::var("HEALTHY").map(|v| v != "false").unwrap_or(true);
             let (status, body) = if healthy { (200, "ok\n") } else { (500, "unhealthy\n") };
             respond(out, status, &replica, body);
+            return;
+        }
+        if let Some(file) = path.strip_prefix("/file/") {
+            match std::fs::read_to_string(format!("/{file}")) {
+                Ok(text) => respond(out, 200, &replica, &text),
+                Err(e) => respond(out, 404, &replica, &format!("cannot read /{file}: {e}\n")),
+            }
             return;
         }
         if path == "/spin" {

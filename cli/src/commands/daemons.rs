@@ -47,10 +47,20 @@ pub struct ServerArgs {
     /// Re-seal every secret under a new key at start-up and forget the old keys
     #[arg(long)]
     rotate_secret_key: bool,
+    /// Serve /metrics and /v1/prometheus/targets without a token (for scrapers)
+    #[arg(long)]
+    metrics_open: bool,
+    /// Most deployments, secrets and volumes the cluster holds, each
+    #[arg(long, default_value_t = 10_000)]
+    max_objects: usize,
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    /// Manage nodes instead of running one
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
     /// The join token the server printed at its first start
     #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -86,6 +96,10 @@ pub struct NodeArgs {
     /// auto (bridge when the plugins are installed)
     #[arg(long, value_enum, default_value = "auto", env = "SKIFF_CONTAINER_NETWORK")]
     container_network: ContainerNetworkArg,
+    /// A registry host (HOST or HOST:PORT) to pull images from over plain HTTP;
+    /// registries on loopback need no flag, every other one needs HTTPS (repeatable)
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
     /// Address of the ingress that serves HTTP deployments [default: port 8080 on the --listen ip, any free port if --listen has port 0]
     #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR")]
     ingress: Option<SocketAddr>,
@@ -101,6 +115,29 @@ pub struct NodeArgs {
     /// Names of simulated nodes: PREFIX-00000, PREFIX-00001, ... [default: sim]
     #[arg(long, requires = "simulate")]
     name_prefix: Option<String>,
+}
+
+/// `skiff node rm`: the verbs on nodes (the bare `skiff node` runs one).
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeAction {
+    /// Remove a node: its replicas are replaced elsewhere and its credential is
+    /// revoked (it can come back only by joining again with the join token)
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// The node's name
+        name: String,
+    },
+}
+
+/// Runs a node verb.
+pub async fn node_action(action: NodeAction, client: &skiff_api::Client) -> anyhow::Result<()> {
+    match action {
+        NodeAction::Rm { name } => {
+            client.remove_node(&name).await?;
+            println!("node {name} removed; its replicas are being replaced");
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -155,12 +192,19 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         node_grace: args.node_grace,
         rotate_secret_key: args.rotate_secret_key,
+        metrics_open: args.metrics_open,
+        max_objects: args.max_objects,
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
         format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())
     })?;
     println!("skiff server: listening at {} (data in {})", server.url, args.data_dir.display());
     let token_file = args.data_dir.join("join-token");
+    println!(
+        "admin API token in {} ; use it with: SKIFF_TOKEN=$(cat {}) skiff get nodes",
+        args.data_dir.join("admin-token").display(),
+        args.data_dir.join("admin-token").display()
+    );
     if first_start {
         println!(
             "join token: {} ; start a node with: skiff node --server {} --token {}",
@@ -218,6 +262,7 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
         advertise: args.advertise,
         oci_runtime: args.oci_runtime,
         container_network: args.container_network.into(),
+        insecure_registries: args.insecure_registry,
         ingress: args.ingress,
         ingress_advertise: args.ingress_advertise,
         http: args.http.config()?,
@@ -297,6 +342,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         advertise: None,
         oci_runtime: None,
         container_network: skiff_node::container::Network::Auto,
+        insecure_registries: vec![],
         ingress: Some(
             args.ingress
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], if args.listen.port() == 0 { 0 } else { 8080 }))),
@@ -310,7 +356,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     // Say "ready" only once the node has registered, so that a script that waits
     // for this line can deploy at once.
-    let ready = wait_for_node(&url, &node_name);
+    // The server made it at start-up; the CLI run in this directory finds it too.
+    let admin_token = std::fs::read_to_string(args.data_dir.join("admin-token")).unwrap_or_default();
+    let ready = wait_for_node(&url, &node_name, admin_token.trim());
     tokio::pin!(ready);
     let mut announced = false;
     loop {
@@ -355,8 +403,8 @@ fn flatten(res: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::R
 }
 
 /// Polls the scheduler until node `name` is registered and ready, for up to 30 s.
-async fn wait_for_node(url: &str, name: &str) -> bool {
-    let client = skiff_api::Client::new(url);
+async fn wait_for_node(url: &str, name: &str, token: &str) -> bool {
+    let client = skiff_api::Client::new(url).with_token(token);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
         if let Ok(node) = client.node(name).await

@@ -81,6 +81,9 @@ pub struct DeployArgs {
     /// A host the replicas may send HTTP requests to, such as api.example.com (repeatable)
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_host: Vec<String>,
+    /// The port an --image serves HTTP on; the ingress routes NAME.skiff.local to it
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
     /// Wait until every replica of the new revision runs
     #[arg(long)]
     wait: bool,
@@ -159,6 +162,9 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
     if args.replicas > skiff_api::manifest::MAX_REPLICAS {
         bail!("--replicas must be at most {}, got {}", skiff_api::manifest::MAX_REPLICAS, args.replicas);
     }
+    if args.port.is_some() && args.image.is_none() {
+        bail!("--port is for --image; a Wasm HTTP component is served without one");
+    }
     let env = parse_env(&args.env)?;
     let constraints = parse_labels("--label-selector", &args.label_selector)?;
     // The scheduler pins an image reference to the imported manifest's digest.
@@ -178,9 +184,10 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         volumes: parse_volumes(&args.volume)?,
         probes: Default::default(),
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
+        http_port: args.port,
     };
     let request = spec.clone();
-    let revision = apply_one(client, &args.name, args.replicas, spec, None).await?;
+    let revision = apply_one(client, &args.name, args.replicas, spec, None, None).await?;
     if args.replicas > 0 {
         warn_if_no_node_fits(client, &args.name, &request).await;
     }
@@ -231,9 +238,10 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             volumes: d.volumes.clone(),
             probes: d.probes.clone(),
             secrets: d.secrets.clone(),
+            http_port: d.http_port,
         };
         let request = spec.clone();
-        let revision = apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy)).await?;
+        let revision = apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy), d.autoscale).await?;
         if d.replicas > 0 {
             warn_if_no_node_fits(client, &d.name.0, &request).await;
         }
@@ -283,9 +291,10 @@ async fn apply_one(
     replicas: u32,
     spec: WorkloadSpec,
     strategy: Option<skiff_api::UpdateStrategy>,
+    autoscale: Option<skiff_api::Autoscale>,
 ) -> anyhow::Result<u64> {
     let resp = client
-        .apply(name, &ApplyRequest { replicas, spec, strategy })
+        .apply(name, &ApplyRequest { replicas, spec, strategy, autoscale })
         .await
         .with_context(|| format!("deployment {name}"))?;
     let outcome = match resp.outcome {

@@ -8,6 +8,7 @@ pub mod image;
 pub mod manage;
 pub mod rollout;
 pub mod secret;
+pub mod token;
 pub mod volume;
 
 use anyhow::{Context, bail};

@@ -16,7 +16,10 @@
 
 pub mod bundle;
 pub mod cni;
+pub mod health;
 pub mod oci;
+pub mod registry;
+pub mod serve;
 pub mod unpack;
 
 use crate::logs::{LogSink, Stream};
@@ -65,7 +68,20 @@ pub struct ContainerRuntime {
     cni: Option<cni::Cni>,
     /// One lock per layer digest, so N replicas of an image unpack each layer once.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The bridge address of each running container, for its probes.
+    addresses: Addresses,
+    /// Registries images are pulled from when the scheduler does not hold them.
+    registries: registry::Registries,
 }
+
+/// Where an image's blobs come from: the scheduler, and for a reference that
+/// names a registry host, that registry.
+struct Source<'a> {
+    scheduler: &'a Option<Client>,
+    registry: Option<oci_client::Reference>,
+}
+
+type Addresses = Arc<Mutex<HashMap<String, std::net::IpAddr>>>;
 
 /// An image made ready for one assignment.
 #[derive(Debug)]
@@ -108,9 +124,24 @@ impl ContainerRuntime {
                 }
             },
         };
-        let rt = ContainerRuntime { dir, blobs, oci, cni, unpacking: Mutex::new(HashMap::new()) };
+        let rt = ContainerRuntime {
+            dir,
+            blobs,
+            oci,
+            cni,
+            unpacking: Mutex::new(HashMap::new()),
+            addresses: Addresses::default(),
+            registries: registry::Registries::default(),
+        };
         rt.clean_leftovers();
         Ok(rt)
+    }
+
+    /// Speaks plain HTTP to these registry hosts (`host` or `host:port`) besides
+    /// loopback ones.
+    pub fn with_insecure_registries(mut self, hosts: Vec<String>) -> ContainerRuntime {
+        self.registries = registry::Registries::new(hosts);
+        self
     }
 
     /// The OCI runtime in use.
@@ -118,9 +149,20 @@ impl ContainerRuntime {
         &self.oci
     }
 
+    /// Runs one health check of `probe` against the running container of `replica`.
+    pub async fn check(&self, replica: &str, probe: &skiff_api::Probe) -> Result<(), String> {
+        let address = self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(replica).copied();
+        health::check(&self.oci, replica, address, probe).await
+    }
+
     /// Whether containers get bridge networking (else loopback only).
     pub fn bridged(&self) -> bool {
         self.cni.is_some()
+    }
+
+    /// The bridge address of replica `id`'s container while it runs.
+    pub fn address(&self, id: &str) -> Option<std::net::IpAddr> {
+        self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
     }
 
     /// Stops and removes every container, mount, bundle and cgroup a previous
@@ -146,7 +188,7 @@ impl ContainerRuntime {
     }
 
     /// Blob `digest`, from disk or fetched, verified either way.
-    async fn blob(&self, client: &Option<Client>, digest: &str) -> Result<Vec<u8>, ArtifactError> {
+    async fn blob(&self, src: &Source<'_>, digest: &str) -> Result<Vec<u8>, ArtifactError> {
         let hex = digest_hex(digest).map_err(ArtifactError::Invalid)?;
         let path = self.blobs.join(hex);
         if let Ok(bytes) = tokio::fs::read(&path).await
@@ -154,15 +196,18 @@ impl ContainerRuntime {
         {
             return Ok(bytes);
         }
-        let Some(c) = client else {
-            return Err(ArtifactError::Transient(format!(
-                "blob {digest} is not on this node and there is no scheduler"
-            )));
+        let from_scheduler = match src.scheduler {
+            Some(c) => {
+                c.get_blob(digest).await.map(|b| b.to_vec()).map_err(|e| format!("cannot fetch blob {digest}: {e}"))
+            }
+            None => Err(format!("blob {digest} is not on this node and there is no scheduler")),
         };
-        let bytes = c
-            .get_blob(digest)
-            .await
-            .map_err(|e| ArtifactError::Transient(format!("cannot fetch blob {digest}: {e}")))?;
+        // An image named by its registry comes from there unless it was imported.
+        let bytes = match (from_scheduler, &src.registry) {
+            (Ok(b), _) => b,
+            (Err(_), Some(r)) => self.registries.blob(r, digest).await?,
+            (Err(e), None) => return Err(ArtifactError::Transient(e)),
+        };
         let got = sha256_hex(&bytes);
         if got != hex {
             return Err(ArtifactError::Invalid(format!("blob {digest} has digest sha256:{got}; refusing it")));
@@ -172,13 +217,13 @@ impl ContainerRuntime {
             .await
             .and(tokio::fs::rename(&tmp, &path).await)
             .map_err(|e| ArtifactError::Transient(format!("cannot store blob in {}: {e}", path.display())))?;
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// The unpacked directory of layer `digest`, unpacking it once.
     async fn layer(
         &self,
-        client: &Option<Client>,
+        src: &Source<'_>,
         digest: &str,
         media_type: &str,
         diff_id: Option<&str>,
@@ -194,7 +239,7 @@ impl ContainerRuntime {
             return Ok(dest);
         }
         let gzip = layer_compression(media_type).map_err(ArtifactError::Invalid)?;
-        let bytes = self.blob(client, digest).await?;
+        let bytes = self.blob(src, digest).await?;
         let tmp = self.dir.join("layers").join(format!("{hex}.tmp{}", fastrand_u64()));
         let diff_id = diff_id.map(str::to_owned);
         let digest_owned = digest.to_string();
@@ -236,12 +281,33 @@ impl ContainerRuntime {
         let Workload::Image(reference) = &a.spec.workload else {
             return Err(ArtifactError::Invalid(format!("{} is not an image", a.spec.workload)));
         };
-        let digest = manifest_digest(reference).map_err(ArtifactError::Invalid)?;
-        let manifest_bytes = self.blob(&client, digest).await?;
+        let (src, digest, manifest_bytes) = if registry::is_remote(reference) {
+            // Named by its registry: the scheduler has it only if it was imported
+            // (then pinned); a tag is resolved by the registry now.
+            let r = registry::Registries::parse(reference)?;
+            let local = Source { scheduler: &client, registry: None };
+            let imported = match manifest_digest(reference) {
+                Ok(d) => self.blob(&local, d).await.ok().map(|b| (d.to_string(), b)),
+                Err(_) => None,
+            };
+            let (digest, bytes) = match imported {
+                Some(found) => found,
+                None => {
+                    let (bytes, digest) = self.registries.manifest(&r).await?;
+                    (digest, bytes)
+                }
+            };
+            (Source { scheduler: &client, registry: Some(r) }, digest, bytes)
+        } else {
+            let digest = manifest_digest(reference).map_err(ArtifactError::Invalid)?;
+            let src = Source { scheduler: &client, registry: None };
+            let bytes = self.blob(&src, digest).await?;
+            (src, digest.to_string(), bytes)
+        };
         let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| ArtifactError::Invalid(format!("manifest {digest} is not an OCI image manifest: {e}")))?;
         let config_digest = manifest.config().digest().to_string();
-        let config_bytes = self.blob(&client, &config_digest).await?;
+        let config_bytes = self.blob(&src, &config_digest).await?;
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
             .map_err(|e| ArtifactError::Invalid(format!("image config {config_digest} is unreadable: {e}")))?;
         let os = config.os().to_string();
@@ -259,8 +325,7 @@ impl ContainerRuntime {
         let mut layers = Vec::new();
         for (i, l) in manifest.layers().iter().enumerate() {
             let media_type = l.media_type().to_string();
-            let dir =
-                self.layer(&client, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
+            let dir = self.layer(&src, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
             layers.push(dir);
         }
         let process = bundle::merge_process(config.config().as_ref(), &a.spec.args, &a.spec.env)
@@ -297,7 +362,7 @@ impl Runtime for ContainerRuntime {
         let Ok(plan) = prepared.downcast::<Plan>() else {
             return Box::pin(async { Outcome::Failed("internal error: not a container plan".into()) });
         };
-        let net = Net { oci: self.oci.clone(), cni: self.cni.clone() };
+        let net = Net { oci: self.oci.clone(), cni: self.cni.clone(), addresses: self.addresses.clone() };
         let bundle = self.dir.join("run").join(&spec.replica);
         Box::pin(run_container(net, bundle, plan, spec, log))
     }
@@ -314,6 +379,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         if self.armed {
             let (net, id, bundle) = (self.net.clone(), self.id.clone(), self.bundle.clone());
             // Drop cannot wait; a thread gives the container its grace period.
@@ -454,6 +520,7 @@ async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, log: Arc<LogSink>, st
 struct Net {
     oci: Oci,
     cni: Option<cni::Cni>,
+    addresses: Addresses,
 }
 
 async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
@@ -477,7 +544,13 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         .await
         .unwrap_or_else(|e| Err(format!("bundle task failed: {e}")));
         match prepared {
-            Ok(Some(address)) => log.system(&format!("network: eth0 {address}")),
+            Ok(Some(address)) => {
+                log.system(&format!("network: eth0 {address}"));
+                let ip = address.split('/').next().and_then(|a| a.parse().ok());
+                if let Some(ip) = ip {
+                    net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), ip);
+                }
+            }
             Ok(None) => {}
             Err(e) => return Outcome::Failed(format!("cannot prepare the container: {e}")),
         }
@@ -509,6 +582,7 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         }
     };
     spec.usage.add_memory(-(last_mem as i64));
+    net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     let ooms = oom_kills(&id);
 
     guard.armed = false;

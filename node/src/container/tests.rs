@@ -22,7 +22,15 @@ fn fixture() -> Fixture {
     fs::create_dir_all(dir.join("layers")).expect("layers");
     fs::create_dir_all(base.join("blobs")).expect("blobs");
     let oci = Oci { bin: "runc".into(), root: dir.join("state"), version: String::new() };
-    let rt = ContainerRuntime { dir, blobs: base.join("blobs"), oci, cni: None, unpacking: Mutex::new(HashMap::new()) };
+    let rt = ContainerRuntime {
+        dir,
+        blobs: base.join("blobs"),
+        oci,
+        cni: None,
+        unpacking: Mutex::new(HashMap::new()),
+        addresses: Addresses::default(),
+        registries: registry::Registries::default(),
+    };
     Fixture { base, rt }
 }
 

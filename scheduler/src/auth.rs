@@ -1,0 +1,379 @@
+//! API authentication: bearer tokens, who holds them, and which calls each may make.
+//!
+//! Callers: the admin token (made at first start, `<data_dir>/admin-token`, 0600),
+//! tokens made with `skiff token create` (admin or read-only), the join token
+//! (only to register a node), and the credential each node gets at registration
+//! (only for that node's own routes, the endpoints table and blob downloads).
+//! Tokens are stored as their SHA-256 only, in the `tokens` and
+//! `node_credentials` tables.
+//!
+//! Every route is classified in [`need`], by method and matched route; a route it
+//! does not name is a read (GET, HEAD) or an admin call (anything else), so a new
+//! route is never open by accident.
+
+use crate::Core;
+use crate::error::ApiError;
+use crate::store::{Store, StoreError};
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use skiff_api::{TokenCreated, TokenInfo, TokenRequest, TokenRole, now_ms};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The name of the token made at first start.
+pub const ADMIN: &str = "admin";
+/// Most API tokens a server keeps.
+const MAX_TOKENS: usize = 1_000;
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// An admin token: every user call.
+    Admin,
+    /// A read-only token: GET and HEAD.
+    ReadOnly,
+    /// The join token: registration only.
+    Join,
+    /// A node's own credential.
+    Node(String),
+}
+
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Anyone (health check, the dashboard's page and assets).
+    Open,
+    /// Prometheus scrapes: open with `--metrics-open`, else a read token.
+    Metrics,
+    /// Any user token (admin or read-only).
+    Read,
+    /// The admin token.
+    Admin,
+    /// The join token, or a node's credential re-registering that node.
+    Register,
+    /// The credential of the node named in the path.
+    NodeSelf,
+    /// Any node's credential or a user token (the endpoints table, blob downloads).
+    NodeOrRead,
+}
+
+/// What `method` on the matched `route` needs. Every route of `http::router` is
+/// named here; what is not is a read or an admin call by its method.
+pub(crate) fn need(method: &Method, route: &str) -> Need {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        "/healthz" | "/" | "/assets/{file}" => Need::Open,
+        "/metrics" | "/v1/prometheus/targets" => Need::Metrics,
+        "/v1/nodes/register" => Need::Register,
+        "/v1/nodes/{name}/heartbeat" | "/v1/nodes/{name}/assignments" => Need::NodeSelf,
+        "/v1/endpoints" if read => Need::NodeOrRead,
+        "/v1/blobs/{digest}" if read => Need::NodeOrRead,
+        // Token names and roles are an admin's business even to read.
+        "/v1/tokens" | "/v1/tokens/{name}" => Need::Admin,
+        _ if read => Need::Read,
+        _ => Need::Admin,
+    }
+}
+
+/// The tokens the server knows, by their SHA-256.
+pub(crate) struct Auth {
+    join: [u8; 32],
+    users: Mutex<Vec<User>>,
+    /// Node credential hash → node name. Looked up by hash: the hash of a random
+    /// 256-bit secret leaks nothing that helps guess another, so a map's
+    /// timing is harmless here (and a cluster has thousands of nodes).
+    nodes: Mutex<HashMap<[u8; 32], String>>,
+    /// `/metrics` and `/v1/prometheus/targets` without a token.
+    pub metrics_open: bool,
+}
+
+struct User {
+    hash: [u8; 32],
+    info: TokenInfo,
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+/// Equal in time independent of where they differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new random token with `prefix`.
+pub(crate) fn random_token(prefix: &str) -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for a token")?;
+    Ok(format!("{prefix}{}", hex::encode(raw)))
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{text}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+impl Auth {
+    /// Loads the tokens, making the admin token at first start (and anew when its
+    /// file was deleted: that is how an admin token is rotated).
+    pub fn open(data_dir: &Path, store: &Store, join_token: &str, metrics_open: bool) -> anyhow::Result<Auth> {
+        let path = data_dir.join("admin-token");
+        let admin = match std::fs::read_to_string(&path).map(|t| t.trim().to_string()) {
+            Ok(t) if !t.is_empty() => t,
+            _ => {
+                let t = random_token("ska_")?;
+                write_private(&path, &t)?;
+                t
+            }
+        };
+        let admin_hash = hex::encode(sha256(&admin));
+        let stored = store.tokens()?;
+        if !stored.iter().any(|(name, hash, _, _)| name == ADMIN && *hash == admin_hash) {
+            store.put_token(ADMIN, &admin_hash, &TokenRole::Admin.to_string(), now_ms())?;
+        }
+        let mut users = Vec::new();
+        for (name, hash, role, created_ms) in store.tokens()? {
+            let role = if role == "admin" { TokenRole::Admin } else { TokenRole::ReadOnly };
+            if let Some(hash) = unhex(&hash) {
+                users.push(User { hash, info: TokenInfo { name, role, created_ms } });
+            }
+        }
+        let nodes = store.node_credentials()?.into_iter().filter_map(|(n, h)| Some((unhex(&h)?, n))).collect();
+        Ok(Auth { join: sha256(join_token), users: Mutex::new(users), nodes: Mutex::new(nodes), metrics_open })
+    }
+
+    fn users(&self) -> MutexGuard<'_, Vec<User>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node_map(&self) -> MutexGuard<'_, HashMap<[u8; 32], String>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who holds `token`, if anyone.
+    pub fn identify(&self, token: &str) -> Option<Caller> {
+        let hash = sha256(token);
+        if ct_eq(&hash, &self.join) {
+            return Some(Caller::Join);
+        }
+        // User tokens are few: compare with every one, in constant time each.
+        let mut found = None;
+        for u in self.users().iter() {
+            if ct_eq(&hash, &u.hash) {
+                found = Some(u.info.role);
+            }
+        }
+        match found {
+            Some(TokenRole::Admin) => Some(Caller::Admin),
+            Some(TokenRole::ReadOnly) => Some(Caller::ReadOnly),
+            None => self.node_map().get(&hash).cloned().map(Caller::Node),
+        }
+    }
+
+    /// Every user token's name and role.
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.users().iter().map(|u| u.info.clone()).collect()
+    }
+
+    /// Makes a token; the answer holds it, the store only its hash.
+    pub fn create(&self, store: &Store, req: TokenRequest) -> Result<TokenCreated, ApiError> {
+        let mut users = self.users();
+        if users.len() >= MAX_TOKENS {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("too many tokens ({MAX_TOKENS}); remove some with `skiff token rm NAME`"),
+            ));
+        }
+        let name = match req.name {
+            Some(n) => n,
+            None => {
+                let mut i = users.len() + 1;
+                while users.iter().any(|u| u.info.name == format!("token-{i}")) {
+                    i += 1;
+                }
+                format!("token-{i}")
+            }
+        };
+        skiff_api::manifest::validate_name(&name).map_err(|e| ApiError::bad_request(format!("token name: {e}")))?;
+        if users.iter().any(|u| u.info.name == name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a token named {name:?} exists; pick another name or remove it with `skiff token rm {name}`"),
+            ));
+        }
+        let prefix = if req.role == TokenRole::Admin { "ska_" } else { "skr_" };
+        let token = random_token(prefix).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let hash = sha256(&token);
+        let info = TokenInfo { name, role: req.role, created_ms: now_ms() };
+        store.put_token(&info.name, &hex::encode(hash), &info.role.to_string(), info.created_ms)?;
+        users.push(User { hash, info: info.clone() });
+        Ok(TokenCreated { info, token })
+    }
+
+    /// Revokes token `name`.
+    pub fn delete(&self, store: &Store, name: &str) -> Result<(), ApiError> {
+        if name == ADMIN {
+            return Err(ApiError::bad_request(
+                "the admin token cannot be removed; to rotate it, delete DATA_DIR/admin-token and restart the server",
+            ));
+        }
+        let mut users = self.users();
+        if !users.iter().any(|u| u.info.name == name) {
+            return Err(ApiError::not_found(format!("token {name:?} not found; `skiff token ls` lists them")));
+        }
+        store.delete_token(name)?;
+        users.retain(|u| u.info.name != name);
+        Ok(())
+    }
+
+    /// Gives `node` a new credential, replacing any it had.
+    pub fn issue_node(&self, store: &Store, node: &str) -> Result<String, ApiError> {
+        let token = random_token("skn_").map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let hash = sha256(&token);
+        store.put_node_credential(node, &hex::encode(hash), now_ms())?;
+        let mut nodes = self.node_map();
+        nodes.retain(|_, n| n != node);
+        nodes.insert(hash, node.to_string());
+        Ok(token)
+    }
+
+    /// Revokes the credential of `node`.
+    pub fn revoke_node(&self, store: &Store, node: &str) -> Result<(), StoreError> {
+        store.delete_node_credential(node)?;
+        self.node_map().retain(|_, n| n != node);
+        Ok(())
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+const NO_TOKEN: &str = "missing or unknown API token; pass --token or SKIFF_TOKEN (the admin token is in the server's DATA_DIR/admin-token; `skiff token create --read-only` makes read-only ones)";
+
+/// The middleware in front of every route: finds the caller and checks the route
+/// allows it. The caller goes into the request's extensions for the handler.
+pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let need = need(req.method(), &route);
+    if need == Need::Open || (need == Need::Metrics && core.auth.metrics_open) {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    // A browser's EventSource cannot send headers: the dashboard's stream passes
+    // its token in the query instead.
+    let token = bearer.or_else(|| {
+        (route == "/v1/watch").then(|| query_token(req.uri().query().unwrap_or(""))).flatten()
+    });
+    let Some(caller) = token.as_deref().and_then(|t| core.auth.identify(t)) else {
+        return ApiError::unauthorized(NO_TOKEN).into_response();
+    };
+    let allowed = match (&caller, need) {
+        (_, Need::Open) => true,
+        (Caller::Admin, Need::Admin | Need::Read | Need::Metrics | Need::NodeOrRead) => true,
+        (Caller::ReadOnly, Need::Read | Need::Metrics | Need::NodeOrRead) => true,
+        (Caller::Join | Caller::Node(_), Need::Register) => true,
+        (Caller::Node(_), Need::NodeOrRead) => true,
+        (Caller::Node(n), Need::NodeSelf) => path_node(req.uri().path()) == Some(n.as_str()),
+        _ => false,
+    };
+    if !allowed {
+        let why = match (&caller, need) {
+            (Caller::ReadOnly, _) => "this token is read-only; changes need an admin token",
+            (Caller::Join, _) => "the join token only registers nodes; use the credential the registration returned",
+            (Caller::Node(_), Need::NodeSelf) => "a node credential is good for that node's own routes only",
+            (Caller::Node(_), _) => "a node credential cannot make user calls; use an API token",
+            (_, Need::Register | Need::NodeSelf) => "node routes need the join token or the node's credential",
+            _ => "this token may not make this call",
+        };
+        return refuse(StatusCode::FORBIDDEN, why);
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// `GET /v1/tokens`.
+pub(crate) async fn list_tokens(State(core): State<Arc<Core>>) -> axum::Json<Vec<TokenInfo>> {
+    axum::Json(core.auth.list())
+}
+
+/// `POST /v1/tokens`.
+pub(crate) async fn create_token(
+    State(core): State<Arc<Core>>,
+    axum::Json(req): axum::Json<TokenRequest>,
+) -> Result<axum::Json<TokenCreated>, ApiError> {
+    let st = core.state();
+    Ok(axum::Json(core.auth.create(st.store(), req)?))
+}
+
+/// `DELETE /v1/tokens/{name}`.
+pub(crate) async fn delete_token(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let st = core.state();
+    core.auth.delete(st.store(), &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn query_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string)
+}
+
+/// NAME in `/v1/nodes/NAME/...`.
+fn path_node(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/nodes/")?.split('/').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_what_they_should() {
+        let (get, put, post, del) = (Method::GET, Method::PUT, Method::POST, Method::DELETE);
+        assert_eq!(need(&get, "/healthz"), Need::Open);
+        assert_eq!(need(&get, "/metrics"), Need::Metrics);
+        assert_eq!(need(&get, "/v1/deployments"), Need::Read);
+        assert_eq!(need(&put, "/v1/deployments/{name}"), Need::Admin);
+        assert_eq!(need(&del, "/v1/secrets/{name}"), Need::Admin);
+        assert_eq!(need(&put, "/v1/blobs/{digest}"), Need::Admin);
+        assert_eq!(need(&get, "/v1/blobs/{digest}"), Need::NodeOrRead);
+        assert_eq!(need(&post, "/v1/nodes/{name}/heartbeat"), Need::NodeSelf);
+        assert_eq!(need(&get, "/v1/nodes/{name}/assignments"), Need::NodeSelf);
+        assert_eq!(need(&get, "/v1/tokens"), Need::Admin);
+        // Unknown routes are never open.
+        assert_eq!(need(&get, ""), Need::Read);
+        assert_eq!(need(&post, ""), Need::Admin);
+        assert_eq!(path_node("/v1/nodes/n1/heartbeat"), Some("n1"));
+        assert_eq!(query_token("a=1&token=skr_x"), Some("skr_x".into()));
+    }
+}

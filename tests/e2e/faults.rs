@@ -1,0 +1,322 @@
+//! Faults, with real processes: a scheduler SIGKILLed in the middle of a rollout
+//! and of a large deploy, a data dir whose disk fills up, and the object limits.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use skiff_tests::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A free loopback port, so that a restarted scheduler answers where its nodes
+/// already look.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn start_server(dir: &Path, data: &Path, port: u16, extra: &[&str]) -> Proc {
+    let _ = std::fs::remove_file(data.join("server.url"));
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["server", "--listen", &listen, "--data-dir", data.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra);
+    Proc::start("server", &args, &dir.join("server.log"))
+}
+
+/// `skiff node --simulate N`: nodes that speak the protocol and run nothing.
+fn start_sims(dir: &Path, url: &str, n: usize, prefix: &str) -> Proc {
+    let join = read_when_ready(&dir.join("server/join-token"));
+    let count = n.to_string();
+    let args = [
+        "node",
+        "--simulate",
+        &count,
+        "--name-prefix",
+        prefix,
+        "--server",
+        url,
+        "--token",
+        &join,
+        "--cpu",
+        "4",
+        "--memory",
+        "4Gi",
+    ];
+    Proc::start("sim nodes", &args, &dir.join(format!("sim-{prefix}.log")))
+}
+
+fn wait_nodes(dir: &Path, url: &str, n: usize) {
+    wait_for(Duration::from_secs(60), &format!("{n} nodes ready"), || {
+        let nodes = get_json(dir, url, "nodes");
+        let ready = nodes.iter().filter(|x| x["state"] == "ready").count();
+        if ready >= n { Ok(()) } else { Err(format!("{ready} ready")) }
+    });
+}
+
+/// Live (non-terminal) replicas per deployment.
+fn live_counts(dir: &Path, url: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in get_json(dir, url, "replicas") {
+        if r["state"] != "stopped" && r["state"] != "lost" {
+            *m.entry(r["deployment"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// What must survive anything: each deployment's spec, count, revision and
+/// rollout target, and the secrets' names and keys.
+fn objects(dir: &Path, url: &str) -> (BTreeMap<String, Value>, Vec<Value>) {
+    let deployments = get_json(dir, url, "deployments")
+        .into_iter()
+        .map(|d| {
+            let name = d["name"].as_str().unwrap_or("").to_string();
+            let kept = serde_json::json!({
+                "spec": d["spec"],
+                "replicas": d["replicas"],
+                "revision": d["revision"],
+                "to_revision": d["rollout"]["to_revision"],
+                "created_ms": d["created_ms"],
+            });
+            (name, kept)
+        })
+        .collect();
+    let secrets: Value =
+        serde_json::from_str(&http_get(&format!("{url}/v1/secrets")).expect("GET secrets")).unwrap_or(Value::Null);
+    let secrets = secrets
+        .as_array()
+        .map(|a| a.iter().map(|s| serde_json::json!({"name": s["name"], "keys": s["keys"]})).collect())
+        .unwrap_or_default();
+    (deployments, secrets)
+}
+
+#[test]
+fn a_scheduler_killed_mid_rollout_and_mid_deploy_loses_nothing() {
+    let dir = TempDir::new("fault-kill");
+    let data = dir.path().join("server");
+    let port = free_port();
+    let mut server = start_server(dir.path(), &data, port, &[]);
+    let url = server_ready(&data);
+    let _sims = start_sims(dir.path(), &url, 20, "sim");
+    wait_nodes(dir.path(), &url, 20);
+    let cwd = dir.path();
+    let worker = wasm_p2("worker");
+    let wasm = worker.to_str().unwrap_or_default();
+
+    cli_ok(cwd, &url, &["secret", "create", "db", "--from-literal", "password=hunter2"]);
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "r", "--replicas", "3", "--memory", "32Mi"]);
+    wait_for(Duration::from_secs(60), "r at 3 running, rollout complete", || {
+        let d = get_json(cwd, &url, "deployments");
+        let r = running(cwd, &url, "r").len();
+        let done = d.iter().any(|x| x["name"] == "r" && x["rollout"]["state"] == "complete");
+        if r == 3 && done { Ok(()) } else { Err(format!("{r} running; {d:?}")) }
+    });
+
+    // A new revision of r (a rolling update, one at a time) and a large deploy,
+    // then SIGKILL at once: both are under way in the store, neither finished.
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "r", "--replicas", "3", "--memory", "32Mi", "--env", "V=2"]);
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "big", "--replicas", "300", "--memory", "16Mi", "--cpu", "10m"]);
+    let before = objects(cwd, &url);
+    let seen = live_counts(cwd, &url);
+    let big_running = running(cwd, &url, "big").len();
+    server.kill();
+    println!("killed the scheduler with {big_running}/300 of big running; live replicas {seen:?}");
+
+    // Restarted on the same data dir and port: the nodes find it again.
+    let _server = start_server(dir.path(), &data, port, &[]);
+    assert_eq!(server_ready(&data), url);
+    let after = objects(cwd, &url);
+    assert_eq!(before, after, "objects changed across the crash");
+
+    // Every rollout finishes, and no deployment ever has more live replicas than
+    // its count allows (r: 3 + maxSurge 1 while rolling; big: 300).
+    wait_for(Duration::from_secs(120), "r rolled out and big at 300", || {
+        let live = live_counts(cwd, &url);
+        let (r, big) = (live.get("r").copied().unwrap_or(0), live.get("big").copied().unwrap_or(0));
+        assert!(r <= 4 && big <= 300, "over its count: {live:?}");
+        let reps = get_json(cwd, &url, "replicas");
+        let new_r = reps
+            .iter()
+            .filter(|x| x["deployment"] == "r" && x["state"] == "running" && x["revision"] == after.0["r"]["revision"])
+            .count();
+        let big_running = running(cwd, &url, "big").len();
+        let d = get_json(cwd, &url, "deployments");
+        let done = d.iter().any(|x| x["name"] == "r" && x["rollout"]["state"] == "complete");
+        if new_r == 3 && r == 3 && done && big_running == 300 && big == 300 {
+            Ok(())
+        } else {
+            Err(format!("r: {new_r} new running of {r} live, complete {done}; big: {big_running} running of {big}"))
+        }
+    });
+    // The events from before the crash are still there.
+    let events = cli_ok(cwd, &url, &["events"]);
+    assert!(events.contains("deployment/r") && events.contains("secret/db"), "{events}");
+}
+
+/// A small ext4 loop-mounted for the test, unmounted (and its loop device freed)
+/// on drop, even when the test fails.
+struct LoopMount {
+    mnt: PathBuf,
+    _dir: TempDir,
+}
+
+impl LoopMount {
+    fn new(tag: &str, size: &str) -> LoopMount {
+        let dir = TempDir::new(tag);
+        let img = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+        let run = |program: &str, args: &[&str]| {
+            let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"));
+            assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run("truncate", &["-s", size, img.to_str().unwrap_or_default()]);
+        // Is e2fsprogs installed? `make test` installs it.
+        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap_or_default()]);
+        run("mount", &["-o", "loop", img.to_str().unwrap_or_default(), mnt.to_str().unwrap_or_default()]);
+        LoopMount { mnt, _dir: dir }
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // Mounted with -o loop, the loop device is freed with the mount.
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// `PUT /v1/blobs/DIGEST` of `bytes` with the server's token: (status, body).
+fn put_blob(url: &str, bytes: &[u8]) -> (u16, String) {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+    let hostport = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(hostport).expect("connect");
+    let token = token_for(url).unwrap_or_default();
+    let head = format!(
+        "PUT /v1/blobs/{digest} HTTP/1.0\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    // The server may answer (and close) before all is sent: that is its answer.
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(bytes));
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut v)).expect("read /dev/urandom");
+    v
+}
+
+#[test]
+fn a_full_data_dir_gives_a_clear_error_and_loses_nothing() {
+    // Declared first, dropped last: the server is gone before the unmount.
+    let disk = LoopMount::new("fault-disk", "16M");
+    let dir = TempDir::new("fault-disk-run");
+    let data = disk.mnt.join("server");
+    let port = free_port();
+    let mut server = start_server(dir.path(), &data, port, &[]);
+    let url = server_ready(&data);
+    // The sims find the join token under `dir/server`.
+    std::fs::create_dir_all(dir.path().join("server")).expect("mkdir");
+    std::fs::copy(data.join("join-token"), dir.path().join("server/join-token")).expect("copy join token");
+    let _sims = start_sims(dir.path(), &url, 2, "sim");
+    wait_nodes(dir.path(), &url, 2);
+    let cwd = dir.path();
+    let worker = wasm_p2("worker");
+    let wasm = worker.to_str().unwrap_or_default();
+
+    cli_ok(cwd, &url, &["secret", "create", "kept", "--from-literal", "k=v"]);
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "kept", "--replicas", "3", "--memory", "32Mi"]);
+    let stored_blob = random_bytes(256 * 1024);
+    assert_eq!(put_blob(&url, &stored_blob).0, 200);
+    wait_for(Duration::from_secs(60), "kept at 3 running", || {
+        let r = running(cwd, &url, "kept").len();
+        if r == 3 { Ok(()) } else { Err(format!("{r}")) }
+    });
+    let before = objects(cwd, &url);
+
+    // Fill the disk from outside, as another program on the host would.
+    let filler = disk.mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("create filler");
+        let chunk = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    // Uploads and changes are refused with the one clear error, and the server
+    // stays up and answers reads.
+    let (status, body) = put_blob(&url, &random_bytes(1 << 20));
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("data directory is full"), "{body}");
+    let mut refused = None;
+    for i in 0..200 {
+        // SQLite may still fit a few small writes in pages it holds free.
+        let out = cli_in(cwd, &url, &["secret", "create", &format!("s{i}"), "--from-literal", &format!("k={i:0>2000}")]);
+        if !out.ok {
+            refused = Some(out.stderr);
+            break;
+        }
+    }
+    let refused = refused.expect("the full disk never refused a secret");
+    assert!(refused.contains("data directory is full") && refused.lines().count() == 1, "{refused}");
+    assert!(server.alive(), "the scheduler died of a full disk");
+    assert_eq!(running(cwd, &url, "kept").len(), 3);
+
+    // Crash while full, free the space, restart: everything stored before is intact.
+    server.kill();
+    std::fs::remove_file(&filler).expect("remove filler");
+    let _server = start_server(dir.path(), &data, port, &[]);
+    assert_eq!(server_ready(&data), url);
+    let after = objects(cwd, &url);
+    assert_eq!(before.0, after.0, "deployments changed");
+    assert!(before.1.iter().all(|s| after.1.contains(s)), "secrets lost: {:?} → {:?}", before.1, after.1);
+    let digest = format!("sha256:{}", hex(&Sha256::digest(&stored_blob)));
+    let (status, _) = put_blob(&url, &stored_blob);
+    assert_eq!(status, 200, "the stored blob {digest} is gone");
+    let blob_file = data.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    assert_eq!(std::fs::read(&blob_file).ok().as_deref(), Some(&stored_blob[..]), "the stored blob is corrupted");
+
+    // Recovered: changes work again and the cluster converges.
+    cli_ok(cwd, &url, &["secret", "create", "later", "--from-literal", "k=v"]);
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "later", "--replicas", "2", "--memory", "32Mi"]);
+    wait_for(Duration::from_secs(60), "kept at 3 and later at 2 running", || {
+        let (k, l) = (running(cwd, &url, "kept").len(), running(cwd, &url, "later").len());
+        if k == 3 && l == 2 { Ok(()) } else { Err(format!("kept {k}, later {l}")) }
+    });
+}
+
+#[test]
+fn object_counts_are_capped_with_a_clear_error() {
+    let dir = TempDir::new("fault-limits");
+    let data = dir.path().join("server");
+    let _server = start_server(dir.path(), &data, free_port(), &["--max-objects", "2"]);
+    let url = server_ready(&data);
+    let cwd = dir.path();
+    let worker = wasm_p2("worker");
+    let wasm = worker.to_str().unwrap_or_default();
+    for i in 0..2 {
+        cli_ok(cwd, &url, &["secret", "create", &format!("s{i}"), "--from-literal", "k=v"]);
+        cli_ok(cwd, &url, &["deploy", wasm, "--name", &format!("d{i}"), "--volume", &format!("v{i}:/data")]);
+    }
+    let over = cli_in(cwd, &url, &["secret", "create", "s2", "--from-literal", "k=v"]);
+    assert!(!over.ok && over.stderr.contains("limit of 2 secrets"), "{}", over.stderr);
+    let over = cli_in(cwd, &url, &["deploy", wasm, "--name", "d2"]);
+    assert!(!over.ok && over.stderr.contains("limit of 2 deployments"), "{}", over.stderr);
+    // Updating what exists is no new object.
+    cli_ok(cwd, &url, &["secret", "create", "s1", "--from-literal", "k=w", "--overwrite"]);
+    cli_ok(cwd, &url, &["deploy", wasm, "--name", "d1", "--volume", "v1:/data", "--env", "A=1"]);
+    let over = cli_in(cwd, &url, &["deploy", wasm, "--name", "d1", "--volume", "v9:/data"]);
+    assert!(!over.ok && over.stderr.contains("limit of 2 volumes"), "{}", over.stderr);
+    // Deleting makes room.
+    cli_ok(cwd, &url, &["secret", "rm", "s0"]);
+    cli_ok(cwd, &url, &["secret", "create", "s2", "--from-literal", "k=v"]);
+}
