@@ -418,6 +418,16 @@ mod tests {
     }
 
     #[test]
+    fn http_port_is_for_images() {
+        let ok = parse_manifest("name: web\nimage: localhost:5000/web:1\nhttp_port: 8080\n").expect("manifest");
+        assert_eq!(ok[0].http_port, Some(8080));
+        let err = parse_manifest("name: web\nwasm: web.wasm\nhttp_port: 8080\n").expect_err("wasm with a port");
+        assert!(err.to_string().contains("http_port is for images"), "{err}");
+        let err = parse_manifest("name: web\nimage: web\nhttp_port: 0\n").expect_err("port 0");
+        assert!(err.to_string().contains("http_port must be 1-65535"), "{err}");
+    }
+
+    #[test]
     fn allowed_hosts_are_hosts() {
         for ok in ["api.example.com", "*.example.com", "10.0.0.5:8080", "localhost"] {
             assert_eq!(validate_allowed_host(ok), Ok(()), "{ok}");
@@ -436,7 +446,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `allowed_hosts`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`"
             ],
         );
         check(

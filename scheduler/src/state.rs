@@ -1723,7 +1723,8 @@ mod tests {
             st.register(node(&format!("n{i}"), 1024)).unwrap();
         }
         let total = SCHEDULE_BATCH + 52;
-        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None, autoscale: None }).unwrap();
+        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None, autoscale: None })
+            .unwrap();
         assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
         assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
         assert_eq!(st.schedule().unwrap(), 52);
@@ -1744,14 +1745,16 @@ mod tests {
         st.register(node("a", 300)).unwrap();
         st.register(node("b", 200)).unwrap();
         st.register(node("c", 100)).unwrap();
-        let resp = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
+        let resp =
+            st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
         assert_eq!(resp.outcome, ApplyOutcome::Created);
         assert_eq!(st.schedule().unwrap(), 6);
         let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
         assert_eq!(per_node(&st), expected);
 
         // Applying the same thing again changes nothing.
-        let again = st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
+        let again =
+            st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
         assert_eq!(again.outcome, ApplyOutcome::Unchanged);
 
         // A seventh replica fits nowhere and says why.

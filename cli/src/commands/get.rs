@@ -229,6 +229,18 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
             d.replicas, s.total, s.running, s.pending, s.failed, s.restarts
         ),
     );
+    if let Some(a) = &d.autoscale {
+        let target = match (a.target_cpu_percent, a.target_requests_per_second) {
+            (Some(c), _) => format!("cpu {c}% of request"),
+            (None, Some(r)) => format!("{r} requests/s per replica"),
+            (None, None) => "no target".into(),
+        };
+        let how = format!(
+            "{}-{} replicas, {target} over {}s, down after {}s",
+            a.min, a.max, a.window_seconds, a.stabilization_seconds
+        );
+        field(&mut out, "Autoscale", how);
+    }
     field(&mut out, "Created", format!("{} ago", age(d.created_ms)));
     field(&mut out, "Updated", format!("{} ago", age(d.updated_ms)));
 
