@@ -247,7 +247,16 @@ impl Agent {
                 }
                 Err(e) => link.failed("heartbeat", &e, hb.replicas.len()),
             }
-            tokio::time::sleep(Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))).await;
+            let sent = std::time::Instant::now();
+            let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = crate::supervisor::STATE_CHANGED.notified() => {
+                    // Report a change early, but gather what changes with it and
+                    // never send more than ten heartbeats a second.
+                    tokio::time::sleep(Duration::from_millis(100).saturating_sub(sent.elapsed())).await;
+                }
+            }
         }
     }
 

@@ -127,6 +127,10 @@ fn lock(status: &Mutex<ReplicaStatus>) -> std::sync::MutexGuard<'_, ReplicaStatu
     status.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Wakes the heartbeat loop when a replica changes state, so the scheduler hears
+/// of a start or a crash at once rather than at the next periodic heartbeat.
+pub(crate) static STATE_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 pub(crate) fn set_state(
     status: &Mutex<ReplicaStatus>,
     state: ReplicaState,
@@ -134,6 +138,9 @@ pub(crate) fn set_state(
     exit_code: Option<i32>,
 ) {
     let mut st = lock(status);
+    if st.state != state {
+        STATE_CHANGED.notify_one();
+    }
     if let Err(e) = st.state.become_(state) {
         // Our own transitions are all legal; say so loudly if that ever changes.
         tracing::warn!(replica = %st.id, "{e}");
