@@ -127,7 +127,7 @@ impl Ingress {
                     // registered (then the node's credential, shared with this
                     // client), or a revoked credential until it joins again.
                     tracing::debug!("the scheduler refused the endpoints watch: {e}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
                     // Keep routing by the last table: replicas keep running while

@@ -290,9 +290,8 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
         .map(|t| t.trim().to_string());
     // A browser's EventSource cannot send headers: the dashboard's stream passes
     // its token in the query instead.
-    let token = bearer.or_else(|| {
-        (route == "/v1/watch").then(|| query_token(req.uri().query().unwrap_or(""))).flatten()
-    });
+    let token =
+        bearer.or_else(|| (route == "/v1/watch").then(|| query_token(req.uri().query().unwrap_or(""))).flatten());
     let Some(caller) = token.as_deref().and_then(|t| core.auth.identify(t)) else {
         return ApiError::unauthorized(NO_TOKEN).into_response();
     };

@@ -66,7 +66,6 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
-
 async fn list_nodes(State(core): Shared) -> ApiResult<Vec<Node>> {
     Ok(Json(core.state().mem().nodes().to_vec()))
 }

@@ -165,8 +165,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let token = join_token(&config.data_dir)?;
     let db = config.data_dir.join("state.db");
     let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let auth = auth::Auth::open(&config.data_dir, &store, &token, config.metrics_open)
-        .context("opening the API tokens")?;
+    let auth =
+        auth::Auth::open(&config.data_dir, &store, &token, config.metrics_open).context("opening the API tokens")?;
     let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
     let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
     let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;

@@ -112,7 +112,15 @@ impl State {
             .iter()
             .map(|n| (n.name.clone(), NodeLive { last_heartbeat: now, tx: watch::Sender::new(mem.index) }))
             .collect();
-        Ok(State { store, keyring, mem, live, policy, endpoints: watch::Sender::new(now_ms()), max_objects: MAX_OBJECTS })
+        Ok(State {
+            store,
+            keyring,
+            mem,
+            live,
+            policy,
+            endpoints: watch::Sender::new(now_ms()),
+            max_objects: MAX_OBJECTS,
+        })
     }
 
     /// Runs `f` on the working set inside one store transaction; commits, then wakes

@@ -403,11 +403,7 @@ impl Tx<'_> {
                 d.revision,
                 d.created_ms,
                 d.updated_ms,
-                json(&DeploymentExtra {
-                    strategy: d.strategy,
-                    rollout: d.rollout.clone(),
-                    autoscale: d.autoscale
-                })
+                json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone(), autoscale: d.autoscale })
             ])?;
         Ok(())
     }

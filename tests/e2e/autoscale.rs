@@ -32,6 +32,8 @@ fn http_deployment_scales_up_with_load_and_down_after_it() {
         (1, 1) => Ok(()),
         other => Err(format!("{other:?}")),
     });
+    let described = cli_ok(cwd, &url, &["describe", "deployment", "web"]);
+    assert!(described.contains("1-3 replicas, 5 requests/s per replica over 3s, down after 5s"), "{described}");
     // By hand it cannot be scaled while it scales by load.
     let by_hand = cli_in(cwd, &url, &["scale", "web", "2"]);
     assert!(!by_hand.ok && by_hand.stderr.contains("scales by load"), "{}", by_hand.stderr);

@@ -150,8 +150,10 @@ fn a_scheduler_killed_mid_rollout_and_mid_deploy_loses_nothing() {
         }
     });
     // The events from before the crash are still there.
-    let events = cli_ok(cwd, &url, &["events"]);
-    assert!(events.contains("deployment/r") && events.contains("secret/db"), "{events}");
+    for object in ["deployment/r", "secret/db"] {
+        let events = http_get(&format!("{url}/v1/events?object={object}")).expect("GET events");
+        assert!(events.contains("Created"), "{object}: {events}");
+    }
 }
 
 /// A small ext4 loop-mounted for the test, unmounted (and its loop device freed)
@@ -260,7 +262,8 @@ fn a_full_data_dir_gives_a_clear_error_and_loses_nothing() {
     let mut refused = None;
     for i in 0..200 {
         // SQLite may still fit a few small writes in pages it holds free.
-        let out = cli_in(cwd, &url, &["secret", "create", &format!("s{i}"), "--from-literal", &format!("k={i:0>2000}")]);
+        let out =
+            cli_in(cwd, &url, &["secret", "create", &format!("s{i}"), "--from-literal", &format!("k={i:0>2000}")]);
         if !out.ok {
             refused = Some(out.stderr);
             break;

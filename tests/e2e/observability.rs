@@ -328,6 +328,7 @@ fn events_follow_prints_decisions_as_they_happen() {
     let child = Command::new(skiff_bin())
         .args(["events", "-f", "--object", "deployment/hello", "-o", "json"])
         .env("SKIFF_SERVER", &c.url)
+        .env("SKIFF_TOKEN", token_for(&c.url).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone"))
         .stderr(out)
