@@ -396,15 +396,11 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let p = progress.lock().unwrap_or_else(|e| e.into_inner());
     let last_assigned = p.all_assigned.values().max().copied().unwrap_or(t0);
     let last_running = p.all_running.values().max().copied().unwrap_or(t0);
-    let mut lat: Vec<f64> = names
-        .iter()
-        .filter_map(|(n, _)| Some(ms(*p.all_running.get(n)? - *p.created.get(n)?)))
-        .collect();
+    let mut lat: Vec<f64> =
+        names.iter().filter_map(|(n, _)| Some(ms(*p.all_running.get(n)? - *p.created.get(n)?))).collect();
     lat.sort_by(f64::total_cmp);
-    let mut lat_assigned: Vec<f64> = names
-        .iter()
-        .filter_map(|(n, _)| Some(ms(*p.all_assigned.get(n)? - *p.created.get(n)?)))
-        .collect();
+    let mut lat_assigned: Vec<f64> =
+        names.iter().filter_map(|(n, _)| Some(ms(*p.all_assigned.get(n)? - *p.created.get(n)?))).collect();
     lat_assigned.sort_by(f64::total_cmp);
     let assign_secs = (last_assigned - t0).as_secs_f64();
     let a = json!({

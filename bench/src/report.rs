@@ -55,7 +55,8 @@ fn num(x: Option<f64>, digits: usize) -> String {
 }
 
 fn table(runs: &[Value]) -> String {
-    let mut out = String::from("| benchmark | result | target | date | machine | commit |\n|---|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| benchmark | result | target | date | machine | commit |\n|---|---|---|---|---|---|\n");
     let newest = |key: &str| runs.iter().rev().find(|r| r.get("scenarios").and_then(|s| s.get(key)).is_some());
     let mut row = |run: &Value, name: String, result: String, target: &str| {
         let date = run.get("date").and_then(Value::as_str).unwrap_or("?");
@@ -63,10 +64,16 @@ fn table(runs: &[Value]) -> String {
         let machine = format!(
             "{} cores, {}",
             m.get("cores").and_then(Value::as_u64).unwrap_or(0),
-            m.get("memory_bytes").and_then(Value::as_f64).map(|b| format!("{:.0} GiB", b / (1u64 << 30) as f64)).unwrap_or_default()
+            m.get("memory_bytes")
+                .and_then(Value::as_f64)
+                .map(|b| format!("{:.0} GiB", b / (1u64 << 30) as f64))
+                .unwrap_or_default()
         );
         let commit = run.get("commit").and_then(Value::as_str).unwrap_or("?");
-        out.push_str(&format!("| {name} | {result} | {target} | {} | {machine} | {commit} |\n", &date[..date.len().min(10)]));
+        out.push_str(&format!(
+            "| {name} | {result} | {target} | {} | {machine} | {commit} |\n",
+            &date[..date.len().min(10)]
+        ));
     };
     if let Some(run) = newest("a")
         && let Some(err) = run["scenarios"]["a"].get("error").and_then(Value::as_str)

@@ -16,12 +16,12 @@ pub mod http;
 pub mod ingress;
 pub mod logs;
 pub mod metrics;
-pub mod runtime;
 pub mod probes;
+pub mod runtime;
 pub mod secrets;
-pub mod volumes;
 pub mod sim;
 pub mod supervisor;
+pub mod volumes;
 pub mod wasm;
 
 use anyhow::Context as _;

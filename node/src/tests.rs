@@ -468,7 +468,12 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             {
                 let f = s.0.lock().unwrap_or_else(|e| e.into_inner());
                 if f.index > index || tokio::time::Instant::now() >= deadline {
-                    return axum::Json(Assignments { index: f.index, replicas: f.replicas.clone(), purge_volumes: vec![] }).into_response();
+                    return axum::Json(Assignments {
+                        index: f.index,
+                        replicas: f.replicas.clone(),
+                        purge_volumes: vec![],
+                    })
+                    .into_response();
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
