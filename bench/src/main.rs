@@ -393,39 +393,41 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let submitted = submit.await??;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
     let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
-    let p = progress.lock().unwrap_or_else(|e| e.into_inner());
-    let last_assigned = p.all_assigned.values().max().copied().unwrap_or(t0);
-    let last_running = p.all_running.values().max().copied().unwrap_or(t0);
-    let mut lat: Vec<f64> =
-        names.iter().filter_map(|(n, _)| Some(ms(*p.all_running.get(n)? - *p.created.get(n)?))).collect();
-    lat.sort_by(f64::total_cmp);
-    let mut lat_assigned: Vec<f64> =
-        names.iter().filter_map(|(n, _)| Some(ms(*p.all_assigned.get(n)? - *p.created.get(n)?))).collect();
-    lat_assigned.sort_by(f64::total_cmp);
-    let assign_secs = (last_assigned - t0).as_secs_f64();
-    let a = json!({
-        "nodes": args.nodes,
-        "replicas": args.replicas,
-        "deployments": names.len(),
-        "finished": done,
-        "assigned": assigned,
-        "running": running,
-        "nodes_join_s": join.as_secs_f64(),
-        "submit_s": (submitted - t0).as_secs_f64(),
-        "all_assigned_s": assign_secs,
-        "all_running_s": (last_running - t0).as_secs_f64(),
-        "placements_per_s": (assigned as f64 / assign_secs.max(1e-9)).round(),
-        "create_to_running_ms": { "p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "max": lat.last() },
-        "create_to_assigned_ms": { "p50": percentile(&lat_assigned, 50.0), "p99": percentile(&lat_assigned, 99.0) },
-        "poll_interval_ms": poll.as_millis() as u64,
-        "submit_concurrency": SUBMIT_CONCURRENCY,
-        "scheduler_cpu_s": cpu,
-        "simulated_nodes_cpu_s": sim_cpu,
-        "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
-        "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
-        "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",
-    });
-    drop(p);
+    // The lock is released before any await below.
+    let a = {
+        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let last_assigned = p.all_assigned.values().max().copied().unwrap_or(t0);
+        let last_running = p.all_running.values().max().copied().unwrap_or(t0);
+        let mut lat: Vec<f64> =
+            names.iter().filter_map(|(n, _)| Some(ms(*p.all_running.get(n)? - *p.created.get(n)?))).collect();
+        lat.sort_by(f64::total_cmp);
+        let mut lat_assigned: Vec<f64> =
+            names.iter().filter_map(|(n, _)| Some(ms(*p.all_assigned.get(n)? - *p.created.get(n)?))).collect();
+        lat_assigned.sort_by(f64::total_cmp);
+        let assign_secs = (last_assigned - t0).as_secs_f64();
+        json!({
+            "nodes": args.nodes,
+            "replicas": args.replicas,
+            "deployments": names.len(),
+            "finished": done,
+            "assigned": assigned,
+            "running": running,
+            "nodes_join_s": join.as_secs_f64(),
+            "submit_s": (submitted - t0).as_secs_f64(),
+            "all_assigned_s": assign_secs,
+            "all_running_s": (last_running - t0).as_secs_f64(),
+            "placements_per_s": (assigned as f64 / assign_secs.max(1e-9)).round(),
+            "create_to_running_ms": { "p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "max": lat.last() },
+            "create_to_assigned_ms": { "p50": percentile(&lat_assigned, 50.0), "p99": percentile(&lat_assigned, 99.0) },
+            "poll_interval_ms": poll.as_millis() as u64,
+            "submit_concurrency": SUBMIT_CONCURRENCY,
+            "scheduler_cpu_s": cpu,
+            "simulated_nodes_cpu_s": sim_cpu,
+            "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
+            "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
+            "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",
+        })
+    };
     println!("  {a}");
     let f = if victims > 0 && done {
         Some(scenario_failover(&mut c, victims, &names).await.unwrap_or_else(|e| json!({ "error": format!("{e:#}") })))
