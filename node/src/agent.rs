@@ -253,8 +253,8 @@ impl Agent {
                 _ = tokio::time::sleep(interval) => {}
                 _ = crate::supervisor::STATE_CHANGED.notified() => {
                     // Report a change early, but gather what changes with it and
-                    // never send more than ten heartbeats a second.
-                    tokio::time::sleep(Duration::from_millis(100).saturating_sub(sent.elapsed())).await;
+                    // never send more than twenty heartbeats a second.
+                    tokio::time::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed())).await;
                 }
             }
         }
