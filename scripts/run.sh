@@ -96,7 +96,8 @@ terminal in this directory, after: export PATH="$(dirname "$SKIFF"):\$PATH"
   skiff logs hello -f                 follow the logs (Ctrl-C to stop)
   skiff get replicas -o yaml          the API objects
   skiff delete hello
-The dashboard comes with a later issue. Ctrl-C here stops skiff dev.
+The dashboard: $url/?token=\$(cat $DATA_DIR/admin-token)
+Ctrl-C here stops skiff dev.
 MSG
 
 set +e
