@@ -51,10 +51,6 @@ pub const DEFAULT_CONCURRENCY: u32 = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The host suffix that names a deployment, by default.
 pub const DEFAULT_SUFFIX: &str = "skiff.local";
-/// How often the epoch advances; a busy guest yields this often.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Worker threads of the HTTP guests' runtime.
-const GUEST_WORKERS: usize = 2;
 
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -172,33 +168,10 @@ impl HttpRuntime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("cannot set up wasi:http: {e}"))?;
 
-        let guests = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(GUEST_WORKERS)
-            .thread_name("skiff-http-guest")
-            // As for command guests: look at new tasks and timers often, since a
-            // busy guest holds a worker for a whole epoch tick per poll.
-            .global_queue_interval(4)
-            .event_interval(8)
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot start the http guest runtime: {e}"))?;
+        let guests = crate::wasm::guest_runtime("skiff-http-guest")?;
 
         // One ticker for the engine, never one per request.
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let stop = ticker_stop.clone();
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("skiff-http-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the http epoch ticker: {e}"))?;
+        let ticker_stop = crate::wasm::spawn_epoch_ticker(&engine, "skiff-http-epoch")?;
 
         Ok(HttpRuntime {
             engine,

@@ -121,6 +121,45 @@ pub struct Preopen {
     pub writable: bool,
 }
 
+/// The tokio runtime guests run on, apart from the daemon's own so that a busy
+/// guest never starves heartbeats or the node API.
+pub(crate) fn guest_runtime(thread_name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(GUEST_WORKERS)
+        .thread_name(thread_name)
+        // Under load every poll of a busy guest lasts a whole epoch tick
+        // (10 ms). Tokio's defaults (61 polls between looks at the global
+        // queue and at timers/IO) would then let a newly started guest or a
+        // sleeping one's timer wait ~600 ms; look far more often instead.
+        .global_queue_interval(4)
+        .event_interval(8)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the guest runtime {thread_name}: {e}"))
+}
+
+/// Starts the one epoch ticker of `engine` (a ticker per store once cost
+/// `wasmtime serve` orders of magnitude in throughput). It stops when the
+/// returned flag is set or the engine is gone.
+pub(crate) fn spawn_epoch_ticker(engine: &Engine, thread_name: &str) -> anyhow::Result<Arc<AtomicBool>> {
+    let ticker_stop = Arc::new(AtomicBool::new(false));
+    let stop = ticker_stop.clone();
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker {thread_name}: {e}"))?;
+    Ok(ticker_stop)
+}
+
 /// The node's Wasm runtime. Dropping it stops the ticker and every guest.
 pub struct WasmRuntime {
     compiler: Arc<Compiler>,
@@ -160,18 +199,7 @@ impl WasmRuntime {
         fs::create_dir_all(data_dir.join("blobs"))
             .map_err(|e| anyhow::anyhow!("cannot create the blob cache in {}: {e}", data_dir.display()))?;
 
-        let guests = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(GUEST_WORKERS)
-            .thread_name("skiff-guest")
-            // Under load every poll of a busy guest lasts a whole epoch tick
-            // (10 ms). Tokio's defaults (61 polls between looks at the global
-            // queue and at timers/IO) would then let a newly started guest or a
-            // sleeping one's timer wait ~600 ms; look far more often instead.
-            .global_queue_interval(4)
-            .event_interval(8)
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot start the guest runtime: {e}"))?;
+        let guests = guest_runtime("skiff-guest")?;
 
         let mut p1_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, p1_ctx)
@@ -180,23 +208,7 @@ impl WasmRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(|e| anyhow::anyhow!("cannot set up wasi 0.2: {e}"))?;
 
-        // One ticker for the whole engine: a ticker per store once cost
-        // `wasmtime serve` orders of magnitude in throughput.
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let stop = ticker_stop.clone();
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("skiff-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+        let ticker_stop = spawn_epoch_ticker(&engine, "skiff-epoch")?;
 
         Ok(WasmRuntime {
             compiler: Arc::new(Compiler { engine, cache_dir, p1_linker, p2_linker, compilations: AtomicU64::new(0) }),
