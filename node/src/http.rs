@@ -909,6 +909,15 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Polls `done` until it holds; a test that waits must never wait forever.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_get_fresh_instances_deadlines_limits_and_admission() {
         let Some(bytes) = hello_http() else {
@@ -936,21 +945,27 @@ mod tests {
         });
         rt.check_instantiable(&replica).await.expect("instantiable");
         assert_eq!(call(&rt, &replica, "/").await, (200, "hi from web-1\n".into()));
+        // The answer can arrive before its handler task has let go of its
+        // admission permit; on a loaded machine that lag is long enough for
+        // a spinner below to be turned away. Wait until both slots are free.
+        let all_free = || rt.admission.available_permits() == 2;
+        wait_until("the first request's slot to come back", all_free).await;
 
         // Two handlers spin: the pool of two is full, so a third request is
         // turned away at once; the spinners get 504 at the deadline.
         let spin =
             |rt: Arc<HttpRuntime>, r: Arc<HttpReplica>| tokio::spawn(async move { call(&rt, &r, "/spin").await });
         let (a, b) = (spin(rt.clone(), replica.clone()), spin(rt.clone(), replica.clone()));
-        while replica.inflight() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until("both spinners to be in flight", || replica.inflight() == 2 || a.is_finished() || b.is_finished())
+            .await;
+        assert!(!a.is_finished() && !b.is_finished(), "a spinner ended before the other started");
         let (status, body) = call(&rt, &replica, "/").await;
         assert_eq!((status, body.as_str()), (503, "node is serving its limit of 2 concurrent requests; retry\n"));
         for spun in [a.await.expect("spinner"), b.await.expect("spinner")] {
             assert_eq!(spun, (504, "web did not answer within 0.5s\n".into()));
         }
         // The slots are back.
+        wait_until("the spinners' slots to come back", all_free).await;
         assert_eq!(call(&rt, &replica, "/").await.0, 200);
 
         assert_eq!(call(&rt, &replica, "/grow").await, (500, "web exceeded its memory limit of 64Mi\n".into()));
