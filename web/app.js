@@ -340,7 +340,10 @@ function renderDeployments() {
   $("#deployments-empty").hidden = snap.deployments.length > 0;
   syncRows(tbody, snap.deployments, (d) => d.name, (d) => {
     const tr = el("tr", { "data-deployment": d.name });
-    for (let i = 0; i < 8; i++) tr.append(el("td"));
+    for (let i = 0; i < 10; i++) tr.append(el("td"));
+    tr.cells[1].className = "desired-count";
+    tr.cells[2].className = "ready-count";
+    tr.cells[3].className = "available-count";
     const input = el("input", { type: "number", min: "0", max: "10000", "aria-label": `replicas of ${d.name}`, class: "scale-input", value: String(d.replicas) });
     const scaleBtn = el("button", { type: "button", class: "scale-btn", text: "Scale" });
     const backBtn = el("button", { type: "button", class: "rollback-btn", text: "Roll back" });
@@ -361,17 +364,20 @@ function renderDeployments() {
     const s = d.status || {};
     const c = tr.cells;
     c[0].textContent = d.name;
-    c[1].textContent = `${s.running || 0}/${d.replicas}`;
-    c[1].className = "ready-count";
-    c[2].textContent = s.pending || 0;
-    c[3].textContent = s.failed || 0;
-    c[4].textContent = s.restarts || 0;
-    c[5].textContent = d.revision;
+    c[1].textContent = d.replicas;
+    // An older server counts no ready/available: show "—" rather than 0.
+    c[2].textContent = s.ready ?? "—";
+    c[3].textContent = s.available ?? "—";
+    for (const [cell, n] of [[c[2], s.ready], [c[3], s.available]]) cell.classList.toggle("short", n != null && n < d.replicas);
+    c[4].textContent = s.pending || 0;
+    c[5].textContent = s.failed || 0;
+    c[6].textContent = s.restarts || 0;
+    c[7].textContent = d.revision;
     // Rollouts (issue 4) may be absent from an older server's answers.
     const ro = d.rollout;
-    c[6].textContent = ro ? (ro.paused ? `${ro.state} (paused)` : String(ro.state)) : "—";
-    if (ro && ro.message) c[6].title = ro.message; else c[6].removeAttribute("title");
-    c[7].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
+    c[8].textContent = ro ? (ro.paused ? `${ro.state} (paused)` : String(ro.state)) : "—";
+    if (ro && ro.message) c[8].title = ro.message; else c[8].removeAttribute("title");
+    c[9].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
     tr.querySelector(".rollback-btn").disabled = d.revision <= 1;
     const input = tr.querySelector(".scale-input");
     if (document.activeElement !== input && !input.dataset.dirty) input.value = String(d.replicas);
@@ -424,28 +430,70 @@ async function remove(name) {
   }
 }
 
+// The deploy form runs either a .wasm file (uploaded) or an image imported with
+// `skiff image import` (named; the server pins it to its digest).
+function deploySource() {
+  return $("#deploy-source-image").checked ? "image" : "wasm";
+}
+
+function showDeploySource() {
+  const image = deploySource() === "image";
+  $("#deploy-file-field").hidden = image;
+  $("#deploy-file").required = !image;
+  $("#deploy-image-field").hidden = !image;
+  $("#deploy-image").required = image;
+  if (image) fillImageChoices();
+}
+for (const radio of document.querySelectorAll('#deploy-form input[name="source"]')) {
+  radio.addEventListener("change", showDeploySource);
+}
+
+// Suggestions for the image field: what `skiff image ls` lists. Failing to list
+// them costs only the suggestions; the name can still be typed.
+async function fillImageChoices() {
+  try {
+    const images = await api("GET", "/v1/images");
+    $("#deploy-images").replaceChildren(...images.map((i) => el("option", { value: `${i.name}:${i.tag}` })));
+  } catch (e) {
+    $("#deploy-status").textContent = `cannot list the imported images: ${e.message}`;
+  }
+}
+
+// Uploads the chosen .wasm unless the server has it; answers its workload.
+async function uploadWasm(status) {
+  const file = $("#deploy-file").files[0];
+  if (!file) throw new Error("choose a .wasm file to deploy");
+  status.textContent = "hashing…";
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const digest = "sha256:" + (await sha256Hex(bytes));
+  // Upload only what the server lacks (as `skiff deploy` does).
+  const have = await fetch(`/v1/blobs/${digest}`, { method: "HEAD", headers: authHeaders() }).then((r) => r.ok, () => false);
+  if (!have) {
+    status.textContent = "uploading…";
+    await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
+  }
+  return { wasm: digest };
+}
+
 $("#deploy-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const status = $("#deploy-status");
-  const file = $("#deploy-file").files[0];
   const name = $("#deploy-name").value.trim();
-  if (!file) { showError("choose a .wasm file to deploy"); return; }
   $("#deploy-submit").disabled = true;
   try {
-    status.textContent = "hashing…";
-    const bytes = new Uint8Array(await file.arrayBuffer());
-    const digest = "sha256:" + (await sha256Hex(bytes));
-    // Upload only what the server lacks (as `skiff deploy` does).
-    const have = await fetch(`/v1/blobs/${digest}`, { method: "HEAD", headers: authHeaders() }).then((r) => r.ok, () => false);
-    if (!have) {
-      status.textContent = "uploading…";
-      await api("PUT", `/v1/blobs/${digest}`, bytes, { "content-type": "application/octet-stream" });
+    let workload;
+    if (deploySource() === "image") {
+      const image = $("#deploy-image").value.trim();
+      if (!image) throw new Error("name an imported image (`skiff image ls` lists them)");
+      workload = { image };
+    } else {
+      workload = await uploadWasm(status);
     }
     status.textContent = "applying…";
     const req = {
       replicas: Number($("#deploy-replicas").value),
       spec: {
-        workload: { wasm: digest },
+        workload,
         resources: { cpu: $("#deploy-cpu").value.trim(), memory: $("#deploy-memory").value.trim() },
         restart: $("#deploy-restart").value,
       },

@@ -136,6 +136,30 @@ impl Client {
         self.json(self.request(reqwest::Method::PUT, &format!("/v1/blobs/{digest}")).body(bytes)).await
     }
 
+    /// Uploads like [`Client::put_blob`], calling `progress` with the number of
+    /// bytes handed to the connection each time a chunk goes out.
+    pub async fn put_blob_with_progress(
+        &self,
+        digest: &str,
+        bytes: Vec<u8>,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<BlobInfo, ClientError> {
+        const CHUNK: usize = 256 << 10;
+        let bytes = Bytes::from(bytes);
+        let len = bytes.len();
+        let chunks = (0..len).step_by(CHUNK).map(move |at| {
+            let chunk = bytes.slice(at..(at + CHUNK).min(len));
+            progress(chunk.len() as u64);
+            Ok::<Bytes, std::io::Error>(chunk)
+        });
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let rb = self
+            .request(reqwest::Method::PUT, &format!("/v1/blobs/{digest}"))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.json(rb).await
+    }
+
     /// Downloads the blob `digest`.
     pub async fn get_blob(&self, digest: &str) -> Result<Bytes, ClientError> {
         let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/blobs/{digest}"))).await?;
@@ -245,6 +269,40 @@ impl Client {
             .send(self.request(reqwest::Method::GET, &format!("/v1/deployments/{deployment}/logs")).query(&q))
             .await?;
         Ok(resp.bytes_stream())
+    }
+
+    /// What each replica uses, as its node last reported it: `(cpu seconds so
+    /// far, memory bytes now)` by replica id. Read from the first snapshot of
+    /// `GET /v1/watch`; replicas whose node has not reported are missing.
+    pub async fn replica_usage(&self) -> Result<std::collections::HashMap<String, (f64, u64)>, ClientError> {
+        use serde::Deserialize;
+        #[derive(Deserialize)]
+        struct Usage {
+            id: String,
+            cpu_seconds: f64,
+            memory_bytes: u64,
+        }
+        #[derive(Deserialize)]
+        struct Snapshot {
+            replicas: Vec<Usage>,
+        }
+        let mut resp = self.send(self.request(reqwest::Method::GET, "/v1/watch")).await?;
+        // Server-sent events: the first `data:` lines up to a blank line.
+        let mut text = Vec::new();
+        let event = loop {
+            let chunk = resp.chunk().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })?;
+            let Some(chunk) = chunk else { break String::from_utf8_lossy(&text).into_owned() };
+            text.extend_from_slice(&chunk);
+            let s = String::from_utf8_lossy(&text);
+            let complete = s.rsplit_once("\n\n").map_or("", |(events, _)| events);
+            if let Some(e) = complete.split("\n\n").find(|e| e.lines().any(|l| l.starts_with("data:"))) {
+                break e.to_string();
+            }
+        };
+        let data: String = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+        let snap: Snapshot = serde_json::from_str(&data)
+            .map_err(|e| ClientError::Api { status: 200, message: format!("the watch snapshot is unreadable: {e}") })?;
+        Ok(snap.replicas.into_iter().map(|r| (r.id, (r.cpu_seconds, r.memory_bytes))).collect())
     }
 
     // ---- secrets ----

@@ -161,6 +161,40 @@ pub fn validate_probes(p: &crate::types::Probes) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a container's ports and network: ports 1-65535, no host port twice,
+/// and with `network: host` no host port other than the container's own.
+/// `image`: whether the workload is an image (ports and host networking are
+/// for containers only).
+pub fn validate_ports(
+    ports: &[crate::types::PortMapping],
+    network: crate::types::NetworkMode,
+    image: bool,
+) -> Result<(), String> {
+    use crate::types::NetworkMode;
+    if !image && (!ports.is_empty() || network != NetworkMode::Bridge) {
+        return Err("ports and network: host are for images; a Wasm workload has neither".into());
+    }
+    let mut held = std::collections::BTreeSet::new();
+    for p in ports {
+        if p.container_port == 0 || p.host_port == Some(0) {
+            return Err("ports must be 1-65535".into());
+        }
+        if network == NetworkMode::Host && p.host_port.is_some_and(|h| h != p.container_port) {
+            return Err(format!(
+                "with network: host the container's port {} is the node's port; drop host_port {} or make them equal",
+                p.container_port,
+                p.host_port.unwrap_or_default()
+            ));
+        }
+    }
+    for h in crate::types::host_ports(ports, network) {
+        if !held.insert(h) {
+            return Err(format!("host port {h} is given twice"));
+        }
+    }
+    Ok(())
+}
+
 /// A deployment name checked by [`validate_name`] as it is read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Name(pub String);
@@ -288,6 +322,15 @@ pub struct ManifestDeployment {
     /// Scaling by load between `min` and `max` replicas.
     #[serde(default)]
     pub autoscale: Option<crate::types::Autoscale>,
+    /// Ports an image listens on, published at `host_port` on its node.
+    #[serde(default)]
+    pub ports: Vec<crate::types::PortMapping>,
+    /// `bridge` (default) or `host`: the node's own network namespace.
+    #[serde(default)]
+    pub network: crate::types::NetworkMode,
+    /// SIGTERM to SIGKILL when a container stops (`10s`; default 5s).
+    #[serde(default)]
+    pub stop_grace_period: Option<crate::types::GracePeriod>,
 }
 
 /// A manifest that could not be read, with where.
@@ -338,6 +381,14 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
         validate_probes(&d.probes).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         if let Some(a) = &d.autoscale {
             a.validate().map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        }
+        validate_ports(&d.ports, d.network, d.image.is_some())
+            .map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        if d.stop_grace_period.is_some() && d.image.is_none() {
+            return Err(plain(format!(
+                "deployment {:?}: stop_grace_period is for images; a Wasm replica stops at once",
+                d.name.0
+            )));
         }
         match d.http_port {
             Some(0) => return Err(plain(format!("deployment {:?}: http_port must be 1-65535", d.name.0))),
@@ -418,6 +469,44 @@ mod tests {
     }
 
     #[test]
+    fn ports_network_and_stop_grace_period() {
+        let yaml = "name: web\nimage: web\nports: [{container_port: 80, host_port: 8081}, {container_port: 53, protocol: udp}]\nstop_grace_period: 10s\n";
+        let d = &parse_manifest(yaml).expect("manifest")[0];
+        assert_eq!(d.ports.len(), 2);
+        assert_eq!(d.ports[0].host_port, Some(8081));
+        assert_eq!(d.ports[1].protocol, crate::types::Protocol::Udp);
+        assert_eq!(d.stop_grace_period, Some(crate::types::GracePeriod(10_000)));
+        let host = &parse_manifest(
+            "name: h\nimage: h\nnetwork: host\nports: [{container_port: 8080}]\nstop_grace_period: 1500ms\n",
+        )
+        .expect("manifest")[0];
+        assert_eq!(host.network, crate::types::NetworkMode::Host);
+        assert_eq!(host.stop_grace_period.map(|g| g.to_string()).as_deref(), Some("1500ms"));
+        check(
+            "name: w\nimage: w\nstop_grace_period: 11m\n",
+            expect![[r#"error: line 3 column 20: stop grace period "11m" is too long; at most 10m"#]],
+        );
+        check(
+            "name: w\nimage: w\nstop_grace_period: 5h\n",
+            expect![[r#"error: line 3 column 20: invalid stop grace period "5h": unknown unit "h"; use ms, s or m"#]],
+        );
+        check(
+            "name: w\nimage: w\nports: [{container_port: 80, host_port: 8081}, {container_port: 81, host_port: 8081}]\n",
+            expect![[r#"error: deployment "w": host port 8081 is given twice"#]],
+        );
+        check(
+            "name: w\nimage: w\nnetwork: host\nports: [{container_port: 80, host_port: 8081}]\n",
+            expect![[
+                r#"error: deployment "w": with network: host the container's port 80 is the node's port; drop host_port 8081 or make them equal"#
+            ]],
+        );
+        check(
+            "name: w\nwasm: w.wasm\nports: [{container_port: 80}]\n",
+            expect![[r#"error: deployment "w": ports and network: host are for images; a Wasm workload has neither"#]],
+        );
+    }
+
+    #[test]
     fn http_port_is_for_images() {
         let ok = parse_manifest("name: web\nimage: localhost:5000/web:1\nhttp_port: 8080\n").expect("manifest");
         assert_eq!(ok[0].http_port, Some(8080));
@@ -446,7 +535,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`, `ports`, `network`, `stop_grace_period`"
             ],
         );
         check(

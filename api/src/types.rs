@@ -213,6 +213,178 @@ pub struct WorkloadSpec {
     /// ingress routes `NAME.skiff.local` to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_port: Option<u16>,
+    /// Ports a container listens on; those with a `host_port` are reachable at
+    /// that port of its node (at most one replica per node can hold a host port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    /// A container's network: its own namespace (default) or the node's.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_default")]
+    pub network: NetworkMode,
+    /// How long a stopped container gets between SIGTERM and SIGKILL (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<GracePeriod>,
+}
+
+/// A port a container listens on, and the node port that forwards to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// The port inside the container.
+    pub container_port: u16,
+    /// The node's port (on every address of the node) that forwards to it; none:
+    /// reachable only on the container's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default, skip_serializing_if = "Protocol::is_default")]
+    pub protocol: Protocol,
+}
+
+/// A port's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    fn is_default(&self) -> bool {
+        *self == Protocol::Tcp
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A node port held by a replica: `8081` (tcp) or `53/udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// The port number.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.protocol {
+            Protocol::Tcp => write!(f, "{}", self.port),
+            p => write!(f, "{}/{p}", self.port),
+        }
+    }
+}
+
+/// The node ports that `ports` hold in `network`: the published ones, or on the
+/// host network every one.
+pub fn host_ports(ports: &[PortMapping], network: NetworkMode) -> Vec<HostPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let port = match network {
+                NetworkMode::Host => Some(p.host_port.unwrap_or(p.container_port)),
+                NetworkMode::Bridge => p.host_port,
+            };
+            port.map(|port| HostPort { port, protocol: p.protocol })
+        })
+        .collect()
+}
+
+/// Which network namespace a container runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own namespace: an address on the node's bridge (or loopback only, on a
+    /// node without the CNI plugins).
+    #[default]
+    Bridge,
+    /// The node's own namespace: its ports are the node's ports.
+    Host,
+}
+
+impl NetworkMode {
+    fn is_default(&self) -> bool {
+        *self == NetworkMode::Bridge
+    }
+}
+
+/// A stop grace period: how long a stopped container may take to end after
+/// SIGTERM before it gets SIGKILL. Written `10s`, `500ms`, `2m` or a number of
+/// seconds; at most [`GracePeriod::MAX_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GracePeriod(pub u64);
+
+impl GracePeriod {
+    /// The default, 5 seconds.
+    pub const DEFAULT: GracePeriod = GracePeriod(5_000);
+    /// The longest allowed, 10 minutes.
+    pub const MAX_MS: u64 = 600_000;
+
+    /// The period as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
+    }
+}
+
+impl std::str::FromStr for GracePeriod {
+    type Err = String;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let s = input.trim();
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(end);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid stop grace period {input:?}: expected a whole number with a unit, such as 10s or 500ms")
+        })?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            other => {
+                return Err(format!("invalid stop grace period {input:?}: unknown unit {other:?}; use ms, s or m"));
+            }
+        };
+        match ms {
+            Some(ms) if ms <= Self::MAX_MS => Ok(GracePeriod(ms)),
+            _ => Err(format!("stop grace period {input:?} is too long; at most 10m")),
+        }
+    }
+}
+
+impl fmt::Display for GracePeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_multiple_of(1000) { write!(f, "{}s", self.0 / 1000) } else { write!(f, "{}ms", self.0) }
+    }
+}
+
+impl Serialize for GracePeriod {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GracePeriod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Seconds(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        text.parse().map_err(|e: String| crate::manifest::refuse(&text, e))
+    }
 }
 
 /// A replica's health checks.
@@ -327,6 +499,17 @@ impl WorkloadSpec {
     pub fn has_writable_volume(&self) -> bool {
         self.volumes.iter().any(|v| !v.read_only)
     }
+
+    /// The node ports a replica holds: its published ports, or with `network:
+    /// host` every port it listens on.
+    pub fn host_ports(&self) -> Vec<HostPort> {
+        host_ports(&self.ports, self.network)
+    }
+
+    /// The stop grace period, or the default.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.stop_grace_period.unwrap_or(GracePeriod::DEFAULT).duration()
+    }
 }
 
 /// A named volume, as the scheduler knows it.
@@ -390,6 +573,13 @@ pub struct DeploymentStatus {
     pub pending: u32,
     /// Running on their node.
     pub running: u32,
+    /// Passing readiness: `ready`, or running when their revision has no
+    /// readiness probe (running is then all there is to know).
+    #[serde(default)]
+    pub ready: u32,
+    /// Ready for at least the strategy's `min_ready_seconds`.
+    #[serde(default)]
+    pub available: u32,
     /// Exited or failed (waiting for a restart, or done for good).
     pub failed: u32,
     /// Restarts summed over live replicas.

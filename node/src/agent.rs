@@ -334,6 +334,11 @@ impl Agent {
             }
             want.entry(a.replica.clone()).or_insert(a);
         }
+        // Containers an earlier daemon left running are adopted by the runs of
+        // the replicas that want them; the others stop now.
+        if let Some(c) = &self.ctx.containers {
+            c.release_unwanted(|id| want.contains_key(id));
+        }
         let mut running = self.lock();
         let stale: Vec<String> = running
             .iter()

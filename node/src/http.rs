@@ -77,6 +77,9 @@ pub struct HttpConfig {
     pub suffix: String,
     /// The node's ingress, where a guest's requests for `NAME.<suffix>` go.
     pub ingress: Option<SocketAddr>,
+    /// Root certificates (PEM) that guests' outbound HTTPS trusts besides the
+    /// system's (`--outbound-ca-file`).
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -86,6 +89,7 @@ impl Default for HttpConfig {
             concurrency: DEFAULT_CONCURRENCY,
             suffix: DEFAULT_SUFFIX.to_string(),
             ingress: None,
+            outbound_ca_file: None,
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct HttpRuntime {
     /// Local container replicas serving HTTP, reached at their address.
     upstreams: Mutex<HashMap<String, Vec<Arc<Upstream>>>>,
     ticker_stop: Arc<AtomicBool>,
+    /// TLS for guests' outbound HTTPS, built once (the trust store is read here).
+    tls: tokio_native_tls::TlsConnector,
 }
 
 impl HttpRuntime {
@@ -169,9 +175,12 @@ impl HttpRuntime {
             .map_err(|e| anyhow::anyhow!("cannot set up wasi:http: {e}"))?;
 
         let guests = crate::wasm::guest_runtime("skiff-http-guest")?;
+        let tls = outbound_tls(config.outbound_ca_file.as_deref())?;
 
         // One ticker for the engine, never one per request.
         let ticker_stop = crate::wasm::spawn_epoch_ticker(&engine, "skiff-http-epoch")?;
+        let admission = Arc::new(Semaphore::new(config.concurrency as usize));
+        crate::metrics::METRICS.watch_pool(&admission, config.concurrency);
 
         Ok(HttpRuntime {
             engine,
@@ -180,11 +189,12 @@ impl HttpRuntime {
             pooling,
             compiled: Mutex::new(HashMap::new()),
             guests: GuestRuntime(Some(guests)),
-            admission: Arc::new(Semaphore::new(config.concurrency as usize)),
+            admission,
             config,
             local: Mutex::new(HashMap::new()),
             upstreams: Mutex::new(HashMap::new()),
             ticker_stop,
+            tls,
         })
     }
 
@@ -278,6 +288,7 @@ impl HttpRuntime {
                 allowed: replica.allowed_hosts.clone(),
                 suffix: self.config.suffix.clone(),
                 ingress: self.config.ingress,
+                tls: self.tls.clone(),
             },
             limits: Limiter::new(replica.memory_limit),
         };
@@ -307,6 +318,7 @@ impl HttpRuntime {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            crate::metrics::METRICS.admission_rejections.inc();
             let mut resp = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("node is serving its limit of {} concurrent requests; retry", self.config.concurrency),
@@ -329,6 +341,7 @@ impl HttpRuntime {
         };
         let pre = replica.pre.clone();
         let deadline = self.config.request_timeout;
+        let deployment = replica.deployment.clone();
         // The task outlives this call when the guest streams its body after
         // the headers; the deadline bounds it either way.
         let task = self.guests.handle().spawn(async move {
@@ -340,11 +353,16 @@ impl HttpRuntime {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
             };
+            let metrics = &crate::metrics::METRICS;
             match tokio::time::timeout(deadline, run).await {
-                Err(_) => Failure::Timeout(deadline),
+                Err(_) => {
+                    metrics.deadline_interruptions.with_label_values(&[deployment.as_str()]).inc();
+                    Failure::Timeout(deadline)
+                }
                 Ok(Ok(())) => Failure::NoResponse,
                 Ok(Err(e)) if store.data().limits.exceeded => {
                     drop(e);
+                    metrics.memory_limit_traps.with_label_values(&[deployment.as_str()]).inc();
                     Failure::Memory(store.data().limits.limit)
                 }
                 Ok(Err(e)) => Failure::Trap(first_line(&e)),
@@ -713,12 +731,40 @@ impl ResourceLimiter for Limiter {
 }
 
 /// Outbound requests of a guest: to another deployment through the node's
-/// ingress, to an allowed host directly, and nowhere else.
+/// ingress, to an allowed host directly (HTTPS verified against the system's
+/// roots and `--outbound-ca-file`), and nowhere else.
 struct Outbound {
     allowed: Arc<Vec<String>>,
     suffix: String,
     ingress: Option<SocketAddr>,
+    tls: tokio_native_tls::TlsConnector,
 }
+
+/// The TLS client for guests' outbound HTTPS: the system's trust store (OpenSSL's
+/// default paths, as `update-ca-certificates` maintains them) plus the
+/// certificates in `ca_file`, if given.
+fn outbound_tls(ca_file: Option<&Path>) -> anyhow::Result<tokio_native_tls::TlsConnector> {
+    use tokio_native_tls::native_tls;
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the outbound CA file {}: {e}", path.display()))?;
+        let certs = native_tls::Certificate::stack_from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("the outbound CA file {} is not PEM certificates: {e}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("the outbound CA file {} holds no PEM certificate", path.display());
+        }
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    let connector = builder.build().map_err(|e| anyhow::anyhow!("cannot set up TLS for outbound https: {e}"))?;
+    Ok(tokio_native_tls::TlsConnector::from(connector))
+}
+
+/// A connection to send one request over: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Whether `host` (and `port`) matches one of `allowed`: `host`, `host:port`,
 /// or `*.domain` (any subdomain).
@@ -769,6 +815,8 @@ impl WasiHttpHooks for Outbound {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let internal = host.ends_with(&format!(".{}", self.suffix));
         let target: Result<String, Error> = if internal {
+            // Inside the cluster: plain HTTP to the node's own ingress whatever
+            // the scheme; the ingress routes it on like any request.
             match self.ingress {
                 Some(addr) => Ok(addr.to_string()),
                 None => Err(Error::DestinationUnavailable),
@@ -776,13 +824,12 @@ impl WasiHttpHooks for Outbound {
         } else if !host_allowed(&self.allowed, &host, port) {
             tracing::debug!(%host, port, "outbound request refused: host not in allowed_hosts");
             Err(Error::HttpRequestDenied)
-        } else if https {
-            // The node carries no TLS stack for guests (yet): say so rather than
-            // send plaintext to a port that expects TLS.
-            Err(Error::TlsProtocolError)
         } else {
             Ok(format!("{host}:{port}"))
         };
+        let tls = (https && !internal).then(|| self.tls.clone());
+        // The name the certificate must carry (an IPv6 literal without brackets).
+        let tls_name = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let connect_timeout = options.and_then(|o| o.connect_timeout).unwrap_or(Duration::from_secs(10));
         let first_byte_timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(Duration::from_secs(60));
         Box::new(async move {
@@ -791,6 +838,24 @@ impl WasiHttpHooks for Outbound {
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(Error::Connect)?;
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(connect_timeout, tls.connect(&tls_name, stream))
+                        .await
+                        .map_err(|_| Error::ConnectionTimeout)?;
+                    Box::new(handshake.map_err(|e| {
+                        tracing::debug!(%host, port, "outbound TLS handshake failed: {e}");
+                        // OpenSSL says "certificate verify failed" for an untrusted
+                        // or misnamed certificate; the guest gets that as its own code.
+                        if e.to_string().contains("certificate") {
+                            Error::TlsCertificateError
+                        } else {
+                            Error::TlsProtocolError
+                        }
+                    })?)
+                }
+            };
             let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
                 .handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
                 .await
@@ -888,12 +953,17 @@ mod tests {
 
     /// The SDK's `hello_http` example, when it has been built (`make wasm`).
     fn hello_http() -> Option<Vec<u8>> {
+        example("hello_http")
+    }
+
+    /// An SDK example component, when it has been built (`make wasm`).
+    fn example(name: &str) -> Option<Vec<u8>> {
         let dir = std::env::var_os("SKIFF_WASM_P2").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/examples")
         });
-        let bytes = std::fs::read(dir.join("hello_http.wasm")).ok();
+        let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).ok();
         // Under `make test` (which sets the variable) a missing example is a failure.
-        assert!(bytes.is_some() || std::env::var_os("SKIFF_WASM_P2").is_none(), "SKIFF_WASM_P2 lacks hello_http");
+        assert!(bytes.is_some() || std::env::var_os("SKIFF_WASM_P2").is_none(), "SKIFF_WASM_P2 lacks {name}");
         bytes
     }
 
@@ -944,6 +1014,9 @@ mod tests {
             inflight: AtomicUsize::new(0),
         });
         rt.check_instantiable(&replica).await.expect("instantiable");
+        let metrics = &crate::metrics::METRICS;
+        let interrupted = || metrics.deadline_interruptions.with_label_values(&["web"]).get();
+        let (interrupted_before, rejected_before) = (interrupted(), metrics.admission_rejections.get());
         assert_eq!(call(&rt, &replica, "/").await, (200, "hi from web-1\n".into()));
         // The answer can arrive before its handler task has let go of its
         // admission permit; on a loaded machine that lag is long enough for
@@ -964,6 +1037,8 @@ mod tests {
         for spun in [a.await.expect("spinner"), b.await.expect("spinner")] {
             assert_eq!(spun, (504, "web did not answer within 0.5s\n".into()));
         }
+        assert_eq!(interrupted() - interrupted_before, 2, "both spinners counted as interrupted at the deadline");
+        assert!(metrics.admission_rejections.get() > rejected_before, "the turned-away request counted");
         // The slots are back.
         wait_until("the spinners' slots to come back", all_free).await;
         assert_eq!(call(&rt, &replica, "/").await.0, 200);
@@ -973,6 +1048,136 @@ mod tests {
         assert_eq!(status, 502, "{body}");
         assert!(body.contains("HttpRequestDenied"), "{body}");
         drop(rt);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// A test CA and a certificate it signed for `localhost` and 127.0.0.1: the
+    /// CA's PEM, the server's certificate PEM and its PKCS#8 key PEM.
+    fn test_pki() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::{PKey, Private};
+        use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+        use openssl::x509::{X509, X509Name, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
+        let key = || -> PKey<Private> { PKey::from_ec_key(EcKey::generate(&group).expect("key")).expect("pkey") };
+        let name = |cn: &str| -> X509Name {
+            let mut n = X509NameBuilder::new().expect("name");
+            n.append_entry_by_text("CN", cn).expect("cn");
+            n.build()
+        };
+        let cert = |serial: u32, subject: &X509Name, issuer: &X509Name, key: &PKey<Private>| {
+            let mut b = X509::builder().expect("x509");
+            b.set_version(2).expect("version");
+            b.set_serial_number(&BigNum::from_u32(serial).and_then(|n| n.to_asn1_integer()).expect("serial"))
+                .expect("serial");
+            b.set_subject_name(subject).expect("subject");
+            b.set_issuer_name(issuer).expect("issuer");
+            b.set_pubkey(key).expect("pubkey");
+            b.set_not_before(&Asn1Time::days_from_now(0).expect("time")).expect("not before");
+            b.set_not_after(&Asn1Time::days_from_now(2).expect("time")).expect("not after");
+            b
+        };
+        let (ca_key, ca_name) = (key(), name("skiff test CA"));
+        let mut ca = cert(1, &ca_name, &ca_name, &ca_key);
+        ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc")).expect("ext");
+        ca.append_extension(KeyUsage::new().critical().key_cert_sign().build().expect("ku")).expect("ext");
+        ca.sign(&ca_key, MessageDigest::sha256()).expect("sign");
+        let ca = ca.build();
+        let server_key = key();
+        let mut server = cert(2, &name("localhost"), &ca_name, &server_key);
+        let san = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&server.x509v3_context(Some(&ca), None))
+            .expect("san");
+        server.append_extension(san).expect("ext");
+        server.sign(&ca_key, MessageDigest::sha256()).expect("sign");
+        let server = server.build();
+        (ca.to_pem().expect("pem"), server.to_pem().expect("pem"), server_key.private_key_to_pem_pkcs8().expect("pem"))
+    }
+
+    /// Outbound HTTPS from a guest (the `caller` example) to an allowed host on
+    /// loopback: verified against `--outbound-ca-file`, refused as a certificate
+    /// error without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outbound_https_trusts_the_system_roots_and_the_ca_file() {
+        let Some(bytes) = example("caller") else {
+            eprintln!("skipping: caller not built (make wasm)");
+            return;
+        };
+        let (ca, cert, key) = test_pki();
+        let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(&cert, &key).expect("identity");
+        let acceptor = tokio_native_tls::TlsAcceptor::from(
+            tokio_native_tls::native_tls::TlsAcceptor::new(identity).expect("acceptor"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Serves until the test ends; a client that refuses the
+            // certificate just ends its connection.
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nsecure\n";
+                let _ = tls.write_all(answer).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+
+        let data = std::env::temp_dir().join(format!("skiff-https-test-{}", std::process::id()));
+        std::fs::create_dir_all(&data).expect("data dir");
+        let ca_file = data.join("ca.pem");
+        std::fs::write(&ca_file, &ca).expect("write the CA");
+        let hex = crate::wasm::sha256_hex(&bytes);
+        let fetch = format!("/fetch?url=https://localhost:{port}/hello");
+        for trusted in [true, false] {
+            let config =
+                HttpConfig { concurrency: 2, outbound_ca_file: trusted.then(|| ca_file.clone()), ..Default::default() };
+            let rt = HttpRuntime::new(&data, config).expect("runtime");
+            let pre = rt.prepare(&hex, Bytes::from(bytes.clone())).await.expect("prepare");
+            let replica = Arc::new(HttpReplica {
+                id: "caller-1".into(),
+                deployment: "caller".into(),
+                revision: 1,
+                pre,
+                env: Vec::new(),
+                preopens: Vec::new(),
+                usage: Default::default(),
+                memory_limit: 64 << 20,
+                allowed_hosts: Arc::new(vec![format!("localhost:{port}")]),
+                log: None,
+                inflight: AtomicUsize::new(0),
+            });
+            let (status, body) = call(&rt, &replica, &fetch).await;
+            if trusted {
+                let want =
+                    format!("{{\"body\":\"secure\\n\",\"status\":200,\"url\":\"https://localhost:{port}/hello\"}}\n");
+                assert_eq!((status, body), (200, want));
+            } else {
+                assert_eq!(status, 502, "{body}");
+                assert!(body.contains("TlsCertificateError"), "{body}");
+            }
+        }
+        // A CA file that cannot be used is one clear line at start.
+        let err = outbound_tls(Some(&data.join("missing.pem"))).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("cannot read the outbound CA file"), "{err}");
+        std::fs::write(data.join("empty.pem"), "nothing here\n").expect("write");
+        let err = outbound_tls(Some(&data.join("empty.pem"))).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("holds no PEM certificate") || err.contains("is not PEM"), "{err}");
+        server.abort();
         let _ = std::fs::remove_dir_all(&data);
     }
 

@@ -18,6 +18,9 @@
 //! Answers of its own: 404 for a deployment that does not exist, 503 with
 //! `Retry-After` when none of its replicas is ready, 502 when no replica could be
 //! reached. Each is one line of text.
+//!
+//! Metrics: the ingress a client reached counts the request by deployment and
+//! status code, and times it to the response head (`docs/metrics.md`).
 
 use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, Upstream, text};
 use bytes::Bytes;
@@ -142,8 +145,29 @@ impl Ingress {
         }
     }
 
-    /// Routes one request.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    /// Routes one request, counting it in the node's metrics (at the first
+    /// ingress only: one passed on by another was counted there).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if header_str(req.headers(), HOP_HEADER).is_some() {
+            return self.dispatch(req).await;
+        }
+        let start = Instant::now();
+        let name = route(&req, &self.suffix).map(|(name, _)| name);
+        let resp = self.dispatch(req).await;
+        // A name that no deployment has is the client's to choose: counted
+        // under "" so that the labels stay bounded by the deployments.
+        let deployment = name.filter(|n| self.exists(n)).unwrap_or_default();
+        crate::metrics::METRICS.ingress_request(&deployment, resp.status().as_u16(), start.elapsed());
+        resp
+    }
+
+    /// Whether deployment `name` exists, as far as this node knows.
+    fn exists(&self, name: &str) -> bool {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.as_ref().is_some_and(|t| t.deployments.contains_key(name)) || !self.local(name).is_empty()
+    }
+
+    async fn dispatch(&self, mut req: Request<Incoming>) -> Response<Body> {
         let hops: u32 = header_str(req.headers(), HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
         let Some((name, path)) = route(&req, &self.suffix) else {
             return text(

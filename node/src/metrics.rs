@@ -13,15 +13,17 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use skiff_api::{ReplicaStatus, Runtime};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// What one replica uses, updated by the runtime while its guest runs.
 #[derive(Debug, Default)]
@@ -105,8 +107,22 @@ pub struct NodeMetrics {
     pub compile_seconds: Histogram,
     /// Time to instantiate a guest.
     pub instantiate_seconds: Histogram,
-    /// Memory-limit traps.
+    /// Memory-limit traps, of command runs and of HTTP requests.
     pub memory_limit_traps: IntCounterVec,
+    /// Requests the ingress answered by deployment and status code (the
+    /// deployment is empty when the request named none that exists).
+    pub ingress_requests: IntCounterVec,
+    /// Time from a request's arrival at the ingress to its response head.
+    pub ingress_seconds: HistogramVec,
+    /// HTTP requests stopped at their deadline (their handler interrupted at its
+    /// next epoch tick), by deployment.
+    pub deadline_interruptions: IntCounterVec,
+    /// Requests turned away because every slot of the instance pool was busy.
+    pub admission_rejections: IntCounter,
+    pool_slots: IntGauge,
+    pool_in_use: IntGauge,
+    /// The HTTP runtime's admission semaphore and its size, read at each scrape.
+    pool: Mutex<Option<(Weak<Semaphore>, u32)>>,
     replicas: IntGaugeVec,
     cpu: CounterVec,
     memory: IntGaugeVec,
@@ -136,63 +152,113 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 }
 
 /// The node metrics of this process.
-pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| {
-    let r = Registry::new();
-    NodeMetrics {
-        restarts: counter_vec(
-            &r,
-            "skiff_node_replica_restarts_total",
-            "Replica restarts by deployment",
-            &["deployment"],
-        ),
-        exits: counter_vec(
-            &r,
-            "skiff_node_replica_exits_total",
-            "Ended replica runs by deployment and reason (success, error, memory_limit, trap)",
-            &["deployment", "reason"],
-        ),
-        compile_seconds: histogram(
-            &r,
-            "skiff_node_wasm_compile_duration_seconds",
-            "Time to compile a Wasm artifact (cache misses only)",
-            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-        ),
-        instantiate_seconds: histogram(
-            &r,
-            "skiff_node_wasm_instantiate_duration_seconds",
-            "Time to instantiate a Wasm guest",
-            vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5],
-        ),
-        memory_limit_traps: counter_vec(
-            &r,
-            "skiff_node_wasm_memory_limit_traps_total",
-            "Guests stopped for growing memory past their limit, by deployment",
-            &["deployment"],
-        ),
-        replicas: gauge_vec(
-            &r,
-            "skiff_node_replicas",
-            "Replicas on this node by state and runtime",
-            &["state", "runtime"],
-        ),
-        cpu: registered(
-            &r,
-            CounterVec::new(
-                Opts::new("skiff_node_replica_cpu_seconds_total", "CPU time used by a replica"),
+pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(NodeMetrics::new);
+
+impl NodeMetrics {
+    /// Every node metric, registered in a registry of its own.
+    fn new() -> NodeMetrics {
+        let r = Registry::new();
+        NodeMetrics {
+            restarts: counter_vec(
+                &r,
+                "skiff_node_replica_restarts_total",
+                "Replica restarts by deployment",
+                &["deployment"],
+            ),
+            exits: counter_vec(
+                &r,
+                "skiff_node_replica_exits_total",
+                "Ended replica runs by deployment and reason (success, error, memory_limit, trap)",
+                &["deployment", "reason"],
+            ),
+            compile_seconds: histogram(
+                &r,
+                "skiff_node_wasm_compile_duration_seconds",
+                "Time to compile a Wasm artifact (cache misses only)",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            instantiate_seconds: histogram(
+                &r,
+                "skiff_node_wasm_instantiate_duration_seconds",
+                "Time to instantiate a Wasm guest",
+                vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5],
+            ),
+            memory_limit_traps: counter_vec(
+                &r,
+                "skiff_node_wasm_memory_limit_traps_total",
+                "Guests stopped for growing memory past their limit, by deployment",
+                &["deployment"],
+            ),
+            ingress_requests: counter_vec(
+                &r,
+                "skiff_node_ingress_requests_total",
+                "Requests answered by this node's ingress (not those another ingress passed on), by deployment and code",
+                &["deployment", "code"],
+            ),
+            ingress_seconds: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "skiff_node_ingress_request_duration_seconds",
+                        "Time from a request's arrival at the ingress to its response head, by deployment",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                    &["deployment"],
+                )
+                .expect("valid metric"),
+            ),
+            deadline_interruptions: counter_vec(
+                &r,
+                "skiff_node_wasm_deadline_interruptions_total",
+                "HTTP requests whose handler was interrupted at the request deadline (504), by deployment",
+                &["deployment"],
+            ),
+            admission_rejections: registered(
+                &r,
+                IntCounter::new(
+                    "skiff_node_http_admission_rejections_total",
+                    "HTTP requests turned away (503) because every instance slot was busy",
+                )
+                .expect("valid metric"),
+            ),
+            pool_slots: registered(
+                &r,
+                IntGauge::new("skiff_node_http_pool_slots", "Instances of HTTP components that may run at once")
+                    .expect("valid metric"),
+            ),
+            pool_in_use: registered(
+                &r,
+                IntGauge::new("skiff_node_http_pool_instances_in_use", "Instances of HTTP components running now")
+                    .expect("valid metric"),
+            ),
+            pool: Mutex::new(None),
+            replicas: gauge_vec(
+                &r,
+                "skiff_node_replicas",
+                "Replicas on this node by state and runtime",
+                &["state", "runtime"],
+            ),
+            cpu: registered(
+                &r,
+                CounterVec::new(
+                    Opts::new("skiff_node_replica_cpu_seconds_total", "CPU time used by a replica"),
+                    &["deployment", "replica"],
+                )
+                .expect("valid metric"),
+            ),
+            memory: gauge_vec(
+                &r,
+                "skiff_node_replica_memory_bytes",
+                "Memory a replica holds now (Wasm linear memories)",
                 &["deployment", "replica"],
-            )
-            .expect("valid metric"),
-        ),
-        memory: gauge_vec(
-            &r,
-            "skiff_node_replica_memory_bytes",
-            "Memory a replica holds now (Wasm linear memories)",
-            &["deployment", "replica"],
-        ),
-        scrape: Mutex::new(()),
-        registry: r,
+            ),
+            scrape: Mutex::new(()),
+            registry: r,
+        }
     }
-});
+}
 
 /// Why a run ended, as the `reason` label of `skiff_node_replica_exits_total`.
 pub fn exit_reason(outcome: &crate::wasm::Outcome) -> &'static str {
@@ -219,6 +285,18 @@ pub struct ReplicaView {
 pub type ReplicaSource = Box<dyn Fn() -> Vec<ReplicaView> + Send + Sync>;
 
 impl NodeMetrics {
+    /// Reports the occupancy of the HTTP instance pool, whose admission
+    /// semaphore has `slots` permits, at every scrape (while it exists).
+    pub fn watch_pool(&self, admission: &Arc<Semaphore>, slots: u32) {
+        *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some((Arc::downgrade(admission), slots));
+    }
+
+    /// Counts a request the ingress answered, and how long it took to answer.
+    pub fn ingress_request(&self, deployment: &str, status: u16, elapsed: Duration) {
+        self.ingress_requests.with_label_values(&[deployment, status.to_string().as_str()]).inc();
+        self.ingress_seconds.with_label_values(&[deployment]).observe(elapsed.as_secs_f64());
+    }
+
     /// The text exposition of every node metric, with the gauges of `replicas`.
     pub fn render(&self, replicas: &[ReplicaView]) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,6 +315,13 @@ impl NodeMetrics {
             self.cpu.with_label_values(&labels).inc_by(r.status.cpu_seconds.max(0.0));
             self.memory.with_label_values(&labels).set(i64::try_from(r.status.memory_bytes).unwrap_or(i64::MAX));
         }
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (slots, in_use) = match pool.and_then(|(sem, slots)| Some((sem.upgrade()?, slots))) {
+            Some((sem, slots)) => (slots as usize, (slots as usize).saturating_sub(sem.available_permits())),
+            None => (0, 0),
+        };
+        self.pool_slots.set(i64::try_from(slots).unwrap_or(i64::MAX));
+        self.pool_in_use.set(i64::try_from(in_use).unwrap_or(i64::MAX));
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!("encoding metrics: {e}");
@@ -282,6 +367,32 @@ mod tests {
         let text = METRICS.render(&[view("web-aaaaaa")]);
         assert!(!text.contains("web-bbbbbb"), "a gone replica's series must go: {text}");
         assert!(text.contains(r#"skiff_node_replicas{runtime="wasm",state="running"} 1"#));
+    }
+
+    #[test]
+    fn pool_occupancy_and_ingress_requests() {
+        let m = NodeMetrics::new();
+        let text = m.render(&[]);
+        // Before an HTTP runtime exists the pool series are there, at 0.
+        assert!(text.contains("skiff_node_http_pool_slots 0\n"), "{text}");
+        assert!(text.contains("skiff_node_http_admission_rejections_total 0\n"), "{text}");
+        let admission = Arc::new(Semaphore::new(4));
+        m.watch_pool(&admission, 4);
+        let _held = admission.clone().try_acquire_many_owned(3).expect("permits");
+        m.ingress_request("web", 200, Duration::from_millis(3));
+        m.ingress_request("web", 200, Duration::from_millis(30));
+        m.ingress_request("", 404, Duration::from_micros(100));
+        let text = m.render(&[]);
+        assert!(text.contains("skiff_node_http_pool_slots 4\n"), "{text}");
+        assert!(text.contains("skiff_node_http_pool_instances_in_use 3\n"), "{text}");
+        assert!(text.contains(r#"skiff_node_ingress_requests_total{code="200",deployment="web"} 2"#), "{text}");
+        assert!(text.contains(r#"skiff_node_ingress_requests_total{code="404",deployment=""} 1"#), "{text}");
+        assert!(text.contains(r#"skiff_node_ingress_request_duration_seconds_bucket{deployment="web",le="0.005"} 1"#));
+        assert!(text.contains(r#"skiff_node_ingress_request_duration_seconds_count{deployment="web"} 2"#));
+        // A dropped runtime's pool is no longer reported.
+        drop(_held);
+        drop(admission);
+        assert!(m.render(&[]).contains("skiff_node_http_pool_slots 0\n"));
     }
 
     #[test]

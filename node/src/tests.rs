@@ -284,6 +284,9 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             volumes: vec![],
             probes: Default::default(),
             http_port: None,
+            ports: vec![],
+            network: Default::default(),
+            stop_grace_period: None,
         },
         secrets: Default::default(),
     }

@@ -124,11 +124,15 @@ async fn heartbeat(
     Path(name): Path<String>,
     Json(hb): Json<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    // `auth::check` let only this node's credential through.
+    // `auth::check` let only this node's credential through. Alive as of now,
+    // before anything waits for the state lock.
+    if !core.liveness.beat(&name) {
+        return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
+    }
     core.live.record(&name, &hb.replicas);
     core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas, skiff_api::now_ms());
     // Applied with the other heartbeats that arrive meanwhile, in one transaction.
-    core.heartbeats.submit(name, hb).await?;
+    core.heartbeats.submit(name, hb);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -22,6 +22,7 @@ pub mod store;
 pub use placement::Scoring;
 
 use anyhow::Context;
+use error::ApiError;
 use state::{Policy, State};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -85,14 +86,30 @@ pub(crate) struct Core {
     autoscale: Mutex<autoscale::Window>,
     /// Heartbeats waiting to be applied together.
     heartbeats: heartbeats::Batcher,
+    /// When each node last heartbeated, recorded without the state lock.
+    liveness: Arc<state::Liveness>,
 }
 
 impl Core {
     /// The working set. Never held across an `.await`.
+    ///
+    /// When the controllers hold it, an async handler that waited here would
+    /// stall one of the runtime's few workers and every request queued on it
+    /// (heartbeats included); the wait is handed to `block_in_place` instead,
+    /// which moves the worker's other tasks to another thread.
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written: every
         // change is a transaction that reloads on failure. Carry on.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let multi_thread = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if multi_thread { tokio::task::block_in_place(lock) } else { lock() }
+            }
+        }
     }
 
     /// Asks the controllers to run now.
@@ -170,6 +187,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
     let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
     let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;
+    let liveness = state.liveness();
     state.max_objects = config.max_objects;
     if config.rotate_secret_key {
         let n = state.rotate_secret_key().context("rotating the secret key")?;
@@ -193,6 +211,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         live: dashboard::Live::default(),
         autoscale: Mutex::default(),
         heartbeats: heartbeats::Batcher::default(),
+        liveness,
     });
     tokio::spawn(controllers(core.clone()));
     tokio::spawn(heartbeats::run(core.clone()));
@@ -212,35 +231,19 @@ async fn controllers(core: Arc<Core>) {
             _ = core.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        let result = {
-            let mut st = core.state();
-            heartbeats::apply_queued(&core, &mut st);
-            let mut r = st.check_nodes();
-            // The full level-triggered pass every 2 s; changes trigger their own.
-            if r.is_ok() && last_full.elapsed() >= Duration::from_secs(2) {
-                last_full = Instant::now();
-                r = st.reconcile_all();
-            }
-            r.and_then(|_| {
-                let dirty = st.mem().sched_dirty;
-                let start = Instant::now();
-                let n = st.schedule()?;
-                if dirty {
-                    metrics::METRICS.placement_seconds.observe(start.elapsed().as_secs_f64());
-                    metrics::METRICS.placements.inc_by(n as u64);
-                }
-                Ok(n)
-            })
-            .map(|n| {
-                if n > 0 {
-                    tracing::info!("placed {n} replicas");
-                }
-            })
-        };
+        let full = last_full.elapsed() >= Duration::from_secs(2);
+        if full {
+            last_full = Instant::now();
+        }
+        // A pass holds the state lock for a batch of placements: on a blocking
+        // thread, so that the async workers keep serving the API meanwhile.
+        let c = core.clone();
+        let pass = tokio::task::spawn_blocking(move || controller_pass(&c, full));
+        let (result, dirty) = pass.await.unwrap_or_else(|e| (Err(ApiError::internal(e.to_string())), true));
         if let Err(e) = result {
             tracing::error!("controller pass failed: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
-        } else if core.state().mem().sched_dirty {
+        } else if dirty {
             // A batch of placements stopped short, or something changed meanwhile.
             core.wake();
         }
@@ -257,4 +260,32 @@ async fn controllers(core: Arc<Core>) {
             }
         }
     }
+}
+
+/// One pass of the controllers under the state lock: applies queued heartbeats,
+/// marks dead nodes down, brings every deployment to its count when `full`, and
+/// places a batch of pending replicas. Returns whether placement is still due.
+fn controller_pass(core: &Core, full: bool) -> (Result<(), ApiError>, bool) {
+    let mut st = core.state.lock().unwrap_or_else(|p| p.into_inner());
+    heartbeats::apply_queued(core, &mut st);
+    let mut r = st.check_nodes();
+    // The full level-triggered pass every 2 s; changes trigger their own.
+    if r.is_ok() && full {
+        r = st.reconcile_all();
+    }
+    let r = r.and_then(|_| {
+        let dirty = st.mem().sched_dirty;
+        let start = std::time::Instant::now();
+        let n = st.schedule()?;
+        if dirty {
+            metrics::METRICS.placement_seconds.observe(start.elapsed().as_secs_f64());
+            metrics::METRICS.placements.inc_by(n as u64);
+        }
+        if n > 0 {
+            tracing::info!("placed {n} replicas");
+        }
+        Ok(())
+    });
+    let dirty = st.mem().sched_dirty;
+    (r, dirty)
 }

@@ -8,7 +8,7 @@
 //! O(nodes examined), never O(replicas).
 
 use skiff_api::quantity::{format_cpu, format_memory};
-use skiff_api::{Node, NodeState, Resources, Runtime};
+use skiff_api::{HostPort, Node, NodeState, Resources, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -55,6 +55,11 @@ pub struct Request<'a> {
     pub scoring: Scoring,
     /// The only node it may go to (the one holding its volume), if any.
     pub pinned: Option<&'a str>,
+    /// Node ports it holds (published container ports).
+    pub host_ports: &'a [HostPort],
+    /// The node ports held on each node, with how many replicas hold each (more
+    /// than one only for replicas placed before the port was in their spec).
+    pub ports_in_use: &'a HashMap<String, BTreeMap<HostPort, u32>>,
 }
 
 /// Why a node was turned away.
@@ -72,6 +77,8 @@ pub enum Rejection {
     Memory { free: u64, need: u64 },
     /// The replica's volume lives on another node.
     Pinned { node: String },
+    /// Another replica on the node holds a port it needs.
+    HostPort(HostPort),
 }
 
 impl Rejection {
@@ -85,6 +92,7 @@ impl Rejection {
             Rejection::Cpu { .. } => "insufficient cpu".into(),
             Rejection::Memory { .. } => "insufficient memory".into(),
             Rejection::Pinned { node } => format!("volume held by node {node}"),
+            Rejection::HostPort(p) => format!("host port {p} in use"),
         }
     }
 }
@@ -156,6 +164,12 @@ fn filter(node: &Node, req: &Request) -> Result<(), Rejection> {
         if node.labels.get(key) != Some(want) {
             return Err(Rejection::Constraint { key: key.clone(), want: want.clone() });
         }
+    }
+    if !req.host_ports.is_empty()
+        && let Some(used) = req.ports_in_use.get(&node.name)
+        && let Some(p) = req.host_ports.iter().find(|p| used.contains_key(p))
+    {
+        return Err(Rejection::HostPort(*p));
     }
     let free = node.capacity.saturating_sub(node.allocated);
     if free.cpu < req.resources.cpu {
@@ -272,6 +286,8 @@ mod tests {
         s: &'a HashMap<String, u32>,
         scoring: Scoring,
     ) -> Request<'a> {
+        static NO_PORTS: std::sync::LazyLock<HashMap<String, BTreeMap<HostPort, u32>>> =
+            std::sync::LazyLock::new(HashMap::new);
         Request {
             resources: Resources::new(cpu, mem_mi << 20),
             runtime: Runtime::Wasm,
@@ -279,7 +295,45 @@ mod tests {
             spread: s,
             scoring,
             pinned: None,
+            host_ports: &[],
+            ports_in_use: &NO_PORTS,
         }
+    }
+
+    #[test]
+    fn a_node_where_a_host_port_is_held_is_turned_away() {
+        use skiff_api::Protocol;
+        let nodes = [node("a", 4000, 4096, 0, 0), node("b", 4000, 4096, 0, 0)];
+        let (c, s) = (BTreeMap::new(), HashMap::new());
+        let http = HostPort { port: 8081, protocol: Protocol::Tcp };
+        let dns = HostPort { port: 53, protocol: Protocol::Udp };
+        let in_use = HashMap::from([
+            ("a".to_string(), BTreeMap::from([(http, 1)])),
+            ("b".to_string(), BTreeMap::from([(HostPort { port: 8081, protocol: Protocol::Udp }, 1), (dns, 1)])),
+        ]);
+        let wants_http = [http];
+        let r = Request { host_ports: &wants_http, ports_in_use: &in_use, ..req(100, 64, &c, &s, Scoring::BinPack) };
+        check(
+            &nodes,
+            r,
+            0,
+            expect![[r#"
+                chose b (score 2.051), examined 2, feasible 1
+                  a: host port 8081 in use
+            "#]],
+        );
+        let wants_both = [http, dns];
+        let r = Request { host_ports: &wants_both, ports_in_use: &in_use, ..req(100, 64, &c, &s, Scoring::BinPack) };
+        check(
+            &nodes,
+            r,
+            0,
+            expect![[r#"
+                unschedulable: 0/2 nodes fit: 1 host port 53/udp in use, 1 host port 8081 in use, examined 2, feasible 0
+                  a: host port 8081 in use
+                  b: host port 53/udp in use
+            "#]],
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Mem {
     replicas: HashMap<String, Replica>,
     by_deployment: HashMap<String, BTreeSet<String>>,
     by_node: HashMap<String, BTreeSet<String>>,
+    /// Node ports held by the replicas placed on each node (for placement).
+    ports_in_use: HashMap<String, BTreeMap<skiff_api::HostPort, u32>>,
     /// Pending replicas, oldest first.
     pending: BTreeSet<(Millis, String)>,
     next_generation: u64,
@@ -67,9 +69,50 @@ pub struct Mem {
 }
 
 struct NodeLive {
-    last_heartbeat: Instant,
     tx: watch::Sender<u64>,
 }
+
+/// When each registered node last heartbeated. It lives outside the state lock:
+/// a heartbeat counts the moment its request arrives, however long the
+/// controllers hold the lock, so a busy scheduler never declares a live node
+/// down for its own delay.
+#[derive(Default)]
+pub struct Liveness(std::sync::Mutex<HashMap<String, Instant>>);
+
+impl Liveness {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat of node `name` now; false if it is not registered.
+    pub fn beat(&self, name: &str) -> bool {
+        match self.map().get_mut(name) {
+            Some(t) => {
+                *t = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set(&self, name: &str, at: Instant) {
+        self.map().insert(name.to_string(), at);
+    }
+
+    fn remove(&self, name: &str) {
+        self.map().remove(name);
+    }
+
+    fn last(&self, name: &str) -> Option<Instant> {
+        self.map().get(name).copied()
+    }
+}
+
+/// Below this many live nodes every silent node is declared down; from it on,
+/// more than half of them falling silent at once is taken for the scheduler's
+/// own trouble (a stall, its network), as Kubernetes' node lifecycle controller
+/// stops evicting when most of a large zone looks unhealthy.
+const MASS_SILENCE_MIN_NODES: usize = 10;
 
 /// The store and the working set behind one lock.
 pub struct State {
@@ -77,6 +120,7 @@ pub struct State {
     keyring: Keyring,
     mem: Mem,
     live: HashMap<String, NodeLive>,
+    liveness: std::sync::Arc<Liveness>,
     pub policy: Policy,
     /// The endpoints table's index; starts at the clock so that a restarted
     /// scheduler never answers a node with the index it already holds.
@@ -107,16 +151,17 @@ impl State {
         let now = Instant::now();
         // A restarted scheduler gives every node a full grace period before it
         // counts as down: the nodes kept running while it was away.
-        let live = mem
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), NodeLive { last_heartbeat: now, tx: watch::Sender::new(mem.index) }))
-            .collect();
+        let live = mem.nodes.iter().map(|n| (n.name.clone(), NodeLive { tx: watch::Sender::new(mem.index) })).collect();
+        let liveness = std::sync::Arc::new(Liveness::default());
+        for n in &mem.nodes {
+            liveness.set(&n.name, now);
+        }
         Ok(State {
             store,
             keyring,
             mem,
             live,
+            liveness,
             policy,
             endpoints: watch::Sender::new(now_ms()),
             max_objects: MAX_OBJECTS,
@@ -184,6 +229,11 @@ impl State {
         &self.store
     }
 
+    /// The nodes' last heartbeats, for the heartbeat route to record without the lock.
+    pub fn liveness(&self) -> std::sync::Arc<Liveness> {
+        self.liveness.clone()
+    }
+
     // ---- nodes ----
 
     pub fn register(&mut self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
@@ -191,39 +241,34 @@ impl State {
         let now = now_ms();
         let node = self.transact(|mem, tx| mem.register(tx, req, now))?;
         let index = self.mem.index;
-        let live = self
-            .live
-            .entry(node.name.clone())
-            .or_insert_with(|| NodeLive { last_heartbeat: Instant::now(), tx: watch::Sender::new(index) });
-        live.last_heartbeat = Instant::now();
+        self.live.entry(node.name.clone()).or_insert_with(|| NodeLive { tx: watch::Sender::new(index) });
+        self.liveness.set(&node.name, Instant::now());
         Ok(RegisterResponse { node, heartbeat_interval_ms: 0, credential: None })
     }
 
     /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
     #[cfg(test)]
     pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
-        self.heartbeats(vec![(name.to_string(), hb, Instant::now())]).pop().unwrap_or(Ok(()))
+        self.liveness.beat(name);
+        self.heartbeats(vec![(name.to_string(), hb)]).pop().unwrap_or(Ok(()))
     }
 
     /// Many heartbeats in one transaction (group commit, see `heartbeats.rs`), with
     /// one result per heartbeat. If the batch fails, each is applied again on its
-    /// own, so that one bad report fails only its own node.
-    /// Each heartbeat counts as a sign of life from when it `arrived`, not from
+    /// own, so that one bad report fails only its own node. Their arrival, the
+    /// sign of life, was recorded in [`Liveness`] when each request came in, not
     /// when the lock let it through.
-    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat, Instant)>) -> Vec<Result<(), ApiError>> {
+    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat)>) -> Vec<Result<(), ApiError>> {
         let mut results: Vec<Result<(), ApiError>> = batch
             .iter()
-            .map(|(name, _, arrived)| match self.live.get_mut(name) {
-                Some(live) => {
-                    live.last_heartbeat = live.last_heartbeat.max(*arrived);
-                    Ok(())
-                }
-                None => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
+            .map(|(name, _)| match self.live.contains_key(name) {
+                true => Ok(()),
+                false => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
             })
             .collect();
         let now = now_ms();
         let together = self.transact(|mem, tx| {
-            for ((name, hb, _), r) in batch.iter().zip(&results) {
+            for ((name, hb), r) in batch.iter().zip(&results) {
                 if r.is_ok() {
                     mem.heartbeat(tx, name, hb, now)?;
                 }
@@ -231,7 +276,7 @@ impl State {
             Ok(())
         });
         if together.is_err() {
-            for ((name, hb, _), r) in batch.iter().zip(results.iter_mut()) {
+            for ((name, hb), r) in batch.iter().zip(results.iter_mut()) {
                 if r.is_ok() {
                     *r = self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now));
                 }
@@ -251,15 +296,21 @@ impl State {
     /// Marks nodes that missed their heartbeats as down and replaces their replicas.
     pub fn check_nodes(&mut self) -> Result<(), ApiError> {
         let grace = self.policy.node_grace;
-        let dead: Vec<String> = self
-            .mem
-            .nodes
-            .iter()
-            .filter(|n| n.state != NodeState::Down)
-            .filter(|n| self.live.get(&n.name).is_none_or(|l| l.last_heartbeat.elapsed() > grace))
+        let up = self.mem.nodes.iter().filter(|n| n.state != NodeState::Down);
+        let up_count = up.clone().count();
+        let dead: Vec<String> = up
+            .filter(|n| self.liveness.last(&n.name).is_none_or(|t| t.elapsed() > grace))
             .map(|n| n.name.clone())
             .collect();
         if dead.is_empty() {
+            return Ok(());
+        }
+        if up_count >= MASS_SILENCE_MIN_NODES && dead.len() * 2 > up_count {
+            tracing::warn!(
+                "{} of {up_count} nodes missed their heartbeats at once; taking it for the scheduler's own trouble \
+                 and declaring none down until fewer are silent",
+                dead.len()
+            );
             return Ok(());
         }
         let now = now_ms();
@@ -281,6 +332,7 @@ impl State {
         let now = now_ms();
         self.transact(|mem, tx| mem.remove_node(tx, name, now))?;
         self.live.remove(name);
+        self.liveness.remove(name);
         Ok(())
     }
 
@@ -666,6 +718,8 @@ fn validate_secret_key(key: &str) -> Result<(), String> {
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
     skiff_api::manifest::validate_volumes(&req.spec.volumes, req.replicas).map_err(ApiError::bad_request)?;
     skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
+    let image = matches!(req.spec.workload, skiff_api::Workload::Image(_));
+    skiff_api::manifest::validate_ports(&req.spec.ports, req.spec.network, image).map_err(ApiError::bad_request)?;
     if let Some(a) = &req.autoscale {
         a.validate().map_err(ApiError::bad_request)?;
         let longest = a.window_seconds.max(a.stabilization_seconds).max(a.scale_up_stabilization_seconds);
@@ -818,6 +872,7 @@ impl Mem {
         let e = self.deployments.get(name)?;
         let mut d = e.d.clone();
         let mut s = DeploymentStatus::default();
+        let (now, min_ready_ms) = (now_ms(), d.strategy.min_ready_seconds as u64 * 1000);
         for r in self.replicas_of(name) {
             s.total += 1;
             s.restarts += r.restarts;
@@ -827,9 +882,28 @@ impl Mem {
                 ReplicaState::Failed | ReplicaState::Exited => s.failed += 1,
                 _ => {}
             }
+            if self.serving(r) {
+                s.ready += 1;
+                if now.saturating_sub(r.updated_ms) >= min_ready_ms {
+                    s.available += 1;
+                }
+            }
         }
         d.status = s;
         Some(d)
+    }
+
+    /// Whether a replica passes readiness: it is ready, or running when its
+    /// revision has no readiness probe (then running is all there is to know).
+    /// Available is serving for `min_ready_seconds`.
+    fn serving(&self, r: &Replica) -> bool {
+        match r.state {
+            ReplicaState::Ready => true,
+            ReplicaState::Running => {
+                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(|s| s.probes.readiness.is_none())
+            }
+            _ => false,
+        }
     }
 
     /// The desired set of node `name`.
@@ -886,6 +960,10 @@ impl Mem {
         self.revisions.get(&(r.deployment.clone(), r.revision)).map(|s| s.resources).unwrap_or_default()
     }
 
+    fn host_ports_of(&self, r: &Replica) -> Vec<skiff_api::HostPort> {
+        self.revisions.get(&(r.deployment.clone(), r.revision)).map(|s| s.host_ports()).unwrap_or_default()
+    }
+
     fn index_replica(&mut self, r: &Replica) {
         if r.state.is_terminal() {
             return;
@@ -904,6 +982,13 @@ impl Mem {
             }
             if let Some(e) = self.deployments.get_mut(&r.deployment) {
                 *e.spread.entry(node.clone()).or_default() += 1;
+            }
+            let ports = self.host_ports_of(r);
+            if !ports.is_empty() {
+                let used = self.ports_in_use.entry(node.clone()).or_default();
+                for p in ports {
+                    *used.entry(p).or_default() += 1;
+                }
             }
             self.touched.insert(node.clone());
         }
@@ -930,6 +1015,20 @@ impl Mem {
                 *c = c.saturating_sub(1);
                 if *c == 0 {
                     e.spread.remove(node);
+                }
+            }
+            let ports = self.host_ports_of(r);
+            if let Some(used) = self.ports_in_use.get_mut(node) {
+                for p in ports {
+                    if let Some(c) = used.get_mut(&p) {
+                        *c = c.saturating_sub(1);
+                        if *c == 0 {
+                            used.remove(&p);
+                        }
+                    }
+                }
+                if used.is_empty() {
+                    self.ports_in_use.remove(node);
                 }
             }
             self.touched.insert(node.clone());
@@ -1151,6 +1250,7 @@ impl Mem {
             self.node_idx.insert(moved.name.clone(), i);
         }
         self.by_node.remove(name);
+        self.ports_in_use.remove(name);
         self.touched.remove(name);
         self.endpoints_dirty = true;
         tx.delete_node(name)?;
@@ -1279,21 +1379,12 @@ impl Mem {
         }
         let paused = e.d.rollout.paused;
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
-        // Available: ready, or running when its revision has no readiness probe
-        // (then running is all there is to know), for min_ready_seconds.
-        let serving = |r: &Replica| match r.state {
-            ReplicaState::Ready => true,
-            ReplicaState::Running => {
-                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(|s| s.probes.readiness.is_none())
-            }
-            _ => false,
-        };
         let seen: Vec<rollout::Seen> = self
             .replicas_of(name)
             .map(|r| rollout::Seen {
                 id: r.id.clone(),
                 current: r.revision == revision,
-                available: serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                available: self.serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms,
                 failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
                 rank: removal_rank(r),
             })
@@ -1577,6 +1668,7 @@ impl Mem {
                             continue;
                         }
                     };
+                    let host_ports = spec.host_ports();
                     let req = placement::Request {
                         resources: spec.resources,
                         runtime: spec.workload.runtime(),
@@ -1584,6 +1676,8 @@ impl Mem {
                         spread: &e.spread,
                         scoring,
                         pinned: pinned.as_deref(),
+                        host_ports: &host_ports,
+                        ports_in_use: &self.ports_in_use,
                     };
                     let decision = placement::place(Snapshot { nodes: &self.nodes }, &req, seed_of(&id));
                     match decision.chosen {
@@ -1716,6 +1810,9 @@ mod tests {
             volumes: vec![],
             probes: Default::default(),
             http_port: None,
+            ports: vec![],
+            network: Default::default(),
+            stop_grace_period: None,
         }
     }
 
@@ -1791,7 +1888,7 @@ mod tests {
         st.policy.node_grace = Duration::from_millis(1);
         // Keep a and b fresh; only c misses.
         for n in ["a", "b"] {
-            st.live.get_mut(n).unwrap().last_heartbeat = Instant::now() + Duration::from_secs(60);
+            st.liveness.set(n, Instant::now() + Duration::from_secs(60));
         }
         st.check_nodes().unwrap();
         st.schedule().unwrap();

@@ -28,6 +28,21 @@ const browser = await chromium.launch({
 });
 
 const step = (msg) => console.log(`step: ${msg}`);
+
+// Waits until deployment `name`'s row shows desired/ready/available `want`
+// ("4/4/4"); on timeout says what the row showed instead.
+async function waitCounts(p, name, want) {
+  try {
+    await p.waitForFunction(([name, want]) => {
+      const tr = document.querySelector(`tr[data-deployment="${name}"]`);
+      const cells = tr && [".desired-count", ".ready-count", ".available-count"].map((c) => tr.querySelector(c).textContent);
+      return cells && cells.join("/") === want;
+    }, [name, want]);
+  } catch (e) {
+    const row = await p.locator(`tr[data-deployment="${name}"]`).textContent().catch(() => "no row");
+    throw new Error(`${name} never showed desired/ready/available ${want} (row: ${row}): ${e.message}`);
+  }
+}
 const consoleErrors = [];
 let failed = false;
 let page = null;
@@ -59,7 +74,9 @@ try {
   step("see the deployed workload");
   await page.click('nav a[data-view="deployments"]');
   const row = page.locator('tr[data-deployment="hello"]');
-  await row.locator("td.ready-count", { hasText: "2/2" }).waitFor();
+  // hello runs without a readiness probe: running is ready, and with
+  // minReadySeconds 0 ready is available.
+  await waitCounts(page, "hello", "2/2/2");
   await page.screenshot({ path: join(shots, "deployments.png"), fullPage: true });
 
   step("scale hello to 4 with the keyboard");
@@ -67,7 +84,7 @@ try {
   await input.focus();
   await input.fill("4");
   await page.keyboard.press("Enter");
-  await row.locator("td.ready-count", { hasText: "4/4" }).waitFor();
+  await waitCounts(page, "hello", "4/4/4");
 
   step("an API refusal shows in the page");
   await input.fill("200000");
@@ -85,7 +102,7 @@ try {
   await page.fill("#deploy-name", "uploaded");
   await page.fill("#deploy-replicas", "1");
   await page.click("#deploy-submit");
-  await page.locator('tr[data-deployment="uploaded"] td.ready-count', { hasText: "1/1" }).waitFor();
+  await waitCounts(page, "uploaded", "1/1/1");
 
   step("delete it, confirming");
   await page.locator('tr[data-deployment="uploaded"] button.delete-btn').click();
@@ -93,6 +110,26 @@ try {
   await page.screenshot({ path: join(shots, "confirm-delete.png") });
   await page.click("#confirm-ok");
   await page.locator('tr[data-deployment="uploaded"]').waitFor({ state: "detached" });
+
+  step("deploy by naming an image that was never imported: the API's refusal shows");
+  await page.check("#deploy-source-image");
+  if (!(await page.isHidden("#deploy-file-field")) || !(await page.isVisible("#deploy-image"))) {
+    throw new Error("choosing an image did not swap the file field for the image field");
+  }
+  await page.fill("#deploy-image", "nosuch:1.0");
+  await page.fill("#deploy-name", "fromimage");
+  await page.click("#deploy-submit");
+  await page.waitForSelector("#error:not([hidden])");
+  const imageErr = await page.textContent("#error-text");
+  if (!/^deploying fromimage: image nosuch:1\.0 is not imported; run `skiff image import/.test(imageErr)) {
+    throw new Error(`unexpected error text: ${imageErr}`);
+  }
+  console.log(`error shown: ${imageErr}`);
+  const listed = await page.textContent("#deploy-status");
+  if (listed.includes("cannot list")) throw new Error(`the image list failed: ${listed}`);
+  await page.screenshot({ path: join(shots, "deploy-image-error.png"), fullPage: true });
+  await page.click("#error-close");
+  await page.check("#deploy-source-wasm");
 
   step("replicas view");
   await page.click('nav a[data-view="replicas"]');
@@ -122,7 +159,7 @@ try {
   const p2 = await phone.newPage();
   p2.setDefaultTimeout(TIMEOUT);
   await p2.goto(url + "/#deployments");
-  await p2.locator('tr[data-deployment="hello"] td.ready-count', { hasText: "4/4" }).waitFor();
+  await waitCounts(p2, "hello", "4/4/4");
   const overflow = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 1) throw new Error(`the page is ${overflow}px wider than a phone screen`);
   await p2.screenshot({ path: join(shots, "phone-dark-deployments.png"), fullPage: true });

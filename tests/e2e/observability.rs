@@ -52,6 +52,9 @@ impl Cluster {
             data.to_str().unwrap_or_default(),
             "--listen",
             "127.0.0.1:0",
+            // A handler that spins is stopped (504) after a second.
+            "--request-timeout",
+            "1s",
         ];
         let p = Proc::start(name, &args, &self.dir.path().join(format!("node-{name}.log")));
         read_when_ready(&data.join("node.addr"));
@@ -68,6 +71,24 @@ impl Cluster {
             let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
             if ready == n { Ok(()) } else { Err(format!("{ready} ready")) }
         });
+    }
+
+    /// The node that runs the one ready replica of `deployment`, once it does.
+    fn wait_ready_on(&self, deployment: &str) -> String {
+        wait_for(Duration::from_secs(60), &format!("a ready replica of {deployment}"), || {
+            let replicas = get_json(self.dir.path(), &self.url, "replicas");
+            let ready: Vec<&Value> =
+                replicas.iter().filter(|r| r["deployment"] == deployment && r["state"] == "ready").collect();
+            match ready.as_slice() {
+                [one] => Ok(one["node"].as_str().unwrap_or_default().to_string()),
+                other => Err(format!("{} ready", other.len())),
+            }
+        })
+    }
+
+    /// The ingress address of node `name`.
+    fn ingress(&self, name: &str) -> String {
+        read_when_ready(&self.dir.path().join(format!("node-{name}")).join("ingress.addr"))
     }
 
     fn wait_running(&self, deployment: &str, n: usize) {
@@ -159,6 +180,9 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     c.cli(&["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--replicas", "1", "--memory", "32Mi"]);
     // Larger than any node: pending, and counted under its reason.
     c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "big", "--replicas", "2", "--memory", "4Gi"]);
+    // An HTTP component, served through the ingress.
+    let web = wasm_p2("hello_http");
+    c.cli(&["deploy", web.to_str().unwrap_or_default(), "--name", "web", "--replicas", "1", "--memory", "32Mi"]);
     c.wait_running("hello", 3);
 
     let port = free_port();
@@ -197,7 +221,7 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     wait_query(&prom, "skiff_scheduler_placements_total", "placements counted", |v| v >= 4.0);
     wait_query(&prom, r#"skiff_scheduler_pending_replicas{reason="insufficient_memory"}"#, "big pending", |v| v == 2.0);
     wait_query(&prom, r#"skiff_scheduler_replicas{state="pending"}"#, "pending by state", |v| v == 2.0);
-    wait_query(&prom, "sum(skiff_scheduler_rollouts)", "a rollout state per deployment", |v| v == 3.0);
+    wait_query(&prom, "sum(skiff_scheduler_rollouts)", "a rollout state per deployment", |v| v == 4.0);
     // Routes are the matched pattern, never the raw path with a node's name.
     wait_query(
         &prom,
@@ -221,6 +245,43 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     });
     wait_query(&prom, r#"sum(skiff_node_replicas{state="running"})"#, "running on the nodes", |v| v >= 3.0);
     wait_query(&prom, "sum(skiff_node_wasm_compile_duration_seconds_count)", "compiles timed", |v| v >= 2.0);
+
+    // Ingress requests, all to the ingress of web's node: five answered, one
+    // stopped at the deadline, one over its memory limit, one for no deployment.
+    let ingress = c.ingress(&c.wait_ready_on("web"));
+    let mut sent = Vec::new();
+    for (host, path, want) in [
+        ("web.skiff.local", "/", 200),
+        ("web.skiff.local", "/", 200),
+        ("web.skiff.local", "/", 200),
+        ("web.skiff.local", "/", 200),
+        ("web.skiff.local", "/", 200),
+        ("web.skiff.local", "/spin", 504),
+        ("web.skiff.local", "/grow", 500),
+        ("nosuch.skiff.local", "/", 404),
+    ] {
+        let answer = get(&ingress, host, path).unwrap_or_else(|e| panic!("GET {host}{path}: {e}"));
+        assert_eq!(answer.status, want, "GET {host}{path}: {}", answer.body);
+        sent.push(want);
+    }
+    for code in [200, 504, 500] {
+        let n = sent.iter().filter(|&&c| c == code).count() as f64;
+        let q = format!(r#"sum(skiff_node_ingress_requests_total{{deployment="web",code="{code}"}})"#);
+        wait_query(&prom, &q, &format!("{n} answers {code} counted"), |v| v == n);
+    }
+    // A name no deployment has is not a label value of its own.
+    wait_query(&prom, r#"sum(skiff_node_ingress_requests_total{deployment="",code="404"})"#, "the 404", |v| v == 1.0);
+    wait_query(&prom, r#"sum(skiff_node_ingress_request_duration_seconds_count{deployment="web"})"#, "timed", |v| {
+        v == 7.0
+    });
+    wait_query(&prom, r#"sum(skiff_node_wasm_deadline_interruptions_total{deployment="web"})"#, "the spin", |v| {
+        v == 1.0
+    });
+    wait_query(&prom, r#"sum(skiff_node_wasm_memory_limit_traps_total{deployment="web"})"#, "the grow", |v| v == 1.0);
+    // Every node has the pool series: 1,000 slots each, none busy now.
+    wait_query(&prom, "count(skiff_node_http_pool_slots == 1000)", "both nodes' pools", |v| v == 2.0);
+    wait_query(&prom, "sum(skiff_node_http_pool_instances_in_use)", "no instance busy", |v| v == 0.0);
+    wait_query(&prom, "count(skiff_node_http_admission_rejections_total == 0)", "none turned away", |v| v == 2.0);
 
     // Scaling down removes the per-replica series of the stopped replicas.
     c.cli(&["scale", "hello", "1"]);
@@ -281,9 +342,14 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(hello["replicas"], 4, "scaled from the page: {hello}");
     c.wait_running("hello", 4);
     assert!(deployments.iter().all(|d| d["name"] != "uploaded"), "deleted from the page: {deployments:?}");
+    assert!(deployments.iter().all(|d| d["name"] != "fromimage"), "an unknown image deploys nothing: {deployments:?}");
+    let hello = get_json(c.dir.path(), &c.url, "deployments").into_iter().find(|d| d["name"] == "hello");
+    let status = hello.map(|d| d["status"].clone()).unwrap_or_default();
+    assert_eq!((&status["ready"], &status["available"]), (&Value::from(4), &Value::from(4)), "{status}");
     let events = c.cli(&["events", "--object", "deployment/uploaded"]);
     assert!(events.contains("Deleted"), "the upload was deployed and deleted from the page: {events}");
-    for view in ["cluster", "deployments", "replicas", "events", "logs", "phone-dark-deployments"] {
+    for view in ["cluster", "deployments", "deploy-image-error", "replicas", "events", "logs", "phone-dark-deployments"]
+    {
         let png = shots.join(format!("{view}.png"));
         let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
         assert!(len > 1000, "screenshot {} missing or empty", png.display());

@@ -344,3 +344,117 @@ impl Dev {
         get_json(self.dir.path(), &self.url, kind)
     }
 }
+
+/// Whether the tests run as root (network namespaces, bridges, containers need it).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+}
+
+/// A name for a test's network object, unique to this process: `PREFIX<pid>x<n>`,
+/// at most 15 characters (the limit for interface names) for a prefix of up to 3.
+pub fn net_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A private /24 for a test's bridge, varied by pid (`10.231.X.0/24`), so two test
+/// binaries running at once do not share one.
+pub fn net_prefix() -> String {
+    format!("10.231.{}", std::process::id() % 250 + 1)
+}
+
+/// A Linux bridge in the root namespace with an address: the "switch" that test
+/// namespaces join (`NetNs::on_bridge`); deleted on drop.
+pub struct Bridge {
+    pub name: String,
+    /// Its address (no prefix length): the host as the namespaces see it.
+    pub ip: String,
+}
+
+impl Bridge {
+    /// `ip link add NAME type bridge` with `cidr` (`10.231.7.1/24`), up.
+    pub fn new(name: &str, cidr: &str) -> Bridge {
+        ip(&["link", "add", name, "type", "bridge"]);
+        let bridge = Bridge { name: name.to_string(), ip: cidr.split('/').next().unwrap_or(cidr).to_string() };
+        ip(&["addr", "add", cidr, "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        bridge
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "delete", &self.name]).output();
+    }
+}
+
+/// A network namespace made by a test, loopback up; deleted on drop (with the
+/// veth it holds). Drop it after the processes running in it.
+pub struct NetNs {
+    pub name: String,
+    /// Its address on a bridge (no prefix length), if it joined one.
+    pub ip: Option<String>,
+}
+
+impl NetNs {
+    /// `ip netns add NAME`, with only loopback.
+    pub fn new(name: &str) -> NetNs {
+        ip(&["netns", "add", name]);
+        let ns = NetNs { name: name.to_string(), ip: None };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A namespace joined to `bridge` by a veth pair: `eth0` inside with `cidr`
+    /// (`10.231.7.2/24`, in the bridge's subnet), its default route via the bridge.
+    pub fn on_bridge(name: &str, bridge: &Bridge, cidr: &str) -> NetNs {
+        let mut ns = NetNs::new(name);
+        let host_end = net_name("sv");
+        let peer = net_name("sp");
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &peer]);
+        // Moved into the namespace at once, so that deleting it removes the pair.
+        let moved = Command::new("ip").args(["link", "set", &peer, "netns", name]).output();
+        if !moved.as_ref().is_ok_and(|o| o.status.success()) {
+            let _ = Command::new("ip").args(["link", "delete", &host_end]).output();
+            panic!("cannot move {peer} into {name}: {moved:?}");
+        }
+        ip(&["link", "set", &host_end, "master", &bridge.name]);
+        ip(&["link", "set", &host_end, "up"]);
+        ip(&["-n", name, "link", "set", &peer, "name", "eth0"]);
+        ip(&["-n", name, "addr", "add", cidr, "dev", "eth0"]);
+        ip(&["-n", name, "link", "set", "eth0", "up"]);
+        ip(&["-n", name, "route", "add", "default", "via", &bridge.ip]);
+        ns.ip = Some(cidr.split('/').next().unwrap_or(cidr).to_string());
+        ns
+    }
+
+    /// Starts `skiff ARGS` inside the namespace (`ip netns exec`, which execs in
+    /// place: the pid is skiff's), output to `log`.
+    pub fn start(&self, name: &str, args: &[&str], log: &Path) -> Proc {
+        Proc::start_in(name, &["ip", "netns", "exec", &self.name], args, log)
+    }
+
+    /// Runs `ARGS` inside the namespace: its stdout, or its stderr on failure.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let out =
+            Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+    }
+}

@@ -19,11 +19,16 @@
 //! }
 //! ```
 //!
-//! The crate has no dependencies and no `unsafe`; everything goes through `std`,
-//! which WASI implements.
+//! HTTP services (components exporting `wasi:http/incoming-handler`) write a
+//! handler function with [`http`] and export it with [`http::export!`].
+//!
+//! The crate has no `unsafe` of its own; commands go through `std`, which WASI
+//! implements, and [`http`] through the `wasi:http` bindings of the `wasip2` crate.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod http;
 
 use std::io::Write;
 use std::str::FromStr;

@@ -168,6 +168,10 @@ pub struct HttpArgs {
     /// Longest an HTTP request may run before it gets a 504 (30s, 500ms, ...)
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Root certificates (PEM) that HTTP components' outbound https trusts
+    /// besides the system's (a private CA)
+    #[arg(long, value_name = "PATH")]
+    outbound_ca_file: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -179,7 +183,12 @@ impl HttpArgs {
         if self.request_timeout.is_zero() {
             bail!("--request-timeout must be more than 0");
         }
-        Ok(skiff_node::http::HttpConfig { request_timeout: self.request_timeout, suffix, ..Default::default() })
+        Ok(skiff_node::http::HttpConfig {
+            request_timeout: self.request_timeout,
+            suffix,
+            outbound_ca_file: self.outbound_ca_file.clone(),
+            ..Default::default()
+        })
     }
 }
 

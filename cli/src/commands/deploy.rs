@@ -36,6 +36,40 @@ impl From<RestartArg> for RestartPolicy {
     }
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NetworkArg {
+    /// Its own network namespace, with an address on the node's bridge
+    Bridge,
+    /// The node's network namespace: the container's ports are the node's
+    Host,
+}
+
+impl From<NetworkArg> for skiff_api::NetworkMode {
+    fn from(n: NetworkArg) -> Self {
+        match n {
+            NetworkArg::Bridge => skiff_api::NetworkMode::Bridge,
+            NetworkArg::Host => skiff_api::NetworkMode::Host,
+        }
+    }
+}
+
+/// `8081:80`, `5353:53/udp`: a published port.
+fn parse_publish(s: &str) -> Result<skiff_api::PortMapping, String> {
+    let (ports, protocol) = match s.rsplit_once('/') {
+        Some((p, "tcp")) => (p, skiff_api::Protocol::Tcp),
+        Some((p, "udp")) => (p, skiff_api::Protocol::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol {other:?}; use tcp or udp")),
+        None => (s, skiff_api::Protocol::Tcp),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    match ports.split_once(':').map(|(h, c)| (port(h), port(c))) {
+        Some((Some(host), Some(container))) => {
+            Ok(skiff_api::PortMapping { container_port: container, host_port: Some(host), protocol })
+        }
+        _ => Err("expected HOSTPORT:PORT with ports 1-65535, such as 8081:80 or 5353:53/udp".into()),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The .wasm file (a WASI command module or component); or use --image
@@ -84,6 +118,16 @@ pub struct DeployArgs {
     /// The port an --image serves HTTP on; the ingress routes NAME.skiff.local to it
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
+    /// Publish an --image's port on its node, HOSTPORT:PORT[/udp] (repeatable); at
+    /// most one replica per node can hold a host port
+    #[arg(long = "publish", short = 'p', value_name = "HOSTPORT:PORT[/udp]", value_parser = parse_publish)]
+    publish: Vec<skiff_api::PortMapping>,
+    /// Run an --image in the node's network namespace rather than its own
+    #[arg(long, value_enum, default_value = "bridge")]
+    network: NetworkArg,
+    /// How long a stopping container gets between SIGTERM and SIGKILL (at most 10m)
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    stop_grace_period: skiff_api::GracePeriod,
     /// Wait until every replica of the new revision runs
     #[arg(long)]
     wait: bool,
@@ -165,6 +209,19 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
     if args.port.is_some() && args.image.is_none() {
         bail!("--port is for --image; a Wasm HTTP component is served without one");
     }
+    let network = skiff_api::NetworkMode::from(args.network);
+    let mut ports = args.publish.clone();
+    if network == skiff_api::NetworkMode::Host {
+        // On the host network every port is the node's: publishing means listing.
+        for p in &mut ports {
+            if p.host_port == Some(p.container_port) {
+                p.host_port = None;
+            }
+        }
+    }
+    skiff_api::manifest::validate_ports(&ports, network, args.image.is_some())
+        .map_err(|e| anyhow::anyhow!("--publish/--network: {e}"))?;
+    let image = args.image.is_some();
     let env = parse_env(&args.env)?;
     let constraints = parse_labels("--label-selector", &args.label_selector)?;
     // The scheduler pins an image reference to the imported manifest's digest.
@@ -185,6 +242,10 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         probes: Default::default(),
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
         http_port: args.port,
+        ports,
+        network,
+        // Only containers have a stop path with a grace period.
+        stop_grace_period: image.then_some(args.stop_grace_period).filter(|g| *g != skiff_api::GracePeriod::DEFAULT),
     };
     let request = spec.clone();
     let revision = apply_one(client, &args.name, args.replicas, spec, None, None).await?;
@@ -239,6 +300,9 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             probes: d.probes.clone(),
             secrets: d.secrets.clone(),
             http_port: d.http_port,
+            ports: d.ports.clone(),
+            network: d.network,
+            stop_grace_period: d.stop_grace_period,
         };
         let request = spec.clone();
         let revision = apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy), d.autoscale).await?;
@@ -384,6 +448,16 @@ async fn wait_running(
 #[cfg(test)]
 mod tests {
     use super::digest_of;
+
+    #[test]
+    fn published_ports_parse() {
+        let p = super::parse_publish("8081:80").expect("tcp");
+        assert_eq!((p.host_port, p.container_port, p.protocol), (Some(8081), 80, skiff_api::Protocol::Tcp));
+        assert_eq!(super::parse_publish("5353:53/udp").expect("udp").protocol, skiff_api::Protocol::Udp);
+        for bad in ["80", "0:80", "8081:80/sctp", "x:80"] {
+            assert!(super::parse_publish(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn digests_are_sha256_hex() {

@@ -25,15 +25,28 @@ impl Kind {
     }
 }
 
+/// `get`'s `-o` choices: the common ones and `wide`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GetFormat {
+    /// Aligned columns for people
+    Table,
+    /// A table with more columns
+    Wide,
+    /// The API objects as pretty JSON
+    Json,
+    /// The API objects as YAML
+    Yaml,
+}
+
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// nodes, deployments or replicas (singular and short forms work too)
     kind: String,
     /// Show only this object
     name: Option<String>,
-    /// Output format
+    /// Output format (wide: replicas with their ports, cpu time and memory)
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-    output: Format,
+    output: GetFormat,
     /// Replicas: only those of this deployment
     #[arg(long)]
     deployment: Option<String>,
@@ -52,7 +65,11 @@ pub struct DescribeArgs {
 
 pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
     let kind = Kind::parse(&args.kind)?;
-    let format = args.output;
+    let format = match args.output {
+        GetFormat::Table | GetFormat::Wide => Format::Table,
+        GetFormat::Json => Format::Json,
+        GetFormat::Yaml => Format::Yaml,
+    };
     match (kind, &args.name) {
         (Kind::Nodes, None) => {
             let nodes = client.nodes().await?;
@@ -105,7 +122,9 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
                     return print_encoded(format, &replicas[0]);
                 }
             }
-            if format == Format::Table {
+            if args.output == GetFormat::Wide {
+                wide_replicas_table(client, &replicas).await?.print();
+            } else if format == Format::Table {
                 replicas_table(&replicas, true).print();
             } else {
                 print_encoded(format, &replicas)?;
@@ -113,6 +132,88 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Replicas with where to reach them (their node's address and published ports)
+/// and what they use (cpu time so far, memory now, as last reported).
+async fn wide_replicas_table(client: &Client, replicas: &[Replica]) -> anyhow::Result<Table> {
+    let nodes = client.nodes().await?;
+    let deployments = client.deployments().await?;
+    // Usage is extra: a table without it beats no table.
+    let usage = client.replica_usage().await.unwrap_or_default();
+    let mut t = Table::new(&[
+        "ID",
+        "DEPLOYMENT",
+        "REV",
+        "STATE",
+        "NODE",
+        "PORTS",
+        "RESTARTS",
+        "CPU",
+        "MEMORY",
+        "AGE",
+        "REASON",
+    ]);
+    for r in replicas {
+        let host = r
+            .node
+            .as_deref()
+            .and_then(|n| nodes.iter().find(|x| x.name == n))
+            .map(|n| url_host(&n.address).to_string());
+        let spec = deployments.iter().find(|d| d.name == r.deployment).map(|d| &d.spec);
+        let ports: Vec<String> = spec
+            .map(|spec| {
+                spec.ports
+                    .iter()
+                    .map(|p| {
+                        let at = host.as_deref().unwrap_or("");
+                        match (spec.network, p.host_port) {
+                            (skiff_api::NetworkMode::Host, _) => format!("{at}:{}/{}", p.container_port, p.protocol),
+                            (_, Some(h)) => format!("{at}:{h}->{}/{}", p.container_port, p.protocol),
+                            (_, None) => format!("{}/{}", p.container_port, p.protocol),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (cpu, mem) = match usage.get(&r.id) {
+            Some((cpu, mem)) if r.node.is_some() => (format!("{cpu:.2}s"), memory(*mem)),
+            _ => ("-".to_string(), "-".to_string()),
+        };
+        t.row(vec![
+            r.id.clone(),
+            r.deployment.clone(),
+            r.revision.to_string(),
+            r.state.to_string(),
+            or_dash(r.node.as_deref()),
+            if ports.is_empty() { "-".to_string() } else { ports.join(",") },
+            r.restarts.to_string(),
+            cpu,
+            mem,
+            age(r.created_ms),
+            reason_of(r),
+        ]);
+    }
+    Ok(t)
+}
+
+/// `10.0.0.5` of `http://10.0.0.5:7071`.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Why a replica is in its state, or its exit status.
+fn reason_of(r: &Replica) -> String {
+    match (&r.reason, r.exit_code) {
+        (Some(reason), _) => reason.clone(),
+        (None, Some(code)) if matches!(r.state, ReplicaState::Exited | ReplicaState::Failed) => format!("exit {code}"),
+        _ => "-".to_string(),
+    }
 }
 
 fn nodes_table(nodes: &[Node]) -> Table {
@@ -159,13 +260,7 @@ fn replicas_table(replicas: &[Replica], with_deployment: bool) -> Table {
         if with_deployment {
             row.push(r.deployment.clone());
         }
-        let reason = match (&r.reason, r.exit_code) {
-            (Some(reason), _) => reason.clone(),
-            (None, Some(code)) if matches!(r.state, ReplicaState::Exited | ReplicaState::Failed) => {
-                format!("exit {code}")
-            }
-            _ => "-".to_string(),
-        };
+        let reason = reason_of(r);
         row.extend([
             r.revision.to_string(),
             r.state.to_string(),
@@ -308,6 +403,14 @@ fn events_section(events: &[Event]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_node_address_gives_its_host() {
+        assert_eq!(super::url_host("http://10.0.0.5:7071"), "10.0.0.5");
+        assert_eq!(super::url_host("http://node-a.lan:7071/"), "node-a.lan");
+        assert_eq!(super::url_host("http://[::1]:7071"), "[::1]");
+        assert_eq!(super::url_host("10.0.0.5"), "10.0.0.5");
+    }
     use super::Kind;
 
     #[test]

@@ -108,12 +108,20 @@ async fn import(args: ImportArgs, client: &Client) -> anyhow::Result<()> {
         // An OCI layout often names only the tag ("latest"): take the name from the file.
         let name = if name.is_empty() { stem.clone() } else { name };
         let total = image.blobs.len() + 1;
-        for (i, (digest, entry)) in image.blobs.iter().enumerate() {
+        let mut blobs = Vec::with_capacity(total);
+        for (digest, entry) in &image.blobs {
             let bytes = files.get(entry).with_context(|| format!("the archive lacks blob {digest} ({entry})"))?;
-            upload(client, digest, bytes, &format!("[{}/{total}]", i + 1)).await?;
+            blobs.push((digest.clone(), bytes.as_slice()));
         }
         let manifest_digest = digest_of(&image.manifest);
-        upload(client, &manifest_digest, &image.manifest, &format!("[{total}/{total}]")).await?;
+        blobs.push((manifest_digest.clone(), image.manifest.as_slice()));
+        let bar = progress_bar(&name, blobs.iter().map(|(_, b)| b.len() as u64).sum());
+        for (i, (digest, bytes)) in blobs.iter().enumerate() {
+            upload(client, digest, bytes, &format!("[{}/{total}]", i + 1), bar.as_ref()).await?;
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         let req = ImageRequest { name: name.clone(), tag: tag.clone(), digest: manifest_digest };
         let img = client.put_image(&req).await.with_context(|| format!("cannot record image {name}:{tag}"))?;
         println!("imported {}:{} {} ({})", img.name, img.tag, img.digest, output::memory(img.size));
@@ -121,18 +129,50 @@ async fn import(args: ImportArgs, client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bar over the bytes of an image's blobs, when stderr is a terminal (a log
+/// or a pipe gets one line per blob instead).
+fn progress_bar(name: &str, bytes: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::new(bytes).with_style(style).with_message(format!("importing {name}"));
+    Some(bar)
+}
+
 /// Uploads one blob unless the scheduler has it, checking its digest first.
-async fn upload(client: &Client, digest: &str, bytes: &[u8], step: &str) -> anyhow::Result<()> {
+async fn upload(
+    client: &Client,
+    digest: &str,
+    bytes: &[u8],
+    step: &str,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<()> {
     let actual = digest_of(bytes);
     if actual != digest {
         bail!("blob {digest} in the archive has digest {actual}; the archive is corrupt or was tampered with");
     }
+    let size = bytes.len() as u64;
     if client.blob_exists(digest).await? {
-        eprintln!("{step} {} already stored", short(digest));
+        match bar {
+            Some(bar) => bar.inc(size),
+            None => eprintln!("{step} {} already stored", short(digest)),
+        }
         return Ok(());
     }
-    eprintln!("{step} uploading {} ({})", short(digest), output::memory(bytes.len() as u64));
-    client.put_blob(digest, bytes.to_vec()).await.with_context(|| format!("cannot upload blob {digest}"))?;
+    let sent = match bar {
+        Some(bar) => {
+            let bar = bar.clone();
+            client.put_blob_with_progress(digest, bytes.to_vec(), move |n| bar.inc(n)).await
+        }
+        None => {
+            eprintln!("{step} uploading {} ({})", short(digest), output::memory(size));
+            client.put_blob(digest, bytes.to_vec()).await
+        }
+    };
+    sent.with_context(|| format!("cannot upload blob {digest}"))?;
     Ok(())
 }
 

@@ -33,6 +33,17 @@ pub struct Process {
     pub gid: u32,
 }
 
+/// Which network namespace a container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetNs {
+    /// A new one with loopback only, made by the OCI runtime.
+    New,
+    /// This one (made by CNI).
+    Join(std::path::PathBuf),
+    /// The node's own (`network: host`): no network namespace of its own.
+    Host,
+}
+
 /// Everything `config.json` is made from.
 #[derive(Debug, Clone)]
 pub struct BundleSpec {
@@ -44,8 +55,8 @@ pub struct BundleSpec {
     pub memory: u64,
     /// CPU in millicores (0: no quota).
     pub cpu_millis: u64,
-    /// The network namespace to join (made by CNI); a new empty one when `None`.
-    pub netns: Option<std::path::PathBuf>,
+    /// The container's network namespace.
+    pub netns: NetNs,
     /// Host paths bound into the container: (host, container path, writable).
     pub binds: Vec<(std::path::PathBuf, String, bool)>,
 }
@@ -226,11 +237,14 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
         LinuxNamespaceType::Network,
     ]
     .into_iter()
+    .filter(|typ| *typ != LinuxNamespaceType::Network || b.netns != NetNs::Host)
     .map(|typ| {
         let mut ns = LinuxNamespace::default();
         ns.set_typ(typ);
-        if typ == LinuxNamespaceType::Network {
-            ns.set_path(b.netns.clone());
+        if typ == LinuxNamespaceType::Network
+            && let NetNs::Join(path) = &b.netns
+        {
+            ns.set_path(Some(path.clone()));
         }
         ns
     })
@@ -311,6 +325,26 @@ mod tests {
     }
 
     #[test]
+    fn host_network_has_no_network_namespace() {
+        let b = BundleSpec {
+            hostname: "h".into(),
+            process: Process { args: vec!["/bin/true".into()], env: vec![], cwd: "/".into(), uid: 0, gid: 0 },
+            cgroups_path: "/skiff/h".into(),
+            memory: 0,
+            cpu_millis: 0,
+            netns: NetNs::Host,
+            binds: vec![],
+        };
+        let v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
+        let kinds: Vec<&str> = v
+            .pointer("/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .map(|a| a.iter().filter_map(|n| n["type"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(kinds, ["pid", "mount", "ipc", "uts"]);
+    }
+
+    #[test]
     fn config_json_snapshot() {
         let b = BundleSpec {
             hostname: "web-abc123".into(),
@@ -324,7 +358,7 @@ mod tests {
             cgroups_path: "/skiff/web-abc123".into(),
             memory: 64 << 20,
             cpu_millis: 250,
-            netns: Some("/run/netns/skiff-web-abc123".into()),
+            netns: NetNs::Join("/run/netns/skiff-web-abc123".into()),
             binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into(), false)],
         };
         let mut v = serde_json::to_value(spec(&b).expect("spec")).expect("json");

@@ -9,10 +9,18 @@
 //!   overlayfs `rootfs` (the layers below, `upper`/`work` of its own above) and a
 //!   `config.json` ([`bundle`]), run in the foreground by the OCI runtime so its
 //!   exit status is the container's; stdout and stderr go to the replica's log.
-//! - When a run ends or is dropped, the container is killed and deleted, the
-//!   rootfs unmounted and the bundle and cgroup removed. A node daemon that was
-//!   killed leaves such things behind: [`ContainerRuntime::start`] removes them
-//!   before the agent starts, and the scheduler's set then starts what must run.
+//! - When a run ends or is dropped, the container is stopped (SIGTERM, the spec's
+//!   stop grace period, SIGKILL) and deleted, the rootfs unmounted and the
+//!   bundle and cgroup removed.
+//! - A node daemon that was killed leaves its containers running. The next one
+//!   ([`ContainerRuntime::start`]) keeps those that still run, with their bundle,
+//!   for adoption and removes everything else; the first run of a replica the
+//!   scheduler still assigns adopts its container (same pid, cgroup, network
+//!   namespace), and the agent's first converge releases the ones no assignment
+//!   wants. Output survives the restart because the runtime writes it into FIFOs
+//!   in the bundle that it also holds open for reading (so a write never fails
+//!   when the daemon is gone; it blocks once the pipe's 64 KiB are full), and the
+//!   exit status is written to a file by the shell the runtime runs under.
 
 pub mod bundle;
 pub mod cni;
@@ -38,13 +46,56 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-/// How long a stopped container gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Parent of every container's cgroup, under each hierarchy.
 const CGROUP_PARENT: &str = "skiff";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How often cgroup usage is read while a container runs.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often an adopted container (not our child) is checked for its end.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+/// In a bundle: what adoption and teardown need to know about the container.
+const RECORD_FILE: &str = "skiff.json";
+/// In a bundle: the exit status, written when the runtime exits.
+const EXIT_FILE: &str = "exit-status";
+/// Where `crate::secrets` keeps secret files (cleared when a daemon starts).
+const SECRETS_TMPFS: &str = "/dev/shm/";
+
+/// What a run records in its bundle (`skiff.json`) so that a restarted node
+/// daemon can adopt the container, or tear down its network, without its spec.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// Its address on the bridge (`10.89.0.2/16`); `127.0.0.1` on the host network.
+    address: Option<String>,
+    /// Its published ports (portmap's DEL needs them).
+    ports: Vec<skiff_api::PortMapping>,
+    /// Its stop grace period, milliseconds.
+    stop_grace_ms: u64,
+    /// Whether it sees secret files: those live on tmpfs, which a restarted
+    /// daemon clears before it starts, so such a container is not adopted (it
+    /// would see its secrets vanish) but started afresh.
+    #[serde(default)]
+    secret_files: bool,
+}
+
+impl Record {
+    fn read(bundle: &Path) -> Option<Record> {
+        serde_json::from_slice(&fs::read(bundle.join(RECORD_FILE)).ok()?).ok()
+    }
+
+    fn ip(&self) -> Option<std::net::IpAddr> {
+        self.address.as_deref()?.split('/').next()?.parse().ok()
+    }
+}
+
+/// A container a previous node daemon started that still runs.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    /// Host pid of its first process.
+    pid: i32,
+    /// That process's start time (clock ticks after boot), so a reused pid is
+    /// not taken for it.
+    started: u64,
+}
 
 /// A layer media type and whether it is gzip-compressed.
 fn layer_compression(media_type: &str) -> Result<bool, String> {
@@ -72,6 +123,9 @@ pub struct ContainerRuntime {
     addresses: Addresses,
     /// Registries images are pulled from when the scheduler does not hold them.
     registries: registry::Registries,
+    /// Containers an earlier daemon left running, by replica, until adopted by
+    /// their replica's first run or released as unwanted.
+    found: Mutex<HashMap<String, Found>>,
 }
 
 /// Where an image's blobs come from: the scheduler, and for a reference that
@@ -91,6 +145,9 @@ pub struct Plan {
     process: bundle::Process,
     cpu_millis: u64,
     memory: u64,
+    stop_grace: Duration,
+    ports: Vec<skiff_api::PortMapping>,
+    host_network: bool,
 }
 
 impl ContainerRuntime {
@@ -132,8 +189,9 @@ impl ContainerRuntime {
             unpacking: Mutex::new(HashMap::new()),
             addresses: Addresses::default(),
             registries: registry::Registries::default(),
+            found: Mutex::new(HashMap::new()),
         };
-        rt.clean_leftovers();
+        rt.recover();
         Ok(rt)
     }
 
@@ -165,18 +223,26 @@ impl ContainerRuntime {
         self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
     }
 
-    /// Stops and removes every container, mount, bundle and cgroup a previous
-    /// daemon left, and half-unpacked layers.
-    fn clean_leftovers(&self) {
+    /// Keeps the containers a previous daemon left running (with what adoption
+    /// needs) for adoption; stops and removes every other container, mount,
+    /// bundle and cgroup it left, and half-unpacked layers.
+    fn recover(&self) {
         let mut ids: Vec<String> = self.oci.list();
         if let Ok(entries) = fs::read_dir(self.dir.join("run")) {
             ids.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
         }
         ids.sort();
         ids.dedup();
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
+            let bundle = self.dir.join("run").join(&id);
+            if let Some(f) = self.adoptable(&id, &bundle) {
+                tracing::info!(container = %id, pid = f.pid, "found a running container left by an earlier node daemon; adopting it if it is still assigned here");
+                found.insert(id, f);
+                continue;
+            }
             tracing::info!(container = %id, "removing a container left by an earlier node daemon");
-            teardown(&self.oci, self.cni.as_ref(), &id, &self.dir.join("run").join(&id), Duration::ZERO);
+            teardown(&self.oci, self.cni.as_ref(), &id, &bundle, Duration::ZERO);
         }
         if let Ok(entries) = fs::read_dir(self.dir.join("layers")) {
             for e in entries.flatten() {
@@ -184,6 +250,38 @@ impl ContainerRuntime {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
+        }
+    }
+
+    /// A container that runs, from a bundle that has what adoption needs (its
+    /// record and output FIFOs; a bundle from an older daemon has not).
+    fn adoptable(&self, id: &str, bundle: &Path) -> Option<Found> {
+        let (status, pid) = self.oci.state(id)?;
+        let complete = [RECORD_FILE, "stdout", "stderr", "config.json"].iter().all(|f| bundle.join(f).exists());
+        if status != "running" || pid <= 0 || !complete {
+            return None;
+        }
+        if Record::read(bundle).is_none_or(|r| r.secret_files) {
+            tracing::info!(container = %id, "not adopting a container with secret files (they went with the old daemon)");
+            return None;
+        }
+        Some(Found { pid, started: process_start(pid)? })
+    }
+
+    /// Stops and removes, in the background, the found containers that `wanted`
+    /// says no assignment wants. The agent calls it with every desired set.
+    pub fn release_unwanted(&self, wanted: impl Fn(&str) -> bool) {
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        let unwanted: Vec<String> = found.keys().filter(|id| !wanted(id)).cloned().collect();
+        for id in unwanted {
+            found.remove(&id);
+            tracing::info!(container = %id, "stopping a container left by an earlier node daemon: no longer assigned here");
+            let (oci, cni, bundle) = (self.oci.clone(), self.cni.clone(), self.dir.join("run").join(&id));
+            let grace = Record::read(&bundle)
+                .map_or(skiff_api::GracePeriod::DEFAULT.duration(), |r| Duration::from_millis(r.stop_grace_ms));
+            let _ = std::thread::Builder::new()
+                .name("skiff-ctr-stop".into())
+                .spawn(move || teardown(&oci, cni.as_ref(), &id, &bundle, grace));
         }
     }
 
@@ -330,7 +428,15 @@ impl ContainerRuntime {
         }
         let process = bundle::merge_process(config.config().as_ref(), &a.spec.args, &a.spec.env)
             .map_err(ArtifactError::Invalid)?;
-        Ok(Plan { layers, process, cpu_millis: a.spec.resources.cpu.0, memory: a.spec.resources.memory.0 })
+        Ok(Plan {
+            layers,
+            process,
+            cpu_millis: a.spec.resources.cpu.0,
+            memory: a.spec.resources.memory.0,
+            stop_grace: a.spec.stop_grace(),
+            ports: a.spec.ports.clone(),
+            host_network: a.spec.network == skiff_api::NetworkMode::Host,
+        })
     }
 }
 
@@ -364,7 +470,11 @@ impl Runtime for ContainerRuntime {
         };
         let net = Net { oci: self.oci.clone(), cni: self.cni.clone(), addresses: self.addresses.clone() };
         let bundle = self.dir.join("run").join(&spec.replica);
-        Box::pin(run_container(net, bundle, plan, spec, log))
+        let found = self.found.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.replica);
+        match found {
+            Some(found) => Box::pin(adopt(net, bundle, plan, spec, log, found)),
+            None => Box::pin(run_container(net, bundle, plan, spec, log)),
+        }
     }
 }
 
@@ -374,6 +484,8 @@ struct Running {
     net: Net,
     id: String,
     bundle: PathBuf,
+    /// SIGTERM to SIGKILL.
+    grace: Duration,
     armed: bool,
 }
 
@@ -381,21 +493,23 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         if self.armed {
-            let (net, id, bundle) = (self.net.clone(), self.id.clone(), self.bundle.clone());
+            let (net, id, bundle, grace) = (self.net.clone(), self.id.clone(), self.bundle.clone(), self.grace);
             // Drop cannot wait; a thread gives the container its grace period.
             let _ = std::thread::Builder::new()
                 .name("skiff-ctr-stop".into())
-                .spawn(move || teardown(&net.oci, net.cni.as_ref(), &id, &bundle, STOP_GRACE));
+                .spawn(move || teardown(&net.oci, net.cni.as_ref(), &id, &bundle, grace));
         }
     }
 }
 
-/// Stops and deletes container `id` and removes its network, rootfs mount,
-/// bundle and cgroups. Blocking; every step tolerates what is already gone.
+/// Stops and deletes container `id` (SIGTERM, up to `grace`, SIGKILL) and
+/// removes its network, rootfs mount, bundle and cgroups. Blocking; every step
+/// tolerates what is already gone.
 pub fn teardown(oci: &Oci, cni: Option<&cni::Cni>, id: &str, bundle: &Path, grace: Duration) {
     oci.stop(id, grace);
     if let Some(cni) = cni {
-        cni.del(id);
+        let ports = Record::read(bundle).map(|r| r.ports).unwrap_or_default();
+        cni.del(id, &ports);
     }
     let rootfs = bundle.join("rootfs");
     if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
@@ -460,7 +574,7 @@ fn cgroup_usage(id: &str) -> Option<(u64, u64)> {
     Some((read("cpuacct", "cpuacct.usage")?, read("memory", "memory.usage_in_bytes")?))
 }
 
-fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec, netns: Option<PathBuf>) -> Result<(), String> {
+fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec, netns: bundle::NetNs) -> Result<(), String> {
     let ctx = |what: &str, p: &Path, e: &dyn std::fmt::Display| format!("cannot {what} {}: {e}", p.display());
     let rootfs = bundle.join("rootfs");
     let upper = bundle.join("upper");
@@ -526,7 +640,9 @@ struct Net {
 async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
     let id = spec.replica.clone();
     let oci = net.oci.clone();
-    let mut guard = Running { net: net.clone(), id: id.clone(), bundle: bundle.clone(), armed: true };
+    let guard =
+        Running { net: net.clone(), id: id.clone(), bundle: bundle.clone(), grace: plan.stop_grace, armed: true };
+    let host_network = plan.host_network;
     {
         let (net, id, bundle, plan, spec) = (net.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
         let prepared = tokio::task::spawn_blocking(move || {
@@ -534,18 +650,38 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
             if bundle.exists() || net.oci.status(&id).is_some() {
                 teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO);
             }
-            let address = match &net.cni {
-                Some(cni) => Some(cni.add(&id)?),
-                None => None,
+            fs::create_dir_all(&bundle).map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
+            let published = plan.ports.iter().any(|p| p.host_port.is_some());
+            let (address, netns) = match (&net.cni, plan.host_network) {
+                (_, true) => (Some("127.0.0.1".to_string()), bundle::NetNs::Host),
+                (Some(cni), false) => (Some(cni.add(&id, &plan.ports)?), bundle::NetNs::Join(cni::Cni::netns(&id))),
+                (None, false) if published => {
+                    return Err("cannot publish host ports: this node runs containers with loopback networking \
+                                only (no CNI plugins); use network: host or a node with containernetworking-plugins"
+                        .to_string());
+                }
+                (None, false) => (None, bundle::NetNs::New),
             };
-            let netns = net.cni.as_ref().map(|_| cni::Cni::netns(&id));
+            // Written before anything else can fail: teardown reads the ports from it.
+            let record = Record {
+                address: address.clone(),
+                ports: plan.ports.clone(),
+                stop_grace_ms: plan.stop_grace.as_millis() as u64,
+                secret_files: spec.preopens.iter().any(|p| p.host.starts_with(SECRETS_TMPFS)),
+            };
+            let json = serde_json::to_vec(&record).map_err(|e| format!("cannot record the container: {e}"))?;
+            fs::write(bundle.join(RECORD_FILE), json).map_err(|e| format!("cannot record the container: {e}"))?;
             prepare_bundle(&bundle, &plan, &spec, netns).map(|()| address)
         })
         .await
         .unwrap_or_else(|e| Err(format!("bundle task failed: {e}")));
         match prepared {
             Ok(Some(address)) => {
-                log.system(&format!("network: eth0 {address}"));
+                if host_network {
+                    log.system("network: the node's (network: host)");
+                } else {
+                    log.system(&format!("network: eth0 {address}"));
+                }
                 let ip = address.split('/').next().and_then(|a| a.parse().ok());
                 if let Some(ip) = ip {
                     net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), ip);
@@ -555,39 +691,97 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
             Err(e) => return Outcome::Failed(format!("cannot prepare the container: {e}")),
         }
     }
-    let mut child = match oci.run_command(&bundle, &id).spawn() {
+    let exit_file = bundle.join(EXIT_FILE);
+    let (out, err) = match (output_fifo(&bundle, "stdout"), output_fifo(&bundle, "stderr")) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Failed(format!("cannot prepare the container's output: {e}")),
+    };
+    let pumps = vec![
+        tokio::spawn(pump(out.1, log.clone(), Stream::Stdout)),
+        tokio::spawn(pump(err.1, log.clone(), Stream::Stderr)),
+    ];
+    // The command holds the only write ends outside the container: dropped with
+    // it, so the pumps see the end when the runtime exits.
+    let spawned = oci.run_command(&bundle, &id, &exit_file, out.0, err.0).spawn();
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("cannot start {}: {e}", oci.bin.display())),
     };
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(out, log.clone(), Stream::Stdout)));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(err, log.clone(), Stream::Stderr)));
-    }
 
     // Cgroup usage into the replica's counters while it runs.
-    let (mut last_cpu, mut last_mem) = (0u64, 0u64);
+    let mut usage = UsageReader::new(&id, &spec);
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
-            _ = tokio::time::sleep(STATS_EVERY) => {
-                if let Some((cpu, mem)) = cgroup_usage(&id) {
-                    spec.usage.add_cpu(Duration::from_nanos(cpu.saturating_sub(last_cpu)));
-                    spec.usage.add_memory(mem as i64 - last_mem as i64);
-                    (last_cpu, last_mem) = (cpu, mem);
-                }
+            _ = tokio::time::sleep(STATS_EVERY) => usage.read(),
+        }
+    };
+    let code = match status {
+        Ok(s) => Ok(s.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0))),
+        Err(e) => Err(format!("cannot wait for {}: {e}", oci.bin.display())),
+    };
+    finish(guard, usage, pumps, code, &plan).await
+}
+
+/// Takes over a container an earlier node daemon started (see the module doc):
+/// its address, its output from the FIFOs, its end from the exit file.
+async fn adopt(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec, log: Arc<LogSink>, found: Found) -> Outcome {
+    let id = spec.replica.clone();
+    let record = Record::read(&bundle).unwrap_or_default();
+    let grace = Duration::from_millis(record.stop_grace_ms);
+    let guard = Running { net: net.clone(), id: id.clone(), bundle: bundle.clone(), grace, armed: true };
+    if let Some(ip) = record.ip() {
+        net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), ip);
+    }
+    log.system(&format!("adopted the running container (pid {}) after the node daemon restarted", found.pid));
+    let mut pumps = Vec::new();
+    for (name, stream) in [("stdout", Stream::Stdout), ("stderr", Stream::Stderr)] {
+        match tokio::net::unix::pipe::OpenOptions::new().open_receiver(bundle.join(name)) {
+            Ok(rx) => pumps.push(tokio::spawn(pump(rx, log.clone(), stream))),
+            Err(e) => log.system(&format!("cannot resume capturing the container's {name}: {e}")),
+        }
+    }
+    let exit_file = bundle.join(EXIT_FILE);
+    let mut usage = UsageReader::new(&id, &spec);
+    let mut gone_since: Option<std::time::Instant> = None;
+    let mut ticks = 0u32;
+    let code = loop {
+        tokio::time::sleep(ADOPTED_POLL).await;
+        ticks += 1;
+        if ticks.is_multiple_of(4) {
+            usage.read();
+        }
+        if let Some(code) = fs::read_to_string(&exit_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            break Ok(code);
+        }
+        // The runtime's shell writes the status just after the container ends;
+        // if it never does (it was killed too), the status is unknown.
+        if process_start(found.pid) != Some(found.started) {
+            let since = *gone_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > Duration::from_secs(2) {
+                break Err("the adopted container ended and its exit status is unknown".to_string());
             }
         }
     };
-    spec.usage.add_memory(-(last_mem as i64));
-    net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-    let ooms = oom_kills(&id);
+    finish(guard, usage, pumps, code, &plan).await
+}
 
+/// After a container's end: OOM kills read, everything torn down, the output
+/// drained, the outcome told.
+async fn finish(
+    mut guard: Running,
+    usage: UsageReader,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    code: Result<i32, String>,
+    plan: &Plan,
+) -> Outcome {
+    let id = guard.id.clone();
+    usage.release();
+    guard.net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    let ooms = oom_kills(&id);
     guard.armed = false;
     {
-        let (net, id, bundle) = (net.clone(), id.clone(), bundle.clone());
+        let (net, id, bundle) = (guard.net.clone(), id.clone(), guard.bundle.clone());
         let _ = tokio::task::spawn_blocking(move || teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO))
             .await;
     }
@@ -596,12 +790,11 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     drop(guard);
-
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => return Outcome::Failed(format!("cannot wait for {}: {e}", oci.bin.display())),
+    let code = match code {
+        Ok(c) => c,
+        Err(e) if ooms == 0 => return Outcome::Failed(e),
+        Err(_) => 137,
     };
-    let code = status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
     if ooms > 0 {
         return Outcome::Failed(format!(
             "OOMKilled: memory limit of {} exceeded (exit status {code})",
@@ -609,6 +802,66 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         ));
     }
     Outcome::Exited(code)
+}
+
+/// Counts a container's cgroup usage into its replica's counters.
+struct UsageReader {
+    id: String,
+    usage: Arc<crate::metrics::Usage>,
+    cpu: u64,
+    memory: u64,
+}
+
+impl UsageReader {
+    fn new(id: &str, spec: &RunSpec) -> UsageReader {
+        UsageReader { id: id.to_string(), usage: spec.usage.clone(), cpu: 0, memory: 0 }
+    }
+
+    fn read(&mut self) {
+        if let Some((cpu, mem)) = cgroup_usage(&self.id) {
+            self.usage.add_cpu(Duration::from_nanos(cpu.saturating_sub(self.cpu)));
+            self.usage.add_memory(mem as i64 - self.memory as i64);
+            (self.cpu, self.memory) = (cpu, mem);
+        }
+    }
+
+    /// The container's memory is no longer held.
+    fn release(self) {
+        self.usage.add_memory(-(self.memory as i64));
+    }
+}
+
+/// Makes the FIFO `bundle/name` for the container's output; returns the end the
+/// runtime writes to (opened read-write, so the runtime itself keeps it open
+/// for reading and a write never fails while no daemon reads) and ours.
+fn output_fifo(bundle: &Path, name: &str) -> Result<(fs::File, tokio::net::unix::pipe::Receiver), String> {
+    let path = bundle.join(name);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+    // The write end first: a FIFO read end opened with no writer reads as ended.
+    let writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Ok((writer, reader))
+}
+
+/// The start time of process `pid` (clock ticks after boot), while it lives and
+/// is not a zombie.
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold anything: the fields start after its last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    // Field 22 of proc(5); `fields` began at field 3.
+    fields.nth(18)?.parse().ok()
 }
 
 /// Runs a minimal container: an empty rootfs with the host's /usr, /bin and
@@ -639,7 +892,7 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
             memory: 32 << 20,
             cpu_millis: 100,
-            netns: None,
+            netns: bundle::NetNs::New,
             binds,
         };
         let config = bundle::spec(&b)?;

@@ -26,11 +26,24 @@ impl Oci {
     }
 
     /// The command that runs container `id` from `bundle` in the foreground and
-    /// keeps its state after it exits (so its cgroup can be read for OOM kills).
-    pub fn run_command(&self, bundle: &Path, id: &str) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--root").arg(&self.root).arg("run").arg("--keep").arg("--bundle").arg(bundle).arg(id);
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    /// keeps its state after it exits (so its cgroup can be read for OOM kills),
+    /// its output going to `stdout` and `stderr`.
+    ///
+    /// The runtime runs under `/bin/sh`, which writes the exit status to
+    /// `exit_file`: a node daemon that restarts while the container runs is no
+    /// longer the parent of either, and finds the status there.
+    pub fn run_command(
+        &self,
+        bundle: &Path,
+        id: &str,
+        exit_file: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c").arg(r#""$@"; s=$?; echo $s >"$0"; exit $s"#).arg(exit_file);
+        c.arg(&self.bin).arg("--root").arg(&self.root).arg("run").arg("--keep").arg("--bundle").arg(bundle).arg(id);
+        c.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         c
     }
 
@@ -62,9 +75,16 @@ impl Oci {
 
     /// `running`, `stopped`, `created`… or `None` when the runtime does not know `id`.
     pub fn status(&self, id: &str) -> Option<String> {
+        self.state(id).map(|(status, _)| status)
+    }
+
+    /// The status of container `id` and the host pid of its first process.
+    pub fn state(&self, id: &str) -> Option<(String, i32)> {
         let out = self.quiet(&["state", id]).ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        v.get("status").and_then(|s| s.as_str()).map(str::to_owned)
+        let status = v.get("status").and_then(|s| s.as_str()).map(str::to_owned)?;
+        let pid = v.get("pid").and_then(|p| p.as_i64()).and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        Some((status, pid))
     }
 
     /// Ids of every container in this state directory.

@@ -30,6 +30,7 @@ fn fixture() -> Fixture {
         unpacking: Mutex::new(HashMap::new()),
         addresses: Addresses::default(),
         registries: registry::Registries::default(),
+        found: Mutex::new(HashMap::new()),
     };
     Fixture { base, rt }
 }
