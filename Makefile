@@ -95,9 +95,18 @@ run: build
 # deploy latency. Results go to bench/results/<time>.json and the README table is
 # regenerated from them. BENCH_ARGS passes options (`--scenarios a,failover`).
 BENCH_ARGS ?=
+# The http scenario's peer: the wasmtime CLI of skiff's wasmtime version, built
+# once into a cache outside the clone (a long build the first time), and wrk.
+BENCH_TOOLS ?= /var/cache/skiff-bench-tools
+WASMTIME_VERSION := 48.0.8
 bench: deps wasm
+	@dpkg -s wrk >/dev/null 2>&1 || (echo "installing wrk" && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null)
+	@$(BENCH_TOOLS)/bin/wasmtime --version 2>/dev/null | grep -q "$(WASMTIME_VERSION)" || \
+	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(BENCH_TOOLS) \
+	    --target-dir $(BENCH_TOOLS)/target
 	$(CARGO) build --release -p skiff-cli -p skiff-bench
-	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm $(BENCH_ARGS)
+	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \
+	  --component $(WASM_P2)/hello_http.wasm --wasmtime $(BENCH_TOOLS)/bin/wasmtime $(BENCH_ARGS)
 	$(TARGET)/release/skiff-bench report
 
 # Regenerates the README's benchmark table from bench/results/ without running anything.

@@ -12,8 +12,11 @@
 //! - `failover`: right after `a`, SIGKILL the process holding 10% of the nodes and
 //!   time until every replica runs again elsewhere;
 //! - `b`: 1,000,000 replicas onto 5,000 simulated nodes (Nomad's C1M shape);
-//! - `deploy`: deploy → first replica running over 100 deploys with `skiff dev`.
+//! - `deploy`: deploy → first replica running over 100 deploys with `skiff dev`;
+//! - `http`: one `wasi:http` component behind a skiff ingress against `wasmtime
+//!   serve`, under the same `wrk` load (see `http.rs`).
 
+mod http;
 mod procs;
 mod report;
 
@@ -53,8 +56,8 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, failover (runs a first), b, deploy
-    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy")]
+    /// Scenarios to run: a, failover (runs a first), b, deploy, http
+    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,http")]
     scenarios: Vec<String>,
     /// Simulated nodes in scenarios a and b
     #[arg(long, default_value_t = 5000)]
@@ -71,6 +74,18 @@ struct RunArgs {
     /// Longest a scenario may take before its partial figures are recorded
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// The wasmtime CLI for the http scenario (same wasmtime version as skiff's)
+    #[arg(long, default_value = "/var/cache/skiff-bench-tools/bin/wasmtime")]
+    wasmtime: PathBuf,
+    /// The wasi:http component for the http scenario
+    #[arg(long, default_value = "target/wasm32-wasip2/release/examples/hello_http.wasm")]
+    component: PathBuf,
+    /// Connections wrk keeps open in the http scenario
+    #[arg(long, default_value_t = 32)]
+    http_connections: u32,
+    /// Seconds of each wrk run in the http scenario
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -131,6 +146,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if want("deploy") {
         scenarios.insert("deploy".into(), scenario_deploy(&args).await.unwrap_or_else(failed));
+    }
+    if want("http") {
+        let h = http::HttpArgs {
+            skiff: &args.skiff,
+            wasmtime: &args.wasmtime,
+            component: &args.component,
+            connections: args.http_connections,
+            seconds: args.http_seconds,
+        };
+        scenarios.insert("http".into(), http::scenario_http(h).await.unwrap_or_else(failed));
     }
     let result = json!({
         "date": started,
@@ -535,43 +560,9 @@ async fn scenario_deploy(args: &RunArgs) -> anyhow::Result<Value> {
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("reading {} (build the examples with `make wasm`)", args.wasm.display()))?;
     let dir = TempDir::new("deploy")?;
-    let data = dir.path().join("dev");
-    let data_str = data.display().to_string();
-    let dev = Proc::spawn(
-        &args.skiff,
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_str],
-        &dir.path().join("dev.log"),
-    )?;
-    let url_file = data.join("server.url");
-    let t0 = Instant::now();
-    let url = loop {
-        if let Ok(u) = std::fs::read_to_string(&url_file)
-            && !u.trim().is_empty()
-        {
-            break u.trim().to_string();
-        }
-        dev.check_alive()?;
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("skiff dev wrote no {} within 30s", url_file.display());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let api = user_client(&url, &data);
-    let node = loop {
-        if let Ok(n) = api.node("dev").await
-            && n.state == skiff_api::NodeState::Ready
-        {
-            break n;
-        }
-        dev.check_alive()?;
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("the dev node did not become ready within 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    use sha2::Digest;
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&wasm)));
-    api.put_blob(&digest, wasm).await?;
+    let dev = dev_cluster(&args.skiff, &dir, &[]).await?;
+    let (api, node) = (&dev.api, &dev.node);
+    let digest = dev.upload(wasm).await?;
     let http = reqwest::Client::new();
     let node_replicas = format!("{}/v1/replicas", node.address.trim_end_matches('/'));
     // One deploy first, not counted: it compiles the module into the node's cache.
@@ -624,4 +615,77 @@ async fn scenario_deploy(args: &RunArgs) -> anyhow::Result<Value> {
     println!("  {d}");
     drop(dev);
     Ok(d)
+}
+
+/// A `skiff dev` (scheduler and one node in one process) in `dir`, with its
+/// node ready.
+pub(crate) struct DevCluster {
+    pub proc: Proc,
+    pub data: PathBuf,
+    pub api: Client,
+    pub node: skiff_api::Node,
+}
+
+impl DevCluster {
+    /// Uploads `bytes` as a blob; returns its digest.
+    pub async fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
+        use sha2::Digest;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        self.api.put_blob(&digest, bytes).await?;
+        Ok(digest)
+    }
+}
+
+/// Starts `skiff dev` with data in `dir` and `extra` arguments; waits for its node.
+pub(crate) async fn dev_cluster(skiff: &Path, dir: &TempDir, extra: &[&str]) -> anyhow::Result<DevCluster> {
+    let data = dir.path().join("dev");
+    let data_str = data.display().to_string();
+    let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--data-dir", &data_str];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(skiff, &args, &dir.path().join("dev.log"))?;
+    let url_file = data.join("server.url");
+    let t0 = Instant::now();
+    let url = loop {
+        if let Ok(u) = std::fs::read_to_string(&url_file)
+            && !u.trim().is_empty()
+        {
+            break u.trim().to_string();
+        }
+        proc.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("skiff dev wrote no {} within 30s", url_file.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let api = user_client(&url, &data);
+    let node = loop {
+        if let Ok(n) = api.node("dev").await
+            && n.state == skiff_api::NodeState::Ready
+        {
+            break n;
+        }
+        proc.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the dev node did not become ready within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(DevCluster { proc, data, api, node })
+}
+
+/// Milliseconds from a wrk latency such as `412.00us`, `1.20ms` or `1.05s`.
+pub(crate) fn ms_from_wrk(v: &str) -> anyhow::Result<f64> {
+    let v = v.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("no unit in latency {v:?}")
+    };
+    Ok(num.parse::<f64>().with_context(|| format!("latency {v:?}"))? * scale)
 }

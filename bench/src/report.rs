@@ -156,5 +156,22 @@ fn table(runs: &[Value]) -> String {
             "p99 ≤ 100 ms",
         );
     }
+    if let Some(run) = newest("http") {
+        let h = &run["scenarios"]["http"];
+        let result = match h.get("error").and_then(Value::as_str) {
+            Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
+            None => format!(
+                "skiff {} req/s (p50 {} ms, p99 {} ms) vs wasmtime serve {} req/s (p50 {} ms, p99 {} ms): **{}×**",
+                num(f(h, &["skiff_rps"]), 0),
+                num(f(h, &["skiff_p50_ms"]), 2),
+                num(f(h, &["skiff_p99_ms"]), 2),
+                num(f(h, &["wasmtime_rps"]), 0),
+                num(f(h, &["wasmtime_p50_ms"]), 2),
+                num(f(h, &["wasmtime_p99_ms"]), 2),
+                num(f(h, &["ratio"]), 2)
+            ),
+        };
+        row(run, format!("HTTP: hello component, {}", h["client"].as_str().unwrap_or("wrk")), result, "≥ 0.9×");
+    }
     out
 }

@@ -1,0 +1,180 @@
+//! Scenario `http`: the same `wasi:http` component served by `wasmtime serve`
+//! (the wasmtime CLI of the same version as skiff's wasmtime) and by a skiff
+//! node's ingress, each loaded by `wrk` at the same connections and threads, one
+//! after the other, twice each (alternating, so that a noisy neighbour hurts
+//! both). Reported: requests/s, p50 and p99 of each, and skiff / wasmtime.
+
+use crate::procs::{Proc, TempDir};
+use crate::{dev_cluster, ms_from_wrk};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What wrk reported for one run.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Options of the `http` scenario.
+pub struct HttpArgs<'a> {
+    pub skiff: &'a Path,
+    pub wasmtime: &'a Path,
+    pub component: &'a Path,
+    pub connections: u32,
+    pub seconds: u32,
+}
+
+pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
+    println!("http: {} under wrk, skiff ingress vs wasmtime serve", a.component.display());
+    for (what, p) in [("wasmtime", a.wasmtime), ("component", a.component)] {
+        if !p.exists() {
+            bail!("{what} {} not found (`make bench` installs wasmtime-cli and builds the examples)", p.display());
+        }
+    }
+    let wrk = which("wrk").context("wrk not found; `make bench` installs Debian's wrk")?;
+    let wasmtime_version = command_line(a.wasmtime, &["--version"])?;
+    let dir = TempDir::new("http")?;
+
+    // skiff: a dev cluster with the component deployed once (one replica: the
+    // node serves every request with a fresh instance, as wasmtime serve does).
+    let dev = dev_cluster(a.skiff, &dir, &["--ingress", "127.0.0.1:0"]).await?;
+    let bytes = std::fs::read(a.component).with_context(|| format!("reading {}", a.component.display()))?;
+    let digest = dev.upload(bytes).await?;
+    let spec = json!({
+        "replicas": 1,
+        "spec": { "workload": { "wasm": digest }, "resources": { "cpu": "1", "memory": "64Mi" } },
+    });
+    dev.api.apply("hello", &serde_json::from_value(spec)?).await?;
+    let ingress_file = dev.data.join("node").join("ingress.addr");
+    let ingress = std::fs::read_to_string(&ingress_file)
+        .with_context(|| format!("reading {}", ingress_file.display()))?
+        .trim()
+        .to_string();
+    let skiff_url = format!("http://{ingress}/");
+    wait_ok(&skiff_url, Some("hello.skiff.local"), &dev.proc).await.context("the deployment never answered")?;
+
+    // wasmtime serve, on a free port.
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let comp = a.component.display().to_string();
+    let serve = Proc::spawn(a.wasmtime, &["serve", "--addr", &addr, &comp], &dir.path().join("wasmtime.log"))?;
+    let wasmtime_url = format!("http://{addr}/");
+    wait_ok(&wasmtime_url, None, &serve).await.context("wasmtime serve never answered")?;
+
+    let mut runs: Vec<(&str, Load)> = Vec::new();
+    for _round in 0..2 {
+        runs.push(("wasmtime", run_wrk(&wrk, &wasmtime_url, None, a.connections, a.seconds)?));
+        runs.push(("skiff", run_wrk(&wrk, &skiff_url, Some("hello.skiff.local"), a.connections, a.seconds)?));
+    }
+    serve.check_alive()?;
+    dev.proc.check_alive()?;
+    let best =
+        |who: &str| runs.iter().filter(|(w, _)| *w == who).map(|(_, l)| *l).max_by(|x, y| x.rps.total_cmp(&y.rps));
+    let (Some(w), Some(s)) = (best("wasmtime"), best("skiff")) else { bail!("no wrk runs") };
+    let all: Vec<Value> = runs
+        .iter()
+        .map(|(who, l)| json!({ "server": who, "rps": l.rps, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "errors": l.errors }))
+        .collect();
+    let result = json!({
+        "component": a.component.display().to_string(),
+        "client": format!("wrk -t2 -c{} -d{}s --latency", a.connections, a.seconds),
+        "wasmtime_version": wasmtime_version,
+        "wasmtime_rps": w.rps,
+        "wasmtime_p50_ms": w.p50_ms,
+        "wasmtime_p99_ms": w.p99_ms,
+        "skiff_rps": s.rps,
+        "skiff_p50_ms": s.p50_ms,
+        "skiff_p99_ms": s.p99_ms,
+        "ratio": (s.rps / w.rps * 1000.0).round() / 1000.0,
+        "runs": all,
+        "note": "best of two alternating runs each; both servers on this machine beside the load generator",
+    });
+    println!("  {result}");
+    Ok(result)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+fn command_line(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out =
+        std::process::Command::new(bin).args(args).output().with_context(|| format!("running {}", bin.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits up to 30 s for a 200 from `url`.
+async fn wait_ok(url: &str, host: Option<&str>, server: &Proc) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let mut req = client.get(url);
+        if let Some(h) = host {
+            req = req.header("Host", h);
+        }
+        if let Ok(r) = req.send().await
+            && r.status() == 200
+        {
+            return Ok(());
+        }
+        server.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("no 200 from {url} within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn run_wrk(wrk: &Path, url: &str, host: Option<&str>, connections: u32, seconds: u32) -> anyhow::Result<Load> {
+    let mut cmd = std::process::Command::new(wrk);
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency"]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("reading wrk's output: {text}"))
+}
+
+/// Requests/s, the 50% and 99% latencies and the error count from wrk's output.
+fn parse_wrk(text: &str) -> anyhow::Result<Load> {
+    let field = |prefix: &str| {
+        text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix)).map(|rest| rest.trim().to_string())
+    };
+    let rps: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let p50_ms = ms_from_wrk(&field("50%").context("no 50% latency (run with --latency)")?)?;
+    let p99_ms = ms_from_wrk(&field("99%").context("no 99% latency")?)?;
+    // "Non-2xx or 3xx responses: N" and "Socket errors: connect A, read B, write C, timeout D".
+    let mut errors = field("Non-2xx or 3xx responses:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    if let Some(sock) = field("Socket errors:") {
+        errors += sock.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+    }
+    Ok(Load { rps, p50_ms, p99_ms, errors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_read() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\n  Latency Distribution\n     50%  412.00us\n     75%    1.20ms\n     90%    2.50ms\n     99%   10.31ms\n  123456 requests in 10.00s, 12.34MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  12345.67\nTransfer/sec:      1.23MB\n";
+        let l = parse_wrk(out).unwrap();
+        assert_eq!(l.rps, 12345.67);
+        assert!((l.p50_ms - 0.412).abs() < 1e-9, "{}", l.p50_ms);
+        assert_eq!(l.p99_ms, 10.31);
+        assert_eq!(l.errors, 7);
+    }
+}
