@@ -57,7 +57,11 @@ impl Cluster {
             procs.push(Proc::start(name, &args, &dir.path().join(format!("node-{name}.log"))));
             ingresses.push(read_when_ready(&data.join("ingress.addr")));
         }
-        Cluster { dir, url, _server: server, nodes: procs, ingresses }
+        let c = Cluster { dir, url, _server: server, nodes: procs, ingresses };
+        // Deploying before every node has registered would place all replicas on
+        // the first one, and the test would not test what it says.
+        wait_nodes_ready(c.dir.path(), &c.url, nodes.len());
+        c
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -78,6 +82,25 @@ impl Cluster {
             if r.len() == n { Ok(r.into_iter().collect()) } else { Err(format!("{r:?}")) }
         })
     }
+}
+
+/// Waits (at most 30 s) until `GET path` with `Host: host` on `ingress` answers
+/// `status` and `body`: the nodes' endpoints tables follow the scheduler's by a
+/// moment, and a service calling another sees the other's table.
+fn answered(ingress: &str, host: &str, path: &str, status: u16, body: &str) {
+    wait_for(Duration::from_secs(30), &format!("{status} {body:?} for {host}{path} on {ingress}"), || {
+        let a = get(ingress, host, path)?;
+        if a.status == status && a.body == body { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+}
+
+/// Waits until `n` nodes are ready.
+fn wait_nodes_ready(dir: &Path, url: &str, n: usize) {
+    wait_for(Duration::from_secs(30), &format!("{n} ready nodes"), || {
+        let nodes = get_json(dir, url, "nodes");
+        let ready = nodes.iter().filter(|node| node["state"] == "ready").count();
+        if ready == n { Ok(()) } else { Err(format!("{nodes:?}")) }
+    });
 }
 
 /// Asks `ingress` until every replica in `want` has answered (through `host` and
@@ -224,8 +247,8 @@ struct NsCluster {
 }
 
 impl NsCluster {
-    /// Nodes named by `nodes`, each with its labels.
-    fn new(nodes: &[(&str, &str)]) -> NsCluster {
+    /// Nodes as (name, labels, cpu).
+    fn new(nodes: &[(&str, &str, &str)]) -> NsCluster {
         let dir = TempDir::new("http-netns");
         let net = net_prefix();
         let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
@@ -238,7 +261,7 @@ impl NsCluster {
         let url = server_ready(&data);
         let token = read_when_ready(&data.join("join-token"));
         let (mut procs, mut namespaces, mut ingresses) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (name, labels)) in nodes.iter().enumerate() {
+        for (i, (name, labels, cpu)) in nodes.iter().enumerate() {
             let ns = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.{}/24", i + 2));
             let addr = format!("{}:0", ns.ip.as_deref().unwrap_or_default());
             let data = dir.path().join(format!("node-{name}"));
@@ -253,7 +276,7 @@ impl NsCluster {
                 "--labels",
                 labels,
                 "--cpu",
-                "2",
+                cpu,
                 "--memory",
                 "2Gi",
                 "--data-dir",
@@ -267,7 +290,9 @@ impl NsCluster {
             namespaces.push(ns);
             ingresses.push(read_when_ready(&data.join("ingress.addr")));
         }
-        NsCluster { url, nodes: procs, _server: server, _netns: namespaces, _bridge: bridge, ingresses, dir }
+        let c = NsCluster { url, nodes: procs, _server: server, _netns: namespaces, _bridge: bridge, ingresses, dir };
+        wait_nodes_ready(c.dir.path(), &c.url, nodes.len());
+        c
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -297,14 +322,13 @@ fn ingresses_in_separate_network_namespaces_reach_every_replica() {
         eprintln!("skipping: the network-namespace test needs root (ip netns, a bridge, veths)");
         return;
     }
-    let c = NsCluster::new(&[("n1", "role=app"), ("n2", "role=app"), ("edge", "role=edge")]);
-    wait_for(Duration::from_secs(30), "3 ready nodes", || {
-        let nodes = get_json(c.dir.path(), &c.url, "nodes");
-        let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
-        if ready == 3 { Ok(()) } else { Err(format!("{nodes:?}")) }
-    });
+    // An app node fits two replicas of 400m, so three span both; the edge node
+    // has none (the label selector).
+    let c = NsCluster::new(&[("n1", "role=app", "1"), ("n2", "role=app", "1"), ("edge", "role=edge", "1")]);
     let wasm = example(c.dir.path());
-    c.cli(&["deploy", &wasm, "--name", "hello", "--replicas", "3", "--label-selector", "role=app", "--wait"]);
+    let hello =
+        ["deploy", &wasm, "--name", "hello", "--replicas", "3", "--cpu", "400m", "--label-selector", "role=app"];
+    c.cli(&hello);
     let replicas = c.wait_ready("hello", 3);
     let on: BTreeSet<&str> = replicas.iter().map(|(_, node)| node.as_str()).collect();
     assert_eq!(on, BTreeSet::from(["n1", "n2"]), "replicas only on the app nodes: {replicas:?}");
@@ -326,14 +350,11 @@ fn ingresses_in_separate_network_namespaces_reach_every_replica() {
     c.wait_ready("api", 1);
     c.wait_ready("caller", 1);
     let edge = &c.ingresses[2];
-    let a = get(edge, "api.skiff.local", "/items/2").expect("GET /items/2");
-    assert_eq!((a.status, a.body.as_str()), (200, "{\"id\":2,\"name\":\"oar\"}\n"), "{a:?}");
-    let a = get(edge, "api.skiff.local", "/nowhere").expect("GET /nowhere");
-    assert_eq!((a.status, a.body.as_str()), (404, "{\"error\":\"not found\"}\n"), "{a:?}");
-    let a = get(edge, "caller.skiff.local", "/").expect("GET caller /");
+    answered(edge, "api.skiff.local", "/items/2", 200, "{\"id\":2,\"name\":\"oar\"}\n");
+    answered(edge, "api.skiff.local", "/nowhere", 404, "{\"error\":\"not found\"}\n");
     let items = "[{\"id\":1,\"name\":\"anchor\"},{\"id\":2,\"name\":\"oar\"},{\"id\":3,\"name\":\"sail\"}]";
     let want = format!("{{\"body\":{items},\"status\":200,\"url\":\"http://api.skiff.local/items\"}}\n");
-    assert_eq!((a.status, a.body.as_str()), (200, want.as_str()), "{a:?}");
+    answered(edge, "caller.skiff.local", "/", 200, &want);
     // Outbound to a host not allowed: refused by the node, 403 from the caller.
     let a = get(edge, "caller.skiff.local", "/fetch?url=http://example.com/").expect("GET caller /fetch");
     assert_eq!(a.status, 403, "{a:?}");
