@@ -1,5 +1,6 @@
 //! The HTTP client of the scheduler's `/v1/` API, used by the CLI and by nodes.
 
+use crate::tls::CaFingerprint;
 use crate::types::*;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -27,6 +28,15 @@ pub enum ClientError {
         /// The server's one-line explanation.
         message: String,
     },
+    /// The server was reached but not trusted (or TLS failed): a wrong or missing
+    /// CA fingerprint, a certificate for another name, HTTPS to a plain-HTTP port.
+    #[error("no trusted TLS connection to the skiff server at {url}: {message}")]
+    Tls {
+        /// The base URL tried.
+        url: String,
+        /// Why, on one line.
+        message: String,
+    },
     /// The answer could not be read.
     #[error("unreadable answer from the skiff server at {url}: {source}")]
     Decode {
@@ -47,6 +57,14 @@ impl ClientError {
     }
 }
 
+fn http_client(ca: Option<CaFingerprint>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .use_preconfigured_tls(crate::tls::client_config(ca))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
 /// A client of one scheduler.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -58,13 +76,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the scheduler at `base` (such as `http://127.0.0.1:7070`).
+    /// A client of the scheduler at `base` (such as `https://127.0.0.1:7070`). Over
+    /// HTTPS it trusts no one until given the CA's fingerprint ([`Client::with_ca`]).
     pub fn new(base: &str) -> Client {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Client { base: base.trim_end_matches('/').to_string(), token: Default::default(), http }
+        Client { base: base.trim_end_matches('/').to_string(), token: Default::default(), http: http_client(None) }
+    }
+
+    /// Trusts the scheduler's HTTPS only if its certificate chains to the CA with
+    /// fingerprint `ca` (see [`crate::tls`]).
+    pub fn with_ca(mut self, ca: CaFingerprint) -> Client {
+        self.http = http_client(Some(ca));
+        self
     }
 
     /// Sends `token` as a bearer token on every call (this client and its later
@@ -98,7 +120,10 @@ impl Client {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = rb.send().await.map_err(|source| ClientError::Connect { url: self.base.clone(), source })?;
+        let resp = rb.send().await.map_err(|source| match crate::tls::failure(&source) {
+            Some(message) => ClientError::Tls { url: self.base.clone(), message },
+            None => ClientError::Connect { url: self.base.clone(), source },
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

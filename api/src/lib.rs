@@ -1,12 +1,14 @@
 //! skiff-api: the resource types and wire messages of a skiff cluster, quantity
 //! parsing (`500m`, `64Mi`), manifest reading and validation, and the HTTP client
-//! that the CLI and node daemons use to talk to the scheduler.
+//! that the CLI and node daemons use to talk to the scheduler (over HTTPS that
+//! trusts the scheduler's own CA by fingerprint, `tls`).
 //!
 //! This crate is what other programs build against: its public items are stable.
 
 pub mod client;
 pub mod manifest;
 pub mod quantity;
+pub mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError};

@@ -131,6 +131,14 @@ pub fn validate_volumes(volumes: &[crate::types::VolumeMount], replicas: u32) ->
     Ok(())
 }
 
+/// A volume lease guards read-write volumes; without one it would mean nothing.
+pub fn validate_volume_lease(lease: bool, volumes: &[crate::types::VolumeMount]) -> Result<(), String> {
+    if lease && volumes.iter().all(|v| v.read_only) {
+        return Err("volume_lease needs a volume mounted read-write".into());
+    }
+    Ok(())
+}
+
 fn is_plain_abs_path(path: &str) -> bool {
     path.starts_with('/')
         && path.len() <= 255
@@ -231,16 +239,12 @@ fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, 
         .collect()
 }
 
-fn replica_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+fn replica_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let n = u32::deserialize(d)?;
     if n > MAX_REPLICAS {
         return Err(refuse(n, format!("replicas must be at most {MAX_REPLICAS}, got {n}")));
     }
-    Ok(n)
-}
-
-fn default_replicas() -> u32 {
-    1
+    Ok(Some(n))
 }
 
 /// What each replica requests.
@@ -283,9 +287,10 @@ pub struct ManifestDeployment {
     /// An OCI image reference.
     #[serde(default)]
     pub image: Option<String>,
-    /// Desired replicas (default 1).
-    #[serde(default = "default_replicas", deserialize_with = "replica_count")]
-    pub replicas: u32,
+    /// Desired replicas; when absent, 1 for a new deployment, and an existing one
+    /// keeps the count it has.
+    #[serde(default, deserialize_with = "replica_count")]
+    pub replicas: Option<u32>,
     /// Requests per replica.
     #[serde(default)]
     pub resources: ManifestResources,
@@ -331,6 +336,10 @@ pub struct ManifestDeployment {
     /// SIGTERM to SIGKILL when a container stops (`10s`; default 5s).
     #[serde(default)]
     pub stop_grace_period: Option<crate::types::GracePeriod>,
+    /// Stop a replica whose node has lost the scheduler for the node grace
+    /// (see [`crate::types::WorkloadSpec::volume_lease`]).
+    #[serde(default)]
+    pub volume_lease: bool,
 }
 
 /// A manifest that could not be read, with where.
@@ -377,7 +386,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
             (None, None) => return Err(plain(format!("deployment {:?}: set wasm (a .wasm file) or image", d.name.0))),
             _ => {}
         }
-        validate_volumes(&d.volumes, d.replicas).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        validate_volumes(&d.volumes, d.replicas.unwrap_or(1))
+            .and_then(|()| validate_volume_lease(d.volume_lease, &d.volumes))
+            .map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         validate_probes(&d.probes).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
         if let Some(a) = &d.autoscale {
             a.validate().map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
@@ -451,7 +462,13 @@ mod tests {
 
     fn check(text: &str, expected: Expect) {
         let out = match parse_manifest(text) {
-            Ok(ds) => ds.iter().map(|d| format!("{} x{} {:?}\n", d.name.0, d.replicas, d.resources)).collect(),
+            Ok(ds) => ds
+                .iter()
+                .map(|d| {
+                    let n = d.replicas.map_or("-".to_string(), |n| n.to_string());
+                    format!("{} x{n} {:?}\n", d.name.0, d.resources)
+                })
+                .collect(),
             Err(e) => format!("error: {e}"),
         };
         expected.assert_eq(&out);
@@ -463,7 +480,7 @@ mod tests {
             "name: a\nwasm: a.wasm\nreplicas: 3\nresources: {cpu: 250m, memory: 1Gi}\n---\nname: b\nwasm: b.wasm\n---\n",
             expect![[r#"
                 a x3 ManifestResources { cpu: Cpu(250), memory: Memory(1073741824) }
-                b x1 ManifestResources { cpu: Cpu(100), memory: Memory(67108864) }
+                b x- ManifestResources { cpu: Cpu(100), memory: Memory(67108864) }
             "#]],
         );
     }
@@ -535,8 +552,12 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`, `ports`, `network`, `stop_grace_period`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
             ],
+        );
+        check(
+            "name: a\nwasm: a.wasm\nvolumes: [{name: d, path: /d, read_only: true}]\nvolume_lease: true\n",
+            expect![[r#"error: deployment "a": volume_lease needs a volume mounted read-write"#]],
         );
         check(
             "name: Bad_Name\nwasm: a.wasm\n",

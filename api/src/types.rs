@@ -223,6 +223,12 @@ pub struct WorkloadSpec {
     /// How long a stopped container gets between SIGTERM and SIGKILL (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<GracePeriod>,
+    /// Hold read-write volumes under a lease: a node that has not reached the
+    /// scheduler for [`Assignments::lease_ms`] (the scheduler's node grace) stops
+    /// the replica, so a node cut off from the scheduler stops writing by the time
+    /// the scheduler counts the replica lost. Needs a read-write volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume_lease: bool,
 }
 
 /// A port a container listens on, and the node port that forwards to it.
@@ -912,15 +918,19 @@ pub struct ErrorBody {
 /// `PUT /v1/deployments/{name}`: create or update a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyRequest {
-    /// Desired number of replicas.
-    pub replicas: u32,
+    /// Desired number of replicas; when absent, a new deployment gets 1 and an
+    /// existing one keeps the count it has (an autoscaled one the autoscaler's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// The template.
     pub spec: WorkloadSpec,
     /// How a new revision replaces the old one; when absent, the deployment keeps
     /// the strategy it has (the default one for a new deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<UpdateStrategy>,
-    /// Scaling by load; when absent, the deployment keeps what it has.
+    /// Scaling by load; when absent, the deployment does not scale by load (an
+    /// apply without it turns autoscaling off, keeping the current count unless
+    /// `replicas` says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
 }
@@ -1061,6 +1071,14 @@ pub struct Assignments {
     /// Volumes whose data the node must delete (purged by the user).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purge_volumes: Vec<String>,
+    /// How long the node may go without reaching the scheduler before it stops
+    /// its replicas with a [`WorkloadSpec::volume_lease`] (0: no lease given).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One ready HTTP replica, and where to send requests for it.

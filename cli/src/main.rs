@@ -9,27 +9,38 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
+use skiff_api::tls::CaFingerprint;
 use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, volume};
 use std::path::Path;
 use std::process::ExitCode;
 
 /// The address a CLI talks to when nothing else says.
-const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+const DEFAULT_SERVER: &str = "https://127.0.0.1:7070";
 /// Where `skiff dev` (run in this directory) leaves the URL it serves on.
 const DEV_SERVER_URL_FILE: &str = ".skiff/server.url";
 /// Where `skiff dev` (run in this directory) leaves its admin API token.
 const DEV_TOKEN_FILE: &str = ".skiff/admin-token";
+/// Where `skiff dev` (run in this directory) keeps its CA's certificate.
+const DEV_CA_FILE: &str = ".skiff/ca.crt";
 
 #[derive(Debug, Parser)]
 #[command(name = "skiff", about = "skiff: a workload scheduler for Wasm and containers", version)]
 struct Cli {
-    /// The scheduler's URL [default: the URL in ./.skiff/server.url, else http://127.0.0.1:7070]
+    /// The scheduler's URL [default: the URL in ./.skiff/server.url, else https://127.0.0.1:7070]
     #[arg(long, global = true, env = "SKIFF_SERVER")]
     server: Option<String>,
 
     /// The API token, given before the subcommand (skiff --token T get nodes) [default: ./.skiff/admin-token, else ~/.config/skiff/token]
     #[arg(long = "token", env = "SKIFF_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+
+    /// Trust the server's HTTPS only if its CA has this fingerprint (sha256:HEX, printed by skiff server) [default: that of --ca-file]
+    #[arg(long, global = true, env = "SKIFF_CA_FINGERPRINT", value_name = "sha256:HEX")]
+    ca_fingerprint: Option<String>,
+
+    /// The server's CA certificate (its DATA_DIR/ca.crt), trusted by its fingerprint [default: ./.skiff/ca.crt, else ~/.config/skiff/ca.crt]
+    #[arg(long, global = true, env = "SKIFF_CA_FILE", value_name = "PATH", conflicts_with = "ca_fingerprint")]
+    ca_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -108,6 +119,37 @@ fn resolve_token(flag: Option<String>) -> Option<String> {
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|t| t.trim().to_string())
         .find(|t| !t.is_empty())
+}
+
+/// The CA fingerprint given by `--ca-fingerprint` or `--ca-file` (or their env
+/// variables), if any.
+fn explicit_ca(fingerprint: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<CaFingerprint>> {
+    use anyhow::Context;
+    if let Some(fp) = fingerprint.map(str::trim).filter(|f| !f.is_empty()) {
+        return Ok(Some(fp.parse().context("--ca-fingerprint")?));
+    }
+    match file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            Ok(Some(CaFingerprint::of_pem(&pem).with_context(|| format!("the CA file {}", path.display()))?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The CA the CLI trusts: the flags, else the CA of the `skiff dev` run in the
+/// current directory, else `~/.config/skiff/ca.crt` (as the token is found).
+fn resolve_ca(fingerprint: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<CaFingerprint>> {
+    if let Some(ca) = explicit_ca(fingerprint, file)? {
+        return Ok(Some(ca));
+    }
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/skiff/ca.crt"));
+    for path in [Some(Path::new(DEV_CA_FILE).to_path_buf()), home].into_iter().flatten() {
+        if path.exists() {
+            return explicit_ca(None, Some(&path));
+        }
+    }
+    Ok(None)
 }
 
 fn init_logging(default_level: &str) {
@@ -220,15 +262,24 @@ fn one_line(err: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = resolve_server(cli.server);
     let token = resolve_token(cli.api_token);
-    let client = |server: &str| match &token {
-        Some(t) => skiff_api::Client::new(server).with_token(t),
-        None => skiff_api::Client::new(server),
+    let (ca_flag, ca_file) = (cli.ca_fingerprint.as_deref(), cli.ca_file.as_deref());
+    let ca = if cli.command.is_daemon() { explicit_ca(ca_flag, ca_file)? } else { resolve_ca(ca_flag, ca_file)? };
+    let client = |server: &str| {
+        let c = skiff_api::Client::new(server);
+        let c = match ca {
+            Some(ca) => c.with_ca(ca),
+            None => c,
+        };
+        match &token {
+            Some(t) => c.with_token(t),
+            None => c,
+        }
     };
     match cli.command {
         Command::Server(args) => daemons::server(args).await,
         Command::Node(mut args) => match args.action.take() {
             Some(action) => daemons::node_action(action, &client(&server)).await,
-            None => daemons::node(args, server).await,
+            None => daemons::node(args, server, ca).await,
         },
         Command::Dev(args) => daemons::dev(args).await,
         Command::Deploy(args) => deploy::deploy(args, &client(&server)).await,

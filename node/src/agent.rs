@@ -26,6 +26,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CREDENTIAL_FILE: &str = "node-credential";
 /// Heartbeat interval until the scheduler says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the lease on replicas with a `volume_lease` is checked.
+const LEASE_CHECK: Duration = Duration::from_millis(100);
 
 /// Who the node is, as it registers.
 pub struct Identity {
@@ -55,6 +57,11 @@ pub struct Agent {
     /// The token the client was made with: used to register when the node has
     /// no credential (or the scheduler revoked it).
     join_token: String,
+    /// The lease on replicas with a `volume_lease` (`volumes::Lease`).
+    lease: Mutex<crate::volumes::Lease>,
+    /// Raised when the lease holds again after it ran out: the watcher asks for
+    /// the whole set anew, which starts the leased replicas still assigned here.
+    lease_regained: tokio::sync::Notify,
 }
 
 /// Whether the scheduler answers, for logging one line per change.
@@ -97,7 +104,13 @@ impl Agent {
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
             registered: tokio::sync::watch::channel(0).0,
             registering: tokio::sync::Mutex::new(()),
+            lease: Mutex::default(),
+            lease_regained: tokio::sync::Notify::new(),
         }
+    }
+
+    fn lease(&self) -> std::sync::MutexGuard<'_, crate::volumes::Lease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Replica>> {
@@ -219,6 +232,8 @@ impl Agent {
                 Err(e @ ClientError::Api { status: 401 | 403, .. }) => {
                     anyhow::bail!("the scheduler at {} rejected the join token: {e}", self.client.base());
                 }
+                // Not the server the join token names: retrying will not change it.
+                Err(e @ ClientError::Tls { .. }) => anyhow::bail!("{e}"),
                 Err(e) => {
                     link.failed("registering with the scheduler", &e, self.lock().len());
                     tokio::time::sleep(RETRY).await;
@@ -233,9 +248,13 @@ impl Agent {
         loop {
             let seen = *self.registered.borrow();
             let hb = Heartbeat { capacity: self.id.capacity, replicas: self.statuses() };
+            let asked = Instant::now();
             let answer = tokio::time::timeout(CALL_TIMEOUT, self.client.heartbeat(&self.id.name, &hb)).await;
             match answer.unwrap_or_else(|_| Err(timeout_error())) {
-                Ok(()) => link.ok("heartbeat"),
+                Ok(()) => {
+                    self.lease().confirm(asked);
+                    link.ok("heartbeat");
+                }
                 Err(e) if e.status() == Some(404) => {
                     tracing::warn!(node = %self.id.name, "the scheduler does not know this node; registering again");
                     self.register(seen).await?;
@@ -280,9 +299,18 @@ impl Agent {
                     applied = None;
                     continue;
                 }
+                _ = self.lease_regained.notified() => {
+                    applied = None;
+                    continue;
+                }
             };
             match answer {
                 Ok(a) => {
+                    {
+                        let mut lease = self.lease();
+                        lease.set_length(a.lease_ms);
+                        lease.confirm(asked);
+                    }
                     link.ok("watching assignments");
                     if applied.is_some_and(|i| a.index < i) {
                         tracing::debug!(index = a.index, "ignoring assignments older than those applied");
@@ -316,6 +344,39 @@ impl Agent {
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+    }
+
+    /// Stops the replicas with a `volume_lease` while the node has not reached
+    /// the scheduler for the lease's length, and has the watcher ask for the set
+    /// anew once it does again.
+    pub async fn lease_loop(&self) -> anyhow::Result<()> {
+        let mut expired = false;
+        loop {
+            tokio::time::sleep(LEASE_CHECK).await;
+            let (now_expired, length) = {
+                let lease = self.lease();
+                (lease.expired(Instant::now()), lease.length().unwrap_or_default())
+            };
+            if now_expired {
+                let why = format!("lease expired: no answer from the scheduler for {:.1}s", length.as_secs_f64());
+                let mut running = self.lock();
+                let leased: Vec<String> = running
+                    .iter()
+                    .filter(|(_, r)| crate::volumes::leased(r.assignment()))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in leased {
+                    if let Some(r) = running.remove(&id) {
+                        tracing::warn!(replica = %id, "stopping: {why}");
+                        r.stop(&why);
+                    }
+                }
+            } else if expired {
+                tracing::info!(node = %self.id.name, "the scheduler answers again; asking for this node's replicas");
+                self.lease_regained.notify_one();
+            }
+            expired = now_expired;
         }
     }
 
@@ -362,8 +423,15 @@ impl Agent {
             tracing::info!(replica = %id, "stopping: {why}");
             r.stop(&why);
         }
+        // An answer to a call sent before the lease ran out does not renew it:
+        // leased replicas wait for a fresh one (`lease_loop` asks for it).
+        let lease_expired = self.lease().expired(Instant::now());
         for (id, a) in want {
             if running.contains_key(&id) {
+                continue;
+            }
+            if lease_expired && crate::volumes::leased(&a) {
+                tracing::info!(replica = %id, "not starting until the scheduler confirms its lease");
                 continue;
             }
             tracing::info!(replica = %id, deployment = %a.deployment, generation = a.generation, "starting");

@@ -342,6 +342,7 @@ impl HttpRuntime {
         let pre = replica.pre.clone();
         let deadline = self.config.request_timeout;
         let deployment = replica.deployment.clone();
+        let usage = replica.usage.clone();
         // The task outlives this call when the guest streams its body after
         // the headers; the deadline bounds it either way.
         let task = self.guests.handle().spawn(async move {
@@ -349,10 +350,15 @@ impl HttpRuntime {
             // Re-bound after the permit so that it is dropped first: the pool
             // slot must be free again before the permit says so.
             let mut store = store;
-            let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
-            };
+            // The instance's CPU time (instantiation, the handler and the body it
+            // writes) is the replica's, as a command guest's is.
+            let run = crate::metrics::Metered::new(
+                async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                },
+                usage,
+            );
             let metrics = &crate::metrics::METRICS;
             match tokio::time::timeout(deadline, run).await {
                 Err(_) => {
@@ -1047,6 +1053,49 @@ mod tests {
         let (status, body) = call(&rt, &replica, "/call/127.0.0.1:9/").await;
         assert_eq!(status, 502, "{body}");
         assert!(body.contains("HttpRequestDenied"), "{body}");
+        drop(rt);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_charges_its_cpu_time_to_the_replica() {
+        let Some(bytes) = hello_http() else {
+            eprintln!("skipping: hello_http not built (make wasm)");
+            return;
+        };
+        let data = std::env::temp_dir().join(format!("skiff-http-cpu-test-{}", std::process::id()));
+        let config = HttpConfig { request_timeout: Duration::from_millis(800), concurrency: 2, ..Default::default() };
+        let rt = Arc::new(HttpRuntime::new(&data, config).expect("runtime"));
+        let hex = crate::wasm::sha256_hex(&bytes);
+        let pre = rt.prepare(&hex, Bytes::from(bytes)).await.expect("prepare");
+        let replica = Arc::new(HttpReplica {
+            id: "cpu-1".into(),
+            deployment: "cpu".into(),
+            revision: 1,
+            pre,
+            env: Vec::new(),
+            preopens: Vec::new(),
+            usage: Default::default(),
+            memory_limit: 64 << 20,
+            allowed_hosts: Arc::new(Vec::new()),
+            log: None,
+            inflight: AtomicUsize::new(0),
+        });
+        let cpu = || replica.usage.cpu_seconds();
+        assert_eq!(call(&rt, &replica, "/").await.0, 200);
+        let after_one = cpu();
+        assert!(after_one > 0.0, "an answered request is charged some cpu");
+
+        // The spinner runs until its 0.8 s deadline. It is charged its thread's
+        // CPU time: never more than the wall time it ran, and (the bound is
+        // loose, for a loaded machine) at least a tenth of it.
+        let started = std::time::Instant::now();
+        assert_eq!(call(&rt, &replica, "/spin").await.0, 504);
+        let wall = started.elapsed().as_secs_f64();
+        let spun = cpu() - after_one;
+        eprintln!("one request: {after_one:.4}s of cpu; the spinner: {spun:.3}s of cpu in {wall:.3}s");
+        assert!(spun <= wall + 0.01, "charged {spun:.3}s of cpu in {wall:.3}s");
+        assert!(spun >= 0.08, "charged only {spun:.3}s of cpu for a 0.8s spin");
         drop(rt);
         let _ = std::fs::remove_dir_all(&data);
     }

@@ -37,7 +37,9 @@ use std::time::Duration;
 pub struct NodeConfig {
     /// Scheduler base URL, such as `http://127.0.0.1:7070`.
     pub server: String,
-    /// Join token.
+    /// Join token: `<secret>.sha256:<CA fingerprint>` as the scheduler prints it
+    /// (the fingerprint is what an https server's CA must match), or a bare secret
+    /// for a plain-HTTP scheduler.
     pub token: String,
     /// Node name (a DNS label).
     pub name: String,
@@ -133,7 +135,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let ingress = Arc::new(ingress::Ingress::new(&config.name, http_runtime.clone())?);
 
     let wasm = Arc::new(wasm::WasmRuntime::new(&config.data_dir)?);
-    let client = skiff_api::Client::new(&config.server).with_token(&config.token);
+    let client = join_client(&config.server, &config.token)?;
     let endpoints_client = client.clone();
     let containers = {
         let (dir, wanted, network) = (config.data_dir.clone(), config.oci_runtime.clone(), config.container_network);
@@ -199,7 +201,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tasks.spawn(async move {
             agent.register(0).await?;
             let watcher = agent.clone();
-            tokio::try_join!(agent.heartbeat_loop(), watcher.watch_loop())?;
+            tokio::try_join!(agent.heartbeat_loop(), watcher.watch_loop(), watcher.lease_loop())?;
             Ok(())
         });
     }
@@ -241,3 +243,17 @@ fn parse_meminfo(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+
+/// The scheduler's client for a node joining with `token`: it sends the token's
+/// secret and, over HTTPS, trusts only the CA the token names.
+pub fn join_client(server: &str, token: &str) -> anyhow::Result<skiff_api::Client> {
+    let join: skiff_api::tls::JoinToken = token.parse()?;
+    let client = skiff_api::Client::new(server).with_token(&join.secret);
+    match join.ca {
+        Some(ca) => Ok(client.with_ca(ca)),
+        None if server.starts_with("https://") => anyhow::bail!(
+            "the scheduler at {server} speaks HTTPS but the join token names no CA: use the whole token the server printed (SECRET.sha256:…) or pass --ca-fingerprint"
+        ),
+        None => Ok(client),
+    }
+}

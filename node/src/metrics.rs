@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// What one replica uses, updated by the runtime while its guest runs.
@@ -70,9 +70,11 @@ impl Usage {
     }
 }
 
-/// A future that charges the time spent in its `poll` to a replica. A Wasm
+/// A future that charges the CPU time its `poll` takes to a replica. A Wasm
 /// guest runs only inside `poll` (async wasmtime yields at every epoch tick), so
-/// this is the guest's CPU time plus the host calls it makes.
+/// this is the guest's CPU time plus the host calls it makes. The clock is the
+/// polling thread's CPU clock, not the wall clock: a poll preempted on a busy
+/// machine is charged only what it ran.
 pub struct Metered<F> {
     inner: Pin<Box<F>>,
     usage: Arc<Usage>,
@@ -89,11 +91,20 @@ impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = Instant::now();
+        // A poll runs on one thread from start to end, so the difference of that
+        // thread's CPU clock is what this poll used.
+        let start = thread_cpu_time();
         let out = self.inner.as_mut().poll(cx);
-        self.usage.add_cpu(start.elapsed());
+        self.usage.add_cpu(thread_cpu_time().saturating_sub(start));
         out
     }
+}
+
+/// The CPU time the calling thread has used so far (zero if the clock cannot be
+/// read, which Linux never refuses for the calling thread).
+fn thread_cpu_time() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
 }
 
 /// The node's process-wide metrics.

@@ -83,7 +83,8 @@ pub async fn simulate(config: SimConfig) -> anyhow::Result<()> {
     let last = sim_node_name(&config.name_prefix, config.count - 1);
     skiff_api::manifest::validate_name(&last)
         .map_err(|e| anyhow::anyhow!("simulated node names are invalid (change --name-prefix): {e}"))?;
-    let client = Client::new(&config.server).with_token(&config.token);
+    let client = crate::join_client(&config.server, &config.token)?;
+    let join_secret = client.token().unwrap_or_default();
     let stats = Arc::new(Stats::default());
     let gate = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
@@ -101,8 +102,8 @@ pub async fn simulate(config: SimConfig) -> anyhow::Result<()> {
                 ingress: None,
             },
             name,
-            client: client.clone().with_token(&config.token),
-            join_token: config.token.clone(),
+            client: client.clone().with_token(&join_secret),
+            join_token: join_secret.clone(),
             running: Mutex::new(Vec::new()),
             heartbeat_ms: AtomicU64::new(1000),
             registered: tokio::sync::watch::channel(0).0,

@@ -287,6 +287,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             ports: vec![],
             network: Default::default(),
             stop_grace_period: None,
+            volume_lease: false,
         },
         secrets: Default::default(),
     }
@@ -475,6 +476,7 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
                         index: f.index,
                         replicas: f.replicas.clone(),
                         purge_volumes: vec![],
+                        lease_ms: 0,
                     })
                     .into_response();
                 }

@@ -3,12 +3,19 @@
 //! replica at a time on this node: a replica waits for the previous holder (an
 //! old revision still stopping, say) to let go before it starts. The scheduler
 //! pins every replica of a volume to this node, so no other node can write it.
+//!
+//! A deployment with `volume_lease` also holds its volumes under a [`Lease`]: the
+//! node stops such a replica once it has not reached the scheduler for the
+//! scheduler's node grace, so a node cut off from the scheduler has stopped
+//! writing by the time the scheduler counts the replica lost (the agent does
+//! the stopping; the timing lives here).
 
 use crate::wasm::Preopen;
 use skiff_api::Assignment;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The holds of every node in this process (keyed by directory, so nodes with
 /// different data dirs never meet).
@@ -90,5 +97,86 @@ pub fn purge(data_dir: &Path, names: &[String], in_use: impl Fn(&str) -> bool) {
                 Err(e) => tracing::warn!("cannot purge volume {name} at {}: {e}", d.display()),
             }
         }
+    }
+}
+
+/// Whether `a` runs under the node's lease: it asked for one and it writes a volume.
+pub fn leased(a: &Assignment) -> bool {
+    a.spec.volume_lease && a.spec.has_writable_volume()
+}
+
+/// The node's lease on its leased replicas. Every answer from the scheduler
+/// confirms it, dated when its call was *sent*: the scheduler heard the node
+/// then or later, so a lease as long as the scheduler's node grace runs out no
+/// later than the scheduler gives up on the node.
+#[derive(Debug, Default)]
+pub struct Lease {
+    length: Option<Duration>,
+    confirmed: Option<Instant>,
+}
+
+impl Lease {
+    /// Sets the length the scheduler gives (`Assignments::lease_ms`; 0: none).
+    pub fn set_length(&mut self, ms: u64) {
+        self.length = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+
+    /// Records an answer to a call sent at `sent`; a late answer to an older
+    /// call does not move the lease back.
+    pub fn confirm(&mut self, sent: Instant) {
+        self.confirmed = self.confirmed.max(Some(sent));
+    }
+
+    /// The lease's length, once the scheduler gave one.
+    pub fn length(&self) -> Option<Duration> {
+        self.length
+    }
+
+    /// When the lease runs out; `None` while there is none.
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(self.confirmed? + self.length?)
+    }
+
+    /// Whether leased replicas must not run at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_runs_from_the_last_confirmed_call_and_never_outlasts_the_grace() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut lease = Lease::default();
+        lease.confirm(t0);
+        assert!(!lease.expired(t0 + s(3600)), "no length from the scheduler yet: no lease");
+        lease.set_length(3000);
+        assert_eq!(lease.deadline(), Some(t0 + s(3)));
+        assert!(!lease.expired(t0 + Duration::from_millis(2999)));
+        assert!(lease.expired(t0 + s(3)));
+        // A heartbeat sent at 2 s and answered: the lease runs to 5 s. A long
+        // poll sent at 1 s that answers late does not shorten it.
+        lease.confirm(t0 + s(2));
+        lease.confirm(t0 + s(1));
+        assert_eq!(lease.deadline(), Some(t0 + s(5)));
+        assert!(lease.expired(t0 + s(5)));
+
+        // The scheduler counts the node down `grace` after it last *received* a
+        // heartbeat; that heartbeat was sent no later than received, so with the
+        // lease as long as the grace the node stops its writer first.
+        let grace = s(3);
+        for (sent, received) in [(s(10), s(10)), (s(10), Duration::from_millis(10_250)), (s(10), s(14))] {
+            let mut lease = Lease::default();
+            lease.set_length(3000);
+            lease.confirm(t0 + sent);
+            let node_down_at = t0 + received + grace;
+            assert!(lease.deadline().is_some_and(|d| d <= node_down_at));
+        }
+        lease.set_length(0);
+        assert!(!lease.expired(t0 + s(3600)), "a scheduler that gives no lease");
     }
 }

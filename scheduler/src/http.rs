@@ -105,15 +105,17 @@ async fn register(
         return Err(ApiError::new(StatusCode::FORBIDDEN, "a node credential can only register its own node"));
     }
     let name = req.name.clone();
-    let mut resp = {
+    let resp = {
         let mut st = core.state();
         let mut resp = st.register(req)?;
         if caller == Caller::Join {
             resp.credential = Some(core.auth.issue_node(st.store(), &name)?);
         }
+        // Grows with the cluster past --max-heartbeats-per-second nodes.
+        let interval = st.policy.heartbeat_interval(st.mem().nodes().len());
+        resp.heartbeat_interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         resp
     };
-    resp.heartbeat_interval_ms = core.config.heartbeat_interval.as_millis() as u64;
     core.wake();
     tracing::info!("node {} registered from {}", resp.node.name, resp.node.address);
     Ok(Json(resp))

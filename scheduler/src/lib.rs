@@ -18,10 +18,12 @@ mod rollout;
 mod secrets;
 mod state;
 pub mod store;
+pub mod tls;
 
 pub use placement::Scoring;
 
 use anyhow::Context;
+use skiff_api::tls::{CaFingerprint, JoinToken};
 use error::ApiError;
 use state::{Policy, State};
 use std::collections::HashSet;
@@ -41,8 +43,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Resource scoring of placement.
     pub scoring: Scoring,
-    /// How often nodes heartbeat.
+    /// How often nodes heartbeat (in clusters of up to `max_heartbeats_per_second` nodes).
     pub heartbeat_interval: Duration,
+    /// Heartbeats per second the scheduler asks for at most; in larger clusters
+    /// the interval grows, and the grace with it (at least three intervals).
+    pub max_heartbeats_per_second: u32,
     /// How long a node may miss heartbeats before it is down and its replicas are
     /// replaced.
     pub node_grace: Duration,
@@ -52,6 +57,10 @@ pub struct ServerConfig {
     pub metrics_open: bool,
     /// Most deployments, secrets and volumes each.
     pub max_objects: usize,
+    /// Serve the API over plain HTTP instead of HTTPS (`--insecure-plain-http`).
+    pub plain_http: bool,
+    /// More names (DNS names or IPs) for the server certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,10 +70,13 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("skiff-data"),
             scoring: Scoring::BinPack,
             heartbeat_interval: Duration::from_secs(1),
+            max_heartbeats_per_second: 5000,
             node_grace: Duration::from_secs(3),
             rotate_secret_key: false,
             metrics_open: false,
             max_objects: state::MAX_OBJECTS,
+            plain_http: false,
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -124,8 +136,11 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its base URL.
     pub url: String,
-    /// The token nodes join with.
+    /// The token nodes join with: `<secret>.sha256:<CA fingerprint>` (see
+    /// `skiff_api::tls::JoinToken`).
     pub join_token: String,
+    /// The fingerprint of the scheduler's CA, which clients pin.
+    pub ca_fingerprint: CaFingerprint,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -136,20 +151,28 @@ impl Server {
     }
 }
 
-/// Reads the join token from `data_dir`, making one (0600) at first start.
-fn join_token(data_dir: &Path) -> anyhow::Result<String> {
+/// Reads the join token from `data_dir`, making its secret (0600) at first start.
+/// The file holds the whole token, the CA's fingerprint included; it is rewritten
+/// when the CA changed (or the file predates TLS), the secret kept.
+fn join_token(data_dir: &Path, ca: CaFingerprint) -> anyhow::Result<JoinToken> {
     let path = data_dir.join("join-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Ok(t) = stored.trim().parse::<JoinToken>()
+        && t.ca == Some(ca)
+    {
+        return Ok(t);
     }
-    let mut raw = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("reading /dev/urandom for the join token")?;
-    let token = format!("skj_{}", hex::encode(raw));
+    let secret = match stored.trim().split_once('.').map_or(stored.trim(), |(s, _)| s) {
+        "" => {
+            let mut raw = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut raw))
+                .context("reading /dev/urandom for the join token")?;
+            format!("skj_{}", hex::encode(raw))
+        }
+        kept => kept.to_string(),
+    };
+    let token = JoinToken { secret, ca: Some(ca) };
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -179,12 +202,19 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let token = join_token(&config.data_dir)?;
+    let tls = tls::open(&config.data_dir, &tls::names(config.listen, &config.tls_sans)?)
+        .context("opening the API's CA and certificate")?;
+    let token = join_token(&config.data_dir, tls.fingerprint)?;
     let db = config.data_dir.join("state.db");
     let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let auth =
-        auth::Auth::open(&config.data_dir, &store, &token, config.metrics_open).context("opening the API tokens")?;
-    let policy = Policy { scoring: config.scoring, node_grace: config.node_grace };
+    let auth = auth::Auth::open(&config.data_dir, &store, &token.secret, config.metrics_open)
+        .context("opening the API tokens")?;
+    let policy = Policy {
+        scoring: config.scoring,
+        node_grace: config.node_grace,
+        heartbeat_interval: config.heartbeat_interval,
+        max_heartbeats_per_second: config.max_heartbeats_per_second,
+    };
     let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
     let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;
     let liveness = state.liveness();
@@ -198,7 +228,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         format!("binding {} (is another skiff server running? pick another with --listen)", config.listen)
     })?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = if config.plain_http { format!("http://{addr}") } else { format!("https://{addr}") };
     std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
     let core = Arc::new(Core {
         state: Mutex::new(state),
@@ -215,10 +245,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     });
     tokio::spawn(controllers(core.clone()));
     tokio::spawn(heartbeats::run(core.clone()));
+    let plain_http = core.config.plain_http;
     let app = http::router(core);
-    let serve = tokio::spawn(async move { axum::serve(listener, app).await });
+    let serve = if plain_http {
+        tracing::warn!("serving the API over plain HTTP (--insecure-plain-http): tokens and secrets cross the network readable");
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    } else {
+        let listener = tls::TlsListener::new(listener, tls.config)?;
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
     tracing::info!("skiff server listening on {url}");
-    Ok(Server { addr, url, join_token: token, serve })
+    Ok(Server { addr, url, join_token: token.to_string(), ca_fingerprint: tls.fingerprint, serve })
 }
 
 /// The control loop: wakes on every change and at least every 250 ms, marks dead

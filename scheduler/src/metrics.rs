@@ -263,8 +263,12 @@ pub async fn targets(State(core): State<Arc<Core>>, headers: HeaderMap) -> Respo
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| core.config.listen.to_string());
-    let mut groups =
-        vec![TargetGroup { targets: vec![host], labels: BTreeMap::from([("job".into(), "skiff-scheduler".into())]) }];
+    let mut labels = BTreeMap::from([("job".to_string(), "skiff-scheduler".to_string())]);
+    if !core.config.plain_http {
+        // The scraper needs the CA too (`tls_config: ca_file: DATA_DIR/ca.crt`).
+        labels.insert("__scheme__".into(), "https".into());
+    }
+    let mut groups = vec![TargetGroup { targets: vec![host], labels }];
     let st = core.state();
     for n in st.mem().nodes().iter().filter(|n| n.state == NodeState::Ready) {
         let Some(target) = host_port(&n.address) else {

@@ -26,6 +26,41 @@ use tokio::sync::watch;
 pub struct Policy {
     pub scoring: Scoring,
     pub node_grace: Duration,
+    /// How often nodes heartbeat in a small cluster.
+    pub heartbeat_interval: Duration,
+    /// Most heartbeats per second the scheduler asks for: past this many nodes
+    /// the interval (and with it the grace) grows with the cluster, as Nomad's
+    /// `max_heartbeats_per_second` does.
+    pub max_heartbeats_per_second: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            scoring: Scoring::BinPack,
+            node_grace: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
+            max_heartbeats_per_second: 5000,
+        }
+    }
+}
+
+impl Policy {
+    /// The heartbeat interval for a cluster of `nodes`.
+    pub fn heartbeat_interval(&self, nodes: usize) -> Duration {
+        let rate = f64::from(self.max_heartbeats_per_second.max(1));
+        self.heartbeat_interval.max(Duration::from_secs_f64(nodes as f64 / rate))
+    }
+
+    /// How long a node of a cluster of `nodes` may stay silent before it is
+    /// declared down: the configured grace, grown in step with the interval.
+    pub fn node_grace(&self, nodes: usize) -> Duration {
+        let base = self.heartbeat_interval.as_secs_f64();
+        if base <= 0.0 {
+            return self.node_grace;
+        }
+        self.node_grace.mul_f64((self.heartbeat_interval(nodes).as_secs_f64() / base).max(1.0))
+    }
 }
 
 struct DeploymentEntry {
@@ -295,7 +330,7 @@ impl State {
 
     /// Marks nodes that missed their heartbeats as down and replaces their replicas.
     pub fn check_nodes(&mut self) -> Result<(), ApiError> {
-        let grace = self.policy.node_grace;
+        let grace = self.policy.node_grace(self.mem.nodes.len());
         let up = self.mem.nodes.iter().filter(|n| n.state != NodeState::Down);
         let up_count = up.clone().count();
         let dead: Vec<String> = up
@@ -472,6 +507,9 @@ impl State {
     /// Node `name`'s desired set, with the values of the secrets its replicas use.
     pub fn assignments(&self, name: &str) -> Result<Assignments, ApiError> {
         let mut a = self.mem.assignments(name);
+        // A node with a leased volume stops its writer once it has not reached us
+        // for as long as we wait before counting it down (`volumes::Lease`).
+        a.lease_ms = u64::try_from(self.policy.node_grace(self.mem.nodes.len()).as_millis()).unwrap_or(u64::MAX);
         for asg in &mut a.replicas {
             for r in &asg.spec.secrets {
                 if asg.secrets.contains_key(&r.secret) {
@@ -488,7 +526,8 @@ impl State {
 
     // ---- deployments ----
 
-    pub fn apply(&mut self, name: &str, req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+    pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+        req.replicas = Some(self.mem.apply_count(name, &req));
         validate_apply(name, &req)?;
         if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
             return Err(too_many("deployments", self.max_objects));
@@ -510,7 +549,7 @@ impl State {
         }
         if let Some(a) = self.mem.deployments.get(name).and_then(|e| e.d.autoscale) {
             let msg = format!(
-                "deployment {name:?} scales by load between {} and {} replicas; change its autoscale min and max instead",
+                "deployment {name:?} scales by load between {} and {} replicas; change its autoscale min and max, or apply it without autoscale to scale it by hand",
                 a.min, a.max
             );
             return Err(ApiError::new(axum::http::StatusCode::CONFLICT, msg));
@@ -715,8 +754,12 @@ fn validate_secret_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// Checks an apply whose count [`Mem::apply_count`] has settled.
 fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
-    skiff_api::manifest::validate_volumes(&req.spec.volumes, req.replicas).map_err(ApiError::bad_request)?;
+    let replicas = req.replicas.unwrap_or(1);
+    skiff_api::manifest::validate_volumes(&req.spec.volumes, replicas)
+        .and_then(|()| skiff_api::manifest::validate_volume_lease(req.spec.volume_lease, &req.spec.volumes))
+        .map_err(ApiError::bad_request)?;
     skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
     let image = matches!(req.spec.workload, skiff_api::Workload::Image(_));
     skiff_api::manifest::validate_ports(&req.spec.ports, req.spec.network, image).map_err(ApiError::bad_request)?;
@@ -735,8 +778,8 @@ fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
         skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
     }
     validate_name(name).map_err(ApiError::bad_request)?;
-    if req.replicas > MAX_REPLICAS {
-        return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {}", req.replicas)));
+    if replicas > MAX_REPLICAS {
+        return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
     }
     let res = req.spec.resources;
     if res.cpu.0 == 0 || res.memory.0 < (1 << 20) {
@@ -928,7 +971,7 @@ impl Mem {
             .filter(|v| self.volumes.get(*v).and_then(|v| v.node.as_deref()) == Some(name))
             .cloned()
             .collect();
-        Assignments { index: self.index, replicas, purge_volumes }
+        Assignments { index: self.index, replicas, purge_volumes, lease_ms: 0 }
     }
 
     /// Warns when no registered node could ever hold one replica of `spec`.
@@ -1258,20 +1301,27 @@ impl Mem {
         Ok(())
     }
 
-    fn apply(&mut self, tx: &Tx, name: &str, mut req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
-        let obj = format!("deployment/{name}");
-        // An autoscaled deployment keeps the count the autoscaler gave it (within
-        // the bounds); `replicas` only starts a new one.
-        let existing = self.deployments.get(name).map(|e| (e.d.replicas, e.d.autoscale));
-        if let Some(a) = req.autoscale.or(existing.and_then(|(_, a)| a)) {
-            req.replicas = existing.map_or(req.replicas, |(n, _)| n).clamp(a.min, a.max);
+    /// The count an apply of `req` gives deployment `name`. An autoscaled
+    /// deployment keeps the count the autoscaler gave it (within the bounds):
+    /// `replicas` only starts a new one. Otherwise (also when the apply turns
+    /// autoscaling off) the count asked for, else the current one, else 1.
+    fn apply_count(&self, name: &str, req: &ApplyRequest) -> u32 {
+        let current = self.deployments.get(name).map(|e| e.d.replicas);
+        match req.autoscale {
+            Some(a) => current.or(req.replicas).unwrap_or(a.min).clamp(a.min, a.max),
+            None => req.replicas.or(current).unwrap_or(1),
         }
+    }
+
+    fn apply(&mut self, tx: &Tx, name: &str, req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, ApiError> {
+        let obj = format!("deployment/{name}");
+        let replicas = self.apply_count(name, &req);
         self.declare_volumes(tx, name, &req.spec, now)?;
         let outcome = match self.deployments.get_mut(name) {
             None => {
                 let d = Deployment {
                     name: name.to_string(),
-                    replicas: req.replicas,
+                    replicas,
                     revision: 1,
                     spec: req.spec.clone(),
                     created_ms: now,
@@ -1305,9 +1355,9 @@ impl Mem {
             }
             Some(e)
                 if e.d.spec == req.spec
-                    && e.d.replicas == req.replicas
+                    && e.d.replicas == replicas
                     && req.strategy.is_none_or(|s| s == e.d.strategy)
-                    && req.autoscale.is_none_or(|a| Some(a) == e.d.autoscale) =>
+                    && req.autoscale == e.d.autoscale =>
             {
                 return Ok(ApplyOutcome::Unchanged);
             }
@@ -1315,12 +1365,18 @@ impl Mem {
                 if let Some(s) = req.strategy {
                     e.d.strategy = s;
                 }
-                if let Some(a) = req.autoscale
-                    && e.d.autoscale != Some(a)
-                {
-                    e.d.autoscale = Some(a);
-                    let msg = format!("autoscale between {} and {} replicas", a.min, a.max);
-                    tx.event(now, &obj, "AutoscaleSet", &msg)?;
+                if e.d.autoscale != req.autoscale {
+                    e.d.autoscale = req.autoscale;
+                    match req.autoscale {
+                        Some(a) => {
+                            let msg = format!("autoscale between {} and {} replicas", a.min, a.max);
+                            tx.event(now, &obj, "AutoscaleSet", &msg)?;
+                        }
+                        None => {
+                            let msg = format!("autoscale off; {replicas} replicas until scaled");
+                            tx.event(now, &obj, "AutoscaleOff", &msg)?;
+                        }
+                    }
                 }
                 if e.d.spec != req.spec {
                     // After a rollback the current revision is not the newest: number
@@ -1342,14 +1398,9 @@ impl Mem {
                     tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
                     self.revisions.insert((name.to_string(), e.d.revision), req.spec);
                 }
-                if e.d.replicas != req.replicas {
-                    tx.event(
-                        now,
-                        &obj,
-                        "Scaled",
-                        &format!("scaled from {} to {} replicas", e.d.replicas, req.replicas),
-                    )?;
-                    e.d.replicas = req.replicas;
+                if e.d.replicas != replicas {
+                    tx.event(now, &obj, "Scaled", &format!("scaled from {} to {replicas} replicas", e.d.replicas))?;
+                    e.d.replicas = replicas;
                 }
                 e.d.updated_ms = now;
                 tx.put_deployment(&e.d)?;
@@ -1733,6 +1784,20 @@ impl Mem {
 mod tests {
     use super::*;
 
+    #[test]
+    fn heartbeats_slow_down_and_grace_grows_past_the_rate_limit() {
+        let p = Policy::default();
+        assert_eq!(p.heartbeat_interval(1), Duration::from_secs(1));
+        assert_eq!(p.heartbeat_interval(5000), Duration::from_secs(1));
+        assert_eq!(p.node_grace(5000), Duration::from_secs(3));
+        assert_eq!(p.heartbeat_interval(20_000), Duration::from_secs(4));
+        assert_eq!(p.node_grace(20_000), Duration::from_secs(12));
+        let long = Policy { node_grace: Duration::from_secs(30), ..p };
+        assert_eq!(long.node_grace(20_000), Duration::from_secs(120));
+        let quick = Policy { node_grace: Duration::from_millis(1500), ..p };
+        assert_eq!(quick.node_grace(100), Duration::from_millis(1500));
+    }
+
     /// Every legal and illegal transition of the replica state machine, written out.
     #[test]
     fn replica_state_machine() {
@@ -1765,7 +1830,7 @@ mod tests {
         let store = Store::open(&dir.0.join("state.db")).unwrap();
         let keys = Keyring::open(&dir.0).unwrap();
         let st =
-            State::load(store, keys, Policy { scoring: Scoring::BinPack, node_grace: Duration::from_secs(3) }).unwrap();
+            State::load(store, keys, Policy::default()).unwrap();
         (st, dir)
     }
 
@@ -1813,6 +1878,7 @@ mod tests {
             ports: vec![],
             network: Default::default(),
             stop_grace_period: None,
+            volume_lease: false,
         }
     }
 
@@ -1828,7 +1894,7 @@ mod tests {
             st.register(node(&format!("n{i}"), 1024)).unwrap();
         }
         let total = SCHEDULE_BATCH + 52;
-        st.apply("big", ApplyRequest { replicas: total as u32, spec: spec(1), strategy: None, autoscale: None })
+        st.apply("big", ApplyRequest { replicas: Some(total as u32), spec: spec(1), strategy: None, autoscale: None })
             .unwrap();
         assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
         assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
@@ -1850,16 +1916,18 @@ mod tests {
         st.register(node("a", 300)).unwrap();
         st.register(node("b", 200)).unwrap();
         st.register(node("c", 100)).unwrap();
-        let resp =
-            st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
+        let resp = st
+            .apply("web", ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None })
+            .unwrap();
         assert_eq!(resp.outcome, ApplyOutcome::Created);
         assert_eq!(st.schedule().unwrap(), 6);
         let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
         assert_eq!(per_node(&st), expected);
 
         // Applying the same thing again changes nothing.
-        let again =
-            st.apply("web", ApplyRequest { replicas: 6, spec: spec(100), strategy: None, autoscale: None }).unwrap();
+        let again = st
+            .apply("web", ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None })
+            .unwrap();
         assert_eq!(again.outcome, ApplyOutcome::Unchanged);
 
         // A seventh replica fits nowhere and says why.
@@ -1875,7 +1943,7 @@ mod tests {
         let store = Store::open(&dir.0.join("state.db")).unwrap();
         let keys = Keyring::open(&dir.0).unwrap();
         let mut st =
-            State::load(store, keys, Policy { scoring: Scoring::BinPack, node_grace: Duration::ZERO }).unwrap();
+            State::load(store, keys, Policy { node_grace: Duration::ZERO, ..Policy::default() }).unwrap();
         let after: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
         assert_eq!(before, after);
         assert_eq!(per_node(&st), expected);
@@ -1902,5 +1970,56 @@ mod tests {
         st.delete("web", false).unwrap();
         assert_eq!(st.mem().all_replicas().count(), 0);
         assert!(st.mem().nodes().iter().all(|n| n.allocated == Resources::default()));
+    }
+
+    #[test]
+    fn an_apply_without_autoscale_turns_it_off_and_keeps_the_count_unless_told() {
+        let (mut st, _dir) = state();
+        let auto = skiff_api::Autoscale {
+            min: 1,
+            max: 5,
+            target_cpu_percent: Some(50),
+            target_requests_per_second: None,
+            window_seconds: 10,
+            stabilization_seconds: 10,
+            scale_up_stabilization_seconds: 0,
+        };
+        let req = |replicas: Option<u32>, autoscale: Option<skiff_api::Autoscale>| ApplyRequest {
+            replicas,
+            spec: spec(10),
+            strategy: None,
+            autoscale,
+        };
+        let count = |st: &State| st.mem().deployment("web").map(|d| (d.replicas, d.autoscale.is_some()));
+        st.apply("web", req(Some(2), Some(auto))).unwrap();
+        st.autoscale("web", 4, "busy").unwrap();
+        assert_eq!(count(&st), Some((4, true)));
+        // While it autoscales, `replicas` in an apply changes nothing.
+        assert_eq!(st.apply("web", req(Some(1), Some(auto))).unwrap().outcome, ApplyOutcome::Unchanged);
+        assert!(st.scale("web", 2).is_err());
+
+        // Applied without autoscale or a count: off, at the count it had.
+        assert_eq!(st.apply("web", req(None, None)).unwrap().outcome, ApplyOutcome::Updated);
+        assert_eq!(count(&st), Some((4, false)));
+        let events = st.store().events(Some("deployment/web"), 20).unwrap();
+        assert!(
+            events.iter().any(|e| e.reason == "AutoscaleOff" && e.message == "autoscale off; 4 replicas until scaled")
+        );
+        assert_eq!(st.apply("web", req(None, None)).unwrap().outcome, ApplyOutcome::Unchanged);
+        // The autoscaler no longer moves it; a hand does.
+        st.autoscale("web", 1, "idle").unwrap();
+        assert_eq!(count(&st), Some((4, false)));
+        st.scale("web", 3).unwrap();
+        assert_eq!(count(&st), Some((3, false)));
+        assert_eq!(st.mem().replicas_of("web").count(), 3);
+
+        // On again (the count kept within the bounds), then off with a count: that count.
+        st.apply("web", req(None, Some(auto))).unwrap();
+        assert_eq!(count(&st), Some((3, true)));
+        st.apply("web", req(Some(1), None)).unwrap();
+        assert_eq!(count(&st), Some((1, false)));
+        // A new deployment without a count gets one replica.
+        st.apply("api", ApplyRequest { replicas: None, spec: spec(10), strategy: None, autoscale: None }).unwrap();
+        assert_eq!(st.mem().deployment("api").map(|d| d.replicas), Some(1));
     }
 }

@@ -75,7 +75,8 @@ fn http_deployment_scales_up_with_load_and_down_after_it() {
 }
 
 /// A cpu-bound command workload (the spinner uses a whole core, far above half
-/// of its 100m request) scales up to its max on the cpu the node reports.
+/// of its 100m request) scales up to its max on the cpu the node reports; applied
+/// without `autoscale` it stops scaling by load and keeps its count.
 #[test]
 fn cpu_bound_deployment_scales_up_to_its_max() {
     let mut dev = Dev::start("autoscale-cpu");
@@ -95,6 +96,22 @@ fn cpu_bound_deployment_scales_up_to_its_max() {
     wait_for(Duration::from_secs(30), "two running spinners", || {
         let n = get_json(cwd, &url, "replicas").iter().filter(|r| r["state"] == "running").count();
         if n == 2 { Ok(()) } else { Err(format!("{n} running")) }
+    });
+
+    // Applied again without autoscale (and without a count): it stops scaling by
+    // load and keeps its two replicas; then it scales by hand.
+    let yaml = "name: spin\nwasm: spinner.wasm\nresources: {cpu: 100m, memory: 32Mi}\n";
+    std::fs::write(&manifest, yaml).expect("manifest");
+    cli_ok(cwd, &url, &["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    let d = get_json(cwd, &url, "deployments");
+    let spin = d.iter().find(|d| d["name"] == "spin").expect("deployment spin");
+    assert!(spin["autoscale"].is_null() && spin["replicas"] == 2, "{spin}");
+    let events = http_get(&format!("{url}/v1/events?object=deployment/spin")).expect("events");
+    assert!(events.contains("autoscale off; 2 replicas until scaled"), "{events}");
+    cli_ok(cwd, &url, &["scale", "spin", "1"]);
+    wait_for(Duration::from_secs(30), "one running spinner", || {
+        let n = get_json(cwd, &url, "replicas").iter().filter(|r| r["state"] == "running").count();
+        if n == 1 { Ok(()) } else { Err(format!("{n} running")) }
     });
     assert!(dev.proc.alive());
 }

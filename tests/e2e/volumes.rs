@@ -79,3 +79,115 @@ fn volumes_keep_data_and_have_one_writer() {
         if kept.parent().is_some_and(|d| d.exists()) { Err("still there".to_string()) } else { Ok(()) }
     });
 }
+
+/// The count in the node's copy of volume `data`.
+fn count_on_disk(path: &std::path::Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    text.trim().parse::<u64>().map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A real partition (the node in a network namespace whose link goes down): with
+/// `--volume-lease` the node stops its writer once it has not reached the
+/// scheduler for the node grace, while the scheduler counts the replica lost;
+/// after the link comes back the replacement carries on from the data on disk,
+/// and it is the only writer.
+#[test]
+fn a_partitioned_node_stops_its_leased_writer() {
+    if !is_root() {
+        eprintln!("skipping: the partition test needs root (ip netns, a bridge, a veth)");
+        return;
+    }
+    // Dropped in reverse: the node, its namespace, the server, the bridge, the files.
+    let dir = TempDir::new("volume-lease");
+    let net = net_prefix();
+    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
+    let data = dir.path().join("server");
+    let listen = format!("{}:0", bridge.ip);
+    let server_args = ["server", "--listen", &listen, "--data-dir", data.to_str().unwrap_or_default()];
+    let _server = Proc::start("server", &server_args, &dir.path().join("server.log"));
+    let url = server_ready(&data);
+    let token = read_when_ready(&data.join("join-token"));
+    let ns = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.2/24"));
+    let node_data = dir.path().join("node");
+    let addr = format!("{}:0", ns.ip.as_deref().unwrap_or_default());
+    let node_log = dir.path().join("node.log");
+    let node_args = [
+        "node",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--name",
+        "n1",
+        "--data-dir",
+        node_data.to_str().unwrap_or_default(),
+        "--listen",
+        &addr,
+        "--ingress",
+        &addr,
+    ];
+    let mut node = ns.start("node", &node_args, &node_log);
+    let cwd = dir.path();
+    let counter = wasm_p2("counter");
+    let deploy = [
+        "deploy",
+        counter.to_str().unwrap_or_default(),
+        "--name",
+        "counter",
+        "--volume",
+        "data:/data",
+        "--volume-lease",
+        "--env",
+        "INTERVAL_MS=50",
+    ];
+    cli_ok(cwd, &url, &deploy);
+    let file = node_data.join("volumes/data/count");
+    wait_for(Duration::from_secs(30), "the counter counting past 5", || match count_on_disk(&file)? {
+        n if n > 5 => Ok(()),
+        n => Err(format!("at {n}")),
+    });
+    let first = running(cwd, &url, "counter");
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Cut the node off: no packet leaves its namespace.
+    ns.exec(&["ip", "link", "set", "eth0", "down"]).expect("link down");
+    wait_for(Duration::from_secs(20), "the node to stop its writer on the lease", || {
+        let log = std::fs::read_to_string(&node_log).map_err(|e| e.to_string())?;
+        if log.contains("lease expired") { Ok(()) } else { Err("no lease expiry in the node log".into()) }
+    });
+    // Stopped means no more writes: the count stands still (it moved every 50 ms).
+    let stopped_at = count_on_disk(&file).expect("count");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count_on_disk(&file).expect("count"), stopped_at, "the cut-off node still writes its volume");
+    // Meanwhile the scheduler counted the node down and the replica lost; the
+    // replacement waits for the node that holds the volume.
+    wait_for(Duration::from_secs(20), "the replica replaced, pending", || {
+        let reps = get_json(cwd, &url, "replicas");
+        match reps.as_slice() {
+            [r] if r["id"] != first[0].0.as_str() && r["state"] == "pending" => Ok(()),
+            _ => Err(format!("{reps:?}")),
+        }
+    });
+
+    // The link is back: the replacement runs on the same node and counts on
+    // from the data the first one left, the only writer.
+    ns.exec(&["ip", "link", "set", "eth0", "up"]).expect("link up");
+    let after = wait_for(Duration::from_secs(30), "the replacement running", || {
+        match running(cwd, &url, "counter").as_slice() {
+            [r] if r.0 != first[0].0 => Ok(r.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(after.1, "n1");
+    wait_for(Duration::from_secs(30), "the count going on from where it stopped", || match count_on_disk(&file)? {
+        n if n > stopped_at + 3 => Ok(()),
+        n => Err(format!("at {n}, stopped at {stopped_at}")),
+    });
+    let logs = cli_ok(cwd, &url, &["logs", "counter", "--tail", "1000"]);
+    let resumed = logs
+        .lines()
+        .find_map(|l| l.split_once("counter starting at ").and_then(|(_, n)| n.split(' ').next()?.parse::<u64>().ok()))
+        .unwrap_or_default();
+    assert!(resumed >= stopped_at, "the replacement started at {resumed}, the data said {stopped_at}:\n{logs}");
+    assert!(node.alive());
+}

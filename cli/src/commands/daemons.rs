@@ -5,6 +5,7 @@ use super::{parse_duration, parse_labels};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use skiff_api::quantity::{Cpu, Memory};
+use skiff_api::tls::{CaFingerprint, JoinToken};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,9 +42,14 @@ pub struct ServerArgs {
     /// How often nodes heartbeat (500ms, 1s, ...)
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
-    /// How long past a missed heartbeat a node is declared down
+    /// How long past a missed heartbeat a node is declared down (at least three
+    /// heartbeat intervals once the interval grows with the cluster)
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     node_grace: Duration,
+    /// Heartbeats per second the scheduler asks for at most: in clusters of more
+    /// nodes than this, the heartbeat interval grows to keep the rate
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_heartbeats_per_second: u32,
     /// Re-seal every secret under a new key at start-up and forget the old keys
     #[arg(long)]
     rotate_secret_key: bool,
@@ -53,6 +59,15 @@ pub struct ServerArgs {
     /// Most deployments, secrets and volumes the cluster holds, each
     #[arg(long, default_value_t = 10_000)]
     max_objects: usize,
+    /// More names (DNS names or IPs) the server certificate is valid for, besides
+    /// localhost, 127.0.0.1, the listen address (every interface's if unspecified)
+    /// and the host name (repeatable, or comma-separated)
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Serve the API over plain HTTP, not HTTPS: tokens and secrets cross the
+    /// network readable (for a trusted network or a TLS-terminating proxy only)
+    #[arg(long)]
+    insecure_plain_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -199,15 +214,31 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         scoring: args.scoring.into(),
         heartbeat_interval: args.heartbeat_interval,
+        max_heartbeats_per_second: args.max_heartbeats_per_second,
         node_grace: args.node_grace,
         rotate_secret_key: args.rotate_secret_key,
         metrics_open: args.metrics_open,
         max_objects: args.max_objects,
+        plain_http: args.insecure_plain_http,
+        tls_sans: args.tls_san.clone(),
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
         format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())
     })?;
     println!("skiff server: listening at {} (data in {})", server.url, args.data_dir.display());
+    if args.insecure_plain_http {
+        eprintln!(
+            "warning: --insecure-plain-http: the API is plain HTTP; tokens, secrets and node credentials cross the network readable"
+        );
+    } else {
+        println!(
+            "CA fingerprint: {} ; trust it elsewhere with: skiff --server {} --ca-fingerprint {} get nodes (or copy {} to ~/.config/skiff/ca.crt)",
+            server.ca_fingerprint,
+            server.url,
+            server.ca_fingerprint,
+            args.data_dir.join("ca.crt").display()
+        );
+    }
     let token_file = args.data_dir.join("join-token");
     println!(
         "admin API token in {} ; use it with: SKIFF_TOKEN=$(cat {}) skiff get nodes",
@@ -236,7 +267,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
+pub async fn node(args: NodeArgs, server: String, ca: Option<CaFingerprint>) -> anyhow::Result<()> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.trim().to_string(),
         (None, Some(path)) => std::fs::read_to_string(path)
@@ -250,6 +281,19 @@ pub async fn node(args: NodeArgs, server: String) -> anyhow::Result<()> {
     if token.is_empty() {
         bail!("the join token is empty; pass the one the server printed (or its DATA_DIR/join-token)");
     }
+    let mut join: JoinToken = token.parse().context("the join token")?;
+    if let Some(flag) = ca {
+        match join.ca {
+            Some(named) if named != flag => {
+                bail!("the join token names the CA {named} but --ca-fingerprint says {flag}: give one of them")
+            }
+            _ => join.ca = Some(flag),
+        }
+    }
+    if join.ca.is_some() && server.starts_with("http://") {
+        tracing::warn!("{server} is plain HTTP: the CA fingerprint is not checked");
+    }
+    let token = join.to_string();
     if let Some(count) = args.simulate {
         return simulate(args, count, server, token).await;
     }
@@ -360,14 +404,16 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         http: args.http.config()?,
     };
     let url = server.url.clone();
+    // The server made them at start-up (admin-token, ca.crt); the CLI run in this
+    // directory finds them too.
+    let admin_token = std::fs::read_to_string(args.data_dir.join("admin-token")).unwrap_or_default();
+    let client = skiff_api::Client::new(&url).with_ca(server.ca_fingerprint).with_token(admin_token.trim());
     let mut node_task = tokio::spawn(skiff_node::run(node_config));
     let mut server_task = tokio::spawn(server.wait());
 
     // Say "ready" only once the node has registered, so that a script that waits
     // for this line can deploy at once.
-    // The server made it at start-up; the CLI run in this directory finds it too.
-    let admin_token = std::fs::read_to_string(args.data_dir.join("admin-token")).unwrap_or_default();
-    let ready = wait_for_node(&url, &node_name, admin_token.trim());
+    let ready = wait_for_node(client, &node_name);
     tokio::pin!(ready);
     let mut announced = false;
     loop {
@@ -412,8 +458,7 @@ fn flatten(res: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::R
 }
 
 /// Polls the scheduler until node `name` is registered and ready, for up to 30 s.
-async fn wait_for_node(url: &str, name: &str, token: &str) -> bool {
-    let client = skiff_api::Client::new(url).with_token(token);
+async fn wait_for_node(client: skiff_api::Client, name: &str) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
         if let Ok(node) = client.node(name).await

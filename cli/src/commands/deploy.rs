@@ -81,9 +81,10 @@ pub struct DeployArgs {
     /// The deployment's name (lowercase letters, digits and '-')
     #[arg(long)]
     name: String,
-    /// How many replicas to run
-    #[arg(long, default_value_t = 1)]
-    replicas: u32,
+    /// How many replicas to run [default: 1 for a new deployment; an existing
+    /// one keeps its count]. A deploy turns autoscaling off
+    #[arg(long)]
+    replicas: Option<u32>,
     /// CPU each replica requests (100m, 1)
     #[arg(long, default_value = "100m")]
     cpu: Cpu,
@@ -106,6 +107,10 @@ pub struct DeployArgs {
     /// replica to the volume's node
     #[arg(long = "volume", value_name = "NAME:/DIR[:ro]")]
     volume: Vec<String>,
+    /// Stop the replica when its node has not reached the scheduler for the node
+    /// grace, so a cut-off node stops writing its read-write volume
+    #[arg(long)]
+    volume_lease: bool,
     /// An environment variable set from a secret's key, VAR=SECRET:KEY (repeatable)
     #[arg(long = "secret-env", value_name = "VAR=SECRET:KEY")]
     secret_env: Vec<String>,
@@ -203,8 +208,8 @@ fn parse_secret_refs(env: &[String], dirs: &[String]) -> anyhow::Result<Vec<skif
 
 pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
     skiff_api::manifest::validate_name(&args.name).map_err(anyhow::Error::msg).context("--name")?;
-    if args.replicas > skiff_api::manifest::MAX_REPLICAS {
-        bail!("--replicas must be at most {}, got {}", skiff_api::manifest::MAX_REPLICAS, args.replicas);
+    if let Some(n) = args.replicas.filter(|n| *n > skiff_api::manifest::MAX_REPLICAS) {
+        bail!("--replicas must be at most {}, got {n}", skiff_api::manifest::MAX_REPLICAS);
     }
     if args.port.is_some() && args.image.is_none() {
         bail!("--port is for --image; a Wasm HTTP component is served without one");
@@ -246,15 +251,16 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         network,
         // Only containers have a stop path with a grace period.
         stop_grace_period: image.then_some(args.stop_grace_period).filter(|g| *g != skiff_api::GracePeriod::DEFAULT),
+        volume_lease: args.volume_lease,
     };
     let request = spec.clone();
-    let revision = apply_one(client, &args.name, args.replicas, spec, None, None).await?;
-    if args.replicas > 0 {
+    let (revision, replicas) = apply_one(client, &args.name, args.replicas, spec, None, None).await?;
+    if replicas > 0 {
         warn_if_no_node_fits(client, &args.name, &request).await;
     }
     if args.wait {
         let deadline = tokio::time::Instant::now() + args.timeout;
-        wait_running(client, &args.name, revision, args.replicas, deadline, args.timeout).await?;
+        wait_running(client, &args.name, revision, replicas, deadline, args.timeout).await?;
     }
     Ok(())
 }
@@ -303,13 +309,15 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             ports: d.ports.clone(),
             network: d.network,
             stop_grace_period: d.stop_grace_period,
+            volume_lease: d.volume_lease,
         };
         let request = spec.clone();
-        let revision = apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy), d.autoscale).await?;
-        if d.replicas > 0 {
+        let (revision, replicas) =
+            apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy), d.autoscale).await?;
+        if replicas > 0 {
             warn_if_no_node_fits(client, &d.name.0, &request).await;
         }
-        applied.push((d.name.0.clone(), revision, d.replicas));
+        applied.push((d.name.0.clone(), revision, replicas));
     }
     if args.wait {
         let deadline = tokio::time::Instant::now() + args.timeout;
@@ -348,15 +356,15 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<
     Ok(digest)
 }
 
-/// Applies one deployment and prints what happened; returns its revision.
+/// Applies one deployment and prints what happened; returns its revision and count.
 async fn apply_one(
     client: &Client,
     name: &str,
-    replicas: u32,
+    replicas: Option<u32>,
     spec: WorkloadSpec,
     strategy: Option<skiff_api::UpdateStrategy>,
     autoscale: Option<skiff_api::Autoscale>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, u32)> {
     let resp = client
         .apply(name, &ApplyRequest { replicas, spec, strategy, autoscale })
         .await
@@ -367,7 +375,7 @@ async fn apply_one(
         ApplyOutcome::Unchanged => "unchanged",
     };
     println!("deployment {name} {outcome} (revision {})", resp.deployment.revision);
-    Ok(resp.deployment.revision)
+    Ok((resp.deployment.revision, resp.deployment.replicas))
 }
 
 /// Tells the user at once when no node could ever hold one replica, rather than
