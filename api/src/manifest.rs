@@ -363,8 +363,69 @@ impl ManifestError {
     }
 }
 
+/// The largest manifest read, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// Most entries in each list or map of a spec (env, args, constraints, secrets,
+/// allowed hosts, volumes, ports).
+pub const MAX_SPEC_ENTRIES: usize = 256;
+/// The longest value of one env variable, argument, label or constraint.
+pub const MAX_VALUE_BYTES: usize = 32 << 10;
+/// The most env and args bytes of one spec together.
+pub const MAX_SPEC_TEXT_BYTES: usize = 256 << 10;
+
+/// Refuses a spec with more entries or longer values than skiff carries: every
+/// revision is stored, sent to nodes and shown, so its size is bounded.
+pub fn validate_spec_sizes(spec: &crate::types::WorkloadSpec) -> Result<(), String> {
+    let counts = [
+        ("env", spec.env.len()),
+        ("args", spec.args.len()),
+        ("constraints", spec.constraints.len()),
+        ("secrets", spec.secrets.len()),
+        ("allowed_hosts", spec.allowed_hosts.len()),
+        ("volumes", spec.volumes.len()),
+        ("ports", spec.ports.len()),
+    ];
+    for (what, n) in counts {
+        if n > MAX_SPEC_ENTRIES {
+            return Err(format!("{what} has {n} entries; at most {MAX_SPEC_ENTRIES} are allowed"));
+        }
+    }
+    let values = spec
+        .env
+        .iter()
+        .map(|(k, v)| (format!("env {k}"), v))
+        .chain(spec.args.iter().enumerate().map(|(i, a)| (format!("argument {}", i + 1), a)))
+        .chain(spec.constraints.iter().map(|(k, v)| (format!("constraint {k}"), v)));
+    let mut total = 0;
+    for (what, v) in values {
+        if v.len() > MAX_VALUE_BYTES {
+            return Err(format!("{what} is {} bytes long; at most {MAX_VALUE_BYTES} are allowed", v.len()));
+        }
+        total += v.len();
+    }
+    total += spec.env.keys().chain(spec.constraints.keys()).map(String::len).sum::<usize>();
+    if total > MAX_SPEC_TEXT_BYTES {
+        return Err(format!(
+            "env, args and constraints hold {total} bytes together; at most {MAX_SPEC_TEXT_BYTES} are allowed \
+             (put large configuration in a secret file or a volume)"
+        ));
+    }
+    for k in spec.constraints.keys() {
+        if k.is_empty() || k.len() > 253 {
+            return Err(format!("constraint key {k:?} must be 1 to 253 characters"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads every deployment in a YAML text of one or more documents.
 pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestError> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(plain(format!(
+            "the manifest is {} bytes; at most {MAX_MANIFEST_BYTES} are read (split it into several files)",
+            text.len()
+        )));
+    }
     REFUSED.with(|r| r.borrow_mut().take());
     let mut deployments = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
@@ -472,6 +533,33 @@ mod tests {
             Err(e) => format!("error: {e}"),
         };
         expected.assert_eq(&out);
+    }
+
+    #[test]
+    fn oversized_and_deeply_nested_input_is_refused_in_one_line() {
+        let big = format!("name: a\nwasm: a.wasm\nenv: {{X: \"{}\"}}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let e = parse_manifest(&big).unwrap_err().to_string();
+        assert!(e.starts_with("the manifest is 1048") && e.contains("at most 1048576"), "{e}");
+        // Nesting where a string is expected: the parser's recursion limit, not a stack overflow.
+        let deep = format!("name: a\nwasm: a.wasm\nenv: {{X: {}{}}}\n", "[".repeat(1000), "]".repeat(1000));
+        let e = parse_manifest(&deep).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("recursion limit") || e.contains("invalid type"), "{e}");
+
+        let mut spec: crate::types::WorkloadSpec = serde_json::from_value(serde_json::json!({
+            "workload": { "wasm": "sha256:00" }, "resources": { "cpu": "100m", "memory": "64Mi" },
+        }))
+        .expect("spec");
+        assert_eq!(validate_spec_sizes(&spec), Ok(()));
+        spec.args = vec!["a".into(); MAX_SPEC_ENTRIES + 1];
+        assert_eq!(validate_spec_sizes(&spec), Err("args has 257 entries; at most 256 are allowed".into()));
+        spec.args = vec!["a".repeat(MAX_VALUE_BYTES + 1)];
+        assert_eq!(
+            validate_spec_sizes(&spec),
+            Err("argument 1 is 32769 bytes long; at most 32768 are allowed".into())
+        );
+        spec.args = vec!["a".repeat(MAX_VALUE_BYTES); 9];
+        assert!(validate_spec_sizes(&spec).unwrap_err().starts_with("env, args and constraints hold 294912 bytes"));
     }
 
     #[test]
