@@ -554,10 +554,7 @@ mod tests {
         spec.args = vec!["a".into(); MAX_SPEC_ENTRIES + 1];
         assert_eq!(validate_spec_sizes(&spec), Err("args has 257 entries; at most 256 are allowed".into()));
         spec.args = vec!["a".repeat(MAX_VALUE_BYTES + 1)];
-        assert_eq!(
-            validate_spec_sizes(&spec),
-            Err("argument 1 is 32769 bytes long; at most 32768 are allowed".into())
-        );
+        assert_eq!(validate_spec_sizes(&spec), Err("argument 1 is 32769 bytes long; at most 32768 are allowed".into()));
         spec.args = vec!["a".repeat(MAX_VALUE_BYTES); 9];
         assert!(validate_spec_sizes(&spec).unwrap_err().starts_with("env, args and constraints hold 294912 bytes"));
     }
