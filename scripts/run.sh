@@ -50,12 +50,14 @@ for _ in $(seq 1 300); do
     url=$(<"$DATA_DIR/server.url")
   fi
   # Healthy, and its node registered (skiff dev says so once it has).
-  if [[ -n $url ]] && curl -fsS --max-time 1 "$url/healthz" >/dev/null 2>&1 && grep -q "node .* ready" "$LOG"; then
+  # HTTPS with skiff's own CA (made at first start); the CLI finds .skiff/ca.crt
+  # by itself, curl is told.
+  if [[ -n $url ]] && curl -fsS --max-time 1 --cacert "$DATA_DIR/ca.crt" "$url/healthz" >/dev/null 2>&1 && grep -q "node .* ready" "$LOG"; then
     break
   fi
   sleep 0.1
 done
-[[ -n $url ]] && curl -fsS --max-time 1 "$url/healthz" >/dev/null 2>&1 || dev_failed "not healthy after 30s"
+[[ -n $url ]] && curl -fsS --max-time 1 --cacert "$DATA_DIR/ca.crt" "$url/healthz" >/dev/null 2>&1 || dev_failed "not healthy after 30s"
 grep -q "node .* ready" "$LOG" || dev_failed "its node did not become ready in 30s"
 echo "skiff dev is up at $url"
 echo
@@ -97,6 +99,7 @@ terminal in this directory, after: export PATH="$(dirname "$SKIFF"):\$PATH"
   skiff get replicas -o yaml          the API objects
   skiff delete hello
 The dashboard: $url/?token=\$(cat $DATA_DIR/admin-token)
+  (HTTPS from skiff's own CA, $DATA_DIR/ca.crt: import it in the browser, or accept the warning)
 Ctrl-C here stops skiff dev.
 MSG
 

@@ -14,9 +14,12 @@
 //! - `b`: 1,000,000 replicas onto 5,000 simulated nodes (Nomad's C1M shape);
 //! - `deploy`: deploy → first replica running over 100 deploys with `skiff dev`;
 //! - `http`: one `wasi:http` component behind a skiff ingress against `wasmtime
-//!   serve`, under the same `wrk` load (see `http.rs`).
+//!   serve`, under the same `wrk` load (see `http.rs`);
+//! - `idle`: a node's memory per idle Wasm HTTP replica, with 10,000 of them
+//!   (see `idle.rs`).
 
 mod http;
+mod idle;
 mod procs;
 mod report;
 
@@ -24,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use procs::{Proc, TempDir, cpu_seconds, peak_rss};
 use serde_json::{Value, json};
+use skiff_api::tls::CaFingerprint;
 use skiff_api::{ApplyRequest, Client, Deployment};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,8 +60,8 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, failover (runs a first), b, deploy, http
-    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,http")]
+    /// Scenarios to run: a, failover (runs a first), b, deploy, http, idle
+    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,http,idle")]
     scenarios: Vec<String>,
     /// Simulated nodes in scenarios a and b
     #[arg(long, default_value_t = 5000)]
@@ -86,6 +90,9 @@ struct RunArgs {
     /// Seconds of each wrk run in the http scenario
     #[arg(long, default_value_t = 10)]
     http_seconds: u32,
+    /// Idle replicas on one node in the idle scenario
+    #[arg(long, default_value_t = 10_000)]
+    idle_replicas: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -157,6 +164,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         scenarios.insert("http".into(), http::scenario_http(h).await.unwrap_or_else(failed));
     }
+    if want("idle") {
+        let idle = idle::scenario_idle(&args.skiff, &args.component, args.idle_replicas).await;
+        scenarios.insert("idle".into(), idle.unwrap_or_else(failed));
+    }
     let result = json!({
         "date": started,
         "machine": machine,
@@ -178,13 +189,13 @@ fn now_rfc3339() -> String {
 }
 
 /// A `skiff server` with simulated-node processes around it.
-struct Cluster {
-    dir: TempDir,
-    server: Proc,
-    sims: Vec<Proc>,
-    url: String,
-    token: String,
-    api: Client,
+pub(crate) struct Cluster {
+    pub(crate) dir: TempDir,
+    pub(crate) server: Proc,
+    pub(crate) sims: Vec<Proc>,
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) api: Client,
 }
 
 impl Cluster {
@@ -238,7 +249,7 @@ impl Cluster {
         Ok(())
     }
 
-    async fn wait_ready_nodes(&self, want: usize) -> anyhow::Result<Duration> {
+    pub(crate) async fn wait_ready_nodes(&self, want: usize) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         loop {
             self.server.check_alive()?;
@@ -258,7 +269,7 @@ impl Cluster {
         }
     }
 
-    async fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
+    pub(crate) async fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
         use sha2::Digest;
         let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
         self.api.put_blob(&digest, bytes.to_vec()).await?;
@@ -266,23 +277,32 @@ impl Cluster {
     }
 }
 
-/// A client of the user API, with the server's admin token when it keeps one.
+/// A client of the user API, with the server's admin token when it keeps one and
+/// trusting its CA (`ca.crt`).
 fn user_client(url: &str, data_dir: &Path) -> Client {
+    let ca = std::fs::read(data_dir.join("ca.crt")).ok().and_then(|pem| CaFingerprint::of_pem(&pem).ok());
+    let client = match ca {
+        Some(ca) => Client::new(url).with_ca(ca),
+        None => Client::new(url),
+    };
     match std::fs::read_to_string(data_dir.join("admin-token")) {
-        Ok(t) if !t.trim().is_empty() => Client::new(url).with_token(t.trim()),
-        _ => Client::new(url),
+        Ok(t) if !t.trim().is_empty() => client.with_token(t.trim()),
+        _ => client,
     }
 }
 
 fn apply_request(digest: &str, replicas: u32, cpu_m: u64, mem_mi: u64, env: &[(&str, &str)]) -> ApplyRequest {
-    // Built from JSON so that fields other issues add to the spec keep their
-    // defaults here.
     let env: serde_json::Map<String, Value> = env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let spec = json!({
-        "workload": { "wasm": digest },
-        "resources": { "cpu": format!("{cpu_m}m"), "memory": format!("{mem_mi}Mi") },
-        "env": env,
-    });
+    let resources = json!({ "cpu": format!("{cpu_m}m"), "memory": format!("{mem_mi}Mi") });
+    let mut req = apply_request_with(digest, replicas, resources);
+    req.spec.env = serde_json::from_value(Value::Object(env)).expect("env");
+    req
+}
+
+/// An apply request for Wasm blob `digest` with `resources` as JSON. Built from
+/// JSON so that fields other issues add to the spec keep their defaults here.
+pub(crate) fn apply_request_with(digest: &str, replicas: u32, resources: Value) -> ApplyRequest {
+    let spec = json!({ "workload": { "wasm": digest }, "resources": resources });
     serde_json::from_value(json!({ "replicas": replicas, "spec": spec })).expect("a well-formed apply request")
 }
 

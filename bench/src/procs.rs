@@ -118,6 +118,12 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     kb_field(&status, "VmHWM:").map(|kb| kb * 1024).context("no VmHWM in /proc/PID/status")
 }
 
+/// Resident memory of process `pid` now, in bytes.
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
+    kb_field(&status, "VmRSS:").map(|kb| kb * 1024).context("no VmRSS in /proc/PID/status")
+}
+
 fn kb_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }

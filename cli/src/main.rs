@@ -9,8 +9,8 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use skiff_api::tls::CaFingerprint;
 use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, volume};
+use skiff_api::tls::CaFingerprint;
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -4,7 +4,8 @@
 //!
 //! Control is level-triggered: each answer is the full desired set, so a lost
 //! answer or a partition costs nothing but time. While the scheduler is
-//! unreachable the replicas keep running and the agent retries every second,
+//! unreachable the replicas keep running (but those with a `volume_lease`, once
+//! the lease runs out: `lease_loop`) and the agent retries every second,
 //! logging once per change of state rather than once per attempt.
 
 use crate::supervisor::{Context, Replica};

@@ -105,10 +105,16 @@ pub fn leased(a: &Assignment) -> bool {
     a.spec.volume_lease && a.spec.has_writable_volume()
 }
 
+/// The lease ends this much before the length the scheduler gives: room for the
+/// agent's periodic check (every 100 ms) and for a Wasm guest to stop (at its
+/// next epoch tick), so the replica has stopped, not just been told to, when
+/// the scheduler gives up on the node.
+const LEASE_MARGIN: Duration = Duration::from_millis(250);
+
 /// The node's lease on its leased replicas. Every answer from the scheduler
 /// confirms it, dated when its call was *sent*: the scheduler heard the node
-/// then or later, so a lease as long as the scheduler's node grace runs out no
-/// later than the scheduler gives up on the node.
+/// then or later, so a lease as long as the scheduler's node grace (less
+/// [`LEASE_MARGIN`]) runs out before the scheduler gives up on the node.
 #[derive(Debug, Default)]
 pub struct Lease {
     length: Option<Duration>,
@@ -134,7 +140,7 @@ impl Lease {
 
     /// When the lease runs out; `None` while there is none.
     pub fn deadline(&self) -> Option<Instant> {
-        Some(self.confirmed? + self.length?)
+        Some(self.confirmed? + self.length?.saturating_sub(LEASE_MARGIN))
     }
 
     /// Whether leased replicas must not run at `now`.
@@ -155,26 +161,28 @@ mod tests {
         lease.confirm(t0);
         assert!(!lease.expired(t0 + s(3600)), "no length from the scheduler yet: no lease");
         lease.set_length(3000);
-        assert_eq!(lease.deadline(), Some(t0 + s(3)));
-        assert!(!lease.expired(t0 + Duration::from_millis(2999)));
-        assert!(lease.expired(t0 + s(3)));
-        // A heartbeat sent at 2 s and answered: the lease runs to 5 s. A long
-        // poll sent at 1 s that answers late does not shorten it.
+        let ms = Duration::from_millis;
+        assert_eq!(lease.deadline(), Some(t0 + ms(2750)), "the length less the margin");
+        assert!(!lease.expired(t0 + ms(2749)));
+        assert!(lease.expired(t0 + ms(2750)));
+        // A heartbeat sent at 2 s and answered: the lease runs on from there. A
+        // long poll sent at 1 s that answers late does not shorten it.
         lease.confirm(t0 + s(2));
         lease.confirm(t0 + s(1));
-        assert_eq!(lease.deadline(), Some(t0 + s(5)));
-        assert!(lease.expired(t0 + s(5)));
+        assert_eq!(lease.deadline(), Some(t0 + ms(4750)));
+        assert!(!lease.expired(t0 + s(4)) && lease.expired(t0 + s(5)));
 
         // The scheduler counts the node down `grace` after it last *received* a
         // heartbeat; that heartbeat was sent no later than received, so with the
-        // lease as long as the grace the node stops its writer first.
+        // lease as long as the grace the node's writer has stopped (margin and
+        // all) before then.
         let grace = s(3);
-        for (sent, received) in [(s(10), s(10)), (s(10), Duration::from_millis(10_250)), (s(10), s(14))] {
+        for (sent, received) in [(s(10), s(10)), (s(10), ms(10_250)), (s(10), s(14))] {
             let mut lease = Lease::default();
             lease.set_length(3000);
             lease.confirm(t0 + sent);
             let node_down_at = t0 + received + grace;
-            assert!(lease.deadline().is_some_and(|d| d <= node_down_at));
+            assert!(lease.deadline().is_some_and(|d| d + LEASE_MARGIN <= node_down_at));
         }
         lease.set_length(0);
         assert!(!lease.expired(t0 + s(3600)), "a scheduler that gives no lease");

@@ -103,8 +103,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
         let keys = crate::secrets::Keyring::open(&dir).expect("keyring");
-        let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, ..Policy::default() })
-            .expect("load");
+        let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, ..Policy::default() }).expect("load");
         let mut rx = st.endpoints_watch();
         let start = *rx.borrow_and_update();
         for (name, ingress) in [("n1", Some("http://10.0.0.1:8080")), ("n2", None)] {

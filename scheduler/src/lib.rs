@@ -23,8 +23,8 @@ pub mod tls;
 pub use placement::Scoring;
 
 use anyhow::Context;
-use skiff_api::tls::{CaFingerprint, JoinToken};
 use error::ApiError;
+use skiff_api::tls::{CaFingerprint, JoinToken};
 use state::{Policy, State};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -248,7 +248,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let plain_http = core.config.plain_http;
     let app = http::router(core);
     let serve = if plain_http {
-        tracing::warn!("serving the API over plain HTTP (--insecure-plain-http): tokens and secrets cross the network readable");
+        tracing::warn!(
+            "serving the API over plain HTTP (--insecure-plain-http): tokens and secrets cross the network readable"
+        );
         tokio::spawn(async move { axum::serve(listener, app).await })
     } else {
         let listener = tls::TlsListener::new(listener, tls.config)?;

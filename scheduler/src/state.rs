@@ -761,6 +761,7 @@ fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
         .and_then(|()| skiff_api::manifest::validate_volume_lease(req.spec.volume_lease, &req.spec.volumes))
         .map_err(ApiError::bad_request)?;
     skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
+    skiff_api::manifest::validate_spec_sizes(&req.spec).map_err(ApiError::bad_request)?;
     let image = matches!(req.spec.workload, skiff_api::Workload::Image(_));
     skiff_api::manifest::validate_ports(&req.spec.ports, req.spec.network, image).map_err(ApiError::bad_request)?;
     if let Some(a) = &req.autoscale {
@@ -1829,8 +1830,7 @@ mod tests {
         let dir = tempdir::Dir::new();
         let store = Store::open(&dir.0.join("state.db")).unwrap();
         let keys = Keyring::open(&dir.0).unwrap();
-        let st =
-            State::load(store, keys, Policy::default()).unwrap();
+        let st = State::load(store, keys, Policy::default()).unwrap();
         (st, dir)
     }
 
@@ -1942,8 +1942,7 @@ mod tests {
         drop(st);
         let store = Store::open(&dir.0.join("state.db")).unwrap();
         let keys = Keyring::open(&dir.0).unwrap();
-        let mut st =
-            State::load(store, keys, Policy { node_grace: Duration::ZERO, ..Policy::default() }).unwrap();
+        let mut st = State::load(store, keys, Policy { node_grace: Duration::ZERO, ..Policy::default() }).unwrap();
         let after: BTreeMap<String, Replica> = st.mem().all_replicas().map(|r| (r.id.clone(), r.clone())).collect();
         assert_eq!(before, after);
         assert_eq!(per_node(&st), expected);

@@ -138,11 +138,12 @@ fn ca(data_dir: &Path) -> anyhow::Result<(CertificateDer<'static>, String, Issue
     let (cert_path, key_path) = (data_dir.join(CA_CERT), data_dir.join(CA_KEY));
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
-            let pem = std::fs::read_to_string(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+            let pem =
+                std::fs::read_to_string(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
             let cert = CertificateDer::from_pem_slice(pem.as_bytes())
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", cert_path.display()))?;
-            let key_pem = std::fs::read_to_string(&key_path)
-                .with_context(|| format!("reading {}", key_path.display()))?;
+            let key_pem =
+                std::fs::read_to_string(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let key = KeyPair::from_pem(&key_pem).with_context(|| format!("reading {}", key_path.display()))?;
             Ok((cert, pem, Issuer::new(ca_params(), key)))
         }
@@ -357,7 +358,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
         let cert1 = std::fs::read(dir.join(SERVER_CERT)).expect("server.crt");
-        assert_eq!(CaFingerprint::of_pem(&std::fs::read(dir.join(CA_CERT)).expect("ca.crt")).ok(), Some(first.fingerprint));
+        assert_eq!(
+            CaFingerprint::of_pem(&std::fs::read(dir.join(CA_CERT)).expect("ca.crt")).ok(),
+            Some(first.fingerprint)
+        );
 
         // A restart with the same names reuses everything.
         let again = open(&dir, &names1).expect("restart");

@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 /// `METHOD path` on the server at `url` with an optional bearer token and a JSON
 /// body: (status, body).
 pub fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let hostport = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(hostport).expect("connect to the server");
+    let hostport = url.trim_start_matches("http://").trim_start_matches("https://");
+    let mut s = Conn::open(url).expect("connect to the server");
     // `/v1/watch` streams forever: its head is all a test needs.
-    s.set_read_timeout(Some(std::time::Duration::from_secs(3))).expect("set a read timeout");
+    s.tcp().set_read_timeout(Some(std::time::Duration::from_secs(3))).expect("set a read timeout");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
@@ -32,7 +32,7 @@ pub fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
             }
         }
     } else {
-        let _ = s.read_to_end(&mut buf);
+        buf = s.read_all().unwrap_or_default();
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -164,8 +164,22 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
         .output()
         .expect("run skiff");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // Elsewhere, without a token, the CLI says how to get one.
+    // Elsewhere, without the CA, the CLI says which CA the server showed.
     let elsewhere = TempDir::new("auth-elsewhere");
+    let out = Command::new(skiff_bin())
+        .args(["get", "nodes", "--server", &dev.url])
+        .current_dir(elsewhere.path())
+        .env_remove("SKIFF_TOKEN")
+        .env("HOME", elsewhere.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not trusted") && err.lines().count() == 1, "{err}");
+    // ~/.config/skiff/ca.crt is the CA's fallback; then, without a token, the CLI
+    // says how to get one.
+    std::fs::create_dir_all(elsewhere.path().join(".config/skiff")).expect("mkdir");
+    std::fs::copy(dev.data().join("ca.crt"), elsewhere.path().join(".config/skiff/ca.crt")).expect("copy the CA");
     let out = Command::new(skiff_bin())
         .args(["get", "nodes", "--server", &dev.url])
         .current_dir(elsewhere.path())
@@ -177,7 +191,6 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("admin-token") && err.lines().count() == 1, "{err}");
     // ~/.config/skiff/token is the fallback.
-    std::fs::create_dir_all(elsewhere.path().join(".config/skiff")).expect("mkdir");
     std::fs::write(elsewhere.path().join(".config/skiff/token"), format!("{admin}\n")).expect("write token");
     let out = Command::new(skiff_bin())
         .args(["get", "nodes", "--server", &dev.url])
@@ -261,9 +274,10 @@ fn nodes_get_their_own_credentials_and_lose_them_when_removed() {
     // A node cannot register under another's name with its credential.
     let steal = r#"{"name":"n2","address":"http://127.0.0.1:9","labels":{},"capacity":{"cpu":"1","memory":"1Mi"},"runtimes":["wasm"]}"#;
     assert_eq!(call(&url, "POST", "/v1/nodes/register", Some(&cred), steal).0, 403);
-    // The join token only registers.
-    assert_eq!(call(&url, "GET", "/v1/nodes/n1/assignments", Some(&join), "").0, 403);
-    assert_eq!(call(&url, "GET", "/v1/deployments", Some(&join), "").0, 403);
+    // The join token (its secret: the rest names the CA) only registers.
+    let secret = join.split('.').next().unwrap_or_default();
+    assert_eq!(call(&url, "GET", "/v1/nodes/n1/assignments", Some(secret), "").0, 403);
+    assert_eq!(call(&url, "GET", "/v1/deployments", Some(secret), "").0, 403);
 
     // Replicas on both nodes.
     let worker = wasm_p2("worker");
@@ -327,4 +341,184 @@ fn nodes_get_their_own_credentials_and_lose_them_when_removed() {
     // No deployment above its count at any point we look.
     let all = get_json(dir.path(), &url, "replicas");
     assert!(all.iter().filter(|r| r["deployment"] == "w").count() <= 4, "{all:?}");
+}
+
+/// Runs `skiff ARGS` with `env` and waits at most 30 s for it to end: (success,
+/// stderr).
+fn run_bounded(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let dir = TempDir::new("bounded");
+    let err_file = dir.path().join("stderr");
+    let mut cmd = Command::new(skiff_bin());
+    cmd.args(args)
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_CA_FILE")
+        .env_remove("SKIFF_CA_FINGERPRINT")
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).expect("stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run skiff");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`skiff {}` did not end within 30s ({other:?})", args.join(" "));
+            }
+        }
+    };
+    (status.success(), std::fs::read_to_string(&err_file).unwrap_or_default())
+}
+
+/// The last line of `stderr` that says `error:`.
+fn error_line(stderr: &str) -> String {
+    stderr.lines().rfind(|l| l.starts_with("error:")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_api_is_https_and_clients_trust_the_ca_by_its_fingerprint() {
+    use sha2::Digest;
+    let dir = TempDir::new("tls");
+    let data = dir.path().join("server");
+    let start = || {
+        Proc::start(
+            "server",
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
+            &dir.path().join("server.log"),
+        )
+    };
+    let mut server = start();
+    let url = server_ready(&data);
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Made at first start: the CA and the server certificate, keys private; the
+    // join token names the CA by the SHA-256 of its certificate.
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(data.join(key)).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{key} is private");
+    }
+    let ca_pem = std::fs::read_to_string(data.join("ca.crt")).expect("ca.crt");
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca.crt is a PEM certificate");
+    let fingerprint = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&der)));
+    let join = read_when_ready(&data.join("join-token"));
+    assert_eq!(join.split_once('.').map(|(_, fp)| fp), Some(fingerprint.as_str()), "{join}");
+    let secret = join.split('.').next().unwrap_or_default().to_string();
+    let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(said.contains(&format!("CA fingerprint: {fingerprint}")), "{said}");
+
+    // A node joins over HTTPS with the join token, another with the bare secret
+    // and --ca-fingerprint.
+    let _n1 = start_node(dir.path(), &url, &join, "n1");
+    let n2_data = dir.path().join("node-n2");
+    let n2_args = [
+        "node",
+        "--server",
+        &url,
+        "--token",
+        &secret,
+        "--ca-fingerprint",
+        &fingerprint,
+        "--name",
+        "n2",
+        "--data-dir",
+        n2_data.to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let _n2 = Proc::start("n2", &n2_args, &dir.path().join("node-n2.log"));
+    wait_ready(dir.path(), &url, &["n1", "n2"]);
+
+    // A wrong fingerprint: the node stops at once, one line naming both CAs.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let n3_data = dir.path().join("node-n3");
+    let (ok, stderr) = run_bounded(
+        &[
+            "node",
+            "--server",
+            &url,
+            "--token",
+            &format!("{secret}.{wrong}"),
+            "--name",
+            "n3",
+            "--data-dir",
+            n3_data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = error_line(&stderr);
+    assert!(!ok, "the node with a wrong fingerprint ran: {stderr}");
+    assert!(
+        line.contains(&format!("the server's CA is {fingerprint}, not the pinned {wrong}")),
+        "the node's error: {line}\n{stderr}"
+    );
+    assert!(!get_json(dir.path(), &url, "nodes").iter().any(|n| n["name"] == "n3"), "n3 registered");
+
+    // The CLI: a wrong fingerprint and no CA at all are refused in one line each.
+    let admin = read_when_ready(&data.join("admin-token"));
+    let env = [("SKIFF_SERVER", url.as_str()), ("SKIFF_TOKEN", admin.as_str())];
+    let (ok, stderr) = run_bounded(&["--ca-fingerprint", &wrong, "get", "nodes"], &env);
+    assert!(!ok && stderr.lines().count() == 1, "{stderr}");
+    assert!(stderr.contains(&format!("the server's CA is {fingerprint}, not the pinned {wrong}")), "{stderr}");
+    let (ok, stderr) = run_bounded(&["get", "nodes"], &env);
+    assert!(!ok && stderr.lines().count() == 1, "{stderr}");
+    assert!(stderr.contains(&format!("the server's CA {fingerprint} is not trusted")), "{stderr}");
+    let (ok, stderr) = run_bounded(&["--ca-fingerprint", &fingerprint, "get", "nodes"], &env);
+    assert!(ok, "{stderr}");
+
+    // Plain HTTP to the TLS port is refused, with a line saying to use https.
+    let plain = url.replace("https://", "http://");
+    let (status, body) = call(&plain, "GET", "/v1/nodes", Some(&admin), "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(&format!("use {url}")), "{body}");
+    let (ok, stderr) = run_bounded(&["get", "nodes"], &[("SKIFF_SERVER", plain.as_str()), ("SKIFF_TOKEN", &admin)]);
+    assert!(!ok && stderr.contains("speaks HTTPS"), "{stderr}");
+
+    // Restarted, the server keeps its CA, server certificate and join token.
+    let cert = std::fs::read(data.join("server.crt")).expect("server.crt");
+    server.kill();
+    std::fs::remove_file(data.join("server.url")).expect("rm server.url");
+    let _server = start();
+    let url2 = server_ready(&data);
+    assert_eq!(std::fs::read_to_string(data.join("ca.crt")).expect("ca.crt"), ca_pem, "the CA changed");
+    assert_eq!(std::fs::read(data.join("server.crt")).expect("server.crt"), cert, "the certificate changed");
+    assert_eq!(read_when_ready(&data.join("join-token")), join);
+    let env2 = [("SKIFF_SERVER", url2.as_str()), ("SKIFF_TOKEN", admin.as_str())];
+    let (ok, stderr) = run_bounded(&["--ca-fingerprint", &fingerprint, "get", "nodes"], &env2);
+    assert!(ok, "the old fingerprint after a restart: {stderr}");
+}
+
+#[test]
+fn plain_http_only_by_flag_and_with_a_warning() {
+    let dir = TempDir::new("plain-http");
+    let data = dir.path().join("server");
+    let _server = Proc::start(
+        "server",
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--insecure-plain-http",
+        ],
+        &dir.path().join("server.log"),
+    );
+    let url = server_ready(&data);
+    assert!(url.starts_with("http://"), "{url}");
+    let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(said.contains("warning: --insecure-plain-http"), "{said}");
+    let out = cli_ok(dir.path(), &url, &["get", "nodes"]);
+    assert!(out.starts_with("NAME"), "{out}");
 }

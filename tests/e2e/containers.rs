@@ -394,6 +394,7 @@ impl Setup {
             .current_dir(self.dir.path())
             .env("SKIFF_SERVER", &self.url)
             .env("SKIFF_TOKEN", token_for(&self.url).unwrap_or_default())
+            .envs(ca_for(&self.url).map(|ca| ("SKIFF_CA_FILE", ca)))
             .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
             .output()

@@ -191,8 +191,8 @@ impl Drop for LoopMount {
 /// `PUT /v1/blobs/DIGEST` of `bytes` with the server's token: (status, body).
 fn put_blob(url: &str, bytes: &[u8]) -> (u16, String) {
     let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
-    let hostport = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(hostport).expect("connect");
+    let hostport = url.trim_start_matches("http://").trim_start_matches("https://");
+    let mut s = Conn::open(url).expect("connect");
     let token = token_for(url).unwrap_or_default();
     let head = format!(
         "PUT /v1/blobs/{digest} HTTP/1.0\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
@@ -200,8 +200,7 @@ fn put_blob(url: &str, bytes: &[u8]) -> (u16, String) {
     );
     // The server may answer (and close) before all is sent: that is its answer.
     let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(bytes));
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let buf = s.read_all().unwrap_or_default();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())

@@ -191,8 +191,10 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: skiff\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    http_sd_configs:\n      - url: {}/v1/prometheus/targets\n        refresh_interval: 1s\n",
-            c.url
+            // The scheduler is HTTPS with its own CA: discovery and its scrape trust it.
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: skiff\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    tls_config:\n      ca_file: {ca}\n    http_sd_configs:\n      - url: {}/v1/prometheus/targets\n        refresh_interval: 1s\n        tls_config:\n          ca_file: {ca}\n",
+            c.url,
+            ca = c.dir.path().join("server/ca.crt").display()
         ),
     )
     .expect("write prometheus.yml");
@@ -395,6 +397,7 @@ fn events_follow_prints_decisions_as_they_happen() {
         .args(["events", "-f", "--object", "deployment/hello", "-o", "json"])
         .env("SKIFF_SERVER", &c.url)
         .env("SKIFF_TOKEN", token_for(&c.url).unwrap_or_default())
+        .envs(ca_for(&c.url).map(|ca| ("SKIFF_CA_FILE", ca)))
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone"))
         .stderr(out)

@@ -165,8 +165,104 @@ pub fn read_when_ready(path: &Path) -> String {
 static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
 fn host_port(url: &str) -> &str {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
     rest.split('/').next().unwrap_or(rest)
+}
+
+/// CA certificates (`DATA_DIR/ca.crt`) of the HTTPS servers the tests started,
+/// by `host:port`: the CLI (`SKIFF_CA_FILE`) and the HTTP helpers trust them.
+static CAS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers `ca_file` as the CA of the server at `url`.
+pub fn remember_ca(url: &str, ca_file: &Path) {
+    let mut cas = CAS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = host_port(url).to_string();
+    cas.retain(|(k, _)| *k != key);
+    cas.push((key, ca_file.to_path_buf()));
+}
+
+/// The CA certificate file of the server at `url`, if a test started it over HTTPS.
+pub fn ca_for(url: &str) -> Option<PathBuf> {
+    let cas = CAS.lock().unwrap_or_else(|p| p.into_inner());
+    cas.iter().find(|(k, _)| k == host_port(url)).map(|(_, p)| p.clone())
+}
+
+/// A connection to `http://` or `https://HOST:PORT` (trusting the CA remembered
+/// for it), with a 30 s read timeout.
+pub enum Conn {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>),
+}
+
+impl Conn {
+    /// Connects to the host and port of `url`.
+    pub fn open(url: &str) -> Result<Conn, String> {
+        let hostport = host_port(url);
+        let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
+        let s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        if !url.starts_with("https://") {
+            return Ok(Conn::Plain(s));
+        }
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let ca_file = ca_for(url).ok_or_else(|| format!("no CA remembered for {url}"))?;
+        let ca = CertificateDer::from_pem_file(&ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).map_err(|e| e.to_string())?;
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let name = ServerName::try_from(sock.ip().to_string()).map_err(|e| e.to_string())?;
+        let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| e.to_string())?;
+        Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(tls, s))))
+    }
+
+    /// The underlying socket (for timeouts).
+    pub fn tcp(&self) -> &std::net::TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Reads until the server closes; a TLS peer that closes without a
+    /// close_notify still gave what it sent.
+    pub fn read_all(&mut self) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        match self.read_to_end(&mut buf) {
+            Ok(_) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl std::io::Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
 }
 
 /// Remembers `token` as the API token of the server at `url`.
@@ -184,10 +280,14 @@ pub fn token_for(url: &str) -> Option<String> {
 }
 
 /// Waits for a server started with `--data-dir data` and returns its URL; its
-/// admin token (`data/admin-token`) is remembered for the CLI and HTTP helpers.
+/// admin token (`data/admin-token`) and, over HTTPS, its CA (`data/ca.crt`) are
+/// remembered for the CLI and HTTP helpers.
 pub fn server_ready(data: &Path) -> String {
     let url = read_when_ready(&data.join("server.url"));
     remember_token(&url, &read_when_ready(&data.join("admin-token")));
+    if url.starts_with("https://") {
+        remember_ca(&url, &data.join("ca.crt"));
+    }
     url
 }
 
@@ -205,10 +305,15 @@ pub fn cli_in(cwd: &Path, server: &str, args: &[&str]) -> Cli {
         Some(t) => cmd.env("SKIFF_TOKEN", t),
         None => cmd.env_remove("SKIFF_TOKEN"),
     };
+    match ca_for(server) {
+        Some(ca) => cmd.env("SKIFF_CA_FILE", ca),
+        None => cmd.env_remove("SKIFF_CA_FILE"),
+    };
     let out: Output = cmd
         .args(args)
         .current_dir(cwd)
         .env("SKIFF_SERVER", server)
+        .env_remove("SKIFF_CA_FINGERPRINT")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
@@ -263,30 +368,26 @@ impl Answer {
     }
 }
 
-/// `GET path` on `addr` (`http://IP:PORT`) with `Host: host`, HTTP/1.0 so the
-/// answer ends with the connection.
+/// `GET path` on `addr` (`http://IP:PORT`, or `https://` to a server a test
+/// started) with `Host: host`, HTTP/1.0 so the answer ends with the connection.
 pub fn get(addr: &str, host: &str, path: &str) -> Result<Answer, String> {
-    use std::io::{Read, Write};
-    let hostport = addr.strip_prefix("http://").ok_or("only http:// addresses")?;
-    let sock: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{hostport}: {e}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    use std::io::Write;
+    let mut s = Conn::open(addr)?;
     let auth = token_for(addr).map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let buf = s.read_all()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status")?;
     Ok(Answer { status, head: head.to_string(), body: body.to_string() })
 }
 
-/// A plain GET of `http://HOST:PORT/PATH`: the body of a 2xx answer, or an
+/// A plain GET of `http(s)://HOST:PORT/PATH`: the body of a 2xx answer, or an
 /// error string.
 pub fn http_get(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or("only http:// urls")?;
+    let (scheme, rest) = url.split_once("://").ok_or("only http:// and https:// urls")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let a = get(&format!("http://{host}"), host, &path)?;
+    let a = get(&format!("{scheme}://{host}"), host, &path)?;
     if (200..300).contains(&a.status) { Ok(a.body) } else { Err(a.head.lines().next().unwrap_or("").to_string()) }
 }
 
