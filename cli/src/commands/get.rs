@@ -234,11 +234,15 @@ fn nodes_table(nodes: &[Node]) -> Table {
 }
 
 fn deployments_table(deployments: &[Deployment]) -> Table {
-    let mut t = Table::new(&["NAME", "REPLICAS", "PENDING", "REVISION", "WORKLOAD", "AGE"]);
+    // READY is ready/desired (passing readiness); AVAILABLE counts those ready
+    // for the strategy's min_ready_seconds, as `kubectl get deployments` does.
+    let mut t = Table::new(&["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "WORKLOAD", "AGE"]);
     for d in deployments {
         t.row(vec![
             d.name.clone(),
-            format!("{}/{}", d.status.running, d.replicas),
+            format!("{}/{}", d.status.ready, d.replicas),
+            d.status.available.to_string(),
+            d.status.running.to_string(),
             d.status.pending.to_string(),
             d.revision.to_string(),
             short_workload(&d.spec.workload),
@@ -320,10 +324,13 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
         &mut out,
         "Replicas",
         format!(
-            "{} desired, {} total, {} running, {} pending, {} failed, {} restarts",
-            d.replicas, s.total, s.running, s.pending, s.failed, s.restarts
+            "{} desired, {} total, {} running, {} ready, {} available, {} pending, {} failed, {} restarts",
+            d.replicas, s.total, s.running, s.ready, s.available, s.pending, s.failed, s.restarts
         ),
     );
+    if spec.volume_lease {
+        field(&mut out, "Volume lease", "on: a node cut off from the scheduler stops these replicas".into());
+    }
     if let Some(a) = &d.autoscale {
         let target = match (a.target_cpu_percent, a.target_requests_per_second) {
             (Some(c), _) => format!("cpu {c}% of request"),
