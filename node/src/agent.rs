@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// How long one assignments query may block on the scheduler.
 const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// How soon to ask again while a volume to purge is still held by a stopping replica.
+const PURGE_RETRY: Duration = Duration::from_millis(500);
 /// Delay between attempts while the scheduler is unreachable.
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for an answer to a register or heartbeat call: a partition that
@@ -285,13 +287,22 @@ impl Agent {
         let mut registrations = self.registered.subscribe();
         let mut applied: Option<u64> = None;
         let mut link = Link::default();
+        // A volume to purge that a stopping replica still held: ask again soon
+        // (the scheduler has no news to wake the long poll with).
+        let mut purge_pending = false;
         loop {
             let seen = *registrations.borrow_and_update();
             let index = applied.unwrap_or(0);
             let asked = Instant::now();
             // Right after an outage ask without waiting: the answer both says
             // the link is back and brings any change made meanwhile.
-            let wait = if link.down_since.is_some() { Duration::ZERO } else { WATCH_WAIT };
+            let wait = if link.down_since.is_some() {
+                Duration::ZERO
+            } else if purge_pending {
+                PURGE_RETRY
+            } else {
+                WATCH_WAIT
+            };
             let answer = tokio::select! {
                 a = self.client.assignments(&self.id.name, index, wait) => a,
                 _ = registrations.changed() => {
@@ -319,11 +330,13 @@ impl Agent {
                         continue;
                     }
                     self.converge(a.replicas);
+                    purge_pending = false;
                     if !a.purge_volumes.is_empty() {
                         let running = self.lock();
                         let in_use =
                             |v: &str| running.values().any(|r| r.assignment().spec.volumes.iter().any(|m| m.name == v));
                         crate::volumes::purge(&self.ctx.data_dir, &a.purge_volumes, in_use);
+                        purge_pending = a.purge_volumes.iter().any(|v| in_use(v));
                     }
                     let unchanged = applied == Some(a.index);
                     applied = Some(a.index);
