@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, volume};
+use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, top, volume};
 use skiff_api::tls::CaFingerprint;
 use std::path::Path;
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ struct Cli {
     ca_fingerprint: Option<String>,
 
     /// The server's CA certificate (its DATA_DIR/ca.crt), trusted by its fingerprint [default: ./.skiff/ca.crt, else ~/.config/skiff/ca.crt]
-    #[arg(long, global = true, env = "SKIFF_CA_FILE", value_name = "PATH", conflicts_with = "ca_fingerprint")]
+    #[arg(long, global = true, env = "SKIFF_CA_FILE", value_name = "PATH")]
     ca_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
@@ -69,6 +69,8 @@ enum Command {
     Delete(manage::DeleteArgs),
     /// Print the logs of a deployment's replicas
     Logs(manage::LogsArgs),
+    /// Show each replica's cpu and memory now, busiest first
+    Top(top::TopArgs),
     /// Print what the controllers decided and why; -f follows
     Events(events::EventsArgs),
     /// Import and list OCI images for container deployments
@@ -121,7 +123,7 @@ fn resolve_token(flag: Option<String>) -> Option<String> {
         .find(|t| !t.is_empty())
 }
 
-/// The CA fingerprint given by `--ca-fingerprint` or `--ca-file` (or their env
+/// The CA fingerprint given by `--ca-fingerprint`, else `--ca-file` (or their env
 /// variables), if any.
 fn explicit_ca(fingerprint: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<CaFingerprint>> {
     use anyhow::Context;
@@ -289,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args, &client(&server)).await,
         Command::Delete(args) => manage::delete(args, &client(&server)).await,
         Command::Logs(args) => manage::logs(args, &client(&server)).await,
+        Command::Top(args) => top::top(args, &client(&server)).await,
         Command::Events(args) => events::events(args, &client(&server)).await,
         Command::Image(args) => image::image(args, &client(&server)).await,
         Command::Secret(args) => secret::secret(args, &client(&server)).await,

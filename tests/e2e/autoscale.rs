@@ -97,6 +97,14 @@ fn cpu_bound_deployment_scales_up_to_its_max() {
         let n = get_json(cwd, &url, "replicas").iter().filter(|r| r["state"] == "running").count();
         if n == 2 { Ok(()) } else { Err(format!("{n} running")) }
     });
+    // `skiff top` shows the spinners burning cpu (over 2 s: nodes report usage
+    // every second).
+    let top = cli_ok(cwd, &url, &["top", "spin", "--interval", "2s"]);
+    let busy = top.lines().filter(|l| l.starts_with("spin-")).any(|l| {
+        let cpu = l.split_whitespace().nth(3).and_then(|c| c.strip_suffix('%')).and_then(|c| c.parse::<f64>().ok());
+        cpu.is_some_and(|c| c > 0.0)
+    });
+    assert!(busy && top.starts_with("REPLICA"), "{top}");
 
     // Applied again without autoscale (and without a count): it stops scaling by
     // load and keeps its two replicas; then it scales by hand.

@@ -1,5 +1,6 @@
 //! Faults, with real processes: a scheduler SIGKILLed in the middle of a rollout
-//! and of a large deploy, a data dir whose disk fills up, and the object limits.
+//! and of a large deploy, a node partitioned from the scheduler and healed, a
+//! data dir whose disk fills up, and the object limits.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -321,4 +322,161 @@ fn object_counts_are_capped_with_a_clear_error() {
     // Deleting makes room.
     cli_ok(cwd, &url, &["secret", "rm", "s0"]);
     cli_ok(cwd, &url, &["secret", "create", "s2", "--from-literal", "k=v"]);
+}
+
+/// The replicas of `deployment` that a node's own API (`GET /v1/replicas` at
+/// `api`) lists, asked from inside its namespace as a user on that host would,
+/// as (id, state).
+fn node_view(ns: &NetNs, api: &str, deployment: &str) -> Result<Vec<(String, String)>, String> {
+    let body = ns.exec(&["curl", "-sS", "--fail", "--max-time", "3", &format!("{api}/v1/replicas")])?;
+    let list: Vec<Value> = serde_json::from_str(&body).map_err(|e| format!("{body:?}: {e}"))?;
+    let prefix = format!("{deployment}-");
+    let mut seen: Vec<(String, String)> = list
+        .iter()
+        .filter_map(|r| Some((r["id"].as_str()?.to_string(), r["state"].as_str()?.to_string())))
+        .filter(|(id, _)| id.starts_with(&prefix))
+        .collect();
+    seen.sort();
+    Ok(seen)
+}
+
+/// The scheduler's live (neither stopped nor lost) replicas of `deployment`, as
+/// (id, node, state), sorted; fails the test at once if there are more than
+/// `count`.
+fn scheduler_view(cwd: &Path, url: &str, deployment: &str, count: usize) -> Vec<(String, String, String)> {
+    let mut live: Vec<(String, String, String)> = get_json(cwd, url, "replicas")
+        .into_iter()
+        .filter(|r| r["deployment"] == deployment && r["state"] != "stopped" && r["state"] != "lost")
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (field("id"), field("node"), field("state"))
+        })
+        .collect();
+    live.sort();
+    assert!(live.len() <= count, "{deployment} has more than {count} live replicas: {live:?}");
+    live
+}
+
+/// The state the scheduler gives node `name`.
+fn node_state(cwd: &Path, url: &str, name: &str) -> String {
+    let nodes = get_json(cwd, url, "nodes");
+    nodes.iter().find(|n| n["name"] == name).and_then(|n| n["state"].as_str()).unwrap_or("absent").to_string()
+}
+
+/// The events about `object`, as (id, reason, message), oldest first.
+fn events(url: &str, object: &str) -> Vec<(u64, String, String)> {
+    let body = http_get(&format!("{url}/v1/events?object={object}")).expect("GET events");
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap_or_else(|e| panic!("events of {object}: {e}: {body}"));
+    let mut events: Vec<(u64, String, String)> = list
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (e["id"].as_u64().unwrap_or(0), text("reason"), text("message"))
+        })
+        .collect();
+    events.sort();
+    events
+}
+
+/// A node cut off from the scheduler (the bridge's end of its veth down, as a
+/// pulled cable) is counted down and its replicas are replaced on the other
+/// node, while it keeps running them: nothing told it otherwise, and they hold
+/// no volume lease (a leased writer stopping by itself is
+/// `volumes::a_partitioned_node_stops_its_leased_writer`). Once the link is back
+/// it hears its new set and stops them, and the scheduler and both nodes agree on
+/// exactly the deployment's count, never more.
+#[test]
+fn a_partitioned_node_is_replaced_and_converges_when_healed() {
+    if !is_root() {
+        eprintln!("skipping: the partition test needs root (ip netns, a bridge, veths)");
+        return;
+    }
+    // Dropped in reverse: the nodes, their namespaces, the server, the bridge, the files.
+    let dir = TempDir::new("fault-partition");
+    let cwd = dir.path();
+    let net = net_prefix();
+    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
+    let (_server, url, token) = bridge.start_server(&cwd.join("server"), &[], &cwd.join("server.log"));
+    let ns_a = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.2/24"));
+    let ns_b = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.3/24"));
+    // Replicas of 250m: a has room for two, b for all four.
+    let (data_a, data_b) = (cwd.join("node-a"), cwd.join("node-b"));
+    let mut node_a = ns_a.start_node("a", &url, &token, &data_a, &["--cpu", "500m"], &cwd.join("node-a.log"));
+    let mut node_b = ns_b.start_node("b", &url, &token, &data_b, &["--cpu", "1"], &cwd.join("node-b.log"));
+    let (api_a, api_b) = (read_when_ready(&data_a.join("node.addr")), read_when_ready(&data_b.join("node.addr")));
+    wait_nodes(cwd, &url, 2);
+
+    // Four replicas: two fill a, and spreading puts the other two on b.
+    let worker = wasm_p2("worker");
+    let deploy = ["deploy", worker.to_str().unwrap_or_default(), "--name", "work", "--replicas", "4"];
+    cli_ok(cwd, &url, &[&deploy[..], &["--cpu", "250m", "--memory", "32Mi"]].concat());
+    let on_a: Vec<(String, String)> = wait_for(Duration::from_secs(30), "4 replicas of work running, 2 on a", || {
+        let live = scheduler_view(cwd, &url, "work", 4);
+        let on_a: Vec<(String, String)> =
+            live.iter().filter(|r| r.1 == "a").map(|r| (r.0.clone(), "running".to_string())).collect();
+        let running = live.iter().filter(|r| r.2 == "running").count();
+        if running == 4 && on_a.len() == 2 { Ok(on_a) } else { Err(format!("{live:?}")) }
+    });
+    wait_for(Duration::from_secs(10), "a's own API to list its 2 replicas running", || {
+        let seen = node_view(&ns_a, &api_a, "work")?;
+        if seen == on_a { Ok(()) } else { Err(format!("{seen:?}")) }
+    });
+
+    // Cut a off: the scheduler counts it down (after the node grace, 3 s) and
+    // replaces its two replicas on b.
+    ns_a.cut();
+    let cut = std::time::Instant::now();
+    wait_for(Duration::from_secs(15), "a down and all 4 replicas of work running on b", || {
+        let live = scheduler_view(cwd, &url, "work", 4);
+        let state = node_state(cwd, &url, "a");
+        let on_b = live.iter().filter(|r| r.1 == "b" && r.2 == "running").count();
+        if state == "down" && on_b == 4 { Ok(()) } else { Err(format!("a {state}; {live:?}")) }
+    });
+    // A partition kills nothing: a still runs the two it had.
+    let seen = node_view(&ns_a, &api_a, "work").expect("a's own API, from inside its namespace");
+    assert_eq!(seen, on_a, "a's own view while cut off");
+    println!("a down and its replicas replaced on b {:?} after the cut", cut.elapsed());
+
+    // Healed: a hears that its set is empty and stops the two; then the
+    // scheduler and both nodes say the same four, all on b.
+    ns_a.heal();
+    let healed = std::time::Instant::now();
+    let converged =
+        wait_for(Duration::from_secs(20), "a ready with none of work, b and the scheduler agreeing on 4", || {
+            let live = scheduler_view(cwd, &url, "work", 4);
+            let state = node_state(cwd, &url, "a");
+            let (seen_a, seen_b) = (node_view(&ns_a, &api_a, "work")?, node_view(&ns_b, &api_b, "work")?);
+            let scheduler: Vec<(String, String)> =
+                live.iter().filter(|r| r.1 == "b" && r.2 == "running").map(|r| (r.0.clone(), r.2.clone())).collect();
+            if state == "ready" && seen_a.is_empty() && live.len() == 4 && scheduler == seen_b {
+                Ok(seen_b)
+            } else {
+                Err(format!("a {state}; scheduler {live:?}; a says {seen_a:?}; b says {seen_b:?}"))
+            }
+        });
+    assert_eq!(converged.len(), 4);
+    println!("converged {:?} after the heal", healed.elapsed());
+    assert!(node_a.alive() && node_b.alive(), "a node daemon died");
+
+    // The scheduler's events say why: a went down, its two replicas were lost
+    // with it and placed again on b, and a came back.
+    let node_events = events(&url, "node/a");
+    let down = node_events
+        .iter()
+        .find(|e| e.1 == "NodeDown")
+        .unwrap_or_else(|| panic!("no NodeDown event for a: {node_events:?}"));
+    assert!(
+        down.2.starts_with("no heartbeat for") && down.2.ends_with("its 2 replicas are replaced elsewhere"),
+        "{down:?}"
+    );
+    assert!(node_events.iter().any(|e| e.1 == "NodeReady" && e.0 > down.0), "{node_events:?}");
+    let work_events = events(&url, "deployment/work");
+    for (id, _) in &on_a {
+        let lost = format!("replica {id} lost with node a");
+        assert!(work_events.iter().any(|e| e.1 == "ReplicaLost" && e.2 == lost), "no {lost:?} in {work_events:?}");
+    }
+    let placed: Vec<&str> =
+        work_events.iter().filter(|e| e.0 > down.0 && e.1 == "Scheduled").map(|e| e.2.as_str()).collect();
+    let on_b = placed.iter().map(|m| m.matches(" on b").count()).sum::<usize>();
+    assert!(on_b == 2 && !placed.iter().any(|m| m.contains(" on a")), "replacements: {placed:?}");
 }

@@ -101,32 +101,11 @@ fn a_partitioned_node_stops_its_leased_writer() {
     let dir = TempDir::new("volume-lease");
     let net = net_prefix();
     let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
-    let data = dir.path().join("server");
-    let listen = format!("{}:0", bridge.ip);
-    let server_args = ["server", "--listen", &listen, "--data-dir", data.to_str().unwrap_or_default()];
-    let _server = Proc::start("server", &server_args, &dir.path().join("server.log"));
-    let url = server_ready(&data);
-    let token = read_when_ready(&data.join("join-token"));
+    let (_server, url, token) = bridge.start_server(&dir.path().join("server"), &[], &dir.path().join("server.log"));
     let ns = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.2/24"));
     let node_data = dir.path().join("node");
-    let addr = format!("{}:0", ns.ip.as_deref().unwrap_or_default());
     let node_log = dir.path().join("node.log");
-    let node_args = [
-        "node",
-        "--server",
-        &url,
-        "--token",
-        &token,
-        "--name",
-        "n1",
-        "--data-dir",
-        node_data.to_str().unwrap_or_default(),
-        "--listen",
-        &addr,
-        "--ingress",
-        &addr,
-    ];
-    let mut node = ns.start("node", &node_args, &node_log);
+    let mut node = ns.start_node("n1", &url, &token, &node_data, &[], &node_log);
     let cwd = dir.path();
     let counter = wasm_p2("counter");
     let deploy = [

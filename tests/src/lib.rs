@@ -465,10 +465,13 @@ pub fn net_name(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A private /24 for a test's bridge, varied by pid (`10.231.X.0/24`), so two test
-/// binaries running at once do not share one.
+/// A private /24 for a test's bridge, varied by pid and by call
+/// (`10.2NN.X.0/24`, NN from 31 to 50), so neither two test binaries running at
+/// once nor two tests of one binary (they run in parallel) share one.
 pub fn net_prefix() -> String {
-    format!("10.231.{}", std::process::id() % 250 + 1)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("10.{}.{}", 231 + N.fetch_add(1, Ordering::Relaxed) % 20, std::process::id() % 250 + 1)
 }
 
 /// A Linux bridge in the root namespace with an address: the "switch" that test
@@ -488,6 +491,19 @@ impl Bridge {
         ip(&["link", "set", name, "up"]);
         bridge
     }
+
+    /// Starts `skiff server` on the bridge's address (a free port), its data in
+    /// `data`, with `extra` arguments, output to `log`; once it is ready, returns
+    /// it with its URL (see `server_ready`) and its join token.
+    pub fn start_server(&self, data: &Path, extra: &[&str], log: &Path) -> (Proc, String, String) {
+        let listen = format!("{}:0", self.ip);
+        let mut args = vec!["server", "--listen", &listen, "--data-dir", data.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        let server = Proc::start("server", &args, log);
+        let url = server_ready(data);
+        let token = read_when_ready(&data.join("join-token"));
+        (server, url, token)
+    }
 }
 
 impl Drop for Bridge {
@@ -502,13 +518,15 @@ pub struct NetNs {
     pub name: String,
     /// Its address on a bridge (no prefix length), if it joined one.
     pub ip: Option<String>,
+    /// The bridge's end of its veth (in the root namespace), if it joined one.
+    pub veth: Option<String>,
 }
 
 impl NetNs {
     /// `ip netns add NAME`, with only loopback.
     pub fn new(name: &str) -> NetNs {
         ip(&["netns", "add", name]);
-        let ns = NetNs { name: name.to_string(), ip: None };
+        let ns = NetNs { name: name.to_string(), ip: None, veth: None };
         ip(&["-n", name, "link", "set", "lo", "up"]);
         ns
     }
@@ -526,6 +544,7 @@ impl NetNs {
             let _ = Command::new("ip").args(["link", "delete", &host_end]).output();
             panic!("cannot move {peer} into {name}: {moved:?}");
         }
+        ns.veth = Some(host_end.clone());
         ip(&["link", "set", &host_end, "master", &bridge.name]);
         ip(&["link", "set", &host_end, "up"]);
         ip(&["-n", name, "link", "set", &peer, "name", "eth0"]);
@@ -542,6 +561,31 @@ impl NetNs {
         Proc::start_in(name, &["ip", "netns", "exec", &self.name], args, log)
     }
 
+    /// Starts `skiff node` named `name` inside the namespace, joined to the
+    /// scheduler at `url` with the join `token`, its data in `data`, its API and
+    /// ingress on the namespace's address (free ports; the API's URL is then in
+    /// `data/node.addr`), with `extra` arguments; output to `log`.
+    pub fn start_node(&self, name: &str, url: &str, token: &str, data: &Path, extra: &[&str], log: &Path) -> Proc {
+        let addr = format!("{}:0", self.ip.as_deref().unwrap_or("127.0.0.1"));
+        let data = data.to_str().unwrap_or_default();
+        let mut args = vec!["node", "--server", url, "--token", token, "--name", name, "--data-dir", data];
+        args.extend_from_slice(&["--listen", &addr, "--ingress", &addr]);
+        args.extend_from_slice(extra);
+        self.start(name, &args, log)
+    }
+
+    /// Cuts the namespace off its bridge, as a pulled cable would: the bridge's
+    /// end of the veth goes down. Inside, `eth0` loses its carrier but keeps its
+    /// address and routes: what runs there still reaches itself, and nothing else.
+    pub fn cut(&self) {
+        ip(&["link", "set", self.veth.as_deref().expect("cut: the namespace is on no bridge"), "down"]);
+    }
+
+    /// Undoes `cut`.
+    pub fn heal(&self) {
+        ip(&["link", "set", self.veth.as_deref().expect("heal: the namespace is on no bridge"), "up"]);
+    }
+
     /// Runs `ARGS` inside the namespace: its stdout, or its stderr on failure.
     pub fn exec(&self, args: &[&str]) -> Result<String, String> {
         let out =
@@ -556,6 +600,12 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // The pair goes with the namespace, but the kernel tears a namespace down
+        // when it likes (later still with sockets retrying a cut link): delete
+        // it now.
+        if let Some(veth) = &self.veth {
+            let _ = Command::new("ip").args(["link", "delete", veth]).output();
+        }
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
     }
 }

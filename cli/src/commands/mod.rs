@@ -9,6 +9,7 @@ pub mod manage;
 pub mod rollout;
 pub mod secret;
 pub mod token;
+pub mod top;
 pub mod volume;
 
 use anyhow::{Context, bail};
