@@ -259,6 +259,14 @@ impl Drop for Janitor {
             }
             let _ = Command::new("ip").args(["netns", "delete", &format!("skiff-{id}")]).output();
         }
+        // A replica whose container runc no longer knows (the daemon died
+        // between steps) still has its bundle dir: its namespace goes too.
+        let runs = std::fs::read_dir(self.data.join("containers/run")).into_iter().flatten().flatten();
+        for id in runs.filter_map(|e| e.file_name().into_string().ok()) {
+            if Path::new(&format!("/run/netns/skiff-{id}")).exists() {
+                let _ = Command::new("ip").args(["netns", "delete", &format!("skiff-{id}")]).output();
+            }
+        }
         for m in mounts_under(&self.data) {
             let _ = Command::new("umount").args(["-l", &m]).output();
         }
@@ -1197,4 +1205,497 @@ fn nodes_pull_images_from_a_loopback_registry() {
     });
     let reason = r["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("cannot pull the manifest of") && reason.contains("nosuch"), "{reason}");
+}
+
+/// A scheduler on the host and node daemons each in a network namespace of its
+/// own, joined by a bridge: separate hosts, each with its own CNI bridge and
+/// subnet (per namespace) and its own data dir (host-local's reservations and
+/// runc's state live under it, so no two nodes share them). Fields drop in
+/// order: the nodes, then the janitors clean up after them, then the
+/// namespaces, the bridge, the server and the files.
+struct Hosts {
+    nodes: Vec<Proc>,
+    _janitors: Vec<Janitor>,
+    netns: Vec<skiff_tests::NetNs>,
+    _bridge: Bridge,
+    _server: Proc,
+    url: String,
+    dir: TempDir,
+}
+
+impl Hosts {
+    /// Nodes `n1`..`nN`, each allowed `cpu 1, memory 512Mi`, once all are ready
+    /// and run containers.
+    fn new(n: usize) -> Hosts {
+        require_root_and_runc();
+        // Declared in the reverse of the order they must go in, should a step
+        // below fail before `Hosts` holds them.
+        let dir = TempDir::new("containers-hosts");
+        let net = net_prefix();
+        let bridge = Bridge::new(&net_name("skc"), &format!("{net}.1/24"));
+        let (server, url, token) = bridge.start_server(&dir.path().join("server"), &[], &dir.path().join("server.log"));
+        let (mut netns, mut janitors, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 1..=n {
+            let ns = skiff_tests::NetNs::on_bridge(&net_name("skc"), &bridge, &format!("{net}.{}/24", i + 1));
+            let data = dir.path().join(format!("node-n{i}"));
+            janitors.push(Janitor { state: data.join("containers/state"), data: data.clone() });
+            let listen = format!("{}:0", ns.ip.as_deref().unwrap_or_default());
+            let name = format!("n{i}");
+            let args = [
+                "node",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--name",
+                &name,
+                "--cpu",
+                "1",
+                "--memory",
+                "512Mi",
+                "--data-dir",
+                data.to_str().unwrap_or_default(),
+                "--listen",
+                &listen,
+                "--container-network",
+                "bridge",
+            ];
+            // nsenter, not `ip netns exec`: only the network is the node's own;
+            // the mounts (and /run/netns) stay the machine's, where the janitor
+            // finds them.
+            let enter = format!("--net=/run/netns/{}", ns.name);
+            netns.push(ns);
+            nodes.push(Proc::start_in(
+                &name,
+                &["nsenter", &enter, "--"],
+                &args,
+                &dir.path().join(format!("{name}.log")),
+            ));
+            read_when_ready(&data.join("node.addr"));
+        }
+        let hosts = Hosts { nodes, _janitors: janitors, netns, _bridge: bridge, _server: server, url, dir };
+        wait_for(Duration::from_secs(30), &format!("{n} ready nodes that run containers"), || {
+            let nodes = hosts.json("nodes");
+            let ready = nodes
+                .iter()
+                .filter(|n| {
+                    n["state"] == "ready" && n["runtimes"].as_array().is_some_and(|r| r.contains(&json!("container")))
+                })
+                .count();
+            if ready == n { Ok(()) } else { Err(format!("{nodes:?}")) }
+        });
+        hosts
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    fn json(&self, kind: &str) -> Vec<Value> {
+        get_json(self.dir.path(), &self.url, kind)
+    }
+
+    /// The replicas of `deployment` as (id, node, state).
+    fn replicas(&self, deployment: &str) -> Vec<(String, String, String)> {
+        self.json("replicas")
+            .into_iter()
+            .filter(|r| r["deployment"] == deployment)
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("id"), s("node"), s("state"))
+            })
+            .collect()
+    }
+
+    /// (id, node) of every replica of `deployment`, once there are `n` and all run.
+    fn wait_running(&self, deployment: &str, n: usize) -> Vec<(String, String)> {
+        wait_for(Duration::from_secs(60), &format!("{n} running replicas of {deployment} and no other"), || {
+            let r = self.replicas(deployment);
+            if r.len() == n && r.iter().all(|(_, _, state)| state == "running") {
+                Ok(r.into_iter().map(|(id, node, _)| (id, node)).collect())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        })
+    }
+
+    /// The address of node `nI` on the bridge.
+    fn address(&self, node: &str) -> String {
+        let i: usize = node.trim_start_matches('n').parse().unwrap_or_else(|_| panic!("no node {node}"));
+        self.netns[i - 1].ip.clone().unwrap_or_default()
+    }
+
+    /// Waits until the page at `node`'s port 8081, fetched from the host over
+    /// the bridge, is `want` (a replica stopped on that node may answer for a
+    /// moment after the scheduler forgot it: it has a grace period to stop in).
+    fn wait_page(&self, node: &str, want: &str) {
+        let url = format!("http://{}:8081/", self.address(node));
+        wait_for(Duration::from_secs(30), &format!("{want:?} at {url}"), || {
+            let out =
+                Command::new("curl").args(["-sS", "--max-time", "3", &url]).output().map_err(|e| e.to_string())?;
+            let page = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && page == want {
+                Ok(())
+            } else {
+                Err(format!("{page} {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        });
+    }
+}
+
+/// Three hosts: a busybox httpd deployment publishing port 8081 gets one replica
+/// on each (the port is held once per node), and each node's 8081 serves the
+/// page of the replica it runs. Then a node daemon dies (SIGKILL) and its replica
+/// is run again on the one node with the port free. With a host port and three
+/// nodes a fourth place does not exist, so the deployment is scaled to two first:
+/// the replacement can only land on the node that scale-down emptied.
+#[test]
+fn httpd_spreads_over_three_hosts_and_a_dead_hosts_replica_moves() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut c = Hosts::new(3);
+    let (oci, _) = build_images(c.dir.path());
+    c.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    let web = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    c.cli(&[
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--memory",
+        "32Mi",
+        "--publish",
+        "8081:8080",
+        // httpd as pid 1 ignores SIGTERM: a replica scaled away ends at SIGKILL.
+        "--stop-grace-period",
+        "1s",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        web,
+    ]);
+    let placed = c.wait_running("web", 3);
+    let on: std::collections::BTreeSet<&str> = placed.iter().map(|(_, node)| node.as_str()).collect();
+    assert_eq!(on, ["n1", "n2", "n3"].into(), "one replica per node: {placed:?}");
+    for (id, node) in &placed {
+        c.wait_page(node, &format!("hello from {id}"));
+    }
+
+    c.cli(&["scale", "web", "2"]);
+    let placed = c.wait_running("web", 2);
+    let free = ["n1", "n2", "n3"].into_iter().find(|n| placed.iter().all(|(_, on)| on != n)).expect("a free node");
+    let (lost, victim) = placed[0].clone();
+    let (kept, kept_on) = placed[1].clone();
+    let i: usize = victim.trim_start_matches('n').parse().expect("node number");
+    c.nodes[i - 1].kill();
+    let moved =
+        wait_for(Duration::from_secs(60), &format!("{lost} of the dead {victim} to be replaced on {free}"), || {
+            let r = c.replicas("web");
+            let ids: Vec<&str> = r.iter().map(|(id, _, _)| id.as_str()).collect();
+            let new =
+                r.iter().find(|(id, node, state)| id != &lost && id != &kept && node == free && state == "running");
+            match new {
+                Some((id, _, _)) if r.len() == 2 && !ids.contains(&lost.as_str()) => Ok(id.clone()),
+                _ => Err(format!("{r:?}")),
+            }
+        });
+    c.wait_page(free, &format!("hello from {moved}"));
+    c.wait_page(&kept_on, &format!("hello from {kept}"));
+    let nodes = c.json("nodes");
+    let dead = nodes.iter().find(|n| n["name"] == victim.as_str()).map(|n| n["state"].clone());
+    assert_eq!(dead, Some(json!("down")), "{nodes:?}");
+}
+
+/// The escapes an untrusted container would try, as one shell script: each
+/// attempt prints `held NAME: …` when it fails and `ESCAPE NAME: …` when it
+/// works. Only busybox and /bin/ptrace are in the image, so applets not linked
+/// in /bin are called as `busybox APPLET`. Writes that would change the host
+/// write back the value already there, so even a success changes nothing.
+const ESCAPES: &str = r#"
+b=/bin/busybox
+try() { name=$1; shift; if out=$("$@" 2>&1); then echo "ESCAPE $name:" $out; else echo "held $name:" $out; fi; }
+try proc-sys sh -c 'v=$(cat /proc/sys/kernel/panic); echo $v > /proc/sys/kernel/panic'
+try core-pattern sh -c 'cat /proc/sys/kernel/core_pattern > /tmp/cp && cat /tmp/cp > /proc/sys/kernel/core_pattern'
+found=
+for p in /proc/1/root /proc/self/root /proc/self/cwd /proc/self/fd/* /proc/1/fd/* /proc/[0-9]*/root /proc/[0-9]*/cwd; do
+  for q in "$p$MARKER" "$p/../../../../../../../../..$MARKER"; do
+    if cat "$q" 2>/dev/null; then echo "ESCAPE host-file: read through $q"; found=1; fi
+  done
+done
+[ -n "$found" ] || echo "held host-file: $MARKER unreadable through" \
+  "/proc/*/root, /proc/*/cwd, /proc/self/fd/*, /proc/1/fd/*"
+try mount $b mount -t tmpfs escape /tmp
+try remount-proc-sys $b mount -o remount,rw /proc/sys
+try cgroup-mount sh -c "mkdir -p /tmp/cg && $b mount -t cgroup -o memory cgroup /tmp/cg"
+try unshare $b unshare -m -U -r true
+try cgroup-limit sh -c 'for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max; do
+  [ -e $f ] && { echo max > $f; exit; }; done; echo no pids.max; exit 1'
+echo 'not a module' > /tmp/m.ko
+try insmod $b insmod /tmp/m.ko
+try host-proc-mem $b head -c 16 /proc/$HOST_PID/mem
+try signal-host kill -0 $HOST_PID
+try nsenter-host $b nsenter -t $HOST_PID -m -p true
+try ptrace-host /bin/ptrace $HOST_PID
+try ptrace-child /bin/ptrace child
+set -- $($b awk 'NR > 2 && $2 == 0 { print $1, $2; exit }' /proc/partitions)
+$b mknod /tmp/disk b ${1:-8} ${2:-0}
+try raw-disk sh -c "$b head -c 512 /tmp/disk > /dev/null"
+echo attempts done
+"#;
+
+/// A busybox image whose config sets `WorkingDir` to `workdir` (the image, not
+/// the deployment, picks the directory runc starts the process in), with
+/// `extra` executables (path in the image, bytes) in a second layer.
+fn busybox_image_with(dir: &Path, file: &str, workdir: &str, extra: &[(&str, Vec<u8>)]) -> PathBuf {
+    let (l1, _) = layers();
+    let mut layers = vec![l1];
+    if !extra.is_empty() {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, bytes) in extra {
+            add(&mut b, path, tar::EntryType::Regular, 0o755, bytes, None);
+        }
+        layers.push(b.into_inner().expect("extra layer"));
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha(l))).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": workdir },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))
+    .expect("config");
+    let descriptors: Vec<Value> = layers
+        .iter()
+        .map(|l| {
+            let digest = format!("sha256:{}", sha(l));
+            json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": l.len() })
+        })
+        .collect();
+    let (config_type, config_digest) = ("application/vnd.oci.image.config.v1+json", format!("sha256:{}", sha(&config)));
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": config_type, "digest": config_digest, "size": config.len() },
+        "layers": descriptors,
+    }))
+    .expect("manifest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha(&manifest)),
+            "size": manifest.len(),
+        }],
+    }))
+    .expect("index");
+    let blob = |b: &[u8]| (format!("blobs/sha256/{}", sha(b)), b.to_vec());
+    let mut files = vec![
+        ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+        ("index.json".into(), index),
+        blob(&manifest),
+        blob(&config),
+    ];
+    files.extend(layers.iter().map(|l| blob(l)));
+    let path = dir.join(file);
+    write_tar(&path, &files);
+    path
+}
+
+/// `ptrace PID`: PTRACE_ATTACH to PID, then detach; says what happened.
+/// `ptrace child` does it to a child of its own, which the kernel lets a parent
+/// trace without privileges. Busybox has no tracer, so the test compiles this
+/// (statically: the image has no libc).
+const PTRACE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    pid_t pid = 0;
+    if (argc > 1 && strcmp(argv[1], "child") == 0) {
+        pid = fork();
+        if (pid == 0) {
+            pause();
+            return 0;
+        }
+    } else if (argc > 1) {
+        pid = atoi(argv[1]);
+    }
+    int ok = ptrace(PTRACE_ATTACH, pid, 0, 0) == 0;
+    int err = errno;
+    if (ok) {
+        waitpid(pid, 0, 0);
+        ptrace(PTRACE_DETACH, pid, 0, 0);
+    }
+    if (argc > 1 && strcmp(argv[1], "child") == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, 0, 0);
+    }
+    if (!ok) {
+        printf("attach %d: %s\n", pid, strerror(err));
+        return 1;
+    }
+    printf("attached to %d\n", pid);
+    return 0;
+}
+"#;
+
+/// The static `ptrace` program, built with the system's C compiler.
+fn ptrace_program(dir: &Path) -> Vec<u8> {
+    let (src, bin) = (dir.join("ptrace.c"), dir.join("ptrace"));
+    std::fs::write(&src, PTRACE_C).expect("write ptrace.c");
+    let out = Command::new("cc")
+        .arg("-static")
+        .arg("-O")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cc ({e}); the escape test builds a static ptrace program"));
+    assert!(out.status.success(), "cc -static ptrace.c failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(&bin).expect("read the ptrace program")
+}
+
+/// Container escapes that have hit real runtimes, tried from inside a busybox
+/// container, all fail: writing to /proc/sys (kernel.panic, kernel.core_pattern),
+/// reading a file of the host through /proc/*/root, /proc/*/cwd and /proc/self/fd,
+/// mounting (tmpfs, a fresh cgroup hierarchy, /proc/sys read-write), new
+/// namespaces, raising its own pids limit, loading a kernel module, reaching a
+/// host process (this test's pid: its memory, a signal, its namespaces,
+/// ptrace) and reading the host's disk through a device node made with mknod.
+/// ptrace is refused even on the container's own child, which the kernel alone
+/// would allow a parent: the seccomp profile refuses the call itself. And an
+/// image whose working directory is a descriptor leaked by runc does not start.
+#[test]
+fn container_escapes_fail() {
+    if skip_unless_root() {
+        return;
+    }
+    let s = Setup::new();
+    let ptrace = ptrace_program(s.dir.path());
+    let image = busybox_image_with(s.dir.path(), "escaper.tar", "/", &[("bin/ptrace", ptrace)]);
+    s.cli(&["image", "import", image.to_str().unwrap_or_default(), "--name", "escaper:v1"]);
+    let secret = format!("host-secret-{}", std::process::id());
+    let marker = s.dir.path().join("host-secret");
+    std::fs::write(&marker, &secret).expect("write the host's marker file");
+    let panic_before = std::fs::read_to_string("/proc/sys/kernel/panic").expect("read kernel.panic");
+    s.cli(&[
+        "deploy",
+        "--image",
+        "escaper:v1",
+        "--name",
+        "escaper",
+        "--memory",
+        "32Mi",
+        "--restart",
+        "never",
+        "--env",
+        &format!("MARKER={}", marker.display()),
+        "--env",
+        &format!("HOST_PID={}", std::process::id()),
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        ESCAPES,
+    ]);
+    let logs = wait_for(Duration::from_secs(60), "the escape attempts to finish", || {
+        let logs = s.logs("escaper");
+        if logs.contains("attempts done") { Ok(logs) } else { Err(logs) }
+    });
+    eprintln!("{logs}");
+    let attempts = [
+        "proc-sys",
+        "core-pattern",
+        "host-file",
+        "mount",
+        "remount-proc-sys",
+        "cgroup-mount",
+        "unshare",
+        "cgroup-limit",
+        "insmod",
+        "host-proc-mem",
+        "signal-host",
+        "nsenter-host",
+        "ptrace-host",
+        "ptrace-child",
+        "raw-disk",
+    ];
+    for a in attempts {
+        assert!(logs.contains(&format!("held {a}:")), "no `held {a}` line:\n{logs}");
+    }
+    assert!(!logs.contains("ESCAPE"), "an escape attempt worked:\n{logs}");
+    assert!(!logs.contains(&secret), "the host's marker file was read:\n{logs}");
+    // Refused, not merely malformed: the kernel never looked at the module.
+    let insmod = logs.lines().find(|l| l.contains("held insmod:")).unwrap_or_default();
+    assert!(insmod.contains("not permitted"), "{insmod}");
+    // Refused by seccomp, not by the kernel's own rule (which lets a parent trace its child).
+    let child = logs.lines().find(|l| l.contains("held ptrace-child:")).unwrap_or_default();
+    assert!(child.contains("not permitted"), "{child}");
+    let panic_after = std::fs::read_to_string("/proc/sys/kernel/panic").expect("read kernel.panic");
+    assert_eq!(panic_before, panic_after);
+
+    // CVE-2024-21626 ("Leaky Vessels"): an image whose working directory is a
+    // descriptor runc leaked into the container (/proc/self/fd/N, open on the
+    // host's /sys/fs/cgroup) reaches the host's root by `..`. Each such image
+    // either does not start or starts where `..` stays inside the container.
+    let leaky = r#"if cat ../../../../../../../..$MARKER; then echo "ESCAPE workdir: $(pwd)";
+                   else echo "held workdir: $(pwd)"; fi"#;
+    let fds = 3..=9;
+    for fd in fds.clone() {
+        let workdir = format!("/proc/self/fd/{fd}");
+        let archive = busybox_image_with(s.dir.path(), &format!("leaky-{fd}.tar"), &workdir, &[]);
+        let image = format!("leaky:fd{fd}");
+        s.cli(&["image", "import", archive.to_str().unwrap_or_default(), "--name", &image]);
+        s.cli(&[
+            "deploy",
+            "--image",
+            &image,
+            "--name",
+            &format!("leaky-fd{fd}"),
+            "--memory",
+            "16Mi",
+            "--restart",
+            "never",
+            "--env",
+            &format!("MARKER={}", marker.display()),
+            "--arg",
+            "/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            leaky,
+        ]);
+    }
+    for fd in fds {
+        let name = format!("leaky-fd{fd}");
+        let r = wait_for(Duration::from_secs(60), &format!("{name} to fail or exit"), || {
+            let r = s.replicas(&name);
+            match r.first() {
+                Some(r) if r["state"] == "failed" || r["state"] == "exited" => Ok(r.clone()),
+                _ => Err(format!("{r:?}")),
+            }
+        });
+        let logs = s.logs(&name);
+        eprintln!("{name}: {} {}\n{logs}", r["state"], r["reason"]);
+        assert!(!logs.contains("ESCAPE") && !logs.contains(&secret), "{name} read the host's file:\n{logs}");
+        if r["state"] == "exited" {
+            assert!(logs.contains("held workdir:"), "{name} ran but did not try:\n{logs}");
+        } else {
+            // Refused for its working directory, not for some other reason.
+            assert!(logs.contains(&format!("/proc/self/fd/{fd}")), "{name} failed otherwise:\n{logs}");
+        }
+    }
 }
