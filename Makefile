@@ -27,8 +27,9 @@ PACKAGES += chromium prometheus $(if $(shell command -v npm),,nodejs npm)
 # Registry pulls (issue 3): a real registry on loopback (docker-registry) pushed
 # to with skopeo; libssl-dev and pkg-config build the nodes' TLS (native-tls).
 PACKAGES += docker-registry skopeo libssl-dev pkg-config
-# Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4).
-PACKAGES += e2fsprogs
+# Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4);
+# the container escape test builds a static ptrace probe with gcc and libc6-dev.
+PACKAGES += e2fsprogs gcc libc6-dev
 RUST_TARGETS := wasm32-wasip1 wasm32-wasip2
 RUST_COMPONENTS := clippy rustfmt
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
