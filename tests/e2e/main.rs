@@ -12,4 +12,5 @@ mod http;
 mod observability;
 mod rollout;
 mod secrets;
+mod soak;
 mod volumes;
