@@ -62,7 +62,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         let dirty = tokio::task::spawn_blocking(move || {
             let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
             apply_queued(&c, &mut st);
-            st.mem().sched_dirty
+            st.mem().sched_dirty || !st.mem().reconcile_due.is_empty()
         })
         .await
         .unwrap_or(true);

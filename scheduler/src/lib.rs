@@ -311,6 +311,8 @@ fn controller_pass(core: &Core, full: bool) -> (Result<(), ApiError>, bool) {
     // The full level-triggered pass every 2 s; changes trigger their own.
     if r.is_ok() && full {
         r = st.reconcile_all();
+    } else if r.is_ok() {
+        r = st.reconcile_due();
     }
     let r = r.and_then(|_| {
         let dirty = st.mem().sched_dirty;

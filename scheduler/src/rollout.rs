@@ -64,8 +64,6 @@ pub fn plan(desired: usize, strategy: &UpdateStrategy, paused: bool, seen: &[See
     // Both zero would never make progress: allow one extra.
     let surge = if strategy.max_surge == 0 && strategy.max_unavailable == 0 { 1 } else { strategy.max_surge as usize };
     let max_total = desired + surge;
-    let total = new.len() + old.len();
-    p.create = (desired - new.len()).min(max_total.saturating_sub(total));
 
     // Old replicas that serve nothing can go at once; they count for nothing.
     let (idle, serving): (Vec<&Seen>, Vec<&Seen>) = old.iter().partition(|s| !s.available);
@@ -82,6 +80,10 @@ pub fn plan(desired: usize, strategy: &UpdateStrategy, paused: bool, seen: &[See
         p.stop.push((s.id.clone(), "replaced by a new revision"));
         available -= 1;
     }
+    // New replicas fill the room the stops above make, in the same step (as a
+    // Deployment scales its new ReplicaSet up and the old one down in one sync).
+    let total = new.len() + old.len() - p.stop.iter().filter(|(id, _)| old.iter().any(|o| &o.id == id)).count();
+    p.create = (desired - new.len()).min(max_total.saturating_sub(total));
     p
 }
 
@@ -124,8 +126,8 @@ mod tests {
         check(3, 1, 0, "OOO", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
         // The new one is not available yet: wait.
         check(3, 1, 0, "OOOn", expect![[r#"create 0 stop [] rolling true failing 0"#]]);
-        // It is: one old goes (capacity stays at 3), and the next new waits for room.
-        check(3, 1, 0, "OOON", expect![[r#"create 0 stop ["O2"] rolling true failing 0"#]]);
+        // It is: one old goes (capacity stays at 3) and the next new one takes its room at once.
+        check(3, 1, 0, "OOON", expect![[r#"create 1 stop ["O2"] rolling true failing 0"#]]);
         check(3, 1, 0, "OON", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
         check(3, 1, 0, "ONN", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
         check(3, 1, 0, "ONNN", expect![[r#"create 0 stop ["O0"] rolling true failing 0"#]]);
@@ -133,8 +135,8 @@ mod tests {
 
     #[test]
     fn unavailable_old_replicas_go_at_once_and_failures_are_counted() {
-        check(3, 1, 0, "OoOF", expect![[r#"create 0 stop ["o1"] rolling true failing 1"#]]);
-        check(2, 0, 1, "OO", expect![[r#"create 0 stop ["O1"] rolling true failing 0"#]]);
+        check(3, 1, 0, "OoOF", expect![[r#"create 1 stop ["o1"] rolling true failing 1"#]]);
+        check(2, 0, 1, "OO", expect![[r#"create 1 stop ["O1"] rolling true failing 0"#]]);
         check(2, 0, 1, "O", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
         check(2, 0, 0, "OO", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
     }

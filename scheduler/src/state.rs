@@ -92,6 +92,10 @@ pub struct Mem {
     mutated: bool,
     /// Whether placement should run again (capacity or demand changed).
     pub sched_dirty: bool,
+    /// Deployments in a rollout whose replicas changed state: the controllers
+    /// reconcile them at their next pass rather than at the 2 s full pass, so a
+    /// rollout moves on as soon as a new replica runs.
+    pub reconcile_due: BTreeSet<String>,
     /// Whether the endpoints table (ready replicas, deployments, node ingresses)
     /// may have changed in this transaction.
     pub endpoints_dirty: bool,
@@ -388,10 +392,28 @@ impl State {
     /// Brings every deployment to its count (the periodic, level-triggered pass).
     pub fn reconcile_all(&mut self) -> Result<(), ApiError> {
         let now = now_ms();
+        self.mem.reconcile_due.clear();
         self.transact(|mem, tx| {
             let names: Vec<String> = mem.deployments.keys().cloned().collect();
             for name in names {
                 mem.reconcile(tx, &name, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Reconciles the deployments whose rollout a heartbeat may have moved on.
+    pub fn reconcile_due(&mut self) -> Result<(), ApiError> {
+        if self.mem.reconcile_due.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let names = std::mem::take(&mut self.mem.reconcile_due);
+        self.transact(|mem, tx| {
+            for name in &names {
+                if mem.deployments.contains_key(name) {
+                    mem.reconcile(tx, name, now)?;
+                }
             }
             Ok(())
         })
@@ -1240,6 +1262,11 @@ impl Mem {
                 )?;
             }
             let id = st.id.clone();
+            if st.state != r.state
+                && self.deployments.get(&r.deployment).is_some_and(|e| e.d.rollout.state == RolloutState::Progressing)
+            {
+                self.reconcile_due.insert(r.deployment.clone());
+            }
             self.update(tx, &id, |r| {
                 r.state = st.state;
                 r.restarts = st.restarts;

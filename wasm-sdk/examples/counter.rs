@@ -19,7 +19,10 @@ fn main() {
     loop {
         count += 1;
         ticks += 1;
-        if let Err(e) = std::fs::write(&file, count.to_string()) {
+        // Written aside and renamed over the count: a replica stopped mid-write
+        // (a lease that ran out, a node that died) never leaves half a count.
+        let tmp = format!("{file}.tmp");
+        if let Err(e) = std::fs::write(&tmp, count.to_string()).and_then(|()| std::fs::rename(&tmp, &file)) {
             skiff_sdk::error!("cannot write {file}: {e}");
             std::process::exit(2);
         }
