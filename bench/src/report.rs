@@ -156,6 +156,20 @@ fn table(runs: &[Value]) -> String {
             "p99 ≤ 100 ms",
         );
     }
+    if let Some(run) = newest("idle") {
+        let x = &run["scenarios"]["idle"];
+        let result = match x.get("error").and_then(Value::as_str) {
+            Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
+            None => format!(
+                "{} KiB per replica (node RSS {} → {}), all running after {} s",
+                num(f(x, &["per_replica_kib"]), 1),
+                mib(f(x, &["node_rss_base_bytes"])),
+                mib(f(x, &["node_rss_after_bytes"])),
+                num(f(x, &["all_running_s"]), 1)
+            ),
+        };
+        row(run, format!("Idle Wasm HTTP replicas on one node ({})", x["replicas"]), result, "≤ 100 KiB each");
+    }
     if let Some(run) = newest("http") {
         let h = &run["scenarios"]["http"];
         let result = match h.get("error").and_then(Value::as_str) {
