@@ -135,6 +135,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("  failed: {e:#}");
         json!({ "error": format!("{e:#}") })
     };
+    // Written again after every scenario, so that a run stopped part-way (a
+    // scenario that never ends, a timeout) keeps what it measured so far.
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let file = args.out.join(format!("{}.json", started.replace(':', "-")));
+    let commit = procs::commit();
+    let save = |scenarios: &serde_json::Map<String, Value>| -> anyhow::Result<()> {
+        let result = json!({
+            "date": started,
+            "machine": machine,
+            "commit": commit,
+            "skiff": args.skiff.display().to_string(),
+            "scenarios": scenarios,
+        });
+        std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")
+            .with_context(|| format!("writing {}", file.display()))
+    };
     if want("a") || want("failover") {
         match scenario_a(&args, want("failover")).await {
             Ok((a, failover)) => {
@@ -147,12 +163,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 scenarios.insert("a".into(), failed(e));
             }
         }
-    }
-    if want("b") {
-        scenarios.insert("b".into(), scenario_b(&args).await.unwrap_or_else(failed));
+        save(&scenarios)?;
     }
     if want("deploy") {
         scenarios.insert("deploy".into(), scenario_deploy(&args).await.unwrap_or_else(failed));
+        save(&scenarios)?;
     }
     if want("http") {
         let h = http::HttpArgs {
@@ -163,22 +178,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             seconds: args.http_seconds,
         };
         scenarios.insert("http".into(), http::scenario_http(h).await.unwrap_or_else(failed));
+        save(&scenarios)?;
     }
     if want("idle") {
         let idle = idle::scenario_idle(&args.skiff, &args.component, args.idle_replicas).await;
         scenarios.insert("idle".into(), idle.unwrap_or_else(failed));
+        save(&scenarios)?;
     }
-    let result = json!({
-        "date": started,
-        "machine": machine,
-        "commit": procs::commit(),
-        "skiff": args.skiff.display().to_string(),
-        "scenarios": scenarios,
-    });
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let file = args.out.join(format!("{}.json", started.replace(':', "-")));
-    std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")
-        .with_context(|| format!("writing {}", file.display()))?;
+    // The longest, last.
+    if want("b") {
+        scenarios.insert("b".into(), scenario_b(&args).await.unwrap_or_else(failed));
+    }
+    save(&scenarios)?;
     println!("results in {}", file.display());
     Ok(())
 }
