@@ -55,14 +55,20 @@ pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
         .with_context(|| format!("reading {}", ingress_file.display()))?
         .trim()
         .to_string();
-    let skiff_url = format!("http://{ingress}/");
+    // The node writes its ingress as a URL (older ones: a bare address).
+    let skiff_url = if ingress.contains("://") {
+        format!("{}/", ingress.trim_end_matches('/'))
+    } else {
+        format!("http://{ingress}/")
+    };
     wait_ok(&skiff_url, Some("hello.skiff.local"), &dev.proc).await.context("the deployment never answered")?;
 
     // wasmtime serve, on a free port.
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let comp = a.component.display().to_string();
-    let serve = Proc::spawn(a.wasmtime, &["serve", "--addr", &addr, &comp], &dir.path().join("wasmtime.log"))?;
+    // -Scli: the wasi:cli interfaces (env, stdio) a skiff replica also gets.
+    let serve = Proc::spawn(a.wasmtime, &["serve", "-Scli", "--addr", &addr, &comp], &dir.path().join("wasmtime.log"))?;
     let wasmtime_url = format!("http://{addr}/");
     wait_ok(&wasmtime_url, None, &serve).await.context("wasmtime serve never answered")?;
 
@@ -84,6 +90,7 @@ pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
         "component": a.component.display().to_string(),
         "client": format!("wrk -t2 -c{} -d{}s --latency", a.connections, a.seconds),
         "wasmtime_version": wasmtime_version,
+        "wasmtime_command": "wasmtime serve -Scli --addr ADDR COMPONENT",
         "wasmtime_rps": w.rps,
         "wasmtime_p50_ms": w.p50_ms,
         "wasmtime_p99_ms": w.p99_ms,
