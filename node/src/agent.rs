@@ -336,7 +336,9 @@ impl Agent {
                         let in_use =
                             |v: &str| running.values().any(|r| r.assignment().spec.volumes.iter().any(|m| m.name == v));
                         crate::volumes::purge(&self.ctx.data_dir, &a.purge_volumes, in_use);
-                        purge_pending = a.purge_volumes.iter().any(|v| in_use(v));
+                        // Still there: held by a replica that is stopping, or a
+                        // write of its last moments raced the removal. Again soon.
+                        purge_pending = a.purge_volumes.iter().any(|v| crate::volumes::exists(&self.ctx.data_dir, v));
                     }
                     let unchanged = applied == Some(a.index);
                     applied = Some(a.index);

@@ -100,6 +100,11 @@ pub fn purge(data_dir: &Path, names: &[String], in_use: impl Fn(&str) -> bool) {
     }
 }
 
+/// Whether volume `name`'s data is still on this node.
+pub fn exists(data_dir: &Path, name: &str) -> bool {
+    skiff_api::manifest::validate_name(name).is_ok() && dir(data_dir, name).exists()
+}
+
 /// Whether `a` runs under the node's lease: it asked for one and it writes a volume.
 pub fn leased(a: &Assignment) -> bool {
     a.spec.volume_lease && a.spec.has_writable_volume()
