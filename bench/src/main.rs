@@ -281,11 +281,16 @@ impl Cluster {
     }
 
     pub(crate) async fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
-        use sha2::Digest;
-        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
-        self.api.put_blob(&digest, bytes.to_vec()).await?;
-        Ok(digest)
+        upload(&self.api, bytes.to_vec()).await
     }
+}
+
+/// Uploads `bytes` as a blob through `api`; returns its digest.
+async fn upload(api: &Client, bytes: Vec<u8>) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    api.put_blob(&digest, bytes).await?;
+    Ok(digest)
 }
 
 /// A client of the user API, with the server's admin token when it keeps one and
@@ -303,10 +308,9 @@ fn user_client(url: &str, data_dir: &Path) -> Client {
 }
 
 fn apply_request(digest: &str, replicas: u32, cpu_m: u64, mem_mi: u64, env: &[(&str, &str)]) -> ApplyRequest {
-    let env: serde_json::Map<String, Value> = env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let resources = json!({ "cpu": format!("{cpu_m}m"), "memory": format!("{mem_mi}Mi") });
     let mut req = apply_request_with(digest, replicas, resources);
-    req.spec.env = serde_json::from_value(Value::Object(env)).expect("env");
+    req.spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     req
 }
 
@@ -660,10 +664,7 @@ pub(crate) struct DevCluster {
 impl DevCluster {
     /// Uploads `bytes` as a blob; returns its digest.
     pub async fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        use sha2::Digest;
-        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
-        self.api.put_blob(&digest, bytes).await?;
-        Ok(digest)
+        upload(&self.api, bytes).await
     }
 }
 

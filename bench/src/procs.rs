@@ -114,14 +114,18 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// Peak resident set (VmHWM) of process `pid`, in bytes.
 pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
-    kb_field(&status, "VmHWM:").map(|kb| kb * 1024).context("no VmHWM in /proc/PID/status")
+    status_bytes(pid, "VmHWM:")
 }
 
 /// Resident memory of process `pid` now, in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A kB field of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
-    kb_field(&status, "VmRSS:").map(|kb| kb * 1024).context("no VmRSS in /proc/PID/status")
+    kb_field(&status, key).map(|kb| kb * 1024).with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
 fn kb_field(text: &str, key: &str) -> Option<u64> {

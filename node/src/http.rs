@@ -985,6 +985,28 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// Replica `NAME-1` of deployment `name`, 64Mi per instance, no log.
+    fn test_replica(
+        name: &str,
+        pre: ProxyPre<HttpState>,
+        env: Vec<(String, String)>,
+        allowed_hosts: Vec<String>,
+    ) -> Arc<HttpReplica> {
+        Arc::new(HttpReplica {
+            id: format!("{name}-1"),
+            deployment: name.into(),
+            revision: 1,
+            pre,
+            env,
+            preopens: Vec::new(),
+            usage: Default::default(),
+            memory_limit: 64 << 20,
+            allowed_hosts: Arc::new(allowed_hosts),
+            log: None,
+            inflight: AtomicUsize::new(0),
+        })
+    }
+
     /// Polls `done` until it holds; a test that waits must never wait forever.
     async fn wait_until(what: &str, done: impl Fn() -> bool) {
         let start = std::time::Instant::now();
@@ -1006,19 +1028,7 @@ mod tests {
         let rt = Arc::new(HttpRuntime::new(&data, config).expect("runtime"));
         let hex = crate::wasm::sha256_hex(&bytes);
         let pre = rt.prepare(&hex, Bytes::from(bytes)).await.expect("prepare");
-        let replica = Arc::new(HttpReplica {
-            id: "web-1".into(),
-            deployment: "web".into(),
-            revision: 1,
-            pre,
-            env: vec![("GREETING".into(), "hi".into())],
-            preopens: Vec::new(),
-            usage: Default::default(),
-            memory_limit: 64 << 20,
-            allowed_hosts: Arc::new(vec!["example.com".into()]),
-            log: None,
-            inflight: AtomicUsize::new(0),
-        });
+        let replica = test_replica("web", pre, vec![("GREETING".into(), "hi".into())], vec!["example.com".into()]);
         rt.check_instantiable(&replica).await.expect("instantiable");
         let metrics = &crate::metrics::METRICS;
         let interrupted = || metrics.deadline_interruptions.with_label_values(&["web"]).get();
@@ -1068,19 +1078,7 @@ mod tests {
         let rt = Arc::new(HttpRuntime::new(&data, config).expect("runtime"));
         let hex = crate::wasm::sha256_hex(&bytes);
         let pre = rt.prepare(&hex, Bytes::from(bytes)).await.expect("prepare");
-        let replica = Arc::new(HttpReplica {
-            id: "cpu-1".into(),
-            deployment: "cpu".into(),
-            revision: 1,
-            pre,
-            env: Vec::new(),
-            preopens: Vec::new(),
-            usage: Default::default(),
-            memory_limit: 64 << 20,
-            allowed_hosts: Arc::new(Vec::new()),
-            log: None,
-            inflight: AtomicUsize::new(0),
-        });
+        let replica = test_replica("cpu", pre, Vec::new(), Vec::new());
         let cpu = || replica.usage.cpu_seconds();
         assert_eq!(call(&rt, &replica, "/").await.0, 200);
         let after_one = cpu();
@@ -1197,19 +1195,7 @@ mod tests {
                 HttpConfig { concurrency: 2, outbound_ca_file: trusted.then(|| ca_file.clone()), ..Default::default() };
             let rt = HttpRuntime::new(&data, config).expect("runtime");
             let pre = rt.prepare(&hex, Bytes::from(bytes.clone())).await.expect("prepare");
-            let replica = Arc::new(HttpReplica {
-                id: "caller-1".into(),
-                deployment: "caller".into(),
-                revision: 1,
-                pre,
-                env: Vec::new(),
-                preopens: Vec::new(),
-                usage: Default::default(),
-                memory_limit: 64 << 20,
-                allowed_hosts: Arc::new(vec![format!("localhost:{port}")]),
-                log: None,
-                inflight: AtomicUsize::new(0),
-            });
+            let replica = test_replica("caller", pre, Vec::new(), vec![format!("localhost:{port}")]);
             let (status, body) = call(&rt, &replica, &fetch).await;
             if trusted {
                 let want =

@@ -44,8 +44,9 @@ pub(crate) fn apply_queued(core: &Core, st: &mut State) {
     if items.is_empty() {
         return;
     }
-    let names: Vec<String> = items.keys().cloned().collect();
-    for (name, result) in names.into_iter().zip(st.heartbeats(items.into_iter().collect())) {
+    let batch: Vec<(String, Heartbeat)> = items.into_iter().collect();
+    let names: Vec<String> = batch.iter().map(|(name, _)| name.clone()).collect();
+    for (name, result) in names.into_iter().zip(st.heartbeats(batch)) {
         if let Err(e) = result {
             tracing::warn!("heartbeat of node {name} not applied: {e}");
         }
