@@ -418,6 +418,85 @@ pub fn validate_spec_sizes(spec: &crate::types::WorkloadSpec) -> Result<(), Stri
     Ok(())
 }
 
+/// The longest autoscale window (`window_seconds` and both stabilizations): the
+/// scheduler keeps this much usage history.
+pub const MAX_AUTOSCALE_WINDOW_SECONDS: u32 = 600;
+
+/// Checks an apply as the scheduler does once its replica count is settled
+/// (`req.replicas` absent counts as 1): everything a manifest checks, plus sizes
+/// and resources. One copy for the server and the fuzzers.
+pub fn validate_apply(name: &str, req: &crate::types::ApplyRequest) -> Result<(), String> {
+    let replicas = req.replicas.unwrap_or(1);
+    validate_volumes(&req.spec.volumes, replicas)
+        .and_then(|()| validate_volume_lease(req.spec.volume_lease, &req.spec.volumes))?;
+    validate_probes(&req.spec.probes)?;
+    validate_spec_sizes(&req.spec)?;
+    let image = matches!(req.spec.workload, crate::types::Workload::Image(_));
+    validate_ports(&req.spec.ports, req.spec.network, image)?;
+    if let Some(a) = &req.autoscale {
+        a.validate()?;
+        let longest = a.window_seconds.max(a.stabilization_seconds).max(a.scale_up_stabilization_seconds);
+        if longest > MAX_AUTOSCALE_WINDOW_SECONDS {
+            return Err(format!(
+                "autoscale windows must be at most {MAX_AUTOSCALE_WINDOW_SECONDS} seconds, got {longest}"
+            ));
+        }
+        validate_volumes(&req.spec.volumes, a.max)?;
+    }
+    for r in &req.spec.secrets {
+        validate_secret_ref(r)?;
+    }
+    validate_name(name)?;
+    if replicas > MAX_REPLICAS {
+        return Err(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}"));
+    }
+    let res = req.spec.resources;
+    if res.cpu.0 == 0 || res.memory.0 < (1 << 20) {
+        return Err("resources must request at least 1m of cpu and 1Mi of memory".into());
+    }
+    for k in req.spec.env.keys() {
+        validate_env_key(k)?;
+    }
+    for h in &req.spec.allowed_hosts {
+        validate_allowed_host(h)?;
+    }
+    Ok(())
+}
+
+/// Largest secret, keys and values together.
+pub const MAX_SECRET_BYTES: usize = 256 << 10;
+
+/// Secret keys become file names: letters, digits, `.`, `_` and `-`, not starting with `.`.
+pub fn validate_secret_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && !key.starts_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("secret key {key:?} must be letters, digits, '.', '_' and '-', not starting with '.'"))
+    }
+}
+
+/// Checks a secret as the scheduler does before sealing it: a valid name, at
+/// least one key, keys that are file names, and at most [`MAX_SECRET_BYTES`].
+pub fn validate_secret(name: &str, req: &crate::types::SecretRequest) -> Result<(), String> {
+    validate_name(name).map_err(|e| format!("secret {e}"))?;
+    if req.data.is_empty() {
+        return Err("a secret needs at least one key: --from-literal K=V or --from-file K=PATH".into());
+    }
+    let mut total = 0;
+    for (k, v) in &req.data {
+        validate_secret_key(k)?;
+        total += k.len() + v.len();
+    }
+    if total > MAX_SECRET_BYTES {
+        return Err(format!("secret {name} holds {total} bytes; at most {MAX_SECRET_BYTES}"));
+    }
+    Ok(())
+}
+
 /// Reads every deployment in a YAML text of one or more documents.
 pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestError> {
     if text.len() > MAX_MANIFEST_BYTES {
@@ -482,7 +561,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
 /// Moves a custom error from its mapping's start to the refused value, found as a
 /// whole token on or after the reported line.
 fn locate_refused(text: &str, mut err: ManifestError) -> ManifestError {
-    let Some(value) = REFUSED.with(|r| r.borrow_mut().take()) else { return err };
+    // An empty value is found everywhere (and `find("")` never moves on): keep
+    // the mapping's place.
+    let Some(value) = REFUSED.with(|r| r.borrow_mut().take()).filter(|v| !v.is_empty()) else { return err };
     let from = err.line.unwrap_or(1);
     for (i, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
         let mut start = 0;
@@ -557,6 +638,17 @@ mod tests {
         assert_eq!(validate_spec_sizes(&spec), Err("argument 1 is 32769 bytes long; at most 32768 are allowed".into()));
         spec.args = vec!["a".repeat(MAX_VALUE_BYTES); 9];
         assert!(validate_spec_sizes(&spec).unwrap_err().starts_with("env, args and constraints hold 294912 bytes"));
+    }
+
+    #[test]
+    fn an_empty_refused_value_is_located_without_hanging() {
+        // Found by fuzz/ (manifest): locating the empty name looped forever.
+        for yaml in
+            ["name: \nwasm: w.wasm\n", "name: \"\"\nwasm: w.wasm\n", "wasm: w.wasm\nenv: {\"\": x}\nname: \"\"\n"]
+        {
+            let e = parse_manifest(yaml).expect_err(yaml).to_string();
+            assert!(e.contains("must be") && !e.contains('\n'), "{yaml:?}: {e}");
+        }
     }
 
     #[test]

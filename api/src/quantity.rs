@@ -43,7 +43,8 @@ fn split_number<'a>(kind: &'static str, input: &'a str) -> Result<(u128, &'a str
     let mut milli = int.checked_mul(1000).ok_or_else(|| err(kind, input, "number too large"))?;
     if !frac.is_empty() {
         let padded = format!("{frac:0<3}");
-        milli += padded.parse::<u128>().map_err(|_| err(kind, input, "malformed number"))?;
+        let frac: u128 = padded.parse().map_err(|_| err(kind, input, "malformed number"))?;
+        milli = milli.checked_add(frac).ok_or_else(|| err(kind, input, "number too large"))?;
     }
     Ok((milli, suffix))
 }
@@ -216,6 +217,16 @@ mod tests {
             "99999999999Ti" => error: invalid memory quantity "99999999999Ti": number too large
         "#]]
         .assert_eq(&out);
+    }
+
+    #[test]
+    fn huge_numbers_are_too_large_not_a_panic() {
+        // u128::MAX / 1000 with three decimals: the integer part scales, the fraction overflowed.
+        let edge = "340282366920938463463374607431768211.999";
+        for f in [parse_cpu, parse_memory] {
+            let e = f(edge).expect_err("too large");
+            assert!(e.to_string().ends_with("number too large"), "{e}");
+        }
     }
 
     #[test]

@@ -480,3 +480,188 @@ fn a_partitioned_node_is_replaced_and_converges_when_healed() {
     let on_b = placed.iter().map(|m| m.matches(" on b").count()).sum::<usize>();
     assert!(on_b == 2 && !placed.iter().any(|m| m.contains(" on a")), "replacements: {placed:?}");
 }
+
+/// This node's secret directory on tmpfs (`node/src/secrets.rs`: a hash of the
+/// canonical data dir), and the names in it.
+fn secret_dirs(data: &Path) -> Vec<String> {
+    let abs = std::fs::canonicalize(data).expect("canonical node data dir");
+    let tag = hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8]);
+    let root = Path::new("/dev/shm").join(format!("skiff-{tag}"));
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The pids of every process running our skiff binary with `marker` (the test's
+/// temp dir) on its command line, and of every child of `parent`.
+fn skiff_processes(marker: &str, parent: u32) -> (Vec<u32>, Vec<u32>) {
+    let exe = std::fs::canonicalize(skiff_bin()).expect("skiff binary");
+    let (mut ours, mut children) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let is_ours = std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p == exe)
+            && String::from_utf8_lossy(&cmdline).contains(marker);
+        if is_ours {
+            ours.push(pid);
+        }
+        // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    ours.sort();
+    (ours, children)
+}
+
+/// Each replica of the node, by its own API, as (id, state).
+fn node_replicas(api: &str) -> Result<Vec<(String, String)>, String> {
+    let body = http_get(&format!("{api}/v1/replicas"))?;
+    let list: Vec<Value> = serde_json::from_str(&body).map_err(|e| format!("{body:?}: {e}"))?;
+    let mut seen: Vec<(String, String)> =
+        list.iter().filter_map(|r| Some((r["id"].as_str()?.to_string(), r["state"].as_str()?.to_string()))).collect();
+    seen.sort();
+    Ok(seen)
+}
+
+/// A node daemon SIGKILLed while it runs Wasm replicas (one reading a secret from
+/// files on tmpfs, one writing a volume, one HTTP component) and started again on
+/// the same data dir: each replica runs again exactly once, the scheduler and the
+/// node agree on them, the secret directory holds only the running reader's
+/// files, no process of the dead daemon is left, and the volume has one writer
+/// (its count goes on from where it was, one step at a time).
+#[test]
+fn a_killed_node_daemon_restarts_its_replicas_once_and_leaks_nothing() {
+    let dir = TempDir::new("fault-node-kill");
+    let cwd = dir.path();
+    let data = cwd.join("server");
+    let _server = start_server(cwd, &data, free_port(), &[]);
+    let url = server_ready(&data);
+    let join = read_when_ready(&data.join("join-token"));
+    let node_data = cwd.join("node");
+    let start_node = || {
+        for stale in ["node.addr", "ingress.addr"] {
+            let _ = std::fs::remove_file(node_data.join(stale));
+        }
+        let args = [
+            "node",
+            "--server",
+            &url,
+            "--token",
+            &join,
+            "--name",
+            "n",
+            "--data-dir",
+            node_data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let p = Proc::start("node", &args, &cwd.join("node.log"));
+        (p, read_when_ready(&node_data.join("node.addr")))
+    };
+    let (mut node, _) = start_node();
+    wait_nodes(cwd, &url, 1);
+
+    cli_ok(cwd, &url, &["secret", "create", "db", "--from-literal", "password=hunter2"]);
+    let (reader, counter, http) = (wasm_p2("secret_reader"), wasm_p2("counter"), wasm_p2("hello_http"));
+    let path = |p: &PathBuf| p.to_str().unwrap_or_default().to_string();
+    cli_ok(
+        cwd,
+        &url,
+        &["deploy", &path(&reader), "--name", "reader", "--secret-env", "DB_PASSWORD=db:password"]
+            .into_iter()
+            .chain(["--secret-dir", "db:/secrets/db", "--memory", "16Mi"])
+            .collect::<Vec<_>>(),
+    );
+    cli_ok(
+        cwd,
+        &url,
+        &["deploy", &path(&counter), "--name", "counter", "--volume", "data:/data", "--env", "INTERVAL_MS=100"],
+    );
+    cli_ok(cwd, &url, &["deploy", &path(&http), "--name", "web", "--memory", "16Mi"]);
+
+    // The scheduler's live replicas (id, state) and the node's own list agree,
+    // one per deployment, all running (the HTTP one ready).
+    let agreed = |api: &str| -> Result<Vec<(String, String)>, String> {
+        let mut sched: Vec<(String, String)> = Vec::new();
+        for d in ["counter", "reader", "web"] {
+            let live = scheduler_view(cwd, &url, d, 1);
+            sched.extend(live.into_iter().map(|(id, _, state)| (id, state)));
+        }
+        sched.sort();
+        let on_node = node_replicas(api)?;
+        let up = |s: &str| s == "running" || s == "ready";
+        if sched.len() == 3 && sched.iter().all(|(_, s)| up(s)) && sched == on_node {
+            Ok(sched)
+        } else {
+            Err(format!("scheduler {sched:?}, node {on_node:?}"))
+        }
+    };
+    let api = read_when_ready(&node_data.join("node.addr"));
+    let before = wait_for(Duration::from_secs(30), "3 replicas up, scheduler and node agreeing", || agreed(&api));
+    let id_of = |list: &[(String, String)], d: &str| {
+        list.iter().find(|(id, _)| id.starts_with(&format!("{d}-"))).map(|r| r.0.clone()).unwrap_or_default()
+    };
+    let reader_id = id_of(&before, "reader");
+    assert_eq!(secret_dirs(&node_data), std::slice::from_ref(&reader_id), "the reader's secret files");
+    let count_file = node_data.join("volumes/data/count");
+    let read_count = || std::fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    wait_for(Duration::from_secs(10), "the counter past 3", || match read_count() {
+        Some(n) if n > 3 => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+
+    // SIGKILL: no Drop runs, the secret files stay on tmpfs until the next start.
+    let old_pid = node.pid();
+    node.kill();
+    let at_kill = read_count().expect("a count at the kill");
+    let marker = cwd.to_string_lossy().into_owned();
+    assert!(!skiff_processes(&marker, old_pid).0.contains(&old_pid), "the killed daemon still runs");
+
+    // Back within the node grace: the scheduler never counted it down, so the
+    // same replicas (same ids) run again.
+    let (node, api) = start_node();
+    let after = wait_for(Duration::from_secs(30), "the same 3 replicas up again, agreeing", || {
+        let now = agreed(&api)?;
+        if now == before { Ok(now) } else { Err(format!("{now:?}, before {before:?}")) }
+    });
+    assert_eq!(secret_dirs(&node_data), [reader_id], "secret dirs after the restart");
+
+    // One process per daemon we started (the server and the new node), none of
+    // them a child of the node: Wasm runs in the daemon's own threads.
+    let (ours, children) = skiff_processes(&marker, node.pid());
+    assert_eq!(ours.len(), 2, "skiff processes of this test: {ours:?}");
+    assert!(ours.contains(&node.pid()) && !ours.contains(&old_pid), "{ours:?}");
+    assert!(children.is_empty(), "the node has children: {children:?}");
+
+    // The volume has one writer: the counter started once more, from at least
+    // where the killed one left it, and counts one step at a time since.
+    let logs = wait_for(Duration::from_secs(10), "the counter counting again", || {
+        let logs = cli_ok(cwd, &url, &["logs", "counter", "--tail", "1000"]);
+        let starts = logs.matches("counter starting at ").count();
+        if starts == 2 && logs.rsplit("counter starting at ").next().is_some_and(|l| l.contains("count ")) {
+            Ok(logs)
+        } else {
+            Err(format!("{starts} starts"))
+        }
+    });
+    let restart = logs.rsplit("counter starting at ").next().unwrap_or_default();
+    let start: u64 = restart.split(' ').next().and_then(|n| n.parse().ok()).expect("the restart's count");
+    assert!(start >= at_kill, "the count went back: {start} < {at_kill}");
+    let counts: Vec<u64> =
+        restart.lines().filter_map(|l| l.rsplit_once("count ").and_then(|(_, n)| n.trim().parse().ok())).collect();
+    let expected: Vec<u64> = (start + 1..=start + counts.len() as u64).collect();
+    assert_eq!(counts, expected, "two writers or lost steps since the restart");
+
+    // And the HTTP replica answers through the new daemon's ingress.
+    let ingress = read_when_ready(&node_data.join("ingress.addr"));
+    wait_for(Duration::from_secs(10), "web answering on the new ingress", || {
+        let a = get(&ingress, "web.skiff.local", "/")?;
+        if a.status == 200 { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+    assert_eq!(after.len(), 3);
+}

@@ -8,23 +8,14 @@
 //! Every blob is checked against its digest before it is uploaded, and the
 //! scheduler checks again.
 
+mod archive;
+
 use crate::output::{self, Table};
 use anyhow::{Context, bail};
+use archive::{digest_of, split_name_tag};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use skiff_api::{Client, ImageRequest};
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Largest archive read (it is held in memory while uploading).
-const MAX_ARCHIVE: u64 = 4 << 30;
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ImageArgs {
@@ -68,30 +59,12 @@ async fn list(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One image found in an archive, ready to upload.
-#[derive(Debug)]
-struct Found {
-    /// `name:tag` from the archive, if it names one.
-    reference: Option<String>,
-    manifest: Vec<u8>,
-    /// Blobs the manifest refers to: digest → path in the archive.
-    blobs: Vec<(String, String)>,
-}
-
 async fn import(args: ImportArgs, client: &Client) -> anyhow::Result<()> {
     let path = &args.file;
-    let files = read_archive(path)?;
-    let found = if files.contains_key("manifest.json") {
-        docker_images(&files)
-    } else if files.contains_key("index.json") {
-        oci_images(&files)
-    } else {
-        bail!(
-            "{} is neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)",
-            path.display()
-        )
-    }
-    .with_context(|| format!("cannot read image archive {}", path.display()))?;
+    let what = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {what}"))?;
+    let files = archive::read_archive(std::io::BufReader::new(file), &what)?;
+    let found = archive::images(&files, &what)?;
     if found.is_empty() {
         bail!("{} holds no image", path.display());
     }
@@ -178,204 +151,4 @@ async fn upload(
 
 fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
-}
-
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// `busybox:1.36` → (busybox, 1.36); `busybox` → (busybox, latest); `latest` as
-/// an OCI ref name (no name part) is handled by the caller; a `:` before the
-/// last `/` is a registry port, not a tag.
-fn split_name_tag(reference: &str) -> (String, String) {
-    let reference = reference.split('@').next().unwrap_or(reference);
-    // Docker Hub's implied prefixes are noise in a local store.
-    let reference = reference.strip_prefix("docker.io/").unwrap_or(reference);
-    let reference = reference.strip_prefix("library/").unwrap_or(reference);
-    let slash = reference.rfind('/').map_or(0, |i| i + 1);
-    match reference[slash..].rfind(':') {
-        Some(i) => (reference[..slash + i].to_string(), reference[slash + i + 1..].to_string()),
-        None => (reference.to_string(), "latest".to_string()),
-    }
-}
-
-/// Every regular file of the archive by its normalised path.
-fn read_archive(path: &Path) -> anyhow::Result<HashMap<String, Vec<u8>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let mut files = HashMap::new();
-    let mut total = 0u64;
-    // The tar crate's own messages ("numeric field was not a number…") help nobody.
-    let not_tar =
-        || anyhow::anyhow!("{} is not a tar archive; give an OCI image layout or `docker save` tar", path.display());
-    for entry in archive.entries().map_err(|_| not_tar())? {
-        let mut entry = entry.map_err(|_| not_tar())?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let name = entry.path().with_context(|| format!("{} has an unreadable entry name", path.display()))?;
-        let name = name.to_string_lossy().trim_start_matches("./").to_string();
-        total += entry.size();
-        if total > MAX_ARCHIVE {
-            bail!("{} is larger than {} GiB", path.display(), MAX_ARCHIVE >> 30);
-        }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {name} in {}", path.display()))?;
-        files.insert(name, bytes);
-    }
-    Ok(files)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-fn blob_path(digest: &str) -> anyhow::Result<String> {
-    let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("{digest:?} is not a sha256 digest");
-    }
-    Ok(format!("blobs/sha256/{hex}"))
-}
-
-fn get<'a>(files: &'a HashMap<String, Vec<u8>>, path: &str) -> anyhow::Result<&'a [u8]> {
-    files.get(path).map(Vec::as_slice).with_context(|| format!("the archive lacks {path}"))
-}
-
-/// The images of an OCI layout; a multi-platform index contributes its
-/// linux/amd64 (or host architecture) image.
-fn oci_images(files: &HashMap<String, Vec<u8>>) -> anyhow::Result<Vec<Found>> {
-    let index: Index = serde_json::from_slice(get(files, "index.json")?).context("index.json")?;
-    let mut out = Vec::new();
-    for desc in index.manifests {
-        let reference = desc.annotations.get(REF_NAME).cloned();
-        let mut desc = desc;
-        if desc.media_type == OCI_INDEX || desc.media_type == DOCKER_LIST {
-            let nested: Index =
-                serde_json::from_slice(get(files, &blob_path(&desc.digest)?)?).context("nested image index")?;
-            let arch = host_arch();
-            desc = nested
-                .manifests
-                .into_iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-                .with_context(|| format!("the image index {} has no linux/{arch} image", desc.digest))?;
-        }
-        if !desc.media_type.is_empty() && desc.media_type != OCI_MANIFEST && desc.media_type != DOCKER_MANIFEST {
-            continue; // attestations, signatures and the like
-        }
-        let manifest_bytes = get(files, &blob_path(&desc.digest)?)?.to_vec();
-        if digest_of(&manifest_bytes) != desc.digest {
-            bail!("manifest {} does not match its digest; the archive is corrupt or was tampered with", desc.digest);
-        }
-        let m: Manifest =
-            serde_json::from_slice(&manifest_bytes).with_context(|| format!("manifest {}", desc.digest))?;
-        let mut blobs = Vec::new();
-        for d in std::iter::once(&m.config).chain(&m.layers) {
-            blobs.push((d.digest.clone(), blob_path(&d.digest)?));
-        }
-        // A ref name with no ':' or '/' is a bare tag ("latest").
-        let reference = reference.map(|r| if r.contains([':', '/']) { r } else { format!(":{r}") });
-        out.push(Found { reference, manifest: manifest_bytes, blobs });
-    }
-    Ok(out)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerEntry {
-    config: String,
-    #[serde(default)]
-    repo_tags: Option<Vec<String>>,
-    layers: Vec<String>,
-}
-
-/// The images of a `docker save` archive, each with an OCI manifest written from
-/// its entry in `manifest.json`.
-fn docker_images(files: &HashMap<String, Vec<u8>>) -> anyhow::Result<Vec<Found>> {
-    let entries: Vec<DockerEntry> = serde_json::from_slice(get(files, "manifest.json")?).context("manifest.json")?;
-    let mut out = Vec::new();
-    for e in entries {
-        let config = get(files, &e.config)?;
-        let config_digest = digest_of(config);
-        let mut blobs = vec![(config_digest.clone(), e.config.clone())];
-        let mut layers = Vec::new();
-        for path in &e.layers {
-            let bytes = get(files, path)?;
-            let digest = digest_of(bytes);
-            let media_type = if bytes.starts_with(&[0x1f, 0x8b]) {
-                "application/vnd.oci.image.layer.v1.tar+gzip"
-            } else {
-                "application/vnd.oci.image.layer.v1.tar"
-            };
-            layers.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()}));
-            blobs.push((digest, path.clone()));
-        }
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": layers,
-        });
-        let manifest = serde_json::to_vec(&manifest).context("cannot write the image manifest")?;
-        let tags = e.repo_tags.unwrap_or_default();
-        if tags.is_empty() {
-            out.push(Found { reference: None, manifest: manifest.clone(), blobs: blobs.clone() });
-        }
-        for tag in tags {
-            out.push(Found { reference: Some(tag), manifest: manifest.clone(), blobs: blobs.clone() });
-        }
-    }
-    Ok(out)
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_tags() {
-        let s = |r: &str| split_name_tag(r);
-        assert_eq!(s("busybox"), ("busybox".into(), "latest".into()));
-        assert_eq!(s("busybox:1.36"), ("busybox".into(), "1.36".into()));
-        assert_eq!(s("docker.io/library/busybox:latest"), ("busybox".into(), "latest".into()));
-        assert_eq!(s("localhost:5000/app"), ("localhost:5000/app".into(), "latest".into()));
-        assert_eq!(s(":latest"), ("".into(), "latest".into()));
-    }
 }

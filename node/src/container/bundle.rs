@@ -87,11 +87,39 @@ pub fn merge_process(
         vars.push((k.clone(), v.clone()));
     }
     let cwd = image.and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+    check_working_dir(&cwd)?;
+    let (uid, gid) = parse_user(image.and_then(|c| c.user().clone()).unwrap_or_default().as_str())?;
+    Ok(Process { args: argv, env: vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect(), cwd, uid, gid })
+}
+
+/// Refuses a working directory that is not absolute or that lies under `/proc`
+/// once `.` and `..` are resolved: CVE-2024-21626 ("Leaky Vessels") starts a
+/// container in `/proc/self/fd/N`, a descriptor the runtime leaked from the
+/// host, and climbs out of it with `..`. No image needs to start in `/proc`, so
+/// it is refused here whatever the installed runc would do. (A symlink in the
+/// image that points into `/proc` is not followed here; runc 1.1.12+ checks the
+/// directory it ends up in.)
+fn check_working_dir(cwd: &str) -> Result<(), String> {
     if !cwd.starts_with('/') {
         return Err(format!("the image's working directory {cwd:?} is not absolute"));
     }
-    let (uid, gid) = parse_user(image.and_then(|c| c.user().clone()).unwrap_or_default().as_str())?;
-    Ok(Process { args: argv, env: vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect(), cwd, uid, gid })
+    let mut resolved: Vec<&str> = Vec::new();
+    for part in cwd.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            p => resolved.push(p),
+        }
+    }
+    if resolved.first() == Some(&"proc") {
+        return Err(format!(
+            "the image's working directory {cwd:?} is under /proc, where no container may start \
+             (CVE-2024-21626); rebuild the image with another WORKDIR"
+        ));
+    }
+    Ok(())
 }
 
 /// `""`, `root`, `1000`, `1000:1000`. Names other than root would need the
@@ -322,6 +350,28 @@ mod tests {
         assert!(err.contains("no entrypoint or cmd"), "{err}");
         assert!(parse_user("nobody").is_err());
         assert_eq!(parse_user("5:6"), Ok((5, 6)));
+    }
+
+    #[test]
+    fn a_working_dir_under_proc_is_refused() {
+        for bad in ["/proc/self/fd/7", "/proc", "/proc/", "//proc/1/cwd", "/x/../proc/self/cwd", "/./proc/./self"] {
+            let img = image_config(&format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},
+                    "config":{{"Cmd":["sh"],"WorkingDir":"{bad}"}}}}"#
+            ));
+            let err = merge_process(img.config().as_ref(), &[], &BTreeMap::new()).expect_err(bad);
+            assert_eq!(
+                err,
+                format!(
+                    "the image's working directory {bad:?} is under /proc, where no container may start \
+                     (CVE-2024-21626); rebuild the image with another WORKDIR"
+                )
+            );
+        }
+        for ok in ["/", "/processes", "/srv/proc", "/proc/../srv", "/../.."] {
+            assert_eq!(check_working_dir(ok), Ok(()), "{ok}");
+        }
+        assert!(check_working_dir("proc").unwrap_err().contains("is not absolute"));
     }
 
     #[test]
