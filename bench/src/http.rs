@@ -105,7 +105,7 @@ pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
     Ok(result)
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 

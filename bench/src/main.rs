@@ -13,11 +13,15 @@
 //!   time until every replica runs again elsewhere;
 //! - `b`: 1,000,000 replicas onto 5,000 simulated nodes (Nomad's C1M shape);
 //! - `deploy`: deploy → first replica running over 100 deploys with `skiff dev`;
+//! - `containers`: deploy → container running with `skiff dev` (runc, CNI)
+//!   against a bare `runc run -d` of the same bundle, alternating (see
+//!   `containers.rs`);
 //! - `http`: one `wasi:http` component behind a skiff ingress against `wasmtime
 //!   serve`, under the same `wrk` load (see `http.rs`);
 //! - `idle`: a node's memory per idle Wasm HTTP replica, with 10,000 of them
 //!   (see `idle.rs`).
 
+mod containers;
 mod http;
 mod idle;
 mod procs;
@@ -60,8 +64,8 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, failover (runs a first), b, deploy, http, idle
-    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,http,idle")]
+    /// Scenarios to run: a, failover (runs a first), b, deploy, containers, http, idle
+    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,containers,http,idle")]
     scenarios: Vec<String>,
     /// Simulated nodes in scenarios a and b
     #[arg(long, default_value_t = 5000)]
@@ -75,6 +79,9 @@ struct RunArgs {
     /// Deploys in the deploy scenario
     #[arg(long, default_value_t = 100)]
     deploys: usize,
+    /// Deploys (and as many bare runc runs) in the containers scenario
+    #[arg(long, default_value_t = 20)]
+    container_deploys: usize,
     /// Longest a scenario may take before its partial figures are recorded
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -167,6 +174,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if want("deploy") {
         scenarios.insert("deploy".into(), scenario_deploy(&args).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("containers") {
+        let c = containers::scenario_containers(&args.skiff, args.container_deploys).await;
+        scenarios.insert("containers".into(), c.unwrap_or_else(failed));
         save(&scenarios)?;
     }
     if want("http") {

@@ -156,6 +156,22 @@ fn table(runs: &[Value]) -> String {
             "p99 ≤ 100 ms",
         );
     }
+    if let Some(run) = newest("containers") {
+        let c = &run["scenarios"]["containers"];
+        let result = match c.get("error").and_then(Value::as_str) {
+            Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
+            None => format!(
+                "skiff p50 {} ms, p99 {} ms vs bare `runc run -d` p50 {} ms, p99 {} ms: **{}×** (p99 {}×)",
+                num(f(c, &["skiff_container_running_ms", "p50"]), 0),
+                num(f(c, &["skiff_container_running_ms", "p99"]), 0),
+                num(f(c, &["runc_running_ms", "p50"]), 0),
+                num(f(c, &["runc_running_ms", "p99"]), 0),
+                num(f(c, &["ratio_p50"]), 2),
+                num(f(c, &["ratio_p99"]), 2)
+            ),
+        };
+        row(run, format!("Deploy → container running ({} deploys, runc, CNI)", c["deploys"]), result, "≤ 1.5×");
+    }
     if let Some(run) = newest("idle") {
         let x = &run["scenarios"]["idle"];
         let result = match x.get("error").and_then(Value::as_str) {

@@ -52,6 +52,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The host suffix that names a deployment, by default.
 pub const DEFAULT_SUFFIX: &str = "skiff.local";
 
+/// Freed pool slots decommitted together.
+const DECOMMIT_BATCH: usize = 16;
+
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the ingress sends.
@@ -196,6 +199,11 @@ impl HttpRuntime {
             ticker_stop,
             tls,
         })
+    }
+
+    /// The runtime HTTP guests run on (the ingress serves its connections there).
+    pub(crate) fn guest_handle(&self) -> tokio::runtime::Handle {
+        self.guests.handle()
     }
 
     /// Whether instances come from the pooling allocator.
@@ -443,7 +451,10 @@ fn engine_config(pool: Option<u32>) -> Config {
             .max_memory_size(POOL_MEMORY as usize)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            .max_core_instances_per_component(32);
+            .max_core_instances_per_component(32)
+            // Freed slots are returned to the kernel (madvise) a batch at a
+            // time: one call and one TLB shootdown per batch, not per request.
+            .decommit_batch_size(DECOMMIT_BATCH);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     config

@@ -82,7 +82,27 @@ impl Ingress {
     }
 
     /// Accepts connections on `listener` forever.
+    ///
+    /// Connections are accepted and served on the HTTP guests' runtime, where
+    /// each request's instance runs: a request then never wakes a thread of
+    /// another runtime (its socket's readiness, the instance's task and the
+    /// response all stay with the same workers). The node's own runtime, with
+    /// the agent and heartbeats, is still apart from the guests.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        // Registered anew with the guests' runtime's reactor.
+        let listener = listener.into_std().map_err(|e| anyhow::anyhow!("cannot move the ingress listener: {e}"))?;
+        let guests = self.runtime.guest_handle();
+        let accept = guests.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| anyhow::anyhow!("cannot register the ingress listener: {e}"))?;
+            self.accept(listener).await
+        });
+        // Dropping this future (the node stopping) stops the accept loop too.
+        let _abort = AbortOnDrop(accept.abort_handle());
+        accept.await.map_err(|e| anyhow::anyhow!("the ingress accept loop failed: {e}"))?
+    }
+
+    async fn accept(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(conn) => conn,
@@ -93,6 +113,11 @@ impl Ingress {
                     continue;
                 }
             };
+            // Responses are written whole or streamed by the guest: never hold
+            // a small last segment back for an ACK (as `wasmtime serve` does).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("ingress cannot set TCP_NODELAY: {e}");
+            }
             let ingress = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -343,6 +368,15 @@ impl Ingress {
                 &format!("replica {} of {name} at {} failed the request: {e}", upstream.id, upstream.addr),
             ),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -647,7 +647,7 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         let (net, id, bundle, plan, spec) = (net.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             // What an earlier run left (a crash of this daemon) goes first.
-            if bundle.exists() || net.oci.status(&id).is_some() {
+            if bundle.exists() || net.oci.may_know(&id) {
                 teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO);
             }
             fs::create_dir_all(&bundle).map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;

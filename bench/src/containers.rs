@@ -1,0 +1,375 @@
+//! Scenario `containers`: deploy → container running on a `skiff dev` node (runc,
+//! CNI bridge networking as the node sets it up by default) against a bare
+//! `runc run -d` of an equivalent bundle, alternating in the same run so that a
+//! noisy neighbour hurts both.
+//!
+//! The image is built here from Debian's busybox-static, as the e2e tests build
+//! theirs, and imported through the API. The bare bundle is the node's own
+//! `config.json` (from the first, uncounted deploy) with its rootfs pointed at a
+//! plain copy of the same layer, a cgroup of its own and a fresh network
+//! namespace instead of the CNI one.
+//!
+//! "Running" is the same check for both: runc's state directory has the
+//! container and its `exec.fifo` is gone, which is how runc itself tells
+//! `running` from `created` (the user process has been exec'd). The node's own
+//! report (`/v1/replicas`) and the scheduler's view are recorded too; the node
+//! reports `running` as the run starts, before runc has the process.
+
+use crate::procs::TempDir;
+use crate::{dev_cluster, ms, percentile};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use sha2::Digest;
+use skiff_api::{ImageRequest, ReplicaState, ReplicaStatus, Runtime};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "/bin/busybox";
+/// The bridge the node's CNI config makes (removed afterwards if this made it).
+const BRIDGE: &str = "skiff0";
+/// The container's process: ends at once on SIGTERM, so a delete takes no grace.
+const COMMAND: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+/// Longest one deploy, bare run or teardown may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result<Value> {
+    println!("containers: {deploys} deploys on skiff dev (runc) vs bare runc run -d, alternating");
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the containers scenario needs root (runc, mounts, network namespaces)");
+    }
+    let runc = crate::http::which("runc").context("runc not found; `make deps` installs Debian's runc")?;
+    let runc_version = String::from_utf8_lossy(&Command::new(&runc).arg("--version").output()?.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let layer = busybox_layer()?;
+    let dir = TempDir::new("containers")?;
+    let bare_state = dir.path().join("bare-state");
+    let node_state = dir.path().join("dev").join("node").join("containers").join("state");
+    // Declared before the dev cluster, so dropped after it is killed: whatever a
+    // failed run leaves (containers, mounts) goes before the directory does.
+    let _cleanup = Cleanup {
+        runc: runc.clone(),
+        states: vec![node_state.clone(), bare_state.clone()],
+        under: dir.path().to_path_buf(),
+        bridge_was_there: Path::new("/sys/class/net").join(BRIDGE).exists(),
+    };
+    let dev = dev_cluster(skiff, &dir, &[]).await?;
+    let t0 = Instant::now();
+    loop {
+        let node = dev.api.node("dev").await?;
+        if node.runtimes.contains(&Runtime::Container) {
+            break;
+        }
+        if t0.elapsed() > STEP_TIMEOUT {
+            bail!("the dev node does not advertise the container runtime (is runc working?)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let image = import(&dev, &layer).await?;
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let node_replicas = format!("{}/v1/replicas", dev.node.address.trim_end_matches('/'));
+    let bare = dir.path().join("bare");
+    let rootfs = bare.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    tar::Archive::new(layer.as_slice()).unpack(&rootfs).context("unpacking the layer for the bare bundle")?;
+    let mut bare_config: Option<Value> = None;
+    let (mut skiff_running, mut skiff_reported, mut skiff_scheduler, mut runc_running, mut skiff_gone) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cold = None;
+    for i in 0..=deploys {
+        // skiff: apply → the container runs.
+        let name = format!("benchctr-{i}");
+        let prefix = format!("{name}-");
+        let spec = json!({
+            "replicas": 1,
+            "spec": {
+                "workload": { "image": image },
+                "resources": { "cpu": "100m", "memory": "32Mi" },
+                "args": ["/bin/sh", "-c", COMMAND],
+            },
+        });
+        let t = Instant::now();
+        dev.api.apply(&name, &serde_json::from_value(spec)?).await?;
+        let (mut running, mut reported, mut scheduled) = (None, None, None);
+        let mut id = None;
+        let mut polls = 0u64;
+        while running.is_none() || reported.is_none() || scheduled.is_none() {
+            if t.elapsed() > STEP_TIMEOUT {
+                bail!("deploy {name}: container not running after {STEP_TIMEOUT:?}");
+            }
+            dev.proc.check_alive()?;
+            if running.is_none()
+                && let Some(found) = container_with_prefix(&node_state, &prefix)
+                && is_running(&node_state, &found)
+            {
+                running = Some(t.elapsed());
+                id = Some(found);
+            }
+            // The HTTP polls cost the skiff process CPU: fewer of them than of
+            // the (free) state-directory check.
+            if reported.is_none()
+                && polls.is_multiple_of(5)
+                && let Ok(resp) = http.get(&node_replicas).send().await
+                && let Ok(list) = resp.json::<Vec<ReplicaStatus>>().await
+                && list.iter().any(|r| r.id.starts_with(&prefix) && r.state == ReplicaState::Running)
+            {
+                reported = Some(t.elapsed());
+            }
+            if scheduled.is_none()
+                && polls.is_multiple_of(20)
+                && let Ok(d) = dev.api.deployment(&name).await
+                && d.status.running >= 1
+            {
+                scheduled = Some(t.elapsed());
+            }
+            polls += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let id = id.context("no container id")?;
+        let (r, n, s) = (running.unwrap_or_default(), reported.unwrap_or_default(), scheduled.unwrap_or_default());
+        if bare_config.is_none() {
+            let path = dev.data.join("node").join("containers").join("run").join(&id).join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            bare_config = Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+        }
+        // Delete: until runc no longer has it (the node tore it down).
+        let t = Instant::now();
+        dev.api.delete(&name).await?;
+        while node_state.join(&id).exists() {
+            if t.elapsed() > STEP_TIMEOUT {
+                bail!("delete {name}: container {id} still there after {STEP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let gone = t.elapsed();
+
+        // Bare runc: the same bundle shape, `runc run -d` → running.
+        let config = bare_config.as_ref().context("no bundle to copy")?;
+        let bare_id = format!("bare-{}-{i}", std::process::id());
+        std::fs::write(bare.join("config.json"), serde_json::to_vec_pretty(&bare_bundle(config, &rootfs, &bare_id))?)?;
+        // The detached container inherits runc's stdio: a file, not a pipe
+        // that would stay open as long as it runs.
+        let err_path = dir.path().join("bare-runc.log");
+        let err = std::fs::File::create(&err_path)?;
+        let t = Instant::now();
+        let status = Command::new(&runc)
+            .arg("--root")
+            .arg(&bare_state)
+            .args(["run", "-d", "--bundle"])
+            .arg(&bare)
+            .arg(&bare_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .context("running runc")?;
+        if !status.success() {
+            let said = std::fs::read_to_string(&err_path).unwrap_or_default();
+            bail!("runc run -d {bare_id} failed: {}", said.trim());
+        }
+        while !is_running(&bare_state, &bare_id) {
+            if t.elapsed() > STEP_TIMEOUT {
+                bail!("bare container {bare_id} not running after {STEP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let bare_t = t.elapsed();
+        runc_delete(&runc, &bare_state, &bare_id)?;
+
+        if i == 0 {
+            cold = Some(json!({ "skiff_running_ms": ms(r), "runc_running_ms": ms(bare_t) }));
+        } else {
+            skiff_running.push(ms(r));
+            skiff_reported.push(ms(n));
+            skiff_scheduler.push(ms(s));
+            runc_running.push(ms(bare_t));
+            skiff_gone.push(ms(gone));
+        }
+    }
+    dev.proc.check_alive()?;
+    let network = if Path::new("/sys/class/net").join(BRIDGE).exists() {
+        format!("CNI bridge {BRIDGE} (the node's default)")
+    } else {
+        "loopback only (no CNI plugins found)".to_string()
+    };
+    for v in [&mut skiff_running, &mut skiff_reported, &mut skiff_scheduler, &mut runc_running, &mut skiff_gone] {
+        v.sort_by(f64::total_cmp);
+    }
+    let p = |v: &[f64]| json!({ "p50": percentile(v, 50.0), "p99": percentile(v, 99.0) });
+    let ratio = |pct: f64| (percentile(&skiff_running, pct) / percentile(&runc_running, pct) * 1000.0).round() / 1000.0;
+    let result = json!({
+        "deploys": deploys,
+        "runc": runc_version,
+        "network": network,
+        "skiff_container_running_ms": p(&skiff_running),
+        "skiff_reported_running_ms": p(&skiff_reported),
+        "skiff_scheduler_running_ms": p(&skiff_scheduler),
+        "skiff_delete_to_gone_ms": p(&skiff_gone),
+        "runc_running_ms": p(&runc_running),
+        "ratio_p50": ratio(50.0),
+        "ratio_p99": ratio(99.0),
+        "cold_first_deploy": cold,
+        "samples": { "skiff_container_running_ms": skiff_running, "runc_running_ms": runc_running },
+        "note": "running = runc's state dir has the container and no exec.fifo (the same check for both, polled every \
+                 1 ms); skiff: apply → running, its node's report polled every ~5 ms, the scheduler's every ~20 ms; \
+                 runc: `runc run -d` of the node's config.json with a plain rootfs copy and its own netns → running",
+    });
+    println!("  {result}");
+    Ok(result)
+}
+
+/// The image's one layer: busybox-static with the applets the command uses.
+fn busybox_layer() -> anyhow::Result<Vec<u8>> {
+    let busybox =
+        std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (`make deps` installs busybox-static)"))?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, body: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(body.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l)?;
+        }
+        b.append_data(&mut h, path, body)
+    };
+    for d in ["bin/", "etc/", "tmp/"] {
+        add(d, tar::EntryType::Directory, 0o755, b"", None)?;
+    }
+    add("bin/busybox", tar::EntryType::Regular, 0o755, &busybox, None)?;
+    for a in ["sh", "sleep"] {
+        add(&format!("bin/{a}"), tar::EntryType::Symlink, 0o777, b"", Some("busybox"))?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Uploads the layer, its config and manifest, and names it `benchbox:latest`.
+async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Result<String> {
+    let sha = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [sha(layer)] },
+    }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(layer), "size": layer.len() }],
+    }))?;
+    for blob in [layer, &config, &manifest] {
+        dev.upload(blob.to_vec()).await?;
+    }
+    let req = ImageRequest { name: "benchbox".into(), tag: "latest".into(), digest: sha(&manifest) };
+    dev.api.put_image(&req).await.context("recording the image")?;
+    Ok("benchbox:latest".into())
+}
+
+/// The node's bundle config for a bare run: rootfs `rootfs`, a cgroup under
+/// `skiff-bench/`, and a network namespace of its own instead of the CNI one.
+fn bare_bundle(node_config: &Value, rootfs: &Path, id: &str) -> Value {
+    let mut c = node_config.clone();
+    c["root"]["path"] = json!(rootfs.display().to_string());
+    c["hostname"] = json!(id);
+    c["linux"]["cgroupsPath"] = json!(format!("/skiff-bench/{id}"));
+    if let Some(nss) = c["linux"]["namespaces"].as_array_mut() {
+        for ns in nss.iter_mut().filter(|ns| ns["type"] == "network") {
+            if let Some(o) = ns.as_object_mut() {
+                o.remove("path");
+            }
+        }
+    }
+    c
+}
+
+/// The container in runc state directory `state` whose id starts with `prefix`.
+fn container_with_prefix(state: &Path, prefix: &str) -> Option<String> {
+    std::fs::read_dir(state)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(prefix))
+}
+
+/// Whether runc would say container `id` is running: it has state and its user
+/// process has been started (runc start removes `exec.fifo`).
+fn is_running(state: &Path, id: &str) -> bool {
+    let dir = state.join(id);
+    dir.join("state.json").exists() && !dir.join("exec.fifo").exists()
+}
+
+fn runc_delete(runc: &Path, state: &Path, id: &str) -> anyhow::Result<()> {
+    let out = Command::new(runc).arg("--root").arg(state).args(["delete", "--force", id]).output()?;
+    if !out.status.success() {
+        bail!("runc delete --force {id} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Removes, when dropped, what a failed run may leave behind: containers in
+/// the runc state directories, mounts under the bench's directory, the
+/// replicas' network namespaces, and the node's bridge if it was not there
+/// before.
+struct Cleanup {
+    runc: PathBuf,
+    states: Vec<PathBuf>,
+    under: PathBuf,
+    bridge_was_there: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for state in &self.states {
+            for id in std::fs::read_dir(state).into_iter().flatten().flatten() {
+                let id = id.file_name().to_string_lossy().into_owned();
+                let _ = runc_delete(&self.runc, state, &id);
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let prefix = self.under.display().to_string();
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)) {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for ns in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let ns = ns.file_name().to_string_lossy().into_owned();
+            if ns.starts_with("skiff-benchctr-") {
+                let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+            }
+        }
+        // runc removes a container's cgroup, not the parent the bare runs share.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join("skiff-bench"));
+        }
+        if !self.bridge_was_there && Path::new("/sys/class/net").join(BRIDGE).exists() {
+            let _ = Command::new("ip").args(["link", "delete", BRIDGE]).output();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bare_bundle_is_the_nodes_with_its_own_rootfs_cgroup_and_netns() {
+        let node = json!({
+            "root": { "path": "/data/containers/run/web-1/rootfs" },
+            "hostname": "web-1",
+            "process": { "args": ["/bin/sh", "-c", "x"] },
+            "linux": {
+                "cgroupsPath": "/skiff/web-1",
+                "namespaces": [{ "type": "pid" }, { "type": "network", "path": "/run/netns/skiff-web-1" }],
+            },
+        });
+        let bare = bare_bundle(&node, Path::new("/tmp/b/rootfs"), "bare-1");
+        assert_eq!(bare["root"]["path"], "/tmp/b/rootfs");
+        assert_eq!(bare["linux"]["cgroupsPath"], "/skiff-bench/bare-1");
+        assert_eq!(bare["linux"]["namespaces"], json!([{ "type": "pid" }, { "type": "network" }]));
+        assert_eq!(bare["process"], node["process"]);
+    }
+}
