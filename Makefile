@@ -30,6 +30,14 @@ PACKAGES += docker-registry skopeo libssl-dev pkg-config
 # Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4);
 # the container escape test builds a static ptrace probe with gcc and libc6-dev.
 PACKAGES += e2fsprogs gcc libc6-dev
+# The API fuzz test (issue 8): schemathesis (PyPI, pinned) in a venv outside the
+# clone; Debian's python3-venv when the machine's Python has no venv/ensurepip.
+PY_CACHE ?= /var/cache/skiff-py
+SCHEMATHESIS_VERSION := 4.32.5
+PACKAGES += $(if $(shell python3 -c 'import ensurepip, venv' 2>/dev/null && echo ok),,python3-venv)
+# Several servers (issue 9): etcd members and etcdctl from Debian for the tests,
+# and protoc for the etcd-client crate's build.
+PACKAGES += etcd-server etcd-client protobuf-compiler
 RUST_TARGETS := wasm32-wasip1 wasm32-wasip2
 RUST_COMPONENTS := clippy rustfmt
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -45,8 +53,9 @@ WASM_P1 := $(TARGET)/wasm32-wasip1/release/examples
 export SKIFF_BIN := $(TARGET)/debug/skiff
 export SKIFF_WASM_P2 := $(WASM_P2)
 export SKIFF_WASM_P1 := $(WASM_P1)
+export SKIFF_SCHEMATHESIS := $(PY_CACHE)/bin/st
 
-.PHONY: all deps build wasm lint test run bench bench-report
+.PHONY: all deps build wasm lint test run bench bench-report fuzz
 
 all: build
 
@@ -71,6 +80,10 @@ deps:
 	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then \
 	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
 	fi
+	@$(PY_CACHE)/bin/st --version 2>/dev/null | grep -q "version $(SCHEMATHESIS_VERSION)$$" || \
+	  { echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(PY_CACHE)"; \
+	    python3 -m venv $(PY_CACHE) && \
+	    $(PY_CACHE)/bin/pip install -q --disable-pip-version-check "schemathesis==$(SCHEMATHESIS_VERSION)"; }
 
 build: deps wasm
 	$(CARGO) build --workspace --bins
@@ -87,6 +100,31 @@ lint: deps
 # 90 minutes: the whole test run gets 40 (it takes about 2 when warm).
 test: deps lint build
 	timeout --kill-after=30s 40m $(CARGO) test --workspace
+	timeout --kill-after=30s 10m $(MAKE) --no-print-directory fuzz
+
+# Fuzzing (issue 8): each cargo-fuzz target of fuzz/ for FUZZ_SECONDS, from its
+# committed seeds (fuzz/seeds/TARGET) and the corpus grown by earlier runs (kept
+# with the build under the target dir, a cache). A panic, a write outside a
+# layer's root or an allocation past the limit fails the run; the input is left
+# in fuzz/artifacts/TARGET/. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1.
+FUZZ_TARGETS := quantity manifest api_requests image_archive layer
+FUZZ_SECONDS ?= 20
+FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_FLAGS := --debug-assertions --target-dir $(TARGET)/fuzz
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked --quiet
+	$(FUZZ) build $(FUZZ_FLAGS)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(TARGET)/fuzz/corpus/$$t; log=$(TARGET)/fuzz/$$t.log; \
+	  if ($(FUZZ) run $(FUZZ_FLAGS) $$t $(TARGET)/fuzz/corpus/$$t seeds/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) >$$log 2>&1; then \
+	    runs=$$(grep -o 'number_of_executed_units: *[0-9]*' $$log | grep -o '[0-9]*$$'); \
+	    rate=$$(grep -o 'average_exec_per_sec: *[0-9]*' $$log | grep -o '[0-9]*$$'); \
+	    echo "fuzz $$t: $$runs runs, $$rate/s, no crash"; \
+	  else \
+	    tail -n 40 $$log; echo "fuzz $$t FAILED (log: $$log; input: fuzz/artifacts/$$t/)"; exit 1; \
+	  fi; \
+	done
 
 run: build
 	scripts/run.sh

@@ -65,10 +65,13 @@ fn http_client(ca: Option<CaFingerprint>) -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-/// A client of one scheduler.
+/// A client of the scheduler: one server, or several sharing a store (it moves
+/// on to the next when one cannot be reached or has no leader).
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    bases: std::sync::Arc<Vec<String>>,
+    /// The server that answered last, shared by clones.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Shared by clones, so that a node switching to its credential switches
     /// every task's client at once.
     token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
@@ -76,10 +79,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the scheduler at `base` (such as `https://127.0.0.1:7070`). Over
-    /// HTTPS it trusts no one until given the CA's fingerprint ([`Client::with_ca`]).
+    /// A client of the scheduler at `base` (such as `https://127.0.0.1:7070`), or of
+    /// several servers of one cluster, comma-separated. Over HTTPS it trusts no one
+    /// until given the CA's fingerprint ([`Client::with_ca`]).
     pub fn new(base: &str) -> Client {
-        Client { base: base.trim_end_matches('/').to_string(), token: Default::default(), http: http_client(None) }
+        let mut bases: Vec<String> =
+            base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        if bases.is_empty() {
+            bases.push(String::new());
+        }
+        Client {
+            bases: std::sync::Arc::new(bases),
+            current: Default::default(),
+            token: Default::default(),
+            http: http_client(None),
+        }
     }
 
     /// Trusts the scheduler's HTTPS only if its certificate chains to the CA with
@@ -106,24 +120,68 @@ impl Client {
         self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The scheduler's base URL.
+    /// The base URL of the server in use.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(method, format!("{}{path}", self.base));
+        let rb = self.http.request(method, format!("{}{path}", self.base()));
         match &self.token() {
             Some(t) => rb.bearer_auth(t),
             None => rb,
         }
     }
 
+    /// Sends the request to the server in use; when that one cannot be reached
+    /// or answers 503 (no leader, or not reachable from it) and there are others,
+    /// to the next (a request with a streamed body is sent once).
+    async fn execute(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let (_, req) = rb.build_split();
+        let mut next = Some(req.map_err(|source| ClientError::Connect { url: self.bases[first].clone(), source })?);
+        let mut last = None;
+        for attempt in 0..n {
+            let Some(mut req) = next.take() else { break };
+            let i = (first + attempt) % n;
+            next = if attempt + 1 < n { req.try_clone() } else { None };
+            if i != first
+                && let Ok(url) = req.url().as_str().replacen(&self.bases[first], &self.bases[i], 1).parse()
+            {
+                *req.url_mut() = url;
+            }
+            match self.http.execute(req).await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && next.is_some() => {
+                    last = Some(Ok(resp));
+                }
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(source) => {
+                    let url = self.bases[i].clone();
+                    let e = match crate::tls::failure(&source) {
+                        Some(message) => ClientError::Tls { url, message },
+                        None => ClientError::Connect { url, source },
+                    };
+                    if matches!(e, ClientError::Tls { .. }) {
+                        return Err(e);
+                    }
+                    last = Some(Err(e));
+                }
+            }
+        }
+        match last {
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(e)) => Err(e),
+            None => Err(ClientError::Api { status: 503, message: "no server to ask".into() }),
+        }
+    }
+
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = rb.send().await.map_err(|source| match crate::tls::failure(&source) {
-            Some(message) => ClientError::Tls { url: self.base.clone(), message },
-            None => ClientError::Connect { url: self.base.clone(), source },
-        })?;
+        let resp = self.execute(rb).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -137,7 +195,7 @@ impl Client {
 
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ClientError> {
         let resp = self.send(rb).await?;
-        resp.json().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })
+        resp.json().await.map_err(|source| ClientError::Decode { url: self.base().to_string(), source })
     }
 
     /// `GET /healthz`.
@@ -188,7 +246,7 @@ impl Client {
     /// Downloads the blob `digest`.
     pub async fn get_blob(&self, digest: &str) -> Result<Bytes, ClientError> {
         let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/blobs/{digest}"))).await?;
-        resp.bytes().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })
+        resp.bytes().await.map_err(|source| ClientError::Decode { url: self.base().to_string(), source })
     }
 
     // ---- deployments ----
@@ -249,6 +307,11 @@ impl Client {
             q.push(("node", n));
         }
         self.json(self.request(reqwest::Method::GET, "/v1/replicas").query(&q)).await
+    }
+
+    /// `GET /v1/servers`: the control plane's servers, its leader and its store.
+    pub async fn servers(&self) -> Result<ServersInfo, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/servers")).await
     }
 
     /// Events, optionally about one object (`deployment/NAME`, `node/NAME`), oldest first.
@@ -315,7 +378,8 @@ impl Client {
         // Server-sent events: the first `data:` lines up to a blank line.
         let mut text = Vec::new();
         let event = loop {
-            let chunk = resp.chunk().await.map_err(|source| ClientError::Decode { url: self.base.clone(), source })?;
+            let chunk =
+                resp.chunk().await.map_err(|source| ClientError::Decode { url: self.base().to_string(), source })?;
             let Some(chunk) = chunk else { break String::from_utf8_lossy(&text).into_owned() };
             text.extend_from_slice(&chunk);
             let s = String::from_utf8_lossy(&text);

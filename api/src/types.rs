@@ -17,6 +17,7 @@ pub fn now_ms() -> Millis {
 
 /// The kinds of workload a node can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// A WebAssembly module or component, run by wasmtime inside the node daemon.
@@ -36,10 +37,13 @@ impl fmt::Display for Runtime {
 
 /// CPU and memory, as requested by a replica or offered by a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// CPU in millicores.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "500m", pattern = "^[0-9]+(\\.[0-9]{1,3})?m?$"))]
     pub cpu: Cpu,
     /// Memory in bytes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "64Mi", pattern = "^[0-9]+(\\.[0-9]{1,3})?(k|K|M|G|T|Ki|Mi|Gi|Ti)?$"))]
     pub memory: Memory,
 }
 
@@ -73,6 +77,7 @@ impl fmt::Display for Resources {
 
 /// A node's place in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Heartbeating; takes new replicas.
@@ -95,6 +100,7 @@ impl fmt::Display for NodeState {
 
 /// A machine that runs replicas, as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     /// Unique name (a DNS label).
     pub name: String,
@@ -113,8 +119,10 @@ pub struct Node {
     /// Number of live replicas assigned to it.
     pub replicas: u32,
     /// When it registered first.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub registered_ms: Millis,
     /// When its last heartbeat arrived (0 if none since the scheduler started).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub last_heartbeat_ms: Millis,
     /// Base URL of the node's ingress (`http://10.0.0.2:8080`), if it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +131,7 @@ pub struct Node {
 
 /// What to do when a replica's process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Restart whatever the exit status (the default: services).
@@ -146,6 +155,7 @@ impl fmt::Display for RestartPolicy {
 
 /// The artifact a replica runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// A WebAssembly module or component, by the digest of its blob (`sha256:<hex>`).
@@ -176,6 +186,7 @@ impl fmt::Display for Workload {
 /// The template every replica of a deployment is made from. Any change to it makes
 /// a new revision; the replica count is not part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkloadSpec {
     /// What to run.
     pub workload: Workload,
@@ -222,6 +233,7 @@ pub struct WorkloadSpec {
     pub network: NetworkMode,
     /// How long a stopped container gets between SIGTERM and SIGKILL (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "10s"))]
     pub stop_grace_period: Option<GracePeriod>,
     /// Hold read-write volumes under a lease: a node that has not reached the
     /// scheduler for [`Assignments::lease_ms`] (the scheduler's node grace) stops
@@ -233,6 +245,7 @@ pub struct WorkloadSpec {
 
 /// A port a container listens on, and the node port that forwards to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortMapping {
     /// The port inside the container.
@@ -248,6 +261,7 @@ pub struct PortMapping {
 
 /// A port's transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
@@ -307,6 +321,7 @@ pub fn host_ports(ports: &[PortMapping], network: NetworkMode) -> Vec<HostPort> 
 
 /// Which network namespace a container runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Its own namespace: an address on the node's bridge (or loopback only, on a
@@ -395,6 +410,7 @@ impl<'de> Deserialize<'de> for GracePeriod {
 
 /// A replica's health checks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Probes {
     /// Failing it restarts the replica.
@@ -417,6 +433,7 @@ impl Probes {
 
 /// One health check and its timing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
     /// An HTTP GET that must answer `status` (Wasm HTTP components: through their
@@ -457,6 +474,7 @@ impl Probe {
 
 /// `http:` of a probe.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbe {
     /// The path to GET, such as `/healthz`.
@@ -478,6 +496,7 @@ impl HttpProbe {
 
 /// `tcp:` of a probe.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TcpProbe {
     /// The port that must accept a connection.
@@ -486,6 +505,7 @@ pub struct TcpProbe {
 
 /// A deployment's use of a named volume.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// The volume's name (a DNS label), unique in the cluster.
@@ -497,6 +517,7 @@ pub struct VolumeMount {
     pub read_only: bool,
     /// How large it is expected to grow (a hint; not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "1Gi"))]
     pub size: Option<Memory>,
 }
 
@@ -520,21 +541,25 @@ impl WorkloadSpec {
 
 /// A named volume, as the scheduler knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Volume {
     /// Its name.
     pub name: String,
     /// The node that holds its data, once a replica using it was placed.
     pub node: Option<String>,
     /// The size hint it was created with.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "1Gi"))]
     pub size: Option<Memory>,
     /// Deployments that mount it now.
     pub deployments: Vec<String>,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
 }
 
 /// A deployment's use of one secret.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// The secret's name.
@@ -549,19 +574,23 @@ pub struct SecretRef {
 
 /// A secret as the API shows it: names of its keys, never their values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Secret {
     /// Unique name (a DNS label).
     pub name: String,
     /// The keys it holds.
     pub keys: Vec<String>,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
     /// When its values last changed.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub updated_ms: Millis,
 }
 
 /// `PUT /v1/secrets/{name}`: create a secret, or replace its values with `overwrite`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretRequest {
     /// Key → value (UTF-8).
     pub data: BTreeMap<String, String>,
@@ -572,6 +601,7 @@ pub struct SecretRequest {
 
 /// Counts of a deployment's replicas by what they are doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentStatus {
     /// Live replicas (neither stopped nor lost).
     pub total: u32,
@@ -595,6 +625,7 @@ pub struct DeploymentStatus {
 /// Scaling by load: the scheduler keeps the replica count between `min` and
 /// `max` so that the usage the nodes report meets the target.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Autoscale {
     /// Fewest replicas (at least 1).
@@ -654,6 +685,7 @@ impl Autoscale {
 
 /// How a new revision replaces the old one: a rolling update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct UpdateStrategy {
     /// Replicas allowed above the desired count during a rollout (default 1).
@@ -683,6 +715,7 @@ impl Default for UpdateStrategy {
 
 /// Where a rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
     /// Every replica runs the current revision and is available.
@@ -709,6 +742,7 @@ impl fmt::Display for RolloutState {
 
 /// The latest rollout of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Rollout {
     /// Where it stands.
@@ -718,8 +752,10 @@ pub struct Rollout {
     /// The revision it rolls out (or rolled out and gave up on).
     pub to_revision: u64,
     /// When it started.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub started_ms: Millis,
     /// When an old replica was last replaced by an available new one.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub progress_ms: Millis,
     /// Paused: no replica is created or stopped for the rollout until resumed.
     pub paused: bool,
@@ -729,6 +765,7 @@ pub struct Rollout {
 
 /// One revision of a deployment, for `skiff rollout history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevisionInfo {
     /// The revision number.
     pub revision: u64,
@@ -740,6 +777,7 @@ pub struct RevisionInfo {
 
 /// `POST /v1/deployments/{name}/rollback`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RollbackRequest {
     /// The revision to go back to; the previous one when absent.
     #[serde(default)]
@@ -748,6 +786,7 @@ pub struct RollbackRequest {
 
 /// A named set of identical replicas that the scheduler keeps at its count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     /// Unique name (a DNS label).
     pub name: String,
@@ -758,8 +797,10 @@ pub struct Deployment {
     /// The current revision's template.
     pub spec: WorkloadSpec,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
     /// When its spec or count last changed.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub updated_ms: Millis,
     /// What its replicas are doing.
     pub status: DeploymentStatus,
@@ -776,6 +817,7 @@ pub struct Deployment {
 
 /// The lifecycle of a replica. Transitions are explicit: see [`ReplicaState::can_become`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicaState {
     /// Waiting for a node with room for it.
@@ -866,6 +908,7 @@ impl fmt::Display for ReplicaState {
 
 /// One copy of one revision of a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Replica {
     /// Unique id, `<deployment>-<suffix>`.
     pub id: String,
@@ -886,17 +929,21 @@ pub struct Replica {
     /// Exit status of its last run, if it ended.
     pub exit_code: Option<i32>,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
     /// When its state last changed.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub updated_ms: Millis,
 }
 
 /// Something that happened in the cluster, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Increasing id.
     pub id: u64,
     /// When it happened.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub time_ms: Millis,
     /// The object it is about: `deployment/NAME`, `node/NAME`, `replica/ID`.
     pub object: String,
@@ -910,6 +957,7 @@ pub struct Event {
 
 /// Error body of every failed API call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// One line that says what was wrong and what to do.
     pub error: String,
@@ -917,10 +965,12 @@ pub struct ErrorBody {
 
 /// `PUT /v1/deployments/{name}`: create or update a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplyRequest {
     /// Desired number of replicas; when absent, a new deployment gets 1 and an
     /// existing one keeps the count it has (an autoscaled one the autoscaler's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub replicas: Option<u32>,
     /// The template.
     pub spec: WorkloadSpec,
@@ -937,6 +987,7 @@ pub struct ApplyRequest {
 
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyOutcome {
     /// The deployment did not exist.
@@ -949,6 +1000,7 @@ pub enum ApplyOutcome {
 
 /// Answer to [`ApplyRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplyResponse {
     /// What happened.
     pub outcome: ApplyOutcome,
@@ -961,13 +1013,16 @@ pub struct ApplyResponse {
 
 /// `POST /v1/deployments/{name}/scale`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScaleRequest {
     /// The new replica count.
+    #[cfg_attr(feature = "openapi", schema(maximum = 100_000))]
     pub replicas: u32,
 }
 
 /// Answer to a blob upload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobInfo {
     /// `sha256:<hex>`.
     pub digest: String,
@@ -977,6 +1032,7 @@ pub struct BlobInfo {
 
 /// `POST /v1/nodes/register`, authenticated with the join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The node's name; re-registering with the same name is the same node.
     pub name: String,
@@ -995,6 +1051,7 @@ pub struct RegisterRequest {
 
 /// Answer to [`RegisterRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The node as registered.
     pub node: Node,
@@ -1008,6 +1065,7 @@ pub struct RegisterResponse {
 
 /// A replica as its node reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaStatus {
     /// The replica.
     pub id: String,
@@ -1034,6 +1092,7 @@ pub struct ReplicaStatus {
 
 /// `POST /v1/nodes/{name}/heartbeat`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
     /// What the node offers now.
     pub capacity: Resources,
@@ -1043,6 +1102,7 @@ pub struct Heartbeat {
 
 /// One replica a node must run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     /// The replica id.
     pub replica: String,
@@ -1063,6 +1123,7 @@ pub struct Assignment {
 /// `GET /v1/nodes/{name}/assignments?index=I&wait=MS`: the full desired set of a
 /// node's replicas, answered when its index passes `I` or after `wait`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignments {
     /// Pass it back to block until the set changes.
     pub index: u64,
@@ -1083,6 +1144,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// One ready HTTP replica, and where to send requests for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoint {
     /// The replica id.
     pub replica: String,
@@ -1096,6 +1158,7 @@ pub struct Endpoint {
 /// replicas, answered as soon as the table's index differs from `I` or after `wait`.
 /// A deployment with no ready replica is listed with none (it exists: 503, not 404).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoints {
     /// Pass it back to block until the table changes.
     pub index: u64,
@@ -1105,6 +1168,7 @@ pub struct Endpoints {
 
 /// An OCI image imported into the scheduler's blob store, by name and tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Image {
     /// Repository name, such as `busybox` or `example.com/team/app`.
     pub name: String,
@@ -1115,12 +1179,14 @@ pub struct Image {
     /// Bytes of the manifest, config and layers as stored (layers compressed).
     pub size: u64,
     /// When this name:tag was last pointed at `digest`.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
 }
 
 /// `POST /v1/images`: point `name:tag` at a manifest whose blobs (the manifest,
 /// its config and every layer) are already uploaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageRequest {
     /// Repository name.
     pub name: String,
@@ -1132,6 +1198,7 @@ pub struct ImageRequest {
 
 /// What an API token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenRole {
     /// Every call.
@@ -1151,20 +1218,24 @@ impl std::fmt::Display for TokenRole {
 
 /// An API token as listed (`GET /v1/tokens`); the token itself is never shown again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// Its name, unique.
     pub name: String,
     /// What it may do.
     pub role: TokenRole,
     /// When it was made.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
 }
 
 /// `POST /v1/tokens`: make a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// Its name; the server picks one when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: Option<String>,
     /// What it may do.
     pub role: TokenRole,
@@ -1172,9 +1243,59 @@ pub struct TokenRequest {
 
 /// The answer to `POST /v1/tokens`: the only time the token is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// The token as listed.
     pub info: TokenInfo,
     /// The bearer token itself.
     pub token: String,
+}
+
+/// One server of the control plane (`GET /v1/servers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerInfo {
+    /// Its name (`--name`, else host name and port).
+    pub name: String,
+    /// The URL other servers, nodes and clients reach it at.
+    pub url: String,
+    /// When it started.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub started_ms: Millis,
+    /// Whether it leads: runs placement and the controllers.
+    #[serde(default)]
+    pub leader: bool,
+}
+
+/// One member of the store behind the servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoreMember {
+    /// Where it was asked (`host:port`; the data dir for SQLite).
+    pub endpoint: String,
+    /// Whether it answered without errors.
+    pub healthy: bool,
+    /// Whether it is the store's own leader.
+    #[serde(default)]
+    pub leader: bool,
+    /// Its version, when it answered.
+    #[serde(default)]
+    pub version: String,
+    /// Why not, when it is not healthy.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// `GET /v1/servers`: the control plane's servers, its leader and its store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServersInfo {
+    /// The store: `sqlite:<path>` or `etcd://...`.
+    pub store: String,
+    /// The leading server's name, if one leads.
+    pub leader: Option<String>,
+    /// Every live server.
+    pub servers: Vec<ServerInfo>,
+    /// The store's members and their health.
+    pub members: Vec<StoreMember>,
 }

@@ -69,6 +69,9 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
     let read = method == Method::GET || method == Method::HEAD;
     match route {
         "/healthz" | "/" | "/assets/{file}" => Need::Open,
+        // What the API is, not what is in it: a read token, as Kubernetes asks for
+        // its /openapi/v3.
+        "/v1/openapi.json" => Need::Read,
         "/metrics" | "/v1/prometheus/targets" => Need::Metrics,
         "/v1/nodes/register" => Need::Register,
         "/v1/nodes/{name}/heartbeat" | "/v1/nodes/{name}/assignments" => Need::NodeSelf,
@@ -136,19 +139,24 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin token in `data_dir/admin-token`, made at first start (and anew when
+/// the file was deleted: that is how an admin token is rotated).
+pub(crate) fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path).map(|t| t.trim().to_string()) {
+        Ok(t) if !t.is_empty() => Ok(t),
+        _ => {
+            let t = random_token("ska_")?;
+            write_private(&path, &t)?;
+            Ok(t)
+        }
+    }
+}
+
 impl Auth {
-    /// Loads the tokens, making the admin token at first start (and anew when its
-    /// file was deleted: that is how an admin token is rotated).
+    /// Loads the tokens, with the admin token of [`admin_token`].
     pub fn open(data_dir: &Path, store: &Store, join_token: &str, metrics_open: bool) -> anyhow::Result<Auth> {
-        let path = data_dir.join("admin-token");
-        let admin = match std::fs::read_to_string(&path).map(|t| t.trim().to_string()) {
-            Ok(t) if !t.is_empty() => t,
-            _ => {
-                let t = random_token("ska_")?;
-                write_private(&path, &t)?;
-                t
-            }
-        };
+        let admin = admin_token(data_dir)?;
         let admin_hash = hex::encode(sha256(&admin));
         let stored = store.tokens()?;
         if !stored.iter().any(|(name, hash, _, _)| name == ADMIN && *hash == admin_hash) {
@@ -320,23 +328,26 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
 }
 
 /// `GET /v1/tokens`.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "Every API token (names and roles)", body = Vec<TokenInfo>), crate::http::Failures))]
 pub(crate) async fn list_tokens(State(core): State<Arc<Core>>) -> axum::Json<Vec<TokenInfo>> {
     axum::Json(core.auth.list())
 }
 
 /// `POST /v1/tokens`.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest, responses((status = 200, description = "Made; the only time the token is shown", body = TokenCreated), crate::http::Failures))]
 pub(crate) async fn create_token(
     State(core): State<Arc<Core>>,
-    axum::Json(req): axum::Json<TokenRequest>,
+    crate::http::JsonBody(req): crate::http::JsonBody<TokenRequest>,
 ) -> Result<axum::Json<TokenCreated>, ApiError> {
     let st = core.state();
     Ok(axum::Json(core.auth.create(st.store(), req)?))
 }
 
 /// `DELETE /v1/tokens/{name}`.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "The token's name", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Revoked"), crate::http::Failures))]
 pub(crate) async fn delete_token(
     State(core): State<Arc<Core>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    crate::http::Path(name): crate::http::Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let st = core.state();
     core.auth.delete(st.store(), &name)?;
@@ -369,6 +380,7 @@ mod tests {
         assert_eq!(need(&post, "/v1/nodes/{name}/heartbeat"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/nodes/{name}/assignments"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/tokens"), Need::Admin);
+        assert_eq!(need(&get, "/v1/openapi.json"), Need::Read);
         // Unknown routes are never open.
         assert_eq!(need(&get, ""), Need::Read);
         assert_eq!(need(&post, ""), Need::Admin);

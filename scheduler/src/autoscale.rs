@@ -17,8 +17,8 @@
 use skiff_api::{Autoscale, ReplicaStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Longest window or stabilization kept, in seconds.
-pub const MAX_WINDOW_SECONDS: u32 = 600;
+/// Longest window or stabilization kept, in seconds (an apply asking for more is refused).
+pub const MAX_WINDOW_SECONDS: u32 = skiff_api::manifest::MAX_AUTOSCALE_WINDOW_SECONDS;
 /// A replica's samples are kept at most this often.
 const SAMPLE_EVERY_MS: u64 = 500;
 /// Within this fraction of the target the count does not change.

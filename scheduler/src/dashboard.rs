@@ -9,7 +9,8 @@
 
 use crate::Core;
 use crate::error::ApiError;
-use axum::extract::{Path, State};
+use crate::http::Path;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -176,6 +177,7 @@ fn snapshot(core: &Core, with_history: bool) -> Result<String, ApiError> {
 }
 
 /// `GET /v1/watch`: a `snapshot` event now and after every change.
+#[utoipa::path(get, path = "/v1/watch", tag = "dashboard", params(("token" = Option<String>, Query, description = "The token, for a browser's EventSource (which sends no headers)")), responses((status = 200, description = "Server-sent `snapshot` events: the whole cluster now and after each change", body = String, content_type = "text/event-stream"), crate::http::Failures))]
 pub async fn watch(State(core): State<Arc<Core>>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = crate::metrics::subscribe();
     let stream = futures_util::stream::unfold((core, rx, true), |(core, mut rx, first)| async move {
@@ -220,11 +222,13 @@ pub async fn events_after(
 }
 
 /// `GET /`: the dashboard page.
+#[utoipa::path(get, path = "/", tag = "dashboard", security(()), responses((status = 200, description = "The dashboard", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
     asset_response("text/html; charset=utf-8", INDEX_HTML)
 }
 
 /// `GET /assets/{file}`.
+#[utoipa::path(get, path = "/assets/{file}", tag = "dashboard", security(()), params(("file" = String, Path, description = "app.js, app.css or favicon.svg")), responses((status = 200, description = "The file", body = String, content_type = "text/plain"), crate::http::Failures))]
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS),

@@ -9,9 +9,10 @@
 
 use crate::Core;
 use crate::error::ApiError;
+use crate::http::Query;
 use crate::state::Mem;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use skiff_api::{Endpoint, Endpoints, NodeState, ReplicaState};
 use std::sync::Arc;
@@ -41,16 +42,20 @@ pub fn table(mem: &Mem, index: u64) -> Endpoints {
     out
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WatchQuery {
+    /// The index of the table the caller has: the answer waits while it is current.
     #[serde(default)]
     index: u64,
+    /// Milliseconds to wait for a change (at most 60,000; 0: answer at once).
     #[serde(default)]
     wait: u64,
 }
 
 /// `GET /v1/endpoints`: answers at once when the table's index differs from the
 /// caller's (also after a scheduler restart), else when it changes or `wait` ends.
+#[utoipa::path(get, path = "/v1/endpoints", tag = "nodes", params(WatchQuery), responses((status = 200, description = "The ready endpoints", body = Endpoints), crate::http::Failures))]
 pub(crate) async fn watch(
     State(core): State<Arc<Core>>,
     Query(q): Query<WatchQuery>,

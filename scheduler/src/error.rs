@@ -38,6 +38,12 @@ impl From<StoreError> for ApiError {
             &e,
             StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
         );
+        if let StoreError::Etcd(_) | StoreError::NotLeader = e {
+            // Not this request's fault and not for good: etcd lost its quorum or
+            // another server took over; the client retries (elsewhere).
+            tracing::warn!("{e}");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; nothing was changed"));
+        }
         if full {
             ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,

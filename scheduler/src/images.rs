@@ -17,14 +17,16 @@ use std::sync::Arc;
 const MANIFEST_TYPES: [&str; 2] =
     ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
 
+#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, description = "Every imported image", body = Vec<Image>), crate::http::Failures))]
 pub(crate) async fn list_images(State(core): State<Arc<Core>>) -> Result<Json<Vec<Image>>, ApiError> {
     let images = core.state().store().images().map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(images))
 }
 
+#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImageRequest, responses((status = 200, description = "Recorded", body = Image), crate::http::Failures))]
 pub(crate) async fn put_image(
     State(core): State<Arc<Core>>,
-    Json(req): Json<ImageRequest>,
+    crate::http::JsonBody(req): crate::http::JsonBody<ImageRequest>,
 ) -> Result<Json<Image>, ApiError> {
     validate_name(&req.name)?;
     validate_tag(&req.tag)?;

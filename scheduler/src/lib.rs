@@ -6,9 +6,11 @@
 mod auth;
 mod autoscale;
 mod blobs;
+mod cluster;
 mod dashboard;
 mod endpoints;
 mod error;
+pub mod etcd;
 mod heartbeats;
 mod http;
 mod images;
@@ -61,6 +63,16 @@ pub struct ServerConfig {
     pub plain_http: bool,
     /// More names (DNS names or IPs) for the server certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// The store: `None` (or `sqlite`) for `state.db` in the data dir, or
+    /// `etcd://host:2379,...` to share one with other servers (`--store`).
+    pub store: Option<String>,
+    /// This server's name among several (`--name`) [default: host name-port].
+    pub name: Option<String>,
+    /// The URL other servers use to reach this one (`--advertise`) [default: from the listen address].
+    pub advertise: Option<String>,
+    /// The join token of the cluster a server on etcd joins (`--join-token`); it
+    /// opens the CA and keys the first server sealed into the store.
+    pub join_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +89,10 @@ impl Default for ServerConfig {
             max_objects: state::MAX_OBJECTS,
             plain_http: false,
             tls_sans: Vec::new(),
+            store: None,
+            name: None,
+            advertise: None,
+            join_token: None,
         }
     }
 }
@@ -100,6 +116,8 @@ pub(crate) struct Core {
     heartbeats: heartbeats::Batcher,
     /// When each node last heartbeated, recorded without the state lock.
     liveness: Arc<state::Liveness>,
+    /// The other servers, when the store is shared (etcd).
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Core {
@@ -202,51 +220,78 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let tls = tls::open(&config.data_dir, &tls::names(config.listen, &config.tls_sans)?)
-        .context("opening the API's CA and certificate")?;
-    let token = join_token(&config.data_dir, tls.fingerprint)?;
-    let db = config.data_dir.join("state.db");
-    let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let auth = auth::Auth::open(&config.data_dir, &store, &token.secret, config.metrics_open)
-        .context("opening the API tokens")?;
-    let policy = Policy {
-        scoring: config.scoring,
-        node_grace: config.node_grace,
-        heartbeat_interval: config.heartbeat_interval,
-        max_heartbeats_per_second: config.max_heartbeats_per_second,
+    let etcd = match config.store.as_deref() {
+        None | Some("sqlite") | Some("") => None,
+        Some(url) => Some(url.parse::<etcd::Endpoints>()?),
     };
-    let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
-    let mut state = State::load(store, keyring, policy).with_context(|| format!("loading {}", db.display()))?;
-    let liveness = state.liveness();
-    state.max_objects = config.max_objects;
-    if config.rotate_secret_key {
-        let n = state.rotate_secret_key().context("rotating the secret key")?;
-        tracing::info!("secret key rotated; {n} secrets re-sealed");
-    }
-    let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
+    let names = tls::names(config.listen, &config.tls_sans)?;
+    let etcd_client = match &etcd {
+        Some(ep) => {
+            let client = etcd::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
+            cluster::bootstrap(&client, ep, &config.data_dir, config.join_token.as_deref(), || {
+                let tls = tls::open(&config.data_dir, &names)?;
+                join_token(&config.data_dir, tls.fingerprint)?;
+                auth::admin_token(&config.data_dir)?;
+                secrets::Keyring::open(&config.data_dir)?;
+                Ok(())
+            })
+            .await
+            .with_context(|| format!("sharing the cluster's CA and keys through {ep}"))?;
+            Some(client)
+        }
+        None => None,
+    };
+    let tls = tls::open(&config.data_dir, &names).context("opening the API's CA and certificate")?;
+    let token = join_token(&config.data_dir, tls.fingerprint)?;
     let listener = bind(config.listen).with_context(|| {
         format!("binding {} (is another skiff server running? pick another with --listen)", config.listen)
     })?;
     let addr = listener.local_addr()?;
     let url = if config.plain_http { format!("http://{addr}") } else { format!("https://{addr}") };
     std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
-    let core = Arc::new(Core {
-        state: Mutex::new(state),
-        wake: Notify::new(),
-        blobs,
-        auth,
-        config,
-        http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
-        valid_wasm: Mutex::new(HashSet::new()),
-        live: dashboard::Live::default(),
-        autoscale: Mutex::default(),
-        heartbeats: heartbeats::Batcher::default(),
-        liveness,
-    });
-    tokio::spawn(controllers(core.clone()));
-    tokio::spawn(heartbeats::run(core.clone()));
-    let plain_http = core.config.plain_http;
-    let app = http::router(core);
+    let plain_http = config.plain_http;
+    let app = match (etcd, etcd_client) {
+        (Some(ep), Some(client)) => {
+            let advertise = match &config.advertise {
+                Some(a) => a.trim_end_matches('/').to_string(),
+                None if addr.ip().is_unspecified() => {
+                    anyhow::bail!(
+                        "--listen {addr} is every interface: say with --advertise how other servers reach this one"
+                    )
+                }
+                None => url.clone(),
+            };
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let name = config.name.clone().unwrap_or_else(|| format!("{}-{}", host.trim(), addr.port()));
+            skiff_api::manifest::validate_name(&name).map_err(|e| anyhow::anyhow!("server name {name:?}: {e}"))?;
+            let me = skiff_api::ServerInfo { name, url: advertise, started_ms: skiff_api::now_ms(), leader: false };
+            let admin = auth::admin_token(&config.data_dir)?;
+            let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
+            let cluster =
+                Arc::new(cluster::Cluster::new(client.clone(), ep.clone(), me, tls.fingerprint, admin, blobs)?);
+            let secret = token.secret.clone();
+            let lead: cluster::Lead = Arc::new(move |fence, cluster| {
+                let backend = etcd::Etcd::open(client.clone(), &ep.prefix, Some(fence))?;
+                let core = core(config.clone(), store::Store::new(Box::new(backend)), &secret, Some(cluster))?;
+                let tasks = vec![
+                    tokio::spawn(controllers(core.clone())).abort_handle(),
+                    tokio::spawn(heartbeats::run(core.clone())).abort_handle(),
+                ];
+                Ok((http::router(core), tasks))
+            });
+            tokio::spawn(cluster.clone().run(lead));
+            axum::Router::new().fallback(move |req: axum::extract::Request| cluster.clone().serve(req))
+        }
+        _ => {
+            let db = config.data_dir.join("state.db");
+            let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let core = core(config, store, &token.secret, None)?;
+            metrics::METRICS.leader.set(1);
+            tokio::spawn(controllers(core.clone()));
+            tokio::spawn(heartbeats::run(core.clone()));
+            http::router(core)
+        }
+    };
     let serve = if plain_http {
         tracing::warn!(
             "serving the API over plain HTTP (--insecure-plain-http): tokens and secrets cross the network readable"
@@ -258,6 +303,47 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     };
     tracing::info!("skiff server listening on {url}");
     Ok(Server { addr, url, join_token: token.to_string(), ca_fingerprint: tls.fingerprint, serve })
+}
+
+/// The scheduler's shared parts on `store`: tokens, secret keys, the working set
+/// and the blob store.
+fn core(
+    config: ServerConfig,
+    store: store::Store,
+    join_secret: &str,
+    cluster: Option<Arc<cluster::Cluster>>,
+) -> anyhow::Result<Arc<Core>> {
+    let auth = auth::Auth::open(&config.data_dir, &store, join_secret, config.metrics_open)
+        .context("opening the API tokens")?;
+    let policy = Policy {
+        scoring: config.scoring,
+        node_grace: config.node_grace,
+        heartbeat_interval: config.heartbeat_interval,
+        max_heartbeats_per_second: config.max_heartbeats_per_second,
+    };
+    let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
+    let mut state = State::load(store, keyring, policy).context("loading the state")?;
+    let liveness = state.liveness();
+    state.max_objects = config.max_objects;
+    if config.rotate_secret_key {
+        let n = state.rotate_secret_key().context("rotating the secret key")?;
+        tracing::info!("secret key rotated; {n} secrets re-sealed");
+    }
+    let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
+    Ok(Arc::new(Core {
+        state: Mutex::new(state),
+        wake: Notify::new(),
+        blobs,
+        auth,
+        config,
+        http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
+        valid_wasm: Mutex::new(HashSet::new()),
+        live: dashboard::Live::default(),
+        autoscale: Mutex::default(),
+        heartbeats: heartbeats::Batcher::default(),
+        liveness,
+        cluster,
+    }))
 }
 
 /// The control loop: wakes on every change and at least every 250 ms, marks dead

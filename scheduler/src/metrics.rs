@@ -35,6 +35,8 @@ pub struct Metrics {
     pub placement_seconds: Histogram,
     /// Time of one store transaction, commit included.
     pub store_tx_seconds: Histogram,
+    /// 1 while this server leads (always, on SQLite).
+    pub leader: IntGauge,
     nodes: IntGaugeVec,
     replicas: IntGaugeVec,
     pending: IntGaugeVec,
@@ -106,6 +108,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "skiff_scheduler_store_transaction_duration_seconds",
             "Time of one state store transaction, commit included",
             latency_buckets(),
+        ),
+        leader: registered(
+            &r,
+            IntGauge::new("skiff_scheduler_leader", "1 while this server leads the control plane")
+                .expect("valid metric"),
         ),
         nodes: gauge_vec(&r, "skiff_scheduler_nodes", "Nodes by state", &["state"]),
         replicas: gauge_vec(&r, "skiff_scheduler_replicas", "Live replicas by state", &["state"]),
@@ -242,6 +249,7 @@ impl Metrics {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", description = "A read token, or none with `--metrics-open`", responses((status = 200, description = "Prometheus' text format", body = String, content_type = "text/plain"), crate::http::Failures))]
 pub async fn serve(State(core): State<Arc<Core>>) -> Response {
     let text = METRICS.render(&core);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
@@ -257,6 +265,7 @@ struct TargetGroup {
 /// `GET /v1/prometheus/targets`: the scheduler and every ready node's API, for
 /// Prometheus' `http_sd_configs`. The scheduler is named by the host the scraper
 /// reached it at (the Host header), which is the address that works for it.
+#[utoipa::path(get, path = "/v1/prometheus/targets", tag = "metrics", description = "A read token, or none with `--metrics-open`", responses((status = 200, description = "Prometheus http_sd target groups", body = Vec<Object>), crate::http::Failures))]
 pub async fn targets(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
     let host = headers
         .get(header::HOST)

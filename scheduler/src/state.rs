@@ -222,7 +222,7 @@ impl State {
             }
             Ok(v)
         });
-        let result = result.and_then(|v| tx.commit().map(|_| v).map_err(store_err));
+        let result = result.and_then(|v| self.store.commit(tx).map(|_| v).map_err(store_err));
         match result {
             Ok(v) => {
                 let index = self.mem.index;
@@ -428,22 +428,7 @@ impl State {
 
     /// Creates secret `name`, or replaces its values when `req.overwrite`.
     pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, ApiError> {
-        validate_name(name).map_err(|e| ApiError::bad_request(format!("secret {e}")))?;
-        if req.data.is_empty() {
-            return Err(ApiError::bad_request(
-                "a secret needs at least one key: --from-literal K=V or --from-file K=PATH",
-            ));
-        }
-        let mut total = 0;
-        for (k, v) in &req.data {
-            validate_secret_key(k).map_err(ApiError::bad_request)?;
-            total += k.len() + v.len();
-        }
-        if total > MAX_SECRET_BYTES {
-            return Err(ApiError::bad_request(format!(
-                "secret {name} holds {total} bytes; at most {MAX_SECRET_BYTES}"
-            )));
-        }
+        skiff_api::manifest::validate_secret(name, &req).map_err(ApiError::bad_request)?;
         let now = now_ms();
         let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
         if existing.is_none() && self.mem.secrets.len() >= self.max_objects {
@@ -550,7 +535,7 @@ impl State {
 
     pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
         req.replicas = Some(self.mem.apply_count(name, &req));
-        validate_apply(name, &req)?;
+        skiff_api::manifest::validate_apply(name, &req).map_err(ApiError::bad_request)?;
         if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
             return Err(too_many("deployments", self.max_objects));
         }
@@ -758,63 +743,6 @@ impl State {
 
 fn not_found_deployment(name: &str) -> ApiError {
     ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
-}
-
-/// Largest secret, keys and values together.
-const MAX_SECRET_BYTES: usize = 256 << 10;
-
-/// Secret keys become file names: letters, digits, `.`, `_` and `-`, not starting with `.`.
-fn validate_secret_key(key: &str) -> Result<(), String> {
-    let ok = !key.is_empty()
-        && key.len() <= 253
-        && !key.starts_with('.')
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("secret key {key:?} must be letters, digits, '.', '_' and '-', not starting with '.'"))
-    }
-}
-
-/// Checks an apply whose count [`Mem::apply_count`] has settled.
-fn validate_apply(name: &str, req: &ApplyRequest) -> Result<(), ApiError> {
-    let replicas = req.replicas.unwrap_or(1);
-    skiff_api::manifest::validate_volumes(&req.spec.volumes, replicas)
-        .and_then(|()| skiff_api::manifest::validate_volume_lease(req.spec.volume_lease, &req.spec.volumes))
-        .map_err(ApiError::bad_request)?;
-    skiff_api::manifest::validate_probes(&req.spec.probes).map_err(ApiError::bad_request)?;
-    skiff_api::manifest::validate_spec_sizes(&req.spec).map_err(ApiError::bad_request)?;
-    let image = matches!(req.spec.workload, skiff_api::Workload::Image(_));
-    skiff_api::manifest::validate_ports(&req.spec.ports, req.spec.network, image).map_err(ApiError::bad_request)?;
-    if let Some(a) = &req.autoscale {
-        a.validate().map_err(ApiError::bad_request)?;
-        let longest = a.window_seconds.max(a.stabilization_seconds).max(a.scale_up_stabilization_seconds);
-        if longest > crate::autoscale::MAX_WINDOW_SECONDS {
-            return Err(ApiError::bad_request(format!(
-                "autoscale windows must be at most {} seconds, got {longest}",
-                crate::autoscale::MAX_WINDOW_SECONDS
-            )));
-        }
-        skiff_api::manifest::validate_volumes(&req.spec.volumes, a.max).map_err(ApiError::bad_request)?;
-    }
-    for r in &req.spec.secrets {
-        skiff_api::manifest::validate_secret_ref(r).map_err(ApiError::bad_request)?;
-    }
-    validate_name(name).map_err(ApiError::bad_request)?;
-    if replicas > MAX_REPLICAS {
-        return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
-    }
-    let res = req.spec.resources;
-    if res.cpu.0 == 0 || res.memory.0 < (1 << 20) {
-        return Err(ApiError::bad_request("resources must request at least 1m of cpu and 1Mi of memory"));
-    }
-    for k in req.spec.env.keys() {
-        skiff_api::manifest::validate_env_key(k).map_err(ApiError::bad_request)?;
-    }
-    for h in &req.spec.allowed_hosts {
-        skiff_api::manifest::validate_allowed_host(h).map_err(ApiError::bad_request)?;
-    }
-    Ok(())
 }
 
 /// Most replicas one scheduling pass places (one transaction, one hold of the

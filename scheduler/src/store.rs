@@ -16,6 +16,12 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// etcd failed or did not answer.
+    #[error("state store (etcd): {0}")]
+    Etcd(String),
+    /// This server is no longer the leader: the store refused its write.
+    #[error("this server is no longer the leader; retry (another server took over)")]
+    NotLeader,
     /// A stored row could not be decoded.
     #[error("state store holds an unreadable {what}: {source}")]
     Decode { what: &'static str, source: serde_json::Error },
@@ -109,10 +115,10 @@ const MIGRATIONS: &[&str] = &[
 /// What the deployments table keeps as JSON beside its columns.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 #[serde(default)]
-struct DeploymentExtra {
-    strategy: skiff_api::UpdateStrategy,
-    rollout: skiff_api::Rollout,
-    autoscale: Option<skiff_api::Autoscale>,
+pub(crate) struct DeploymentExtra {
+    pub strategy: skiff_api::UpdateStrategy,
+    pub rollout: skiff_api::Rollout,
+    pub autoscale: Option<skiff_api::Autoscale>,
 }
 
 /// Everything stored, as loaded at start-up.
@@ -128,14 +134,146 @@ pub struct Loaded {
     pub volumes: Vec<(Volume, bool)>,
 }
 
-/// The SQLite state file.
-pub struct Store {
-    conn: Connection,
+/// One write to the store, as a transaction collects it (see [`Tx`]).
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutNode {
+        name: String,
+        body: String,
+    },
+    DeleteNode(String),
+    PutDeployment {
+        name: String,
+        replicas: u32,
+        revision: u64,
+        created_ms: u64,
+        updated_ms: u64,
+        extra: String,
+    },
+    PutRevision {
+        deployment: String,
+        revision: u64,
+        spec: String,
+        created_ms: u64,
+    },
+    /// A deployment and all its revisions.
+    DeleteDeployment(String),
+    PutReplica {
+        id: String,
+        deployment: String,
+        body: String,
+    },
+    DeleteReplica(String),
+    Event {
+        time_ms: u64,
+        object: String,
+        reason: String,
+        message: String,
+    },
+    PutSecret {
+        name: String,
+        keys: String,
+        sealed: Sealed,
+        created_ms: u64,
+        updated_ms: u64,
+    },
+    DeleteSecret(String),
+    PutVolume {
+        name: String,
+        node: Option<String>,
+        size: Option<u64>,
+        created_ms: u64,
+        purge: bool,
+    },
+    DeleteVolume(String),
+    SetMeta {
+        key: String,
+        value: String,
+    },
 }
 
-/// One write transaction; dropped without [`Tx::commit`] it rolls back.
-pub struct Tx<'a> {
-    tx: Transaction<'a>,
+/// What a store keeps: the working set's rows, written a transaction at a time,
+/// and the tables read and written directly (events, images, tokens). SQLite
+/// ([`Store::open`]) is the default; etcd ([`crate::etcd`]) lets several servers
+/// share one store.
+pub trait Backend: Send {
+    /// Reads everything the working set is made of.
+    fn load(&self) -> Result<Loaded>;
+    /// Applies `ops` atomically: all of them or none.
+    fn commit(&mut self, ops: Vec<Op>) -> Result<()>;
+    /// Events about `object` (or all), newest `limit`, returned oldest first.
+    fn events(&self, object: Option<&str>, limit: u32) -> Result<Vec<Event>>;
+    /// Keeps the newest `keep` events; how many were deleted.
+    fn prune_events(&self, keep: u64) -> Result<usize>;
+    /// Every imported image, by name and tag.
+    fn images(&self) -> Result<Vec<skiff_api::Image>>;
+    /// Points `image.name:image.tag` at `image.digest`.
+    fn put_image(&self, image: &skiff_api::Image) -> Result<()>;
+    /// Every API token as (name, hex hash, role, created).
+    fn tokens(&self) -> Result<Vec<(String, String, String, u64)>>;
+    /// Stores (or replaces) API token `name`.
+    fn put_token(&self, name: &str, hash: &str, role: &str, created_ms: u64) -> Result<()>;
+    /// Removes API token `name`; whether it existed.
+    fn delete_token(&self, name: &str) -> Result<bool>;
+    /// Every node credential as (node, hex hash).
+    fn node_credentials(&self) -> Result<Vec<(String, String)>>;
+    /// Stores (or replaces) the credential of `node`.
+    fn put_node_credential(&self, node: &str, hash: &str, created_ms: u64) -> Result<()>;
+    /// Revokes the credential of `node`.
+    fn delete_node_credential(&self, node: &str) -> Result<()>;
+    /// A stored setting.
+    fn meta(&self, key: &str) -> Result<Option<String>>;
+}
+
+/// The durable state, behind whichever backend holds it.
+pub struct Store {
+    backend: Box<dyn Backend>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+impl Store {
+    /// A store on `backend`.
+    pub fn new(backend: Box<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Opens (creating if needed) the SQLite file at `path` and brings its schema
+    /// up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        Ok(Store::new(Box::new(Sqlite::open(path)?)))
+    }
+
+    /// Starts a write transaction (nothing is written until [`Store::commit`]).
+    pub fn tx(&mut self) -> Result<Tx> {
+        Ok(Tx::default())
+    }
+
+    /// Makes the writes of `tx` durable, all or none.
+    pub fn commit(&mut self, tx: Tx) -> Result<()> {
+        let ops = tx.ops.into_inner();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.backend.commit(ops)
+    }
+}
+
+/// One write transaction: it collects the writes, and [`Store::commit`] applies
+/// them together; dropped uncommitted, it wrote nothing.
+#[derive(Default)]
+pub struct Tx {
+    ops: std::cell::RefCell<Vec<Op>>,
+}
+
+/// The SQLite state file.
+pub struct Sqlite {
+    conn: Connection,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -147,9 +285,9 @@ fn decode<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result
     serde_json::from_str(s).map_err(|source| StoreError::Decode { what, source })
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) `path` and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Sqlite> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a commit survives a process crash; only a power loss
@@ -164,11 +302,12 @@ impl Store {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
-        Ok(Store { conn })
+        Ok(Sqlite { conn })
     }
+}
 
-    /// Reads everything.
-    pub fn load(&self) -> Result<Loaded> {
+impl Backend for Sqlite {
+    fn load(&self) -> Result<Loaded> {
         let mut nodes = Vec::new();
         let mut stmt = self.conn.prepare("SELECT body FROM nodes ORDER BY name")?;
         for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
@@ -263,13 +402,15 @@ impl Store {
         Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
     }
 
-    /// Starts a write transaction.
-    pub fn tx(&mut self) -> Result<Tx<'_>> {
-        Ok(Tx { tx: self.conn.transaction()? })
+    fn commit(&mut self, ops: Vec<Op>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for op in ops {
+            apply(&tx, op)?;
+        }
+        Ok(tx.commit()?)
     }
 
-    /// Events about `object` (or all), newest `limit`, returned oldest first.
-    pub fn events(&self, object: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+    fn events(&self, object: Option<&str>, limit: u32) -> Result<Vec<Event>> {
         let map = |r: &rusqlite::Row| {
             Ok(Event { id: r.get(0)?, time_ms: r.get(1)?, object: r.get(2)?, reason: r.get(3)?, message: r.get(4)? })
         };
@@ -291,13 +432,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Keeps the newest `keep` events.
-    pub fn prune_events(&self, keep: u64) -> Result<usize> {
+    fn prune_events(&self, keep: u64) -> Result<usize> {
         Ok(self.conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![keep])?)
     }
 
-    /// Every imported image, by name and tag.
-    pub fn images(&self) -> Result<Vec<skiff_api::Image>> {
+    fn images(&self) -> Result<Vec<skiff_api::Image>> {
         let mut stmt =
             self.conn.prepare_cached("SELECT name, tag, digest, size, created_ms FROM images ORDER BY name, tag")?;
         let rows = stmt.query_map([], |r| {
@@ -312,9 +451,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Points `image.name:image.tag` at `image.digest` (images are not part of the
-    /// working set, so this writes directly rather than through a transaction).
-    pub fn put_image(&self, image: &skiff_api::Image) -> Result<()> {
+    fn put_image(&self, image: &skiff_api::Image) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO images (name, tag, digest, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -323,16 +460,13 @@ impl Store {
         Ok(())
     }
 
-    /// Every API token as (name, hex hash, role, created); tokens, like images,
-    /// live outside the working set and are written directly.
-    pub fn tokens(&self) -> Result<Vec<(String, String, String, u64)>> {
+    fn tokens(&self) -> Result<Vec<(String, String, String, u64)>> {
         let mut stmt = self.conn.prepare("SELECT name, hash, role, created_ms FROM tokens ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Stores (or replaces) API token `name`.
-    pub fn put_token(&self, name: &str, hash: &str, role: &str, created_ms: u64) -> Result<()> {
+    fn put_token(&self, name: &str, hash: &str, role: &str, created_ms: u64) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO tokens (name, hash, role, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![name, hash, role, created_ms],
@@ -340,20 +474,17 @@ impl Store {
         Ok(())
     }
 
-    /// Removes API token `name`; whether it existed.
-    pub fn delete_token(&self, name: &str) -> Result<bool> {
+    fn delete_token(&self, name: &str) -> Result<bool> {
         Ok(self.conn.execute("DELETE FROM tokens WHERE name = ?1", [name])? > 0)
     }
 
-    /// Every node credential as (node, hex hash).
-    pub fn node_credentials(&self) -> Result<Vec<(String, String)>> {
+    fn node_credentials(&self) -> Result<Vec<(String, String)>> {
         let mut stmt = self.conn.prepare("SELECT node, hash FROM node_credentials")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Stores (or replaces) the credential of `node`.
-    pub fn put_node_credential(&self, node: &str, hash: &str, created_ms: u64) -> Result<()> {
+    fn put_node_credential(&self, node: &str, hash: &str, created_ms: u64) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO node_credentials (node, hash, created_ms) VALUES (?1, ?2, ?3)",
             params![node, hash, created_ms],
@@ -361,134 +492,177 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes the credential of `node`.
-    pub fn delete_node_credential(&self, node: &str) -> Result<()> {
+    fn delete_node_credential(&self, node: &str) -> Result<()> {
         self.conn.execute("DELETE FROM node_credentials WHERE node = ?1", [node])?;
         Ok(())
     }
 
-    /// A stored setting.
-    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+    fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 }
 
-impl Tx<'_> {
-    /// Makes the writes durable.
-    pub fn commit(self) -> Result<()> {
-        Ok(self.tx.commit()?)
+impl Tx {
+    fn push(&self, op: Op) -> Result<()> {
+        self.ops.borrow_mut().push(op);
+        Ok(())
     }
 
     pub fn put_node(&self, node: &Node) -> Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO nodes (name, body) VALUES (?1, ?2)")?
-            .execute(params![node.name, json(node)])?;
-        Ok(())
+        self.push(Op::PutNode { name: node.name.clone(), body: json(node) })
     }
 
     pub fn delete_node(&self, name: &str) -> Result<()> {
-        self.tx.execute("DELETE FROM nodes WHERE name = ?1", [name])?;
-        Ok(())
+        self.push(Op::DeleteNode(name.to_string()))
     }
 
     pub fn put_deployment(&self, d: &Deployment) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO deployments (name, replicas, revision, created_ms, updated_ms, extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                d.name,
-                d.replicas,
-                d.revision,
-                d.created_ms,
-                d.updated_ms,
-                json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone(), autoscale: d.autoscale })
-            ])?;
-        Ok(())
+        self.push(Op::PutDeployment {
+            name: d.name.clone(),
+            replicas: d.replicas,
+            revision: d.revision,
+            created_ms: d.created_ms,
+            updated_ms: d.updated_ms,
+            extra: json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone(), autoscale: d.autoscale }),
+        })
     }
 
     pub fn put_revision(&self, deployment: &str, revision: u64, spec: &WorkloadSpec, now: u64) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO revisions (deployment, revision, spec, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![deployment, revision, json(spec), now])?;
-        Ok(())
+        self.push(Op::PutRevision { deployment: deployment.to_string(), revision, spec: json(spec), created_ms: now })
     }
 
     /// Deletes a deployment and its revisions (its replicas go one by one).
     pub fn delete_deployment(&self, name: &str) -> Result<()> {
-        self.tx.execute("DELETE FROM deployments WHERE name = ?1", [name])?;
-        self.tx.execute("DELETE FROM revisions WHERE deployment = ?1", [name])?;
-        Ok(())
+        self.push(Op::DeleteDeployment(name.to_string()))
     }
 
     pub fn put_replica(&self, r: &Replica) -> Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO replicas (id, deployment, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![r.id, r.deployment, json(r)])?;
-        Ok(())
+        self.push(Op::PutReplica { id: r.id.clone(), deployment: r.deployment.clone(), body: json(r) })
     }
 
     pub fn delete_replica(&self, id: &str) -> Result<()> {
-        self.tx.prepare_cached("DELETE FROM replicas WHERE id = ?1")?.execute([id])?;
-        Ok(())
+        self.push(Op::DeleteReplica(id.to_string()))
     }
 
     pub fn event(&self, time_ms: u64, object: &str, reason: &str, message: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("INSERT INTO events (time_ms, object, reason, message) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![time_ms, object, reason, message])?;
-        Ok(())
+        self.push(Op::Event {
+            time_ms,
+            object: object.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        })
     }
 
     pub fn put_secret(&self, s: &Secret, sealed: &Sealed) -> Result<()> {
-        self.tx
-            .prepare_cached(
+        self.push(Op::PutSecret {
+            name: s.name.clone(),
+            keys: json(&s.keys),
+            sealed: sealed.clone(),
+            created_ms: s.created_ms,
+            updated_ms: s.updated_ms,
+        })
+    }
+
+    pub fn put_volume(&self, v: &Volume) -> Result<()> {
+        self.push(volume_op(v, false))
+    }
+
+    pub fn put_volume_purge(&self, v: &Volume) -> Result<()> {
+        self.push(volume_op(v, true))
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        self.push(Op::DeleteVolume(name.to_string()))
+    }
+
+    pub fn delete_secret(&self, name: &str) -> Result<()> {
+        self.push(Op::DeleteSecret(name.to_string()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.push(Op::SetMeta { key: key.to_string(), value: value.to_string() })
+    }
+}
+
+fn volume_op(v: &Volume, purge: bool) -> Op {
+    Op::PutVolume {
+        name: v.name.clone(),
+        node: v.node.clone(),
+        size: v.size.map(|s| s.0),
+        created_ms: v.created_ms,
+        purge,
+    }
+}
+
+/// Writes one op inside a SQLite transaction.
+fn apply(tx: &Transaction, op: Op) -> Result<()> {
+    match op {
+        Op::PutNode { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO nodes (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
+        }
+        Op::DeleteNode(name) => {
+            tx.execute("DELETE FROM nodes WHERE name = ?1", [name])?;
+        }
+        Op::PutDeployment { name, replicas, revision, created_ms, updated_ms, extra } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO deployments (name, replicas, revision, created_ms, updated_ms, extra)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![name, replicas, revision, created_ms, updated_ms, extra])?;
+        }
+        Op::PutRevision { deployment, revision, spec, created_ms } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO revisions (deployment, revision, spec, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![deployment, revision, spec, created_ms])?;
+        }
+        Op::DeleteDeployment(name) => {
+            tx.execute("DELETE FROM deployments WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM revisions WHERE deployment = ?1", [&name])?;
+        }
+        Op::PutReplica { id, deployment, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO replicas (id, deployment, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, deployment, body])?;
+        }
+        Op::DeleteReplica(id) => {
+            tx.prepare_cached("DELETE FROM replicas WHERE id = ?1")?.execute([id])?;
+        }
+        Op::Event { time_ms, object, reason, message } => {
+            tx.prepare_cached("INSERT INTO events (time_ms, object, reason, message) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![time_ms, object, reason, message])?;
+        }
+        Op::PutSecret { name, keys, sealed, created_ms, updated_ms } => {
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO secrets (name, keys, key_id, nonce, ciphertext, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
-                s.name,
-                json(&s.keys),
+                name,
+                keys,
                 sealed.key_id,
                 sealed.nonce,
                 sealed.ciphertext,
-                s.created_ms,
-                s.updated_ms
+                created_ms,
+                updated_ms
             ])?;
-        Ok(())
-    }
-
-    pub fn put_volume(&self, v: &Volume) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO volumes (name, node, size, created_ms, purge) VALUES (?1, ?2, ?3, ?4, 0)",
+        }
+        Op::DeleteSecret(name) => {
+            tx.execute("DELETE FROM secrets WHERE name = ?1", [name])?;
+        }
+        Op::PutVolume { name, node, size, created_ms, purge } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO volumes (name, node, size, created_ms, purge) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![v.name, v.node, v.size.map(|s| s.0), v.created_ms])?;
-        Ok(())
+            .execute(params![name, node, size, created_ms, purge])?;
+        }
+        Op::DeleteVolume(name) => {
+            tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
+        }
+        Op::SetMeta { key, value } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, value])?;
+        }
     }
-
-    pub fn put_volume_purge(&self, v: &Volume) -> Result<()> {
-        self.tx.execute("UPDATE volumes SET purge = 1 WHERE name = ?1", [&v.name])?;
-        Ok(())
-    }
-
-    pub fn delete_volume(&self, name: &str) -> Result<()> {
-        self.tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
-        Ok(())
-    }
-
-    pub fn delete_secret(&self, name: &str) -> Result<()> {
-        self.tx.execute("DELETE FROM secrets WHERE name = ?1", [name])?;
-        Ok(())
-    }
-
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-            .execute(params![key, value])?;
-        Ok(())
-    }
+    Ok(())
 }

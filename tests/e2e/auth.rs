@@ -40,43 +40,51 @@ pub fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
     (status, body.to_string())
 }
 
-/// Every route of the API, with a sample path: (method, path).
-const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/nodes"),
-    ("POST", "/v1/nodes/register"),
-    ("GET", "/v1/nodes/dev"),
-    ("POST", "/v1/nodes/dev/heartbeat"),
-    ("GET", "/v1/nodes/dev/assignments"),
-    ("GET", "/v1/endpoints"),
-    ("GET", "/v1/deployments"),
-    ("PUT", "/v1/deployments/x"),
-    ("GET", "/v1/deployments/x"),
-    ("DELETE", "/v1/deployments/x"),
-    ("POST", "/v1/deployments/x/scale"),
-    ("GET", "/v1/deployments/x/revisions"),
-    ("POST", "/v1/deployments/x/rollback"),
-    ("POST", "/v1/deployments/x/pause"),
-    ("POST", "/v1/deployments/x/resume"),
-    ("GET", "/v1/deployments/x/logs"),
-    ("GET", "/v1/replicas"),
-    ("GET", "/v1/events"),
-    ("GET", "/v1/images"),
-    ("POST", "/v1/images"),
-    ("GET", "/v1/volumes"),
-    ("DELETE", "/v1/volumes/x"),
-    ("GET", "/v1/secrets"),
-    ("PUT", "/v1/secrets/x"),
-    ("DELETE", "/v1/secrets/x"),
-    ("GET", "/v1/tokens"),
-    ("POST", "/v1/tokens"),
-    ("DELETE", "/v1/tokens/x"),
-    ("GET", "/v1/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000"),
-    ("PUT", "/v1/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000"),
-    ("GET", "/v1/watch"),
-    ("GET", "/metrics"),
-    ("GET", "/v1/prometheus/targets"),
-    ("GET", "/v1/no-such-route"),
-];
+/// One route of the API as its description (`GET /v1/openapi.json`) names it,
+/// with a sample path.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: String,
+    /// The path as described, `/v1/nodes/{name}`.
+    pub route: String,
+    /// The path with its parameters filled in.
+    pub path: String,
+    /// Takes no token (`security: [{}]`).
+    pub open: bool,
+}
+
+impl Route {
+    fn read(&self) -> bool {
+        self.method == "GET" || self.method == "HEAD"
+    }
+    /// A node's own routes: registration, heartbeat, assignments.
+    fn node_self(&self) -> bool {
+        self.route == "/v1/nodes/register" || self.route.starts_with("/v1/nodes/{name}/")
+    }
+}
+
+/// Every route of the API, from its own description: routes and description
+/// are one list in the server (`http::api`), so a route cannot be added without
+/// this test calling it. `{name}` is filled with `name`.
+pub fn routes(url: &str, token: &str, name: &str) -> Vec<Route> {
+    let (status, body) = call(url, "GET", "/v1/openapi.json", Some(token), "");
+    assert_eq!(status, 200, "GET /v1/openapi.json: {body}");
+    let api: serde_json::Value = serde_json::from_str(&body).expect("the description is JSON");
+    let mut out = Vec::new();
+    for (route, item) in api["paths"].as_object().expect("the description has paths") {
+        let path = route
+            .replace("{name}", name)
+            .replace("{digest}", &format!("sha256:{}", "0".repeat(64)))
+            .replace("{file}", "app.js");
+        assert!(!path.contains('{'), "no sample for a parameter of {route}; add one here");
+        for (method, op) in item.as_object().expect("a path item") {
+            let open = op["security"] == serde_json::json!([{}]);
+            out.push(Route { method: method.to_uppercase(), route: route.clone(), path: path.clone(), open });
+        }
+    }
+    assert!(out.len() >= 38, "only {} routes described", out.len());
+    out
+}
 
 #[test]
 fn every_route_needs_a_token_and_read_only_tokens_only_read() {
@@ -88,6 +96,12 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
     let db = std::fs::read(dev.data().join("state.db")).unwrap_or_default();
     assert!(!db.windows(admin.len()).any(|w| w == admin.as_bytes()), "the admin token is stored in clear");
 
+    // The description (a read token's, as Kubernetes') lists every route.
+    let routes = routes(&dev.url, &admin, "x");
+    let described: Vec<(&str, &str)> = routes.iter().map(|r| (r.method.as_str(), r.route.as_str())).collect();
+    for open in ["/healthz", "/", "/assets/{file}"] {
+        assert!(routes.iter().any(|r| r.route == open && r.open), "{open} is not described as open: {described:?}");
+    }
     // Open: the health check and the dashboard's page.
     assert_eq!(call(&dev.url, "GET", "/healthz", None, "").0, 200);
     assert_eq!(call(&dev.url, "GET", "/", None, "").0, 200);
@@ -95,11 +109,29 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
 
     // Everything else: 401 without a token or with a wrong one, one line saying
     // how to get one.
-    for (method, path) in ROUTES {
+    for r in routes.iter().filter(|r| !r.open) {
         for token in [None, Some("ska_0000"), Some("")] {
-            let (status, body) = call(&dev.url, method, path, token, "{}");
-            assert_eq!(status, 401, "{method} {path} with {token:?} answered {status}: {body}");
-            assert!(body.contains("admin-token") && !body.contains('\n'), "{body}");
+            let (status, body) = call(&dev.url, &r.method, &r.path, token, "{}");
+            assert_eq!(status, 401, "{} {} with {token:?} answered {status}: {body}", r.method, r.path);
+            // A HEAD answer has no body.
+            assert!(r.method == "HEAD" || (body.contains("admin-token") && !body.contains('\n')), "{body}");
+        }
+    }
+    // An undescribed route is no route: 404 to the admin, and methods a described
+    // path does not describe are 405.
+    for path in ["/v1/no-such-route", "/v1/nodes/x/y", "/v1", "/v1/deployments/x/y/z"] {
+        let (status, body) = call(&dev.url, "GET", path, Some(&admin), "");
+        assert_eq!(status, 404, "GET {path} (undescribed) answered {status}: {body}");
+    }
+    for r in &routes {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            if routes.iter().any(|o| o.route == r.route && o.method == method) {
+                continue;
+            }
+            let (status, body) = call(&dev.url, method, &r.path, Some(&admin), "{}");
+            // The token is checked first, by route: the nodes' own are not the admin's.
+            let refused = r.node_self() && status == 403;
+            assert!(status == 405 || refused, "{method} {} (undescribed) answered {status}: {body}", r.route);
         }
     }
 
@@ -111,14 +143,12 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
     assert!(ls.contains("viewer") && ls.contains("read-only") && ls.contains("admin"), "{ls}");
     assert!(!ls.contains(&ro), "token ls shows the token itself: {ls}");
 
-    for (method, path) in ROUTES {
-        let (status, body) = call(&dev.url, method, path, Some(&ro), "{}");
-        let read = *method == "GET" && !path.starts_with("/v1/tokens");
-        let node_route = path.starts_with("/v1/nodes/dev/") || *path == "/v1/nodes/register";
-        if read && !node_route {
-            assert!(status != 401 && status != 403, "read-only {method} {path} refused ({status}): {body}");
+    for r in routes.iter().filter(|r| !r.open) {
+        let (status, body) = call(&dev.url, &r.method, &r.path, Some(&ro), "{}");
+        if r.read() && !r.node_self() && !r.route.starts_with("/v1/tokens") {
+            assert!(status != 401 && status != 403, "read-only {} {} refused ({status}): {body}", r.method, r.path);
         } else {
-            assert_eq!(status, 403, "read-only {method} {path} answered {status}: {body}");
+            assert_eq!(status, 403, "read-only {} {} answered {status}: {body}", r.method, r.path);
         }
     }
     // The CLI with the read-only token: reads work, changes are refused clearly.
@@ -138,12 +168,12 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
     assert!(!ok && err.contains("read-only"), "{err}");
 
     // The admin token does everything; the node routes are the nodes' own.
-    for (method, path) in ROUTES {
-        let (status, body) = call(&dev.url, method, path, Some(&admin), "{}");
-        if path.starts_with("/v1/nodes/dev/") || *path == "/v1/nodes/register" {
-            assert_eq!(status, 403, "admin {method} {path} answered {status}: {body}");
+    for r in &routes {
+        let (status, body) = call(&dev.url, &r.method, &r.path, Some(&admin), "{}");
+        if r.node_self() {
+            assert_eq!(status, 403, "admin {} {} answered {status}: {body}", r.method, r.path);
         } else {
-            assert!(status != 401 && status != 403, "admin {method} {path} refused ({status}): {body}");
+            assert!(status != 401 && status != 403, "admin {} {} refused ({status}): {body}", r.method, r.path);
         }
     }
 
@@ -261,6 +291,25 @@ fn nodes_get_their_own_credentials_and_lose_them_when_removed() {
     assert!(cred.starts_with("skn_") && cred != join, "{cred}");
     assert_eq!(call(&url, "GET", "/v1/nodes/n1/assignments", Some(&cred), "").0, 200);
     assert_eq!(call(&url, "GET", "/v1/endpoints", Some(&cred), "").0, 200);
+    // Every route of the description, named for n2: n1's credential gets only
+    // registration, the endpoints table and blob downloads; the join token
+    // (its secret: the rest names the CA) only registration.
+    let admin = read_when_ready(&data.join("admin-token"));
+    let secret = join.split('.').next().unwrap_or_default();
+    for r in routes(&url, &admin, "n2").iter().filter(|r| !r.open) {
+        let shared = (r.route == "/v1/endpoints" || r.route == "/v1/blobs/{digest}") && r.read();
+        for (who, token, allowed) in [
+            ("n1's credential", cred.as_str(), r.route == "/v1/nodes/register" || shared),
+            ("the join token", secret, r.route == "/v1/nodes/register"),
+        ] {
+            let (status, said) = call(&url, &r.method, &r.path, Some(token), "{}");
+            if allowed {
+                assert!(status != 401 && status != 403, "{who} on {} {}: {status} {said}", r.method, r.path);
+            } else {
+                assert_eq!(status, 403, "{who} on {} {}: {status} {said}", r.method, r.path);
+            }
+        }
+    }
     for (method, path, body) in [
         ("GET", "/v1/nodes/n2/assignments", ""),
         ("POST", "/v1/nodes/n2/heartbeat", r#"{"capacity":{"cpu":"1","memory":"1Mi"},"replicas":[]}"#),
@@ -274,8 +323,7 @@ fn nodes_get_their_own_credentials_and_lose_them_when_removed() {
     // A node cannot register under another's name with its credential.
     let steal = r#"{"name":"n2","address":"http://127.0.0.1:9","labels":{},"capacity":{"cpu":"1","memory":"1Mi"},"runtimes":["wasm"]}"#;
     assert_eq!(call(&url, "POST", "/v1/nodes/register", Some(&cred), steal).0, 403);
-    // The join token (its secret: the rest names the CA) only registers.
-    let secret = join.split('.').next().unwrap_or_default();
+    // The join token only registers.
     assert_eq!(call(&url, "GET", "/v1/nodes/n1/assignments", Some(secret), "").0, 403);
     assert_eq!(call(&url, "GET", "/v1/deployments", Some(secret), "").0, 403);
 

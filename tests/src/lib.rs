@@ -77,6 +77,20 @@ impl Proc {
         Proc::start_in(name, &[], args, log)
     }
 
+    /// Starts another program (`etcd`, say) with `args`, output to `log`.
+    pub fn start_program(name: &str, program: &str, args: &[&str], log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+    }
+
     /// Starts `WRAPPER... skiff ARGS` (such as `nsenter --net=… --`, which execs
     /// skiff in place, so the pid is skiff's), output to `log`.
     pub fn start_in(name: &str, wrapper: &[&str], args: &[&str], log: &Path) -> Proc {
@@ -447,6 +461,11 @@ impl Dev {
 }
 
 /// Whether the tests run as root (network namespaces, bridges, containers need it).
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

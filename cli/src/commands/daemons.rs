@@ -68,6 +68,21 @@ pub struct ServerArgs {
     /// network readable (for a trusted network or a TLS-terminating proxy only)
     #[arg(long)]
     insecure_plain_http: bool,
+    /// Where the cluster state lives: `sqlite` (DATA_DIR/state.db) or
+    /// etcd://HOST:2379,HOST:2379[/PREFIX], shared by several servers, one of which
+    /// leads (etcd needs --max-txn-ops 65536 --max-request-bytes 33554432)
+    #[arg(long, env = "SKIFF_STORE", default_value = "sqlite", value_name = "URL")]
+    store: String,
+    /// This server's name among several [default: HOSTNAME-PORT]
+    #[arg(long)]
+    name: Option<String>,
+    /// The URL other servers reach this one at [default: from --listen]
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// Join the cluster already in --store: the join token of one of its servers
+    /// (its DATA_DIR/join-token), which opens the CA and keys it shares
+    #[arg(long, env = "SKIFF_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +236,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         max_objects: args.max_objects,
         plain_http: args.insecure_plain_http,
         tls_sans: args.tls_san.clone(),
+        store: Some(args.store.clone()),
+        name: args.name.clone(),
+        advertise: args.advertise.clone(),
+        join_token: args.join_token.clone(),
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
         format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())

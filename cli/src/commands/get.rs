@@ -12,6 +12,7 @@ enum Kind {
     Nodes,
     Deployments,
     Replicas,
+    Servers,
 }
 
 impl Kind {
@@ -20,7 +21,8 @@ impl Kind {
             "nodes" | "node" | "no" => Kind::Nodes,
             "deployments" | "deployment" | "deploy" | "deploys" | "dep" => Kind::Deployments,
             "replicas" | "replica" | "rs" | "rep" => Kind::Replicas,
-            other => bail!("unknown kind {other:?}; use nodes, deployments or replicas"),
+            "servers" | "server" => Kind::Servers,
+            other => bail!("unknown kind {other:?}; use nodes, deployments, replicas or servers"),
         })
     }
 }
@@ -40,7 +42,7 @@ pub enum GetFormat {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// nodes, deployments or replicas (singular and short forms work too)
+    /// nodes, deployments, replicas or servers (singular and short forms work too)
     kind: String,
     /// Show only this object
     name: Option<String>,
@@ -101,6 +103,14 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
                 deployments_table(std::slice::from_ref(&d)).print();
             } else {
                 print_encoded(format, &d)?;
+            }
+        }
+        (Kind::Servers, _) => {
+            let info = client.servers().await?;
+            if format == Format::Table {
+                servers_table(&info).print();
+            } else {
+                print_encoded(format, &info)?;
             }
         }
         (Kind::Replicas, name) => {
@@ -287,6 +297,29 @@ fn events_table(events: &[Event]) -> Table {
     t
 }
 
+/// The servers, then the store's members: who leads and whether the store is whole.
+fn servers_table(info: &skiff_api::ServersInfo) -> Table {
+    let mut t = Table::new(&["SERVER", "URL", "LEADER", "AGE"]);
+    for s in &info.servers {
+        t.row(vec![
+            s.name.clone(),
+            s.url.clone(),
+            if s.leader { "*".into() } else { String::new() },
+            age(s.started_ms),
+        ]);
+    }
+    if info.leader.is_none() {
+        t.row(vec!["(no leader)".into(), String::new(), String::new(), String::new()]);
+    }
+    t.row(vec![String::new(); 4]);
+    t.row(vec![format!("STORE {}", info.store), "HEALTH".into(), "LEADER".into(), "VERSION".into()]);
+    for m in &info.members {
+        let health = if m.healthy { "healthy".to_string() } else { format!("unhealthy: {}", m.error) };
+        t.row(vec![m.endpoint.clone(), health, if m.leader { "*".into() } else { String::new() }, m.version.clone()]);
+    }
+    t
+}
+
 pub async fn describe(args: DescribeArgs, client: &Client) -> anyhow::Result<()> {
     match Kind::parse(&args.kind)? {
         Kind::Deployments => describe_deployment(client, &args.name).await,
@@ -294,6 +327,7 @@ pub async fn describe(args: DescribeArgs, client: &Client) -> anyhow::Result<()>
         Kind::Replicas => {
             bail!("describe shows a deployment or a node; for replicas use `skiff get replicas {}`", args.name)
         }
+        Kind::Servers => bail!("describe shows a deployment or a node; for servers use `skiff get servers`"),
     }
 }
 

@@ -1,0 +1,356 @@
+//! Several servers on etcd: three etcd members (Debian's etcd-server), three
+//! `skiff server --store etcd://...`, nodes and clients given all three. The
+//! leader is SIGKILLed in the middle of a rollout and of a 1,000-replica deploy;
+//! another takes over and the work finishes with every object intact.
+
+use serde_json::Value;
+use skiff_tests::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Three etcd members on loopback; killed on drop.
+struct Etcd {
+    members: Vec<Proc>,
+    /// Each member's arguments, to start it again on its data.
+    args: Vec<Vec<String>>,
+    dir: std::path::PathBuf,
+    /// `host:port` of each member's client URL.
+    clients: Vec<String>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let names = ["e0", "e1", "e2"];
+        let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let clients: Vec<String> = names.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        let initial = initial.join(",");
+        let (mut members, mut all_args) = (Vec::new(), Vec::new());
+        for (i, name) in names.iter().enumerate() {
+            let data = dir.join(format!("etcd-{name}"));
+            let (peer, client) = (format!("http://127.0.0.1:{}", peers[i]), format!("http://{}", clients[i]));
+            let args = [
+                "--name",
+                name,
+                "--data-dir",
+                data.to_str().unwrap_or_default(),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "skiff-test",
+                "--max-txn-ops",
+                "65536",
+                "--max-request-bytes",
+                "33554432",
+            ];
+            members.push(Proc::start_program(name, "etcd", &args, &dir.join(format!("etcd-{name}.log"))));
+            all_args.push(args.iter().map(|a| a.to_string()).collect());
+        }
+        let etcd = Etcd { members, args: all_args, dir: dir.to_path_buf(), clients };
+        etcd.wait_healthy(3);
+        etcd
+    }
+
+    /// Waits until `n` members say they are healthy.
+    fn wait_healthy(&self, n: usize) {
+        wait_for(Duration::from_secs(30), &format!("{n} etcd members healthy"), || {
+            let out = std::process::Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.clients.join(","), "endpoint", "health"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            if text.matches("is healthy").count() >= n { Ok(()) } else { Err(text) }
+        });
+    }
+
+    /// SIGKILLs member `i`.
+    fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again on its data.
+    fn restart(&mut self, i: usize) {
+        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
+        let log = self.dir.join(format!("etcd-e{i}.log"));
+        self.members[i] = Proc::start_program(&format!("e{i}"), "etcd", &args, &log);
+    }
+
+    fn url(&self) -> String {
+        format!("etcd://{}", self.clients.join(","))
+    }
+}
+
+/// A server on `store`, named `name`, on a free loopback port.
+fn start_server(dir: &Path, name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
+    let data = dir.join(name);
+    let d = data.to_str().unwrap_or_default();
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--data-dir", d, "--store", store, "--name", name];
+    args.extend_from_slice(extra);
+    let p = Proc::start(name, &args, &dir.join(format!("{name}.log")));
+    (p, server_ready(&data))
+}
+
+/// `skiff get servers -o json`, from any server that answers.
+fn servers(cwd: &Path, urls: &str) -> Result<Value, String> {
+    let out = cli_in(cwd, urls, &["get", "servers", "-o", "json"]);
+    if !out.ok {
+        return Err(out.stderr);
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stdout))
+}
+
+fn leader(cwd: &Path, urls: &str) -> Result<String, String> {
+    let info = servers(cwd, urls)?;
+    info["leader"].as_str().map(str::to_string).ok_or_else(|| format!("no leader: {info}"))
+}
+
+/// Live replicas of `deployment` as (id, node, state, revision); never more than `most`.
+fn live(cwd: &Path, urls: &str, deployment: &str, most: usize) -> Result<Vec<(String, String, String, u64)>, String> {
+    let out = cli_in(cwd, urls, &["get", "replicas", "--deployment", deployment, "-o", "json"]);
+    if !out.ok {
+        return Err(out.stderr);
+    }
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+    let live: Vec<(String, String, String, u64)> = list
+        .iter()
+        .filter(|r| r["state"] != "stopped" && r["state"] != "lost")
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (f("id"), f("node"), f("state"), r["revision"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    assert!(live.len() <= most, "{deployment} has {} live replicas, more than {most}", live.len());
+    Ok(live)
+}
+
+#[test]
+fn three_servers_on_etcd_survive_the_leaders_death() {
+    if std::process::Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps` installs Debian's etcd-server");
+    }
+    let dir = TempDir::new("servers-etcd");
+    let cwd = dir.path();
+    let etcd = Etcd::start(cwd);
+    let store = etcd.url();
+
+    // The first server makes the cluster's CA and tokens; the others join with
+    // its join token and share them.
+    let (s1, u1) = start_server(cwd, "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let (s2, u2) = start_server(cwd, "s2", &store, &["--join-token", &join]);
+    let (s3, u3) = start_server(cwd, "s3", &store, &["--join-token", &join]);
+    for s in ["s2", "s3"] {
+        for f in ["ca.crt", "admin-token", "join-token"] {
+            assert_eq!(
+                std::fs::read_to_string(cwd.join(s).join(f)).ok(),
+                std::fs::read_to_string(cwd.join("s1").join(f)).ok(),
+                "{s}'s {f} is not the cluster's"
+            );
+        }
+    }
+    let mut procs: Vec<(String, Proc, String)> =
+        vec![("s1".into(), s1, u1.clone()), ("s2".into(), s2, u2.clone()), ("s3".into(), s3, u3.clone())];
+    let urls = format!("{u1},{u2},{u3}");
+    remember_token(&urls, &read_when_ready(&cwd.join("s1").join("admin-token")));
+    remember_ca(&urls, &cwd.join("s1").join("ca.crt"));
+    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
+        let info = servers(cwd, &urls)?;
+        let n = info["servers"].as_array().map_or(0, Vec::len);
+        match info["leader"].as_str() {
+            Some(l) if n == 3 => Ok(l.to_string()),
+            _ => Err(info.to_string()),
+        }
+    });
+    // Every server answers, leader or not (the others forward to it).
+    for u in [&u1, &u2, &u3] {
+        remember_token(u, &read_when_ready(&cwd.join("s1").join("admin-token")));
+        remember_ca(u, &cwd.join("s1").join("ca.crt"));
+        assert_eq!(leader(cwd, u).as_deref(), Ok(first.as_str()), "{u} names another leader");
+    }
+
+    // Two real nodes and 20 simulated ones, all given the three servers.
+    let mut nodes = Vec::new();
+    for n in ["n1", "n2"] {
+        let data = cwd.join(n);
+        let args = [
+            "node",
+            "--server",
+            &urls,
+            "--token",
+            &join,
+            "--name",
+            n,
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
+            "--labels",
+            "kind=real",
+        ];
+        nodes.push(Proc::start(n, &args, &cwd.join(format!("{n}.log"))));
+    }
+    let sim_args = [
+        "node",
+        "--simulate",
+        "20",
+        "--name-prefix",
+        "sim",
+        "--server",
+        &urls,
+        "--token",
+        &join,
+        "--labels",
+        "kind=sim",
+        "--cpu",
+        "16",
+        "--memory",
+        "64Gi",
+    ];
+    nodes.push(Proc::start("sim", &sim_args, &cwd.join("sim.log")));
+    wait_for(Duration::from_secs(60), "22 nodes ready", || {
+        let ready = get_json(cwd, &urls, "nodes").iter().filter(|n| n["state"] == "ready").count();
+        if ready == 22 { Ok(()) } else { Err(format!("{ready} ready")) }
+    });
+
+    // A rollout in flight when the leader dies.
+    let worker = wasm_p2("worker");
+    let w = worker.to_str().unwrap_or_default();
+    let base = ["deploy", w, "--name", "work", "--replicas", "4", "--label-selector", "kind=real"];
+    cli_ok(cwd, &urls, &[&base[..], &["--cpu", "100m", "--memory", "32Mi", "--env", "V=1"]].concat());
+    wait_for(Duration::from_secs(30), "4 replicas of work running", || {
+        let l = live(cwd, &urls, "work", 5)?;
+        if l.iter().filter(|r| r.2 == "running").count() == 4 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    cli_ok(cwd, &urls, &[&base[..], &["--cpu", "100m", "--memory", "32Mi", "--env", "V=2"]].concat());
+    let killed = kill_leader(&mut procs, &first);
+    let second = wait_for(Duration::from_secs(20), "a new leader", || {
+        let l = leader(cwd, &urls)?;
+        if l != first { Ok(l) } else { Err(format!("still {l}")) }
+    });
+    let takeover = killed.elapsed();
+    println!("{second} took over from {first} {takeover:?} after the SIGKILL");
+    // The rollout finishes under the new leader: 4 running at the new revision,
+    // never more than 5 (4 + the default surge of 1) along the way.
+    wait_for(Duration::from_secs(60), "work rolled out to revision 2 under the new leader", || {
+        let l = live(cwd, &urls, "work", 5)?;
+        let done = l.len() == 4 && l.iter().all(|r| r.2 == "running" && r.3 == 2);
+        if done { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+
+    // A 1,000-replica deploy in flight when the next leader dies.
+    let big = ["deploy", w, "--name", "big", "--replicas", "1000", "--label-selector", "kind=sim", "--cpu", "10m"];
+    cli_ok(cwd, &urls, &[&big[..], &["--memory", "16Mi"]].concat());
+    wait_for(Duration::from_secs(30), "some of big placed", || {
+        let l = live(cwd, &urls, "big", 1000)?;
+        let placed = l.iter().filter(|r| !r.1.is_empty()).count();
+        if placed > 0 { Ok(()) } else { Err("none placed".into()) }
+    });
+    let killed = kill_leader(&mut procs, &second);
+    let third = wait_for(Duration::from_secs(20), "a third leader", || {
+        let l = leader(cwd, &urls)?;
+        if l != second && l != first { Ok(l) } else { Err(format!("still {l}")) }
+    });
+    println!("{third} took over from {second} {:?} after the SIGKILL", killed.elapsed());
+    wait_for(Duration::from_secs(90), "all 1,000 replicas of big running", || {
+        let l = live(cwd, &urls, "big", 1000)?;
+        let running = l.iter().filter(|r| r.2 == "running").count();
+        if running == 1000 { Ok(()) } else { Err(format!("{running} running of {}", l.len())) }
+    });
+    // Nothing lost: both deployments, at their counts and revisions, and the
+    // worker's blob served by a server that never received the upload.
+    let deployments = get_json(cwd, &urls, "deployments");
+    let count = |name: &str| deployments.iter().find(|d| d["name"] == name).map(|d| d["replicas"].clone());
+    assert_eq!(count("work"), Some(Value::from(4)), "{deployments:?}");
+    assert_eq!(count("big"), Some(Value::from(1000)), "{deployments:?}");
+    let l = live(cwd, &urls, "work", 4).expect("work's replicas");
+    assert!(l.iter().all(|r| r.2 == "running" && r.3 == 2), "work after two takeovers: {l:?}");
+    for (_, p, _) in procs.iter_mut() {
+        assert!(p.alive(), "the surviving server {} died", p.name);
+    }
+    for n in nodes.iter_mut() {
+        assert!(n.alive(), "node {} died", n.name);
+    }
+    drop(nodes);
+    drop(procs);
+    drop(etcd);
+}
+
+/// SIGKILLs the server named `name`; when.
+fn kill_leader(procs: &mut Vec<(String, Proc, String)>, name: &str) -> Instant {
+    let i = procs.iter().position(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no server {name} to kill"));
+    let (_, mut p, _) = procs.remove(i);
+    p.kill();
+    Instant::now()
+}
+
+#[test]
+fn losing_etcd_members_one_is_carried_two_is_a_clear_error() {
+    let dir = TempDir::new("servers-quorum");
+    let cwd = dir.path();
+    let mut etcd = Etcd::start(cwd);
+    let (_s1, url) = start_server(cwd, "s1", &etcd.url(), &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let sim_args =
+        ["node", "--simulate", "3", "--name-prefix", "sim", "--server", &url, "--token", &join, "--cpu", "8"];
+    let _sim = Proc::start("sim", &sim_args, &cwd.join("sim.log"));
+    wait_for(Duration::from_secs(30), "3 nodes ready", || {
+        let ready = get_json(cwd, &url, "nodes").iter().filter(|n| n["state"] == "ready").count();
+        if ready == 3 { Ok(()) } else { Err(format!("{ready} ready")) }
+    });
+    let worker = wasm_p2("worker");
+    let w = worker.to_str().unwrap_or_default();
+    cli_ok(cwd, &url, &["deploy", w, "--name", "q", "--replicas", "3", "--cpu", "100m", "--memory", "16Mi"]);
+
+    // One of three gone: the store still has its majority; writes go on.
+    etcd.kill(2);
+    cli_ok(cwd, &url, &["scale", "q", "5"]);
+    wait_for(Duration::from_secs(30), "5 replicas of q running with one etcd member down", || {
+        let l = live(cwd, &url, "q", 5)?;
+        if l.iter().filter(|r| r.2 == "running").count() == 5 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+
+    // Two of three gone: no majority. A write is refused with one clear line,
+    // never accepted and lost.
+    etcd.kill(1);
+    let refused = wait_for(Duration::from_secs(30), "a write refused without etcd's majority", || {
+        let out = cli_in(cwd, &url, &["scale", "q", "7"]);
+        if out.ok { Err(format!("accepted: {}", out.stdout)) } else { Ok(out.stderr) }
+    });
+    assert_eq!(refused.trim().lines().count(), 1, "not one line: {refused}");
+    assert!(
+        refused.contains("etcd") || refused.contains("leader"),
+        "the error does not say the store or the leader is the trouble: {refused}"
+    );
+    println!("without a majority: {}", refused.trim());
+
+    // Back: a leader again, the 5 kept, and writes work.
+    etcd.restart(1);
+    etcd.restart(2);
+    etcd.wait_healthy(3);
+    let d = wait_for(Duration::from_secs(30), "the API back with q at 5", || {
+        let out = cli_in(cwd, &url, &["get", "deployments", "q", "-o", "json"]);
+        if !out.ok {
+            return Err(out.stderr);
+        }
+        serde_json::from_str::<Value>(&out.stdout).map_err(|e| e.to_string())
+    });
+    assert_eq!(d["replicas"], 5, "the refused scale to 7 changed something: {d}");
+    cli_ok(cwd, &url, &["scale", "q", "2"]);
+    wait_for(Duration::from_secs(30), "q scaled to 2 after the store came back", || {
+        let l = live(cwd, &url, "q", 5)?;
+        if l.len() == 2 && l.iter().all(|r| r.2 == "running") { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+}
