@@ -278,7 +278,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match cli.command {
-        Command::Server(args) => daemons::server(args).await,
+        Command::Server(mut args) => match args.action.take() {
+            Some(action) => daemons::server_action(action).await,
+            None => daemons::server(args).await,
+        },
         Command::Node(mut args) => match args.action.take() {
             Some(action) => daemons::node_action(action, &client(&server)).await,
             None => daemons::node(args, server, ca).await,

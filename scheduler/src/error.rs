@@ -40,9 +40,11 @@ impl From<StoreError> for ApiError {
         );
         if let StoreError::Etcd(_) | StoreError::NotLeader = e {
             // Not this request's fault and not for good: etcd lost its quorum or
-            // another server took over; the client retries (elsewhere).
+            // another server took over; the client retries (elsewhere). The
+            // etcd errors say themselves whether anything may have changed.
             tracing::warn!("{e}");
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; nothing was changed"));
+            let text = if let StoreError::NotLeader = e { format!("{e}; nothing was changed") } else { e.to_string() };
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, text);
         }
         if full {
             ApiError::new(

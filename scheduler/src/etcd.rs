@@ -102,21 +102,31 @@ fn etcd_err(e: etcd_client::Error) -> StoreError {
     let why = [
         ("Connection refused", "connection refused"),
         ("no leader", "etcd has no leader"),
-        ("request timed out", "request timed out"),
-        ("deadline", "no answer in time"),
-        ("timeout", "no answer in time"),
         ("tcp connect error", "cannot connect"),
         ("unavailable", "unavailable"),
     ]
     .iter()
     .find(|(needle, _)| text.to_lowercase().contains(&needle.to_lowercase()))
     .map(|(_, said)| *said);
+    if ["deadline", "timeout", "timed out"].iter().any(|t| text.to_lowercase().contains(t)) {
+        return timed_out();
+    }
     match why {
         Some(why) => {
             StoreError::Etcd(format!("cannot reach a majority of etcd's members ({why}); retry when they are up"))
         }
         None => StoreError::Etcd(text),
     }
+}
+
+/// A call etcd did not answer in time: it may still be applied (etcd commits a
+/// proposal it holds once its majority is back), so the error says so.
+fn timed_out() -> StoreError {
+    StoreError::Etcd(format!(
+        "etcd did not answer within {} s (is a majority of its members up?); the change is not confirmed and may \
+         still be applied when etcd recovers: check before retrying",
+        TIMEOUT.as_secs()
+    ))
 }
 
 /// Runs `fut` in the background on the etcd runtime.
@@ -136,10 +146,7 @@ pub(crate) fn block<T: Send + 'static>(
     });
     match rx.recv() {
         Ok(Ok(r)) => r.map_err(etcd_err),
-        Ok(Err(_)) => Err(StoreError::Etcd(format!(
-            "etcd did not answer within {} s (is a majority of its members up?)",
-            TIMEOUT.as_secs()
-        ))),
+        Ok(Err(_)) => Err(timed_out()),
         Err(_) => Err(StoreError::Etcd("the etcd client stopped".into())),
     }
 }
@@ -150,10 +157,7 @@ pub(crate) async fn run<T: Send + 'static>(
 ) -> Result<T> {
     match rt().spawn(async move { tokio::time::timeout(TIMEOUT, fut).await }).await {
         Ok(Ok(r)) => r.map_err(etcd_err),
-        Ok(Err(_)) => Err(StoreError::Etcd(format!(
-            "etcd did not answer within {} s (is a majority of its members up?)",
-            TIMEOUT.as_secs()
-        ))),
+        Ok(Err(_)) => Err(timed_out()),
         Err(e) => Err(StoreError::Etcd(format!("the etcd client stopped: {e}"))),
     }
 }

@@ -305,6 +305,77 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     Ok(Server { addr, url, join_token: token.to_string(), ca_fingerprint: tls.fingerprint, serve })
 }
 
+/// `skiff server migrate`: copies the cluster in `data_dir` (SQLite) into the
+/// empty etcd at `to`, with the CA, tokens and keys the servers on etcd share.
+/// Returns what was copied, in words.
+pub async fn migrate(data_dir: &Path, to: &str) -> anyhow::Result<String> {
+    let ep: etcd::Endpoints = to.parse()?;
+    let db = data_dir.join("state.db");
+    if !db.exists() {
+        anyhow::bail!("{} holds no state.db; give --from the data dir of a skiff server", data_dir.display());
+    }
+    let client = etcd::connect(&ep).await.with_context(|| format!("connecting to {ep}"))?;
+    let (mut c, prefix) = (client.clone(), ep.prefix.clone());
+    let found =
+        etcd::run(
+            async move { c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await },
+        )
+        .await?;
+    if found.count() > 0 {
+        anyhow::bail!(
+            "{ep} already holds {} keys under {}; migrate only into an empty prefix",
+            found.count(),
+            ep.prefix
+        );
+    }
+    let sqlite = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let mut to_store = store::Store::new(Box::new(etcd::Etcd::open(client.clone(), &ep.prefix, None)?));
+    let (events, images, tokens, creds) =
+        (sqlite.events(None, 100_000)?, sqlite.images()?, sqlite.tokens()?, sqlite.node_credentials()?);
+    let loaded = sqlite.load()?;
+    let summary = format!(
+        "{} nodes, {} deployments, {} replicas, {} secrets, {} volumes, {} images, {} tokens, {} events",
+        loaded.nodes.len(),
+        loaded.deployments.len(),
+        loaded.replicas.len(),
+        loaded.secrets.len(),
+        loaded.volumes.len(),
+        images.len(),
+        tokens.len(),
+        events.len()
+    );
+    let mut ops = loaded.into_ops();
+    ops.extend(events.into_iter().map(|e| store::Op::Event {
+        time_ms: e.time_ms,
+        object: e.object,
+        reason: e.reason,
+        message: e.message,
+    }));
+    // In pieces: the prefix is empty and no server uses it yet; a failure
+    // part-way says to empty it and run again.
+    let total = ops.len();
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(5_000));
+        let piece = std::mem::replace(&mut ops, rest);
+        let tx = to_store.tx()?;
+        tx.extend(piece);
+        to_store.commit(tx).with_context(|| {
+            format!("copying into {ep} (empty its prefix with `etcdctl del --prefix {}` and run again)", ep.prefix)
+        })?;
+    }
+    for i in &images {
+        to_store.put_image(i)?;
+    }
+    for (name, hash, role, created) in &tokens {
+        to_store.put_token(name, hash, role, *created)?;
+    }
+    for (node, hash) in &creds {
+        to_store.put_node_credential(node, hash, skiff_api::now_ms())?;
+    }
+    cluster::bootstrap(&client, &ep, data_dir, None, || Ok(())).await?;
+    Ok(format!("{summary} ({total} writes) copied from {} into {ep}", db.display()))
+}
+
 /// The scheduler's shared parts on `store`: tokens, secret keys, the working set
 /// and the blob store.
 fn core(

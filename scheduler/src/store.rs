@@ -264,6 +264,37 @@ impl Store {
     }
 }
 
+impl Loaded {
+    /// The writes that store all of this in an empty store (`skiff server migrate`).
+    pub fn into_ops(self) -> Vec<Op> {
+        let tx = Tx::default();
+        let now = skiff_api::now_ms();
+        // Tx's writes only collect; they cannot fail.
+        for n in &self.nodes {
+            let _ = tx.put_node(n);
+        }
+        for (d, rev, spec) in &self.revisions {
+            let _ = tx.put_revision(d, *rev, spec, now);
+        }
+        for d in &self.deployments {
+            let _ = tx.put_deployment(d);
+        }
+        for r in &self.replicas {
+            let _ = tx.put_replica(r);
+        }
+        for (secret, sealed) in &self.secrets {
+            let _ = tx.put_secret(secret, sealed);
+        }
+        for (v, purge) in &self.volumes {
+            let _ = if *purge { tx.put_volume_purge(v) } else { tx.put_volume(v) };
+        }
+        for (k, v) in &self.meta {
+            let _ = tx.set_meta(k, v);
+        }
+        tx.ops.into_inner()
+    }
+}
+
 /// One write transaction: it collects the writes, and [`Store::commit`] applies
 /// them together; dropped uncommitted, it wrote nothing.
 #[derive(Default)]
@@ -503,6 +534,11 @@ impl Backend for Sqlite {
 }
 
 impl Tx {
+    /// Adds writes made elsewhere.
+    pub fn extend(&self, ops: Vec<Op>) {
+        self.ops.borrow_mut().extend(ops);
+    }
+
     fn push(&self, op: Op) -> Result<()> {
         self.ops.borrow_mut().push(op);
         Ok(())

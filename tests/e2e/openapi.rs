@@ -59,7 +59,10 @@ fn schemathesis_finds_no_server_error_and_answers_match_the_description() {
         // u64 is described as a non-negative int64, and the server taking 2^63
         // is no bug: `negative_data_rejection` would count it.
         .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection"])
-        .args(["--max-examples", "15", "--request-timeout", "10", "--workers", "2"])
+        // One worker: with two threads, hypothesis' lambda descriptions call
+        // ast.parse concurrently, and CPython 3.11 fails that now and then
+        // ("AST constructor recursion depth mismatch", seen in `make test`).
+        .args(["--max-examples", "15", "--request-timeout", "10", "--workers", "1"])
         // Server-sent events: a stream that never ends.
         .args(["--exclude-path", "/v1/watch"])
         .stdin(Stdio::null())

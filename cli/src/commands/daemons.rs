@@ -29,7 +29,11 @@ impl From<ScoringArg> for skiff_scheduler::Scoring {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    /// Manage the control plane instead of running a server
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
     /// Address of the API and dashboard
     #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -83,6 +87,36 @@ pub struct ServerArgs {
     /// (its DATA_DIR/join-token), which opens the CA and keys it shares
     #[arg(long, env = "SKIFF_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+}
+
+/// `skiff server migrate`: the verbs on the control plane.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerAction {
+    /// Copy a stopped SQLite server's cluster (its data dir) into an empty etcd,
+    /// with the CA, tokens and secret keys; then start servers with --store on it
+    Migrate {
+        /// The data dir of the SQLite server (stop it first)
+        #[arg(long, value_name = "DATA_DIR")]
+        from: PathBuf,
+        /// The etcd to copy into: etcd://HOST:2379,...[/PREFIX]
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+/// Runs a server verb.
+pub async fn server_action(action: ServerAction) -> anyhow::Result<()> {
+    match action {
+        ServerAction::Migrate { from, to } => {
+            let done = skiff_scheduler::migrate(&from, &to).await?;
+            println!("{done}");
+            println!(
+                "start the servers with: skiff server --store {to} --data-dir {} (the others with --join-token from its join-token file)",
+                from.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Args)]
