@@ -494,15 +494,7 @@ impl Cluster {
                 Err(e) => return Err(format!("reading {}: {e}", path.display())),
             };
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            let sent = self
-                .http
-                .put(format!("{}/v1/blobs/{digest}", p.url))
-                .bearer_auth(&self.admin_token)
-                .header(PEER_BLOB, "1")
-                .timeout(Duration::from_secs(300))
-                .body(body)
-                .send()
-                .await;
+            let sent = self.peer_blob_request(reqwest::Method::PUT, &p, digest).body(body).send().await;
             match sent {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => why.push(format!("{}: {}", p.name, r.status())),
@@ -512,17 +504,19 @@ impl Cluster {
         Err(why.join("; "))
     }
 
+    /// A blob copy to or from `peer` (served from its own disk, whatever its role).
+    fn peer_blob_request(&self, method: reqwest::Method, peer: &ServerInfo, digest: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/v1/blobs/{digest}", peer.url))
+            .bearer_auth(&self.admin_token)
+            .header(PEER_BLOB, "1")
+            .timeout(Duration::from_secs(300))
+    }
+
     /// Fetches blob `digest` from a peer into this server's store; whether it now has it.
     pub(crate) async fn fetch_blob(&self, blobs: &crate::blobs::Blobs, digest: &str) -> bool {
         for p in self.peers().await {
-            let got = self
-                .http
-                .get(format!("{}/v1/blobs/{digest}", p.url))
-                .bearer_auth(&self.admin_token)
-                .header(PEER_BLOB, "1")
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await;
+            let got = self.peer_blob_request(reqwest::Method::GET, &p, digest).send().await;
             let Ok(resp) = got else { continue };
             if !resp.status().is_success() {
                 continue;
