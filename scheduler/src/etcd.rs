@@ -129,6 +129,31 @@ fn timed_out() -> StoreError {
     ))
 }
 
+/// Whether `e` says the call never reached a member (refused, unavailable):
+/// then it was not applied, and trying again (the client moves to another
+/// member) is safe.
+fn unsent(e: &StoreError) -> bool {
+    matches!(e, StoreError::Etcd(m) if m.starts_with(UNREACHABLE))
+}
+
+/// The start of the message of a call that never reached a member.
+const UNREACHABLE: &str = "cannot reach a majority of etcd's members";
+
+/// Runs `call` again (up to three times in all, 100 ms apart) while it did not
+/// reach a member: a member just killed costs a retry, not an error.
+fn retrying<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(e) if unsent(&e) && tries < 2 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Runs `fut` in the background on the etcd runtime.
 pub(crate) fn rt_spawn(fut: impl Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
     rt().spawn(fut)
@@ -284,20 +309,11 @@ impl Etcd {
         let mut out = Vec::new();
         let mut from = start;
         loop {
-            let mut client = self.client.clone();
-            let (f, e) = (from.clone(), end.clone());
-            let resp = block(async move {
-                client
-                    .get(
-                        f,
-                        Some(
-                            GetOptions::new()
-                                .with_range(e)
-                                .with_limit(PAGE)
-                                .with_sort(SortTarget::Key, SortOrder::Ascend),
-                        ),
-                    )
-                    .await
+            let resp = retrying(|| {
+                let (mut client, f, e) = (self.client.clone(), from.clone(), end.clone());
+                let opts =
+                    GetOptions::new().with_range(e).with_limit(PAGE).with_sort(SortTarget::Key, SortOrder::Ascend);
+                block(async move { client.get(f, Some(opts)).await })
             })?;
             let kvs = resp.kvs();
             for kv in kvs {
@@ -317,12 +333,15 @@ impl Etcd {
     /// The last `limit` (key, value) under `table`, newest first.
     fn range_desc(&self, table: &str, limit: i64) -> Result<Vec<(String, Vec<u8>)>> {
         let start = self.key(table).into_bytes();
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let opts = GetOptions::new()
             .with_range(prefix_end(&start))
             .with_limit(limit)
             .with_sort(SortTarget::Key, SortOrder::Descend);
-        let resp = block(async move { client.get(start, Some(opts)).await })?;
+        let resp = retrying(|| {
+            let (mut client, start, opts) = (client.clone(), start.clone(), opts.clone());
+            block(async move { client.get(start, Some(opts)).await })
+        })?;
         Ok(resp
             .kvs()
             .iter()
@@ -340,8 +359,11 @@ impl Etcd {
             txn = txn.when([Compare::create_revision(f.key.clone(), CompareOp::Equal, f.revision)]);
         }
         let txn = txn.and_then(ops);
-        let mut client = self.client.clone();
-        let resp = block(async move { client.txn(txn).await })?;
+        let client = self.client.clone();
+        let resp = retrying(|| {
+            let (mut client, txn) = (client.clone(), txn.clone());
+            block(async move { client.txn(txn).await })
+        })?;
         if resp.succeeded() { Ok(()) } else { Err(StoreError::NotLeader) }
     }
 

@@ -242,9 +242,19 @@ impl State {
             }
             Err(e) => {
                 if self.mem.mutated {
-                    match Mem::load(&self.store) {
-                        Ok(mem) => self.mem = mem,
-                        Err(le) => tracing::error!("reloading state after a failed transaction: {le}"),
+                    // The working set must not keep what the store refused: try
+                    // again for a while (an etcd member just lost, say).
+                    for attempt in 0..10 {
+                        match Mem::load(&self.store) {
+                            Ok(mem) => {
+                                self.mem = mem;
+                                break;
+                            }
+                            Err(le) => {
+                                tracing::error!("reloading state after a failed transaction (try {attempt}): {le}");
+                                std::thread::sleep(std::time::Duration::from_millis(200));
+                            }
+                        }
                     }
                     self.mem.sched_dirty = true;
                     self.endpoints.send_modify(|i| *i += 1);

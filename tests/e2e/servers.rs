@@ -20,15 +20,21 @@ struct Etcd {
 
 impl Etcd {
     fn start(dir: &Path) -> Etcd {
+        Etcd::start_on(dir, "127.0.0.1")
+    }
+
+    /// Three members listening on `ip` (a test bridge's address, say).
+    fn start_on(dir: &Path, ip: &str) -> Etcd {
         let names = ["e0", "e1", "e2"];
         let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
-        let clients: Vec<String> = names.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        // Ports are picked free on loopback; on a bridge's address they are as likely free.
+        let clients: Vec<String> = names.iter().map(|_| format!("{ip}:{}", free_port())).collect();
+        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://{ip}:{p}")).collect();
         let initial = initial.join(",");
         let (mut members, mut all_args) = (Vec::new(), Vec::new());
         for (i, name) in names.iter().enumerate() {
             let data = dir.join(format!("etcd-{name}"));
-            let (peer, client) = (format!("http://127.0.0.1:{}", peers[i]), format!("http://{}", clients[i]));
+            let (peer, client) = (format!("http://{ip}:{}", peers[i]), format!("http://{}", clients[i]));
             let args = [
                 "--name",
                 name,
@@ -419,4 +425,124 @@ fn a_sqlite_cluster_migrates_to_etcd_intact() {
     assert!(secrets.contains("db"), "the secret was not migrated: {secrets}");
     let revisions = cli_ok(cwd, &url, &["rollout", "history", "kept"]);
     assert!(revisions.lines().count() >= 3, "revisions lost: {revisions}");
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_stops_leading_and_nothing_is_placed_twice() {
+    if !is_root() {
+        eprintln!("skipping: the partition test needs root (ip netns, a bridge, veths)");
+        return;
+    }
+    let dir = TempDir::new("servers-partition");
+    let cwd = dir.path();
+    let net = net_prefix();
+    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
+    let etcd = Etcd::start_on(cwd, &bridge.ip);
+    let store = etcd.url();
+    // s1 in a namespace of its own, so that it alone can be cut off; it starts
+    // first and leads.
+    let ns = NetNs::on_bridge(&net_name("skn"), &bridge, &format!("{net}.2/24"));
+    let d1 = cwd.join("s1");
+    let listen = format!("{net}.2:0");
+    let s1_args = ["server", "--listen", &listen, "--data-dir", d1.to_str().unwrap_or_default(), "--store", &store];
+    let _s1 = ns.start("s1", &[&s1_args[..], &["--name", "s1"]].concat(), &cwd.join("s1.log"));
+    let u1 = server_ready(&d1);
+    let join = read_when_ready(&d1.join("join-token"));
+    let host_listen = format!("{}:0", bridge.ip);
+    let mut others = Vec::new();
+    let mut urls = vec![u1.clone()];
+    for name in ["s2", "s3"] {
+        let data = cwd.join(name);
+        let args = [
+            "server",
+            "--listen",
+            &host_listen,
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--store",
+            &store,
+            "--name",
+            name,
+            "--join-token",
+            &join,
+        ];
+        others.push(Proc::start(name, &args, &cwd.join(format!("{name}.log"))));
+        urls.push(server_ready(&data));
+    }
+    let urls = urls.join(",");
+    let admin = read_when_ready(&d1.join("admin-token"));
+    remember_token(&urls, &admin);
+    remember_ca(&urls, &d1.join("ca.crt"));
+    wait_for(Duration::from_secs(20), "s1 leading three servers", || {
+        let info = servers(cwd, &urls)?;
+        let n = info["servers"].as_array().map_or(0, Vec::len);
+        if info["leader"] == "s1" && n == 3 { Ok(()) } else { Err(info.to_string()) }
+    });
+    let sim = ["node", "--simulate", "5", "--name-prefix", "sim", "--server", &urls, "--token", &join, "--cpu", "8"];
+    let _sim = Proc::start("sim", &sim, &cwd.join("sim.log"));
+    let worker = wasm_p2("worker");
+    let w = worker.to_str().unwrap_or_default();
+    wait_for(Duration::from_secs(30), "5 nodes ready", || {
+        let ready = get_json(cwd, &urls, "nodes").iter().filter(|n| n["state"] == "ready").count();
+        if ready == 5 { Ok(()) } else { Err(format!("{ready} ready")) }
+    });
+    cli_ok(cwd, &urls, &["deploy", w, "--name", "p", "--replicas", "40", "--cpu", "100m", "--memory", "16Mi"]);
+    wait_for(Duration::from_secs(30), "40 replicas of p running", || {
+        let l = live(cwd, &urls, "p", 40)?;
+        if l.iter().filter(|r| r.2 == "running").count() == 40 { Ok(()) } else { Err(format!("{}", l.len())) }
+    });
+
+    // Cut s1 off: it cannot renew its lease, so it stops leading (its own
+    // /metrics, asked inside its namespace, stops answering as a leader), and
+    // s2 or s3 takes over.
+    let is_leading = || {
+        let out = ns.exec(&[
+            "curl",
+            "-sk",
+            "--max-time",
+            "2",
+            "-H",
+            &format!("Authorization: Bearer {admin}"),
+            &format!("{u1}/metrics"),
+        ]);
+        out.is_ok_and(|m| m.lines().any(|l| l.trim() == "skiff_scheduler_leader 1"))
+    };
+    assert!(is_leading(), "s1 does not say it leads before the cut");
+    ns.cut();
+    let cut = Instant::now();
+    wait_for(Duration::from_secs(10), "s1 to stop leading once cut off", || {
+        if is_leading() { Err("still leading".into()) } else { Ok(()) }
+    });
+    let stopped = cut.elapsed();
+    let urls_host = urls.split(',').skip(1).collect::<Vec<_>>().join(",");
+    remember_token(&urls_host, &admin);
+    remember_ca(&urls_host, &d1.join("ca.crt"));
+    let new = wait_for(Duration::from_secs(20), "s2 or s3 leading", || {
+        let l = leader(cwd, &urls_host)?;
+        if l != "s1" { Ok(l) } else { Err(l) }
+    });
+    println!("s1 stopped leading {stopped:?} after the cut; {new} leads {:?} after it", cut.elapsed());
+    cli_ok(cwd, &urls_host, &["scale", "p", "50"]);
+    wait_for(Duration::from_secs(30), "50 replicas of p running under the new leader", || {
+        let l = live(cwd, &urls_host, "p", 50)?;
+        if l.iter().filter(|r| r.2 == "running").count() == 50 { Ok(()) } else { Err(format!("{}", l.len())) }
+    });
+
+    // Healed: s1 follows; nothing was placed twice: 50 distinct replicas, as
+    // many as asked, every node within its cpu.
+    ns.heal();
+    wait_for(Duration::from_secs(20), "s1 back, following", || {
+        let info = servers(cwd, &urls)?;
+        let n = info["servers"].as_array().map_or(0, Vec::len);
+        if n == 3 && info["leader"] != "s1" && !info["leader"].is_null() { Ok(()) } else { Err(info.to_string()) }
+    });
+    let l = live(cwd, &urls, "p", 50).expect("p's replicas");
+    let ids: std::collections::BTreeSet<&String> = l.iter().map(|r| &r.0).collect();
+    assert_eq!((l.len(), ids.len()), (50, 50), "{l:?}");
+    let mut per_node = std::collections::BTreeMap::<&str, usize>::new();
+    for r in &l {
+        *per_node.entry(r.1.as_str()).or_default() += 1;
+    }
+    assert!(per_node.values().all(|&n| n <= 80), "a node over its 8 cpu: {per_node:?}");
+    drop(others);
 }
