@@ -101,7 +101,7 @@ struct User {
     info: TokenInfo,
 }
 
-fn sha256(token: &str) -> [u8; 32] {
+pub(crate) fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -110,7 +110,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Equal in time independent of where they differ.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -282,6 +282,11 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 
 const NO_TOKEN: &str = "missing or unknown API token; pass --token or SKIFF_TOKEN (the admin token is in the server's DATA_DIR/admin-token; `skiff token create --read-only` makes read-only ones)";
 
+/// The bearer token of a request's `Authorization` header, as sent.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// The middleware in front of every route: finds the caller and checks the route
 /// allows it. The caller goes into the request's extensions for the handler.
 pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next: Next) -> Response {
@@ -290,12 +295,7 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
     if need == Need::Open || (need == Need::Metrics && core.auth.metrics_open) {
         return next.run(req).await;
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let bearer = bearer(req.headers()).map(|t| t.trim().to_string());
     // A browser's EventSource cannot send headers: the dashboard's stream passes
     // its token in the query instead.
     let token =

@@ -533,13 +533,8 @@ impl Cluster {
 
     /// Whether `token` is the admin token (checked against the shared one).
     fn is_admin(&self, headers: &axum::http::HeaderMap) -> bool {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|t| {
-            let (a, b): ([u8; 32], [u8; 32]) =
-                (Sha256::digest(t.as_bytes()).into(), Sha256::digest(self.admin_token.as_bytes()).into());
-            a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-        })
+        use crate::auth::{ct_eq, sha256};
+        crate::auth::bearer(headers).is_some_and(|t| ct_eq(&sha256(t), &sha256(&self.admin_token)))
     }
 
     /// A peer's blob copy, on this server's own disk (whatever its role).
@@ -622,12 +617,10 @@ impl Cluster {
 
     /// Whether the caller holds a user token (admin or read-only), checked in etcd.
     async fn is_user(&self, headers: axum::http::HeaderMap) -> bool {
-        let Some(given) =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(given) = crate::auth::bearer(&headers) else {
             return false;
         };
-        let hash = hex::encode(Sha256::digest(given.as_bytes()));
+        let hash = hex::encode(crate::auth::sha256(given));
         let mut c = self.client.clone();
         let k = self.key("tokens/");
         let Ok(resp) =

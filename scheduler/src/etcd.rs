@@ -159,6 +159,14 @@ pub(crate) fn rt_spawn(fut: impl Future<Output = ()> + Send + 'static) -> tokio:
     rt().spawn(fut)
 }
 
+/// `fut`, given at most [`TIMEOUT`], its error in words.
+async fn bounded<T>(fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>) -> Result<T> {
+    match tokio::time::timeout(TIMEOUT, fut).await {
+        Ok(r) => r.map_err(etcd_err),
+        Err(_) => Err(timed_out()),
+    }
+}
+
 /// Runs `fut` on the etcd runtime and waits for it, from any thread (async
 /// workers included: the wait blocks the thread, as a SQLite write does).
 pub(crate) fn block<T: Send + 'static>(
@@ -166,25 +174,16 @@ pub(crate) fn block<T: Send + 'static>(
 ) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     rt().spawn(async move {
-        let r = tokio::time::timeout(TIMEOUT, fut).await;
-        let _ = tx.send(r);
+        let _ = tx.send(bounded(fut).await);
     });
-    match rx.recv() {
-        Ok(Ok(r)) => r.map_err(etcd_err),
-        Ok(Err(_)) => Err(timed_out()),
-        Err(_) => Err(StoreError::Etcd("the etcd client stopped".into())),
-    }
+    rx.recv().unwrap_or_else(|_| Err(StoreError::Etcd("the etcd client stopped".into())))
 }
 
 /// Runs `fut` on the etcd runtime, from async code.
 pub(crate) async fn run<T: Send + 'static>(
     fut: impl Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
 ) -> Result<T> {
-    match rt().spawn(async move { tokio::time::timeout(TIMEOUT, fut).await }).await {
-        Ok(Ok(r)) => r.map_err(etcd_err),
-        Ok(Err(_)) => Err(timed_out()),
-        Err(e) => Err(StoreError::Etcd(format!("the etcd client stopped: {e}"))),
-    }
+    rt().spawn(bounded(fut)).await.unwrap_or_else(|e| Err(StoreError::Etcd(format!("the etcd client stopped: {e}"))))
 }
 
 /// Connects to the members of `ep` (the client balances over them and moves on

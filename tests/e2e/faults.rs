@@ -11,12 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// A free loopback port, so that a restarted scheduler answers where its nodes
-/// already look.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 fn start_server(dir: &Path, data: &Path, port: u16, extra: &[&str]) -> Proc {
     let _ = std::fs::remove_file(data.join("server.url"));
     let listen = format!("127.0.0.1:{port}");

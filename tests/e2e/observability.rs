@@ -118,11 +118,6 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 /// Percent-encodes a query value.
 fn encode(s: &str) -> String {
     s.bytes()
