@@ -162,6 +162,14 @@ impl Auth {
         if !stored.iter().any(|(name, hash, _, _)| name == ADMIN && *hash == admin_hash) {
             store.put_token(ADMIN, &admin_hash, &TokenRole::Admin.to_string(), now_ms())?;
         }
+        let auth = Auth { join: sha256(join_token), users: Mutex::default(), nodes: Mutex::default(), metrics_open };
+        auth.reload(store)?;
+        Ok(auth)
+    }
+
+    /// Reads the tokens and node credentials from `store` again (a follower
+    /// does, as the leader changes them).
+    pub fn reload(&self, store: &Store) -> anyhow::Result<()> {
         let mut users = Vec::new();
         for (name, hash, role, created_ms) in store.tokens()? {
             let role = if role == "admin" { TokenRole::Admin } else { TokenRole::ReadOnly };
@@ -170,7 +178,9 @@ impl Auth {
             }
         }
         let nodes = store.node_credentials()?.into_iter().filter_map(|(n, h)| Some((unhex(&h)?, n))).collect();
-        Ok(Auth { join: sha256(join_token), users: Mutex::new(users), nodes: Mutex::new(nodes), metrics_open })
+        *self.users() = users;
+        *self.node_map() = nodes;
+        Ok(())
     }
 
     fn users(&self) -> MutexGuard<'_, Vec<User>> {

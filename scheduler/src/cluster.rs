@@ -45,6 +45,8 @@ pub const LEASE_TTL: i64 = 2;
 const KEEPALIVE: Duration = Duration::from_millis(400);
 /// Margin by which a leader stops before its lease could end.
 const MARGIN: Duration = Duration::from_millis(300);
+/// Longest a call waits for this server to finish taking over as leader.
+const STARTING: Duration = Duration::from_secs(5);
 /// Header on a call one server forwards to another (never forwarded again).
 const FORWARDED: &str = "x-skiff-forwarded";
 /// Header on server-to-server blob copies, served from the receiver's own disk.
@@ -54,6 +56,8 @@ const PEER_BLOB: &str = "x-skiff-peer";
 enum Role {
     /// Not the leader; `leader` is who is, if anyone.
     Follower { leader: Option<ServerInfo> },
+    /// Won the election, building the leader's API: calls wait for it.
+    Starting,
     /// The leader: the full API.
     Leader(axum::Router),
 }
@@ -64,6 +68,10 @@ pub(crate) struct Cluster {
     endpoints: Endpoints,
     pub me: ServerInfo,
     role: RwLock<Role>,
+    /// The reads this server answers while it follows.
+    reads: RwLock<Option<Arc<crate::follow::Reads>>>,
+    /// A build of `reads` is under way.
+    building_reads: std::sync::atomic::AtomicBool,
     /// Calls to other servers (they share the CA).
     http: reqwest::Client,
     /// The admin token, sent with blob copies.
@@ -75,6 +83,9 @@ pub(crate) struct Cluster {
 /// tasks to stop when leadership ends.
 pub(crate) type Lead =
     Arc<dyn Fn(Fence, Arc<Cluster>) -> anyhow::Result<(axum::Router, Vec<tokio::task::AbortHandle>)> + Send + Sync>;
+
+/// Builds a follower's read API (`follow.rs`), kept while this server follows.
+pub(crate) type Follow = Arc<dyn Fn(Arc<Cluster>) -> anyhow::Result<crate::follow::Reads> + Send + Sync>;
 
 fn key(ep: &Endpoints, rest: &str) -> String {
     format!("{}{rest}", ep.prefix)
@@ -209,6 +220,8 @@ impl Cluster {
             endpoints,
             me,
             role: RwLock::new(Role::Follower { leader: None }),
+            reads: RwLock::new(None),
+            building_reads: std::sync::atomic::AtomicBool::new(false),
             http,
             admin_token,
             blobs,
@@ -281,12 +294,26 @@ impl Cluster {
         if resp.succeeded() {
             return Ok(Ok(Fence { key: k, revision }));
         }
-        let holder = resp.op_responses().into_iter().find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => {
-                g.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok())
-            }
+        let held = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| (serde_json::from_slice::<ServerInfo>(kv.value()).ok(), kv.create_revision(), kv.lease())),
             _ => None,
         });
+        let Some((holder, created, holder_lease)) = held else { return Ok(Err((None, revision))) };
+        if holder.as_ref().is_some_and(|h| h.name == self.me.name) && holder_lease != lease.id {
+            // This server's own key from a lease it no longer holds (it stepped
+            // down while etcd could not take the key back): it leads nobody.
+            // Names are unique in a cluster, so no other server made it.
+            tracing::info!("removing the election key left from this server's previous lease");
+            let txn = Txn::new()
+                .when([Compare::create_revision(k.clone(), CompareOp::Equal, created)])
+                .and_then([TxnOp::delete(k, None)]);
+            let mut c = self.client.clone();
+            etcd::run(async move { c.txn(txn).await }).await?;
+            return Ok(Err((None, revision)));
+        }
         Ok(Err((holder, revision)))
     }
 
@@ -307,7 +334,7 @@ impl Cluster {
     }
 
     /// Campaigns for ever: leads while it can, follows otherwise.
-    pub(crate) async fn run(self: Arc<Self>, lead: Lead) {
+    pub(crate) async fn run(self: Arc<Self>, lead: Lead, follow: Follow) {
         let mut lease: Option<Lease> = None;
         loop {
             if !lease.as_ref().is_some_and(Lease::alive) {
@@ -333,10 +360,14 @@ impl Cluster {
                         tracing::info!("following {}", holder.as_ref().map_or("nobody yet", |h| h.name.as_str()));
                     }
                     self.set_follower(holder);
+                    self.keep_reads(&follow);
                     // Check the lease now and then even while the leader stays.
                     self.await_vacancy(revision, Duration::from_secs(1)).await;
                 }
                 Ok(Ok(fence)) => {
+                    // The leader answers from its own working set.
+                    *self.reads.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    *self.role.write().unwrap_or_else(|p| p.into_inner()) = Role::Starting;
                     let started = Instant::now();
                     let (f, c, build) = (fence.clone(), self.clone(), lead.clone());
                     let built = tokio::task::spawn_blocking(move || build(f, c))
@@ -414,6 +445,32 @@ impl Cluster {
         }
     }
 
+    /// Starts building the follower's read API unless it exists or is being built
+    /// (a failed build is tried again on the next call).
+    fn keep_reads(self: &Arc<Self>, follow: &Follow) {
+        use std::sync::atomic::Ordering;
+        if self.reads().is_some() || self.building_reads.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (me, follow) = (self.clone(), follow.clone());
+        tokio::task::spawn_blocking(move || {
+            match follow(me.clone()) {
+                Ok(reads) => {
+                    let following = matches!(*me.role.read().unwrap_or_else(|p| p.into_inner()), Role::Follower { .. });
+                    if following {
+                        *me.reads.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(reads));
+                    }
+                }
+                Err(e) => tracing::warn!("building this follower's reads: {e:#}; forwarding them to the leader"),
+            }
+            me.building_reads.store(false, Ordering::SeqCst);
+        });
+    }
+
+    fn reads(&self) -> Option<Arc<crate::follow::Reads>> {
+        self.reads.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn set_follower(&self, leader: Option<ServerInfo>) {
         *self.role.write().unwrap_or_else(|p| p.into_inner()) = Role::Follower { leader };
     }
@@ -421,7 +478,7 @@ impl Cluster {
     /// Who leads, as this server knows it.
     pub(crate) fn leader(&self) -> Option<ServerInfo> {
         match &*self.role.read().unwrap_or_else(|p| p.into_inner()) {
-            Role::Leader(_) => Some(self.me.clone()),
+            Role::Leader(_) | Role::Starting => Some(self.me.clone()),
             Role::Follower { leader } => leader.clone(),
         }
     }
@@ -579,15 +636,24 @@ impl Cluster {
         if path.starts_with("/v1/blobs/") && req.headers().contains_key(PEER_BLOB) {
             return self.peer_blob(req).await;
         }
-        let router = match &*self.role.read().unwrap_or_else(|p| p.into_inner()) {
-            Role::Leader(r) => Some(r.clone()),
-            Role::Follower { .. } => None,
-        };
+        let router = self.leading().await;
         if let Some(router) = router {
             return match router.oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
+        }
+        if crate::follow::is_cached_read(req.method(), path)
+            && let Some(reads) = self.reads().filter(|r| r.is_current())
+        {
+            let mut resp = match reads.router.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            if let Ok(v) = HeaderValue::from_str(&format!("{} at revision {}", self.me.name, reads.revision())) {
+                resp.headers_mut().insert(crate::follow::READ_FROM, v);
+            }
+            return resp;
         }
         if path == "/v1/servers" {
             // Answered here even without a leader: that is when it matters.
@@ -603,7 +669,18 @@ impl Cluster {
             return error(StatusCode::SERVICE_UNAVAILABLE, "this server is not the leader (any more); retry");
         }
         match self.leader() {
-            Some(l) => self.forward(&l, req).await,
+            Some(l) => {
+                let write = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+                let resp = self.forward(&l, req).await;
+                // Read your writes: this server's copy shows the change before the answer.
+                if write
+                    && resp.status().is_success()
+                    && let Some(reads) = self.reads()
+                {
+                    reads.catch_up().await;
+                }
+                resp
+            }
             None => {
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -612,6 +689,21 @@ impl Cluster {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 r
             }
+        }
+    }
+
+    /// The leader's API if this server leads (waiting, at most [`STARTING`],
+    /// while it takes over: it won the election, so no one else will answer).
+    async fn leading(&self) -> Option<axum::Router> {
+        let deadline = Instant::now() + STARTING;
+        loop {
+            match &*self.role.read().unwrap_or_else(|p| p.into_inner()) {
+                Role::Leader(r) => return Some(r.clone()),
+                Role::Follower { .. } => return None,
+                Role::Starting if Instant::now() >= deadline => return None,
+                Role::Starting => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

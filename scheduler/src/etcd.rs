@@ -37,6 +37,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 const PAGE: i64 = 1_000;
 
 type Result<T> = std::result::Result<T, StoreError>;
+/// A key (without the store's prefix) and its value.
+pub(crate) type Kv = (String, Vec<u8>);
 
 /// Where the store is: `etcd://host:port,host:port[/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +201,7 @@ pub async fn connect(ep: &Endpoints) -> Result<Client> {
 }
 
 /// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -224,6 +226,8 @@ pub struct Etcd {
     /// Writes happen only while the election key is still ours; `None` writes
     /// unconditionally (`skiff server migrate` into an empty store).
     fence: Option<Fence>,
+    /// A follower's reader: every write is refused ([`Etcd::reader`]).
+    read_only: bool,
     /// The last event id used (only the leader writes events).
     last_event: AtomicU64,
 }
@@ -290,11 +294,18 @@ fn raw(text: &str) -> serde_json::Value {
 impl Etcd {
     /// The backend on `client` under `prefix`, writing only while `fence` holds.
     pub fn open(client: Client, prefix: &str, fence: Option<Fence>) -> Result<Etcd> {
-        let mut etcd = Etcd { client, prefix: prefix.to_string(), fence, last_event: AtomicU64::new(0) };
+        let mut etcd =
+            Etcd { client, prefix: prefix.to_string(), fence, read_only: false, last_event: AtomicU64::new(0) };
         let last = etcd.range_desc("events/", 1)?;
         let id = last.first().and_then(|(k, _)| k.rsplit('/').next()?.parse::<u64>().ok()).unwrap_or(0);
         etcd.last_event = AtomicU64::new(id);
         Ok(etcd)
+    }
+
+    /// The backend of a server that is not the leader: it reads, and refuses
+    /// every write with [`StoreError::NotLeader`].
+    pub fn reader(client: Client, prefix: &str) -> Etcd {
+        Etcd { client, prefix: prefix.to_string(), fence: None, read_only: true, last_event: AtomicU64::new(0) }
     }
 
     fn key(&self, rest: &str) -> String {
@@ -303,17 +314,31 @@ impl Etcd {
 
     /// Every (key without the prefix, value) under `table`, in key order.
     fn range(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.range_at(table, 0).map(|(kvs, _)| kvs)
+    }
+
+    /// Every (key without the prefix, value) under `table` at store `revision`
+    /// (0: the latest), in key order, and the revision read.
+    pub(crate) fn range_at(&self, table: &str, revision: i64) -> Result<(Vec<Kv>, i64)> {
         let start = self.key(table).into_bytes();
         let end = prefix_end(&start);
         let mut out = Vec::new();
         let mut from = start;
+        let mut revision = revision;
         loop {
             let resp = retrying(|| {
                 let (mut client, f, e) = (self.client.clone(), from.clone(), end.clone());
-                let opts =
-                    GetOptions::new().with_range(e).with_limit(PAGE).with_sort(SortTarget::Key, SortOrder::Ascend);
+                let opts = GetOptions::new()
+                    .with_range(e)
+                    .with_limit(PAGE)
+                    .with_sort(SortTarget::Key, SortOrder::Ascend)
+                    .with_revision(revision);
                 block(async move { client.get(f, Some(opts)).await })
             })?;
+            // Later pages read at the first page's revision: one consistent view.
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
             let kvs = resp.kvs();
             for kv in kvs {
                 let key = String::from_utf8_lossy(kv.key());
@@ -324,7 +349,7 @@ impl Etcd {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(out),
+                _ => return Ok((out, revision)),
             }
         }
     }
@@ -352,6 +377,9 @@ impl Etcd {
     fn txn(&self, ops: Vec<TxnOp>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err(StoreError::NotLeader);
         }
         let mut txn = Txn::new();
         if let Some(f) = &self.fence {
@@ -473,83 +501,88 @@ fn unhex(what: &'static str, s: &str) -> Result<Vec<u8>> {
     hex::decode(s).map_err(|e| StoreError::Etcd(format!("{what} holds bad hex: {e}")))
 }
 
+/// The tables that make the working set ([`decode_tables`] reads these).
+pub(crate) const WORKING_SET: [&str; 7] =
+    ["nodes/", "revisions/", "deployments/", "replicas/", "meta/", "secrets/", "volumes/"];
+
+/// The working set from its tables, each read by `range` (a table's
+/// (key without the prefix, value) pairs in key order): from etcd itself, or
+/// from a follower's copy (`follow.rs`).
+pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)>>) -> Result<Loaded> {
+    let nodes: Vec<Node> = range("nodes/")?.iter().map(|(_, v)| decode("node", v)).collect::<Result<_>>()?;
+    let mut revisions = Vec::new();
+    for (k, v) in range("revisions/")? {
+        let mut parts = k["revisions/".len()..].rsplitn(2, '/');
+        let (Some(rev), Some(dep)) = (parts.next(), parts.next()) else { continue };
+        let r: StoredRevision = decode("revision", &v)?;
+        let spec: WorkloadSpec =
+            serde_json::from_value(r.spec).map_err(|source| StoreError::Decode { what: "revision", source })?;
+        revisions.push((dep.to_string(), rev.parse::<u64>().unwrap_or(0), spec));
+    }
+    let mut deployments = Vec::new();
+    for (k, v) in range("deployments/")? {
+        let name = k["deployments/".len()..].to_string();
+        let d: StoredDeployment = decode("deployment", &v)?;
+        let extra: crate::store::DeploymentExtra =
+            serde_json::from_value(d.extra).map_err(|source| StoreError::Decode { what: "deployment", source })?;
+        let Some(spec) = revisions.iter().find(|(n, r, _)| *n == name && *r == d.revision).map(|(_, _, s)| s.clone())
+        else {
+            return Err(StoreError::Etcd(format!(
+                "deployment {name} points at revision {} that is not stored",
+                d.revision
+            )));
+        };
+        deployments.push(Deployment {
+            name,
+            replicas: d.replicas,
+            revision: d.revision,
+            spec,
+            created_ms: d.created_ms,
+            updated_ms: d.updated_ms,
+            status: DeploymentStatus::default(),
+            strategy: extra.strategy,
+            rollout: extra.rollout,
+            autoscale: extra.autoscale,
+        });
+    }
+    let replicas: Vec<Replica> =
+        range("replicas/")?.iter().map(|(_, v)| decode("replica", v)).collect::<Result<_>>()?;
+    let meta = range("meta/")?
+        .into_iter()
+        .map(|(k, v)| (k["meta/".len()..].to_string(), String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let mut secrets = Vec::new();
+    for (k, v) in range("secrets/")? {
+        let s: StoredSecret = decode("secret", &v)?;
+        let keys = serde_json::from_value(s.keys).map_err(|source| StoreError::Decode { what: "secret", source })?;
+        let sealed =
+            Sealed { key_id: s.key_id, nonce: unhex("secret", &s.nonce)?, ciphertext: unhex("secret", &s.ciphertext)? };
+        let secret = Secret {
+            name: k["secrets/".len()..].to_string(),
+            keys,
+            created_ms: s.created_ms,
+            updated_ms: s.updated_ms,
+        };
+        secrets.push((secret, sealed));
+    }
+    let mut volumes = Vec::new();
+    for (k, v) in range("volumes/")? {
+        let s: StoredVolume = decode("volume", &v)?;
+        let volume = Volume {
+            name: k["volumes/".len()..].to_string(),
+            node: s.node,
+            size: s.size.map(skiff_api::quantity::Memory),
+            deployments: vec![],
+            created_ms: s.created_ms,
+        };
+        volumes.push((volume, s.purge));
+    }
+    Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
+}
+
 impl Backend for Etcd {
     fn load(&self) -> Result<Loaded> {
-        let nodes: Vec<Node> = self.range("nodes/")?.iter().map(|(_, v)| decode("node", v)).collect::<Result<_>>()?;
-        let mut revisions = Vec::new();
-        for (k, v) in self.range("revisions/")? {
-            let mut parts = k["revisions/".len()..].rsplitn(2, '/');
-            let (Some(rev), Some(dep)) = (parts.next(), parts.next()) else { continue };
-            let r: StoredRevision = decode("revision", &v)?;
-            let spec: WorkloadSpec =
-                serde_json::from_value(r.spec).map_err(|source| StoreError::Decode { what: "revision", source })?;
-            revisions.push((dep.to_string(), rev.parse::<u64>().unwrap_or(0), spec));
-        }
-        let mut deployments = Vec::new();
-        for (k, v) in self.range("deployments/")? {
-            let name = k["deployments/".len()..].to_string();
-            let d: StoredDeployment = decode("deployment", &v)?;
-            let extra: crate::store::DeploymentExtra =
-                serde_json::from_value(d.extra).map_err(|source| StoreError::Decode { what: "deployment", source })?;
-            let Some(spec) =
-                revisions.iter().find(|(n, r, _)| *n == name && *r == d.revision).map(|(_, _, s)| s.clone())
-            else {
-                return Err(StoreError::Etcd(format!(
-                    "deployment {name} points at revision {} that is not stored",
-                    d.revision
-                )));
-            };
-            deployments.push(Deployment {
-                name,
-                replicas: d.replicas,
-                revision: d.revision,
-                spec,
-                created_ms: d.created_ms,
-                updated_ms: d.updated_ms,
-                status: DeploymentStatus::default(),
-                strategy: extra.strategy,
-                rollout: extra.rollout,
-                autoscale: extra.autoscale,
-            });
-        }
-        let replicas: Vec<Replica> =
-            self.range("replicas/")?.iter().map(|(_, v)| decode("replica", v)).collect::<Result<_>>()?;
-        let meta = self
-            .range("meta/")?
-            .into_iter()
-            .map(|(k, v)| (k["meta/".len()..].to_string(), String::from_utf8_lossy(&v).into_owned()))
-            .collect();
-        let mut secrets = Vec::new();
-        for (k, v) in self.range("secrets/")? {
-            let s: StoredSecret = decode("secret", &v)?;
-            let keys =
-                serde_json::from_value(s.keys).map_err(|source| StoreError::Decode { what: "secret", source })?;
-            let sealed = Sealed {
-                key_id: s.key_id,
-                nonce: unhex("secret", &s.nonce)?,
-                ciphertext: unhex("secret", &s.ciphertext)?,
-            };
-            let secret = Secret {
-                name: k["secrets/".len()..].to_string(),
-                keys,
-                created_ms: s.created_ms,
-                updated_ms: s.updated_ms,
-            };
-            secrets.push((secret, sealed));
-        }
-        let mut volumes = Vec::new();
-        for (k, v) in self.range("volumes/")? {
-            let s: StoredVolume = decode("volume", &v)?;
-            let volume = Volume {
-                name: k["volumes/".len()..].to_string(),
-                node: s.node,
-                size: s.size.map(skiff_api::quantity::Memory),
-                deployments: vec![],
-                created_ms: s.created_ms,
-            };
-            volumes.push((volume, s.purge));
-        }
-        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
+        decode_tables(|table| self.range(table))
     }
 
     fn commit(&mut self, ops: Vec<Op>) -> Result<()> {

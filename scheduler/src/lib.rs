@@ -11,6 +11,7 @@ mod dashboard;
 mod endpoints;
 mod error;
 pub mod etcd;
+mod follow;
 mod heartbeats;
 mod http;
 mod images;
@@ -269,6 +270,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
             let blobs = blobs::Blobs::open(&config.data_dir).context("opening the blob store")?;
             let cluster =
                 Arc::new(cluster::Cluster::new(client.clone(), ep.clone(), me, tls.fingerprint, admin, blobs)?);
+            let (client2, ep2, config2, secret) = (client.clone(), ep.clone(), config.clone(), token.secret.clone());
+            let follow: cluster::Follow = Arc::new(move |cluster| {
+                // The same API on a store that refuses writes; only reads reach it.
+                let config = ServerConfig { rotate_secret_key: false, ..config2.clone() };
+                let backend = etcd::Etcd::reader(client2.clone(), &ep2.prefix);
+                let core = core(config, store::Store::new(Box::new(backend)), &secret, Some(cluster))?;
+                follow::Reads::start(core.clone(), http::router(core), client2.clone(), &ep2.prefix)
+            });
             let secret = token.secret.clone();
             let lead: cluster::Lead = Arc::new(move |fence, cluster| {
                 let backend = etcd::Etcd::open(client.clone(), &ep.prefix, Some(fence))?;
@@ -279,7 +288,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
                 ];
                 Ok((http::router(core), tasks))
             });
-            tokio::spawn(cluster.clone().run(lead));
+            tokio::spawn(cluster.clone().run(lead, follow));
             axum::Router::new().fallback(move |req: axum::extract::Request| cluster.clone().serve(req))
         }
         _ => {

@@ -207,6 +207,14 @@ impl State {
         })
     }
 
+    /// Puts `mem` in place of the working set (a follower's copy, rebuilt from
+    /// the store's changes) and wakes what waits for a change.
+    pub(crate) fn replace_mem(&mut self, mem: Mem) {
+        self.mem = mem;
+        self.endpoints.send_modify(|i| *i += 1);
+        crate::metrics::changed();
+    }
+
     /// Runs `f` on the working set inside one store transaction; commits, then wakes
     /// the nodes whose desired set changed. On any failure the working set is
     /// reloaded from the store.
@@ -798,7 +806,11 @@ fn seed_of(id: &str) -> u64 {
 
 impl Mem {
     fn load(store: &Store) -> Result<Mem, StoreError> {
-        let loaded = store.load()?;
+        Ok(Mem::from_loaded(store.load()?))
+    }
+
+    /// The working set of `loaded` (a follower's copy is rebuilt this way).
+    pub(crate) fn from_loaded(loaded: crate::store::Loaded) -> Mem {
         let mut mem = Mem::default();
         for (k, v) in &loaded.meta {
             match k.as_str() {
@@ -836,7 +848,7 @@ impl Mem {
         }
         mem.touched.clear();
         mem.sched_dirty = true;
-        Ok(mem)
+        mem
     }
 
     /// Every node, in a stable order.

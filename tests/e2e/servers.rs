@@ -184,6 +184,7 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
         remember_ca(u, &cwd.join("s1").join("ca.crt"));
         assert_eq!(leader(cwd, u).as_deref(), Ok(first.as_str()), "{u} names another leader");
     }
+    follower_reads_its_own_copy(cwd, &procs, &first);
 
     // Two real nodes and 20 simulated ones, all given the three servers.
     let mut nodes = Vec::new();
@@ -256,6 +257,15 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
         if done { Ok(()) } else { Err(format!("{l:?}")) }
     });
 
+    // Every server shows the same, the follower from its own copy.
+    for (name, _, url) in &procs {
+        wait_for(Duration::from_secs(10), &format!("{name} shows work rolled out"), || {
+            let l = live(cwd, url, "work", 5)?;
+            let done = l.len() == 4 && l.iter().all(|r| r.2 == "running" && r.3 == 2);
+            if done { Ok(()) } else { Err(format!("{l:?}")) }
+        });
+    }
+
     // A 1,000-replica deploy in flight when the next leader dies.
     let big = ["deploy", w, "--name", "big", "--replicas", "1000", "--label-selector", "kind=sim", "--cpu", "10m"];
     cli_ok(cwd, &urls, &[&big[..], &["--memory", "16Mi"]].concat());
@@ -292,6 +302,31 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
     drop(nodes);
     drop(procs);
     drop(etcd);
+}
+
+/// A follower answers reads from its own copy of the store (its answers say so)
+/// and shows a write made through it at once: a token created through it is
+/// listed, and accepted, by it right away.
+fn follower_reads_its_own_copy(cwd: &Path, procs: &[(String, Proc, String)], leader: &str) {
+    let (name, url) =
+        procs.iter().find(|(n, _, _)| n != leader).map(|(n, _, u)| (n.clone(), u.clone())).expect("a follower");
+    let host = url.split_once("://").map_or(url.as_str(), |(_, h)| h).to_string();
+    let admin = token_for(&url).expect("the admin token");
+    let viewer = cli_ok(cwd, &url, &["token", "create", "--read-only", "--name", "viewer"]).trim().to_string();
+    let a = get(&url, &host, "/v1/tokens").expect("GET /v1/tokens from the follower");
+    assert_eq!(a.status, 200, "{a:?}");
+    let from = a.header("x-skiff-read-from").unwrap_or_default();
+    assert!(from.starts_with(&format!("{name} at revision ")), "not read from {name}'s copy: {a:?}");
+    assert!(a.body.contains("\"viewer\""), "the token made through {name} is not in its copy: {}", a.body);
+    remember_token(&url, &viewer);
+    let a = get(&url, &host, "/v1/deployments");
+    remember_token(&url, &admin);
+    let a = a.expect("GET /v1/deployments with the new token");
+    assert_eq!(a.status, 200, "{name} refused the token made through it: {a:?}");
+    assert!(a.header("x-skiff-read-from").is_some(), "{a:?}");
+    // Node traffic, and writes, still go to the leader.
+    let a = get(&url, &host, "/metrics").expect("GET /metrics from the follower");
+    assert!(a.header("x-skiff-read-from").is_none(), "metrics are the leader's: {a:?}");
 }
 
 /// SIGKILLs the server named `name`; when.
@@ -354,6 +389,12 @@ fn losing_etcd_members_one_is_carried_two_is_a_clear_error() {
         "the error does not say the store or the leader is the trouble: {refused}"
     );
     println!("without a majority: {}", refused.trim());
+    // Nor is a stale copy passed off as the cluster: reads fail as clearly.
+    let unread = wait_for(Duration::from_secs(15), "a read refused without etcd's majority", || {
+        let out = cli_in(cwd, &url, &["get", "deployments"]);
+        if out.ok { Err(format!("answered: {}", out.stdout)) } else { Ok(out.stderr) }
+    });
+    assert_eq!(unread.trim().lines().count(), 1, "not one line: {unread}");
 
     // Back: a leader again, the 5 kept, and writes work.
     etcd.restart(1);
@@ -367,6 +408,9 @@ fn losing_etcd_members_one_is_carried_two_is_a_clear_error() {
         serde_json::from_str::<Value>(&out.stdout).map_err(|e| e.to_string())
     });
     assert_eq!(d["replicas"], 5, "the refused scale to 7 changed something: {d}");
+    // Reads came back from the server's own copy; writes wait for a leader
+    // (its old key lives until etcd expires the lease it was made under).
+    wait_for(Duration::from_secs(30), "a leader again", || leader(cwd, &url));
     cli_ok(cwd, &url, &["scale", "q", "2"]);
     wait_for(Duration::from_secs(30), "q scaled to 2 after the store came back", || {
         let l = live(cwd, &url, "q", 5)?;
