@@ -134,6 +134,8 @@ run: build
 # deploy latency. Results go to bench/results/<time>.json and the README table is
 # regenerated from them. BENCH_ARGS passes options (`--scenarios a,failover`).
 BENCH_ARGS ?=
+# Options for the etcd-store run that follows (`--nodes 1000`).
+BENCH_ETCD_ARGS ?=
 # The http scenario's peer: the wasmtime CLI of skiff's wasmtime version, built
 # once into a cache outside the clone (a long build the first time), and wrk.
 BENCH_TOOLS ?= /var/cache/skiff-bench-tools
@@ -146,6 +148,9 @@ bench: deps wasm
 	$(CARGO) build --release -p skiff-cli -p skiff-bench
 	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \
 	  --component $(WASM_P2)/hello_http.wasm --wasmtime $(BENCH_TOOLS)/bin/wasmtime $(BENCH_ARGS)
+	# The scheduler's scenarios again with the etcd store (several servers' store), recorded beside SQLite's.
+	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \
+	  --store etcd --scenarios a,failover,deploy $(BENCH_ETCD_ARGS)
 	$(TARGET)/release/skiff-bench report
 
 # Regenerates the README's benchmark table from bench/results/ without running anything.

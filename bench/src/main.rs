@@ -100,6 +100,24 @@ struct RunArgs {
     /// Idle replicas on one node in the idle scenario
     #[arg(long, default_value_t = 10_000)]
     idle_replicas: u32,
+    /// The scheduler's store in scenarios a, failover, b and deploy: `sqlite`, or
+    /// `etcd` (one etcd member from Debian's etcd-server, started by the bench)
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
+    store: String,
+    /// `--store etcd://...` of the etcd the bench started
+    #[arg(skip)]
+    store_url: Option<String>,
+}
+
+impl RunArgs {
+    /// The arguments that put the server (or `skiff dev`) of `scenario` on the
+    /// store benchmarked (on etcd, under a prefix of its own: each is a new cluster).
+    fn store_args(&self, scenario: &str) -> Vec<String> {
+        match &self.store_url {
+            Some(url) => vec!["--store".into(), format!("{url}/bench-{scenario}")],
+            None => vec![],
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -128,11 +146,20 @@ const SUBMIT_CONCURRENCY: usize = 16;
 /// scheduler checks that a deployment's artifact is Wasm.
 const EMPTY_WASM: &[u8] = b"\0asm\x01\0\0\0";
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     procs::raise_fd_limit();
     if !args.skiff.exists() {
         bail!("{} not found; build it with `cargo build --release -p skiff-cli`", args.skiff.display());
     }
+    let _etcd = match args.store.as_str() {
+        "etcd" => {
+            let (etcd, url) = procs::Etcd::start().await?;
+            println!("store: one etcd member at {url}");
+            args.store_url = Some(url);
+            Some(etcd)
+        }
+        _ => None,
+    };
     let started = now_rfc3339();
     let machine = procs::machine();
     let mut scenarios = serde_json::Map::new();
@@ -153,6 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "machine": machine,
             "commit": commit,
             "skiff": args.skiff.display().to_string(),
+            "store": args.store,
             "scenarios": scenarios,
         });
         std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")
@@ -418,7 +446,8 @@ fn plan_a(total: u32) -> Vec<(String, u32, u64, u64)> {
 
 async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Option<Value>)> {
     println!("scenario a: {} nodes, {} replicas", args.nodes, args.replicas);
-    let mut c = Cluster::start(&args.skiff, "a", &[]).await?;
+    let store = args.store_args("a");
+    let mut c = Cluster::start(&args.skiff, "a", &store.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     // Two processes, so that failover can kill 10% of the nodes at once.
     let victims = if failover { args.nodes / 10 } else { 0 };
     c.simulate(&args.skiff, args.nodes - victims, "sa")?;
@@ -554,7 +583,8 @@ async fn scenario_failover(c: &mut Cluster, victims: usize, plan: &[(String, u32
 
 async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     println!("scenario b: {} nodes, {} replicas", args.nodes, args.c1m_replicas);
-    let mut c = Cluster::start(&args.skiff, "b", &[]).await?;
+    let store = args.store_args("b");
+    let mut c = Cluster::start(&args.skiff, "b", &store.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     c.simulate(&args.skiff, args.nodes, "sc")?;
     let join = c.wait_ready_nodes(args.nodes).await?;
     let digest = c.upload(EMPTY_WASM).await?;
@@ -607,7 +637,8 @@ async fn scenario_deploy(args: &RunArgs) -> anyhow::Result<Value> {
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("reading {} (build the examples with `make wasm`)", args.wasm.display()))?;
     let dir = TempDir::new("deploy")?;
-    let dev = dev_cluster(&args.skiff, &dir, &[]).await?;
+    let store = args.store_args("deploy");
+    let dev = dev_cluster(&args.skiff, &dir, &store.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let (api, node) = (&dev.api, &dev.node);
     let digest = dev.upload(wasm).await?;
     let http = reqwest::Client::new();

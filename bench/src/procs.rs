@@ -172,3 +172,62 @@ pub fn raise_fd_limit() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
+
+/// One etcd member (Debian's `etcd`) on free loopback ports, its data in a temp
+/// dir; killed and removed on drop. Started with the limits skiff needs.
+pub struct Etcd {
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    /// Starts it and waits until it answers; returns it with its `etcd://` URL.
+    pub async fn start() -> anyhow::Result<(Etcd, String)> {
+        let dir = TempDir::new("etcd")?;
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let (client, peer) = (format!("http://127.0.0.1:{}", free()?), format!("http://127.0.0.1:{}", free()?));
+        let data = dir.path().join("data").display().to_string();
+        let args = [
+            "--name",
+            "bench",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("bench={peer}"),
+            "--max-txn-ops",
+            "65536",
+            "--max-request-bytes",
+            "33554432",
+            "--quota-backend-bytes",
+            "8589934592",
+        ];
+        let proc = Proc::spawn(Path::new("etcd"), &args, &dir.path().join("etcd.log"))
+            .context("starting etcd (`make deps` installs Debian's etcd-server)")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let health = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &client, "endpoint", "health"])
+                .output()
+                .context("running etcdctl (Debian's etcd-client)")?;
+            if health.status.success() {
+                break;
+            }
+            proc.check_alive()?;
+            if std::time::Instant::now() > deadline {
+                bail!("etcd at {client} not healthy within 30 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let url = format!("etcd://{}", client.trim_start_matches("http://"));
+        Ok((Etcd { _proc: proc, _dir: dir }, url))
+    }
+}

@@ -57,7 +57,12 @@ fn num(x: Option<f64>, digits: usize) -> String {
 fn table(runs: &[Value]) -> String {
     let mut out =
         String::from("| benchmark | result | target | date | machine | commit |\n|---|---|---|---|---|---|\n");
-    let newest = |key: &str| runs.iter().rev().find(|r| r.get("scenarios").and_then(|s| s.get(key)).is_some());
+    // A run's store (`--store`; runs before it existed were on SQLite).
+    let store_of = |r: &Value| r.get("store").and_then(Value::as_str).unwrap_or("sqlite").to_string();
+    let newest_on = |key: &str, store: &str| {
+        runs.iter().rev().find(|r| store_of(r) == store && r.get("scenarios").and_then(|s| s.get(key)).is_some())
+    };
+    let newest = |key: &str| newest_on(key, "sqlite");
     let mut row = |run: &Value, name: String, result: String, target: &str| {
         let date = run.get("date").and_then(Value::as_str).unwrap_or("?");
         let m = run.get("machine").cloned().unwrap_or_default();
@@ -75,86 +80,94 @@ fn table(runs: &[Value]) -> String {
             &date[..date.len().min(10)]
         ));
     };
-    if let Some(run) = newest("a")
-        && let Some(err) = run["scenarios"]["a"].get("error").and_then(Value::as_str)
-    {
-        let short: String = err.chars().take(160).collect();
-        row(run, "A: scheduling at scale (simulated nodes)".into(), format!("failed: {short}"), "≥ 8,100 placements/s");
-    } else if let Some(run) = newest("a") {
-        let a = &run["scenarios"]["a"];
-        let shape = format!("{} nodes, {} replicas", a["nodes"], a["replicas"]);
-        let finished = a["finished"].as_bool().unwrap_or(false);
-        let placements = if finished {
-            format!("{} placements/s", num(f(a, &["placements_per_s"]), 0))
-        } else {
-            format!("unfinished: {} assigned, {} running", a["assigned"], a["running"])
-        };
-        row(run, format!("A: scheduling ({shape}, simulated nodes)"), placements, "≥ 8,100 placements/s");
-        row(
-            run,
-            "A: create → every replica running, per deployment".into(),
-            format!(
-                "p50 {} ms, p99 {} ms",
-                num(f(a, &["create_to_running_ms", "p50"]), 0),
-                num(f(a, &["create_to_running_ms", "p99"]), 0)
-            ),
-            "—",
-        );
-        row(
-            run,
-            "A: scheduler CPU time and peak RSS".into(),
-            format!("{} s CPU, {}", num(f(a, &["scheduler_cpu_s"]), 1), mib(f(a, &["scheduler_peak_rss_bytes"]))),
-            "—",
-        );
-    }
-    if let Some(run) = newest("failover") {
-        let x = &run["scenarios"]["failover"];
-        row(
-            run,
-            format!("Failover: {} simulated nodes killed", x["killed_nodes"]),
-            format!(
-                "{} lost replicas running elsewhere after {} s (nodes down after {} s)",
-                x["lost_replicas"],
-                num(f(x, &["all_running_again_s"]), 2),
-                num(f(x, &["all_down_s"]), 2)
-            ),
-            "≤ 5 s",
-        );
-    }
-    if let Some(run) = newest("b") {
-        let b = &run["scenarios"]["b"];
-        let result = if b["finished"].as_bool().unwrap_or(false) {
-            format!(
-                "all running after {} s (assigned after {} s), scheduler RSS {}",
-                num(f(b, &["all_running_s"]), 1),
-                num(f(b, &["all_assigned_s"]), 1),
-                mib(f(b, &["scheduler_peak_rss_bytes"]))
-            )
-        } else {
-            format!(
-                "unfinished after {} s: {} assigned, {} running; scheduler RSS {}",
-                num(f(b, &["elapsed_s"]), 0),
-                b["assigned"],
-                b["running"],
-                mib(f(b, &["scheduler_peak_rss_bytes"]))
-            )
-        };
-        row(run, format!("B: {} replicas onto {} nodes", b["replicas"], b["nodes"]), result, "< 120 s");
-    }
-    if let Some(run) = newest("deploy") {
-        let d = &run["scenarios"]["deploy"];
-        row(
-            run,
-            format!("Deploy → first replica running ({} deploys, `skiff dev`)", d["deploys"]),
-            format!(
-                "on the node p50 {} ms, p99 {} ms; reported to the scheduler p50 {} ms, p99 {} ms",
-                num(f(d, &["running_on_node_ms", "p50"]), 1),
-                num(f(d, &["running_on_node_ms", "p99"]), 1),
-                num(f(d, &["running_at_scheduler_ms", "p50"]), 0),
-                num(f(d, &["running_at_scheduler_ms", "p99"]), 0)
-            ),
-            "p99 ≤ 100 ms",
-        );
+    // The scheduler's figures on each store, SQLite's first.
+    for (store, on) in [("sqlite", ""), ("etcd", ", etcd store")] {
+        if let Some(run) = newest_on("a", store)
+            && let Some(err) = run["scenarios"]["a"].get("error").and_then(Value::as_str)
+        {
+            let short: String = err.chars().take(160).collect();
+            row(
+                run,
+                format!("A: scheduling at scale (simulated nodes){on}"),
+                format!("failed: {short}"),
+                "≥ 8,100 placements/s",
+            );
+        } else if let Some(run) = newest_on("a", store) {
+            let a = &run["scenarios"]["a"];
+            let shape = format!("{} nodes, {} replicas", a["nodes"], a["replicas"]);
+            let finished = a["finished"].as_bool().unwrap_or(false);
+            let placements = if finished {
+                format!("{} placements/s", num(f(a, &["placements_per_s"]), 0))
+            } else {
+                format!("unfinished: {} assigned, {} running", a["assigned"], a["running"])
+            };
+            row(run, format!("A: scheduling ({shape}, simulated nodes){on}"), placements, "≥ 8,100 placements/s");
+            row(
+                run,
+                format!("A: create → every replica running, per deployment{on}"),
+                format!(
+                    "p50 {} ms, p99 {} ms",
+                    num(f(a, &["create_to_running_ms", "p50"]), 0),
+                    num(f(a, &["create_to_running_ms", "p99"]), 0)
+                ),
+                "—",
+            );
+            row(
+                run,
+                format!("A: scheduler CPU time and peak RSS{on}"),
+                format!("{} s CPU, {}", num(f(a, &["scheduler_cpu_s"]), 1), mib(f(a, &["scheduler_peak_rss_bytes"]))),
+                "—",
+            );
+        }
+        if let Some(run) = newest_on("failover", store) {
+            let x = &run["scenarios"]["failover"];
+            row(
+                run,
+                format!("Failover: {} simulated nodes killed{on}", x["killed_nodes"]),
+                format!(
+                    "{} lost replicas running elsewhere after {} s (nodes down after {} s)",
+                    x["lost_replicas"],
+                    num(f(x, &["all_running_again_s"]), 2),
+                    num(f(x, &["all_down_s"]), 2)
+                ),
+                "≤ 5 s",
+            );
+        }
+        if let Some(run) = newest_on("b", store) {
+            let b = &run["scenarios"]["b"];
+            let result = if b["finished"].as_bool().unwrap_or(false) {
+                format!(
+                    "all running after {} s (assigned after {} s), scheduler RSS {}",
+                    num(f(b, &["all_running_s"]), 1),
+                    num(f(b, &["all_assigned_s"]), 1),
+                    mib(f(b, &["scheduler_peak_rss_bytes"]))
+                )
+            } else {
+                format!(
+                    "unfinished after {} s: {} assigned, {} running; scheduler RSS {}",
+                    num(f(b, &["elapsed_s"]), 0),
+                    b["assigned"],
+                    b["running"],
+                    mib(f(b, &["scheduler_peak_rss_bytes"]))
+                )
+            };
+            row(run, format!("B: {} replicas onto {} nodes{on}", b["replicas"], b["nodes"]), result, "< 120 s");
+        }
+        if let Some(run) = newest_on("deploy", store) {
+            let d = &run["scenarios"]["deploy"];
+            row(
+                run,
+                format!("Deploy → first replica running ({} deploys, `skiff dev`){on}", d["deploys"]),
+                format!(
+                    "on the node p50 {} ms, p99 {} ms; reported to the scheduler p50 {} ms, p99 {} ms",
+                    num(f(d, &["running_on_node_ms", "p50"]), 1),
+                    num(f(d, &["running_on_node_ms", "p99"]), 1),
+                    num(f(d, &["running_at_scheduler_ms", "p50"]), 0),
+                    num(f(d, &["running_at_scheduler_ms", "p99"]), 0)
+                ),
+                "p99 ≤ 100 ms",
+            );
+        }
     }
     if let Some(run) = newest("containers") {
         let c = &run["scenarios"]["containers"];

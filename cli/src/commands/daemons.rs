@@ -219,6 +219,10 @@ pub struct DevArgs {
     /// DATA_DIR/ingress.addr [default: 127.0.0.1:8080, any free port if --listen has port 0]
     #[arg(long, env = "SKIFF_INGRESS", value_name = "ADDR")]
     ingress: Option<SocketAddr>,
+    /// Where the cluster state lives: `sqlite` (DATA_DIR/state.db) or
+    /// etcd://HOST:2379[/PREFIX] (as `skiff server --store`)
+    #[arg(long, env = "SKIFF_STORE", default_value = "sqlite", value_name = "URL")]
+    store: String,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -426,6 +430,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         scoring: args.scoring.into(),
+        store: Some(args.store.clone()),
         ..Default::default()
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
