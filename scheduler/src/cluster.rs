@@ -382,8 +382,10 @@ impl Cluster {
                                 fence.revision,
                                 started.elapsed().as_millis()
                             );
+                            let compacting = etcd::rt_spawn(compact(self.client.clone(), self.key("")));
                             self.hold(l, &fence).await;
                             tracing::warn!("leadership lost; following again");
+                            compacting.abort();
                             for t in tasks {
                                 t.abort();
                             }
@@ -761,6 +763,29 @@ impl Cluster {
                 r
             }
         }
+    }
+}
+
+/// How often the leader compacts etcd's history, and how much it keeps: every
+/// [`COMPACT_EVERY`] it drops what is older than the revision of the previous
+/// time (as kube-apiserver does every 5 minutes). Without it etcd keeps every
+/// version of every key until its space quota is reached and it refuses writes.
+const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// Compacts etcd's history, for as long as this server leads.
+async fn compact(mut client: Client, prefix: String) {
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        let now = client.get(prefix.clone(), Some(etcd_client::GetOptions::new().with_count_only())).await;
+        let Some(now) = now.ok().and_then(|r| r.header().map(|h| h.revision())) else { continue };
+        if let Some(rev) = previous
+            && let Err(e) = client.compact(rev, None).await
+            && !e.to_string().contains("compacted")
+        {
+            tracing::warn!("compacting etcd's history to revision {rev}: {e}");
+        }
+        previous = Some(now);
     }
 }
 
