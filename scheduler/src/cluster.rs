@@ -72,6 +72,9 @@ pub(crate) struct Cluster {
     reads: RwLock<Option<Arc<crate::follow::Reads>>>,
     /// A build of `reads` is under way.
     building_reads: std::sync::atomic::AtomicBool,
+    /// Notified by the leader's working set when it can no longer match the
+    /// store (`State::resign`); a new one each term.
+    resign: RwLock<Arc<tokio::sync::Notify>>,
     /// Calls to other servers (they share the CA).
     http: reqwest::Client,
     /// The admin token, sent with blob copies.
@@ -222,6 +225,7 @@ impl Cluster {
             role: RwLock::new(Role::Follower { leader: None }),
             reads: RwLock::new(None),
             building_reads: std::sync::atomic::AtomicBool::new(false),
+            resign: RwLock::new(Arc::new(tokio::sync::Notify::new())),
             http,
             admin_token,
             blobs,
@@ -368,6 +372,8 @@ impl Cluster {
                     // The leader answers from its own working set.
                     *self.reads.write().unwrap_or_else(|p| p.into_inner()) = None;
                     *self.role.write().unwrap_or_else(|p| p.into_inner()) = Role::Starting;
+                    let resign = Arc::new(tokio::sync::Notify::new());
+                    *self.resign.write().unwrap_or_else(|p| p.into_inner()) = resign.clone();
                     let started = Instant::now();
                     let (f, c, build) = (fence.clone(), self.clone(), lead.clone());
                     let built = tokio::task::spawn_blocking(move || build(f, c))
@@ -383,7 +389,10 @@ impl Cluster {
                                 started.elapsed().as_millis()
                             );
                             let compacting = etcd::rt_spawn(compact(self.client.clone(), self.key("")));
-                            self.hold(l, &fence).await;
+                            tokio::select! {
+                                _ = self.hold(l, &fence) => {}
+                                _ = resign.notified() => {}
+                            }
                             tracing::warn!("leadership lost; following again");
                             compacting.abort();
                             for t in tasks {
@@ -467,6 +476,11 @@ impl Cluster {
             }
             me.building_reads.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// What the leader's working set notifies to step down (see `State::resign`).
+    pub(crate) fn resign(&self) -> Arc<tokio::sync::Notify> {
+        self.resign.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn reads(&self) -> Option<Arc<crate::follow::Reads>> {

@@ -281,7 +281,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
             let secret = token.secret.clone();
             let lead: cluster::Lead = Arc::new(move |fence, cluster| {
                 let backend = etcd::Etcd::open(client.clone(), &ep.prefix, Some(fence))?;
+                let resign = cluster.resign();
                 let core = core(config.clone(), store::Store::new(Box::new(backend)), &secret, Some(cluster))?;
+                core.state().resign = Some(resign);
                 let tasks = vec![
                     tokio::spawn(controllers(core.clone())).abort_handle(),
                     tokio::spawn(heartbeats::run(core.clone())).abort_handle(),

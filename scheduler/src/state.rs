@@ -166,6 +166,10 @@ pub struct State {
     endpoints: watch::Sender<u64>,
     /// Most deployments, secrets and volumes each (`--max-objects`).
     pub max_objects: usize,
+    /// Notified when the working set may hold what the store refused (it could
+    /// not be reloaded after a failed transaction): a leader on etcd steps down,
+    /// and whoever leads next loads the store afresh.
+    pub resign: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// Default of [`State::max_objects`].
@@ -204,6 +208,7 @@ impl State {
             policy,
             endpoints: watch::Sender::new(now_ms()),
             max_objects: MAX_OBJECTS,
+            resign: None,
         })
     }
 
@@ -252,10 +257,12 @@ impl State {
                 if self.mem.mutated {
                     // The working set must not keep what the store refused: try
                     // again for a while (an etcd member just lost, say).
+                    let mut reloaded = false;
                     for attempt in 0..10 {
                         match Mem::load(&self.store) {
                             Ok(mem) => {
                                 self.mem = mem;
+                                reloaded = true;
                                 break;
                             }
                             Err(le) => {
@@ -263,6 +270,10 @@ impl State {
                                 std::thread::sleep(std::time::Duration::from_millis(200));
                             }
                         }
+                    }
+                    if !reloaded && let Some(resign) = &self.resign {
+                        tracing::error!("the working set may differ from the store: stepping down");
+                        resign.notify_one();
                     }
                     self.mem.sched_dirty = true;
                     self.endpoints.send_modify(|i| *i += 1);
