@@ -3,8 +3,9 @@
 //! A server that is not the leader answers the API's reads itself, from a copy
 //! of the working set's tables (`etcd::WORKING_SET`) that an etcd watch keeps
 //! current: one thread holds the copy, applies each batch of changes the watch
-//! delivers, and rebuilds a working set from it (`Mem::from_loaded`, at most
-//! every [`REBUILD_EVERY`]) into a `Core` whose store refuses every write
+//! delivers, and brings the working set up to it — replicas changed alone are
+//! applied in place (`Mem::apply_replicas`), any other change rebuilds it
+//! (`Mem::from_loaded`), at most every [`REBUILD_EVERY`] — in a `Core` whose store refuses every write
 //! (`Etcd::reader`). `Cluster::serve` sends the calls [`is_cached_read`] names
 //! there and forwards all others to the leader; after forwarding a write it
 //! waits (at most [`CATCH_UP`]) until the copy shows it, so that a client reads
@@ -186,12 +187,26 @@ impl Copy {
                 Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the watch stopped"),
             };
             let (mut changed, mut auth) = (false, false);
+            // Replicas changed, in order, while nothing else of the working set
+            // did (meta aside): those are applied in place, not rebuilt.
+            let mut replicas: Option<Vec<(String, Option<skiff_api::Replica>)>> = Some(Vec::new());
             for feed in std::iter::once(first).chain(rx.try_iter()) {
                 match feed {
                     Feed::Lost(why) => anyhow::bail!(why),
                     Feed::Changes { changes, auth: a, revision: r } => {
                         for (k, v) in changes {
                             changed = true;
+                            if let Some(list) = &mut replicas {
+                                match (k.strip_prefix("replicas/"), &v) {
+                                    (Some(id), Some(v)) => match serde_json::from_slice(v) {
+                                        Ok(r) => list.push((id.to_string(), Some(r))),
+                                        Err(_) => replicas = None,
+                                    },
+                                    (Some(id), None) => list.push((id.to_string(), None)),
+                                    (None, _) if k.starts_with("meta/") => {}
+                                    (None, _) => replicas = None,
+                                }
+                            }
                             match v {
                                 Some(v) => tables.insert(k, v),
                                 None => tables.remove(&k),
@@ -202,8 +217,10 @@ impl Copy {
                     }
                 }
             }
-            if changed || auth {
-                self.rebuild(&tables, auth)?;
+            match replicas {
+                Some(list) if changed && !auth => self.core.state().update_copy(|m| m.apply_replicas(list)),
+                _ if changed || auth => self.rebuild(&tables, auth)?,
+                _ => {}
             }
             self.seen.send_replace(revision);
             if changed {

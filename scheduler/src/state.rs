@@ -215,7 +215,13 @@ impl State {
     /// Puts `mem` in place of the working set (a follower's copy, rebuilt from
     /// the store's changes) and wakes what waits for a change.
     pub(crate) fn replace_mem(&mut self, mem: Mem) {
-        self.mem = mem;
+        self.update_copy(|m| *m = mem);
+    }
+
+    /// Changes a follower's copy of the working set in place (`f`) and wakes
+    /// what waits for a change.
+    pub(crate) fn update_copy(&mut self, f: impl FnOnce(&mut Mem)) {
+        f(&mut self.mem);
         self.endpoints.send_modify(|i| *i += 1);
         crate::metrics::changed();
     }
@@ -818,6 +824,23 @@ fn seed_of(id: &str) -> u64 {
 impl Mem {
     fn load(store: &Store) -> Result<Mem, StoreError> {
         Ok(Mem::from_loaded(store.load()?))
+    }
+
+    /// Applies replicas changed in the store, `(id, the replica now or None:
+    /// deleted)`, as a follower's copy receives them: the indexes move with them.
+    pub(crate) fn apply_replicas(&mut self, changes: Vec<(String, Option<Replica>)>) {
+        for (id, now) in changes {
+            if let Some(old) = self.replicas.remove(&id)
+                && !old.state.is_terminal()
+            {
+                self.unindex_replica(&old);
+            }
+            if let Some(r) = now {
+                self.next_generation = self.next_generation.max(r.generation + 1);
+                self.index_replica(&r);
+                self.replicas.insert(id, r);
+            }
+        }
     }
 
     /// The working set of `loaded` (a follower's copy is rebuilt this way).
