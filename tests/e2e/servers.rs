@@ -296,6 +296,48 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
     for n in nodes.iter_mut() {
         assert!(n.alive(), "node {} died", n.name);
     }
+
+    // No server at all: the nodes keep running what they run; the first server,
+    // back on its address and data, leads, and they reconcile with it.
+    let running_on_nodes = || -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in ["n1", "n2"] {
+            let addr = read_when_ready(&cwd.join(n).join("node.addr"));
+            let list = http_get(&format!("{}/v1/replicas", addr.trim())).unwrap_or_else(|e| panic!("{n}'s API: {e}"));
+            let list: Vec<Value> = serde_json::from_str(&list).unwrap_or_default();
+            ids.extend(
+                list.iter().filter(|r| r["state"] == "running").filter_map(|r| r["id"].as_str().map(String::from)),
+            );
+        }
+        ids.sort();
+        ids
+    };
+    let before = running_on_nodes();
+    assert_eq!(before.len(), 4, "work's 4 replicas should run on n1 and n2: {before:?}");
+    for (_, p, _) in procs.iter_mut() {
+        p.kill();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(running_on_nodes(), before, "the nodes stopped replicas while no server answered");
+    let s1_listen = u1.split_once("://").map_or(u1.as_str(), |(_, h)| h).to_string();
+    let d1 = cwd.join("s1");
+    let s1_args = ["server", "--listen", &s1_listen, "--data-dir", d1.to_str().unwrap_or_default(), "--store", &store];
+    let _s1 = Proc::start("s1", &[&s1_args[..], &["--name", "s1"]].concat(), &cwd.join("s1-again.log"));
+    wait_for(Duration::from_secs(20), "s1 back and leading", || {
+        let l = leader(cwd, &u1)?;
+        if l == "s1" { Ok(()) } else { Err(l) }
+    });
+    wait_for(Duration::from_secs(30), "work and big whole again under s1", || {
+        let w = live(cwd, &u1, "work", 4)?;
+        let b = live(cwd, &u1, "big", 1000)?;
+        let running = |l: &[(String, String, String, u64)]| l.iter().filter(|r| r.2 == "running").count();
+        if running(&w) == 4 && running(&b) == 1000 {
+            Ok(())
+        } else {
+            Err(format!("{} and {}", running(&w), running(&b)))
+        }
+    });
+    assert_eq!(running_on_nodes(), before, "the nodes' replicas changed on reconciling with s1");
     drop(nodes);
     drop(namespaces);
     drop(procs);
