@@ -30,9 +30,10 @@ const REBUILD_EVERY: Duration = Duration::from_millis(100);
 const CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Whether `method path` is a read a follower answers from its copy: the
-/// user's views of the cluster's objects. Node traffic, logs (proxied from
-/// nodes), metrics and the live dashboard stream (usage from heartbeats, which
-/// only the leader holds) go to the leader.
+/// user's views of the cluster's objects, and its own metrics (with
+/// `skiff_scheduler_leader 0`) and scrape targets. Node traffic, logs (proxied
+/// from nodes) and the live dashboard stream (usage from heartbeats, which only
+/// the leader holds) go to the leader.
 pub(crate) fn is_cached_read(method: &Method, path: &str) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return false;
@@ -43,6 +44,8 @@ pub(crate) fn is_cached_read(method: &Method, path: &str) -> bool {
         [""] | ["assets", _]
             | ["v1", "deployments" | "replicas" | "nodes" | "events" | "images" | "secrets" | "volumes" | "tokens"]
             | ["v1", "openapi.json"]
+            | ["metrics"]
+            | ["v1", "prometheus", "targets"]
             | ["v1", "deployments", _]
             | ["v1", "deployments", _, "revisions"]
             | ["v1", "nodes", _]
@@ -340,6 +343,8 @@ mod tests {
             "/v1/volumes",
             "/v1/tokens",
             "/v1/openapi.json",
+            "/metrics",
+            "/v1/prometheus/targets",
         ] {
             assert!(read(Method::GET, p), "{p} should be read from the copy");
         }
@@ -348,8 +353,6 @@ mod tests {
             "/v1/deployments/web/logs",
             "/v1/watch",
             "/v1/endpoints",
-            "/metrics",
-            "/v1/prometheus/targets",
             "/v1/blobs/sha256:00",
         ] {
             assert!(!read(Method::GET, p), "{p} should go to the leader");

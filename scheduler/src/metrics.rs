@@ -277,7 +277,26 @@ pub async fn targets(State(core): State<Arc<Core>>, headers: HeaderMap) -> Respo
         // The scraper needs the CA too (`tls_config: ca_file: DATA_DIR/ca.crt`).
         labels.insert("__scheme__".into(), "https".into());
     }
-    let mut groups = vec![TargetGroup { targets: vec![host], labels }];
+    let mut groups = match &core.cluster {
+        // Several servers: each serves its own metrics (`skiff_scheduler_leader`
+        // says which leads).
+        Some(cluster) => {
+            let mut servers = cluster.servers().await.unwrap_or_default();
+            if servers.is_empty() {
+                servers.push(cluster.me.clone());
+            }
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
+            servers
+                .iter()
+                .filter_map(|s| {
+                    let mut labels = labels.clone();
+                    labels.insert("server".into(), s.name.clone());
+                    Some(TargetGroup { targets: vec![host_port(&s.url)?], labels })
+                })
+                .collect()
+        }
+        None => vec![TargetGroup { targets: vec![host], labels }],
+    };
     let st = core.state();
     for n in st.mem().nodes().iter().filter(|n| n.state == NodeState::Ready) {
         let Some(target) = host_port(&n.address) else {

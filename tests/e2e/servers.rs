@@ -365,9 +365,20 @@ fn follower_reads_its_own_copy(cwd: &Path, procs: &[(String, Proc, String)], lea
     let a = a.expect("GET /v1/deployments with the new token");
     assert_eq!(a.status, 200, "{name} refused the token made through it: {a:?}");
     assert!(a.header("x-skiff-read-from").is_some(), "{a:?}");
-    // Node traffic, and writes, still go to the leader.
+    // Its metrics are its own, and the scrape targets name every server.
     let a = get(&url, &host, "/metrics").expect("GET /metrics from the follower");
-    assert!(a.header("x-skiff-read-from").is_none(), "metrics are the leader's: {a:?}");
+    assert!(a.body.lines().any(|l| l.trim() == "skiff_scheduler_leader 0"), "{name} claims to lead: {}", a.body);
+    let a = get(&url, &host, "/v1/prometheus/targets").expect("GET /v1/prometheus/targets from the follower");
+    let groups: Vec<Value> = serde_json::from_str(&a.body).unwrap_or_default();
+    let servers: Vec<&str> = groups
+        .iter()
+        .filter(|g| g["labels"]["job"] == "skiff-scheduler")
+        .filter_map(|g| g["labels"]["server"].as_str())
+        .collect();
+    assert_eq!(servers, ["s1", "s2", "s3"], "scrape targets: {}", a.body);
+    // Node traffic, and writes, still go to the leader.
+    let a = get(&url, &host, "/v1/endpoints").expect("GET /v1/endpoints from the follower");
+    assert!(a.header("x-skiff-read-from").is_none(), "the endpoints table is the leader's: {a:?}");
 }
 
 /// SIGKILLs the server named `name`; when.
