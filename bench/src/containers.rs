@@ -7,7 +7,9 @@
 //! theirs, and imported through the API. The bare bundle is the node's own
 //! `config.json` (from the first, uncounted deploy) with its rootfs pointed at a
 //! plain copy of the same layer, a cgroup of its own and a fresh network
-//! namespace instead of the CNI one.
+//! namespace instead of the CNI one (and without the hook that waits for it).
+//! Each run starts once the node has finished tearing the previous container
+//! down (its bundle gone), so that neither is timed beside that work.
 //!
 //! "Running" is the same check for both: runc's state directory has the
 //! container and its `exec.fifo` is gone, which is how runc itself tells
@@ -28,6 +30,9 @@ use std::time::{Duration, Instant};
 const BUSYBOX: &str = "/bin/busybox";
 /// The bridge the node's CNI config makes (removed afterwards if this made it).
 const BRIDGE: &str = "skiff0";
+/// The comment on the node's masquerade rule for the bridge's subnet (removed
+/// afterwards if this run's node left it: the bench kills it with SIGKILL).
+const MASQUERADE_COMMENT: &str = "skiff: outbound traffic of containers on skiff0";
 /// The container's process: ends at once on SIGTERM, so a delete takes no grace.
 const COMMAND: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
 /// Longest one deploy, bare run or teardown may take.
@@ -55,6 +60,7 @@ pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result
         states: vec![node_state.clone(), bare_state.clone()],
         under: dir.path().to_path_buf(),
         bridge_was_there: Path::new("/sys/class/net").join(BRIDGE).exists(),
+        masquerade_was_there: !masquerade_rules().is_empty(),
     };
     let dev = dev_cluster(skiff, &dir, &[]).await?;
     let t0 = Instant::now();
@@ -146,6 +152,15 @@ pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let gone = t.elapsed();
+        // The node's teardown goes on after runc forgot the container (network,
+        // mounts, bundle last): neither run below starts beside it.
+        let bundle = dev.data.join("node").join("containers").join("run").join(&id);
+        while bundle.exists() {
+            if t.elapsed() > STEP_TIMEOUT {
+                bail!("delete {name}: the node still tears {id} down after {STEP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         // Bare runc: the same bundle shape, `runc run -d` → running.
         let config = bare_config.as_ref().context("no bundle to copy")?;
@@ -216,7 +231,8 @@ pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result
         "samples": { "skiff_container_running_ms": skiff_running, "runc_running_ms": runc_running },
         "note": "running = runc's state dir has the container and no exec.fifo (the same check for both, polled every \
                  1 ms); skiff: apply → running, its node's report polled every ~5 ms, the scheduler's every ~20 ms; \
-                 runc: `runc run -d` of the node's config.json with a plain rootfs copy and its own netns → running",
+                 runc: `runc run -d` of the node's config.json with a plain rootfs copy and its own netns → running; \
+                 each run starts after the node's teardown of the previous container has ended (its bundle gone)",
     });
     println!("  {result}");
     Ok(result)
@@ -271,9 +287,13 @@ async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Result<String>
 }
 
 /// The node's bundle config for a bare run: rootfs `rootfs`, a cgroup under
-/// `skiff-bench/`, and a network namespace of its own instead of the CNI one.
+/// `skiff-bench/`, and a network namespace of its own instead of the CNI one
+/// (so without the node's hook that waits for that one to be connected).
 fn bare_bundle(node_config: &Value, rootfs: &Path, id: &str) -> Value {
     let mut c = node_config.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("hooks");
+    }
     c["root"]["path"] = json!(rootfs.display().to_string());
     c["hostname"] = json!(id);
     c["linux"]["cgroupsPath"] = json!(format!("/skiff-bench/{id}"));
@@ -313,13 +333,21 @@ fn runc_delete(runc: &Path, state: &Path, id: &str) -> anyhow::Result<()> {
 
 /// Removes, when dropped, what a failed run may leave behind: containers in
 /// the runc state directories, mounts under the bench's directory, the
-/// replicas' network namespaces, and the node's bridge if it was not there
-/// before.
+/// replicas' network namespaces, and the node's bridge and masquerade rule if
+/// they were not there before.
 struct Cleanup {
     runc: PathBuf,
     states: Vec<PathBuf>,
     under: PathBuf,
     bridge_was_there: bool,
+    masquerade_was_there: bool,
+}
+
+/// The node's masquerade rules in nat POSTROUTING, as `iptables -S` prints them.
+fn masquerade_rules() -> Vec<String> {
+    let out = Command::new("iptables").args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.lines().filter(|l| l.contains(MASQUERADE_COMMENT)).map(str::to_owned).collect()
 }
 
 impl Drop for Cleanup {
@@ -348,6 +376,13 @@ impl Drop for Cleanup {
         if !self.bridge_was_there && Path::new("/sys/class/net").join(BRIDGE).exists() {
             let _ = Command::new("ip").args(["link", "delete", BRIDGE]).output();
         }
+        if !self.masquerade_was_there {
+            for rule in masquerade_rules() {
+                // `-A POSTROUTING … --comment "…" …` is shell-quoted: sh splits it back.
+                let delete = format!("iptables -w 5 -t nat {}", rule.replacen("-A ", "-D ", 1));
+                let _ = Command::new("sh").args(["-c", &delete]).output();
+            }
+        }
     }
 }
 
@@ -361,6 +396,7 @@ mod tests {
             "root": { "path": "/data/containers/run/web-1/rootfs" },
             "hostname": "web-1",
             "process": { "args": ["/bin/sh", "-c", "x"] },
+            "hooks": { "createRuntime": [{ "path": "/bin/sh" }] },
             "linux": {
                 "cgroupsPath": "/skiff/web-1",
                 "namespaces": [{ "type": "pid" }, { "type": "network", "path": "/run/netns/skiff-web-1" }],
@@ -371,5 +407,6 @@ mod tests {
         assert_eq!(bare["linux"]["cgroupsPath"], "/skiff-bench/bare-1");
         assert_eq!(bare["linux"]["namespaces"], json!([{ "type": "pid" }, { "type": "network" }]));
         assert_eq!(bare["process"], node["process"]);
+        assert_eq!(bare.get("hooks"), None);
     }
 }

@@ -721,8 +721,10 @@ pub(crate) async fn dev_cluster(skiff: &Path, dir: &TempDir, extra: &[&str]) -> 
     let url_file = data.join("server.url");
     let t0 = Instant::now();
     let url = loop {
+        // The server writes its URL before it makes the admin token.
         if let Ok(u) = std::fs::read_to_string(&url_file)
             && !u.trim().is_empty()
+            && data.join("admin-token").exists()
         {
             break u.trim().to_string();
         }

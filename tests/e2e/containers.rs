@@ -875,11 +875,14 @@ fn containers_get_their_own_address_on_the_node_bridge() {
     if skip_unless_root() {
         return;
     }
-    let s = Setup::in_netns();
+    let mut s = Setup::in_netns();
     let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
     let (oci, _) = build_images(s.dir.path());
     s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
-    let web = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    // The process starts connected: the node connects the network while runc
+    // creates the container, which waits for it.
+    let web = "[ -e /sys/class/net/eth0 ] && echo eth0 there at start; \
+               mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
     s.cli(&[
         "deploy",
         "--image",
@@ -913,6 +916,11 @@ fn containers_get_their_own_address_on_the_node_bridge() {
         if found.len() == 2 { Ok(found) } else { Err(logs) }
     });
     assert_ne!(addresses[0].1, addresses[1].1);
+    wait_for(Duration::from_secs(30), "both to say eth0 was there at their start", || {
+        let logs = s.logs("web");
+        let said = |id: &String| logs.lines().any(|l| l.starts_with(&format!("[{id}]")) && l.contains("eth0 there"));
+        if ids.iter().all(said) { Ok(()) } else { Err(logs) }
+    });
     for (id, ip) in &addresses {
         assert!(ip.starts_with("10.89."), "{ip}");
         let page = wait_for(Duration::from_secs(30), &format!("the page of {id} at {ip}"), || {
@@ -941,6 +949,19 @@ fn containers_get_their_own_address_on_the_node_bridge() {
         } else {
             Err(format!("runc: {left:?}, netns: {netns:?}, reserved: {reserved:?}"))
         }
+    });
+
+    // One masquerade rule for the subnet while the node runs; it added the
+    // rule, so it takes it along when it stops.
+    let masquerade = || -> Vec<String> {
+        let rules = ns.exec(&["iptables", "-w", "5", "-t", "nat", "-S", "POSTROUTING"]).unwrap_or_default();
+        rules.lines().filter(|l| l.contains("-s 10.89.0.0/16") && l.contains("MASQUERADE")).map(str::to_owned).collect()
+    };
+    assert_eq!(masquerade().len(), 1, "{:?}", masquerade());
+    let node = s.node.as_mut().expect("the node");
+    let _ = Command::new("kill").args(["-TERM", &node.pid().to_string()]).output();
+    wait_for(Duration::from_secs(30), "the stopped node's masquerade rule to be gone", || {
+        if !node.alive() && masquerade().is_empty() { Ok(()) } else { Err(format!("{:?}", masquerade())) }
     });
 }
 
@@ -1386,6 +1407,18 @@ fn httpd_spreads_over_three_hosts_and_a_dead_hosts_replica_moves() {
     for (id, node) in &placed {
         c.wait_page(node, &format!("hello from {id}"));
     }
+
+    // Outbound traffic leaves a node masqueraded as the node: another host
+    // answers a container (it would send a reply for a 10.89.x.x source into
+    // its own bridge).
+    let ((from, from_node), (to, to_node)) = (&placed[0], &placed[1]);
+    let state = c.dir.path().join(format!("node-{from_node}/containers/state"));
+    let get =
+        format!("/bin/busybox printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 {} 8081", c.address(to_node));
+    wait_for(Duration::from_secs(30), &format!("{from} on {from_node} to fetch the page of {to} on {to_node}"), || {
+        let page = runc(&state, &["exec", from, "/bin/sh", "-c", &get]);
+        if page.contains(&format!("hello from {to}")) { Ok(()) } else { Err(page) }
+    });
 
     c.cli(&["scale", "web", "2"]);
     let placed = c.wait_running("web", 2);

@@ -8,9 +8,10 @@
 //! resources (memory without swap, CPU quota and shares, a pids limit).
 
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder,
-    LinuxSyscallBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Arch, Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -59,7 +60,15 @@ pub struct BundleSpec {
     pub netns: NetNs,
     /// Host paths bound into the container: (host, container path, writable).
     pub binds: Vec<(std::path::PathBuf, String, bool)>,
+    /// A FIFO the runtime waits on before it starts the container (a
+    /// `createRuntime` hook, in the runtime's namespaces, reading one line):
+    /// it goes on when the node writes `ok`, fails on anything else or on the
+    /// FIFO's end. The node connects the network meanwhile.
+    pub network_gate: Option<std::path::PathBuf>,
 }
+
+/// How long the runtime waits at the network gate, seconds.
+const NETWORK_GATE_TIMEOUT: i64 = 60;
 
 /// Merges the image's config with the replica's spec: the spec's args replace
 /// the image's `Cmd` (the entrypoint stays), its env overrides the image's.
@@ -321,6 +330,21 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
     spec.set_process(Some(process));
     spec.set_linux(Some(linux));
     spec.set_annotations(None);
+    if let Some(gate) = &b.network_gate {
+        let hook = HookBuilder::default()
+            .path("/bin/sh")
+            .args(vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                r#"read -r said < "$1" && [ "$said" = ok ]"#.to_string(),
+                "skiff-network-gate".to_string(),
+                gate.to_string_lossy().into_owned(),
+            ])
+            .timeout(NETWORK_GATE_TIMEOUT)
+            .build()
+            .map_err(e)?;
+        spec.set_hooks(Some(HooksBuilder::default().create_runtime(vec![hook]).build().map_err(e)?));
+    }
     Ok(spec)
 }
 
@@ -384,6 +408,7 @@ mod tests {
             cpu_millis: 0,
             netns: NetNs::Host,
             binds: vec![],
+            network_gate: None,
         };
         let v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
         let kinds: Vec<&str> = v
@@ -410,6 +435,7 @@ mod tests {
             cpu_millis: 250,
             netns: NetNs::Join("/run/netns/skiff-web-abc123".into()),
             binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into(), false)],
+            network_gate: Some("/data/containers/run/web-abc123/network-gate".into()),
         };
         let mut v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
         // Sets serialise in hash order: sort them so the snapshot is stable.
@@ -429,6 +455,21 @@ mod tests {
         let text = serde_json::to_string_pretty(&v).expect("pretty");
         expect![[r#"
             {
+              "hooks": {
+                "createRuntime": [
+                  {
+                    "args": [
+                      "sh",
+                      "-c",
+                      "read -r said < \"$1\" && [ \"$said\" = ok ]",
+                      "skiff-network-gate",
+                      "/data/containers/run/web-abc123/network-gate"
+                    ],
+                    "path": "/bin/sh",
+                    "timeout": 60
+                  }
+                ]
+              },
               "hostname": "web-abc123",
               "linux": {
                 "cgroupsPath": "/skiff/web-abc123",

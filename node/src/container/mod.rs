@@ -9,6 +9,9 @@
 //!   overlayfs `rootfs` (the layers below, `upper`/`work` of its own above) and a
 //!   `config.json` ([`bundle`]), run in the foreground by the OCI runtime so its
 //!   exit status is the container's; stdout and stderr go to the replica's log.
+//!   With bridge networking the CNI plugins connect the container's namespace
+//!   while the runtime creates the container, which waits at the bundle's
+//!   `network-gate` FIFO until the node writes `ok` (or fails on anything else).
 //! - When a run ends or is dropped, the container is stopped (SIGTERM, the spec's
 //!   stop grace period, SIGKILL) and deleted, the rootfs unmounted and the
 //!   bundle and cgroup removed.
@@ -40,7 +43,7 @@ use skiff_api::quantity::format_memory;
 use skiff_api::{Assignment, Client, Workload};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +60,9 @@ const ADOPTED_POLL: Duration = Duration::from_millis(250);
 const RECORD_FILE: &str = "skiff.json";
 /// In a bundle: the exit status, written when the runtime exits.
 const EXIT_FILE: &str = "exit-status";
+/// In a bundle: the FIFO the runtime waits on until the network is connected
+/// (`bundle::BundleSpec::network_gate`).
+const NETWORK_GATE: &str = "network-gate";
 /// Where `crate::secrets` keeps secret files (cleared when a daemon starts).
 const SECRETS_TMPFS: &str = "/dev/shm/";
 
@@ -75,11 +81,21 @@ struct Record {
     /// would see its secrets vanish) but started afresh.
     #[serde(default)]
     secret_files: bool,
+    /// Whether its outbound traffic goes through the node's masquerade rule
+    /// (`cni::Masquerade`); a container of an older daemon has the bridge
+    /// plugin's own rules, which its teardown removes.
+    #[serde(default)]
+    node_masquerade: bool,
 }
 
 impl Record {
     fn read(bundle: &Path) -> Option<Record> {
         serde_json::from_slice(&fs::read(bundle.join(RECORD_FILE)).ok()?).ok()
+    }
+
+    fn write(&self, bundle: &Path) -> Result<(), String> {
+        let json = serde_json::to_vec(self).map_err(|e| format!("cannot record the container: {e}"))?;
+        fs::write(bundle.join(RECORD_FILE), json).map_err(|e| format!("cannot record the container: {e}"))
     }
 
     fn ip(&self) -> Option<std::net::IpAddr> {
@@ -126,6 +142,14 @@ pub struct ContainerRuntime {
     /// Containers an earlier daemon left running, by replica, until adopted by
     /// their replica's first run or released as unwanted.
     found: Mutex<HashMap<String, Found>>,
+}
+
+impl Drop for ContainerRuntime {
+    fn drop(&mut self) {
+        if let Some(cni) = &self.cni {
+            cni.unmasquerade();
+        }
+    }
 }
 
 /// Where an image's blobs come from: the scheduler, and for a reference that
@@ -243,6 +267,14 @@ impl ContainerRuntime {
             }
             tracing::info!(container = %id, "removing a container left by an earlier node daemon");
             teardown(&self.oci, self.cni.as_ref(), &id, &bundle, Duration::ZERO);
+        }
+        // The containers kept keep their outbound traffic (a daemon that
+        // stopped cleanly took its rule along).
+        if !found.is_empty()
+            && let Some(cni) = &self.cni
+            && let Err(e) = cni.masquerade()
+        {
+            tracing::warn!("{e}");
         }
         if let Ok(entries) = fs::read_dir(self.dir.join("layers")) {
             for e in entries.flatten() {
@@ -508,8 +540,8 @@ impl Drop for Running {
 pub fn teardown(oci: &Oci, cni: Option<&cni::Cni>, id: &str, bundle: &Path, grace: Duration) {
     oci.stop(id, grace);
     if let Some(cni) = cni {
-        let ports = Record::read(bundle).map(|r| r.ports).unwrap_or_default();
-        cni.del(id, &ports);
+        let (ports, node_masquerade) = Record::read(bundle).map(|r| (r.ports, r.node_masquerade)).unwrap_or_default();
+        cni.del(id, &ports, !node_masquerade);
     }
     let rootfs = bundle.join("rootfs");
     if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
@@ -574,7 +606,13 @@ fn cgroup_usage(id: &str) -> Option<(u64, u64)> {
     Some((read("cpuacct", "cpuacct.usage")?, read("memory", "memory.usage_in_bytes")?))
 }
 
-fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec, netns: bundle::NetNs) -> Result<(), String> {
+fn prepare_bundle(
+    bundle: &Path,
+    plan: &Plan,
+    spec: &RunSpec,
+    netns: bundle::NetNs,
+    network_gate: Option<PathBuf>,
+) -> Result<(), String> {
     let ctx = |what: &str, p: &Path, e: &dyn std::fmt::Display| format!("cannot {what} {}: {e}", p.display());
     let rootfs = bundle.join("rootfs");
     let upper = bundle.join("upper");
@@ -612,6 +650,7 @@ fn prepare_bundle(bundle: &Path, plan: &Plan, spec: &RunSpec, netns: bundle::Net
         cpu_millis: plan.cpu_millis,
         netns,
         binds: spec.preopens.iter().map(|p| (p.host.clone(), p.guest.clone(), p.writable)).collect(),
+        network_gate,
     };
     let config = bundle::spec(&b)?;
     let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("cannot write config.json: {e}"))?;
@@ -643,54 +682,51 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
     let guard =
         Running { net: net.clone(), id: id.clone(), bundle: bundle.clone(), grace: plan.stop_grace, armed: true };
     let host_network = plan.host_network;
-    {
+    let prepared = {
         let (net, id, bundle, plan, spec) = (net.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
-        let prepared = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             // What an earlier run left (a crash of this daemon) goes first.
             if bundle.exists() || net.oci.may_know(&id) {
                 teardown(&net.oci, net.cni.as_ref(), &id, &bundle, Duration::ZERO);
             }
             fs::create_dir_all(&bundle).map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
             let published = plan.ports.iter().any(|p| p.host_port.is_some());
-            let (address, netns) = match (&net.cni, plan.host_network) {
-                (_, true) => (Some("127.0.0.1".to_string()), bundle::NetNs::Host),
-                (Some(cni), false) => (Some(cni.add(&id, &plan.ports)?), bundle::NetNs::Join(cni::Cni::netns(&id))),
-                (None, false) if published => {
-                    return Err("cannot publish host ports: this node runs containers with loopback networking \
-                                only (no CNI plugins); use network: host or a node with containernetworking-plugins"
-                        .to_string());
-                }
-                (None, false) => (None, bundle::NetNs::New),
-            };
-            // Written before anything else can fail: teardown reads the ports from it.
+            if net.cni.is_none() && !plan.host_network && published {
+                return Err("cannot publish host ports: this node runs containers with loopback networking \
+                            only (no CNI plugins); use network: host or a node with containernetworking-plugins"
+                    .to_string());
+            }
             let record = Record {
-                address: address.clone(),
+                address: plan.host_network.then(|| "127.0.0.1".to_string()),
                 ports: plan.ports.clone(),
                 stop_grace_ms: plan.stop_grace.as_millis() as u64,
                 secret_files: spec.preopens.iter().any(|p| p.host.starts_with(SECRETS_TMPFS)),
+                node_masquerade: true,
             };
-            let json = serde_json::to_vec(&record).map_err(|e| format!("cannot record the container: {e}"))?;
-            fs::write(bundle.join(RECORD_FILE), json).map_err(|e| format!("cannot record the container: {e}"))?;
-            prepare_bundle(&bundle, &plan, &spec, netns).map(|()| address)
+            // Written before anything else can fail: teardown reads the ports from it.
+            record.write(&bundle)?;
+            // A bridged container's namespace is made now and connected (a
+            // plugin run of some 10 ms) while the runtime creates the
+            // container, which waits for it at the network gate.
+            let (netns, gate) = match (&net.cni, plan.host_network) {
+                (_, true) => (bundle::NetNs::Host, None),
+                (Some(cni), false) => {
+                    cni.create(&id, &plan.ports)?;
+                    (bundle::NetNs::Join(cni::Cni::netns(&id)), Some(network_gate(&bundle)?))
+                }
+                (None, false) => (bundle::NetNs::New, None),
+            };
+            let gate_path = gate.as_ref().map(|_| bundle.join(NETWORK_GATE));
+            prepare_bundle(&bundle, &plan, &spec, netns, gate_path)?;
+            Ok((record, gate))
         })
         .await
-        .unwrap_or_else(|e| Err(format!("bundle task failed: {e}")));
-        match prepared {
-            Ok(Some(address)) => {
-                if host_network {
-                    log.system("network: the node's (network: host)");
-                } else {
-                    log.system(&format!("network: eth0 {address}"));
-                }
-                let ip = address.split('/').next().and_then(|a| a.parse().ok());
-                if let Some(ip) = ip {
-                    net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), ip);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Outcome::Failed(format!("cannot prepare the container: {e}")),
-        }
-    }
+        .unwrap_or_else(|e| Err(format!("bundle task failed: {e}")))
+    };
+    let (mut record, gate) = match prepared {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(format!("cannot prepare the container: {e}")),
+    };
     let exit_file = bundle.join(EXIT_FILE);
     let (out, err) = match (output_fifo(&bundle, "stdout"), output_fifo(&bundle, "stderr")) {
         (Ok(out), Ok(err)) => (out, err),
@@ -707,6 +743,40 @@ async fn run_container(net: Net, bundle: PathBuf, plan: Arc<Plan>, spec: RunSpec
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("cannot start {}: {e}", oci.bin.display())),
     };
+    // Held until the runtime exits: the gate's line stays in the FIFO until
+    // its hook has read it.
+    let _gate = match (gate, net.cni.clone()) {
+        (Some(mut gate), Some(cni)) => {
+            let (id, ports) = (id.clone(), plan.ports.clone());
+            let connected = tokio::task::spawn_blocking(move || cni.connect(&id, &ports))
+                .await
+                .unwrap_or_else(|e| Err(format!("network task failed: {e}")));
+            let opened = connected.and_then(|address| {
+                record.address = Some(address);
+                // Recorded before the container can run: adoption reads it.
+                record.write(&bundle)?;
+                gate.write_all(b"ok\n").map_err(|e| format!("cannot open the network gate: {e}"))
+            });
+            if let Err(e) = opened {
+                let _ = gate.write_all(b"no\n");
+                // The runtime gives up at the gate; then the teardown.
+                let _ = child.wait().await;
+                return Outcome::Failed(format!("cannot prepare the container: {e}"));
+            }
+            Some(gate)
+        }
+        _ => None,
+    };
+    if let Some(address) = &record.address {
+        if host_network {
+            log.system("network: the node's (network: host)");
+        } else {
+            log.system(&format!("network: eth0 {address}"));
+        }
+        if let Some(ip) = record.ip() {
+            net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), ip);
+        }
+    }
 
     // Cgroup usage into the replica's counters while it runs.
     let mut usage = UsageReader::new(&id, &spec);
@@ -850,6 +920,19 @@ fn output_fifo(bundle: &Path, name: &str) -> Result<(fs::File, tokio::net::unix:
     Ok((writer, reader))
 }
 
+/// Makes the network gate FIFO in `bundle` and opens it read-write: the open
+/// waits for no reader, and a line written stays in the pipe while it is open.
+fn network_gate(bundle: &Path) -> Result<fs::File, String> {
+    let path = bundle.join(NETWORK_GATE);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
 /// The start time of process `pid` (clock ticks after boot), while it lives and
 /// is not a zombie.
 fn process_start(pid: i32) -> Option<u64> {
@@ -894,6 +977,7 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             cpu_millis: 100,
             netns: bundle::NetNs::New,
             binds,
+            network_gate: None,
         };
         let config = bundle::spec(&b)?;
         let json = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
