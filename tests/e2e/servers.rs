@@ -365,6 +365,13 @@ fn follower_reads_its_own_copy(cwd: &Path, procs: &[(String, Proc, String)], lea
     let a = a.expect("GET /v1/deployments with the new token");
     assert_eq!(a.status, 200, "{name} refused the token made through it: {a:?}");
     assert!(a.header("x-skiff-read-from").is_some(), "{a:?}");
+    // Revoked through it: refused by it at once.
+    cli_ok(cwd, &url, &["token", "rm", "viewer"]);
+    remember_token(&url, &viewer);
+    let a = get(&url, &host, "/v1/deployments");
+    remember_token(&url, &admin);
+    let a = a.expect("GET /v1/deployments with the revoked token");
+    assert_eq!(a.status, 401, "{name} still takes the token revoked through it: {a:?}");
     // Its metrics are its own, and the scrape targets name every server.
     let a = get(&url, &host, "/metrics").expect("GET /metrics from the follower");
     assert!(a.body.lines().any(|l| l.trim() == "skiff_scheduler_leader 0"), "{name} claims to lead: {}", a.body);
