@@ -507,4 +507,16 @@ impl Client {
             .timeout(wait + Duration::from_secs(10));
         self.json(rb).await
     }
+
+    /// As [`Client::assignments`], but asks for only what changed since `index`
+    /// (the index of the set the node holds): the answer is such a delta when
+    /// `Assignments::delta` says so, else the whole set.
+    pub async fn assignment_changes(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        let rb = self
+            .request(reqwest::Method::GET, &format!("/v1/nodes/{node}/assignments"))
+            .query(&[("index", index.to_string()), ("wait", wait.as_millis().to_string())])
+            .query(&[("delta", "true")])
+            .timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
+    }
 }

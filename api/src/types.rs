@@ -1096,8 +1096,14 @@ pub struct ReplicaStatus {
 pub struct Heartbeat {
     /// What the node offers now.
     pub capacity: Resources,
-    /// Every replica the node runs or has run and not yet been told to forget.
+    /// Every replica the node runs or has run and not yet been told to forget;
+    /// with `delta`, only those whose status or usage changed since the node's
+    /// last answered heartbeat.
     pub replicas: Vec<ReplicaStatus>,
+    /// `replicas` holds only what changed (a delta heartbeat; nodes send a full
+    /// one now and then). A delta with no replicas is a sign of life only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 /// One replica a node must run.
@@ -1136,6 +1142,15 @@ pub struct Assignments {
     /// its replicas with a [`WorkloadSpec::volume_lease`] (0: no lease given).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_ms: u64,
+    /// `replicas` holds only the assignments new or changed since the index the
+    /// node asked with, and `removed` those it must stop: an answer to a node
+    /// that asked for changes (`delta=true`) and whose index the scheduler's log
+    /// still reaches. Otherwise the whole set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// With `delta`: replicas taken off the node since its index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

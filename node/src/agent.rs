@@ -9,7 +9,9 @@
 //! logging once per change of state rather than once per attempt.
 
 use crate::supervisor::{Context, Replica};
-use skiff_api::{Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaStatus, Resources, Runtime};
+use skiff_api::{
+    Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaState, ReplicaStatus, Resources, Runtime,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,81 @@ pub const CREDENTIAL_FILE: &str = "node-credential";
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often the lease on replicas with a `volume_lease` is checked.
 const LEASE_CHECK: Duration = Duration::from_millis(100);
+/// Every this many heartbeats one reports every replica; the others carry only
+/// what changed. A full one repairs whatever an answered delta failed to do
+/// (a scheduler that died before applying it, say).
+pub(crate) const FULL_EVERY: u32 = 10;
+
+/// What the scheduler has been told of the node's replicas, so that a heartbeat
+/// carries only what changed since the last answered one (most carry nothing:
+/// a sign of life the scheduler takes without its state lock). Simulated nodes
+/// (`sim.rs`) report through it too.
+#[derive(Default)]
+pub(crate) struct Reports {
+    /// Each replica as the last answered heartbeat left it.
+    answered: HashMap<String, ReplicaStatus>,
+    /// Heartbeats answered since the last full one; `None`: send a full one next.
+    since_full: Option<u32>,
+    /// The registration the answers were given to.
+    registration: u64,
+}
+
+impl Reports {
+    /// The heartbeat that reports `statuses` to a scheduler that knows the node
+    /// as of registration `registration`: a full one every `FULL_EVERY` and
+    /// after each registration, else a delta. A delta carries every running
+    /// replica still: its usage is a measurement the dashboard and autoscaling
+    /// sample each heartbeat (an idle replica's unchanged counters are what
+    /// says its rate is zero).
+    pub(crate) fn heartbeat(&self, capacity: Resources, statuses: &[ReplicaStatus], registration: u64) -> Heartbeat {
+        let full = registration != self.registration || self.since_full.is_none_or(|n| n + 1 >= FULL_EVERY);
+        let replicas = match full {
+            true => statuses.to_vec(),
+            false => statuses
+                .iter()
+                .filter(|s| {
+                    matches!(s.state, ReplicaState::Running | ReplicaState::Ready)
+                        || self.answered.get(&s.id) != Some(*s)
+                })
+                .cloned()
+                .collect(),
+        };
+        Heartbeat { capacity, replicas, delta: !full }
+    }
+
+    /// Records that the scheduler answered `hb`, sent for `statuses`.
+    pub(crate) fn answered(&mut self, hb: &Heartbeat, statuses: Vec<ReplicaStatus>, registration: u64) {
+        self.answered = statuses.into_iter().map(|s| (s.id.clone(), s)).collect();
+        self.since_full = Some(if hb.delta { self.since_full.unwrap_or(0) + 1 } else { 0 });
+        self.registration = registration;
+    }
+}
+
+/// The desired set as the scheduler's answers built it: a whole set, then the
+/// changes to it (`Assignments::delta`), so that a node of hundreds of replicas
+/// is not sent all of them whenever one changes.
+#[derive(Default)]
+pub(crate) struct Desired(HashMap<String, Assignment>);
+
+impl Desired {
+    /// Takes in answer `a`, a whole set or changes to the one held.
+    pub(crate) fn update(&mut self, a: skiff_api::Assignments) {
+        if !a.delta {
+            self.0.clear();
+        }
+        for id in &a.removed {
+            self.0.remove(id);
+        }
+        for asg in a.replicas {
+            self.0.insert(asg.replica.clone(), asg);
+        }
+    }
+
+    /// The whole set.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Assignment> {
+        self.0.values()
+    }
+}
 
 /// Who the node is, as it registers.
 pub struct Identity {
@@ -248,13 +325,16 @@ impl Agent {
     /// Heartbeats forever; re-registers when the scheduler forgot the node.
     pub async fn heartbeat_loop(&self) -> anyhow::Result<()> {
         let mut link = Link::default();
+        let mut reports = Reports::default();
         loop {
             let seen = *self.registered.borrow();
-            let hb = Heartbeat { capacity: self.id.capacity, replicas: self.statuses() };
+            let statuses = self.statuses();
+            let hb = reports.heartbeat(self.id.capacity, &statuses, seen);
             let asked = Instant::now();
             let answer = tokio::time::timeout(CALL_TIMEOUT, self.client.heartbeat(&self.id.name, &hb)).await;
             match answer.unwrap_or_else(|_| Err(timeout_error())) {
                 Ok(()) => {
+                    reports.answered(&hb, statuses, seen);
                     self.lease().confirm(asked);
                     link.ok("heartbeat");
                 }
@@ -286,6 +366,8 @@ impl Agent {
     pub async fn watch_loop(&self) -> anyhow::Result<()> {
         let mut registrations = self.registered.subscribe();
         let mut applied: Option<u64> = None;
+        // What `applied` stands for; changes come relative to it.
+        let mut desired = Desired::default();
         let mut link = Link::default();
         // A volume to purge that a stopping replica still held: ask again soon
         // (the scheduler has no news to wake the long poll with).
@@ -304,7 +386,8 @@ impl Agent {
                 WATCH_WAIT
             };
             let answer = tokio::select! {
-                a = self.client.assignments(&self.id.name, index, wait) => a,
+                // Index 0 (nothing applied) always gets the whole set.
+                a = self.client.assignment_changes(&self.id.name, index, wait) => a,
                 _ = registrations.changed() => {
                     // Registered anew: the scheduler may have restarted with
                     // fresh indexes, so start over rather than ignore them.
@@ -317,7 +400,7 @@ impl Agent {
                 }
             };
             match answer {
-                Ok(a) => {
+                Ok(mut a) => {
                     {
                         let mut lease = self.lease();
                         lease.set_length(a.lease_ms);
@@ -329,19 +412,21 @@ impl Agent {
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }
-                    self.converge(a.replicas);
+                    let (index, purge_volumes) = (a.index, std::mem::take(&mut a.purge_volumes));
+                    desired.update(a);
+                    self.converge(desired.all().cloned().collect());
                     purge_pending = false;
-                    if !a.purge_volumes.is_empty() {
+                    if !purge_volumes.is_empty() {
                         let running = self.lock();
                         let in_use =
                             |v: &str| running.values().any(|r| r.assignment().spec.volumes.iter().any(|m| m.name == v));
-                        crate::volumes::purge(&self.ctx.data_dir, &a.purge_volumes, in_use);
+                        crate::volumes::purge(&self.ctx.data_dir, &purge_volumes, in_use);
                         // Still there: held by a replica that is stopping, or a
                         // write of its last moments raced the removal. Again soon.
-                        purge_pending = a.purge_volumes.iter().any(|v| crate::volumes::exists(&self.ctx.data_dir, v));
+                        purge_pending = purge_volumes.iter().any(|v| crate::volumes::exists(&self.ctx.data_dir, v));
                     }
-                    let unchanged = applied == Some(a.index);
-                    applied = Some(a.index);
+                    let unchanged = applied == Some(index);
+                    applied = Some(index);
                     // A scheduler that answers at once without news must not
                     // turn this loop into a busy one.
                     if unchanged && asked.elapsed() < Duration::from_millis(500) {

@@ -10,9 +10,9 @@
 //! N to 2N sockets open; the caller raises `RLIMIT_NOFILE` to match.
 
 use skiff_api::{
-    Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaState, ReplicaStatus, Resources, Runtime,
+    Assignments, Client, ClientError, Heartbeat, RegisterRequest, ReplicaState, ReplicaStatus, Resources, Runtime,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// At most this many registrations in flight: thousands of nodes joining at once
 /// would only queue on the scheduler's lock and time out.
 const REGISTER_CONCURRENCY: usize = 64;
+/// Least time between two heartbeats of a node that reports new replicas early.
+const EARLY_REPORT_GAP: Duration = Duration::from_millis(250);
 /// Longest wait for a register or heartbeat answer; generous, since the point is
 /// to load the scheduler, not to give up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,10 +56,23 @@ struct SimNode {
     client: Client,
     join_token: String,
     /// The desired set as last received, reported back as running.
-    running: Mutex<Vec<ReplicaStatus>>,
+    running: Mutex<Running>,
+    /// Raised when the set took in something to report.
+    changed: tokio::sync::Notify,
     heartbeat_ms: AtomicU64,
     /// Bumped on every registration, so the watcher restarts from index 0.
     registered: tokio::sync::watch::Sender<u64>,
+}
+
+/// What a simulated node "runs", and what it has still to report. Kept as
+/// changes, not compared whole at each heartbeat (`agent::Reports`): a node of
+/// hundreds of replicas heartbeats every second and changes seldom.
+#[derive(Default)]
+struct Running {
+    /// Every replica of the desired set, reported running.
+    all: HashMap<String, ReplicaStatus>,
+    /// Replicas (with their generation) that no answered heartbeat carried yet.
+    unsent: HashMap<String, u64>,
 }
 
 /// Counters shared by every node, logged every few seconds.
@@ -104,7 +119,8 @@ pub async fn simulate(config: SimConfig) -> anyhow::Result<()> {
             name,
             client: client.clone().with_token(&join_secret),
             join_token: join_secret.clone(),
-            running: Mutex::new(Vec::new()),
+            running: Mutex::new(Running::default()),
+            changed: tokio::sync::Notify::new(),
             heartbeat_ms: AtomicU64::new(1000),
             registered: tokio::sync::watch::channel(0).0,
         });
@@ -140,8 +156,8 @@ pub async fn simulate(config: SimConfig) -> anyhow::Result<()> {
 }
 
 impl SimNode {
-    fn statuses(&self) -> Vec<ReplicaStatus> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers, retrying until the scheduler answers; a rejected token is fatal.
@@ -179,11 +195,33 @@ impl SimNode {
         let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
         let spread = self.name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % 1000;
         tokio::time::sleep(interval.mul_f64(spread as f64 / 1000.0)).await;
+        // As `agent::Reports` does: a full report after each registration and
+        // every `FULL_EVERY`, else only what no answered heartbeat carried.
+        let (mut since_full, mut answered_registration) = (None::<u32>, 0);
         loop {
             let started = Instant::now();
-            let hb = Heartbeat { capacity: self.req.capacity, replicas: self.statuses() };
+            let registration = *self.registered.borrow();
+            let full =
+                registration != answered_registration || since_full.is_none_or(|n| n + 1 >= crate::agent::FULL_EVERY);
+            let (replicas, sent) = {
+                let r = self.running();
+                let sent: Vec<(String, u64)> = match full {
+                    true => r.all.values().map(|s| (s.id.clone(), s.generation)).collect(),
+                    false => r.unsent.iter().map(|(id, g)| (id.clone(), *g)).collect(),
+                };
+                (sent.iter().filter_map(|(id, _)| r.all.get(id).cloned()).collect(), sent)
+            };
+            let hb = Heartbeat { capacity: self.req.capacity, replicas, delta: !full };
             match tokio::time::timeout(CALL_TIMEOUT, self.client.heartbeat(&self.name, &hb)).await {
                 Ok(Ok(())) => {
+                    let mut r = self.running();
+                    for (id, generation) in sent {
+                        if r.unsent.get(&id) == Some(&generation) {
+                            r.unsent.remove(&id);
+                        }
+                    }
+                    since_full = Some(if full { 0 } else { since_full.unwrap_or(0) + 1 });
+                    answered_registration = registration;
                     stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) if e.status() == Some(404) => {
@@ -195,7 +233,16 @@ impl SimNode {
                 }
             }
             let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                _ = self.changed.notified() => {
+                    // Report new replicas early, as a real node reports a change,
+                    // but gather what comes with them: thousands of nodes given
+                    // replicas by one placement pass must not turn into a
+                    // heartbeat storm (at most four a second each).
+                    tokio::time::sleep(EARLY_REPORT_GAP.saturating_sub(started.elapsed())).await;
+                }
+            }
         }
     }
 
@@ -208,7 +255,7 @@ impl SimNode {
             let index = applied.unwrap_or(0);
             let asked = Instant::now();
             let answer = tokio::select! {
-                a = self.client.assignments(&self.name, index, WATCH_WAIT) => a,
+                a = self.client.assignment_changes(&self.name, index, WATCH_WAIT) => a,
                 _ = registrations.changed() => {
                     applied = None;
                     continue;
@@ -221,9 +268,10 @@ impl SimNode {
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }
-                    self.converge(&a.replicas);
-                    let unchanged = applied == Some(a.index);
-                    applied = Some(a.index);
+                    let index = a.index;
+                    self.converge(a);
+                    let unchanged = applied == Some(index);
+                    applied = Some(index);
                     if unchanged && asked.elapsed() < Duration::from_millis(500) {
                         tokio::time::sleep(RETRY).await;
                     }
@@ -243,14 +291,29 @@ impl SimNode {
         }
     }
 
-    /// "Runs" exactly the desired set: each replica at its generation, running,
-    /// with no restarts. What is no longer assigned is simply not reported again.
-    fn converge(&self, desired: &[Assignment]) {
-        let set: Vec<ReplicaStatus> = desired
-            .iter()
-            .map(|a| ReplicaStatus {
-                id: a.replica.clone(),
-                generation: a.generation,
+    /// "Runs" exactly the desired set `a` gives (whole, or changes to the
+    /// last): each replica at its generation, running, with no restarts. What
+    /// is no longer assigned is simply not reported again.
+    fn converge(&self, a: Assignments) {
+        let mut r = self.running();
+        let r = &mut *r;
+        if !a.delta {
+            let keep: std::collections::HashSet<&str> = a.replicas.iter().map(|x| x.replica.as_str()).collect();
+            r.all.retain(|id, _| keep.contains(id.as_str()));
+            r.unsent.retain(|id, _| keep.contains(id.as_str()));
+        }
+        for id in &a.removed {
+            r.all.remove(id);
+            r.unsent.remove(id);
+        }
+        for asg in a.replicas {
+            if r.all.get(&asg.replica).is_some_and(|s| s.generation == asg.generation) {
+                continue;
+            }
+            r.unsent.insert(asg.replica.clone(), asg.generation);
+            let status = ReplicaStatus {
+                id: asg.replica.clone(),
+                generation: asg.generation,
                 state: ReplicaState::Running,
                 restarts: 0,
                 reason: None,
@@ -258,8 +321,11 @@ impl SimNode {
                 cpu_seconds: 0.0,
                 memory_bytes: 0,
                 requests: 0,
-            })
-            .collect();
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = set;
+            };
+            r.all.insert(asg.replica, status);
+        }
+        if !r.unsent.is_empty() {
+            self.changed.notify_one();
+        }
     }
 }

@@ -457,15 +457,29 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             return (StatusCode::NOT_FOUND, axum::Json(skiff_api::ErrorBody { error: "unknown node".into() }))
                 .into_response();
         }
-        f.last = Some(hb);
+        // As the scheduler does: a delta updates what the last reports said.
+        let merged = match f.last.take() {
+            Some(mut last) if hb.delta => {
+                for st in hb.replicas {
+                    match last.replicas.iter_mut().find(|r| r.id == st.id) {
+                        Some(r) => *r = st,
+                        None => last.replicas.push(st),
+                    }
+                }
+                last
+            }
+            _ => hb,
+        };
+        f.last = Some(merged);
         StatusCode::OK.into_response()
     }
     async fn assignments(
         State(s): State<FakeState>,
-        Query(q): Query<std::collections::HashMap<String, u64>>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
     ) -> axum::response::Response {
-        let index = q.get("index").copied().unwrap_or(0);
-        let wait = Duration::from_millis(q.get("wait").copied().unwrap_or(0));
+        // Whole sets only, even to a node that asks for changes (as an older scheduler).
+        let number = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let (index, wait) = (number("index"), Duration::from_millis(number("wait")));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = s.1.notified();
@@ -477,6 +491,8 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
                         replicas: f.replicas.clone(),
                         purge_volumes: vec![],
                         lease_ms: 0,
+                        delta: false,
+                        removed: vec![],
                     })
                     .into_response();
                 }

@@ -45,7 +45,7 @@ const HISTORY_EVERY_MS: u64 = 5_000;
 #[derive(Default)]
 pub struct Live {
     /// Node → (replica id → (cpu seconds, memory bytes)), replaced whole by each
-    /// heartbeat, so a replica a node no longer reports is forgotten with it.
+    /// full heartbeat, so a replica a node no longer reports is forgotten with it.
     usage: Mutex<HashMap<String, NodeUsage>>,
     /// Node → its recent (time ms, cpu seconds, memory bytes) totals, so that a
     /// page opened now draws the last minutes at once. Per node only: bounded by
@@ -60,16 +60,20 @@ type Sample = (u64, f64, u64);
 type NodeUsage = HashMap<String, (f64, u64)>;
 
 impl Live {
-    /// Keeps what a node's heartbeat says its replicas use.
-    pub fn record(&self, node: &str, replicas: &[ReplicaStatus]) {
-        let map = replicas.iter().map(|r| (r.id.clone(), (r.cpu_seconds, r.memory_bytes))).collect();
-        self.usage.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), map);
-        self.sample(
-            node,
-            now_ms(),
-            replicas.iter().map(|r| r.cpu_seconds).sum(),
-            replicas.iter().map(|r| r.memory_bytes).sum(),
-        );
+    /// Keeps what a node's heartbeat says its replicas use: all of them, or
+    /// with `delta` only those it reports (the others kept as they were).
+    pub fn record(&self, node: &str, replicas: &[ReplicaStatus], delta: bool) {
+        let entries = replicas.iter().map(|r| (r.id.clone(), (r.cpu_seconds, r.memory_bytes)));
+        let (cpu, memory) = {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let map = usage.entry(node.to_string()).or_default();
+            if !delta {
+                map.clear();
+            }
+            map.extend(entries);
+            map.values().fold((0.0, 0), |(c, m), &(rc, rm)| (c + rc, m + rm))
+        };
+        self.sample(node, now_ms(), cpu, memory);
         // Usage is not state (it is not stored), but the dashboard draws it.
         crate::metrics::changed();
     }

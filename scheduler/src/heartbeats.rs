@@ -9,12 +9,18 @@
 //! Answering before the report is applied is what keeps a busy scheduler from
 //! declaring live nodes down: a node sends its next heartbeat only after the
 //! answer to the last, so an answer that waited behind a long placement batch
-//! delayed the next sign of life past the grace period. A report says
-//! everything about the node (level-triggered), so only each node's latest
-//! one is kept, the queue never holds more than one per node, and a report that
-//! fails to apply is logged and superseded by the next.
+//! delayed the next sign of life past the grace period. The queue holds at
+//! most one report per node: a full report replaces what was queued, a delta
+//! (only the statuses that changed since the node's last answered heartbeat) is
+//! merged into it. A report that fails to apply is logged and superseded by the
+//! node's next full one.
+//!
+//! Most heartbeats of a steady cluster are deltas with nothing in them: a sign
+//! of life, recorded in the state's `Liveness` and answered without touching
+//! any other lock (`receive`).
 
 use crate::Core;
+use crate::error::ApiError;
 use crate::state::State;
 use skiff_api::Heartbeat;
 use std::collections::HashMap;
@@ -29,10 +35,44 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Queues node `name`'s heartbeat, replacing an older one not yet applied.
+    /// Queues node `name`'s heartbeat: a full one replaces an older one not yet
+    /// applied, a delta is merged into it (its statuses win).
     pub(crate) fn submit(&self, name: String, hb: Heartbeat) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).insert(name, hb);
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            match queue.get_mut(&name) {
+                Some(queued) if hb.delta => {
+                    queued.capacity = hb.capacity;
+                    for st in hb.replicas {
+                        match queued.replicas.iter_mut().find(|q| q.id == st.id) {
+                            Some(q) => *q = st,
+                            None => queued.replicas.push(st),
+                        }
+                    }
+                }
+                _ => {
+                    queue.insert(name, hb);
+                }
+            }
+        }
         self.ready.notify_one();
+    }
+}
+
+/// Takes node `name`'s heartbeat (its credential checked by `auth`): alive as
+/// of now, before anything waits for the state lock; the report, if it says
+/// anything the working set does not hold, is queued.
+pub(crate) fn receive(core: &Core, name: String, hb: Heartbeat) -> Result<(), ApiError> {
+    let sign_of_life = (hb.delta && hb.replicas.is_empty()).then_some(hb.capacity);
+    match core.liveness.beat(&name, sign_of_life) {
+        None => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
+        Some(true) => Ok(()),
+        Some(false) => {
+            core.live.record(&name, &hb.replicas, hb.delta);
+            core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas, skiff_api::now_ms());
+            core.heartbeats.submit(name, hb);
+            Ok(())
+        }
     }
 }
 
@@ -40,6 +80,7 @@ impl Batcher {
 /// controllers call it before they look for dead nodes and place replicas, so
 /// that they decide on the latest reports.
 pub(crate) fn apply_queued(core: &Core, st: &mut State) {
+    st.note_heartbeat_times();
     let items = std::mem::take(&mut *core.heartbeats.queue.lock().unwrap_or_else(|p| p.into_inner()));
     if items.is_empty() {
         return;

@@ -290,15 +290,8 @@ async fn heartbeat(
     Path(name): Path<String>,
     JsonBody(hb): JsonBody<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    // `auth::check` let only this node's credential through. Alive as of now,
-    // before anything waits for the state lock.
-    if !core.liveness.beat(&name) {
-        return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
-    }
-    core.live.record(&name, &hb.replicas);
-    core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas, skiff_api::now_ms());
-    // Applied with the other heartbeats that arrive meanwhile, in one transaction.
-    core.heartbeats.submit(name, hb);
+    // `auth::check` let only this node's credential through.
+    crate::heartbeats::receive(&core, name, hb)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -311,6 +304,10 @@ struct WatchQuery {
     /// Milliseconds to wait for a change (at most 60,000; 0: answer at once).
     #[serde(default)]
     wait: u64,
+    /// Answer with only what changed since `index` when the scheduler can
+    /// (`Assignments.delta`), else with the whole set.
+    #[serde(default)]
+    delta: bool,
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{name}/assignments", tag = "nodes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), WatchQuery), responses((status = 200, description = "The node's desired set", body = Assignments), Failures))]
@@ -325,7 +322,19 @@ async fn assignments(
         let wait = Duration::from_millis(q.wait.min(60_000));
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
-    Ok(Json(core.state().assignments(&name)?))
+    // A placement pass wakes the watchers of thousands of nodes at once; each
+    // waiting for the state lock would hold a thread (`Core::state` hands the
+    // wait to `block_in_place`) until the runtime had none left to answer
+    // heartbeats. A few wait for the lock; the rest wait here, threadless.
+    static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let _turn = ANSWERING.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut st = core.state();
+    if q.delta
+        && let Some(changes) = st.assignment_changes(&name, q.index)?
+    {
+        return Ok(Json(changes));
+    }
+    Ok(Json(st.assignments(&name)?))
 }
 
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, description = "Every deployment", body = Vec<Deployment>), Failures))]

@@ -452,6 +452,11 @@ async fn controllers(core: Arc<Core>) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         } else if dirty {
             // A batch of placements stopped short, or something changed meanwhile.
+            // Go again, but not before the lock's waiters (applies, heartbeat
+            // batches, reads) had their turn: released and at once taken again,
+            // a std mutex would hand it back to this loop, and an apply behind
+            // a long queue of placements would wait for all of them.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             core.wake();
         }
         if last_autoscale.elapsed() >= Duration::from_secs(1) {

@@ -189,7 +189,10 @@ fn resource_score(node: &Node, req: &Request) -> f64 {
     let frac = |used: u64, cap: u64| if cap == 0 { 0.0 } else { 1.0 - (used as f64 / cap as f64).min(1.0) };
     let free_cpu = frac(after.cpu.0, node.capacity.cpu.0);
     let free_mem = frac(after.memory.0, node.capacity.memory.0);
-    let binpack = ((20.0 - (10f64.powf(free_cpu) + 10f64.powf(free_mem))).clamp(0.0, 18.0)) / 18.0;
+    // 10^x as e^(x·ln 10): the same value, at a fraction of `powf`'s cost (this
+    // runs for every node scored).
+    let ten_to = |x: f64| (x * std::f64::consts::LN_10).exp();
+    let binpack = ((20.0 - (ten_to(free_cpu) + ten_to(free_mem))).clamp(0.0, 18.0)) / 18.0;
     match req.scoring {
         Scoring::BinPack => binpack,
         Scoring::Spread => 1.0 - binpack,

@@ -67,6 +67,44 @@ struct DeploymentEntry {
     d: Deployment,
     /// Placed replicas of this deployment per node (for spreading).
     spread: HashMap<String, u32>,
+    /// Its live replicas counted by state, kept by `index_replica` and
+    /// `unindex_replica`: a status read (`GET /v1/deployments`, polled by
+    /// watchers) must not walk every replica under the lock.
+    counts: Counts,
+    /// Its live replicas per revision (same keeper): a deployment at its count
+    /// with all of them on the current revision and no rollout under way has
+    /// nothing to reconcile, without a walk of its replicas.
+    by_revision: BTreeMap<u64, u32>,
+}
+
+/// A deployment's live replicas by what its status reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    total: u32,
+    pending: u32,
+    running: u32,
+    failed: u32,
+    restarts: u32,
+    /// Passing readiness (`Mem::serving`).
+    serving: u32,
+}
+
+impl Counts {
+    /// Adds (`add`) or takes away one replica `r`, `serving` or not.
+    fn count(&mut self, r: &Replica, serving: bool, add: bool) {
+        let step = |c: &mut u32, n: u32| *c = if add { c.saturating_add(n) } else { c.saturating_sub(n) };
+        step(&mut self.total, 1);
+        step(&mut self.restarts, r.restarts);
+        match r.state {
+            ReplicaState::Pending => step(&mut self.pending, 1),
+            ReplicaState::Running | ReplicaState::Ready => step(&mut self.running, 1),
+            ReplicaState::Failed | ReplicaState::Exited => step(&mut self.failed, 1),
+            _ => {}
+        }
+        if serving {
+            step(&mut self.serving, 1);
+        }
+    }
 }
 
 /// The in-memory working set.
@@ -88,6 +126,18 @@ pub struct Mem {
     index: u64,
     /// Nodes whose desired set changed in the current transaction.
     touched: BTreeSet<String>,
+    /// Replicas placed on or taken off a node in the current transaction, as
+    /// (node, replica): what `changes` logs.
+    changed: Vec<(String, String)>,
+    /// Nodes that must get their whole set again (registered, back from down).
+    whole: BTreeSet<String>,
+    /// Replicas reported running for the first time in this transaction, by
+    /// deployment, as (replica, node): one `Started` event each deployment.
+    started: BTreeMap<String, Vec<(String, String)>>,
+    /// Per node, which replicas changed at which index: what an answer of
+    /// only the changes since a node's index holds (`Mem::assignment_changes`).
+    /// In memory only: a reloaded working set answers with whole sets.
+    changes: HashMap<String, NodeChanges>,
     /// Whether this transaction changed anything in memory.
     mutated: bool,
     /// Whether placement should run again (capacity or demand changed).
@@ -111,31 +161,65 @@ struct NodeLive {
     tx: watch::Sender<u64>,
 }
 
+/// The recent changes of one node's desired set.
+#[derive(Debug, Default)]
+struct NodeChanges {
+    /// Every change after this index is in `entries`.
+    since: u64,
+    /// (index, replica) in index order.
+    entries: std::collections::VecDeque<(u64, String)>,
+}
+
+/// Most changes kept per node (about 50 bytes each); a node further behind
+/// gets its whole set.
+const MAX_NODE_CHANGES: usize = 512;
+
 /// When each registered node last heartbeated. It lives outside the state lock:
 /// a heartbeat counts the moment its request arrives, however long the
 /// controllers hold the lock, so a busy scheduler never declares a live node
 /// down for its own delay.
 #[derive(Default)]
-pub struct Liveness(std::sync::Mutex<HashMap<String, Instant>>);
+pub struct Liveness(std::sync::Mutex<HashMap<String, Beat>>);
+
+/// A node's last heartbeat, and what the working set already holds of it.
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    at: Instant,
+    at_ms: Millis,
+    /// The capacity the working set holds for the node while it is up; `None`
+    /// when it is down (or not yet confirmed), so that its next heartbeat must
+    /// reach the working set.
+    applied: Option<Resources>,
+}
 
 impl Liveness {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Beat>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a heartbeat of node `name` now; false if it is not registered.
-    pub fn beat(&self, name: &str) -> bool {
-        match self.map().get_mut(name) {
-            Some(t) => {
-                *t = Instant::now();
-                true
-            }
-            None => false,
-        }
+    /// Records a heartbeat of node `name` now; `None` if it is not registered.
+    /// `Some(true)` when it needs nothing more: a sign of life only (`capacity`
+    /// given: a delta heartbeat without statuses) whose capacity the working set
+    /// already holds, of a node that is up.
+    pub fn beat(&self, name: &str, capacity: Option<Resources>) -> Option<bool> {
+        let mut map = self.map();
+        let b = map.get_mut(name)?;
+        b.at = Instant::now();
+        b.at_ms = now_ms();
+        Some(capacity.is_some() && b.applied == capacity)
     }
 
-    fn set(&self, name: &str, at: Instant) {
-        self.map().insert(name.to_string(), at);
+    /// Counts node `name` alive as of `at` (`at_ms`, 0 when it has not
+    /// heartbeated yet).
+    fn set(&self, name: &str, at: Instant, at_ms: Millis, applied: Option<Resources>) {
+        self.map().insert(name.to_string(), Beat { at, at_ms, applied });
+    }
+
+    /// Records what the working set now holds of node `name` (`None`: down).
+    fn applied(&self, name: &str, capacity: Option<Resources>) {
+        if let Some(b) = self.map().get_mut(name) {
+            b.applied = capacity;
+        }
     }
 
     fn remove(&self, name: &str) {
@@ -143,7 +227,7 @@ impl Liveness {
     }
 
     fn last(&self, name: &str) -> Option<Instant> {
-        self.map().get(name).copied()
+        self.map().get(name).map(|b| b.at)
     }
 }
 
@@ -197,7 +281,7 @@ impl State {
         let live = mem.nodes.iter().map(|n| (n.name.clone(), NodeLive { tx: watch::Sender::new(mem.index) })).collect();
         let liveness = std::sync::Arc::new(Liveness::default());
         for n in &mem.nodes {
-            liveness.set(&n.name, now);
+            liveness.set(&n.name, now, 0, None);
         }
         Ok(State {
             store,
@@ -234,10 +318,15 @@ impl State {
         let tx = self.store.tx().map_err(store_err)?;
         self.mem.mutated = false;
         self.mem.touched.clear();
+        self.mem.changed.clear();
+        self.mem.whole.clear();
+        self.mem.started.clear();
         let result = f(&mut self.mem, &tx).and_then(|v| {
             if !self.mem.touched.is_empty() {
                 self.mem.index += 1;
                 tx.set_meta("index", &self.mem.index.to_string()).map_err(store_err)?;
+                // A failed commit reloads the working set, changes and all.
+                self.mem.log_changes();
             }
             Ok(v)
         });
@@ -316,14 +405,14 @@ impl State {
         let node = self.transact(|mem, tx| mem.register(tx, req, now))?;
         let index = self.mem.index;
         self.live.entry(node.name.clone()).or_insert_with(|| NodeLive { tx: watch::Sender::new(index) });
-        self.liveness.set(&node.name, Instant::now());
+        self.liveness.set(&node.name, Instant::now(), now, Some(node.capacity));
         Ok(RegisterResponse { node, heartbeat_interval_ms: 0, credential: None })
     }
 
     /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
     #[cfg(test)]
     pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
-        self.liveness.beat(name);
+        self.liveness.beat(name, None);
         self.heartbeats(vec![(name.to_string(), hb)]).pop().unwrap_or(Ok(()))
     }
 
@@ -347,16 +436,38 @@ impl State {
                     mem.heartbeat(tx, name, hb, now)?;
                 }
             }
-            Ok(())
+            mem.record_started(tx, now)
         });
         if together.is_err() {
             for ((name, hb), r) in batch.iter().zip(results.iter_mut()) {
                 if r.is_ok() {
-                    *r = self.transact(|mem, tx| mem.heartbeat(tx, name, hb, now));
+                    *r = self.transact(|mem, tx| {
+                        mem.heartbeat(tx, name, hb, now)?;
+                        mem.record_started(tx, now)
+                    });
                 }
             }
         }
+        // From now on a sign of life alone from these nodes needs no lock.
+        for ((name, _), r) in batch.iter().zip(&results) {
+            if r.is_ok()
+                && let Some(n) = self.mem.node(name)
+            {
+                self.liveness.applied(name, (n.state != NodeState::Down).then_some(n.capacity));
+            }
+        }
         results
+    }
+
+    /// Copies each node's last heartbeat time into the working set (node
+    /// listings show it): a sign of life alone never takes the state lock.
+    pub fn note_heartbeat_times(&mut self) {
+        let map = self.liveness.map();
+        for n in &mut self.mem.nodes {
+            if let Some(b) = map.get(&n.name) {
+                n.last_heartbeat_ms = n.last_heartbeat_ms.max(b.at_ms);
+            }
+        }
     }
 
     /// A receiver that changes when node `name`'s desired set does.
@@ -389,9 +500,18 @@ impl State {
         }
         let now = now_ms();
         let why = format!("no heartbeat for {} ms", grace.as_millis());
+        // Their next heartbeat, even a sign of life alone, must reach the
+        // working set to bring them back.
+        for name in &dead {
+            self.liveness.applied(name, None);
+        }
         self.transact(|mem, tx| {
+            let mut deployments = BTreeSet::new();
             for name in &dead {
-                mem.node_down(tx, name, &why, now)?;
+                mem.mark_down(tx, name, &why, now, &mut deployments)?;
+            }
+            for d in deployments {
+                mem.reconcile(tx, &d, now)?;
             }
             Ok(())
         })
@@ -491,6 +611,24 @@ impl State {
             mem.mutated = true;
             // Replicas may be pending for want of it.
             mem.sched_dirty = true;
+            // The nodes running replicas that use it get their assignments
+            // again, with the new values (for the replicas' next start).
+            let users: Vec<String> = mem
+                .deployments
+                .values()
+                .filter(|e| e.d.spec.secrets.iter().any(|r| r.secret == name))
+                .map(|e| e.d.name.clone())
+                .collect();
+            let placed: Vec<(String, String)> = users
+                .iter()
+                .flat_map(|d| mem.replicas_of(d))
+                .filter(|r| r.state.is_placed())
+                .filter_map(|r| Some((r.node.clone()?, r.id.clone())))
+                .collect();
+            for (node, id) in placed {
+                mem.touched.insert(node.clone());
+                mem.changed.push((node, id));
+            }
             Ok(())
         })?;
         Ok(secret)
@@ -549,6 +687,12 @@ impl State {
     /// Node `name`'s desired set, with the values of the secrets its replicas use.
     pub fn assignments(&self, name: &str) -> Result<Assignments, ApiError> {
         let mut a = self.mem.assignments(name);
+        self.complete(&mut a)?;
+        Ok(a)
+    }
+
+    /// Adds to an answer of node assignments the volume lease and the secrets.
+    fn complete(&self, a: &mut Assignments) -> Result<(), ApiError> {
         // A node with a leased volume stops its writer once it has not reached us
         // for as long as we wait before counting it down (`volumes::Lease`).
         a.lease_ms = u64::try_from(self.policy.node_grace(self.mem.nodes.len()).as_millis()).unwrap_or(u64::MAX);
@@ -563,7 +707,16 @@ impl State {
                 asg.secrets.insert(r.secret.clone(), values);
             }
         }
-        Ok(a)
+        Ok(())
+    }
+
+    /// What changed in node `name`'s desired set since `index` (the index of
+    /// the set it holds), with the values of the secrets its changed replicas
+    /// use; `None` when only the whole set can say it.
+    pub fn assignment_changes(&mut self, name: &str, index: u64) -> Result<Option<Assignments>, ApiError> {
+        let Some(mut a) = self.mem.assignment_changes(name, index) else { return Ok(None) };
+        self.complete(&mut a)?;
+        Ok(Some(a))
     }
 
     // ---- deployments ----
@@ -803,17 +956,18 @@ fn new_replica_id(deployment: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
-/// One event for a deployment's placements in a pass: a row per placement cost as
-/// much as the placement itself at scale.
-fn scheduled_message(list: &[(String, String)]) -> String {
+/// One event for a deployment's placements in a pass (`what`: "placed"), or
+/// for its replicas reported running by a batch of heartbeats ("running"): a
+/// row per replica cost as much as the placement itself at scale.
+fn replicas_message(list: &[(String, String)], what: &str) -> String {
     const SHOWN: usize = 10;
     if let [(id, node)] = list {
-        return format!("replica {id} placed on {node}");
+        return format!("replica {id} {what} on {node}");
     }
     let shown: Vec<String> = list.iter().take(SHOWN).map(|(id, node)| format!("{id} on {node}")).collect();
     let rest = list.len().saturating_sub(SHOWN);
     let more = if rest > 0 { format!(" and {rest} more") } else { String::new() };
-    format!("{} replicas placed: {}{more}", list.len(), shown.join(", "))
+    format!("{} replicas {what}: {}{more}", list.len(), shown.join(", "))
 }
 
 /// A seed from a replica id: the same replica gets the same placement order.
@@ -864,7 +1018,10 @@ impl Mem {
             mem.revisions.insert((d, rev), spec);
         }
         for d in loaded.deployments {
-            mem.deployments.insert(d.name.clone(), DeploymentEntry { d, spread: HashMap::new() });
+            mem.deployments.insert(
+                d.name.clone(),
+                DeploymentEntry { d, spread: HashMap::new(), counts: Counts::default(), by_revision: BTreeMap::new() },
+            );
         }
         for (v, purge) in loaded.volumes {
             if purge {
@@ -921,25 +1078,26 @@ impl Mem {
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
         let e = self.deployments.get(name)?;
         let mut d = e.d.clone();
-        let mut s = DeploymentStatus::default();
-        let (now, min_ready_ms) = (now_ms(), d.strategy.min_ready_seconds as u64 * 1000);
-        for r in self.replicas_of(name) {
-            s.total += 1;
-            s.restarts += r.restarts;
-            match r.state {
-                ReplicaState::Pending => s.pending += 1,
-                ReplicaState::Running | ReplicaState::Ready => s.running += 1,
-                ReplicaState::Failed | ReplicaState::Exited => s.failed += 1,
-                _ => {}
+        let c = e.counts;
+        let min_ready_ms = d.strategy.min_ready_seconds as u64 * 1000;
+        // Available depends on the clock: counted only when it differs from ready.
+        let available = match min_ready_ms {
+            0 => c.serving,
+            _ => {
+                let now = now_ms();
+                let ok = |r: &&Replica| self.serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms;
+                self.replicas_of(name).filter(ok).count() as u32
             }
-            if self.serving(r) {
-                s.ready += 1;
-                if now.saturating_sub(r.updated_ms) >= min_ready_ms {
-                    s.available += 1;
-                }
-            }
-        }
-        d.status = s;
+        };
+        d.status = DeploymentStatus {
+            total: c.total,
+            pending: c.pending,
+            running: c.running,
+            ready: c.serving,
+            available,
+            failed: c.failed,
+            restarts: c.restarts,
+        };
         Some(d)
     }
 
@@ -958,27 +1116,80 @@ impl Mem {
 
     /// The desired set of node `name`.
     pub fn assignments(&self, name: &str) -> Assignments {
-        let replicas = self
-            .replicas_on(name)
-            .filter_map(|r| {
-                let spec = self.revisions.get(&(r.deployment.clone(), r.revision))?;
-                Some(Assignment {
-                    replica: r.id.clone(),
-                    deployment: r.deployment.clone(),
-                    revision: r.revision,
-                    generation: r.generation,
-                    spec: spec.clone(),
-                    secrets: BTreeMap::new(),
-                })
-            })
-            .collect();
-        let purge_volumes = self
-            .purging
+        let replicas = self.replicas_on(name).filter_map(|r| self.assignment(r)).collect();
+        Assignments {
+            index: self.index,
+            replicas,
+            purge_volumes: self.purge_volumes(name),
+            lease_ms: 0,
+            delta: false,
+            removed: Vec::new(),
+        }
+    }
+
+    fn assignment(&self, r: &Replica) -> Option<Assignment> {
+        let spec = self.revisions.get(&(r.deployment.clone(), r.revision))?;
+        Some(Assignment {
+            replica: r.id.clone(),
+            deployment: r.deployment.clone(),
+            revision: r.revision,
+            generation: r.generation,
+            spec: spec.clone(),
+            secrets: BTreeMap::new(),
+        })
+    }
+
+    fn purge_volumes(&self, name: &str) -> Vec<String> {
+        self.purging
             .iter()
             .filter(|v| self.volumes.get(*v).and_then(|v| v.node.as_deref()) == Some(name))
             .cloned()
-            .collect();
-        Assignments { index: self.index, replicas, purge_volumes, lease_ms: 0 }
+            .collect()
+    }
+
+    /// What changed in node `name`'s desired set since `index`, the index of
+    /// the set the node holds: the replicas placed or changed since, and those
+    /// taken off. `None` when the log does not reach back that far (or the node
+    /// has none: registered anew, back from down, a reloaded working set). The
+    /// changes up to `index` are forgotten: the node has them.
+    pub fn assignment_changes(&mut self, name: &str, index: u64) -> Option<Assignments> {
+        let log = self.changes.get_mut(name)?;
+        if index == 0 || index < log.since || index > self.index {
+            return None;
+        }
+        while log.entries.front().is_some_and(|(i, _)| *i <= index) {
+            log.entries.pop_front();
+        }
+        log.since = index;
+        let ids: BTreeSet<String> = log.entries.iter().map(|(_, id)| id.clone()).collect();
+        let on_node = self.by_node.get(name);
+        let (mut replicas, mut removed) = (Vec::new(), Vec::new());
+        for id in ids {
+            match self.replicas.get(&id).filter(|_| on_node.is_some_and(|s| s.contains(&id))) {
+                Some(r) => replicas.extend(self.assignment(r)),
+                None => removed.push(id),
+            }
+        }
+        let purge_volumes = self.purge_volumes(name);
+        Some(Assignments { index: self.index, replicas, purge_volumes, lease_ms: 0, delta: true, removed })
+    }
+
+    /// Logs this transaction's changes of node sets at the new index.
+    fn log_changes(&mut self) {
+        let index = self.index;
+        for node in std::mem::take(&mut self.whole) {
+            self.changes.insert(node, NodeChanges { since: index, entries: Default::default() });
+        }
+        for (node, id) in std::mem::take(&mut self.changed) {
+            let log =
+                self.changes.entry(node).or_insert_with(|| NodeChanges { since: index - 1, ..Default::default() });
+            log.entries.push_back((index, id));
+            if log.entries.len() > MAX_NODE_CHANGES
+                && let Some((i, _)) = log.entries.pop_front()
+            {
+                log.since = log.since.max(i);
+            }
+        }
     }
 
     /// Warns when no registered node could ever hold one replica of `spec`.
@@ -1019,6 +1230,11 @@ impl Mem {
             return;
         }
         self.by_deployment.entry(r.deployment.clone()).or_default().insert(r.id.clone());
+        let serving = self.serving(r);
+        if let Some(e) = self.deployments.get_mut(&r.deployment) {
+            e.counts.count(r, serving, true);
+            *e.by_revision.entry(r.revision).or_default() += 1;
+        }
         if r.state == ReplicaState::Pending {
             self.pending.insert((r.created_ms, r.id.clone()));
         }
@@ -1040,13 +1256,23 @@ impl Mem {
                     *used.entry(p).or_default() += 1;
                 }
             }
-            self.touched.insert(node.clone());
         }
     }
 
     fn unindex_replica(&mut self, r: &Replica) {
-        if let Some(set) = self.by_deployment.get_mut(&r.deployment) {
-            set.remove(&r.id);
+        if let Some(set) = self.by_deployment.get_mut(&r.deployment)
+            && set.remove(&r.id)
+        {
+            let serving = self.serving(r);
+            if let Some(e) = self.deployments.get_mut(&r.deployment) {
+                e.counts.count(r, serving, false);
+                if let Some(n) = e.by_revision.get_mut(&r.revision) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        e.by_revision.remove(&r.revision);
+                    }
+                }
+            }
         }
         self.pending.remove(&(r.created_ms, r.id.clone()));
         if let (true, Some(node)) = (r.state.is_placed(), &r.node) {
@@ -1081,7 +1307,6 @@ impl Mem {
                     self.ports_in_use.remove(node);
                 }
             }
-            self.touched.insert(node.clone());
         }
     }
 
@@ -1106,6 +1331,20 @@ impl Mem {
         if old.state == ReplicaState::Ready || new.state == ReplicaState::Ready {
             self.endpoints_dirty = true;
         }
+        // A node hears of a replica when its assignment changes (placed on or
+        // taken off it, a new generation or revision), not when its own report
+        // of it does.
+        let assigned = |r: &Replica| match r.state.is_placed() {
+            true => r.node.clone().map(|n| (n, r.generation, r.revision)),
+            false => None,
+        };
+        let (was, is) = (assigned(&old), assigned(&new));
+        if was != is {
+            for (node, _, _) in was.into_iter().chain(is) {
+                self.touched.insert(node.clone());
+                self.changed.push((node, id.to_string()));
+            }
+        }
         self.unindex_replica(&old);
         if new.state.is_terminal() {
             self.replicas.remove(id);
@@ -1113,6 +1352,7 @@ impl Mem {
             if let Some(node) = &old.node {
                 // The node must hear that it should stop it.
                 self.touched.insert(node.clone());
+                self.changed.push((node.clone(), id.to_string()));
             }
         } else {
             self.index_replica(&new);
@@ -1168,6 +1408,7 @@ impl Mem {
         tx.put_node(&node)?;
         // A re-registered node must hear its desired set again.
         self.touched.insert(node.name.clone());
+        self.whole.insert(node.name.clone());
         Ok(node)
     }
 
@@ -1185,6 +1426,7 @@ impl Mem {
                 tx.event(now, &node_obj, "NodeReady", "node is heartbeating again")?;
                 changed = true;
                 self.touched.insert(name.to_string());
+                self.whole.insert(name.to_string());
             }
             if n.capacity != hb.capacity {
                 n.capacity = hb.capacity;
@@ -1230,7 +1472,8 @@ impl Mem {
                 && matches!(st.state, ReplicaState::Running | ReplicaState::Ready)
                 && r.state == ReplicaState::Assigned
             {
-                tx.event(now, &obj, "Started", &format!("replica {} running on {name}", r.id))?;
+                // One event per deployment and batch (`Mem::record_started`).
+                self.started.entry(r.deployment.clone()).or_default().push((r.id.clone(), name.to_string()));
             }
             if st.restarts > r.restarts {
                 tx.event(
@@ -1261,7 +1504,36 @@ impl Mem {
         Ok(())
     }
 
+    /// Records the `Started` events of the replicas this transaction's
+    /// heartbeats reported running for the first time.
+    fn record_started(&mut self, tx: &Tx, now: Millis) -> Result<(), ApiError> {
+        for (dep, list) in std::mem::take(&mut self.started) {
+            tx.event(now, &format!("deployment/{dep}"), "Started", &replicas_message(&list, "running"))?;
+        }
+        Ok(())
+    }
+
     fn node_down(&mut self, tx: &Tx, name: &str, why: &str, now: Millis) -> Result<(), ApiError> {
+        let mut deployments = BTreeSet::new();
+        self.mark_down(tx, name, why, now, &mut deployments)?;
+        for d in deployments {
+            self.reconcile(tx, &d, now)?;
+        }
+        Ok(())
+    }
+
+    /// Marks node `name` down and its replicas lost, adding their deployments
+    /// to `deployments`, which the caller reconciles: once each, however many
+    /// of the nodes going down at once held them (a reconcile walks every
+    /// replica of its deployment).
+    fn mark_down(
+        &mut self,
+        tx: &Tx,
+        name: &str,
+        why: &str,
+        now: Millis,
+        deployments: &mut BTreeSet<String>,
+    ) -> Result<(), ApiError> {
         let Some(&i) = self.node_idx.get(name) else { return Ok(()) };
         self.nodes[i].state = NodeState::Down;
         tx.put_node(&self.nodes[i])?;
@@ -1274,7 +1546,6 @@ impl Mem {
             &format!("{why}; its {} replicas are replaced elsewhere", ids.len()),
         )?;
         tracing::warn!("node {name} down ({why}); replacing {} replicas", ids.len());
-        let mut deployments = BTreeSet::new();
         for id in ids {
             if let Some(r) = self.replicas.get(&id) {
                 deployments.insert(r.deployment.clone());
@@ -1290,9 +1561,6 @@ impl Mem {
                 r.reason = Some(format!("node {name} down"));
             })?;
         }
-        for d in deployments {
-            self.reconcile(tx, &d, now)?;
-        }
         self.sched_dirty = true;
         Ok(())
     }
@@ -1307,6 +1575,8 @@ impl Mem {
         self.by_node.remove(name);
         self.ports_in_use.remove(name);
         self.touched.remove(name);
+        self.changes.remove(name);
+        self.changed.retain(|(n, _)| n != name);
         self.endpoints_dirty = true;
         tx.delete_node(name)?;
         tx.event(now, &format!("node/{name}"), "NodeRemoved", "removed; it can come back only by joining again")?;
@@ -1361,7 +1631,15 @@ impl Mem {
                     &format!("created with {} replicas of {}", d.replicas, d.spec.workload),
                 )?;
                 self.revisions.insert((name.to_string(), 1), req.spec);
-                self.deployments.insert(name.to_string(), DeploymentEntry { d, spread: HashMap::new() });
+                self.deployments.insert(
+                    name.to_string(),
+                    DeploymentEntry {
+                        d,
+                        spread: HashMap::new(),
+                        counts: Counts::default(),
+                        by_revision: BTreeMap::new(),
+                    },
+                );
                 self.endpoints_dirty = true;
                 ApplyOutcome::Created
             }
@@ -1430,28 +1708,48 @@ impl Mem {
     fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
         let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        // At its count, all of the current revision: the plan would create and
+        // stop nothing, and a rollout under way completes once enough serve
+        // (counted, when serving is all that available asks).
+        if e.counts.total as usize == desired && e.by_revision.keys().all(|r| *r == revision) {
+            if e.d.rollout.state != RolloutState::Progressing {
+                return Ok(());
+            }
+            if strategy.min_ready_seconds == 0 {
+                let done = e.counts.serving as usize >= desired;
+                return if done { self.rollout_complete(tx, name, now) } else { Ok(()) };
+            }
+        }
+        let paused = e.d.rollout.paused;
+        let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
+        let probed = e.d.spec.probes.readiness.is_some();
         // Two writers of one volume must never run at once: with a read-write
         // volume, a new revision replaces the old one by stopping it first.
-        let writable = e.d.spec.has_writable_volume()
-            || self.replicas_of(name).any(|r| {
-                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(WorkloadSpec::has_writable_volume)
+        let mut writable = e.d.spec.has_writable_volume();
+        // One walk of the replicas; those of the current revision (most of
+        // them) need no lookup of their revision.
+        let mut seen: Vec<rollout::Seen> = Vec::with_capacity(self.by_deployment.get(name).map_or(0, BTreeSet::len));
+        for r in self.replicas_of(name) {
+            let current = r.revision == revision;
+            let serving = if current {
+                r.state == ReplicaState::Ready || (r.state == ReplicaState::Running && !probed)
+            } else {
+                let spec = self.revisions.get(&(r.deployment.clone(), r.revision));
+                writable |= spec.is_some_and(WorkloadSpec::has_writable_volume);
+                self.serving(r)
+            };
+            seen.push(rollout::Seen {
+                id: r.id.clone(),
+                current,
+                available: serving && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
+                rank: removal_rank(r),
             });
+        }
         if writable {
             strategy.max_surge = 0;
             strategy.max_unavailable = strategy.max_unavailable.max(1);
         }
-        let paused = e.d.rollout.paused;
-        let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
-        let seen: Vec<rollout::Seen> = self
-            .replicas_of(name)
-            .map(|r| rollout::Seen {
-                id: r.id.clone(),
-                current: r.revision == revision,
-                available: self.serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms,
-                failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
-                rank: removal_rank(r),
-            })
-            .collect();
         let plan = rollout::plan(desired, &strategy, paused, &seen);
         if plan.rolling && self.rollout_check(tx, name, &plan, now)? {
             // Rolled back: the next pass plans against the good revision.
@@ -1470,8 +1768,15 @@ impl Mem {
             tx.event(now, &obj, "ScaledDown", &format!("stopped {scaled_down} replicas"))?;
         }
         for _ in 0..plan.create {
+            // Six random characters collide: among a deployment's 10,000
+            // replicas about once in 40 deployments. A taken id would overwrite
+            // a live replica and leave its indexes behind.
+            let mut id = new_replica_id(name);
+            while self.replicas.contains_key(&id) {
+                id = new_replica_id(name);
+            }
             let r = Replica {
-                id: new_replica_id(name),
+                id,
                 deployment: name.to_string(),
                 revision,
                 node: None,
@@ -1490,13 +1795,18 @@ impl Mem {
             self.sched_dirty = true;
         }
         // A rollout is complete once no old replica is left and the new ones serve.
-        let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
         let done = !plan.rolling && plan.stop.iter().all(|(_, w)| *w == "scaled down") && plan.available_new >= desired;
-        if e.d.rollout.state == RolloutState::Progressing && done {
+        if done { self.rollout_complete(tx, name, now) } else { Ok(()) }
+    }
+
+    /// Marks deployment `name`'s rollout under way complete.
+    fn rollout_complete(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+        if e.d.rollout.state == RolloutState::Progressing {
             e.d.rollout.state = RolloutState::Complete;
-            e.d.rollout.message = format!("revision {revision} is rolled out");
+            e.d.rollout.message = format!("revision {} is rolled out", e.d.revision);
             tx.put_deployment(&e.d)?;
-            tx.event(now, &obj, "RolloutComplete", &e.d.rollout.message)?;
+            tx.event(now, &format!("deployment/{name}"), "RolloutComplete", &e.d.rollout.message)?;
             self.mutated = true;
         }
         Ok(())
@@ -1786,7 +2096,7 @@ impl Mem {
             tx.set_meta("next_generation", &self.next_generation.to_string())?;
         }
         for (dep, list) in scheduled {
-            tx.event(now, &format!("deployment/{dep}"), "Scheduled", &scheduled_message(&list))?;
+            tx.event(now, &format!("deployment/{dep}"), "Scheduled", &replicas_message(&list, "placed"))?;
         }
         Ok((placed, more))
     }
@@ -1921,6 +2231,214 @@ mod tests {
         assert!(scheduled[0].ends_with(&format!(" and {} more", SCHEDULE_BATCH - 10)), "{}", scheduled[0]);
     }
 
+    /// Deployment `name`'s status counted by walking its replicas, as
+    /// `Mem::deployment` did before it kept counts.
+    fn recount(st: &State, name: &str) -> DeploymentStatus {
+        let mem = st.mem();
+        let mut s = DeploymentStatus::default();
+        for r in mem.replicas_of(name) {
+            s.total += 1;
+            s.restarts += r.restarts;
+            match r.state {
+                ReplicaState::Pending => s.pending += 1,
+                ReplicaState::Running | ReplicaState::Ready => s.running += 1,
+                ReplicaState::Failed | ReplicaState::Exited => s.failed += 1,
+                _ => {}
+            }
+            if mem.serving(r) {
+                s.ready += 1;
+                s.available += 1;
+            }
+        }
+        s
+    }
+
+    fn status(name: &str, state: ReplicaState, generation: u64, restarts: u32) -> ReplicaStatus {
+        ReplicaStatus {
+            id: name.into(),
+            generation,
+            state,
+            restarts,
+            reason: None,
+            exit_code: None,
+            cpu_seconds: 0.0,
+            memory_bytes: 0,
+            requests: 0,
+        }
+    }
+
+    /// A follower's copy applies changed replicas in place (`Mem::apply_replicas`)
+    /// and must end as a working set loaded from the store would.
+    #[test]
+    fn replicas_applied_in_place_match_the_store_loaded_anew() {
+        let (mut st, _dir) = state();
+        st.register(node("a", 1024)).unwrap();
+        st.register(node("b", 1024)).unwrap();
+        let apply = |n, mem| ApplyRequest { replicas: Some(n), spec: spec(mem), strategy: None, autoscale: None };
+        st.apply("web", apply(8, 100)).unwrap();
+        st.apply("api", apply(1, 50)).unwrap();
+        let mut copy = Mem::load(st.store()).unwrap();
+        let ids = |m: &Mem| m.all_replicas().map(|r| r.id.clone()).collect::<BTreeSet<String>>();
+        let mut seen = ids(&copy);
+        // Placed, reported running with restarts, scaled down and up.
+        st.schedule().unwrap();
+        let on_a: Vec<Replica> = st.mem().replicas_on("a").cloned().collect();
+        let reports = on_a.iter().map(|r| status(&r.id, ReplicaState::Running, r.generation, 1)).collect();
+        st.heartbeat("a", Heartbeat { capacity: Resources::new(4000, 1024 << 20), replicas: reports, delta: false })
+            .unwrap();
+        st.scale("web", 3).unwrap();
+        st.scale("api", 4).unwrap();
+        st.schedule().unwrap();
+        let fresh = Mem::load(st.store()).unwrap();
+        // What the watch delivers for the replicas: each one as it is now, or deleted.
+        seen.extend(ids(&fresh));
+        let changes = seen.into_iter().map(|id| (id.clone(), fresh.replicas.get(&id).cloned())).collect();
+        copy.apply_replicas(changes);
+        let view = |m: &Mem| {
+            let nodes: Vec<(String, u32, Resources)> =
+                m.nodes().iter().map(|n| (n.name.clone(), n.replicas, n.allocated)).collect();
+            let deployments: Vec<_> = ["web", "api"].iter().map(|d| m.deployment(d).map(|d| d.status)).collect();
+            let pending: Vec<_> = m.pending.iter().cloned().collect();
+            (nodes, deployments, ids(m), pending, m.by_node.clone(), m.ports_in_use.clone())
+        };
+        assert_eq!(view(&copy), view(&fresh));
+        let running = fresh.all_replicas().filter(|r| r.state == ReplicaState::Running).count();
+        assert!(running > 0 && fresh.pending.is_empty(), "nothing much changed: {running} running");
+    }
+
+    #[test]
+    fn deployment_counts_follow_every_change_and_a_reload() {
+        let (mut st, dir) = state();
+        st.register(node("a", 1024)).unwrap();
+        st.register(node("b", 1024)).unwrap();
+        let apply =
+            |replicas| ApplyRequest { replicas: Some(replicas), spec: spec(100), strategy: None, autoscale: None };
+        st.apply("web", apply(12)).unwrap();
+        st.schedule().unwrap();
+        let check = |st: &State| {
+            assert_eq!(st.mem().deployment("web").unwrap().status, recount(st, "web"));
+            let mut by_revision: BTreeMap<u64, u32> = BTreeMap::new();
+            for r in st.mem().replicas_of("web") {
+                *by_revision.entry(r.revision).or_default() += 1;
+            }
+            assert_eq!(st.mem().deployments["web"].by_revision, by_revision);
+        };
+        check(&st);
+        // Reports from a: running, failed with restarts, ready; a delta carries some.
+        let on_a: Vec<Replica> = st.mem().replicas_on("a").cloned().collect();
+        let states = [ReplicaState::Running, ReplicaState::Failed, ReplicaState::Ready];
+        let reports: Vec<ReplicaStatus> =
+            on_a.iter().enumerate().map(|(i, r)| status(&r.id, states[i % 3], r.generation, (i % 2) as u32)).collect();
+        let hb = Heartbeat { capacity: Resources::new(4000, 1024 << 20), replicas: reports, delta: false };
+        st.heartbeat("a", hb).unwrap();
+        check(&st);
+        let first = on_a.first().unwrap();
+        let hb = Heartbeat {
+            capacity: Resources::new(4000, 1024 << 20),
+            replicas: vec![status(&first.id, ReplicaState::Exited, first.generation, 4)],
+            delta: true,
+        };
+        st.heartbeat("a", hb).unwrap();
+        check(&st);
+        st.scale("web", 5).unwrap();
+        check(&st);
+        // A new revision rolls out beside the old one.
+        let update = ApplyRequest { replicas: Some(5), spec: spec(101), strategy: None, autoscale: None };
+        st.apply("web", update).unwrap();
+        st.schedule().unwrap();
+        check(&st);
+        assert_eq!(st.mem().deployments["web"].by_revision.len(), 2, "both revisions live");
+        st.policy.node_grace = Duration::from_millis(1);
+        st.liveness.set("a", Instant::now() + Duration::from_secs(60), now_ms(), None);
+        std::thread::sleep(Duration::from_millis(5));
+        st.check_nodes().unwrap();
+        check(&st);
+        let before = st.mem().deployment("web").unwrap().status;
+        let st = State::load(
+            Store::open(&dir.0.join("state.db")).unwrap(),
+            Keyring::open(&dir.0).unwrap(),
+            Policy::default(),
+        )
+        .unwrap();
+        check(&st);
+        assert_eq!(st.mem().deployment("web").unwrap().status, before);
+    }
+
+    #[test]
+    fn a_node_behind_by_a_few_changes_gets_only_those() {
+        let (mut st, dir) = state();
+        st.register(node("a", 1024)).unwrap();
+        let apply = |n| ApplyRequest { replicas: Some(n), spec: spec(10), strategy: None, autoscale: None };
+        st.apply("web", apply(3)).unwrap();
+        st.schedule().unwrap();
+        let first = st.assignments("a").unwrap();
+        assert_eq!((first.replicas.len(), first.delta), (3, false));
+        // Its own reports change no assignment: nothing to wake it for.
+        let reports =
+            first.replicas.iter().map(|a| status(&a.replica, ReplicaState::Running, a.generation, 0)).collect();
+        st.heartbeat("a", Heartbeat { capacity: Resources::new(4000, 1024 << 20), replicas: reports, delta: true })
+            .unwrap();
+        assert_eq!(st.mem().index, first.index, "a report is no change of the set");
+        st.apply("web", apply(2)).unwrap();
+        st.apply("api", apply(1)).unwrap();
+        st.schedule().unwrap();
+        let changes = st.assignment_changes("a", first.index).unwrap().expect("the log reaches back");
+        let whole = st.assignments("a").unwrap();
+        assert!(changes.delta && changes.index == whole.index);
+        assert_eq!(changes.replicas.iter().map(|a| a.deployment.as_str()).collect::<Vec<_>>(), ["api"]);
+        assert_eq!(changes.removed.len(), 1);
+        // Applied to the first set, the changes make the whole set.
+        let mut ids: BTreeSet<String> = first.replicas.iter().map(|a| a.replica.clone()).collect();
+        ids.retain(|id| !changes.removed.contains(id));
+        ids.extend(changes.replicas.iter().map(|a| a.replica.clone()));
+        assert_eq!(ids, whole.replicas.iter().map(|a| a.replica.clone()).collect());
+        // Caught up: nothing new. Index 0, a future index, or a reloaded
+        // working set (no log) get the whole set.
+        let now = st.assignment_changes("a", whole.index).unwrap().unwrap();
+        assert!(now.replicas.is_empty() && now.removed.is_empty());
+        assert!(st.assignment_changes("a", 0).unwrap().is_none());
+        assert!(st.assignment_changes("a", whole.index + 1).unwrap().is_none());
+        assert!(st.assignment_changes("a", first.index).unwrap().is_none(), "forgotten once the node has it");
+        let mut st = State::load(
+            Store::open(&dir.0.join("state.db")).unwrap(),
+            Keyring::open(&dir.0).unwrap(),
+            Policy::default(),
+        )
+        .unwrap();
+        assert!(st.assignment_changes("a", whole.index).unwrap().is_none());
+        // Registering again starts over with the whole set.
+        st.register(node("a", 1024)).unwrap();
+        let index = st.mem().index;
+        assert!(st.assignment_changes("a", index - 1).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_sign_of_life_needs_the_working_set_only_while_it_does_not_hold_the_node() {
+        let (mut st, _dir) = state();
+        let capacity = Resources::new(4000, 1024 << 20);
+        st.register(node("a", 1024)).unwrap();
+        let live = st.liveness();
+        assert_eq!(live.beat("a", Some(capacity)), Some(true), "registered: the working set holds it");
+        assert_eq!(live.beat("a", Some(Resources::new(2000, 1024 << 20))), Some(false), "a new capacity");
+        assert_eq!(live.beat("a", None), Some(false), "statuses to apply");
+        assert_eq!(live.beat("x", Some(capacity)), None, "not registered");
+        // Down: its next heartbeat, even without statuses, must bring it back.
+        st.policy.node_grace = Duration::from_millis(1);
+        std::thread::sleep(Duration::from_millis(5));
+        st.check_nodes().unwrap();
+        assert_eq!(st.mem().node("a").unwrap().state, NodeState::Down);
+        assert_eq!(live.beat("a", Some(capacity)), Some(false));
+        st.heartbeats(vec![("a".into(), Heartbeat { capacity, replicas: vec![], delta: true })]);
+        assert_eq!(st.mem().node("a").unwrap().state, NodeState::Ready);
+        assert_eq!(live.beat("a", Some(capacity)), Some(true));
+        // Its time reaches the node listing without a report applied.
+        let before = st.mem().node("a").unwrap().last_heartbeat_ms;
+        std::thread::sleep(Duration::from_millis(5));
+        live.beat("a", Some(capacity));
+        st.note_heartbeat_times();
+        assert!(st.mem().node("a").unwrap().last_heartbeat_ms > before);
+    }
+
     #[test]
     fn places_by_resources_reloads_intact_and_replaces_a_dead_node() {
         let (mut st, dir) = state();
@@ -1960,13 +2478,15 @@ mod tests {
 
         // Node c stops heartbeating (grace zero): its replica is lost, replaced, and
         // with c gone the pending one still fits nowhere.
-        st.heartbeat("a", Heartbeat { capacity: Resources::new(4000, 300 << 20), replicas: vec![] }).unwrap();
-        st.heartbeat("b", Heartbeat { capacity: Resources::new(4000, 200 << 20), replicas: vec![] }).unwrap();
+        st.heartbeat("a", Heartbeat { capacity: Resources::new(4000, 300 << 20), replicas: vec![], delta: false })
+            .unwrap();
+        st.heartbeat("b", Heartbeat { capacity: Resources::new(4000, 200 << 20), replicas: vec![], delta: false })
+            .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         st.policy.node_grace = Duration::from_millis(1);
         // Keep a and b fresh; only c misses.
         for n in ["a", "b"] {
-            st.liveness.set(n, Instant::now() + Duration::from_secs(60));
+            st.liveness.set(n, Instant::now() + Duration::from_secs(60), now_ms(), None);
         }
         st.check_nodes().unwrap();
         st.schedule().unwrap();
