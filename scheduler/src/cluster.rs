@@ -791,8 +791,7 @@ async fn compact(mut client: Client, prefix: String) {
     let mut previous: Option<i64> = None;
     loop {
         tokio::time::sleep(COMPACT_EVERY).await;
-        let now = client.get(prefix.clone(), Some(etcd_client::GetOptions::new().with_count_only())).await;
-        let Some(now) = now.ok().and_then(|r| r.header().map(|h| h.revision())) else { continue };
+        let Ok(now) = etcd::revision(&client, &prefix).await else { continue };
         if let Some(rev) = previous
             && let Err(e) = client.compact(rev, None).await
             && !e.to_string().contains("compacted")

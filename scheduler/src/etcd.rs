@@ -188,6 +188,14 @@ pub(crate) async fn run<T: Send + 'static>(
     rt().spawn(bounded(fut)).await.unwrap_or_else(|e| Err(StoreError::Etcd(format!("the etcd client stopped: {e}"))))
 }
 
+/// etcd's revision now (the header of a count-only read of `key`): every write
+/// committed before the call is at or below it.
+pub(crate) async fn revision(client: &Client, key: &str) -> Result<i64> {
+    let (mut c, k) = (client.clone(), key.to_string());
+    let resp = run(async move { c.get(k, Some(GetOptions::new().with_count_only())).await }).await?;
+    Ok(resp.header().map_or(0, |h| h.revision()))
+}
+
 /// Connects to the members of `ep` (the client balances over them and moves on
 /// when one fails).
 pub async fn connect(ep: &Endpoints) -> Result<Client> {

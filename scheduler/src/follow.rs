@@ -14,7 +14,7 @@
 use crate::Core;
 use crate::etcd::{self, Etcd, WORKING_SET};
 use axum::http::Method;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -108,10 +108,7 @@ impl Reads {
     /// Waits until the working set shows every write committed before now (at
     /// most [`CATCH_UP`]).
     pub(crate) async fn catch_up(&self) {
-        let (mut c, k) = (self.client.clone(), self.prefix.clone());
-        let opts = GetOptions::new().with_prefix().with_count_only();
-        let Ok(resp) = etcd::run(async move { c.get(k, Some(opts)).await }).await else { return };
-        let want = resp.header().map_or(0, |h| h.revision());
+        let Ok(want) = etcd::revision(&self.client, &self.prefix).await else { return };
         let mut seen = self.seen.clone();
         let waited = tokio::time::timeout(CATCH_UP, async {
             while *seen.borrow_and_update() < want {

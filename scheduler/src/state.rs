@@ -613,21 +613,14 @@ impl State {
             mem.sched_dirty = true;
             // The nodes running replicas that use it get their assignments
             // again, with the new values (for the replicas' next start).
-            let users: Vec<String> = mem
-                .deployments
-                .values()
-                .filter(|e| e.d.spec.secrets.iter().any(|r| r.secret == name))
-                .map(|e| e.d.name.clone())
-                .collect();
-            let placed: Vec<(String, String)> = users
-                .iter()
+            let placed: Vec<(String, String)> = mem
+                .secret_users(name)
                 .flat_map(|d| mem.replicas_of(d))
                 .filter(|r| r.state.is_placed())
                 .filter_map(|r| Some((r.node.clone()?, r.id.clone())))
                 .collect();
             for (node, id) in placed {
-                mem.touched.insert(node.clone());
-                mem.changed.push((node, id));
+                mem.tell(node, id);
             }
             Ok(())
         })?;
@@ -639,13 +632,7 @@ impl State {
         if !self.mem.secrets.contains_key(name) {
             return Err(ApiError::not_found(format!("secret {name:?} not found; `skiff secret ls` lists them")));
         }
-        let users: Vec<&str> = self
-            .mem
-            .deployments
-            .values()
-            .filter(|e| e.d.spec.secrets.iter().any(|r| r.secret == name))
-            .map(|e| e.d.name.as_str())
-            .collect();
+        let users: Vec<&str> = self.mem.secret_users(name).collect();
         if !users.is_empty() {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -1174,6 +1161,21 @@ impl Mem {
         Some(Assignments { index: self.index, replicas, purge_volumes, lease_ms: 0, delta: true, removed })
     }
 
+    /// Node `node` must hear of replica `id` again (its assignment changed):
+    /// its long poll wakes and its change log gets the replica.
+    fn tell(&mut self, node: String, id: String) {
+        self.touched.insert(node.clone());
+        self.changed.push((node, id));
+    }
+
+    /// The deployments whose spec names secret `name`.
+    fn secret_users<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.deployments
+            .values()
+            .filter(move |e| e.d.spec.secrets.iter().any(|r| r.secret == name))
+            .map(|e| e.d.name.as_str())
+    }
+
     /// Logs this transaction's changes of node sets at the new index.
     fn log_changes(&mut self) {
         let index = self.index;
@@ -1341,8 +1343,7 @@ impl Mem {
         let (was, is) = (assigned(&old), assigned(&new));
         if was != is {
             for (node, _, _) in was.into_iter().chain(is) {
-                self.touched.insert(node.clone());
-                self.changed.push((node, id.to_string()));
+                self.tell(node, id.to_string());
             }
         }
         self.unindex_replica(&old);
@@ -1351,8 +1352,7 @@ impl Mem {
             tx.delete_replica(id)?;
             if let Some(node) = &old.node {
                 // The node must hear that it should stop it.
-                self.touched.insert(node.clone());
-                self.changed.push((node.clone(), id.to_string()));
+                self.tell(node.clone(), id.to_string());
             }
         } else {
             self.index_replica(&new);

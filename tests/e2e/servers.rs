@@ -97,6 +97,15 @@ impl Etcd {
     }
 }
 
+/// A test bridge (`NET.1/24`, its prefix `NET` returned first) and three etcd
+/// members on its address. (Bound in this order, the bridge outlives etcd.)
+fn etcd_on_bridge(dir: &Path) -> (String, Bridge, Etcd) {
+    let net = net_prefix();
+    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
+    let etcd = Etcd::start_on(dir, &bridge.ip);
+    (net, bridge, etcd)
+}
+
 /// A server on `store`, named `name`, on a free port of `ip`.
 fn start_server(dir: &Path, ip: &str, name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
     let data = dir.join(name);
@@ -153,9 +162,7 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
     let dir = TempDir::new("servers-etcd");
     let cwd = dir.path();
     // etcd and the servers on a test bridge; each real node in a namespace of its own on it.
-    let net = net_prefix();
-    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
-    let etcd = Etcd::start_on(cwd, &bridge.ip);
+    let (net, bridge, etcd) = etcd_on_bridge(cwd);
     let store = etcd.url();
 
     // The first server makes the cluster's CA and tokens; the others join with
@@ -538,9 +545,7 @@ fn a_leader_cut_off_from_etcd_stops_leading_and_nothing_is_placed_twice() {
     }
     let dir = TempDir::new("servers-partition");
     let cwd = dir.path();
-    let net = net_prefix();
-    let bridge = Bridge::new(&net_name("skb"), &format!("{net}.1/24"));
-    let etcd = Etcd::start_on(cwd, &bridge.ip);
+    let (net, bridge, etcd) = etcd_on_bridge(cwd);
     let store = etcd.url();
     // s1 in a namespace of its own, so that it alone can be cut off; it starts
     // first and leads.
