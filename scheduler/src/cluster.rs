@@ -660,7 +660,7 @@ impl Cluster {
             };
         }
         if crate::follow::is_cached_read(req.method(), path)
-            && let Some(reads) = self.reads().filter(|r| r.is_current())
+            && let Some(reads) = self.reads().filter(|r| r.can_answer())
         {
             let mut resp = match reads.router.clone().oneshot(req).await {
                 Ok(r) => r,

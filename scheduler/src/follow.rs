@@ -9,14 +9,16 @@
 //! (`Etcd::reader`). `Cluster::serve` sends the calls [`is_cached_read`] names
 //! there and forwards all others to the leader; after forwarding a write it
 //! waits (at most [`CATCH_UP`]) until the copy shows it, so that a client reads
-//! its own writes through any server. Its answers carry [`READ_FROM`].
+//! its own writes through any server, and until the copy does (a busy machine),
+//! its reads go to the leader too ([`Reads::can_answer`]). Its answers carry
+//! [`READ_FROM`].
 
 use crate::Core;
 use crate::etcd::{self, Etcd, WORKING_SET};
 use axum::http::Method;
 use etcd_client::{Client, EventType, WatchOptions};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -64,6 +66,9 @@ pub(crate) struct Reads {
     /// The copy follows the store now (false while the watch is lost: etcd
     /// unreachable, or without a majority).
     current: Arc<AtomicBool>,
+    /// The revision of the latest write forwarded through this server: the
+    /// copy answers no read before it shows it.
+    owed: AtomicI64,
     client: Client,
     prefix: String,
 }
@@ -91,7 +96,7 @@ impl Reads {
             current: current.clone(),
         };
         std::thread::Builder::new().name("skiff-follow".into()).spawn(move || copy.run())?;
-        Ok(Reads { router, seen, progress, stop, current, client, prefix: prefix.to_string() })
+        Ok(Reads { router, seen, progress, stop, current, owed: AtomicI64::new(0), client, prefix: prefix.to_string() })
     }
 
     /// Whether the copy follows the store now; while it does not, reads go to
@@ -105,10 +110,25 @@ impl Reads {
         *self.seen.borrow()
     }
 
+    /// Whether this server answers reads from its copy now: the copy follows
+    /// the store and shows every write forwarded through this server. While it
+    /// does not, reads go to the leader, so that no client of this server reads
+    /// older state than it wrote (nor is refused a token it just made).
+    pub(crate) fn can_answer(&self) -> bool {
+        self.is_current() && self.revision() >= self.owed.load(Ordering::SeqCst)
+    }
+
     /// Waits until the working set shows every write committed before now (at
     /// most [`CATCH_UP`]).
     pub(crate) async fn catch_up(&self) {
-        let Ok(want) = etcd::revision(&self.client, &self.prefix).await else { return };
+        let want = match etcd::revision(&self.client, &self.prefix).await {
+            Ok(want) => want,
+            Err(e) => {
+                tracing::warn!("reading etcd's revision after a forwarded write: {e}");
+                return;
+            }
+        };
+        self.owed.fetch_max(want, Ordering::SeqCst);
         let mut seen = self.seen.clone();
         let waited = tokio::time::timeout(CATCH_UP, async {
             while *seen.borrow_and_update() < want {
@@ -120,7 +140,9 @@ impl Reads {
         })
         .await;
         if waited.is_err() {
-            tracing::debug!("this server's copy did not reach revision {want} within {CATCH_UP:?}");
+            tracing::info!(
+                "this server's copy did not reach revision {want} within {CATCH_UP:?}; its reads go to the leader until it does"
+            );
         }
     }
 }

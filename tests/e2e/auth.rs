@@ -122,7 +122,11 @@ fn every_route_needs_a_token_and_read_only_tokens_only_read() {
     // drops it first. It reset such connections once (schemathesis saw a broken
     // connection instead of a 403 for a 1 MB heartbeat).
     let big = format!("{{\"replicas\":[{}{{}}]}}", "{},".repeat(400_000));
-    assert_eq!(call(&dev.url, "POST", "/v1/nodes/x/heartbeat", Some(&admin), &big).0, 403, "a 1.2 MB refused heartbeat");
+    assert_eq!(
+        call(&dev.url, "POST", "/v1/nodes/x/heartbeat", Some(&admin), &big).0,
+        403,
+        "a 1.2 MB refused heartbeat"
+    );
     assert_eq!(call(&dev.url, "PUT", "/v1/deployments/x", None, &big).0, 401, "a 1.2 MB call without a token");
     // An undescribed route is no route: 404 to the admin, and methods a described
     // path does not describe are 405.
