@@ -65,8 +65,9 @@ impl Policy {
 
 struct DeploymentEntry {
     d: Deployment,
-    /// Placed replicas of this deployment per node (for spreading).
-    spread: HashMap<String, u32>,
+    /// Placed replicas of this deployment per node, by the node's index in
+    /// `Mem::nodes` (for spreading).
+    spread: crate::placement::Spread,
     /// Its live replicas counted by state, kept by `index_replica` and
     /// `unindex_replica`: a status read (`GET /v1/deployments`, polled by
     /// watchers) must not walk every replica under the lock.
@@ -1007,7 +1008,12 @@ impl Mem {
         for d in loaded.deployments {
             mem.deployments.insert(
                 d.name.clone(),
-                DeploymentEntry { d, spread: HashMap::new(), counts: Counts::default(), by_revision: BTreeMap::new() },
+                DeploymentEntry {
+                    d,
+                    spread: Default::default(),
+                    counts: Counts::default(),
+                    by_revision: BTreeMap::new(),
+                },
             );
         }
         for (v, purge) in loaded.volumes {
@@ -1247,9 +1253,9 @@ impl Mem {
                 let n = &mut self.nodes[i];
                 n.allocated = n.allocated.saturating_add(res);
                 n.replicas += 1;
-            }
-            if let Some(e) = self.deployments.get_mut(&r.deployment) {
-                *e.spread.entry(node.clone()).or_default() += 1;
+                if let Some(e) = self.deployments.get_mut(&r.deployment) {
+                    *e.spread.entry(i).or_default() += 1;
+                }
             }
             let ports = self.host_ports_of(r);
             if !ports.is_empty() {
@@ -1286,13 +1292,13 @@ impl Mem {
                 let n = &mut self.nodes[i];
                 n.allocated = n.allocated.saturating_sub(res);
                 n.replicas = n.replicas.saturating_sub(1);
-            }
-            if let Some(e) = self.deployments.get_mut(&r.deployment)
-                && let Some(c) = e.spread.get_mut(node)
-            {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    e.spread.remove(node);
+                if let Some(e) = self.deployments.get_mut(&r.deployment)
+                    && let Some(c) = e.spread.get_mut(&i)
+                {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        e.spread.remove(&i);
+                    }
                 }
             }
             let ports = self.host_ports_of(r);
@@ -1568,9 +1574,18 @@ impl Mem {
     fn remove_node(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
         self.node_down(tx, name, "removed by `skiff node rm`", now)?;
         let Some(i) = self.node_idx.remove(name) else { return Ok(()) };
+        let last = self.nodes.len() - 1;
         self.nodes.swap_remove(i);
         if let Some(moved) = self.nodes.get(i) {
             self.node_idx.insert(moved.name.clone(), i);
+        }
+        // Spread counts are by node index: the removed node's go (its replicas
+        // were taken off it above), the moved node's follow it.
+        for e in self.deployments.values_mut() {
+            e.spread.remove(&i);
+            if let Some(c) = e.spread.remove(&last) {
+                e.spread.insert(i, c);
+            }
         }
         self.by_node.remove(name);
         self.ports_in_use.remove(name);
@@ -1635,7 +1650,7 @@ impl Mem {
                     name.to_string(),
                     DeploymentEntry {
                         d,
-                        spread: HashMap::new(),
+                        spread: Default::default(),
                         counts: Counts::default(),
                         by_revision: BTreeMap::new(),
                     },
@@ -2205,6 +2220,47 @@ mod tests {
 
     fn per_node(st: &State) -> Vec<(String, u32, u64)> {
         st.mem().nodes().iter().map(|n| (n.name.clone(), n.replicas, n.allocated.memory.0 >> 20)).collect()
+    }
+
+    /// Each deployment's spread counts, recounted from its placed replicas.
+    fn spread_recounted(mem: &Mem) -> BTreeMap<String, BTreeMap<usize, u32>> {
+        let mut out: BTreeMap<String, BTreeMap<usize, u32>> = BTreeMap::new();
+        for r in mem.replicas.values().filter(|r| r.state.is_placed()) {
+            if let Some(&i) = r.node.as_ref().and_then(|n| mem.node_idx.get(n)) {
+                *out.entry(r.deployment.clone()).or_default().entry(i).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    fn spread_kept(mem: &Mem) -> BTreeMap<String, BTreeMap<usize, u32>> {
+        mem.deployments
+            .iter()
+            .filter(|(_, e)| !e.spread.is_empty())
+            .map(|(name, e)| (name.clone(), e.spread.iter().map(|(&i, &c)| (i, c)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn spread_counts_follow_nodes_moved_by_a_removal() {
+        let (mut st, _dir) = state();
+        for i in 0..4 {
+            st.register(node(&format!("n{i}"), 1024)).unwrap();
+        }
+        for d in ["a", "b"] {
+            st.apply(d, ApplyRequest { replicas: Some(6), spec: spec(1), strategy: None, autoscale: None }).unwrap();
+        }
+        st.schedule().unwrap();
+        assert_eq!(spread_kept(st.mem()), spread_recounted(st.mem()));
+        assert_eq!(spread_kept(st.mem()).len(), 2, "both deployments are placed");
+        // The first node goes: the last one takes its index.
+        st.remove_node("n0").unwrap();
+        assert_eq!(spread_kept(st.mem()), spread_recounted(st.mem()), "after removing n0");
+        st.schedule().unwrap();
+        assert_eq!(spread_kept(st.mem()), spread_recounted(st.mem()), "after replacing n0's replicas");
+        st.remove_node("n2").unwrap();
+        st.schedule().unwrap();
+        assert_eq!(spread_kept(st.mem()), spread_recounted(st.mem()), "after removing n2");
     }
 
     #[test]
