@@ -2019,6 +2019,9 @@ impl Mem {
         // reason keeps them) rather than copying a queue that may hold a million ids.
         let mut cursor: Option<(Millis, String)> = None;
         let mut more = false;
+        // The nodes' runtimes as placement reads them; no node joins, leaves or
+        // changes its runtimes during a pass.
+        let mut runtimes: Option<Vec<u8>> = None;
         loop {
             let next = match &cursor {
                 None => self.pending.iter().next(),
@@ -2067,7 +2070,8 @@ impl Mem {
                         host_ports: &host_ports,
                         ports_in_use: &self.ports_in_use,
                     };
-                    let decision = placement::place(Snapshot { nodes: &self.nodes }, &req, seed_of(&id));
+                    let runtimes = runtimes.get_or_insert_with(|| placement::runtime_bits(&self.nodes));
+                    let decision = placement::place(Snapshot { nodes: &self.nodes, runtimes }, &req, seed_of(&id));
                     match decision.chosen {
                         Some((i, _)) => Ok(self.nodes[i].name.clone()),
                         None => {
