@@ -410,8 +410,19 @@ async fn watch_plan(
         if t0.elapsed() > timeout {
             return Ok((false, last.0, last.1));
         }
+        if t0.elapsed().as_secs() / 10 != (t0.elapsed() + every).as_secs() / 10 {
+            println!("  {:>4.0} s: {} assigned, {} running", t0.elapsed().as_secs_f64(), last.0, last.1);
+        }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Replicas the scheduler has placed since it started (its
+/// `skiff_scheduler_placements_total`): more than a scenario's replicas means
+/// some were placed again (nodes declared down while alive, say).
+async fn placements_total(api: &Client) -> Option<u64> {
+    let text = api.metrics().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("skiff_scheduler_placements_total ")).and_then(|v| v.trim().parse().ok())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -494,6 +505,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let submitted = submit.await??;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
     let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
+    let placements = placements_total(&c.api).await;
     // The lock is released before any await below.
     let a = {
         let p = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -524,6 +536,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
             "submit_concurrency": SUBMIT_CONCURRENCY,
             "scheduler_cpu_s": cpu,
             "simulated_nodes_cpu_s": sim_cpu,
+            "placements_total": placements,
             "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
             "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
             "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",
@@ -598,6 +611,7 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     }
     let progress = Mutex::new(Progress::default());
     let cpu0 = cpu_seconds(c.server.pid())?;
+    let sim_cpu0 = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>();
     let t0 = Instant::now();
     for (name, n) in &names {
         progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
@@ -608,6 +622,8 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     let poll = Duration::from_millis(1000);
     let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
     let elapsed = t0.elapsed();
+    let placements = placements_total(&c.api).await;
+    let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
     let p = progress.lock().unwrap_or_else(|e| e.into_inner());
     let last_assigned = p.all_assigned.values().max().map(|t| (*t - t0).as_secs_f64());
     let b = json!({
@@ -624,6 +640,8 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
         "elapsed_s": elapsed.as_secs_f64(),
         "poll_interval_ms": poll.as_millis() as u64,
         "scheduler_cpu_s": cpu_seconds(c.server.pid())? - cpu0,
+        "simulated_nodes_cpu_s": sim_cpu,
+        "placements_total": placements,
         "scheduler_peak_rss_bytes": peak_rss(c.server.pid())?,
         "sim_peak_rss_bytes": peak_rss(c.sims[0].pid())?,
         "server_flags": "defaults (heartbeat 1s, node grace 3s, binpack)",

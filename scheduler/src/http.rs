@@ -184,9 +184,33 @@ async fn healthz() -> &'static str {
 
 /// A JSON body; a bad one is refused with one line of [`ErrorBody`], as every
 /// other failure.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    /// Parsed with serde_json alone; only a body that fails is parsed again by
+    /// `axum::Json`, for its refusal that names where the body went wrong. Its
+    /// path tracking (an allocation per key) made parsing heartbeats about a
+    /// tenth of the scheduler's work in scenario B (#7).
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let plain_json = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json") && matches!(v.get(16), None | Some(b';'))
+        });
+        if !plain_json {
+            // Other JSON types (`+json`), and axum's refusal of the rest.
+            return Ok(JsonBody(Json::<T>::from_request(req, state).await?.0));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), one_line(&e.body_text())))?;
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(JsonBody(v)),
+            Err(_) => Ok(JsonBody(Json::<T>::from_bytes(&bytes)?.0)),
+        }
+    }
+}
 
 /// A path parameter, refused as [`JsonBody`] is.
 #[derive(FromRequestParts)]
@@ -316,18 +340,26 @@ async fn assignments(
     Path(name): Path<String>,
     Query(q): Query<WatchQuery>,
 ) -> ApiResult<Assignments> {
+    // A placement pass wakes the watchers of thousands of nodes at once, and
+    // each comes straight back for the next change; each waiting for the state
+    // lock would hold a thread (`Core::state` hands the wait to
+    // `block_in_place`): hundreds of threads in scenario A (#7) and, with a
+    // heap per thread, hundreds of MiB. A few wait for the lock; the rest wait
+    // here, threadless — to subscribe as to answer. (16 at a time was worse
+    // in scenario B: 55,000 replicas placed again after nodes went unanswered
+    // long enough to be declared down.)
+    static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let turn = || async { ANSWERING.acquire().await.map_err(|e| ApiError::internal(e.to_string())) };
     // Only this node's credential gets here: assignments carry its secrets.
-    let mut rx = core.state().watch(&name)?;
+    let mut rx = {
+        let _turn = turn().await?;
+        core.state().watch(&name)?
+    };
     if *rx.borrow_and_update() <= q.index && q.wait > 0 {
         let wait = Duration::from_millis(q.wait.min(60_000));
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
-    // A placement pass wakes the watchers of thousands of nodes at once; each
-    // waiting for the state lock would hold a thread (`Core::state` hands the
-    // wait to `block_in_place`) until the runtime had none left to answer
-    // heartbeats. A few wait for the lock; the rest wait here, threadless.
-    static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-    let _turn = ANSWERING.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let _turn = turn().await?;
     let mut st = core.state();
     if q.delta
         && let Some(changes) = st.assignment_changes(&name, q.index)?
