@@ -135,11 +135,19 @@ fn table(runs: &[Value]) -> String {
         }
         if let Some(run) = newest_on("b", store) {
             let b = &run["scenarios"]["b"];
+            // Replicas placed more than once (nodes declared down while alive),
+            // where the run recorded it.
+            let again = match (b["placements_total"].as_u64(), b["replicas"].as_u64()) {
+                (Some(p), Some(r)) if p > r => format!(", {} placed again", p - r),
+                (Some(_), Some(_)) => ", none placed twice".to_string(),
+                _ => String::new(),
+            };
             let result = if b["finished"].as_bool().unwrap_or(false) {
                 format!(
-                    "all running after {} s (assigned after {} s), scheduler RSS {}",
+                    "all running after {} s (assigned after {} s), scheduler {} s CPU, RSS {}{again}",
                     num(f(b, &["all_running_s"]), 1),
                     num(f(b, &["all_assigned_s"]), 1),
+                    num(f(b, &["scheduler_cpu_s"]), 0),
                     mib(f(b, &["scheduler_peak_rss_bytes"]))
                 )
             } else {
