@@ -115,7 +115,17 @@ impl Reads {
     /// does not, reads go to the leader, so that no client of this server reads
     /// older state than it wrote (nor is refused a token it just made).
     pub(crate) fn can_answer(&self) -> bool {
-        self.is_current() && self.revision() >= self.owed.load(Ordering::SeqCst)
+        if !self.is_current() {
+            return false;
+        }
+        if self.revision() >= self.owed.load(Ordering::SeqCst) {
+            return true;
+        }
+        // Writes elsewhere in etcd (outside this cluster's prefix) move its
+        // revision without an event here: ask for the progress report that
+        // moves the copy past them, or it would never catch up while idle.
+        self.progress.notify_one();
+        false
     }
 
     /// Waits until the working set shows every write committed before now (at
