@@ -191,8 +191,9 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody
 
     /// Parsed with serde_json alone; only a body that fails is parsed again by
     /// `axum::Json`, for its refusal that names where the body went wrong. Its
-    /// path tracking (an allocation per key) made parsing heartbeats about a
-    /// tenth of the scheduler's work in scenario B (#7).
+    /// path tracking costs an allocation per key, and parsing heartbeats was
+    /// ~8% of the scheduler in a profile of scenario B (#7; the change alone
+    /// did not move B beyond its noise).
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let plain_json = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
             let v = v.as_bytes();
@@ -343,9 +344,8 @@ async fn assignments(
     // A placement pass wakes the watchers of thousands of nodes at once, and
     // each comes straight back for the next change; each waiting for the state
     // lock would hold a thread (`Core::state` hands the wait to
-    // `block_in_place`): hundreds of threads in scenario A (#7) and, with a
-    // heap per thread, hundreds of MiB. A few wait for the lock; the rest wait
-    // here, threadless — to subscribe as to answer. (16 at a time was worse
+    // `block_in_place`): 236–456 threads in scenario A (#7). A few wait for
+    // the lock; the rest wait here, threadless — to subscribe as to answer. (16 at a time was worse
     // in scenario B: 55,000 replicas placed again after nodes went unanswered
     // long enough to be declared down.)
     static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
