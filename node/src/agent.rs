@@ -38,18 +38,39 @@ const LEASE_CHECK: Duration = Duration::from_millis(100);
 /// (a scheduler that died before applying it, say).
 pub(crate) const FULL_EVERY: u32 = 10;
 
-/// What the scheduler has been told of the node's replicas, so that a heartbeat
-/// carries only what changed since the last answered one (most carry nothing:
-/// a sign of life the scheduler takes without its state lock). Simulated nodes
-/// (`sim.rs`) report through it too.
+/// When a heartbeat must report every replica: after each registration and
+/// every [`FULL_EVERY`]; the others are deltas. Real nodes ([`Reports`]) and
+/// simulated ones (`sim.rs`) keep the same rhythm.
 #[derive(Default)]
-pub(crate) struct Reports {
-    /// Each replica as the last answered heartbeat left it.
-    answered: HashMap<String, ReplicaStatus>,
+pub(crate) struct Cadence {
     /// Heartbeats answered since the last full one; `None`: send a full one next.
     since_full: Option<u32>,
     /// The registration the answers were given to.
     registration: u64,
+}
+
+impl Cadence {
+    /// Whether the next heartbeat, to a scheduler that knows the node as of
+    /// registration `registration`, is a full one.
+    pub(crate) fn full(&self, registration: u64) -> bool {
+        registration != self.registration || self.since_full.is_none_or(|n| n + 1 >= FULL_EVERY)
+    }
+
+    /// Records that a heartbeat (`delta` or full) to `registration` was answered.
+    pub(crate) fn answered(&mut self, delta: bool, registration: u64) {
+        self.since_full = Some(if delta { self.since_full.unwrap_or(0) + 1 } else { 0 });
+        self.registration = registration;
+    }
+}
+
+/// What the scheduler has been told of the node's replicas, so that a heartbeat
+/// carries only what changed since the last answered one (most carry nothing:
+/// a sign of life the scheduler takes without its state lock).
+#[derive(Default)]
+pub(crate) struct Reports {
+    /// Each replica as the last answered heartbeat left it.
+    answered: HashMap<String, ReplicaStatus>,
+    cadence: Cadence,
 }
 
 impl Reports {
@@ -60,7 +81,7 @@ impl Reports {
     /// sample each heartbeat (an idle replica's unchanged counters are what
     /// says its rate is zero).
     pub(crate) fn heartbeat(&self, capacity: Resources, statuses: &[ReplicaStatus], registration: u64) -> Heartbeat {
-        let full = registration != self.registration || self.since_full.is_none_or(|n| n + 1 >= FULL_EVERY);
+        let full = self.cadence.full(registration);
         let replicas = match full {
             true => statuses.to_vec(),
             false => statuses
@@ -78,8 +99,7 @@ impl Reports {
     /// Records that the scheduler answered `hb`, sent for `statuses`.
     pub(crate) fn answered(&mut self, hb: &Heartbeat, statuses: Vec<ReplicaStatus>, registration: u64) {
         self.answered = statuses.into_iter().map(|s| (s.id.clone(), s)).collect();
-        self.since_full = Some(if hb.delta { self.since_full.unwrap_or(0) + 1 } else { 0 });
-        self.registration = registration;
+        self.cadence.answered(hb.delta, registration);
     }
 }
 

@@ -195,14 +195,13 @@ impl SimNode {
         let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
         let spread = self.name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % 1000;
         tokio::time::sleep(interval.mul_f64(spread as f64 / 1000.0)).await;
-        // As `agent::Reports` does: a full report after each registration and
-        // every `FULL_EVERY`, else only what no answered heartbeat carried.
-        let (mut since_full, mut answered_registration) = (None::<u32>, 0);
+        // As a real node: a full report after each registration and every
+        // `FULL_EVERY`, else only what no answered heartbeat carried.
+        let mut cadence = crate::agent::Cadence::default();
         loop {
             let started = Instant::now();
             let registration = *self.registered.borrow();
-            let full =
-                registration != answered_registration || since_full.is_none_or(|n| n + 1 >= crate::agent::FULL_EVERY);
+            let full = cadence.full(registration);
             let (replicas, sent) = {
                 let r = self.running();
                 let sent: Vec<(String, u64)> = match full {
@@ -220,8 +219,7 @@ impl SimNode {
                             r.unsent.remove(&id);
                         }
                     }
-                    since_full = Some(if full { 0 } else { since_full.unwrap_or(0) + 1 });
-                    answered_registration = registration;
+                    cadence.answered(!full, registration);
                     stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) if e.status() == Some(404) => {

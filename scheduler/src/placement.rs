@@ -447,21 +447,11 @@ mod tests {
     fn the_seed_decides_ties_and_large_clusters_are_sampled() {
         let nodes: Vec<Node> = (0..1000).map(|i| node(&format!("n{i}"), 4000, 4096, 0, 0)).collect();
         let (c, s) = (BTreeMap::new(), Spread::default());
-        let d1 = place(
-            Snapshot { nodes: &nodes, runtimes: &runtime_bits(&nodes) },
-            &req(100, 64, &c, &s, Scoring::BinPack),
-            42,
-        );
-        let d2 = place(
-            Snapshot { nodes: &nodes, runtimes: &runtime_bits(&nodes) },
-            &req(100, 64, &c, &s, Scoring::BinPack),
-            42,
-        );
-        let d3 = place(
-            Snapshot { nodes: &nodes, runtimes: &runtime_bits(&nodes) },
-            &req(100, 64, &c, &s, Scoring::BinPack),
-            43,
-        );
+        let bits = runtime_bits(&nodes);
+        let snapshot = Snapshot { nodes: &nodes, runtimes: &bits };
+        let d1 = place(snapshot, &req(100, 64, &c, &s, Scoring::BinPack), 42);
+        let d2 = place(snapshot, &req(100, 64, &c, &s, Scoring::BinPack), 42);
+        let d3 = place(snapshot, &req(100, 64, &c, &s, Scoring::BinPack), 43);
         assert_eq!(d1, d2, "same seed, same decision");
         assert_ne!(d1.chosen.map(|c| c.0), d3.chosen.map(|c| c.0), "another seed starts elsewhere");
         assert_eq!(d1.examined, 50, "only a sample of a large cluster is scored");

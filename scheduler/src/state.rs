@@ -78,6 +78,13 @@ struct DeploymentEntry {
     by_revision: BTreeMap<u64, u32>,
 }
 
+impl DeploymentEntry {
+    /// Deployment `d`, before any replica of it is indexed.
+    fn new(d: Deployment) -> DeploymentEntry {
+        DeploymentEntry { d, spread: Default::default(), counts: Counts::default(), by_revision: BTreeMap::new() }
+    }
+}
+
 /// A deployment's live replicas by what its status reports.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
@@ -506,16 +513,7 @@ impl State {
         for name in &dead {
             self.liveness.applied(name, None);
         }
-        self.transact(|mem, tx| {
-            let mut deployments = BTreeSet::new();
-            for name in &dead {
-                mem.mark_down(tx, name, &why, now, &mut deployments)?;
-            }
-            for d in deployments {
-                mem.reconcile(tx, &d, now)?;
-            }
-            Ok(())
-        })
+        self.transact(|mem, tx| mem.nodes_down(tx, &dead, &why, now))
     }
 
     /// Removes node `name` (`skiff node rm`): its replicas are replaced as a dead
@@ -958,6 +956,18 @@ fn replicas_message(list: &[(String, String)], what: &str) -> String {
     format!("{} replicas {what}: {}{more}", list.len(), shown.join(", "))
 }
 
+/// Whether a replica in `state` serves: ready, or running when its revision
+/// has no readiness probe (`probed` asked only then). Spelled once for
+/// `Mem::serving` and the reconcile's walk, which knows its current revision's
+/// spec without a lookup.
+fn serves(state: ReplicaState, probed: impl FnOnce() -> bool) -> bool {
+    match state {
+        ReplicaState::Ready => true,
+        ReplicaState::Running => !probed(),
+        _ => false,
+    }
+}
+
 /// A seed from a replica id: the same replica gets the same placement order.
 fn seed_of(id: &str) -> u64 {
     id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
@@ -1006,15 +1016,7 @@ impl Mem {
             mem.revisions.insert((d, rev), spec);
         }
         for d in loaded.deployments {
-            mem.deployments.insert(
-                d.name.clone(),
-                DeploymentEntry {
-                    d,
-                    spread: Default::default(),
-                    counts: Counts::default(),
-                    by_revision: BTreeMap::new(),
-                },
-            );
+            mem.deployments.insert(d.name.clone(), DeploymentEntry::new(d));
         }
         for (v, purge) in loaded.volumes {
             if purge {
@@ -1098,13 +1100,10 @@ impl Mem {
     /// revision has no readiness probe (then running is all there is to know).
     /// Available is serving for `min_ready_seconds`.
     fn serving(&self, r: &Replica) -> bool {
-        match r.state {
-            ReplicaState::Ready => true,
-            ReplicaState::Running => {
-                self.revisions.get(&(r.deployment.clone(), r.revision)).is_some_and(|s| s.probes.readiness.is_none())
-            }
-            _ => false,
-        }
+        serves(r.state, || {
+            // Without its spec, not known to serve.
+            self.revisions.get(&(r.deployment.clone(), r.revision)).is_none_or(|s| s.probes.readiness.is_some())
+        })
     }
 
     /// The desired set of node `name`.
@@ -1172,6 +1171,13 @@ impl Mem {
     fn tell(&mut self, node: String, id: String) {
         self.touched.insert(node.clone());
         self.changed.push((node, id));
+    }
+
+    /// Node `node` must hear its whole desired set again (registered anew, back
+    /// from down): its long poll wakes and its change log starts over.
+    fn tell_whole(&mut self, node: String) {
+        self.touched.insert(node.clone());
+        self.whole.insert(node);
     }
 
     /// The deployments whose spec names secret `name`.
@@ -1413,8 +1419,7 @@ impl Mem {
         };
         tx.put_node(&node)?;
         // A re-registered node must hear its desired set again.
-        self.touched.insert(node.name.clone());
-        self.whole.insert(node.name.clone());
+        self.tell_whole(node.name.clone());
         Ok(node)
     }
 
@@ -1423,26 +1428,25 @@ impl Mem {
             return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
         };
         let node_obj = format!("node/{name}");
-        {
+        let back = {
             let n = &mut self.nodes[i];
             n.last_heartbeat_ms = now;
-            let mut changed = false;
-            if n.state == NodeState::Down {
+            let back = n.state == NodeState::Down;
+            if back {
                 n.state = NodeState::Ready;
                 tx.event(now, &node_obj, "NodeReady", "node is heartbeating again")?;
-                changed = true;
-                self.touched.insert(name.to_string());
-                self.whole.insert(name.to_string());
             }
-            if n.capacity != hb.capacity {
-                n.capacity = hb.capacity;
-                changed = true;
-            }
+            let changed = back || n.capacity != hb.capacity;
+            n.capacity = hb.capacity;
             if changed {
                 tx.put_node(n)?;
                 self.mutated = true;
                 self.sched_dirty = true;
             }
+            back
+        };
+        if back {
+            self.tell_whole(name.to_string());
         }
         for st in &hb.replicas {
             let Some(r) = self.replicas.get(&st.id) else { continue };
@@ -1519,9 +1523,14 @@ impl Mem {
         Ok(())
     }
 
-    fn node_down(&mut self, tx: &Tx, name: &str, why: &str, now: Millis) -> Result<(), ApiError> {
+    /// Marks nodes `names` down and their replicas lost, then reconciles the
+    /// deployments they held: once each, however many of the nodes going down
+    /// at once held them (a reconcile walks every replica of its deployment).
+    fn nodes_down(&mut self, tx: &Tx, names: &[String], why: &str, now: Millis) -> Result<(), ApiError> {
         let mut deployments = BTreeSet::new();
-        self.mark_down(tx, name, why, now, &mut deployments)?;
+        for name in names {
+            self.mark_down(tx, name, why, now, &mut deployments)?;
+        }
         for d in deployments {
             self.reconcile(tx, &d, now)?;
         }
@@ -1529,9 +1538,7 @@ impl Mem {
     }
 
     /// Marks node `name` down and its replicas lost, adding their deployments
-    /// to `deployments`, which the caller reconciles: once each, however many
-    /// of the nodes going down at once held them (a reconcile walks every
-    /// replica of its deployment).
+    /// to `deployments` (for `nodes_down` to reconcile).
     fn mark_down(
         &mut self,
         tx: &Tx,
@@ -1572,7 +1579,7 @@ impl Mem {
     }
 
     fn remove_node(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
-        self.node_down(tx, name, "removed by `skiff node rm`", now)?;
+        self.nodes_down(tx, &[name.to_string()], "removed by `skiff node rm`", now)?;
         let Some(i) = self.node_idx.remove(name) else { return Ok(()) };
         let last = self.nodes.len() - 1;
         self.nodes.swap_remove(i);
@@ -1646,15 +1653,7 @@ impl Mem {
                     &format!("created with {} replicas of {}", d.replicas, d.spec.workload),
                 )?;
                 self.revisions.insert((name.to_string(), 1), req.spec);
-                self.deployments.insert(
-                    name.to_string(),
-                    DeploymentEntry {
-                        d,
-                        spread: Default::default(),
-                        counts: Counts::default(),
-                        by_revision: BTreeMap::new(),
-                    },
-                );
+                self.deployments.insert(name.to_string(), DeploymentEntry::new(d));
                 self.endpoints_dirty = true;
                 ApplyOutcome::Created
             }
@@ -1747,7 +1746,7 @@ impl Mem {
         for r in self.replicas_of(name) {
             let current = r.revision == revision;
             let serving = if current {
-                r.state == ReplicaState::Ready || (r.state == ReplicaState::Running && !probed)
+                serves(r.state, || probed)
             } else {
                 let spec = self.revisions.get(&(r.deployment.clone(), r.revision));
                 writable |= spec.is_some_and(WorkloadSpec::has_writable_volume);
