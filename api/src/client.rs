@@ -314,13 +314,13 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/v1/servers")).await
     }
 
-    /// Events, optionally about one object (`deployment/NAME`, `node/NAME`), oldest first.
     /// The server's Prometheus metrics, as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let resp = self.send(self.request(reqwest::Method::GET, "/metrics")).await?;
         resp.text().await.map_err(|source| ClientError::Decode { url: self.base().to_string(), source })
     }
 
+    /// Events, optionally about one object (`deployment/NAME`, `node/NAME`), oldest first.
     pub async fn events(&self, object: Option<&str>) -> Result<Vec<Event>, ClientError> {
         let q: Vec<(&str, &str)> = object.map(|o| vec![("object", o)]).unwrap_or_default();
         self.json(self.request(reqwest::Method::GET, "/v1/events").query(&q)).await

@@ -407,11 +407,13 @@ async fn watch_plan(
                 return Ok((true, assigned, running));
             }
         }
-        if t0.elapsed() > timeout {
+        let elapsed = t0.elapsed();
+        if elapsed > timeout {
             return Ok((false, last.0, last.1));
         }
-        if t0.elapsed().as_secs() / 10 != (t0.elapsed() + every).as_secs() / 10 {
-            println!("  {:>4.0} s: {} assigned, {} running", t0.elapsed().as_secs_f64(), last.0, last.1);
+        // Progress once every 10 s: when the next poll crosses a multiple of 10.
+        if elapsed.as_secs() / 10 != (elapsed + every).as_secs() / 10 {
+            println!("  {:>4.0} s: {} assigned, {} running", elapsed.as_secs_f64(), last.0, last.1);
         }
         tokio::time::sleep(every).await;
     }

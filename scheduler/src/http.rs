@@ -345,9 +345,9 @@ async fn assignments(
     // each comes straight back for the next change; each waiting for the state
     // lock would hold a thread (`Core::state` hands the wait to
     // `block_in_place`): 236–456 threads in scenario A (#7). A few wait for
-    // the lock; the rest wait here, threadless — to subscribe as to answer. (16 at a time was worse
-    // in scenario B: 55,000 replicas placed again after nodes went unanswered
-    // long enough to be declared down.)
+    // the lock; the rest wait here, threadless, to subscribe as to answer.
+    // (16 at a time was worse in scenario B: 55,000 replicas placed again
+    // after nodes went unanswered long enough to be declared down.)
     static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
     let turn = || async { ANSWERING.acquire().await.map_err(|e| ApiError::internal(e.to_string())) };
     // Only this node's credential gets here: assignments carry its secrets.
