@@ -250,6 +250,12 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// CPU seconds the simulated-node processes have used so far (0 for one
+    /// whose figure cannot be read).
+    fn sims_cpu_seconds(&self) -> f64 {
+        self.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum()
+    }
+
     async fn start(skiff: &Path, name: &str, extra: &[&str]) -> anyhow::Result<Cluster> {
         let dir = TempDir::new(name)?;
         let data = dir.path().join("server");
@@ -474,7 +480,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
     let progress = Arc::new(Mutex::new(Progress::default()));
     let cpu0 = cpu_seconds(c.server.pid())?;
-    let sim_cpu0: f64 = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum();
+    let sim_cpu0 = c.sims_cpu_seconds();
     let t0 = Instant::now();
     let submit = {
         let (api, progress, digest) = (c.api.clone(), progress.clone(), digest.clone());
@@ -506,7 +512,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
     let submitted = submit.await??;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
-    let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
+    let sim_cpu = c.sims_cpu_seconds() - sim_cpu0;
     let placements = placements_total(&c.api).await;
     // The lock is released before any await below.
     let a = {
@@ -613,7 +619,7 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     }
     let progress = Mutex::new(Progress::default());
     let cpu0 = cpu_seconds(c.server.pid())?;
-    let sim_cpu0 = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>();
+    let sim_cpu0 = c.sims_cpu_seconds();
     let t0 = Instant::now();
     for (name, n) in &names {
         progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
@@ -625,7 +631,7 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
     let elapsed = t0.elapsed();
     let placements = placements_total(&c.api).await;
-    let sim_cpu = c.sims.iter().map(|s| cpu_seconds(s.pid()).unwrap_or(0.0)).sum::<f64>() - sim_cpu0;
+    let sim_cpu = c.sims_cpu_seconds() - sim_cpu0;
     let p = progress.lock().unwrap_or_else(|e| e.into_inner());
     let last_assigned = p.all_assigned.values().max().map(|t| (*t - t0).as_secs_f64());
     let b = json!({
