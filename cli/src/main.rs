@@ -14,11 +14,11 @@ use skiff_api::tls::CaFingerprint;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// mimalloc rather than glibc's malloc: at a million replicas a fifth of the
+/// jemalloc rather than glibc's malloc: at a million replicas a fifth of the
 /// scheduler's CPU went to glibc's allocator (`_int_malloc`,
 /// `malloc_consolidate`; #7, scenario B).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The address a CLI talks to when nothing else says.
 const DEFAULT_SERVER: &str = "https://127.0.0.1:7070";
