@@ -72,11 +72,16 @@ pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
     let wasmtime_url = format!("http://{addr}/");
     wait_ok(&wasmtime_url, None, &serve).await.context("wasmtime serve never answered")?;
 
+    // The node's own measure of instantiation per request, over the skiff runs.
+    let node = dev.api.nodes().await?.into_iter().next().context("the dev cluster has no node")?;
+    let node_metrics = format!("{}/metrics", node.address.trim_end_matches('/'));
+    let before = instantiations(&node_metrics).await?;
     let mut runs: Vec<(&str, Load)> = Vec::new();
     for _round in 0..2 {
         runs.push(("wasmtime", run_wrk(&wrk, &wasmtime_url, None, a.connections, a.seconds)?));
         runs.push(("skiff", run_wrk(&wrk, &skiff_url, Some("hello.skiff.local"), a.connections, a.seconds)?));
     }
+    let after = instantiations(&node_metrics).await?;
     serve.check_alive()?;
     dev.proc.check_alive()?;
     let best =
@@ -98,11 +103,70 @@ pub async fn scenario_http(a: HttpArgs<'_>) -> anyhow::Result<Value> {
         "skiff_p50_ms": s.p50_ms,
         "skiff_p99_ms": s.p99_ms,
         "ratio": (s.rps / w.rps * 1000.0).round() / 1000.0,
+        "skiff_instantiate": after.since(&before),
         "runs": all,
         "note": "best of two alternating runs each; both servers on this machine beside the load generator",
     });
     println!("  {result}");
     Ok(result)
+}
+
+/// The node's `skiff_node_http_instantiate_duration_seconds` histogram, as scraped.
+#[derive(Debug, Default, PartialEq)]
+struct Instantiations {
+    sum: f64,
+    count: f64,
+    /// (upper bound in seconds, cumulative count), in the order given.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Instantiations {
+    /// Reads the histogram out of a Prometheus text page.
+    fn parse(text: &str) -> Instantiations {
+        const NAME: &str = "skiff_node_http_instantiate_duration_seconds";
+        let mut h = Instantiations::default();
+        for line in text.lines().filter(|l| l.starts_with(NAME)) {
+            let Some((key, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            match &key[NAME.len()..] {
+                "_sum" => h.sum = value,
+                "_count" => h.count = value,
+                bucket => {
+                    if let Some(le) = bucket.strip_prefix("_bucket{le=\"").and_then(|b| b.strip_suffix("\"}"))
+                        && let Ok(le) = le.parse::<f64>()
+                    {
+                        h.buckets.push((le, value));
+                    }
+                }
+            }
+        }
+        h
+    }
+
+    /// What happened between `before` and now: requests, mean and the bucket
+    /// bounds under which half and 99% of them fell.
+    fn since(&self, before: &Instantiations) -> Value {
+        let count = self.count - before.count;
+        let done: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .map(|&(le, n)| (le, n - before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1)))
+            .collect();
+        let under = |q: f64| done.iter().find(|(_, n)| *n >= q * count).map(|(le, _)| le * 1e6);
+        json!({
+            "requests": count,
+            "mean_us": (count > 0.0).then(|| ((self.sum - before.sum) / count * 1e7).round() / 10.0),
+            "p50_under_us": under(0.5),
+            "p99_under_us": under(0.99),
+            "note": "the node's skiff_node_http_instantiate_duration_seconds over the skiff runs",
+        })
+    }
+}
+
+/// Scrapes the instantiation histogram from the node's metrics at `url`.
+async fn instantiations(url: &str) -> anyhow::Result<Instantiations> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    Ok(Instantiations::parse(&text))
 }
 
 pub(crate) fn which(bin: &str) -> Option<PathBuf> {
@@ -183,5 +247,31 @@ mod tests {
         assert!((l.p50_ms - 0.412).abs() < 1e-9, "{}", l.p50_ms);
         assert_eq!(l.p99_ms, 10.31);
         assert_eq!(l.errors, 7);
+    }
+
+    #[test]
+    fn instantiation_histogram_is_read_and_differenced() {
+        let page = |sum: f64, n: [u32; 3]| {
+            format!(
+                "# TYPE skiff_node_http_instantiate_duration_seconds histogram\n\
+                 skiff_node_http_instantiate_duration_seconds_bucket{{le=\"0.00001\"}} {}\n\
+                 skiff_node_http_instantiate_duration_seconds_bucket{{le=\"0.00002\"}} {}\n\
+                 skiff_node_http_instantiate_duration_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 skiff_node_http_instantiate_duration_seconds_sum {sum}\n\
+                 skiff_node_http_instantiate_duration_seconds_count {}\n\
+                 skiff_node_wasm_instantiate_duration_seconds_count 9\n",
+                n[0], n[1], n[2], n[2]
+            )
+        };
+        let before = Instantiations::parse(&page(0.001, [10, 20, 20]));
+        assert_eq!(before.count, 20.0);
+        assert_eq!(before.buckets.len(), 3);
+        // 100 more: 40 under 10 µs, 59 more under 20 µs, one slower; 1.5 ms in all.
+        let after = Instantiations::parse(&page(0.0025, [50, 119, 120]));
+        let d = after.since(&before);
+        assert_eq!(d["requests"], 100.0);
+        assert_eq!(d["mean_us"], 15.0);
+        assert_eq!(d["p50_under_us"], 20.0);
+        assert_eq!(d["p99_under_us"], 20.0);
     }
 }

@@ -362,7 +362,9 @@ impl HttpRuntime {
             // writes) is the replica's, as a command guest's is.
             let run = crate::metrics::Metered::new(
                 async {
+                    let started = std::time::Instant::now();
                     let proxy = pre.instantiate_async(&mut store).await?;
+                    crate::metrics::METRICS.http_instantiate_seconds.observe(started.elapsed().as_secs_f64());
                     proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
                 },
                 usage,

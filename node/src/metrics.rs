@@ -118,6 +118,8 @@ pub struct NodeMetrics {
     pub compile_seconds: Histogram,
     /// Time to instantiate a guest.
     pub instantiate_seconds: Histogram,
+    /// Time to instantiate a `wasi:http` guest for one request, from the pool.
+    pub http_instantiate_seconds: Histogram,
     /// Memory-limit traps, of command runs and of HTTP requests.
     pub memory_limit_traps: IntCounterVec,
     /// Requests the ingress answered by deployment and status code (the
@@ -193,6 +195,12 @@ impl NodeMetrics {
                 "skiff_node_wasm_instantiate_duration_seconds",
                 "Time to instantiate a Wasm guest",
                 vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5],
+            ),
+            http_instantiate_seconds: histogram(
+                &r,
+                "skiff_node_http_instantiate_duration_seconds",
+                "Time to instantiate a wasi:http guest for one request (from the pooling allocator)",
+                vec![0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.005, 0.05],
             ),
             memory_limit_traps: counter_vec(
                 &r,
