@@ -26,10 +26,11 @@ impl Etcd {
     /// Three members listening on `ip` (a test bridge's address, say).
     fn start_on(dir: &Path, ip: &str) -> Etcd {
         let names = ["e0", "e1", "e2"];
-        let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
         // Ports are picked free on loopback; on a bridge's address they are as likely free.
-        let clients: Vec<String> = names.iter().map(|_| format!("{ip}:{}", free_port())).collect();
-        let initial: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://{ip}:{p}")).collect();
+        let ports = free_ports(2 * names.len());
+        let (peers, clients) = ports.split_at(names.len());
+        let clients: Vec<String> = clients.iter().map(|p| format!("{ip}:{p}")).collect();
+        let initial: Vec<String> = names.iter().zip(peers).map(|(n, p)| format!("{n}=http://{ip}:{p}")).collect();
         let initial = initial.join(",");
         let (mut members, mut all_args) = (Vec::new(), Vec::new());
         for (i, name) in names.iter().enumerate() {

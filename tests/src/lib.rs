@@ -463,7 +463,16 @@ impl Dev {
 /// Whether the tests run as root (network namespaces, bridges, containers need it).
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports: each is held until all are picked (one at a time,
+/// the system may hand a just-closed port out again, as it did to two etcd
+/// members once).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    held.iter().map(|l| l.local_addr().expect("a bound address").port()).collect()
 }
 
 pub fn is_root() -> bool {
