@@ -104,10 +104,10 @@ mod tests {
 
     #[test]
     fn ready_replicas_with_an_ingress_are_listed_and_leave_as_they_stop() {
-        let dir = std::env::temp_dir().join(format!("skiff-endpoints-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let temp = crate::state::tests::tempdir::Dir::new();
+        let dir = &temp.0;
         let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
-        let keys = crate::secrets::Keyring::open(&dir).expect("keyring");
+        let keys = crate::secrets::Keyring::open(dir).expect("keyring");
         let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, ..Policy::default() }).expect("load");
         let mut rx = st.endpoints_watch();
         let start = *rx.borrow_and_update();
@@ -139,7 +139,5 @@ mod tests {
         assert_eq!(shown(&st), [("web".to_string(), vec![])]);
         st.delete("web", false).expect("delete");
         assert!(shown(&st).is_empty());
-        drop(st);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

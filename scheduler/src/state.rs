@@ -2121,7 +2121,7 @@ impl Mem {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -2173,12 +2173,12 @@ mod tests {
         (st, dir)
     }
 
-    mod tempdir {
+    /// A directory for one test, removed when dropped, even when the test fails.
+    pub(crate) mod tempdir {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                let p =
-                    std::env::temp_dir().join(format!("skiff-state-test-{}-{}", std::process::id(), fastrand::u64(..)));
+                let p = std::env::temp_dir().join(format!("skiff-test-{}-{}", std::process::id(), fastrand::u64(..)));
                 std::fs::create_dir_all(&p).unwrap();
                 Dir(p)
             }
