@@ -460,7 +460,6 @@ impl Dev {
     }
 }
 
-/// Whether the tests run as root (network namespaces, bridges, containers need it).
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> u16 {
     free_ports(1)[0]
@@ -475,6 +474,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     held.iter().map(|l| l.local_addr().expect("a bound address").port()).collect()
 }
 
+/// Whether the tests run as root (network namespaces, bridges, containers need it).
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
