@@ -4,7 +4,10 @@
 #   make test    lint, build, then every unit and end-to-end test
 #   make lint    clippy (warnings denied) and rustfmt
 #   make build   the skiff binary and the Wasm examples
-#   make deps    toolchain targets and system packages (quiet when present)
+#   make deps    what building and running need: toolchain targets, system packages
+#   make deps-test  the rest of what the tests need (browser, Prometheus, etcd, registry,
+#                schemathesis, image and component builders); both quiet when present
+#   make real-apps  the real applications of tests/e2e/real_apps.rs, built once into a cache
 #   make bench   benchmarks at scale (simulated nodes) and deploy latency; see bench/
 
 SHELL := /bin/bash
@@ -13,31 +16,39 @@ CARGO ?= cargo
 # Where cargo puts its output: CI points CARGO_TARGET_DIR at a cache outside the clone.
 TARGET := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-# Debian packages the build, tests or `make run` need beyond a stock machine with
-# rustup; installed only when `dpkg -s` says one is missing. curl: scripts/run.sh.
-# runc: the OCI runtime nodes run containers with; busybox-static: the e2e
-# tests build their container image from it; containernetworking-plugins,
-# iptables, iproute2: container networking (CNI bridge, masquerade, netns).
-PACKAGES ?= curl runc busybox-static containernetworking-plugins iptables iproute2
+# Debian packages that building and running skiff need beyond a stock machine with
+# rustup (`make run` installs only these); each installed only when `dpkg -s` says
+# it is missing. gcc, libc6-dev: cc links the build; libssl-dev, pkg-config: the
+# nodes' TLS (native-tls); protobuf-compiler: the etcd-client crate's build.
+# runc: the OCI runtime nodes run containers with; containernetworking-plugins,
+# iptables, iproute2: container networking (CNI bridge, masquerade, netns);
+# curl: scripts/run.sh.
+PACKAGES ?= gcc libc6-dev libssl-dev pkg-config protobuf-compiler \
+  runc containernetworking-plugins iptables iproute2 curl
+# What only the tests need (`make test` adds these). busybox-static: the e2e
+# tests build their container image from it.
+TEST_PACKAGES ?= busybox-static
 # The observability tests (issue 6): a real Prometheus, and Debian's Chromium
 # driven by playwright-core (npm, tests/browser/). Node.js may come from Debian
 # (nodejs + npm) or from NodeSource (whose nodejs carries npm): ask for Debian's
 # packages only when there is no npm at all.
-PACKAGES += chromium prometheus $(if $(shell command -v npm),,nodejs npm)
+TEST_PACKAGES += chromium prometheus $(if $(shell command -v npm),,nodejs npm)
 # Registry pulls (issue 3): a real registry on loopback (docker-registry) pushed
-# to with skopeo; libssl-dev and pkg-config build the nodes' TLS (native-tls).
-PACKAGES += docker-registry skopeo libssl-dev pkg-config
-# Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4);
-# the container escape test builds a static ptrace probe with gcc and libc6-dev.
-PACKAGES += e2fsprogs gcc libc6-dev
+# to with skopeo.
+TEST_PACKAGES += docker-registry skopeo
+# Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4).
+TEST_PACKAGES += e2fsprogs
 # The API fuzz test (issue 8): schemathesis (PyPI, pinned) in a venv outside the
 # clone; Debian's python3-venv when the machine's Python has no venv/ensurepip.
 PY_CACHE ?= /var/cache/skiff-py
 SCHEMATHESIS_VERSION := 4.32.5
-PACKAGES += $(if $(shell python3 -c 'import ensurepip, venv' 2>/dev/null && echo ok),,python3-venv)
-# Several servers (issue 9): etcd members and etcdctl from Debian for the tests,
-# and protoc for the etcd-client crate's build.
-PACKAGES += etcd-server etcd-client protobuf-compiler
+TEST_PACKAGES += $(if $(shell python3 -c 'import ensurepip, venv' 2>/dev/null && echo ok),,python3-venv)
+# Several servers (issue 9): etcd members and etcdctl from Debian.
+TEST_PACKAGES += etcd-server etcd-client
+# Real applications (issue 16, scripts/real-apps.sh): Debian images made by
+# mmdebstrap and umoci (componentize-py and componentize-js come from PyPI and npm,
+# pinned, into the cache); redis-tools: the test talks to redis with redis-cli.
+TEST_PACKAGES += mmdebstrap umoci redis-tools
 RUST_TARGETS := wasm32-wasip1 wasm32-wasip2
 RUST_COMPONENTS := clippy rustfmt
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -55,9 +66,20 @@ export SKIFF_WASM_P2 := $(WASM_P2)
 export SKIFF_WASM_P1 := $(WASM_P1)
 export SKIFF_SCHEMATHESIS := $(PY_CACHE)/bin/st
 
-.PHONY: all deps build wasm lint test run bench bench-report fuzz
+.PHONY: all deps deps-test real-apps build wasm lint test run bench bench-report fuzz
 
 all: build
+
+# Installs the Debian packages named in $(1) that `dpkg -s` does not know.
+define apt_install
+	@missing=""; \
+	for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
 
 deps:
 	@installed="$$(rustup target list --installed)"; \
@@ -68,13 +90,10 @@ deps:
 	for c in $(RUST_COMPONENTS); do \
 	  grep -q "^$$c" <<<"$$installed" || rustup component add "$$c"; \
 	done
-	@missing=""; \
-	for p in $(PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt_install,$(PACKAGES))
+
+deps-test: deps
+	$(call apt_install,$(TEST_PACKAGES))
 	@# The browser test's node modules, exactly as locked; again only when the lock changed.
 	@if [ ! -f tests/browser/node_modules/.package-lock.json ] || \
 	    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then \
@@ -84,6 +103,15 @@ deps:
 	  { echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(PY_CACHE)"; \
 	    python3 -m venv $(PY_CACHE) && \
 	    $(PY_CACHE)/bin/pip install -q --disable-pip-version-check "schemathesis==$(SCHEMATHESIS_VERSION)"; }
+
+# The real applications (scripts/real-apps.sh): built once per set of inputs into
+# REAL_APPS_CACHE; their paths go to $(TARGET)/real-apps.env, which `make test`
+# exports and the tests read when the variables are not set.
+REAL_APPS_CACHE ?= /var/cache/skiff-real-apps
+real-apps: deps-test
+	@mkdir -p $(TARGET)
+	SKIFF_REAL_APPS_CACHE=$(REAL_APPS_CACHE) scripts/real-apps.sh >$(TARGET)/real-apps.env.tmp
+	@mv $(TARGET)/real-apps.env.tmp $(TARGET)/real-apps.env
 
 build: deps wasm
 	$(CARGO) build --workspace --bins
@@ -98,8 +126,8 @@ lint: deps
 
 # A test that hangs must fail the run with its name on screen, not use up CI's
 # 90 minutes: the whole test run gets 40 (it takes about 2 when warm).
-test: deps lint build
-	timeout --kill-after=30s 40m $(CARGO) test --workspace
+test: deps-test lint build real-apps
+	. $(TARGET)/real-apps.env && timeout --kill-after=30s 40m $(CARGO) test --workspace
 	timeout --kill-after=30s 10m $(MAKE) --no-print-directory fuzz
 
 # Fuzzing (issue 8): each cargo-fuzz target of fuzz/ for FUZZ_SECONDS, from its
@@ -140,7 +168,7 @@ BENCH_ETCD_ARGS ?=
 # once into a cache outside the clone (a long build the first time), and wrk.
 BENCH_TOOLS ?= /var/cache/skiff-bench-tools
 WASMTIME_VERSION := 48.0.8
-bench: deps wasm
+bench: deps-test wasm
 	@dpkg -s wrk >/dev/null 2>&1 || (echo "installing wrk" && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null)
 	@$(BENCH_TOOLS)/bin/wasmtime --version 2>/dev/null | grep -q "$(WASMTIME_VERSION)" || \
 	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(BENCH_TOOLS) \
