@@ -273,21 +273,6 @@ impl Drop for Janitor {
     }
 }
 
-/// Whether the container tests can run here: they need root; without it they
-/// are skipped, saying so (`make test` runs as root in CI).
-fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("skipping: the container tests need root (run `make test` as root)");
-    true
-}
-
-fn is_root() -> bool {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    uid.as_deref().unwrap_or("") == "0"
-}
-
 fn require_root_and_runc() {
     assert!(is_root(), "the container tests need root (run `make test` as root)");
     let v = Command::new(RUNC).arg("--version").output();
@@ -421,11 +406,7 @@ impl Setup {
     }
 
     fn json(&self, kind: &str) -> Vec<Value> {
-        let out = self.cli(&["get", kind, "-o", "json"]);
-        match serde_json::from_str::<Value>(&out) {
-            Ok(Value::Array(v)) => v,
-            other => panic!("`skiff get {kind} -o json` did not print a JSON array: {other:?}\n{out}"),
-        }
+        parse_get_json(kind, &self.cli(&["get", kind, "-o", "json"]))
     }
 
     fn replicas(&self, deployment: &str) -> Vec<Value> {
@@ -456,7 +437,7 @@ impl Setup {
 
 #[test]
 fn containers_run_restart_hit_limits_and_leave_nothing_behind() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let s = Setup::new();
@@ -680,7 +661,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[test]
 fn a_restarted_node_daemon_adopts_its_containers_and_removes_the_unwanted() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     // A node grace longer than the restart: the scheduler keeps the replicas on
@@ -784,7 +765,7 @@ fn a_restarted_node_daemon_adopts_its_containers_and_removes_the_unwanted() {
 
 #[test]
 fn host_ports_are_published_held_once_per_node_and_host_network_works() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let s = Setup::in_netns();
@@ -872,7 +853,7 @@ fn host_ports_are_published_held_once_per_node_and_host_network_works() {
 
 #[test]
 fn containers_get_their_own_address_on_the_node_bridge() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let mut s = Setup::in_netns();
@@ -970,7 +951,7 @@ fn containers_get_their_own_address_on_the_node_bridge() {
 /// liveness restarts it with the reason.
 #[test]
 fn container_probes_gate_readiness_and_restart_on_liveness() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let s = Setup::in_netns();
@@ -1024,7 +1005,7 @@ fn container_probes_gate_readiness_and_restart_on_liveness() {
 /// `SKIFF_INGRESS`.
 #[test]
 fn containers_serve_http_through_the_ingress() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let mut s = Setup::in_netns();
@@ -1179,7 +1160,7 @@ impl Drop for Registry {
 /// cache; a tag the registry does not have fails the replica with the reason.
 #[test]
 fn nodes_pull_images_from_a_loopback_registry() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let s = Setup::new();
@@ -1372,7 +1353,7 @@ impl Hosts {
 /// the replacement can only land on the node that scale-down emptied.
 #[test]
 fn httpd_spreads_over_three_hosts_and_a_dead_hosts_replica_moves() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let mut c = Hosts::new(3);
@@ -1485,7 +1466,7 @@ echo attempts done
 /// A busybox image whose config sets `WorkingDir` to `workdir` (the image, not
 /// the deployment, picks the directory runc starts the process in), with
 /// `extra` executables (path in the image, bytes) in a second layer.
-fn busybox_image_with(dir: &Path, file: &str, workdir: &str, extra: &[(&str, Vec<u8>)]) -> PathBuf {
+pub(crate) fn busybox_image_with(dir: &Path, file: &str, workdir: &str, extra: &[(&str, Vec<u8>)]) -> PathBuf {
     let (l1, _) = layers();
     let mut layers = vec![l1];
     if !extra.is_empty() {
@@ -1612,7 +1593,7 @@ fn ptrace_program(dir: &Path) -> Vec<u8> {
 /// image whose working directory is a descriptor leaked by runc does not start.
 #[test]
 fn container_escapes_fail() {
-    if skip_unless_root() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
     let s = Setup::new();

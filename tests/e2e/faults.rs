@@ -381,8 +381,7 @@ fn events(url: &str, object: &str) -> Vec<(u64, String, String)> {
 /// exactly the deployment's count, never more.
 #[test]
 fn a_partitioned_node_is_replaced_and_converges_when_healed() {
-    if !is_root() {
-        eprintln!("skipping: the partition test needs root (ip netns, a bridge, veths)");
+    if !require_root("a partition (ip netns, a bridge, veths)") {
         return;
     }
     // Dropped in reverse: the nodes, their namespaces, the server, the bridge, the files.

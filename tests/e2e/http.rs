@@ -318,8 +318,7 @@ impl NsCluster {
 /// name across them (the SDK's `caller` and `json_api` examples).
 #[test]
 fn ingresses_in_separate_network_namespaces_reach_every_replica() {
-    if !is_root() {
-        eprintln!("skipping: the network-namespace test needs root (ip netns, a bridge, veths)");
+    if !require_root("network namespaces (ip netns, a bridge, veths)") {
         return;
     }
     // An app node fits two replicas of 400m, so three span both; the edge node

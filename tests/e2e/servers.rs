@@ -156,8 +156,7 @@ fn three_servers_on_etcd_survive_the_leaders_death() {
     if std::process::Command::new("etcd").arg("--version").output().is_err() {
         panic!("etcd is not installed: `make deps` installs Debian's etcd-server");
     }
-    if !is_root() {
-        eprintln!("skipping: the nodes run in network namespaces of their own, which needs root");
+    if !require_root("nodes in network namespaces of their own") {
         return;
     }
     let dir = TempDir::new("servers-etcd");
@@ -544,8 +543,7 @@ fn a_sqlite_cluster_migrates_to_etcd_intact() {
 
 #[test]
 fn a_leader_cut_off_from_etcd_stops_leading_and_nothing_is_placed_twice() {
-    if !is_root() {
-        eprintln!("skipping: the partition test needs root (ip netns, a bridge, veths)");
+    if !require_root("a partition (ip netns, a bridge, veths)") {
         return;
     }
     let dir = TempDir::new("servers-partition");

@@ -93,8 +93,7 @@ fn count_on_disk(path: &std::path::Path) -> Result<u64, String> {
 /// and it is the only writer.
 #[test]
 fn a_partitioned_node_stops_its_leased_writer() {
-    if !is_root() {
-        eprintln!("skipping: the partition test needs root (ip netns, a bridge, a veth)");
+    if !require_root("a partition (ip netns, a bridge, a veth)") {
         return;
     }
     // Dropped in reverse: the node, its namespace, the server, the bridge, the files.

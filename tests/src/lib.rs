@@ -348,8 +348,14 @@ pub fn cli_ok(cwd: &Path, server: &str, args: &[&str]) -> String {
 
 /// `skiff get KIND -o json`, parsed.
 pub fn get_json(cwd: &Path, server: &str, kind: &str) -> Vec<Value> {
-    let out = cli_ok(cwd, server, &["get", kind, "-o", "json"]);
-    match serde_json::from_str::<Value>(&out) {
+    parse_get_json(kind, &cli_ok(cwd, server, &["get", kind, "-o", "json"]))
+}
+
+/// What `skiff get KIND -o json` printed (`out`), parsed: a JSON array, or a
+/// panic that shows what it was instead. For tests that run the CLI their own
+/// way (inside a network namespace, say).
+pub fn parse_get_json(kind: &str, out: &str) -> Vec<Value> {
+    match serde_json::from_str::<Value>(out) {
         Ok(Value::Array(v)) => v,
         other => panic!("`skiff get {kind} -o json` did not print a JSON array: {other:?}\n{out}"),
     }
@@ -477,6 +483,50 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// Whether the tests run as root (network namespaces, bridges, containers need it).
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The variable by which a developer without root skips the root-only tests
+/// (`SKIFF_TESTS_SKIP_ROOT=1`). CI never sets it: there a root-only test that
+/// cannot run fails, as a missing tool or Wasm example does.
+pub const SKIP_ROOT_VAR: &str = "SKIFF_TESTS_SKIP_ROOT";
+
+/// What a root-only test does, given whether it runs as root and the value of
+/// `SKIFF_TESTS_SKIP_ROOT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootOnly {
+    Run,
+    /// Not root, and the developer asked to skip such tests.
+    Skip,
+    /// Not root, and nobody asked to skip: the test must fail, not pass unrun.
+    Fail,
+}
+
+/// The decision behind `require_root`: only `SKIFF_TESTS_SKIP_ROOT=1` skips; any
+/// other value (`0`, empty) is taken as not asking, so a typo cannot hide a test.
+pub fn root_only(root: bool, skip_var: Option<&str>) -> RootOnly {
+    match (root, skip_var.map(str::trim)) {
+        (true, _) => RootOnly::Run,
+        (false, Some("1")) => RootOnly::Skip,
+        (false, _) => RootOnly::Fail,
+    }
+}
+
+/// The first line of every root-only test: whether to go on. As root, yes.
+/// Without root it panics (so `make test` cannot pass a test it did not run),
+/// unless `SKIFF_TESTS_SKIP_ROOT=1`: then it prints that the test was skipped
+/// and answers no. `needs` says what the test does that needs root.
+pub fn require_root(needs: &str) -> bool {
+    let var = std::env::var(SKIP_ROOT_VAR).ok();
+    match root_only(is_root(), var.as_deref()) {
+        RootOnly::Run => true,
+        RootOnly::Skip => {
+            eprintln!("skipped ({SKIP_ROOT_VAR}=1): this test needs root for {needs}");
+            false
+        }
+        RootOnly::Fail => panic!(
+            "this test needs root for {needs}: run it as root (`make test` does in CI), or set {SKIP_ROOT_VAR}=1 to skip the root-only tests"
+        ),
+    }
 }
 
 /// Runs `ip ARGS`, which must succeed.
@@ -635,5 +685,21 @@ impl Drop for NetNs {
             let _ = Command::new("ip").args(["link", "delete", veth]).output();
         }
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_only_tests_fail_unless_skipped_on_purpose() {
+        assert_eq!(root_only(true, None), RootOnly::Run);
+        assert_eq!(root_only(true, Some("1")), RootOnly::Run, "root runs them even when asked to skip");
+        assert_eq!(root_only(false, Some("1")), RootOnly::Skip);
+        assert_eq!(root_only(false, Some(" 1\n")), RootOnly::Skip);
+        for unset_or_other in [None, Some(""), Some("0"), Some("yes"), Some("true")] {
+            assert_eq!(root_only(false, unset_or_other), RootOnly::Fail, "{unset_or_other:?}");
+        }
     }
 }
