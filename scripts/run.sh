@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `make run`: start `skiff dev` (a scheduler and a node in one process, data in
 # ./.skiff), deploy the worker example with two replicas, show them running and
-# their logs, then stay in the foreground until Ctrl-C.
+# their logs, print the dashboard's link, then stay in the foreground until Ctrl-C.
+# SKIFF_DATA_DIR and SKIFF_LISTEN (skiff dev's own variables) move it elsewhere:
+# the browser test (tests/e2e/observability.rs) runs this script on a free port
+# in a temp dir and opens the link it prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 SKIFF=${SKIFF_BIN:-$TARGET/debug/skiff}
 WORKER=${SKIFF_WASM_P2:-$TARGET/wasm32-wasip2/release/examples}/worker.wasm
-DATA_DIR=.skiff
+DATA_DIR=${SKIFF_DATA_DIR:-.skiff}
 LOG=$DATA_DIR/dev.log
 
 for f in "$SKIFF" "$WORKER"; do
@@ -61,6 +64,9 @@ done
 grep -q "node .* ready" "$LOG" || dev_failed "its node did not become ready in 30s"
 echo "skiff dev is up at $url"
 echo
+# The CLI finds ./.skiff by itself; told, it finds any data dir.
+SKIFF_TOKEN=$(<"$DATA_DIR/admin-token")
+export SKIFF_SERVER=$url SKIFF_CA_FILE=$DATA_DIR/ca.crt SKIFF_TOKEN
 
 echo "\$ skiff deploy worker.wasm --name hello --replicas 2 --env GREETING=\"hello from skiff\" --wait"
 "$SKIFF" deploy "$WORKER" --name hello --replicas 2 --env GREETING="hello from skiff" --wait
@@ -98,7 +104,7 @@ terminal in this directory, after: export PATH="$(dirname "$SKIFF"):\$PATH"
   skiff logs hello -f                 follow the logs (Ctrl-C to stop)
   skiff get replicas -o yaml          the API objects
   skiff delete hello
-The dashboard: $url/?token=\$(cat $DATA_DIR/admin-token)
+The dashboard: $url/?token=$SKIFF_TOKEN
   (HTTPS from skiff's own CA, $DATA_DIR/ca.crt: import it in the browser, or accept the warning)
 Ctrl-C here stops skiff dev.
 MSG

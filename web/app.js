@@ -9,7 +9,10 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 
 const $ = (sel) => document.querySelector(sel);
 let snap = null; // the latest snapshot
-const history = { node: new Map(), replica: new Map() }; // key → [{t, cpu (cores), mem (bytes), cpuSec}]
+// Usage samples by key → [{t, cpu (cores), mem (bytes), cpuSec}]. Not named
+// `history`: a top-level const of that name hides window.history from this
+// script, and the page died at `history.replaceState` (issue 16).
+const usage = { node: new Map(), replica: new Map() };
 
 // ---- quantities and formatting ----
 
@@ -85,6 +88,10 @@ function showError(msg) {
   $("#error").hidden = false;
 }
 $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
+// A fault in this script says so on the page: the page stuck at "connecting…"
+// with the reason only in the developer console is how issue 16 looked.
+window.addEventListener("error", (e) => showError(`the dashboard failed: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => showError(`the dashboard failed: ${e.reason && e.reason.message || e.reason}`));
 
 // The API token: from `?token=` once (then kept in localStorage and taken out of
 // the address bar), else what was kept; asked for when the server refuses it.
@@ -93,7 +100,7 @@ const TOKEN_KEY = "skiff-token";
   const given = new URLSearchParams(location.search).get("token");
   if (given) {
     localStorage.setItem(TOKEN_KEY, given);
-    history.replaceState(null, "", location.pathname + location.hash);
+    window.history.replaceState(null, "", location.pathname + location.hash);
   }
 }
 function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
@@ -183,24 +190,24 @@ function record(s) {
     while (h.length && h[0].t < t - HISTORY_MS) h.shift();
   };
   const live = new Set();
-  for (const n of s.nodes) { add(history.node, n.name, n.cpu_seconds, n.memory_bytes); live.add("n/" + n.name); }
-  for (const r of s.replicas) { add(history.replica, r.id, r.cpu_seconds, r.memory_bytes); live.add("r/" + r.id); }
-  for (const k of history.node.keys()) if (!live.has("n/" + k)) history.node.delete(k);
-  for (const k of history.replica.keys()) if (!live.has("r/" + k)) history.replica.delete(k);
+  for (const n of s.nodes) { add(usage.node, n.name, n.cpu_seconds, n.memory_bytes); live.add("n/" + n.name); }
+  for (const r of s.replicas) { add(usage.replica, r.id, r.cpu_seconds, r.memory_bytes); live.add("r/" + r.id); }
+  for (const k of usage.node.keys()) if (!live.has("n/" + k)) usage.node.delete(k);
+  for (const k of usage.replica.keys()) if (!live.has("r/" + k)) usage.replica.delete(k);
 }
 
 // The server keeps a few minutes of per-node totals: a page opened now starts
 // with them instead of empty charts.
 function seed(nodeHistory) {
   for (const [name, samples] of Object.entries(nodeHistory)) {
-    if (history.node.has(name)) continue;
+    if (usage.node.has(name)) continue;
     const h = [];
     for (const [t, cpuSec, mem] of samples) {
       const prev = h[h.length - 1];
       const cpu = prev && t > prev.t && cpuSec >= prev.cpuSec ? (cpuSec - prev.cpuSec) / ((t - prev.t) / 1000) : 0;
       h.push({ t, cpu, mem, cpuSec });
     }
-    history.node.set(name, h);
+    usage.node.set(name, h);
   }
 }
 
@@ -236,7 +243,7 @@ function renderCluster() {
     `${nodes.length} node${nodes.length === 1 ? "" : "s"} (${ready} ready) · ${snap.deployments.length} deployments · ${snap.replicas.length} replicas`;
   const box = $("#nodes");
   box.replaceChildren(...nodes.map((n) => {
-    const u = latest(history.node, n.name);
+    const u = latest(usage.node, n.name);
     const capCpu = parseCpu(n.capacity.cpu) / 1000, capMem = parseMem(n.capacity.memory);
     const allocCpu = parseCpu(n.allocated.cpu) / 1000, allocMem = parseMem(n.allocated.memory);
     return el("article", { class: "card node", "data-node": n.name, "aria-label": "node " + n.name },
@@ -266,8 +273,8 @@ function renderCluster() {
   const legend = el("div", { class: "legend" }, ...[...deploys].sort().map((d) => el("span", {}, el("i", { style: `background:${colorOf(d)}` }), d)));
   $("#packing").replaceChildren(...rows, legend);
 
-  chart($("#chart-node-cpu"), history.node, "cpu", fmtCpu);
-  chart($("#chart-node-mem"), history.node, "mem", fmtMem);
+  chart($("#chart-node-cpu"), usage.node, "cpu", fmtCpu);
+  chart($("#chart-node-mem"), usage.node, "mem", fmtMem);
 }
 
 // ---- charts: inline SVG polylines of the accumulated samples ----
@@ -570,7 +577,7 @@ function renderReplicas() {
     tr.append(el("td", {}, el("a", { href: `#logs`, text: "logs", onclick: () => { pendingLog = r.id; } })));
     return tr;
   }, (tr, r) => {
-    const u = latest(history.replica, r.id);
+    const u = latest(usage.replica, r.id);
     const c = tr.cells;
     c[0].textContent = r.id;
     c[1].textContent = r.deployment;
@@ -582,8 +589,8 @@ function renderReplicas() {
     c[6].textContent = fmtCpu(u.cpu);
     c[7].textContent = fmtMem(r.memory_bytes);
   });
-  chart($("#chart-replica-cpu"), history.replica, "cpu", fmtCpu);
-  chart($("#chart-replica-mem"), history.replica, "mem", fmtMem);
+  chart($("#chart-replica-cpu"), usage.replica, "cpu", fmtCpu);
+  chart($("#chart-replica-mem"), usage.replica, "mem", fmtMem);
 }
 
 // ---- events ----

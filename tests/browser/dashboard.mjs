@@ -1,20 +1,27 @@
 // Drives the skiff dashboard in Debian's headless Chromium (playwright-core, no
 // downloaded browser). Run by the e2e test `dashboard_in_a_real_browser`, which
-// starts a real cluster with a deployment `hello` of 2 replicas and then checks
-// through the API what this script did from the page.
+// runs scripts/run.sh (`make run`: skiff dev, node "dev", deployments hello with
+// 2 worker replicas and web with 2 HTTP replicas), adds a deployment `crash`
+// whose replica has failed and, as root, a container deployment (named by
+// SKIFF_CONTAINER), then checks through the API what this script did.
 //
-//   node dashboard.mjs URL SCREENSHOT_DIR WASM_FILE
+//   node dashboard.mjs LINK SCREENSHOT_DIR WASM_FILE
 //
-// Prints one line per step; exits non-zero with the reason on the first failure.
+// LINK is the dashboard's link exactly as run.sh printed it (with `?token=`):
+// the page gets its token from there and nowhere else, as a user's browser does.
+// Any page error, and any console error but the failed loads this script causes
+// on purpose, fails it. Prints one line per step; exits non-zero with the reason
+// on the first failure.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const [url, shots, wasm] = process.argv.slice(2);
-if (!url || !shots || !wasm) {
-  console.error("usage: node dashboard.mjs URL SCREENSHOT_DIR WASM_FILE");
+const [link, shots, wasm] = process.argv.slice(2);
+if (!link || !shots || !wasm) {
+  console.error("usage: node dashboard.mjs LINK SCREENSHOT_DIR WASM_FILE");
   process.exit(2);
 }
+const container = process.env.SKIFF_CONTAINER || "";
 mkdirSync(shots, { recursive: true });
 const TIMEOUT = 30_000;
 
@@ -29,57 +36,114 @@ const browser = await chromium.launch({
 
 const step = (msg) => console.log(`step: ${msg}`);
 
+// Requests this script makes fail on purpose; Chromium logs each as a console
+// error ("Failed to load resource"), which is the browser's doing, not the page's.
+const EXPECTED_FAILURES = [
+  /\/v1\/deployments\/hello\/scale$/, // scaling to 200000: refused
+  /\/v1\/blobs\/sha256:[0-9a-f]{64}$/, // HEAD: does the server have the upload already?
+  /\/v1\/deployments\/fromimage$/, // an image never imported: refused
+];
+const errors = [];
+// Rejects at the first error, so that a wait on a page that threw fails at
+// once with the error rather than with a timeout.
+let rejectOnError;
+const errorSeen = new Promise((_, reject) => { rejectOnError = reject; });
+errorSeen.catch(() => {});
+function pageError(what) {
+  errors.push(what);
+  rejectOnError(new Error(`the page logged an error: ${what}`));
+}
+// Watches a page for errors: every page of the test goes through this.
+function watch(p, name) {
+  p.setDefaultTimeout(TIMEOUT);
+  p.on("pageerror", (e) => pageError(`${name}: ${e.stack || e}`));
+  p.on("console", (m) => {
+    if (m.type() !== "error") return;
+    const where = m.location().url || "";
+    if (m.text().startsWith("Failed to load resource") && EXPECTED_FAILURES.some((re) => re.test(where))) return;
+    pageError(`${name}: console error: ${m.text()} (${where})`);
+  });
+  return p;
+}
+// Waits for `promise` unless the page errs first.
+const until = (promise) => Promise.race([promise, errorSeen]);
+
 // Waits until deployment `name`'s row shows desired/ready/available `want`
 // ("4/4/4"); on timeout says what the row showed instead.
 async function waitCounts(p, name, want) {
   try {
-    await p.waitForFunction(([name, want]) => {
+    await until(p.waitForFunction(([name, want]) => {
       const tr = document.querySelector(`tr[data-deployment="${name}"]`);
       const cells = tr && [".desired-count", ".ready-count", ".available-count"].map((c) => tr.querySelector(c).textContent);
       return cells && cells.join("/") === want;
-    }, [name, want]);
+    }, [name, want]));
   } catch (e) {
     const row = await p.locator(`tr[data-deployment="${name}"]`).textContent().catch(() => "no row");
     throw new Error(`${name} never showed desired/ready/available ${want} (row: ${row}): ${e.message}`);
   }
 }
-const consoleErrors = [];
+// Opens `link` in a new page of `context`, as pasted into the address bar, and
+// checks what the page made of it: the token taken out of the address bar and
+// kept, the live stream connected.
+async function open(context, name) {
+  const p = watch(await context.newPage(), name);
+  await until(p.goto(link));
+  await until(p.waitForSelector("#conn.live"));
+  const address = p.url();
+  if (address.includes("token=")) throw new Error(`the token stayed in the address bar: ${address}`);
+  return p;
+}
+
+// Tails replica `value` ("deployment/id") on the logs view until `re` shows.
+async function tail(p, value, re, shot) {
+  await until(p.selectOption("#logs-replica", value));
+  await p.click("#logs-start");
+  try {
+    await until(p.waitForFunction((src) => new RegExp(src).test(document.querySelector("#logs-output").textContent), re.source));
+  } catch (e) {
+    const shown = await p.textContent("#logs-output").catch(() => "?");
+    throw new Error(`the logs of ${value} never showed ${re} (shown: ${JSON.stringify(shown.slice(-300))}): ${e.message}`);
+  }
+  if (shot) await p.screenshot({ path: join(shots, shot), fullPage: true });
+  await p.click("#logs-stop");
+}
+
+// The replicas of `deployment` as the replicas view lists them: [{id, state}].
+const listed = (p, deployment) => p.evaluate((d) =>
+  [...document.querySelectorAll("#replicas-table tbody tr")]
+    .filter((tr) => tr.cells[1].textContent === d)
+    .map((tr) => ({ id: tr.cells[0].textContent, state: tr.cells[2].textContent })), deployment);
+
 let failed = false;
 let page = null;
 try {
   // The server's CA is its own, not in this fresh profile's trust store; the
   // CLI's and nodes' trust of it is tested elsewhere (tests/e2e/auth.rs).
-  const ignoreHTTPSErrors = url.startsWith("https://");
+  const ignoreHTTPSErrors = link.startsWith("https://");
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors });
-  // The page keeps its API token in localStorage (it also takes `?token=`).
-  if (process.env.SKIFF_TOKEN) {
-    await context.addInitScript((t) => localStorage.setItem("skiff-token", t), process.env.SKIFF_TOKEN);
-  }
-  page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  // A refused API call (tested below) also makes Chromium log the status; that is
-  // the browser's doing, not the page's.
-  page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) consoleErrors.push(m.text());
-  });
-  page.on("pageerror", (e) => consoleErrors.push(String(e)));
 
-  step("load the cluster view");
-  await page.goto(url + "/#cluster");
-  await page.waitForSelector("#conn.live");
-  await page.waitForSelector('article.node[data-node="n1"] .state.ready');
-  await page.waitForFunction(() => document.querySelectorAll("#packing .pack-bar span").length >= 2);
+  step("open the link run.sh printed: the cluster view");
+  page = await open(context, "desktop");
+  if (!page.url().endsWith("/")) throw new Error(`opened ${page.url()}`);
+  await until(page.waitForSelector('article.node[data-node="dev"] .state.ready'));
+  await until(page.waitForFunction(() => document.querySelectorAll("#packing .pack-bar span").length >= 4));
   // A few snapshots so that the charts have lines.
-  await page.waitForFunction(() => document.querySelectorAll("#chart-node-mem polyline").length >= 1);
+  await until(page.waitForFunction(() => document.querySelectorAll("#chart-node-mem polyline").length >= 1));
   await page.waitForTimeout(2500);
   await page.screenshot({ path: join(shots, "cluster.png"), fullPage: true });
 
-  step("see the deployed workload");
+  step("see the deployed workloads");
   await page.click('nav a[data-view="deployments"]');
   const row = page.locator('tr[data-deployment="hello"]');
   // hello runs without a readiness probe: running is ready, and with
-  // minReadySeconds 0 ready is available.
+  // minReadySeconds 0 ready is available. web is an HTTP component, ready
+  // once routed.
   await waitCounts(page, "hello", "2/2/2");
+  await waitCounts(page, "web", "2/2/2");
+  await waitCounts(page, "crash", "1/0/0");
+  const crashFailed = await page.textContent('tr[data-deployment="crash"] td:nth-child(6)');
+  if (crashFailed !== "1") throw new Error(`crash's row counts ${crashFailed} failed replicas, not 1`);
+  if (container) await waitCounts(page, container, "1/1/1");
   await page.screenshot({ path: join(shots, "deployments.png"), fullPage: true });
 
   step("scale hello to 4 with the keyboard");
@@ -92,7 +156,7 @@ try {
   step("an API refusal shows in the page");
   await input.fill("200000");
   await row.locator("button.scale-btn").click();
-  await page.waitForSelector("#error:not([hidden])");
+  await until(page.waitForSelector("#error:not([hidden])"));
   const errText = await page.textContent("#error-text");
   if (!/replicas must be at most/.test(errText)) throw new Error(`unexpected error text: ${errText}`);
   console.log(`error shown: ${errText}`);
@@ -109,10 +173,10 @@ try {
 
   step("delete it, confirming");
   await page.locator('tr[data-deployment="uploaded"] button.delete-btn').click();
-  await page.waitForSelector("dialog#confirm[open]");
+  await until(page.waitForSelector("dialog#confirm[open]"));
   await page.screenshot({ path: join(shots, "confirm-delete.png") });
   await page.click("#confirm-ok");
-  await page.locator('tr[data-deployment="uploaded"]').waitFor({ state: "detached" });
+  await until(page.locator('tr[data-deployment="uploaded"]').waitFor({ state: "detached" }));
 
   step("deploy by naming an image that was never imported: the API's refusal shows");
   await page.check("#deploy-source-image");
@@ -122,61 +186,84 @@ try {
   await page.fill("#deploy-image", "nosuch:1.0");
   await page.fill("#deploy-name", "fromimage");
   await page.click("#deploy-submit");
-  await page.waitForSelector("#error:not([hidden])");
+  await until(page.waitForSelector("#error:not([hidden])"));
   const imageErr = await page.textContent("#error-text");
   if (!/^deploying fromimage: image nosuch:1\.0 is not imported; run `skiff image import/.test(imageErr)) {
     throw new Error(`unexpected error text: ${imageErr}`);
   }
   console.log(`error shown: ${imageErr}`);
-  const listed = await page.textContent("#deploy-status");
-  if (listed.includes("cannot list")) throw new Error(`the image list failed: ${listed}`);
+  const status = await page.textContent("#deploy-status");
+  if (status.includes("cannot list")) throw new Error(`the image list failed: ${status}`);
+  if (container) {
+    const offered = await page.evaluate(() => [...document.querySelectorAll("#deploy-images option")].map((o) => o.value));
+    if (!offered.includes("box:v1")) throw new Error(`the imported image is not offered: ${JSON.stringify(offered)}`);
+  }
   await page.screenshot({ path: join(shots, "deploy-image-error.png"), fullPage: true });
   await page.click("#error-close");
   await page.check("#deploy-source-wasm");
 
   step("replicas view");
   await page.click('nav a[data-view="replicas"]');
-  await page.waitForFunction(() =>
-    [...document.querySelectorAll('#replicas-table tbody tr')].filter((tr) => tr.cells[1].textContent === "hello" && tr.querySelector(".state.running")).length === 4);
+  await until(page.waitForFunction(() =>
+    [...document.querySelectorAll('#replicas-table tbody tr')].filter((tr) => tr.cells[1].textContent === "hello" && tr.querySelector(".state.running")).length === 4));
+  const crash = await listed(page, "crash");
+  if (crash.length !== 1 || crash[0].state !== "failed") throw new Error(`crash is listed as ${JSON.stringify(crash)}`);
   await page.waitForTimeout(2000);
   await page.screenshot({ path: join(shots, "replicas.png"), fullPage: true });
 
   step("events view");
   await page.click('nav a[data-view="events"]');
-  await page.locator("#events-table tbody tr", { hasText: "scaled from 2 to 4 replicas" }).first().waitFor();
+  await until(page.locator("#events-table tbody tr", { hasText: "scaled from 2 to 4 replicas" }).first().waitFor());
   await page.screenshot({ path: join(shots, "events.png"), fullPage: true });
 
-  step("tail a replica's logs");
+  step("logs view: a worker, an HTTP component, the failed replica" + (container ? ", the container" : ""));
   await page.click('nav a[data-view="logs"]');
-  await page.waitForFunction(() => document.querySelectorAll("#logs-replica option").length >= 1);
-  await page.click("#logs-start");
-  await page.waitForFunction(() => /hello #\d+/.test(document.querySelector("#logs-output").textContent));
-  await page.screenshot({ path: join(shots, "logs.png"), fullPage: true });
+  await until(page.waitForFunction(() => document.querySelectorAll("#logs-replica option").length >= 5));
+  const options = await page.evaluate(() => [...document.querySelectorAll("#logs-replica option")].map((o) => o.value));
+  const first = (d) => {
+    const v = options.find((o) => o.startsWith(d + "/"));
+    if (!v) throw new Error(`no replica of ${d} to tail among ${JSON.stringify(options)}`);
+    return v;
+  };
+  await tail(page, first("hello"), /hello from skiff #\d+/, "logs.png");
+  await tail(page, first("crash"), /giving up at once with status 3/, "logs-failed.png");
+  if (container) await tail(page, first(container), /hello from a container/, "logs-container.png");
+
+  step("the replicas view's logs link opens a replica's logs");
+  await page.click('nav a[data-view="replicas"]');
+  const web = (await listed(page, "web"))[0];
+  if (!web) throw new Error("no replica of web listed");
+  await page.locator(`#replicas-table tr[data-replica="${web.id}"] a`).click();
+  await until(page.waitForFunction((id) => document.querySelector("#logs-status").textContent.includes(id), web.id));
   await page.click("#logs-stop");
 
-  step("phone width, dark mode");
+  step("reload: the token was kept, the page connects again");
+  await until(page.reload());
+  await until(page.waitForSelector("#conn.live"));
+  await until(page.waitForSelector("#logs-replica option", { state: "attached" }));
+
+  step("phone width, dark mode, the link opened afresh");
   const phone = await browser.newContext({
     viewport: { width: 390, height: 844 }, colorScheme: "dark", isMobile: true, ignoreHTTPSErrors,
   });
-  if (process.env.SKIFF_TOKEN) {
-    await phone.addInitScript((t) => localStorage.setItem("skiff-token", t), process.env.SKIFF_TOKEN);
-  }
-  const p2 = await phone.newPage();
-  p2.setDefaultTimeout(TIMEOUT);
-  await p2.goto(url + "/#deployments");
-  await waitCounts(p2, "hello", "4/4/4");
-  const overflow = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  if (overflow > 1) throw new Error(`the page is ${overflow}px wider than a phone screen`);
-  await p2.screenshot({ path: join(shots, "phone-dark-deployments.png"), fullPage: true });
-  await p2.goto(url + "/#cluster");
-  await p2.waitForSelector('article.node[data-node="n1"]');
+  const p2 = await open(phone, "phone");
+  await until(p2.waitForSelector('article.node[data-node="dev"]'));
   await p2.screenshot({ path: join(shots, "phone-dark-cluster.png"), fullPage: true });
+  for (const view of ["deployments", "replicas", "events", "logs"]) {
+    await p2.click(`nav a[data-view="${view}"]`);
+    const overflow = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 1) throw new Error(`the ${view} view is ${overflow}px wider than a phone screen`);
+  }
+  await p2.click('nav a[data-view="deployments"]');
+  await waitCounts(p2, "hello", "4/4/4");
+  await p2.screenshot({ path: join(shots, "phone-dark-deployments.png"), fullPage: true });
 
-  if (consoleErrors.length) throw new Error(`the page logged errors: ${consoleErrors.join(" | ")}`);
+  if (errors.length) throw new Error(`the page logged errors: ${errors.join(" | ")}`);
   console.log("ok");
 } catch (e) {
   failed = true;
   console.error(`FAILED: ${e.message}`);
+  if (errors.length) console.error(`page errors: ${errors.join(" | ")}`);
   if (page) {
     // What the page said, and how it looked, when it went wrong.
     const said = await page.evaluate(() => ({

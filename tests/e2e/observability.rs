@@ -289,6 +289,43 @@ fn prometheus_scrapes_the_scheduler_and_every_node() {
     wait_query(&prom, r#"skiff_scheduler_deployment_replicas_running{deployment="hello"}"#, "1 running", |v| v == 1.0);
 }
 
+/// A container deployment deleted on drop, waiting (up to 30 s) until the node
+/// has removed its containers' bundles (`NODE_DATA/containers/run/<replica>`):
+/// the scheduler forgets a replica before the node has stopped it.
+struct Deleted {
+    cwd: PathBuf,
+    url: String,
+    node_data: PathBuf,
+    name: &'static str,
+}
+
+impl Drop for Deleted {
+    fn drop(&mut self) {
+        let out = cli_in(&self.cwd, &self.url, &["delete", self.name]);
+        if !out.ok {
+            eprintln!("cannot delete {}: {}", self.name, out.stderr);
+            return;
+        }
+        let prefix = format!("{}-", self.name);
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let bundles = std::fs::read_dir(self.node_data.join("containers/run"))
+                .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count())
+                .unwrap_or(0);
+            if bundles == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("the containers of {} were still there 30 s after its deletion", self.name);
+    }
+}
+
+/// The dashboard as `make run` hands it to a new user: `scripts/run.sh` starts
+/// `skiff dev`, deploys its examples and prints the dashboard's link; the browser
+/// opens exactly that link (the token in it is all the page is given) and goes
+/// through every view, with a failed deployment and, as root, a container
+/// beside the Wasm ones. Any page error or console error fails it.
 #[test]
 fn dashboard_in_a_real_browser() {
     let browser_dir = workspace().join("tests/browser");
@@ -297,31 +334,84 @@ fn dashboard_in_a_real_browser() {
         "tests/browser/node_modules is missing: run `make test` (it runs npm ci there)"
     );
     assert!(Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing: run `make test` (it installs it)");
-    let mut c = Cluster::new("dash");
-    c.start_node("n1");
-    c.wait_nodes_ready(1);
+    let dir = TempDir::new("dash");
+    let cwd = dir.path();
+    let data = cwd.join(".skiff");
     let worker = wasm_p2("worker");
-    c.cli(&["deploy", worker.to_str().unwrap_or_default(), "--name", "hello", "--replicas", "2", "--memory", "32Mi"]);
+    let examples = worker.parent().map(Path::to_path_buf).unwrap_or_default();
+    let log = cwd.join("run.log");
+    let mut run = Proc::start_script(
+        "scripts/run.sh",
+        &workspace().join("scripts/run.sh"),
+        &[
+            ("SKIFF_DATA_DIR", data.as_os_str()),
+            ("SKIFF_LISTEN", "127.0.0.1:0".as_ref()),
+            ("SKIFF_BIN", skiff_bin().as_os_str()),
+            ("SKIFF_WASM_P2", examples.as_os_str()),
+        ],
+        &log,
+    );
+    // The link as printed, not rebuilt here: a link that does not work is the bug.
+    let link = wait_for(Duration::from_secs(180), "scripts/run.sh to print the dashboard's link", || {
+        let said = run.log();
+        if let Some(link) = said.lines().find_map(|l| l.strip_prefix("The dashboard: ")) {
+            return Ok(link.trim().to_string());
+        }
+        if !run.alive() {
+            panic!("scripts/run.sh exited before printing the dashboard's link:\n{said}");
+        }
+        Err(said.lines().last().unwrap_or_default().to_string())
+    });
+    let url = server_ready(&data);
+    assert!(link.starts_with(&format!("{url}/?token=")), "the link {link} is not the server's {url} with a token");
 
-    // The page itself serves from the binary, with its assets.
-    let page = http_get(&format!("{}/", c.url)).expect("GET /");
-    assert!(page.contains("<title>skiff</title>"), "{page}");
-    assert!(http_get(&format!("{}/assets/app.js", c.url)).expect("GET app.js").contains("EventSource"));
+    // What a first hour adds to run.sh's hello (2 worker replicas) and web (2
+    // HTTP replicas): a workload that fails, and a container.
+    let crasher = wasm_p1("crasher");
+    cli_ok(cwd, &url, &["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--restart", "never"]);
+    let container = require_root("a container deployment on the dashboard");
+    // Deleted before run.sh stops, even when the test fails: skiff dev itself
+    // does not stop its containers on the way out.
+    let _box = container.then(|| Deleted {
+        cwd: cwd.to_path_buf(),
+        url: url.clone(),
+        node_data: data.join("node"),
+        name: "box",
+    });
+    if container {
+        let image = crate::containers::busybox_image_with(cwd, "box.tar", "/", &[]);
+        cli_ok(cwd, &url, &["image", "import", image.to_str().unwrap_or_default(), "--name", "box:v1"]);
+        let script = "echo hello from a container; while true; do sleep 1; echo tick; done";
+        cli_ok(
+            cwd,
+            &url,
+            &[
+                "deploy", "--image", "box:v1", "--name", "box", "--memory", "32Mi", "--arg", "/bin/sh", "--arg", "-c",
+                "--arg", script,
+            ],
+        );
+    }
+    wait_for(Duration::from_secs(60), "crash to fail", || {
+        let r = get_json(cwd, &url, "replicas");
+        let failed = r.iter().any(|r| r["deployment"] == "crash" && r["state"] == "failed");
+        if failed { Ok(()) } else { Err(format!("{r:?}")) }
+    });
 
     let shots = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
         .join("e2e-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
-    let log = c.dir.path().join("browser.log");
-    let out = std::fs::File::create(&log).expect("browser log");
+    let browser_log = cwd.join("browser.log");
+    let out = std::fs::File::create(&browser_log).expect("browser log");
     let mut child = Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
-        .arg(&c.url)
+        .arg(&link)
         .arg(&shots)
         // Not the bytes hello runs: the page must really upload them.
         .arg(wasm_p1("worker"))
-        .env("SKIFF_TOKEN", token_for(&c.url).unwrap_or_default())
+        .env("SKIFF_CONTAINER", if container { "box" } else { "" })
+        .env_remove("SKIFF_TOKEN")
         .current_dir(&browser_dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone log"))
@@ -329,21 +419,24 @@ fn dashboard_in_a_real_browser() {
         .spawn()
         .expect("run node (is Node.js installed? `make test` installs it)");
     let status = child.wait().expect("wait for the browser test");
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let said = std::fs::read_to_string(&browser_log).unwrap_or_default();
     assert!(status.success(), "the browser test failed:\n{said}");
     println!("{said}");
 
     // What the page did, seen through the API.
-    let deployments = get_json(c.dir.path(), &c.url, "deployments");
+    let deployments = get_json(cwd, &url, "deployments");
     let hello = deployments.iter().find(|d| d["name"] == "hello").expect("hello exists");
     assert_eq!(hello["replicas"], 4, "scaled from the page: {hello}");
-    c.wait_running("hello", 4);
+    wait_for(Duration::from_secs(60), "4 running replicas of hello", || {
+        let r = running(cwd, &url, "hello");
+        if r.len() == 4 { Ok(()) } else { Err(format!("{} running", r.len())) }
+    });
     assert!(deployments.iter().all(|d| d["name"] != "uploaded"), "deleted from the page: {deployments:?}");
     assert!(deployments.iter().all(|d| d["name"] != "fromimage"), "an unknown image deploys nothing: {deployments:?}");
-    let hello = get_json(c.dir.path(), &c.url, "deployments").into_iter().find(|d| d["name"] == "hello");
+    let hello = get_json(cwd, &url, "deployments").into_iter().find(|d| d["name"] == "hello");
     let status = hello.map(|d| d["status"].clone()).unwrap_or_default();
     assert_eq!((&status["ready"], &status["available"]), (&Value::from(4), &Value::from(4)), "{status}");
-    let events = c.cli(&["events", "--object", "deployment/uploaded"]);
+    let events = cli_ok(cwd, &url, &["events", "--object", "deployment/uploaded"]);
     assert!(events.contains("Deleted"), "the upload was deployed and deleted from the page: {events}");
     for view in ["cluster", "deployments", "deploy-image-error", "replicas", "events", "logs", "phone-dark-deployments"]
     {
@@ -351,6 +444,10 @@ fn dashboard_in_a_real_browser() {
         let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
         assert!(len > 1000, "screenshot {} missing or empty", png.display());
     }
+
+    drop(_box);
+    let stopped = run.stop(Duration::from_secs(20));
+    assert!(stopped.is_some(), "scripts/run.sh did not stop within 20 s of SIGTERM:\n{}", run.log_tail(20));
 }
 
 #[test]

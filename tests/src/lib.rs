@@ -69,6 +69,9 @@ pub struct Proc {
     pub name: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Leads a process group of its own (`start_script`): what it started in
+    /// the background goes with it.
+    group: bool,
 }
 
 impl Proc {
@@ -88,7 +91,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf(), group: false }
     }
 
     /// Starts `WRAPPER... skiff ARGS` (such as `nsenter --net=… --`, which execs
@@ -112,16 +115,60 @@ impl Proc {
             .stderr(err)
             .spawn()
             .expect("spawn skiff");
-        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf(), group: false }
+    }
+
+    /// Starts a script (`scripts/run.sh`) with `env` added, output to `log`, in a
+    /// process group of its own, as a shell would start it: on drop it is
+    /// stopped as Ctrl-C stops it (`stop`), then its whole group is killed, so
+    /// that nothing it started in the background outlives the test.
+    pub fn start_script(name: &str, script: &Path, env: &[(&str, &std::ffi::OsStr)], log: &Path) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(script)
+            .envs(env.iter().copied())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", script.display()));
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf(), group: true }
+    }
+
+    /// SIGTERM (what a script's Ctrl-C trap also handles), then up to `grace`
+    /// for it to exit: its exit status, or `None` if it was still running (it
+    /// keeps running) or had already been reaped.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).output();
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// SIGKILL, as a crash or a power cut would.
+    /// SIGKILL, as a crash or a power cut would (to the whole group of a
+    /// `start_script` process: the group's id is the script's pid).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.group {
+                let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", c.id())]).output();
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -143,6 +190,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- last lines of {} ----\n{}", self.name, self.log_tail(40));
+        }
+        if self.group {
+            // Given the chance to stop what it started, as Ctrl-C would.
+            self.stop(Duration::from_secs(15));
         }
         self.kill();
     }
