@@ -107,6 +107,8 @@ function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 function authHeaders(headers = {}) {
   return token() ? { ...headers, authorization: "Bearer " + token() } : headers;
 }
+const NOT_SIGNED_IN = "the server refused this page's API token: open the dashboard link `make run` printed " +
+  "(it ends in ?token=…), or give the admin token (the server's DATA_DIR/admin-token) when asked";
 function askToken() {
   const t = prompt("skiff API token (the server's DATA_DIR/admin-token, or one from `skiff token create --read-only`):");
   if (t && t.trim()) { localStorage.setItem(TOKEN_KEY, t.trim()); location.reload(); }
@@ -120,7 +122,11 @@ async function api(method, path, body, headers = {}) {
     throw new Error(`cannot reach the skiff server: ${e.message}`);
   }
   const text = await resp.text();
-  if (resp.status === 401) askToken();
+  if (resp.status === 401) {
+    // The server's own words are for the CLI ("pass --token or SKIFF_TOKEN").
+    askToken();
+    throw new Error(NOT_SIGNED_IN);
+  }
   if (!resp.ok) {
     let msg = `server answered ${resp.status}`;
     try { msg = JSON.parse(text).error || msg; } catch { if (text.trim()) msg += ": " + text.trim(); }
@@ -168,10 +174,19 @@ function connect() {
   });
   es.addEventListener("error", (ev) => {
     if (ev.data) showError("the server could not build a snapshot: " + ev.data);
-    // A refused stream is closed for good: check whether the token is the reason.
-    if (es.readyState === EventSource.CLOSED) api("GET", "/v1/nodes").catch((e) => showError(e.message));
-    conn.textContent = "disconnected; reconnecting…";
     conn.className = "conn down";
+    conn.textContent = "disconnected; reconnecting…";
+    if (es.readyState !== EventSource.CLOSED) return; // the browser reconnects by itself
+    // A refused stream is closed for good: ask whether the token is the reason,
+    // else open a new one.
+    conn.textContent = "disconnected";
+    api("GET", "/v1/nodes").then(
+      () => setTimeout(connect, 2000),
+      (e) => {
+        showError(e.message);
+        if (e.message === NOT_SIGNED_IN) conn.textContent = "not signed in";
+        else setTimeout(connect, 5000);
+      });
   });
 }
 
@@ -574,7 +589,7 @@ function renderReplicas() {
   syncRows(tbody, snap.replicas, (r) => r.id, (r) => {
     const tr = el("tr", { "data-replica": r.id });
     for (let i = 0; i < 8; i++) tr.append(el("td"));
-    tr.append(el("td", {}, el("a", { href: `#logs`, text: "logs", onclick: () => { pendingLog = r.id; } })));
+    tr.append(el("td", {}, el("a", { href: `#logs`, class: "logs-link", text: "logs", onclick: () => { pendingLog = r.id; } })));
     return tr;
   }, (tr, r) => {
     const u = latest(usage.replica, r.id);
@@ -588,6 +603,8 @@ function renderReplicas() {
     c[5].textContent = fmtAge(now - r.created_ms);
     c[6].textContent = fmtCpu(u.cpu);
     c[7].textContent = fmtMem(r.memory_bytes);
+    // A replica on no node yet has no logs; the link would lead nowhere.
+    c[8].querySelector(".logs-link").hidden = !r.node;
   });
   chart($("#chart-replica-cpu"), usage.replica, "cpu", fmtCpu);
   chart($("#chart-replica-mem"), usage.replica, "mem", fmtMem);

@@ -2,8 +2,9 @@
 // downloaded browser). Run by the e2e test `dashboard_in_a_real_browser`, which
 // runs scripts/run.sh (`make run`: skiff dev, node "dev", deployments hello with
 // 2 worker replicas and web with 2 HTTP replicas), adds a deployment `crash`
-// whose replica has failed and, as root, a container deployment (named by
-// SKIFF_CONTAINER), then checks through the API what this script did.
+// whose replica has failed, `big`, whose replica no node can hold, and, as root,
+// a container deployment (named by SKIFF_CONTAINER), then checks through the API
+// what this script did.
 //
 //   node dashboard.mjs LINK SCREENSHOT_DIR WASM_FILE
 //
@@ -54,13 +55,15 @@ function pageError(what) {
   rejectOnError(new Error(`the page logged an error: ${what}`));
 }
 // Watches a page for errors: every page of the test goes through this.
-function watch(p, name) {
+// `failing` adds loads expected to fail on this page.
+function watch(p, name, failing = []) {
   p.setDefaultTimeout(TIMEOUT);
   p.on("pageerror", (e) => pageError(`${name}: ${e.stack || e}`));
   p.on("console", (m) => {
     if (m.type() !== "error") return;
     const where = m.location().url || "";
-    if (m.text().startsWith("Failed to load resource") && EXPECTED_FAILURES.some((re) => re.test(where))) return;
+    const expected = [...EXPECTED_FAILURES, ...failing].some((re) => re.test(where));
+    if (m.text().startsWith("Failed to load resource") && expected) return;
     pageError(`${name}: console error: ${m.text()} (${where})`);
   });
   return p;
@@ -141,6 +144,7 @@ try {
   await waitCounts(page, "hello", "2/2/2");
   await waitCounts(page, "web", "2/2/2");
   await waitCounts(page, "crash", "1/0/0");
+  await waitCounts(page, "big", "1/0/0");
   const crashFailed = await page.textContent('tr[data-deployment="crash"] td:nth-child(6)');
   if (crashFailed !== "1") throw new Error(`crash's row counts ${crashFailed} failed replicas, not 1`);
   if (container) await waitCounts(page, container, "1/1/1");
@@ -208,6 +212,12 @@ try {
     [...document.querySelectorAll('#replicas-table tbody tr')].filter((tr) => tr.cells[1].textContent === "hello" && tr.querySelector(".state.running")).length === 4));
   const crash = await listed(page, "crash");
   if (crash.length !== 1 || crash[0].state !== "failed") throw new Error(`crash is listed as ${JSON.stringify(crash)}`);
+  // A replica on no node has no logs to lead to; a failed one has.
+  const big = await listed(page, "big");
+  if (big.length !== 1 || big[0].state !== "pending") throw new Error(`big is listed as ${JSON.stringify(big)}`);
+  const logsLink = (id) => page.locator(`#replicas-table tr[data-replica="${id}"] a[href="#logs"]`);
+  if (await logsLink(big[0].id).isVisible()) throw new Error("the pending replica offers a logs link");
+  if (!(await logsLink(crash[0].id).isVisible())) throw new Error("the failed replica offers no logs link");
   await page.waitForTimeout(2000);
   await page.screenshot({ path: join(shots, "replicas.png"), fullPage: true });
 
@@ -241,6 +251,20 @@ try {
   await until(page.reload());
   await until(page.waitForSelector("#conn.live"));
   await until(page.waitForSelector("#logs-replica option", { state: "attached" }));
+
+  step("the server's address without the token: the page says how to get in");
+  const bare = await browser.newContext({ ignoreHTTPSErrors });
+  const p3 = watch(await bare.newPage(), "no token", [/\/v1\/watch$/, /\/v1\/nodes$/]);
+  let asked = "";
+  p3.on("dialog", (d) => { asked = d.message(); d.dismiss(); });
+  await until(p3.goto(link.replace(/\?token=.*$/, "")));
+  await until(p3.waitForFunction(() => document.querySelector("#conn").textContent === "not signed in"));
+  const refused = await p3.textContent("#error-text");
+  if (!refused.includes("?token=") || !/admin-token/.test(asked)) {
+    throw new Error(`a page without its token said ${JSON.stringify(refused)} and asked ${JSON.stringify(asked)}`);
+  }
+  await p3.screenshot({ path: join(shots, "not-signed-in.png") });
+  await bare.close();
 
   step("phone width, dark mode, the link opened afresh");
   const phone = await browser.newContext({

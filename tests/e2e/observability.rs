@@ -366,9 +366,11 @@ fn dashboard_in_a_real_browser() {
     assert!(link.starts_with(&format!("{url}/?token=")), "the link {link} is not the server's {url} with a token");
 
     // What a first hour adds to run.sh's hello (2 worker replicas) and web (2
-    // HTTP replicas): a workload that fails, and a container.
+    // HTTP replicas): a workload that fails, one too big to place, a container.
     let crasher = wasm_p1("crasher");
     cli_ok(cwd, &url, &["deploy", crasher.to_str().unwrap_or_default(), "--name", "crash", "--restart", "never"]);
+    // More memory than any node has: pending, on no node.
+    cli_ok(cwd, &url, &["deploy", worker.to_str().unwrap_or_default(), "--name", "big", "--memory", "100Gi"]);
     let container = require_root("a container deployment on the dashboard");
     // Deleted before run.sh stops, even when the test fails: skiff dev itself
     // does not stop its containers on the way out.
