@@ -62,6 +62,9 @@ for _ in $(seq 1 300); do
 done
 [[ -n $url ]] && curl -fsS --max-time 1 --cacert "$DATA_DIR/ca.crt" "$url/healthz" >/dev/null 2>&1 || dev_failed "not healthy after 30s"
 grep -q "node .* ready" "$LOG" || dev_failed "its node did not become ready in 30s"
+# The dashboard's link as skiff dev printed it (with the admin token).
+dashboard=$(sed -n 's/^dashboard: //p' "$LOG" | head -n 1)
+[[ -n $dashboard ]] || dev_failed "it printed no dashboard link"
 echo "skiff dev is up at $url"
 echo
 # The CLI finds ./.skiff by itself; told, it finds any data dir.
@@ -104,7 +107,7 @@ terminal in this directory, after: export PATH="$(dirname "$SKIFF"):\$PATH"
   skiff logs hello -f                 follow the logs (Ctrl-C to stop)
   skiff get replicas -o yaml          the API objects
   skiff delete hello
-The dashboard: $url/?token=$SKIFF_TOKEN
+The dashboard: $dashboard
   (HTTPS from skiff's own CA, $DATA_DIR/ca.crt: import it in the browser, or accept the warning)
 Ctrl-C here stops skiff dev.
 MSG

@@ -107,7 +107,7 @@ function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 function authHeaders(headers = {}) {
   return token() ? { ...headers, authorization: "Bearer " + token() } : headers;
 }
-const NOT_SIGNED_IN = "the server refused this page's API token: open the dashboard link `make run` printed " +
+const NOT_SIGNED_IN = "the server refused this page's API token: open the dashboard link `skiff dev` or `make run` printed " +
   "(it ends in ?token=…), or give the admin token (the server's DATA_DIR/admin-token) when asked";
 function askToken() {
   const t = prompt("skiff API token (the server's DATA_DIR/admin-token, or one from `skiff token create --read-only`):");

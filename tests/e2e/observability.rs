@@ -364,6 +364,9 @@ fn dashboard_in_a_real_browser() {
     });
     let url = server_ready(&data);
     assert!(link.starts_with(&format!("{url}/?token=")), "the link {link} is not the server's {url} with a token");
+    // run.sh passes on what skiff dev printed: `skiff dev` alone gives the same link.
+    let dev_said = std::fs::read_to_string(data.join("dev.log")).unwrap_or_default();
+    assert!(dev_said.lines().any(|l| l == format!("dashboard: {link}")), "skiff dev did not print {link}:\n{dev_said}");
 
     // What a first hour adds to run.sh's hello (2 worker replicas) and web (2
     // HTTP replicas): a workload that fails, one too big to place, a container.

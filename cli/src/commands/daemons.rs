@@ -485,6 +485,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                     if let Err(e) = std::fs::write(args.data_dir.join("ingress.addr"), &ingress) {
                         tracing::warn!("cannot write {}: {e}", args.data_dir.join("ingress.addr").display());
                     }
+                    // With its token: opened at the bare URL the page has none.
+                    // Before the ready line, which scripts wait for.
+                    println!("dashboard: {url}/?token={}", admin_token.trim());
                     println!("skiff dev: server at {url}, ingress at {ingress}, node {node_name} ready; try: skiff deploy FILE.wasm --name hello");
                 } else {
                     tracing::warn!("node {node_name} has not registered after 30s; still waiting");
