@@ -1,0 +1,588 @@
+//! Deployments: apply, scale, rollback, pause, delete, and the reconcile that
+//! keeps each at its count and moves its rollout on.
+
+use super::*;
+
+impl State {
+    /// Brings every deployment to its count (the periodic, level-triggered pass).
+    pub fn reconcile_all(&mut self) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.mem.reconcile_due.clear();
+        self.transact(|mem, tx| {
+            let names: Vec<String> = mem.deployments.keys().cloned().collect();
+            for name in names {
+                mem.reconcile(tx, &name, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Reconciles the deployments whose rollout a heartbeat may have moved on.
+    pub fn reconcile_due(&mut self) -> Result<(), ApiError> {
+        if self.mem.reconcile_due.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let names = std::mem::take(&mut self.mem.reconcile_due);
+        self.transact(|mem, tx| {
+            for name in &names {
+                if mem.deployments.contains_key(name) {
+                    mem.reconcile(tx, name, now)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+        req.replicas = Some(self.mem.apply_count(name, &req));
+        skiff_api::manifest::validate_apply(name, &req).map_err(ApiError::bad_request)?;
+        if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
+            return Err(too_many("deployments", self.max_objects));
+        }
+        let new_volumes = req.spec.volumes.iter().filter(|m| !self.mem.volumes.contains_key(&m.name)).count();
+        if new_volumes > 0 && self.mem.volumes.len() + new_volumes > self.max_objects {
+            return Err(too_many("volumes", self.max_objects));
+        }
+        let now = now_ms();
+        let outcome = self.transact(|mem, tx| mem.apply(tx, name, req, now))?;
+        let deployment = self.mem.deployment(name).ok_or_else(|| ApiError::internal("deployment vanished"))?;
+        let warnings = self.mem.size_warnings(&deployment.spec);
+        Ok(ApplyResponse { outcome, deployment, warnings })
+    }
+
+    pub fn scale(&mut self, name: &str, replicas: u32) -> Result<Deployment, ApiError> {
+        if replicas > MAX_REPLICAS {
+            return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
+        }
+        if let Some(a) = self.mem.deployments.get(name).and_then(|e| e.d.autoscale) {
+            let msg = format!(
+                "deployment {name:?} scales by load between {} and {} replicas; change its autoscale min and max, or apply it without autoscale to scale it by hand",
+                a.min, a.max
+            );
+            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, msg));
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            skiff_api::manifest::validate_volumes(&e.d.spec.volumes, replicas).map_err(ApiError::bad_request)?;
+            if e.d.replicas != replicas {
+                let from = e.d.replicas;
+                e.d.replicas = replicas;
+                e.d.updated_ms = now;
+                tx.put_deployment(&e.d)?;
+                tx.event(
+                    now,
+                    &format!("deployment/{name}"),
+                    "Scaled",
+                    &format!("scaled from {from} to {replicas} replicas"),
+                )?;
+                mem.fx.mutated = true;
+                mem.reconcile(tx, name, now)?;
+            }
+            Ok(())
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Sets the count of autoscaled deployment `name` to `replicas`, saying `why`.
+    pub fn autoscale(&mut self, name: &str, replicas: u32, why: &str) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let Some(e) = mem.deployments.get_mut(name) else { return Ok(()) };
+            if e.d.replicas == replicas || e.d.autoscale.is_none() {
+                return Ok(());
+            }
+            let from = e.d.replicas;
+            e.d.replicas = replicas;
+            e.d.updated_ms = now;
+            tx.put_deployment(&e.d)?;
+            let msg = format!("autoscaled from {from} to {replicas} replicas: {why}");
+            tx.event(now, &format!("deployment/{name}"), "Scaled", &msg)?;
+            mem.fx.mutated = true;
+            mem.reconcile(tx, name, now)
+        })
+    }
+
+    /// Every revision of `name`, oldest first.
+    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, ApiError> {
+        let d = self.mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
+        let mut out: Vec<RevisionInfo> = self
+            .mem
+            .revisions
+            .iter()
+            .filter(|((dep, _), _)| dep == name)
+            .map(|((_, rev), spec)| RevisionInfo { revision: *rev, spec: spec.clone(), current: *rev == d.d.revision })
+            .collect();
+        out.sort_by_key(|r| r.revision);
+        Ok(out)
+    }
+
+    /// Rolls `name` back to revision `to` (by default the one before the current),
+    /// as a rollout like any other.
+    pub fn rollback(&mut self, name: &str, to: Option<u64>) -> Result<Deployment, ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
+            let current = e.d.revision;
+            let target = match to {
+                Some(t) => t,
+                None => mem
+                    .revisions
+                    .keys()
+                    .filter(|(d, r)| d == name && *r < current)
+                    .map(|(_, r)| *r)
+                    .max()
+                    .ok_or_else(|| ApiError::bad_request(format!("{name} has no revision before {current}")))?,
+            };
+            if target == current {
+                return Err(ApiError::bad_request(format!("{name} already runs revision {target}")));
+            }
+            let spec = mem.revisions.get(&(name.to_string(), target)).cloned().ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{name} has no revision {target}; `skiff rollout history {name}` lists them"
+                ))
+            })?;
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            e.d.revision = target;
+            e.d.spec = spec;
+            e.d.updated_ms = now;
+            e.d.rollout = Rollout {
+                state: RolloutState::Progressing,
+                from_revision: current,
+                to_revision: target,
+                started_ms: now,
+                progress_ms: now,
+                paused: false,
+                message: format!("rolling back from revision {current} to {target}"),
+            };
+            tx.put_deployment(&e.d)?;
+            tx.event(now, &format!("deployment/{name}"), "Rollback", &e.d.rollout.message)?;
+            mem.fx.mutated = true;
+            mem.reconcile(tx, name, now)
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Pauses or resumes the rollout of `name`.
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<Deployment, ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            if e.d.rollout.paused != paused {
+                e.d.rollout.paused = paused;
+                // Time spent paused is not a lack of progress.
+                e.d.rollout.progress_ms = now;
+                tx.put_deployment(&e.d)?;
+                let (reason, msg) = if paused { ("Paused", "rollout paused") } else { ("Resumed", "rollout resumed") };
+                tx.event(now, &format!("deployment/{name}"), reason, msg)?;
+                mem.fx.mutated = true;
+                mem.reconcile(tx, name, now)?;
+            }
+            Ok(())
+        })?;
+        self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))
+    }
+
+    /// Deletes deployment `name`; its volumes stay unless `purge_volumes` (then
+    /// those no other deployment mounts go, with their data).
+    pub fn delete(&mut self, name: &str, purge_volumes: bool) -> Result<(), ApiError> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let Some(e) = mem.deployments.get(name) else {
+                return Err(not_found_deployment(name));
+            };
+            let volumes: Vec<String> = e.d.spec.volumes.iter().map(|v| v.name.clone()).collect();
+            let ids: Vec<String> = mem.by_deployment.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            for id in ids {
+                mem.update(tx, &id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some("deployment deleted".into());
+                })?;
+            }
+            mem.deployments.remove(name);
+            mem.by_deployment.remove(name);
+            mem.revisions.retain(|(d, _), _| d != name);
+            tx.delete_deployment(name)?;
+            tx.event(now, &format!("deployment/{name}"), "Deleted", "deployment deleted; its replicas are stopping")?;
+            mem.fx.mutated = true;
+            mem.fx.endpoints_dirty = true;
+            if purge_volumes {
+                for v in volumes {
+                    let used = mem.deployments.values().any(|e| e.d.spec.volumes.iter().any(|m| m.name == v));
+                    if !used {
+                        mem.purge_volume(tx, &v, now)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+pub(super) fn not_found_deployment(name: &str) -> ApiError {
+    ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
+}
+
+/// Orders replicas for removal on scale-down: those doing least first, newest first.
+pub(super) fn removal_rank(r: &Replica) -> (u8, std::cmp::Reverse<Millis>) {
+    let rank = match r.state {
+        ReplicaState::Pending => 0,
+        ReplicaState::Failed | ReplicaState::Exited => 1,
+        ReplicaState::Assigned | ReplicaState::Starting => 2,
+        _ => 3,
+    };
+    (rank, std::cmp::Reverse(r.created_ms))
+}
+
+pub(super) fn new_replica_id(deployment: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..6).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    // Replica ids are DNS labels too: keep them within 63 characters.
+    let prefix = &deployment[..deployment.len().min(56)];
+    format!("{prefix}-{suffix}")
+}
+
+impl Mem {
+    pub fn deployment(&self, name: &str) -> Option<Deployment> {
+        let e = self.deployments.get(name)?;
+        let mut d = e.d.clone();
+        let c = e.counts;
+        let min_ready_ms = d.strategy.min_ready_seconds as u64 * 1000;
+        // Available depends on the clock: counted only when it differs from ready.
+        let available = match min_ready_ms {
+            0 => c.serving,
+            _ => {
+                let now = now_ms();
+                let ok = |r: &&Replica| self.serving(r) && now.saturating_sub(r.updated_ms) >= min_ready_ms;
+                self.replicas_of(name).filter(ok).count() as u32
+            }
+        };
+        d.status = DeploymentStatus {
+            total: c.total,
+            pending: c.pending,
+            running: c.running,
+            ready: c.serving,
+            available,
+            failed: c.failed,
+            restarts: c.restarts,
+        };
+        Some(d)
+    }
+
+    /// Warns when no registered node could ever hold one replica of `spec`.
+    pub(super) fn size_warnings(&self, spec: &WorkloadSpec) -> Vec<String> {
+        let need = spec.resources;
+        let runtime = spec.workload.runtime();
+        let capable: Vec<&Node> = self.nodes.iter().filter(|n| n.runtimes.contains(&runtime)).collect();
+        if self.nodes.is_empty() {
+            return vec!["no nodes are registered yet; replicas stay pending until one joins".into()];
+        }
+        if capable.is_empty() {
+            return vec![format!("no registered node runs {runtime} workloads; replicas stay pending until one joins")];
+        }
+        if capable.iter().any(|n| n.capacity.covers(need)) {
+            return Vec::new();
+        }
+        let max_cpu = capable.iter().map(|n| n.capacity.cpu.0).max().unwrap_or(0);
+        let max_mem = capable.iter().map(|n| n.capacity.memory.0).max().unwrap_or(0);
+        vec![format!(
+            "no node is large enough: each replica requests cpu {}, memory {}; the largest nodes have cpu {}, memory {}; replicas stay pending until a larger node joins",
+            need.cpu,
+            need.memory,
+            format_cpu(max_cpu),
+            format_memory(max_mem)
+        )]
+    }
+
+    /// The count an apply of `req` gives deployment `name`. An autoscaled
+    /// deployment keeps the count the autoscaler gave it (within the bounds):
+    /// `replicas` only starts a new one. Otherwise (also when the apply turns
+    /// autoscaling off) the count asked for, else the current one, else 1.
+    pub(super) fn apply_count(&self, name: &str, req: &ApplyRequest) -> u32 {
+        let current = self.deployments.get(name).map(|e| e.d.replicas);
+        match req.autoscale {
+            Some(a) => current.or(req.replicas).unwrap_or(a.min).clamp(a.min, a.max),
+            None => req.replicas.or(current).unwrap_or(1),
+        }
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        tx: &Tx,
+        name: &str,
+        req: ApplyRequest,
+        now: Millis,
+    ) -> Result<ApplyOutcome, ApiError> {
+        let obj = format!("deployment/{name}");
+        let replicas = self.apply_count(name, &req);
+        self.declare_volumes(tx, name, &req.spec, now)?;
+        let outcome = match self.deployments.get_mut(name) {
+            None => {
+                let d = Deployment {
+                    name: name.to_string(),
+                    replicas,
+                    revision: 1,
+                    spec: req.spec.clone(),
+                    created_ms: now,
+                    updated_ms: now,
+                    status: DeploymentStatus::default(),
+                    strategy: req.strategy.unwrap_or_default(),
+                    autoscale: req.autoscale,
+                    // The first rollout completes once its replicas are available.
+                    rollout: Rollout {
+                        state: RolloutState::Progressing,
+                        from_revision: 1,
+                        to_revision: 1,
+                        started_ms: now,
+                        progress_ms: now,
+                        paused: false,
+                        message: "rolling out revision 1".into(),
+                    },
+                };
+                tx.put_revision(name, 1, &req.spec, now)?;
+                tx.put_deployment(&d)?;
+                tx.event(
+                    now,
+                    &obj,
+                    "Created",
+                    &format!("created with {} replicas of {}", d.replicas, d.spec.workload),
+                )?;
+                self.revisions.insert((name.to_string(), 1), req.spec);
+                self.deployments.insert(name.to_string(), DeploymentEntry::new(d));
+                self.fx.endpoints_dirty = true;
+                ApplyOutcome::Created
+            }
+            Some(e)
+                if e.d.spec == req.spec
+                    && e.d.replicas == replicas
+                    && req.strategy.is_none_or(|s| s == e.d.strategy)
+                    && req.autoscale == e.d.autoscale =>
+            {
+                return Ok(ApplyOutcome::Unchanged);
+            }
+            Some(e) => {
+                if let Some(s) = req.strategy {
+                    e.d.strategy = s;
+                }
+                if e.d.autoscale != req.autoscale {
+                    e.d.autoscale = req.autoscale;
+                    match req.autoscale {
+                        Some(a) => {
+                            let msg = format!("autoscale between {} and {} replicas", a.min, a.max);
+                            tx.event(now, &obj, "AutoscaleSet", &msg)?;
+                        }
+                        None => {
+                            let msg = format!("autoscale off; {replicas} replicas until scaled");
+                            tx.event(now, &obj, "AutoscaleOff", &msg)?;
+                        }
+                    }
+                }
+                if e.d.spec != req.spec {
+                    // After a rollback the current revision is not the newest: number
+                    // the new one after every revision there is.
+                    let latest = self.revisions.keys().filter(|(d, _)| d == name).map(|(_, r)| *r).max();
+                    let from = e.d.revision;
+                    e.d.revision = latest.unwrap_or(from).max(from) + 1;
+                    e.d.spec = req.spec.clone();
+                    e.d.rollout = Rollout {
+                        state: RolloutState::Progressing,
+                        from_revision: from,
+                        to_revision: e.d.revision,
+                        started_ms: now,
+                        progress_ms: now,
+                        paused: e.d.rollout.paused,
+                        message: format!("rolling out revision {} to replace {from}", e.d.revision),
+                    };
+                    tx.put_revision(name, e.d.revision, &req.spec, now)?;
+                    tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
+                    self.revisions.insert((name.to_string(), e.d.revision), req.spec);
+                }
+                if e.d.replicas != replicas {
+                    tx.event(now, &obj, "Scaled", &format!("scaled from {} to {replicas} replicas", e.d.replicas))?;
+                    e.d.replicas = replicas;
+                }
+                e.d.updated_ms = now;
+                tx.put_deployment(&e.d)?;
+                ApplyOutcome::Updated
+            }
+        };
+        self.fx.mutated = true;
+        self.reconcile(tx, name, now)?;
+        Ok(outcome)
+    }
+
+    /// Keeps deployment `name` at its count of current-revision replicas, rolling
+    /// older revisions out as [`rollout::plan`] decides, and rolls a failing
+    /// rollout back to the last good revision.
+    pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        let Some(e) = self.deployments.get(name) else { return Ok(()) };
+        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        // At its count, all of the current revision: the plan would create and
+        // stop nothing, and a rollout under way completes once enough serve
+        // (counted, when serving is all that available asks).
+        if e.counts.total as usize == desired && e.by_revision.keys().all(|r| *r == revision) {
+            if e.d.rollout.state != RolloutState::Progressing {
+                return Ok(());
+            }
+            if strategy.min_ready_seconds == 0 {
+                let done = e.counts.serving as usize >= desired;
+                return if done { self.rollout_complete(tx, name, now) } else { Ok(()) };
+            }
+        }
+        let paused = e.d.rollout.paused;
+        let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
+        let probed = e.d.spec.probes.readiness.is_some();
+        // Two writers of one volume must never run at once: with a read-write
+        // volume, a new revision replaces the old one by stopping it first.
+        let mut writable = e.d.spec.has_writable_volume();
+        // One walk of the replicas; those of the current revision (most of
+        // them) need no lookup of their revision.
+        let mut seen: Vec<rollout::Seen> = Vec::with_capacity(self.by_deployment.get(name).map_or(0, BTreeSet::len));
+        for r in self.replicas_of(name) {
+            let current = r.revision == revision;
+            let serving = if current {
+                serves(r.state, || probed)
+            } else {
+                let spec = self.revisions.get(&(r.deployment.clone(), r.revision));
+                writable |= spec.is_some_and(WorkloadSpec::has_writable_volume);
+                self.serving(r)
+            };
+            seen.push(rollout::Seen {
+                id: r.id.clone(),
+                current,
+                available: serving && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
+                rank: removal_rank(r),
+            });
+        }
+        if writable {
+            strategy.max_surge = 0;
+            strategy.max_unavailable = strategy.max_unavailable.max(1);
+        }
+        let plan = rollout::plan(desired, &strategy, paused, &seen);
+        if plan.rolling && self.rollout_check(tx, name, &plan, now)? {
+            // Rolled back: the next pass plans against the good revision.
+            return self.reconcile(tx, name, now);
+        }
+        let obj = format!("deployment/{name}");
+        let scaled_down = plan.stop.iter().filter(|(_, why)| *why == "scaled down").count();
+        for (id, why) in &plan.stop {
+            let why = if *why == "scaled down" { why.to_string() } else { format!("replaced by revision {revision}") };
+            self.update(tx, id, |r| {
+                r.state = ReplicaState::Stopped;
+                r.reason = Some(why);
+            })?;
+        }
+        if scaled_down > 0 {
+            tx.event(now, &obj, "ScaledDown", &format!("stopped {scaled_down} replicas"))?;
+        }
+        for _ in 0..plan.create {
+            // Six random characters collide: among a deployment's 10,000
+            // replicas about once in 40 deployments. A taken id would overwrite
+            // a live replica and leave its indexes behind.
+            let mut id = new_replica_id(name);
+            while self.replicas.contains_key(&id) {
+                id = new_replica_id(name);
+            }
+            let r = Replica {
+                id,
+                deployment: name.to_string(),
+                revision,
+                node: None,
+                state: ReplicaState::Pending,
+                generation: 0,
+                restarts: 0,
+                reason: None,
+                exit_code: None,
+                created_ms: now,
+                updated_ms: now,
+            };
+            tx.put_replica(&r)?;
+            self.index_replica(&r);
+            self.replicas.insert(r.id.clone(), r);
+            self.fx.mutated = true;
+            self.sched_dirty = true;
+        }
+        // A rollout is complete once no old replica is left and the new ones serve.
+        let done = !plan.rolling && plan.stop.iter().all(|(_, w)| *w == "scaled down") && plan.available_new >= desired;
+        if done { self.rollout_complete(tx, name, now) } else { Ok(()) }
+    }
+
+    /// Marks deployment `name`'s rollout under way complete.
+    pub(super) fn rollout_complete(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+        let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+        if e.d.rollout.state == RolloutState::Progressing {
+            e.d.rollout.state = RolloutState::Complete;
+            e.d.rollout.message = format!("revision {} is rolled out", e.d.revision);
+            tx.put_deployment(&e.d)?;
+            tx.event(now, &format!("deployment/{name}"), "RolloutComplete", &e.d.rollout.message)?;
+            self.fx.mutated = true;
+        }
+        Ok(())
+    }
+
+    /// Watches a rollout under way: records progress, and when its new replicas
+    /// keep failing or it makes no progress within its deadline, rolls back to the
+    /// revision it started from (or marks it failed when automatic rollback is
+    /// off). Returns whether it rolled back.
+    pub(super) fn rollout_check(
+        &mut self,
+        tx: &Tx,
+        name: &str,
+        plan: &rollout::Plan,
+        now: Millis,
+    ) -> Result<bool, ApiError> {
+        let obj = format!("deployment/{name}");
+        let Some(e) = self.deployments.get_mut(name) else { return Ok(false) };
+        let r = &mut e.d.rollout;
+        if r.state != RolloutState::Progressing || r.paused {
+            return Ok(false);
+        }
+        if plan.stop.iter().any(|(_, w)| *w != "scaled down") {
+            r.progress_ms = now;
+        }
+        let deadline_ms = e.d.strategy.progress_deadline_seconds as u64 * 1000;
+        let why = if plan.failing > 0 {
+            Some(format!("{} replicas of revision {} keep failing", plan.failing, e.d.revision))
+        } else if now.saturating_sub(r.progress_ms) > deadline_ms {
+            Some(format!("revision {} made no progress in {} s", e.d.revision, e.d.strategy.progress_deadline_seconds))
+        } else {
+            None
+        };
+        let Some(why) = why else {
+            tx.put_deployment(&e.d)?;
+            return Ok(false);
+        };
+        let good = r.from_revision;
+        let spec = self.revisions.get(&(name.to_string(), good)).cloned();
+        self.fx.mutated = true;
+        match spec {
+            Some(spec) if e.d.strategy.auto_rollback && good != e.d.revision => {
+                let bad = e.d.revision;
+                e.d.revision = good;
+                e.d.spec = spec;
+                e.d.rollout = Rollout {
+                    state: RolloutState::RolledBack,
+                    from_revision: good,
+                    to_revision: bad,
+                    started_ms: e.d.rollout.started_ms,
+                    progress_ms: now,
+                    paused: false,
+                    message: format!("rolled back to revision {good}: {why}"),
+                };
+                tx.put_deployment(&e.d)?;
+                tx.event(now, &obj, "RolledBack", &e.d.rollout.message)?;
+                tracing::warn!("deployment {name}: {}", e.d.rollout.message);
+                Ok(true)
+            }
+            _ => {
+                e.d.rollout.state = RolloutState::Failed;
+                e.d.rollout.message = format!("rollout failed: {why}");
+                tx.put_deployment(&e.d)?;
+                tx.event(now, &obj, "RolloutFailed", &e.d.rollout.message)?;
+                Ok(false)
+            }
+        }
+    }
+}

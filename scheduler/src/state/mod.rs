@@ -1,0 +1,328 @@
+//! The working set: every node, deployment and live replica held in memory, with
+//! the indexes placement needs (allocation per node, replicas of a deployment per
+//! node, the pending queue), kept in step with the store.
+//!
+//! Invariant: every change goes through [`State::transact`], which writes it to the
+//! store in one transaction; if the commit fails the working set is reloaded from
+//! the store, so memory never holds what the disk does not. A replica's indexes are
+//! changed only by [`Mem::update`], which removes its old contribution and adds the
+//! new one, so allocations can never drift from the replicas that make them.
+//!
+//! One file per concern: `transaction` (the store-first commit), `indexes` (what a
+//! replica adds to the working set's counts, and the one place that changes a
+//! replica), `nodes` (registration, heartbeats, liveness), `deployments`
+//! (apply, scale, reconcile and rollouts), `volumes`, `secrets`, `assignments`
+//! (a node's desired set and its change log) and `scheduling` (placement passes).
+
+use crate::error::ApiError;
+use crate::placement::{self, Scoring, Snapshot};
+use crate::rollout;
+use crate::secrets::{Keyring, Sealed};
+use crate::store::{Store, StoreError, Tx};
+use skiff_api::manifest::{MAX_REPLICAS, validate_name};
+use skiff_api::quantity::{format_cpu, format_memory};
+use skiff_api::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+mod assignments;
+mod deployments;
+mod indexes;
+mod nodes;
+mod scheduling;
+mod secrets;
+#[cfg(test)]
+pub(crate) mod tests;
+mod transaction;
+mod volumes;
+
+use assignments::NodeChanges;
+use indexes::{DeploymentEntry, serves};
+pub use nodes::Liveness;
+use nodes::NodeLive;
+use transaction::Effects;
+
+/// What the controllers are told about time and policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub scoring: Scoring,
+    pub node_grace: Duration,
+    /// How often nodes heartbeat in a small cluster.
+    pub heartbeat_interval: Duration,
+    /// Most heartbeats per second the scheduler asks for: past this many nodes
+    /// the interval (and with it the grace) grows with the cluster, as Nomad's
+    /// `max_heartbeats_per_second` does.
+    pub max_heartbeats_per_second: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            scoring: Scoring::BinPack,
+            node_grace: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
+            max_heartbeats_per_second: 5000,
+        }
+    }
+}
+
+impl Policy {
+    /// The heartbeat interval for a cluster of `nodes`.
+    pub fn heartbeat_interval(&self, nodes: usize) -> Duration {
+        let rate = f64::from(self.max_heartbeats_per_second.max(1));
+        self.heartbeat_interval.max(Duration::from_secs_f64(nodes as f64 / rate))
+    }
+
+    /// How long a node of a cluster of `nodes` may stay silent before it is
+    /// declared down: the configured grace, grown in step with the interval.
+    pub fn node_grace(&self, nodes: usize) -> Duration {
+        let base = self.heartbeat_interval.as_secs_f64();
+        if base <= 0.0 {
+            return self.node_grace;
+        }
+        self.node_grace.mul_f64((self.heartbeat_interval(nodes).as_secs_f64() / base).max(1.0))
+    }
+}
+
+/// The in-memory working set.
+#[derive(Default)]
+pub struct Mem {
+    nodes: Vec<Node>,
+    node_idx: HashMap<String, usize>,
+    deployments: BTreeMap<String, DeploymentEntry>,
+    revisions: HashMap<(String, u64), WorkloadSpec>,
+    replicas: HashMap<String, Replica>,
+    by_deployment: HashMap<String, BTreeSet<String>>,
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// Node ports held by the replicas placed on each node (for placement).
+    ports_in_use: HashMap<String, BTreeMap<skiff_api::HostPort, u32>>,
+    /// Pending replicas, oldest first.
+    pending: BTreeSet<(Millis, String)>,
+    next_generation: u64,
+    /// Increases whenever some node's desired set changes.
+    index: u64,
+    /// Per node, which replicas changed at which index: what an answer of
+    /// only the changes since a node's index holds (`Mem::assignment_changes`).
+    /// In memory only: a reloaded working set answers with whole sets.
+    changes: HashMap<String, NodeChanges>,
+    /// What the transaction under way did besides its writes: made anew by
+    /// each [`State::transact`] and consumed by it.
+    fx: Effects,
+    /// Whether placement should run again (capacity or demand changed).
+    pub sched_dirty: bool,
+    /// Deployments in a rollout whose replicas changed state: the controllers
+    /// reconcile them at their next pass rather than at the 2 s full pass, so a
+    /// rollout moves on as soon as a new replica runs.
+    pub reconcile_due: BTreeSet<String>,
+    /// Secrets, sealed; opened only to hand values to the node that needs them.
+    secrets: BTreeMap<String, (Secret, Sealed)>,
+    /// Named volumes (with `deployments` left empty: computed when listed).
+    volumes: BTreeMap<String, Volume>,
+    /// Volumes deleted by the user whose node has still to delete the data.
+    purging: BTreeSet<String>,
+}
+
+/// The store and the working set behind one lock.
+pub struct State {
+    store: Store,
+    keyring: Keyring,
+    mem: Mem,
+    live: HashMap<String, NodeLive>,
+    liveness: std::sync::Arc<Liveness>,
+    pub policy: Policy,
+    /// The endpoints table's index; starts at the clock so that a restarted
+    /// scheduler never answers a node with the index it already holds.
+    endpoints: watch::Sender<u64>,
+    /// Most deployments, secrets and volumes each (`--max-objects`).
+    pub max_objects: usize,
+    /// Notified when the working set may hold what the store refused (it could
+    /// not be reloaded after a failed transaction): a leader on etcd steps down,
+    /// and whoever leads next loads the store afresh.
+    pub resign: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+/// Default of [`State::max_objects`].
+pub const MAX_OBJECTS: usize = 10_000;
+
+/// The error for one object too many of `kind`.
+fn too_many(kind: &str, max: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        format!("the cluster holds its limit of {max} {kind}; delete some first (the server's --max-objects)"),
+    )
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::from(e)
+}
+
+/// One event for a deployment's placements in a pass (`what`: "placed"), or
+/// for its replicas reported running by a batch of heartbeats ("running"): a
+/// row per replica cost as much as the placement itself at scale.
+pub(super) fn replicas_message(list: &[(String, String)], what: &str) -> String {
+    const SHOWN: usize = 10;
+    if let [(id, node)] = list {
+        return format!("replica {id} {what} on {node}");
+    }
+    let shown: Vec<String> = list.iter().take(SHOWN).map(|(id, node)| format!("{id} on {node}")).collect();
+    let rest = list.len().saturating_sub(SHOWN);
+    let more = if rest > 0 { format!(" and {rest} more") } else { String::new() };
+    format!("{} replicas {what}: {}{more}", list.len(), shown.join(", "))
+}
+
+impl State {
+    /// Loads the working set from `store`.
+    pub fn load(store: Store, keyring: Keyring, policy: Policy) -> Result<State, StoreError> {
+        let mem = Mem::load(&store)?;
+        let now = Instant::now();
+        // A restarted scheduler gives every node a full grace period before it
+        // counts as down: the nodes kept running while it was away.
+        let live = mem.nodes.iter().map(|n| (n.name.clone(), NodeLive { tx: watch::Sender::new(mem.index) })).collect();
+        let liveness = std::sync::Arc::new(Liveness::default());
+        for n in &mem.nodes {
+            liveness.set(&n.name, now, 0, None);
+        }
+        Ok(State {
+            store,
+            keyring,
+            mem,
+            live,
+            liveness,
+            policy,
+            endpoints: watch::Sender::new(now_ms()),
+            max_objects: MAX_OBJECTS,
+            resign: None,
+        })
+    }
+
+    /// Puts `mem` in place of the working set (a follower's copy, rebuilt from
+    /// the store's changes) and wakes what waits for a change.
+    pub(crate) fn replace_mem(&mut self, mem: Mem) {
+        self.update_copy(|m| *m = mem);
+    }
+
+    /// Changes a follower's copy of the working set in place (`f`) and wakes
+    /// what waits for a change.
+    pub(crate) fn update_copy(&mut self, f: impl FnOnce(&mut Mem)) {
+        f(&mut self.mem);
+        self.endpoints.send_modify(|i| *i += 1);
+        crate::metrics::changed();
+    }
+
+    pub fn mem(&self) -> &Mem {
+        &self.mem
+    }
+
+    /// A receiver that changes when the endpoints table may have.
+    pub fn endpoints_watch(&self) -> watch::Receiver<u64> {
+        self.endpoints.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The nodes' last heartbeats, for the heartbeat route to record without the lock.
+    pub fn liveness(&self) -> std::sync::Arc<Liveness> {
+        self.liveness.clone()
+    }
+}
+
+impl Mem {
+    pub(super) fn load(store: &Store) -> Result<Mem, StoreError> {
+        Ok(Mem::from_loaded(store.load()?))
+    }
+
+    /// Applies replicas changed in the store, `(id, the replica now or None:
+    /// deleted)`, as a follower's copy receives them: the indexes move with them.
+    pub(crate) fn apply_replicas(&mut self, changes: Vec<(String, Option<Replica>)>) {
+        for (id, now) in changes {
+            if let Some(old) = self.replicas.remove(&id)
+                && !old.state.is_terminal()
+            {
+                self.unindex_replica(&old);
+            }
+            if let Some(r) = now {
+                self.next_generation = self.next_generation.max(r.generation + 1);
+                self.index_replica(&r);
+                self.replicas.insert(id, r);
+            }
+        }
+    }
+
+    /// The working set of `loaded` (a follower's copy is rebuilt this way).
+    pub(crate) fn from_loaded(loaded: crate::store::Loaded) -> Mem {
+        let mut mem = Mem::default();
+        for (k, v) in &loaded.meta {
+            match k.as_str() {
+                "index" => mem.index = v.parse().unwrap_or(0),
+                "next_generation" => mem.next_generation = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        for mut n in loaded.nodes {
+            n.allocated = Resources::default();
+            n.replicas = 0;
+            n.last_heartbeat_ms = 0;
+            mem.node_idx.insert(n.name.clone(), mem.nodes.len());
+            mem.nodes.push(n);
+        }
+        for (d, rev, spec) in loaded.revisions {
+            mem.revisions.insert((d, rev), spec);
+        }
+        for d in loaded.deployments {
+            mem.deployments.insert(d.name.clone(), DeploymentEntry::new(d));
+        }
+        for (v, purge) in loaded.volumes {
+            if purge {
+                mem.purging.insert(v.name.clone());
+            }
+            mem.volumes.insert(v.name.clone(), v);
+        }
+        for (secret, sealed) in loaded.secrets {
+            mem.secrets.insert(secret.name.clone(), (secret, sealed));
+        }
+        for r in loaded.replicas {
+            mem.next_generation = mem.next_generation.max(r.generation + 1);
+            mem.index_replica(&r);
+            mem.replicas.insert(r.id.clone(), r);
+        }
+        mem.sched_dirty = true;
+        mem
+    }
+
+    /// Every node, in a stable order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.node_idx.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// Live replicas of a deployment.
+    pub fn replicas_of(&self, deployment: &str) -> impl Iterator<Item = &Replica> {
+        self.by_deployment.get(deployment).into_iter().flatten().filter_map(|id| self.replicas.get(id))
+    }
+
+    /// Live replicas assigned to a node.
+    pub fn replicas_on(&self, node: &str) -> impl Iterator<Item = &Replica> {
+        self.by_node.get(node).into_iter().flatten().filter_map(|id| self.replicas.get(id))
+    }
+
+    pub fn all_replicas(&self) -> impl Iterator<Item = &Replica> {
+        self.replicas.values()
+    }
+
+    pub fn deployment_names(&self) -> impl Iterator<Item = &String> {
+        self.deployments.keys()
+    }
+
+    /// Deployment `name` with its status counted.
+    /// Deployments that scale by load (`autoscale.rs`).
+    pub fn autoscaled(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values().map(|e| &e.d).filter(|d| d.autoscale.is_some())
+    }
+}
