@@ -10,8 +10,8 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 const $ = (sel) => document.querySelector(sel);
 let snap = null; // the latest snapshot
 // Usage samples by key → [{t, cpu (cores), mem (bytes), cpuSec}]. Not named
-// `history`: a top-level const of that name hides window.history from this
-// script, and the page died at `history.replaceState` (issue 16).
+// `history`: a top-level const of that name would hide window.history, which
+// the token handling below needs.
 const usage = { node: new Map(), replica: new Map() };
 
 // ---- quantities and formatting ----
@@ -88,8 +88,8 @@ function showError(msg) {
   $("#error").hidden = false;
 }
 $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
-// A fault in this script says so on the page: the page stuck at "connecting…"
-// with the reason only in the developer console is how issue 16 looked.
+// A fault in this script says so on the page, not only in the developer
+// console: otherwise the page just stays at "connecting…".
 window.addEventListener("error", (e) => showError(`the dashboard failed: ${e.message}`));
 window.addEventListener("unhandledrejection", (e) => showError(`the dashboard failed: ${e.reason && e.reason.message || e.reason}`));
 
