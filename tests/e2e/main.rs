@@ -11,6 +11,7 @@ mod faults;
 mod http;
 mod observability;
 mod openapi;
+mod real_apps;
 mod rollout;
 mod secrets;
 mod servers;
