@@ -1,5 +1,7 @@
-//! The one error type of the API: a status and one line for the user.
+//! The one error type of the API: a status and one line for the user, and the
+//! one place where the domain's errors ([`state::Error`]) get their HTTP status.
 
+use crate::state;
 use crate::store::StoreError;
 use axum::Json;
 use axum::http::StatusCode;
@@ -54,6 +56,19 @@ impl From<StoreError> for ApiError {
         } else {
             tracing::error!("{e}");
             ApiError::internal(format!("{e}; nothing was changed"))
+        }
+    }
+}
+
+impl From<state::Error> for ApiError {
+    fn from(e: state::Error) -> Self {
+        match e {
+            state::Error::NotFound(m) => ApiError::not_found(m),
+            state::Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            e @ state::Error::TooMany { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            state::Error::Invalid(m) => ApiError::bad_request(m),
+            state::Error::Store(e) => ApiError::from(e),
+            state::Error::Internal(m) => ApiError::internal(m),
         }
     }
 }

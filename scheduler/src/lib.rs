@@ -26,7 +26,6 @@ pub mod tls;
 pub use placement::Scoring;
 
 use anyhow::Context;
-use error::ApiError;
 use skiff_api::tls::{CaFingerprint, JoinToken};
 use state::{Policy, State};
 use std::collections::HashSet;
@@ -446,7 +445,7 @@ async fn controllers(core: Arc<Core>) {
         // thread, so that the async workers keep serving the API meanwhile.
         let c = core.clone();
         let pass = tokio::task::spawn_blocking(move || controller_pass(&c, full));
-        let (result, dirty) = pass.await.unwrap_or_else(|e| (Err(ApiError::internal(e.to_string())), true));
+        let (result, dirty) = pass.await.unwrap_or_else(|e| (Err(state::Error::Internal(e.to_string())), true));
         if let Err(e) = result {
             tracing::error!("controller pass failed: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -477,7 +476,7 @@ async fn controllers(core: Arc<Core>) {
 /// One pass of the controllers under the state lock: applies queued heartbeats,
 /// marks dead nodes down, brings every deployment to its count when `full`, and
 /// places a batch of pending replicas. Returns whether placement is still due.
-fn controller_pass(core: &Core, full: bool) -> (Result<(), ApiError>, bool) {
+fn controller_pass(core: &Core, full: bool) -> (Result<(), state::Error>, bool) {
     let mut st = core.state.lock().unwrap_or_else(|p| p.into_inner());
     heartbeats::apply_queued(core, &mut st);
     let mut r = st.check_nodes();

@@ -18,14 +18,14 @@ pub(super) const MAX_NODE_CHANGES: usize = 512;
 
 impl State {
     /// Node `name`'s desired set, with the values of the secrets its replicas use.
-    pub fn assignments(&self, name: &str) -> Result<Assignments, ApiError> {
+    pub fn assignments(&self, name: &str) -> Result<Assignments, Error> {
         let mut a = self.mem.assignments(name);
         self.complete(&mut a)?;
         Ok(a)
     }
 
     /// Adds to an answer of node assignments the volume lease and the secrets.
-    pub(super) fn complete(&self, a: &mut Assignments) -> Result<(), ApiError> {
+    pub(super) fn complete(&self, a: &mut Assignments) -> Result<(), Error> {
         // A node with a leased volume stops its writer once it has not reached us
         // for as long as we wait before counting it down (`volumes::Lease`).
         a.lease_ms = u64::try_from(self.policy.node_grace(self.mem.nodes.len()).as_millis()).unwrap_or(u64::MAX);
@@ -35,8 +35,7 @@ impl State {
                     continue;
                 }
                 let Some((_, sealed)) = self.mem.secrets.get(&r.secret) else { continue };
-                let values =
-                    self.keyring.open_sealed(&r.secret, sealed).map_err(|e| ApiError::internal(e.to_string()))?;
+                let values = self.keyring.open_sealed(&r.secret, sealed).map_err(|e| Error::Internal(e.to_string()))?;
                 asg.secrets.insert(r.secret.clone(), values);
             }
         }
@@ -46,7 +45,7 @@ impl State {
     /// What changed in node `name`'s desired set since `index` (the index of
     /// the set it holds), with the values of the secrets its changed replicas
     /// use; `None` when only the whole set can say it.
-    pub fn assignment_changes(&mut self, name: &str, index: u64) -> Result<Option<Assignments>, ApiError> {
+    pub fn assignment_changes(&mut self, name: &str, index: u64) -> Result<Option<Assignments>, Error> {
         let Some(mut a) = self.mem.assignment_changes(name, index) else { return Ok(None) };
         self.complete(&mut a)?;
         Ok(Some(a))

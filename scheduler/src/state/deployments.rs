@@ -5,7 +5,7 @@ use super::*;
 
 impl State {
     /// Brings every deployment to its count (the periodic, level-triggered pass).
-    pub fn reconcile_all(&mut self) -> Result<(), ApiError> {
+    pub fn reconcile_all(&mut self) -> Result<(), Error> {
         let now = now_ms();
         self.mem.reconcile_due.clear();
         self.transact(|mem, tx| {
@@ -18,7 +18,7 @@ impl State {
     }
 
     /// Reconciles the deployments whose rollout a heartbeat may have moved on.
-    pub fn reconcile_due(&mut self) -> Result<(), ApiError> {
+    pub fn reconcile_due(&mut self) -> Result<(), Error> {
         if self.mem.reconcile_due.is_empty() {
             return Ok(());
         }
@@ -34,38 +34,38 @@ impl State {
         })
     }
 
-    pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, ApiError> {
+    pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, Error> {
         req.replicas = Some(self.mem.apply_count(name, &req));
-        skiff_api::manifest::validate_apply(name, &req).map_err(ApiError::bad_request)?;
+        skiff_api::manifest::validate_apply(name, &req).map_err(Error::Invalid)?;
         if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
-            return Err(too_many("deployments", self.max_objects));
+            return Err(Error::TooMany { kind: "deployments", max: self.max_objects });
         }
         let new_volumes = req.spec.volumes.iter().filter(|m| !self.mem.volumes.contains_key(&m.name)).count();
         if new_volumes > 0 && self.mem.volumes.len() + new_volumes > self.max_objects {
-            return Err(too_many("volumes", self.max_objects));
+            return Err(Error::TooMany { kind: "volumes", max: self.max_objects });
         }
         let now = now_ms();
         let outcome = self.transact(|mem, tx| mem.apply(tx, name, req, now))?;
-        let deployment = self.mem.deployment(name).ok_or_else(|| ApiError::internal("deployment vanished"))?;
+        let deployment = self.mem.deployment(name).ok_or_else(|| Error::Internal("deployment vanished".into()))?;
         let warnings = self.mem.size_warnings(&deployment.spec);
         Ok(ApplyResponse { outcome, deployment, warnings })
     }
 
-    pub fn scale(&mut self, name: &str, replicas: u32) -> Result<Deployment, ApiError> {
+    pub fn scale(&mut self, name: &str, replicas: u32) -> Result<Deployment, Error> {
         if replicas > MAX_REPLICAS {
-            return Err(ApiError::bad_request(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
+            return Err(Error::Invalid(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}")));
         }
         if let Some(a) = self.mem.deployments.get(name).and_then(|e| e.d.autoscale) {
             let msg = format!(
                 "deployment {name:?} scales by load between {} and {} replicas; change its autoscale min and max, or apply it without autoscale to scale it by hand",
                 a.min, a.max
             );
-            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, msg));
+            return Err(Error::Conflict(msg));
         }
         let now = now_ms();
         self.transact(|mem, tx| {
             let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
-            skiff_api::manifest::validate_volumes(&e.d.spec.volumes, replicas).map_err(ApiError::bad_request)?;
+            skiff_api::manifest::validate_volumes(&e.d.spec.volumes, replicas).map_err(Error::Invalid)?;
             if e.d.replicas != replicas {
                 let from = e.d.replicas;
                 e.d.replicas = replicas;
@@ -86,7 +86,7 @@ impl State {
     }
 
     /// Sets the count of autoscaled deployment `name` to `replicas`, saying `why`.
-    pub fn autoscale(&mut self, name: &str, replicas: u32, why: &str) -> Result<(), ApiError> {
+    pub fn autoscale(&mut self, name: &str, replicas: u32, why: &str) -> Result<(), Error> {
         let now = now_ms();
         self.transact(|mem, tx| {
             let Some(e) = mem.deployments.get_mut(name) else { return Ok(()) };
@@ -105,7 +105,7 @@ impl State {
     }
 
     /// Every revision of `name`, oldest first.
-    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, ApiError> {
+    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, Error> {
         let d = self.mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
         let mut out: Vec<RevisionInfo> = self
             .mem
@@ -120,7 +120,7 @@ impl State {
 
     /// Rolls `name` back to revision `to` (by default the one before the current),
     /// as a rollout like any other.
-    pub fn rollback(&mut self, name: &str, to: Option<u64>) -> Result<Deployment, ApiError> {
+    pub fn rollback(&mut self, name: &str, to: Option<u64>) -> Result<Deployment, Error> {
         let now = now_ms();
         self.transact(|mem, tx| {
             let e = mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
@@ -133,15 +133,13 @@ impl State {
                     .filter(|(d, r)| d == name && *r < current)
                     .map(|(_, r)| *r)
                     .max()
-                    .ok_or_else(|| ApiError::bad_request(format!("{name} has no revision before {current}")))?,
+                    .ok_or_else(|| Error::Invalid(format!("{name} has no revision before {current}")))?,
             };
             if target == current {
-                return Err(ApiError::bad_request(format!("{name} already runs revision {target}")));
+                return Err(Error::Invalid(format!("{name} already runs revision {target}")));
             }
             let spec = mem.revisions.get(&(name.to_string(), target)).cloned().ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "{name} has no revision {target}; `skiff rollout history {name}` lists them"
-                ))
+                Error::NotFound(format!("{name} has no revision {target}; `skiff rollout history {name}` lists them"))
             })?;
             let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
             e.d.revision = target;
@@ -165,7 +163,7 @@ impl State {
     }
 
     /// Pauses or resumes the rollout of `name`.
-    pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<Deployment, ApiError> {
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<Deployment, Error> {
         let now = now_ms();
         self.transact(|mem, tx| {
             let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
@@ -186,7 +184,7 @@ impl State {
 
     /// Deletes deployment `name`; its volumes stay unless `purge_volumes` (then
     /// those no other deployment mounts go, with their data).
-    pub fn delete(&mut self, name: &str, purge_volumes: bool) -> Result<(), ApiError> {
+    pub fn delete(&mut self, name: &str, purge_volumes: bool) -> Result<(), Error> {
         let now = now_ms();
         self.transact(|mem, tx| {
             let Some(e) = mem.deployments.get(name) else {
@@ -220,8 +218,8 @@ impl State {
     }
 }
 
-pub(super) fn not_found_deployment(name: &str) -> ApiError {
-    ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
+pub(super) fn not_found_deployment(name: &str) -> Error {
+    Error::NotFound(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
 }
 
 /// Orders replicas for removal on scale-down: those doing least first, newest first.
@@ -307,13 +305,7 @@ impl Mem {
         }
     }
 
-    pub(super) fn apply(
-        &mut self,
-        tx: &Tx,
-        name: &str,
-        req: ApplyRequest,
-        now: Millis,
-    ) -> Result<ApplyOutcome, ApiError> {
+    pub(super) fn apply(&mut self, tx: &Tx, name: &str, req: ApplyRequest, now: Millis) -> Result<ApplyOutcome, Error> {
         let obj = format!("deployment/{name}");
         let replicas = self.apply_count(name, &req);
         self.declare_volumes(tx, name, &req.spec, now)?;
@@ -415,7 +407,7 @@ impl Mem {
     /// Keeps deployment `name` at its count of current-revision replicas, rolling
     /// older revisions out as [`rollout::plan`] decides, and rolls a failing
     /// rollout back to the last good revision.
-    pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
         let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
         // At its count, all of the current revision: the plan would create and
@@ -510,7 +502,7 @@ impl Mem {
     }
 
     /// Marks deployment `name`'s rollout under way complete.
-    pub(super) fn rollout_complete(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn rollout_complete(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
         if e.d.rollout.state == RolloutState::Progressing {
             e.d.rollout.state = RolloutState::Complete;
@@ -532,7 +524,7 @@ impl Mem {
         name: &str,
         plan: &rollout::Plan,
         now: Millis,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         let obj = format!("deployment/{name}");
         let Some(e) = self.deployments.get_mut(name) else { return Ok(false) };
         let r = &mut e.d.rollout;

@@ -174,14 +174,14 @@ impl Mem {
 
     /// Changes replica `id` through `f`, checking the state transition, keeping
     /// every index right and writing the row (deleting it once terminal).
-    pub(super) fn update(&mut self, tx: &Tx, id: &str, f: impl FnOnce(&mut Replica)) -> Result<(), ApiError> {
+    pub(super) fn update(&mut self, tx: &Tx, id: &str, f: impl FnOnce(&mut Replica)) -> Result<(), Error> {
         let Some(old) = self.replicas.get(id).cloned() else {
             return Ok(());
         };
         let mut new = old.clone();
         f(&mut new);
         if let Err(e) = old.state.become_(new.state) {
-            return Err(ApiError::internal(format!("replica {id}: {e}")));
+            return Err(Error::Internal(format!("replica {id}: {e}")));
         }
         if new == old {
             return Ok(());

@@ -14,7 +14,6 @@
 //! (apply, scale, reconcile and rollouts), `volumes`, `secrets`, `assignments`
 //! (a node's desired set and its change log) and `scheduling` (placement passes).
 
-use crate::error::ApiError;
 use crate::placement::{self, Scoring, Snapshot};
 use crate::rollout;
 use crate::secrets::{Keyring, Sealed};
@@ -146,16 +145,28 @@ pub struct State {
 /// Default of [`State::max_objects`].
 pub const MAX_OBJECTS: usize = 10_000;
 
-/// The error for one object too many of `kind`.
-fn too_many(kind: &str, max: usize) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::CONFLICT,
-        format!("the cluster holds its limit of {max} {kind}; delete some first (the server's --max-objects)"),
-    )
-}
-
-fn store_err(e: StoreError) -> ApiError {
-    ApiError::from(e)
+/// Why an operation on the working set failed. The API maps each kind to its
+/// HTTP status in one place (`crate::error`); the message is the user's line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such object (the message says how to list them).
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already, or is in use.
+    #[error("{0}")]
+    Conflict(String),
+    /// The cluster holds its limit of objects of `kind` (`--max-objects`).
+    #[error("the cluster holds its limit of {max} {kind}; delete some first (the server's --max-objects)")]
+    TooMany { kind: &'static str, max: usize },
+    /// The request is wrong (the message says how).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scheduler failed (a broken invariant, a key that does not open).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// One event for a deployment's placements in a pass (`what`: "placed"), or

@@ -71,8 +71,8 @@ impl Liveness {
 pub(super) const MASS_SILENCE_MIN_NODES: usize = 10;
 
 impl State {
-    pub fn register(&mut self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
-        validate_name(&req.name).map_err(ApiError::bad_request)?;
+    pub fn register(&mut self, req: RegisterRequest) -> Result<RegisterResponse, Error> {
+        validate_name(&req.name).map_err(Error::Invalid)?;
         let now = now_ms();
         let node = self.transact(|mem, tx| mem.register(tx, req, now))?;
         let index = self.mem.index;
@@ -83,7 +83,7 @@ impl State {
 
     /// One heartbeat on its own (the server batches them: [`State::heartbeats`]).
     #[cfg(test)]
-    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
+    pub fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<(), Error> {
         self.liveness.beat(name, None);
         self.heartbeats(vec![(name.to_string(), hb)]).pop().unwrap_or(Ok(()))
     }
@@ -93,12 +93,12 @@ impl State {
     /// own, so that one bad report fails only its own node. Their arrival, the
     /// sign of life, was recorded in [`Liveness`] when each request came in, not
     /// when the lock let it through.
-    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat)>) -> Vec<Result<(), ApiError>> {
-        let mut results: Vec<Result<(), ApiError>> = batch
+    pub fn heartbeats(&mut self, batch: Vec<(String, Heartbeat)>) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Result<(), Error>> = batch
             .iter()
             .map(|(name, _)| match self.live.contains_key(name) {
                 true => Ok(()),
-                false => Err(ApiError::not_found(format!("node {name:?} is not registered; register it first"))),
+                false => Err(Error::NotFound(format!("node {name:?} is not registered; register it first"))),
             })
             .collect();
         let now = now_ms();
@@ -143,15 +143,15 @@ impl State {
     }
 
     /// A receiver that changes when node `name`'s desired set does.
-    pub fn watch(&self, name: &str) -> Result<watch::Receiver<u64>, ApiError> {
+    pub fn watch(&self, name: &str) -> Result<watch::Receiver<u64>, Error> {
         self.live
             .get(name)
             .map(|l| l.tx.subscribe())
-            .ok_or_else(|| ApiError::not_found(format!("node {name:?} is not registered; register it first")))
+            .ok_or_else(|| Error::NotFound(format!("node {name:?} is not registered; register it first")))
     }
 
     /// Marks nodes that missed their heartbeats as down and replaces their replicas.
-    pub fn check_nodes(&mut self) -> Result<(), ApiError> {
+    pub fn check_nodes(&mut self) -> Result<(), Error> {
         let grace = self.policy.node_grace(self.mem.nodes.len());
         let up = self.mem.nodes.iter().filter(|n| n.state != NodeState::Down);
         let up_count = up.clone().count();
@@ -182,9 +182,9 @@ impl State {
 
     /// Removes node `name` (`skiff node rm`): its replicas are replaced as a dead
     /// node's are, then the node is forgotten.
-    pub fn remove_node(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn remove_node(&mut self, name: &str) -> Result<(), Error> {
         if self.mem.node(name).is_none() {
-            return Err(ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")));
+            return Err(Error::NotFound(format!("node {name:?} not found; `skiff get nodes` lists them")));
         }
         let now = now_ms();
         self.transact(|mem, tx| mem.remove_node(tx, name, now))?;
@@ -195,7 +195,7 @@ impl State {
 }
 
 impl Mem {
-    pub(super) fn register(&mut self, tx: &Tx, req: RegisterRequest, now: Millis) -> Result<Node, ApiError> {
+    pub(super) fn register(&mut self, tx: &Tx, req: RegisterRequest, now: Millis) -> Result<Node, Error> {
         self.fx.mutated = true;
         self.sched_dirty = true;
         self.fx.endpoints_dirty = true;
@@ -241,9 +241,9 @@ impl Mem {
         Ok(node)
     }
 
-    pub(super) fn heartbeat(&mut self, tx: &Tx, name: &str, hb: &Heartbeat, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn heartbeat(&mut self, tx: &Tx, name: &str, hb: &Heartbeat, now: Millis) -> Result<(), Error> {
         let Some(&i) = self.node_idx.get(name) else {
-            return Err(ApiError::not_found(format!("node {name:?} is not registered; register it first")));
+            return Err(Error::NotFound(format!("node {name:?} is not registered; register it first")));
         };
         let node_obj = format!("node/{name}");
         let back = {
@@ -334,7 +334,7 @@ impl Mem {
 
     /// Records the `Started` events of the replicas this transaction's
     /// heartbeats reported running for the first time.
-    pub(super) fn record_started(&mut self, tx: &Tx, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn record_started(&mut self, tx: &Tx, now: Millis) -> Result<(), Error> {
         for (dep, list) in std::mem::take(&mut self.fx.started) {
             tx.event(now, &format!("deployment/{dep}"), "Started", &replicas_message(&list, "running"))?;
         }
@@ -344,7 +344,7 @@ impl Mem {
     /// Marks nodes `names` down and their replicas lost, then reconciles the
     /// deployments they held: once each, however many of the nodes going down
     /// at once held them (a reconcile walks every replica of its deployment).
-    pub(super) fn nodes_down(&mut self, tx: &Tx, names: &[String], why: &str, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn nodes_down(&mut self, tx: &Tx, names: &[String], why: &str, now: Millis) -> Result<(), Error> {
         let mut deployments = BTreeSet::new();
         for name in names {
             self.mark_down(tx, name, why, now, &mut deployments)?;
@@ -364,7 +364,7 @@ impl Mem {
         why: &str,
         now: Millis,
         deployments: &mut BTreeSet<String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let Some(&i) = self.node_idx.get(name) else { return Ok(()) };
         self.nodes[i].state = NodeState::Down;
         tx.put_node(&self.nodes[i])?;
@@ -396,7 +396,7 @@ impl Mem {
         Ok(())
     }
 
-    pub(super) fn remove_node(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn remove_node(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         self.nodes_down(tx, &[name.to_string()], "removed by `skiff node rm`", now)?;
         let Some(i) = self.node_idx.remove(name) else { return Ok(()) };
         let last = self.nodes.len() - 1;

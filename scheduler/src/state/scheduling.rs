@@ -13,7 +13,7 @@ pub(super) fn seed_of(id: &str) -> u64 {
 
 impl State {
     /// Places pending replicas; returns how many were placed.
-    pub fn schedule(&mut self) -> Result<usize, ApiError> {
+    pub fn schedule(&mut self) -> Result<usize, Error> {
         if !self.mem.sched_dirty {
             return Ok(0);
         }
@@ -36,7 +36,7 @@ impl Mem {
         scoring: Scoring,
         now: Millis,
         limit: usize,
-    ) -> Result<(usize, bool), ApiError> {
+    ) -> Result<(usize, bool), Error> {
         // Replicas of one revision make the same request: once one fits nowhere, the
         // rest of its revision would not either (in this pass).
         let mut unplaceable: HashMap<(String, u64), String> = HashMap::new();

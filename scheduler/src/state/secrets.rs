@@ -9,20 +9,19 @@ impl State {
     }
 
     /// Creates secret `name`, or replaces its values when `req.overwrite`.
-    pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, ApiError> {
-        skiff_api::manifest::validate_secret(name, &req).map_err(ApiError::bad_request)?;
+    pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, Error> {
+        skiff_api::manifest::validate_secret(name, &req).map_err(Error::Invalid)?;
         let now = now_ms();
         let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
         if existing.is_none() && self.mem.secrets.len() >= self.max_objects {
-            return Err(too_many("secrets", self.max_objects));
+            return Err(Error::TooMany { kind: "secrets", max: self.max_objects });
         }
         if existing.is_some() && !req.overwrite {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                format!("secret {name} already exists; pass --overwrite to replace its values"),
-            ));
+            return Err(Error::Conflict(format!(
+                "secret {name} already exists; pass --overwrite to replace its values"
+            )));
         }
-        let sealed = self.keyring.seal(name, &req.data).map_err(|e| ApiError::internal(e.to_string()))?;
+        let sealed = self.keyring.seal(name, &req.data).map_err(|e| Error::Internal(e.to_string()))?;
         let secret = Secret {
             name: name.to_string(),
             keys: req.data.keys().cloned().collect(),
@@ -55,16 +54,16 @@ impl State {
     }
 
     /// Deletes secret `name`, unless a deployment uses it.
-    pub fn delete_secret(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn delete_secret(&mut self, name: &str) -> Result<(), Error> {
         if !self.mem.secrets.contains_key(name) {
-            return Err(ApiError::not_found(format!("secret {name:?} not found; `skiff secret ls` lists them")));
+            return Err(Error::NotFound(format!("secret {name:?} not found; `skiff secret ls` lists them")));
         }
         let users: Vec<&str> = self.mem.secret_users(name).collect();
         if !users.is_empty() {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                format!("secret {name} is used by deployments {}; change or delete them first", users.join(", ")),
-            ));
+            return Err(Error::Conflict(format!(
+                "secret {name} is used by deployments {}; change or delete them first",
+                users.join(", ")
+            )));
         }
         let now = now_ms();
         self.transact(|mem, tx| {

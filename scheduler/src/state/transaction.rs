@@ -29,22 +29,22 @@ impl State {
     /// Runs `f` on the working set inside one store transaction; commits, then wakes
     /// the nodes whose desired set changed. On any failure the working set is
     /// reloaded from the store.
-    pub fn transact<T>(&mut self, f: impl FnOnce(&mut Mem, &Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    pub fn transact<T>(&mut self, f: impl FnOnce(&mut Mem, &Tx) -> Result<T, Error>) -> Result<T, Error> {
         let _timer = crate::metrics::METRICS.store_tx_seconds.start_timer();
-        let tx = self.store.tx().map_err(store_err)?;
+        let tx = self.store.tx().map_err(Error::Store)?;
         self.mem.fx = Effects::default();
         let result = f(&mut self.mem, &tx);
         let mut fx = std::mem::take(&mut self.mem.fx);
         let result = result.and_then(|v| {
             if !fx.touched.is_empty() {
                 self.mem.index += 1;
-                tx.set_meta("index", &self.mem.index.to_string()).map_err(store_err)?;
+                tx.set_meta("index", &self.mem.index.to_string()).map_err(Error::Store)?;
                 // A failed commit reloads the working set, changes and all.
                 self.mem.log_changes(std::mem::take(&mut fx.whole), std::mem::take(&mut fx.changed));
             }
             Ok(v)
         });
-        let result = result.and_then(|v| self.store.commit(tx).map(|_| v).map_err(store_err));
+        let result = result.and_then(|v| self.store.commit(tx).map(|_| v).map_err(Error::Store));
         match result {
             Ok(v) => {
                 let index = self.mem.index;

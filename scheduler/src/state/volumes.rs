@@ -10,17 +10,17 @@ impl State {
     }
 
     /// Deletes volume `name` and its data, unless a deployment mounts it.
-    pub fn delete_volume(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn delete_volume(&mut self, name: &str) -> Result<(), Error> {
         let now = now_ms();
         self.transact(|mem, tx| {
             let Some(v) = mem.volumes().into_iter().find(|v| v.name == name) else {
-                return Err(ApiError::not_found(format!("volume {name:?} not found; `skiff volume ls` lists them")));
+                return Err(Error::NotFound(format!("volume {name:?} not found; `skiff volume ls` lists them")));
             };
             if !v.deployments.is_empty() {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    format!("volume {name} is mounted by deployments {}; delete them first", v.deployments.join(", ")),
-                ));
+                return Err(Error::Conflict(format!(
+                    "volume {name} is mounted by deployments {}; delete them first",
+                    v.deployments.join(", ")
+                )));
             }
             mem.purge_volume(tx, name, now)
         })
@@ -48,7 +48,7 @@ impl Mem {
 
     /// Binds the still unbound volumes of revision `key` to `node`, where its
     /// replica was just placed.
-    pub(super) fn bind_volumes(&mut self, tx: &Tx, key: &(String, u64), node: &str) -> Result<(), ApiError> {
+    pub(super) fn bind_volumes(&mut self, tx: &Tx, key: &(String, u64), node: &str) -> Result<(), Error> {
         let Some(spec) = self.revisions.get(key) else { return Ok(()) };
         for m in &spec.volumes {
             if let Some(v) = self.volumes.get_mut(&m.name)
@@ -72,19 +72,16 @@ impl Mem {
         deployment: &str,
         spec: &WorkloadSpec,
         now: Millis,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         for m in &spec.volumes {
             for e in self.deployments.values().filter(|e| e.d.name != deployment) {
                 if let Some(other) = e.d.spec.volumes.iter().find(|o| o.name == m.name)
                     && (!other.read_only || !m.read_only)
                 {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::CONFLICT,
-                        format!(
-                            "volume {} is mounted by deployment {}; a volume mounted read-write belongs to one deployment",
-                            m.name, e.d.name
-                        ),
-                    ));
+                    return Err(Error::Conflict(format!(
+                        "volume {} is mounted by deployment {}; a volume mounted read-write belongs to one deployment",
+                        m.name, e.d.name
+                    )));
                 }
             }
             if !self.volumes.contains_key(&m.name) || self.purging.contains(&m.name) {
@@ -117,7 +114,7 @@ impl Mem {
     }
 
     /// Forgets volume `name` and tells its node to delete the data.
-    pub(super) fn purge_volume(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), ApiError> {
+    pub(super) fn purge_volume(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         let Some(v) = self.volumes.get(name) else { return Ok(()) };
         match v.node.clone() {
             Some(node) => {
