@@ -295,7 +295,7 @@ impl Agent {
             address: self.id.address.clone(),
             labels: self.id.labels.clone(),
             capacity: self.id.capacity,
-            runtimes: if self.ctx.containers.is_some() {
+            runtimes: if self.ctx.runtimes.containers.is_some() {
                 vec![Runtime::Wasm, Runtime::Container]
             } else {
                 vec![Runtime::Wasm]
@@ -373,7 +373,7 @@ impl Agent {
             let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
-                _ = crate::supervisor::STATE_CHANGED.notified() => {
+                _ = crate::state::STATE_CHANGED.notified() => {
                     // Report a change early, but gather what changes with it and
                     // never send more than twenty heartbeats a second.
                     tokio::time::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed())).await;
@@ -518,7 +518,7 @@ impl Agent {
         }
         // Containers an earlier daemon left running are adopted by the runs of
         // the replicas that want them; the others stop now.
-        if let Some(c) = &self.ctx.containers {
+        if let Some(c) = &self.ctx.runtimes.containers {
             c.release_unwanted(|id| want.contains_key(id));
         }
         let mut running = self.lock();

@@ -22,7 +22,8 @@
 //! Metrics: the ingress a client reached counts the request by deployment and
 //! status code, and times it to the response head (`docs/metrics.md`).
 
-use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, Upstream, text};
+use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, text};
+use crate::routes::{Table, Upstream};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -49,6 +50,8 @@ const WATCH_WAIT: Duration = Duration::from_secs(30);
 /// A node's ingress.
 pub struct Ingress {
     runtime: Arc<HttpRuntime>,
+    /// Container replicas on this node serving HTTP.
+    upstreams: Arc<Table<Upstream>>,
     node: String,
     suffix: String,
     table: RwLock<Option<Endpoints>>,
@@ -57,8 +60,9 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// The ingress of node `node`, serving its local replicas from `runtime`.
-    pub fn new(node: &str, runtime: Arc<HttpRuntime>) -> anyhow::Result<Ingress> {
+    /// The ingress of node `node`, serving its local HTTP components from
+    /// `runtime` and passing requests to its local containers in `upstreams`.
+    pub fn new(node: &str, runtime: Arc<HttpRuntime>, upstreams: Arc<Table<Upstream>>) -> anyhow::Result<Ingress> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -69,6 +73,7 @@ impl Ingress {
         Ok(Ingress {
             suffix: runtime.config().suffix.trim_matches('.').to_ascii_lowercase(),
             runtime,
+            upstreams,
             node: node.to_string(),
             table: RwLock::new(None),
             next: AtomicUsize::new(0),
@@ -315,7 +320,7 @@ impl Ingress {
     /// The replicas of `name` this node serves: Wasm components, then containers.
     fn local(&self, name: &str) -> Vec<Local> {
         let wasm = self.runtime.local(name).into_iter().map(Local::Wasm);
-        wasm.chain(self.runtime.upstreams(name).into_iter().map(Local::Container)).collect()
+        wasm.chain(self.upstreams.get(name).into_iter().map(Local::Container)).collect()
     }
 
     /// Serves a request with a replica on this node.

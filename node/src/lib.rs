@@ -1,25 +1,35 @@
 //! skiff-node: the node daemon. It registers with the scheduler, heartbeats,
-//! watches its assignments and converges to them, running each replica's
-//! WebAssembly guest under a supervisor, with its logs on disk and served by the
-//! node's own HTTP API.
+//! watches its assignments and converges to them, running each replica under a
+//! supervisor, with its logs on disk and served by the node's own HTTP API.
 //!
 //! Modules: [`agent`] (scheduler conversation and convergence), [`supervisor`]
-//! (one per replica: restart policy, backoff, status), [`wasm`] (wasmtime engine,
-//! caches, running guests), [`logs`] (per-replica rotating logs), [`api`] (the
-//! node API: `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`), [`sim`] (simulated
+//! (one per replica: the restart loop, backoff, counting restarts and exits),
+//! [`runtime`] (the `Runtime` trait and its types), [`runtimes`] (the choice of
+//! runtime per workload), [`wasm`] (Wasm commands), [`http`] (HTTP components),
+//! [`container`] (OCI containers), [`engine`] (what the two wasmtime engines
+//! share), [`blobs`] (digests, the blob cache, atomic writes), [`probes`] (probe
+//! timing), [`state`] (a replica's status, backoff), [`routes`] (what the
+//! ingress reaches on this node), [`ingress`], [`secrets`], [`volumes`],
+//! [`logs`] (per-replica rotating logs), [`metrics`], [`api`] (the node API:
+//! `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`), [`sim`] (simulated
 //! nodes for benchmarks: the protocol without workloads).
 
 pub mod agent;
 pub mod api;
+pub mod blobs;
 pub mod container;
+pub mod engine;
 pub mod http;
 pub mod ingress;
 pub mod logs;
 pub mod metrics;
 pub mod probes;
+pub mod routes;
 pub mod runtime;
+pub mod runtimes;
 pub mod secrets;
 pub mod sim;
+pub mod state;
 pub mod supervisor;
 pub mod volumes;
 pub mod wasm;
@@ -132,7 +142,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         &config.data_dir,
         http::HttpConfig { ingress: Some(ingress_local), ..config.http.clone() },
     )?);
-    let ingress = Arc::new(ingress::Ingress::new(&config.name, http_runtime.clone())?);
+    // Container replicas serving HTTP, which the ingress routes to like HTTP
+    // components.
+    let ingress_link = Arc::new(routes::IngressLink {
+        upstreams: Arc::default(),
+        suffix: http_runtime.config().suffix.clone(),
+        addr: Some(ingress_local),
+    });
+    let ingress = Arc::new(ingress::Ingress::new(&config.name, http_runtime.clone(), ingress_link.upstreams.clone())?);
 
     let wasm = Arc::new(wasm::WasmRuntime::new(&config.data_dir)?);
     let client = join_client(&config.server, &config.token)?;
@@ -158,12 +175,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             None
         }
     };
+    let runtimes = runtimes::Runtimes::new(&config.data_dir, wasm, Some(http_runtime), containers)?;
     let ctx = Arc::new(supervisor::Context {
-        wasm,
-        containers,
+        runtimes: Arc::new(runtimes),
         client: Some(client.clone()),
         data_dir: config.data_dir.clone(),
-        http: Some(http_runtime),
+        ingress: Some(ingress_link),
     });
     let identity = agent::Identity {
         name: config.name.clone(),

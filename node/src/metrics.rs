@@ -114,8 +114,11 @@ pub struct NodeMetrics {
     pub restarts: IntCounterVec,
     /// Ended runs by deployment and reason (`success`, `error`, `memory_limit`, `trap`).
     pub exits: IntCounterVec,
-    /// Time to compile an artifact (not counting cache hits).
+    /// Time to compile an artifact, a command's or an HTTP component's (not
+    /// counting cache hits).
     pub compile_seconds: Histogram,
+    /// Compiled code loaded from the on-disk cache without compiling.
+    pub compiled_code_loads: IntCounter,
     /// Time to instantiate a guest.
     pub instantiate_seconds: Histogram,
     /// Time to instantiate a `wasi:http` guest for one request, from the pool.
@@ -187,8 +190,16 @@ impl NodeMetrics {
             compile_seconds: histogram(
                 &r,
                 "skiff_node_wasm_compile_duration_seconds",
-                "Time to compile a Wasm artifact (cache misses only)",
+                "Time to compile a Wasm artifact, command or HTTP component (cache misses only)",
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            compiled_code_loads: registered(
+                &r,
+                IntCounter::new(
+                    "skiff_node_wasm_compiled_code_loads_total",
+                    "Compiled Wasm code loaded from the on-disk cache without compiling (commands and HTTP components)",
+                )
+                .expect("valid metric"),
             ),
             instantiate_seconds: histogram(
                 &r,
@@ -276,17 +287,6 @@ impl NodeMetrics {
             scrape: Mutex::new(()),
             registry: r,
         }
-    }
-}
-
-/// Why a run ended, as the `reason` label of `skiff_node_replica_exits_total`.
-pub fn exit_reason(outcome: &crate::wasm::Outcome) -> &'static str {
-    use crate::wasm::Outcome;
-    match outcome {
-        Outcome::Exited(0) => "success",
-        Outcome::Exited(_) => "error",
-        Outcome::MemoryExceeded(_) => "memory_limit",
-        Outcome::Failed(_) => "trap",
     }
 }
 

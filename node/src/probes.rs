@@ -4,38 +4,19 @@
 //! the replica (counted, with backoff and the reason in its log and status).
 //!
 //! [`watch`] holds the timing and threshold logic for any kind of check: Wasm
-//! HTTP replicas are checked through their own handler ([`serve`]), containers by
-//! HTTP or TCP to their address or by `exec` in them (`container::health`). Wasm
-//! command workloads have no network: their liveness is the process being alive,
-//! which the supervisor already watches.
+//! HTTP replicas are checked through their own handler (`http::run`), containers
+//! by HTTP or TCP to their address or by `exec` in them (`container::health`).
+//! Wasm command workloads have no network: their liveness is the process being
+//! alive, which the supervisor already watches. `watch` returns when a liveness
+//! or startup probe failed; the runtime then ends its run with that reason and
+//! the supervisor restarts it like any other failed run.
 
-use crate::http::{HttpReplica, HttpRuntime};
 use crate::logs::LogSink;
-use crate::supervisor::{Backoff, set_state};
-use bytes::Bytes;
-use skiff_api::{Probe, Probes, ReplicaState, ReplicaStatus};
+use crate::state::Status;
+use skiff_api::{Probe, Probes, ReplicaState};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One check through the replica's handler.
-async fn check(runtime: &Arc<HttpRuntime>, replica: &Arc<HttpReplica>, probe: &Probe) -> Result<(), String> {
-    let Some(h) = &probe.http else {
-        return Err("only http probes can check a Wasm component (tcp and exec are for containers)".into());
-    };
-    let req = http::Request::builder()
-        .uri(h.path.as_str())
-        .header("host", "probe.skiff.local")
-        .header("user-agent", "skiff-probe")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| format!("bad probe path {}: {e}", h.path))?;
-    let timeout = Duration::from_secs(probe.timeout_seconds.into());
-    match tokio::time::timeout(timeout, runtime.handle(replica, req)).await {
-        Ok(resp) if resp.status().as_u16() == h.status => Ok(()),
-        Ok(resp) => Err(format!("GET {} answered {}, expected {}", h.path, resp.status().as_u16(), h.status)),
-        Err(_) => Err(format!("GET {} took longer than {timeout:?}", h.path)),
-    }
-}
 
 /// Counts consecutive failures of one probe against its threshold.
 struct Tracker<'a> {
@@ -135,95 +116,16 @@ where
 }
 
 /// Applies a [`Readiness`] report to the replica's status and log.
-pub(crate) fn report(status: &Mutex<ReplicaStatus>, log: &Option<Arc<LogSink>>, r: &Readiness) {
+pub(crate) fn report(status: &Status, log: &Arc<LogSink>, r: &Readiness) {
     match r {
         Readiness::Ready => {
-            set_state(status, ReplicaState::Ready, None, None);
-            if let Some(l) = log {
-                l.system("ready");
-            }
+            status.set(ReplicaState::Ready, None, None);
+            log.system("ready");
         }
         Readiness::Lost(reason) => {
-            if let Some(l) = log {
-                l.system(reason);
-            }
-            set_state(status, ReplicaState::Running, Some(reason.clone()), None);
+            log.system(reason);
+            status.set(ReplicaState::Running, Some(reason.clone()), None);
         }
-        Readiness::Still(reason) => {
-            status.lock().unwrap_or_else(|e| e.into_inner()).reason = Some(reason.clone());
-        }
-    }
-}
-
-/// Serves `replica` under its probes until the supervisor is dropped.
-pub(crate) async fn serve(
-    runtime: Arc<HttpRuntime>,
-    replica: Arc<HttpReplica>,
-    probes: Probes,
-    status: &Arc<Mutex<ReplicaStatus>>,
-    log: &Option<Arc<LogSink>>,
-) {
-    let say = |msg: &str| {
-        if let Some(l) = log {
-            l.system(msg);
-        }
-    };
-    let mut backoff = Backoff::default();
-    loop {
-        let started = Instant::now();
-        set_state(status, ReplicaState::Running, None, None);
-        let mut route = None;
-        let why = watch(
-            &probes,
-            |p: &Probe| {
-                let (runtime, replica, p) = (runtime.clone(), replica.clone(), p.clone());
-                async move { check(&runtime, &replica, &p).await }
-            },
-            |r| {
-                match &r {
-                    Readiness::Ready => route = Some(runtime.route(replica.clone())),
-                    // Dropping the route takes it out of this node's routing;
-                    // the scheduler's table follows from the next heartbeat.
-                    Readiness::Lost(_) => route = None,
-                    Readiness::Still(_) => {}
-                }
-                report(status, log, &r);
-            },
-        )
-        .await;
-        drop(route);
-        // A failed liveness or startup probe: restart it as a crash would be.
-        say(&format!("{why}; restarting"));
-        tracing::info!(replica = %replica.id, "{why}; restarting");
-        set_state(status, ReplicaState::Failed, Some(why), None);
-        tokio::time::sleep(backoff.after_run(started.elapsed())).await;
-        status.lock().unwrap_or_else(|e| e.into_inner()).restarts += 1;
-    }
-}
-
-/// Runs one run of a container under its probes: readiness into its status, and
-/// a failed liveness or startup probe kills the container (the run tears it down
-/// as after any exit) and ends the run as failed with the reason.
-pub(crate) async fn run_container(
-    containers: &Arc<crate::container::ContainerRuntime>,
-    mut run: crate::runtime::BoxFuture<'static, crate::wasm::Outcome>,
-    probes: &Probes,
-    id: &str,
-    status: &Mutex<ReplicaStatus>,
-    log: &Option<Arc<LogSink>>,
-) -> crate::wasm::Outcome {
-    let check = |p: &Probe| {
-        let (c, id, p) = (containers.clone(), id.to_string(), p.clone());
-        async move { c.check(&id, &p).await }
-    };
-    let watching = watch(probes, check, |r| report(status, log, &r));
-    tokio::select! {
-        outcome = &mut run => outcome,
-        why = watching => {
-            let (oci, id) = (containers.oci().clone(), id.to_string());
-            let _ = tokio::task::spawn_blocking(move || oci.kill(&id, "KILL")).await;
-            let _ = run.await;
-            crate::wasm::Outcome::Failed(why)
-        }
+        Readiness::Still(reason) => status.set_reason(Some(reason.clone())),
     }
 }

@@ -4,7 +4,7 @@
 //! preopened directory; it is removed when the replica stops, and whatever a
 //! crashed daemon left is removed at start.
 
-use crate::wasm::Preopen;
+use crate::runtime::Preopen;
 use sha2::{Digest, Sha256};
 use skiff_api::Assignment;
 use std::collections::BTreeMap;

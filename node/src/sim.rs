@@ -309,17 +309,7 @@ impl SimNode {
                 continue;
             }
             r.unsent.insert(asg.replica.clone(), asg.generation);
-            let status = ReplicaStatus {
-                id: asg.replica.clone(),
-                generation: asg.generation,
-                state: ReplicaState::Running,
-                restarts: 0,
-                reason: None,
-                exit_code: None,
-                cpu_seconds: 0.0,
-                memory_bytes: 0,
-                requests: 0,
-            };
+            let status = crate::state::fresh(&asg.replica, asg.generation, ReplicaState::Running);
             r.all.insert(asg.replica, status);
         }
         if !r.unsent.is_empty() {

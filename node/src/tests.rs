@@ -1,8 +1,11 @@
 //! Tests with real wasmtime and tiny guests written in WAT.
 
+use crate::blobs::sha256_hex;
 use crate::logs::{self, LogSink};
+use crate::runtime::{Outcome, RunSpec};
+use crate::runtimes::Runtimes;
 use crate::supervisor::{Context, Replica};
-use crate::wasm::{Compiled, Outcome, RunSpec, WasmRuntime, sha256_hex};
+use crate::wasm::{Compiled, WasmRuntime};
 use skiff_api::{Assignment, ReplicaState, Resources, RestartPolicy, Workload, WorkloadSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,7 +265,7 @@ async fn bad_bytes_fail_clearly_and_compiled_code_is_cached_on_disk() {
     // A download that does not match its digest is refused.
     let other = format!("sha256:{}", "0".repeat(64));
     let err = rt.artifact(&other, || async { Ok(bytes::Bytes::from_static(b"nope")) }).await.err();
-    assert!(matches!(&err, Some(crate::wasm::ArtifactError::Transient(m)) if m.contains("has digest")), "{err:?}");
+    assert!(matches!(&err, Some(crate::runtime::ArtifactError::Transient(m)) if m.contains("has digest")), "{err:?}");
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -304,13 +307,9 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisors_apply_restart_policies_and_explain_themselves() {
     let data = temp_dir("supervisor");
-    let ctx = Arc::new(Context {
-        wasm: Arc::new(WasmRuntime::new(&data).expect("runtime")),
-        containers: None,
-        client: None,
-        data_dir: data.clone(),
-        http: None,
-    });
+    let commands = Arc::new(WasmRuntime::new(&data).expect("runtime"));
+    let runtimes = Arc::new(Runtimes::new(&data, commands, None, None).expect("runtimes"));
+    let ctx = Arc::new(Context { runtimes, client: None, data_dir: data.clone(), ingress: None });
     let blob = |bytes: &[u8]| std::fs::write(data.join("blobs").join(sha256_hex(bytes)), bytes).expect("write blob");
     let (exit3, hello) = (wasm(EXIT3), wasm(HELLO));
     blob(&exit3);
@@ -671,5 +670,58 @@ async fn sdk_examples_run_as_modules_and_components() {
         assert_eq!(outcome.reason(), "memory limit of 64Mi exceeded", "{target}");
     }
     eprintln!("ran the examples of {ran} targets");
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// An HTTP component whose liveness probe fails is restarted by its
+/// supervisor, and the restarts and exits are counted in the node's metrics
+/// (the crash-loop alert in docs/metrics.md reads them) as a command's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_liveness_probe_restarts_an_http_component_and_is_counted() {
+    let Some(hello) = example("SKIFF_WASM_P2", "wasm32-wasip2", "hello_http") else {
+        // Under `make test` (which sets the variable) a missing example is a failure.
+        assert!(std::env::var_os("SKIFF_WASM_P2").is_none(), "SKIFF_WASM_P2 is set but hello_http is missing");
+        eprintln!("skipping: hello_http not built (make wasm)");
+        return;
+    };
+    let data = temp_dir("http-liveness");
+    let http = crate::http::HttpRuntime::new(&data, crate::http::HttpConfig { concurrency: 4, ..Default::default() })
+        .expect("http runtime");
+    let commands = Arc::new(WasmRuntime::new(&data).expect("runtime"));
+    let runtimes = Arc::new(Runtimes::new(&data, commands, Some(Arc::new(http)), None).expect("runtimes"));
+    let ctx = Arc::new(Context { runtimes, client: None, data_dir: data.clone(), ingress: None });
+    std::fs::write(data.join("blobs").join(sha256_hex(&hello)), &hello).expect("write blob");
+    // hello_http answers /healthz with 500 while HEALTHY=false.
+    let deployment = "unhealthy-http";
+    let mut a = assignment("unhealthy-http-1", &hello, RestartPolicy::Always);
+    a.deployment = deployment.into();
+    a.spec.resources = Resources::new(100, 64 << 20);
+    a.spec.env.insert("HEALTHY".into(), "false".into());
+    let probe = skiff_api::Probe {
+        http: Some(skiff_api::HttpProbe { path: "/healthz".into(), status: 200, port: None }),
+        tcp: None,
+        exec: None,
+        period_seconds: 1,
+        timeout_seconds: 1,
+        failure_threshold: 1,
+        initial_delay_seconds: 0,
+    };
+    a.spec.probes.liveness = Some(probe);
+    let metrics = &crate::metrics::METRICS;
+    let restarts = || metrics.restarts.with_label_values(&[deployment]).get();
+    let exits = || metrics.exits.with_label_values(&[deployment, "trap"]).get();
+    let (restarts_before, exits_before) = (restarts(), exits());
+
+    let r = Replica::start(ctx.clone(), a);
+    let t = Instant::now();
+    while r.status().restarts < 2 {
+        assert!(t.elapsed() < Duration::from_secs(15), "no two restarts: {:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = log_text(&logs::replica_dir(&data, "unhealthy-http-1"));
+    assert!(log.contains("liveness probe failed: GET /healthz answered 500, expected 200"), "{log}");
+    let counted = (restarts() - restarts_before, exits() - exits_before);
+    assert!(counted.0 >= 2 && counted.1 >= 2, "restarts and exits counted in the metrics: {counted:?}");
+    drop(r);
     let _ = std::fs::remove_dir_all(&data);
 }

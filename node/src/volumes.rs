@@ -10,7 +10,7 @@
 //! writing by the time the scheduler counts the replica lost (the agent does
 //! the stopping; the timing lives here).
 
-use crate::wasm::Preopen;
+use crate::runtime::Preopen;
 use skiff_api::Assignment;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The Wasm runtime: one shared wasmtime [`Engine`], an epoch ticker, a tokio
-//! runtime of its own for guests, and the blob and compiled-code caches.
+//! runtime of its own for guests, and the compiled-code cache (blobs are
+//! [`crate::blobs`]'s, the pieces both wasmtime engines share [`crate::engine`]'s).
 //!
 //! Guests run on their own multi-thread runtime so that a guest spinning in a
 //! loop can never starve the agent (heartbeats) or the node API: epoch
@@ -7,42 +8,29 @@
 //! polls guest code at all.
 //!
 //! Two shapes are run: core modules against WASI preview 1 (`_start`) and
-//! components against WASI 0.2 (`wasi:cli/run`). Guests get no preopened
-//! directories, no network and only the environment their spec declares.
+//! components against WASI 0.2 (`wasi:cli/run`). Guests get no network, and
+//! only the directories (secrets, volumes) and environment their spec declares.
 
-use crate::logs::{LogSink, Stream};
-use sha2::{Digest, Sha256};
-use skiff_api::quantity::format_memory;
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
+use crate::blobs::{Blobs, fetcher};
+// Where container/ found these before they moved; its modules import them from
+// here until they name `crate::blobs` and `crate::runtime` themselves.
+pub use crate::blobs::{digest_hex, sha256_hex};
+use crate::engine::{GuestRuntime, first_line, load_or_compile};
+use crate::logs::LogSink;
+pub use crate::runtime::ArtifactError;
+use crate::runtime::{BoxFuture, Outcome, RunSpec, Runtime};
+use skiff_api::{Assignment, Client, Workload};
+use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::OnceCell;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-/// How often the epoch advances; a busy guest yields this often.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Worker threads of the guests' runtime.
-const GUEST_WORKERS: usize = 2;
-
-/// Why an artifact could not be made ready to run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ArtifactError {
-    /// Worth retrying: the blob could not be fetched or stored.
-    #[error("{0}")]
-    Transient(String),
-    /// Never going to work for this digest: not Wasm, does not compile or link.
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// A compiled artifact, ready to instantiate.
 pub enum Compiled {
@@ -52,118 +40,10 @@ pub enum Compiled {
     Component(CommandPre<P2State>),
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The guest exited with this status (0 when `_start`/`run` returned normally).
-    Exited(i32),
-    /// The guest tried to grow a memory past its limit (in bytes).
-    MemoryExceeded(u64),
-    /// The guest trapped (the message) or could not be instantiated.
-    Failed(String),
-}
-
-impl Outcome {
-    /// Whether the run counts as a success (for the on-failure policy).
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Exited(0))
-    }
-
-    /// The exit status, if the guest exited.
-    pub fn exit_code(&self) -> Option<i32> {
-        match self {
-            Outcome::Exited(c) => Some(*c),
-            _ => None,
-        }
-    }
-
-    /// A short explanation: `exited with status 3`, `memory limit of 64Mi exceeded`.
-    pub fn reason(&self) -> String {
-        match self {
-            Outcome::Exited(c) => format!("exited with status {c}"),
-            Outcome::MemoryExceeded(limit) => {
-                format!("memory limit of {} exceeded", format_memory(*limit))
-            }
-            Outcome::Failed(msg) => msg.clone(),
-        }
-    }
-}
-
-/// What a guest sees of its replica.
-#[derive(Debug, Clone, Default)]
-pub struct RunSpec {
-    /// Deployment name (also `argv[0]`).
-    pub deployment: String,
-    /// Replica id.
-    pub replica: String,
-    /// Deployment revision.
-    pub revision: u64,
-    /// Declared environment.
-    pub env: BTreeMap<String, String>,
-    /// Arguments after the program name.
-    pub args: Vec<String>,
-    /// Memory limit per linear memory in bytes; 0 means none.
-    pub memory_limit: u64,
-    /// Where the guest's cpu time and memory are counted.
-    pub usage: Arc<crate::metrics::Usage>,
-    /// Host directories the guest sees, and nothing else of the filesystem.
-    pub preopens: Vec<Preopen>,
-}
-
-/// A host directory a guest sees at `guest`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Preopen {
-    /// The directory on the node.
-    pub host: PathBuf,
-    /// Where the guest sees it, an absolute path.
-    pub guest: String,
-    /// Whether the guest may write.
-    pub writable: bool,
-}
-
-/// The tokio runtime guests run on, apart from the daemon's own so that a busy
-/// guest never starves heartbeats or the node API.
-pub(crate) fn guest_runtime(thread_name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(GUEST_WORKERS)
-        .thread_name(thread_name)
-        // Under load every poll of a busy guest lasts a whole epoch tick
-        // (10 ms). Tokio's defaults (61 polls between looks at the global
-        // queue and at timers/IO) would then let a newly started guest or a
-        // sleeping one's timer wait ~600 ms; look far more often instead.
-        .global_queue_interval(4)
-        .event_interval(8)
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the guest runtime {thread_name}: {e}"))
-}
-
-/// Starts the one epoch ticker of `engine` (a ticker per store once cost
-/// `wasmtime serve` orders of magnitude in throughput). It stops when the
-/// returned flag is set or the engine is gone.
-pub(crate) fn spawn_epoch_ticker(engine: &Engine, thread_name: &str) -> anyhow::Result<Arc<AtomicBool>> {
-    let ticker_stop = Arc::new(AtomicBool::new(false));
-    let stop = ticker_stop.clone();
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name(thread_name.into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker {thread_name}: {e}"))?;
-    Ok(ticker_stop)
-}
-
 /// The node's Wasm runtime. Dropping it stops the ticker and every guest.
 pub struct WasmRuntime {
     compiler: Arc<Compiler>,
-    data_dir: PathBuf,
+    blobs: Blobs,
     guests: GuestRuntime,
     /// Digest hex → compiled artifact (or why it can never be), so that N
     /// replicas of one blob compile once.
@@ -190,16 +70,9 @@ impl WasmRuntime {
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
 
-        let mut hasher = Sha256Hasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compat = hex::encode(hasher.0.finalize());
-        let cache_dir = data_dir.join("cache").join(&compat[..32]);
-        fs::create_dir_all(&cache_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the compile cache {}: {e}", cache_dir.display()))?;
-        fs::create_dir_all(data_dir.join("blobs"))
-            .map_err(|e| anyhow::anyhow!("cannot create the blob cache in {}: {e}", data_dir.display()))?;
-
-        let guests = guest_runtime("skiff-guest")?;
+        let cache_dir = crate::engine::cache_dir(&engine, data_dir, "")?;
+        let blobs = Blobs::new(data_dir)?;
+        let guests = crate::engine::guest_runtime("skiff-guest")?;
 
         let mut p1_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, p1_ctx)
@@ -208,12 +81,12 @@ impl WasmRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(|e| anyhow::anyhow!("cannot set up wasi 0.2: {e}"))?;
 
-        let ticker_stop = spawn_epoch_ticker(&engine, "skiff-epoch")?;
+        let ticker_stop = crate::engine::spawn_epoch_ticker(&engine, "skiff-epoch")?;
 
         Ok(WasmRuntime {
             compiler: Arc::new(Compiler { engine, cache_dir, p1_linker, p2_linker, compilations: AtomicU64::new(0) }),
-            data_dir: data_dir.to_path_buf(),
-            guests: GuestRuntime(Some(guests)),
+            blobs,
+            guests,
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
         })
@@ -269,20 +142,7 @@ impl WasmRuntime {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<bytes::Bytes, String>>,
     {
-        let path = self.data_dir.join("blobs").join(hex);
-        if let Ok(bytes) = tokio::fs::read(&path).await {
-            if sha256_hex(&bytes) == hex {
-                return Ok(bytes.into());
-            }
-            tracing::warn!(blob = %path.display(), "cached blob does not match its digest; fetching it again");
-        }
-        let bytes = fetch().await?;
-        let got = sha256_hex(&bytes);
-        if got != hex {
-            return Err(format!("downloaded blob sha256:{hex} has digest sha256:{got}"));
-        }
-        write_atomic(&path, &bytes).map_err(|e| format!("cannot store blob in {}: {e}", path.display()))?;
-        Ok(bytes)
+        self.blobs.get(hex, fetch).await
     }
 
     /// Runs one guest to its end on the guests' runtime. Dropping the returned
@@ -328,18 +188,9 @@ impl Compiler {
             );
         };
         let path = self.cache_dir.join(format!("{hex}.cwasm"));
-        if path.exists() {
-            match self.load_cached(&path, component) {
-                Ok(linked) => return linked,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), "discarding unusable compiled code: {e}");
-                    let _ = fs::remove_file(&path);
-                }
-            }
-        }
-        self.compilations.fetch_add(1, Ordering::Relaxed);
-        let _timer = crate::metrics::METRICS.compile_seconds.start_timer();
-        let code =
+        let load = |path: &Path| self.load_cached(path, component);
+        let compile = || {
+            self.compilations.fetch_add(1, Ordering::Relaxed);
             if component { self.engine.precompile_component(bytes) } else { self.engine.precompile_module(bytes) }
                 .map_err(|e| {
                     format!(
@@ -347,9 +198,11 @@ impl Compiler {
                         if component { "component" } else { "module" },
                         first_line(&e)
                     )
-                })?;
-        write_atomic(&path, &code).map_err(|e| format!("cannot store compiled code in {}: {e}", path.display()))?;
-        self.load_cached(&path, component).map_err(|e| format!("cannot load compiled code: {e}"))?
+                })
+        };
+        // The outer error: the code could not be compiled, stored or loaded; the
+        // inner one: it does not link here.
+        load_or_compile(&path, hex, load, compile)?
     }
 
     /// Loads compiled code and links it. The outer error means the file is
@@ -385,30 +238,31 @@ impl Compiler {
     }
 }
 
+/// Wasm commands: modules against WASI preview 1 and `wasi:cli/command` components.
+impl Runtime for WasmRuntime {
+    type Prepared = Arc<Compiled>;
+
+    fn prepare<'a>(
+        &'a self,
+        a: &'a Assignment,
+        client: Option<Client>,
+    ) -> BoxFuture<'a, Result<Arc<Compiled>, ArtifactError>> {
+        Box::pin(async move {
+            let Workload::Wasm(digest) = &a.spec.workload else {
+                return Err(ArtifactError::Invalid(format!("{} is not a wasm workload", a.spec.workload)));
+            };
+            self.artifact(digest, fetcher(client, digest)).await
+        })
+    }
+
+    fn run(self: Arc<Self>, compiled: &Arc<Compiled>, spec: RunSpec, log: Arc<LogSink>) -> BoxFuture<'static, Outcome> {
+        Box::pin(WasmRuntime::run(&self, compiled.clone(), spec, log))
+    }
+}
+
 impl Drop for WasmRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The guests' tokio runtime; shut down without blocking when dropped, which
-/// may happen inside another runtime.
-struct GuestRuntime(Option<tokio::runtime::Runtime>);
-
-impl GuestRuntime {
-    fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            None => unreachable!("the guest runtime lives as long as its owner"),
-        }
-    }
-}
-
-impl Drop for GuestRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -515,27 +369,8 @@ impl ResourceLimiter for Limiter {
 }
 
 fn wasi_builder(spec: &RunSpec, log: &Arc<LogSink>) -> WasiCtxBuilder {
-    let mut b = WasiCtxBuilder::new();
-    // No ambient authority: these are wasmtime-wasi's defaults, said out loud so
-    // that a default changing upstream cannot open the network to guests.
-    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-    b.stdout(log.guest_stream(Stream::Stdout)).stderr(log.guest_stream(Stream::Stderr));
-    b.arg(&spec.deployment);
-    b.args(&spec.args);
-    for (k, v) in &spec.env {
-        b.env(k, v);
-    }
-    b.env("SKIFF_DEPLOYMENT", &spec.deployment)
-        .env("SKIFF_REPLICA", &spec.replica)
-        .env("SKIFF_REVISION", spec.revision.to_string());
-    for p in &spec.preopens {
-        let perms = if p.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
-        if let Err(e) = b.preopened_dir(&p.host, &p.guest, perms) {
-            // The supervisor made the directory just before; say so if it vanished.
-            log.system(&format!("cannot give the guest {} ({}): {e}", p.guest, p.host.display()));
-        }
-    }
-    b
+    let who = (spec.deployment.as_str(), spec.replica.as_str(), spec.revision);
+    crate::engine::wasi_builder(who, &spec.args, &spec.env, &spec.preopens, Some(log))
 }
 
 async fn run_guest(engine: Engine, compiled: Arc<Compiled>, spec: RunSpec, log: Arc<LogSink>) -> Outcome {
@@ -596,52 +431,5 @@ fn classify(result: wasmtime::Result<i32>, memory_exceeded: bool, limit: u64) ->
             }
             Outcome::Failed(first_line(&e))
         }
-    }
-}
-
-fn first_line(e: &wasmtime::Error) -> String {
-    let msgs: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    let joined = msgs.join(": ");
-    joined.lines().next().unwrap_or("").to_string()
-}
-
-// ---- digests and files ----
-
-/// The hex part of `sha256:<64 hex>`, checked (it becomes a file name).
-pub fn digest_hex(digest: &str) -> Result<&str, String> {
-    let hex =
-        digest.strip_prefix("sha256:").ok_or_else(|| format!("blob digest {digest:?} must start with sha256:"))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(format!("blob digest {digest:?} must be sha256: followed by 64 lowercase hex digits"));
-    }
-    Ok(hex)
-}
-
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
-/// Feeds `Hash` output into sha256, to name the cache directory by the engine's
-/// compatibility hash stably across processes.
-struct Sha256Hasher(Sha256);
-
-impl Hasher for Sha256Hasher {
-    fn finish(&self) -> u64 {
-        0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
     }
 }

@@ -33,9 +33,9 @@ pub mod registry;
 pub mod serve;
 pub mod unpack;
 
+use crate::blobs::{digest_hex, sha256_hex};
 use crate::logs::{LogSink, Stream};
-use crate::runtime::{BoxFuture, Prepared, Runtime};
-use crate::wasm::{ArtifactError, Outcome, RunSpec, digest_hex, sha256_hex};
+use crate::runtime::{ArtifactError, BoxFuture, Outcome, RunSpec, Runtime};
 use oci::Oci;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest, Sha256};
@@ -488,25 +488,29 @@ fn manifest_digest(reference: &str) -> Result<&str, String> {
 }
 
 impl Runtime for ContainerRuntime {
+    type Prepared = Arc<Plan>;
+
     fn prepare<'a>(
         &'a self,
         a: &'a Assignment,
         client: Option<Client>,
-    ) -> BoxFuture<'a, Result<Prepared, ArtifactError>> {
-        Box::pin(async move { Ok(Arc::new(self.prepare_image(a, client).await?) as Prepared) })
+    ) -> BoxFuture<'a, Result<Arc<Plan>, ArtifactError>> {
+        Box::pin(async move { Ok(Arc::new(self.prepare_image(a, client).await?)) })
     }
 
-    fn run(&self, prepared: Prepared, spec: RunSpec, log: Arc<LogSink>) -> BoxFuture<'static, Outcome> {
-        let Ok(plan) = prepared.downcast::<Plan>() else {
-            return Box::pin(async { Outcome::Failed("internal error: not a container plan".into()) });
-        };
+    /// One run of the container, under its probes and routed by the ingress
+    /// while ready when it serves HTTP (`serve::around`).
+    fn run(self: Arc<Self>, plan: &Arc<Plan>, mut spec: RunSpec, log: Arc<LogSink>) -> BoxFuture<'static, Outcome> {
+        serve::add_ingress_env(&mut spec, self.bridged());
         let net = Net { oci: self.oci.clone(), cni: self.cni.clone(), addresses: self.addresses.clone() };
         let bundle = self.dir.join("run").join(&spec.replica);
         let found = self.found.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.replica);
-        match found {
-            Some(found) => Box::pin(adopt(net, bundle, plan, spec, log, found)),
-            None => Box::pin(run_container(net, bundle, plan, spec, log)),
-        }
+        let (plan, run_spec, run_log) = (plan.clone(), spec.clone(), log.clone());
+        let run: BoxFuture<'static, Outcome> = match found {
+            Some(found) => Box::pin(adopt(net, bundle, plan, run_spec, run_log, found)),
+            None => Box::pin(run_container(net, bundle, plan, run_spec, run_log)),
+        };
+        serve::around(self, run, spec, log)
     }
 }
 

@@ -8,15 +8,18 @@
 //! so other nodes' ingresses send its share to this node. Routing follows the
 //! replica's state: it leaves as soon as the replica is no longer ready or its
 //! run ends, before the container is torn down.
+//!
+//! All of this happens inside the container runtime's own run ([`around`]), so
+//! the supervisor sees one run that ends, like any other, with an outcome.
 
 use super::ContainerRuntime;
-use crate::http::{HttpRuntime, Upstream};
 use crate::logs::LogSink;
-use crate::runtime::BoxFuture;
-use crate::wasm::Outcome;
-use skiff_api::{Probe, Probes, ReplicaState, ReplicaStatus, TcpProbe};
+use crate::probes::{report, watch};
+use crate::routes::{IngressLink, Upstream};
+use crate::runtime::{BoxFuture, Outcome, RunSpec};
+use skiff_api::{Probe, Probes, ReplicaState, TcpProbe};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often routing looks at the replica's state.
@@ -56,56 +59,95 @@ pub fn ingress_for_containers(ingress: SocketAddr, bridged: bool) -> String {
     }
 }
 
-/// Runs one run of a container serving HTTP on `port` under `probes` (see
-/// [`probes_for`]), routed by the node's ingress while it is ready.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
-    containers: &Arc<ContainerRuntime>,
-    http: &Arc<HttpRuntime>,
+/// Gives a container `SKIFF_INGRESS`, the URL at which it reaches other
+/// deployments by name, unless its spec sets it.
+pub(crate) fn add_ingress_env(spec: &mut RunSpec, bridged: bool) {
+    if let Some(addr) = spec.ingress.as_ref().and_then(|i| i.addr) {
+        spec.env.entry("SKIFF_INGRESS".into()).or_insert_with(|| ingress_for_containers(addr, bridged));
+    }
+}
+
+/// Watches `run`, one run of a container, as its spec asks: under its probes
+/// (with a TCP readiness check of `http_port` when it has no readiness probe),
+/// and with an `http_port`, routed by the node's ingress while it is ready. A
+/// failed liveness or startup probe kills the container (the run tears it down
+/// as after any exit) and ends the run as failed with the reason. Without
+/// probes or a port, the run is all there is.
+pub(crate) fn around(
+    containers: Arc<ContainerRuntime>,
     run: BoxFuture<'static, Outcome>,
+    spec: RunSpec,
+    log: Arc<LogSink>,
+) -> BoxFuture<'static, Outcome> {
+    let probes = match spec.http_port {
+        Some(port) => probes_for(&spec.probes, port),
+        None => spec.probes.clone(),
+    };
+    if probes.is_empty() {
+        return run;
+    }
+    Box::pin(async move {
+        let watched = under_probes(&containers, run, &probes, &spec, &log);
+        let (Some(port), Some(ingress)) = (spec.http_port, spec.ingress.clone()) else {
+            return watched.await;
+        };
+        // The route (inside `follow`) is dropped as soon as the run ends.
+        tokio::select! {
+            outcome = watched => outcome,
+            never = follow(&containers, &ingress, port, &spec, &log) => match never {},
+        }
+    })
+}
+
+/// Runs `run` under `probes`: readiness into the replica's status, and a failed
+/// liveness or startup probe kills the container and ends the run as failed.
+async fn under_probes(
+    containers: &Arc<ContainerRuntime>,
+    mut run: BoxFuture<'static, Outcome>,
     probes: &Probes,
-    port: u16,
-    a: &skiff_api::Assignment,
-    status: &Mutex<ReplicaStatus>,
-    log: &Option<Arc<LogSink>>,
+    spec: &RunSpec,
+    log: &Arc<LogSink>,
 ) -> Outcome {
-    let watched = crate::probes::run_container(containers, run, probes, &a.replica, status, log);
-    // The route (inside `follow`) is dropped as soon as the run ends.
+    let id = spec.replica.as_str();
+    let check = |p: &Probe| {
+        let (c, id, p) = (containers.clone(), id.to_string(), p.clone());
+        async move { c.check(&id, &p).await }
+    };
+    let watching = watch(probes, check, |r| report(&spec.status, log, &r));
     tokio::select! {
-        outcome = watched => outcome,
-        never = follow(containers, http, port, a, status, log) => match never {},
+        outcome = &mut run => outcome,
+        why = watching => {
+            let (oci, id) = (containers.oci().clone(), id.to_string());
+            let _ = tokio::task::spawn_blocking(move || oci.kill(&id, "KILL")).await;
+            let _ = run.await;
+            Outcome::Failed(why)
+        }
     }
 }
 
 /// Routes the replica while its state is `ready`, forever.
 async fn follow(
-    containers: &Arc<ContainerRuntime>,
-    http: &Arc<HttpRuntime>,
+    containers: &ContainerRuntime,
+    ingress: &IngressLink,
     port: u16,
-    a: &skiff_api::Assignment,
-    status: &Mutex<ReplicaStatus>,
-    log: &Option<Arc<LogSink>>,
+    spec: &RunSpec,
+    log: &LogSink,
 ) -> std::convert::Infallible {
     let mut route = None;
     loop {
-        let ready = status.lock().unwrap_or_else(|e| e.into_inner()).state == ReplicaState::Ready;
-        match (ready, &route, containers.address(&a.replica)) {
+        let ready = spec.status.is(ReplicaState::Ready);
+        match (ready, &route, containers.address(&spec.replica)) {
             (true, None, Some(ip)) => {
                 let upstream = Arc::new(Upstream {
-                    id: a.replica.clone(),
-                    deployment: a.deployment.clone(),
+                    id: spec.replica.clone(),
+                    deployment: spec.deployment.clone(),
                     addr: SocketAddr::new(ip, port),
                 });
-                if let Some(l) = log {
-                    l.system(&format!(
-                        "serving http: {}.{} and /d/{}/ on every node's ingress, from {}",
-                        a.deployment,
-                        http.config().suffix,
-                        a.deployment,
-                        upstream.addr
-                    ));
-                }
-                route = Some(http.route_upstream(upstream));
+                log.system(&format!(
+                    "serving http: {}.{} and /d/{}/ on every node's ingress, from {}",
+                    spec.deployment, ingress.suffix, spec.deployment, upstream.addr
+                ));
+                route = Some(ingress.upstreams.add(upstream));
             }
             (false, Some(_), _) | (_, Some(_), None) => route = None,
             _ => {}

@@ -87,10 +87,7 @@ fn assignment(image: &str) -> Assignment {
 
 fn prepare(f: &Fixture, image: &str, client: Option<Client>) -> Result<Arc<Plan>, ArtifactError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let p = f.rt.prepare(&assignment(image), client).await?;
-        Ok(p.downcast::<Plan>().expect("a plan"))
-    })
+    rt.block_on(async { f.rt.prepare(&assignment(image), client).await })
 }
 
 fn layer_dirs(f: &Fixture) -> Vec<String> {
