@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use skiff_api::{TokenCreated, TokenInfo, TokenRequest, TokenRole, now_ms};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -123,20 +123,9 @@ pub(crate) fn random_token(prefix: &str) -> anyhow::Result<String> {
     Ok(format!("{prefix}{}", hex::encode(raw)))
 }
 
-/// Writes `text` to `path`, readable by its owner only.
+/// Writes `text` and a newline to `path`, readable by its owner only.
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(f, "{text}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::files::write_private(path, format!("{text}\n").as_bytes())
 }
 
 /// The admin token in `data_dir/admin-token`, made at first start (and anew when

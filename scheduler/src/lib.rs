@@ -11,6 +11,7 @@ mod dashboard;
 mod endpoints;
 mod error;
 pub mod etcd;
+mod files;
 mod follow;
 mod heartbeats;
 mod http;
@@ -29,7 +30,7 @@ use anyhow::Context;
 use skiff_api::tls::{CaFingerprint, JoinToken};
 use state::{Policy, State};
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -191,15 +192,7 @@ fn join_token(data_dir: &Path, ca: CaFingerprint) -> anyhow::Result<JoinToken> {
         kept => kept.to_string(),
     };
     let token = JoinToken { secret, ca: Some(ca) };
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{token}")?;
+    files::write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 

@@ -206,15 +206,8 @@ impl Metrics {
         for s in [NodeState::Ready, NodeState::Draining, NodeState::Down] {
             self.nodes.with_label_values(&[s.to_string().as_str()]).set(0);
         }
-        for s in [
-            ReplicaState::Pending,
-            ReplicaState::Assigned,
-            ReplicaState::Starting,
-            ReplicaState::Running,
-            ReplicaState::Ready,
-            ReplicaState::Exited,
-            ReplicaState::Failed,
-        ] {
+        // Live states only: terminal replicas are deleted, never counted.
+        for s in ReplicaState::ALL.into_iter().filter(|s| !s.is_terminal()) {
             self.replicas.with_label_values(&[s.to_string().as_str()]).set(0);
         }
         {

@@ -20,7 +20,6 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use skiff_api::tls::{CaFingerprint, PinnedCa};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -104,8 +103,8 @@ pub fn open(data_dir: &Path, names: &[String]) -> anyhow::Result<Tls> {
         Some(found) => found,
         None => {
             let (leaf, key) = issue(&issuer, names)?;
-            write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-            write_file(&cert_path, format!("{}{ca_pem}", leaf.pem()).as_bytes(), 0o644)?;
+            crate::files::write_private(&key_path, key.serialize_pem().as_bytes())?;
+            crate::files::write_atomic(&cert_path, format!("{}{ca_pem}", leaf.pem()).as_bytes(), 0o644)?;
             tracing::info!("made a server certificate for {} (signed by the CA {fingerprint})", names.join(", "));
             let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?;
             (leaf.der().clone(), key)
@@ -154,8 +153,8 @@ fn ca(data_dir: &Path) -> anyhow::Result<(CertificateDer<'static>, String, Issue
             params.not_before = now - time::Duration::hours(1);
             params.not_after = now + time::Duration::days(CA_DAYS);
             let cert = params.self_signed(&key).context("making the CA certificate")?;
-            write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-            write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+            crate::files::write_private(&key_path, key.serialize_pem().as_bytes())?;
+            crate::files::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
             tracing::info!("made a CA in {} ({})", cert_path.display(), CaFingerprint::of(cert.der()));
             Ok((cert.der().clone(), cert.pem(), Issuer::new(ca_params(), key)))
         }
@@ -195,21 +194,6 @@ fn covers(ca: &CertificateDer<'static>, leaf: &CertificateDer<'static>, names: &
         ServerName::try_from(n.clone())
             .is_ok_and(|name| verifier.verify_server_cert(leaf, std::slice::from_ref(ca), &name, &[], later).is_ok())
     })
-}
-
-/// Writes `bytes` to `path` with `mode`, through a temporary file and a rename.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A listener that hands axum connections whose TLS handshake is done.

@@ -166,3 +166,43 @@ fn http_rollouts_drop_no_request() {
     let events = cli_ok(&cwd, &url, &["describe", "deployment", "hello"]);
     assert!(events.contains("RolledBack") && events.contains("no progress"), "{events}");
 }
+
+/// A first revision whose only replica crash-loops from the start never becomes
+/// available: by its progress deadline its rollout is `failed`, with the reason,
+/// in the deployment the API serves (what `get`, `describe`, `rollout status` and
+/// the dashboard show). It was shown `complete` with 0 ready and 0 available
+/// (issue #16, item 5): a replica caught running for an instant counted.
+#[test]
+fn a_first_revision_that_never_becomes_available_fails_its_rollout() {
+    let dev = Dev::start("first-fails");
+    let (cwd, url) = (dev.dir.path().to_path_buf(), dev.url.clone());
+    std::fs::copy(wasm_p1("crasher"), cwd.join("crasher.wasm")).expect("copy");
+    let file = cwd.join("crash.yaml");
+    std::fs::write(
+        &file,
+        "name: crash\nwasm: crasher.wasm\nreplicas: 1\nresources: {cpu: 50m, memory: 32Mi}\n\
+         strategy: {progress_deadline_seconds: 5}\n",
+    )
+    .expect("write manifest");
+    cli_ok(&cwd, &url, &["apply", "-f", file.to_str().unwrap_or_default()]);
+    let rollout =
+        |d: &Value| (d["rollout"]["state"].clone(), d["rollout"]["message"].as_str().unwrap_or("").to_string());
+    // Never complete on the way, however briefly a replica ran.
+    let failed = wait_for(Duration::from_secs(30), "the first rollout failed", || {
+        let deps = get_json(&cwd, &url, "deployments");
+        let d = deps.iter().find(|d| d["name"] == "crash").ok_or("no deployment crash")?;
+        let (state, message) = rollout(d);
+        assert_ne!(state, "complete", "a crash-looping first revision shown complete: {d}");
+        if state == "failed" { Ok((d.clone(), message)) } else { Err(format!("{d}")) }
+    });
+    let (_, message) = failed;
+    assert!(message.contains("no replica became available within 5s"), "{message}");
+    assert!(message.contains("status 3"), "the reason names the replica's failure: {message}");
+    // It stays failed while the replica keeps crashing, and says so in describe.
+    std::thread::sleep(Duration::from_secs(3));
+    let deps = get_json(&cwd, &url, "deployments");
+    let d = deps.iter().find(|d| d["name"] == "crash").expect("deployment crash");
+    assert_eq!(rollout(d).0, "failed", "{d}");
+    let described = cli_ok(&cwd, &url, &["describe", "deployment", "crash"]);
+    assert!(described.contains("RolloutFailed"), "{described}");
+}

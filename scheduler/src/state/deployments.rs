@@ -413,14 +413,11 @@ impl Mem {
         // At its count, all of the current revision: the plan would create and
         // stop nothing, and a rollout under way completes once enough serve
         // (counted, when serving is all that available asks).
-        if e.counts.total as usize == desired && e.by_revision.keys().all(|r| *r == revision) {
-            if e.d.rollout.state != RolloutState::Progressing {
-                return Ok(());
-            }
-            if strategy.min_ready_seconds == 0 {
-                let done = e.counts.serving as usize >= desired;
-                return if done { self.rollout_complete(tx, name, now) } else { Ok(()) };
-            }
+        if e.counts.total as usize == desired
+            && e.by_revision.keys().all(|r| *r == revision)
+            && !can_complete(&e.d.rollout, revision)
+        {
+            return Ok(());
         }
         let paused = e.d.rollout.paused;
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
@@ -431,6 +428,9 @@ impl Mem {
         // One walk of the replicas; those of the current revision (most of
         // them) need no lookup of their revision.
         let mut seen: Vec<rollout::Seen> = Vec::with_capacity(self.by_deployment.get(name).map_or(0, BTreeSet::len));
+        // New replicas that have served without a break for long enough to
+        // complete a rollout (`ROLLOUT_SETTLE_MS`).
+        let mut settled = 0;
         for r in self.replicas_of(name) {
             let current = r.revision == revision;
             let serving = if current {
@@ -440,10 +440,14 @@ impl Mem {
                 writable |= spec.is_some_and(WorkloadSpec::has_writable_volume);
                 self.serving(r)
             };
+            let served_ms = now.saturating_sub(r.updated_ms);
+            if current && serving && served_ms >= min_ready_ms.max(ROLLOUT_SETTLE_MS) {
+                settled += 1;
+            }
             seen.push(rollout::Seen {
                 id: r.id.clone(),
                 current,
-                available: serving && now.saturating_sub(r.updated_ms) >= min_ready_ms,
+                available: serving && served_ms >= min_ready_ms,
                 failing: matches!(r.state, ReplicaState::Failed | ReplicaState::Exited) || r.restarts >= 3,
                 rank: removal_rank(r),
             });
@@ -496,15 +500,63 @@ impl Mem {
             self.fx.mutated = true;
             self.sched_dirty = true;
         }
-        // A rollout is complete once no old replica is left and the new ones serve.
-        let done = !plan.rolling && plan.stop.iter().all(|(_, w)| *w == "scaled down") && plan.available_new >= desired;
-        if done { self.rollout_complete(tx, name, now) } else { Ok(()) }
+        // A rollout is complete once no old replica is left and the new ones have
+        // served for long enough: a replica seen running for an instant between
+        // two crashes completes nothing.
+        let no_old = !plan.rolling && plan.stop.iter().all(|(_, w)| *w == "scaled down");
+        if no_old && settled >= desired {
+            return self.rollout_complete(tx, name, now);
+        }
+        if no_old && plan.available_new >= desired {
+            // Serving, not yet for long enough: look again at the next pass
+            // rather than at the next full one.
+            self.reconcile_due.insert(name.to_string());
+        }
+        if no_old && self.rollout_overdue(name, now) {
+            let why = self.unavailable_why(name, revision, settled, desired);
+            if self.give_up(tx, name, why, now)? {
+                return self.reconcile(tx, name, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether deployment `name`'s rollout under way has run past its progress
+    /// deadline (paused time does not count: resuming resets the clock).
+    fn rollout_overdue(&self, name: &str, now: Millis) -> bool {
+        let Some(e) = self.deployments.get(name) else { return false };
+        let r = &e.d.rollout;
+        let deadline_ms = e.d.strategy.progress_deadline_seconds as u64 * 1000;
+        r.state == RolloutState::Progressing && !r.paused && now.saturating_sub(r.progress_ms) > deadline_ms
+    }
+
+    /// Why revision `revision` of `name` is not available by its deadline, with
+    /// what one of its replicas says of itself.
+    fn unavailable_why(&self, name: &str, revision: u64, settled: usize, desired: usize) -> String {
+        let deadline = self.deployments.get(name).map_or(0, |e| e.d.strategy.progress_deadline_seconds);
+        let mut why = match settled {
+            0 => format!("no replica became available within {deadline}s"),
+            n => format!("{n} of {desired} replicas became available within {deadline}s"),
+        };
+        let current: Vec<&Replica> = self.replicas_of(name).filter(|r| r.revision == revision).collect();
+        let failed = current.iter().find(|r| matches!(r.state, ReplicaState::Failed | ReplicaState::Exited));
+        let restarted = current.iter().filter(|r| r.restarts > 0).max_by_key(|r| r.restarts);
+        let pending = current.iter().find(|r| r.state == ReplicaState::Pending);
+        let reason = |r: &Replica| r.reason.clone().unwrap_or_else(|| "no reason given".into());
+        if let Some(r) = failed {
+            why.push_str(&format!(": replica {} failed: {}", r.id, reason(r)));
+        } else if let Some(r) = restarted {
+            why.push_str(&format!(": replica {} restarted {} times ({})", r.id, r.restarts, reason(r)));
+        } else if let Some(r) = pending {
+            why.push_str(&format!(": replica {} is pending: {}", r.id, reason(r)));
+        }
+        why
     }
 
     /// Marks deployment `name`'s rollout under way complete.
     pub(super) fn rollout_complete(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         let e = self.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
-        if e.d.rollout.state == RolloutState::Progressing {
+        if can_complete(&e.d.rollout, e.d.revision) {
             e.d.rollout.state = RolloutState::Complete;
             e.d.rollout.message = format!("revision {} is rolled out", e.d.revision);
             tx.put_deployment(&e.d)?;
@@ -525,7 +577,6 @@ impl Mem {
         plan: &rollout::Plan,
         now: Millis,
     ) -> Result<bool, Error> {
-        let obj = format!("deployment/{name}");
         let Some(e) = self.deployments.get_mut(name) else { return Ok(false) };
         let r = &mut e.d.rollout;
         if r.state != RolloutState::Progressing || r.paused {
@@ -546,7 +597,17 @@ impl Mem {
             tx.put_deployment(&e.d)?;
             return Ok(false);
         };
-        let good = r.from_revision;
+        self.give_up(tx, name, why, now)
+    }
+
+    /// Ends deployment `name`'s rollout under way, which failed (`why`): rolls
+    /// back to the revision it started from, or marks it failed when automatic
+    /// rollback is off or it started from nothing (a first revision). Returns
+    /// whether it rolled back.
+    fn give_up(&mut self, tx: &Tx, name: &str, why: String, now: Millis) -> Result<bool, Error> {
+        let obj = format!("deployment/{name}");
+        let Some(e) = self.deployments.get_mut(name) else { return Ok(false) };
+        let good = e.d.rollout.from_revision;
         let spec = self.revisions.get(&(name.to_string(), good)).cloned();
         self.fx.mutated = true;
         match spec {
@@ -577,4 +638,17 @@ impl Mem {
             }
         }
     }
+}
+
+/// How long a new replica must have served without a break before it completes
+/// a rollout (at least; `min_ready_seconds` when longer). A replica that
+/// crash-loops is reported running for an instant between crashes, and a first
+/// revision was shown complete with nothing serving (issue #16).
+const ROLLOUT_SETTLE_MS: u64 = 1000;
+
+/// Whether rollout `r` may still complete at `revision`: it is under way, or it
+/// failed for want of time (or with automatic rollback off) and its replicas
+/// may still come to serve.
+fn can_complete(r: &Rollout, revision: u64) -> bool {
+    r.state == RolloutState::Progressing || (r.state == RolloutState::Failed && r.to_revision == revision)
 }
