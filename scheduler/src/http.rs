@@ -821,6 +821,18 @@ mod tests {
         }
     }
 
+    /// The description as committed (`scheduler/openapi.json`): a change of the
+    /// API shows in review as a change of that file, so that "API changes are
+    /// additive" can be checked there (a line taken away is a field, route or
+    /// schema removed or renamed). After a deliberate change:
+    /// `UPDATE_EXPECT=1 cargo test -p skiff-scheduler the_description_is_as_reviewed`.
+    #[test]
+    fn the_description_is_as_reviewed() {
+        let api: serde_json::Value = serde_json::from_str(&DESCRIPTION).expect("the description is JSON");
+        let pretty = serde_json::to_string_pretty(&api).expect("JSON") + "\n";
+        expect_test::expect_file!["../openapi.json"].assert_eq(&pretty);
+    }
+
     /// A body the extractor refuses, as the API answers it: (status, error line).
     async fn refused(content_type: &str, body: &str) -> (StatusCode, String) {
         let req = Request::builder()
