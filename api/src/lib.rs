@@ -7,9 +7,13 @@
 
 pub mod client;
 pub mod manifest;
+pub mod messages;
+pub mod objects;
 pub mod quantity;
+pub mod spec;
 pub mod tls;
 pub mod types;
+pub mod validate;
 
 pub use client::{Client, ClientError};
 pub use types::*;

@@ -10,242 +10,28 @@
 //! constraints: { zone: a }   # node labels
 //! allowed_hosts: [api.example.com]   # outbound HTTP the replicas may make
 //! ```
+//!
+//! A document is the deployment's own keys (`name`, `wasm` or `image`,
+//! `replicas`, `resources` with defaults, `strategy`, `autoscale`) and, for every
+//! other key, the wire template [`WorkloadSpec`] read by its own `Deserialize`:
+//! a field added to the spec is a manifest key at once. This is what
+//! `#[serde(flatten)]` would do, without its buffering: flatten reads the values
+//! into memory first and loses their line and column. Then every rule is
+//! checked by [`crate::validate::apply`], as the server checks an apply.
 
+use crate::messages::ApplyRequest;
 use crate::quantity::{Cpu, Memory};
-use crate::types::RestartPolicy;
-use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::BTreeMap;
-
-/// Largest replica count one deployment may ask for.
-pub const MAX_REPLICAS: u32 = 100_000;
-
-/// A name that is a DNS label: 1–63 characters of `a-z`, `0-9` and `-`, starting
-/// and ending with a letter or digit. Names become paths, cgroups and host names.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(format!("name {name:?} must be 1 to 63 characters long"));
-    }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
-    if !ok_chars || !ok_ends {
-        return Err(format!(
-            "name {name:?} must use only lowercase letters, digits and '-', and start and end with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks an entry of `allowed_hosts`: a host name or IPv4 address, optionally
-/// `*.` for any subdomain and `:PORT` for one port (`api.example.com`,
-/// `*.example.com`, `10.0.0.5:8080`); no scheme, no path.
-pub fn validate_allowed_host(entry: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("allowed host {entry:?} {why}; write a host such as api.example.com[:8080]"));
-    if entry.contains("://") || entry.contains('/') {
-        return bad("has a scheme or a path");
-    }
-    let (host, port) = match entry.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (entry, None),
-    };
-    if port.is_some_and(|p| p.parse::<u16>().ok().is_none_or(|p| p == 0)) {
-        return bad("has an invalid port");
-    }
-    let host = host.strip_prefix("*.").unwrap_or(host);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-        return bad("is not a host name");
-    }
-    Ok(())
-}
-
-/// Checks an environment variable name: a C identifier.
-pub fn validate_env_key(key: &str) -> Result<(), String> {
-    let mut chars = key.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "environment variable name {key:?} must be letters, digits and '_', not starting with a digit"
-        ));
-    }
-    Ok(())
-}
-
-thread_local! {
-    /// The raw text of the last value our own deserializers refused. serde_norway
-    /// places a custom error at the start of the enclosing mapping, not at the
-    /// value; [`parse_manifest`] uses this to point at the value itself.
-    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-pub(crate) fn refuse<E: serde::de::Error>(value: impl ToString, message: String) -> E {
-    REFUSED.with(|r| *r.borrow_mut() = Some(value.to_string()));
-    E::custom(message)
-}
-
-/// Checks a deployment's use of a secret: a valid secret name, valid variable
-/// names, and an absolute, plain directory path.
-pub fn validate_secret_ref(r: &crate::types::SecretRef) -> Result<(), String> {
-    validate_name(&r.secret).map_err(|e| format!("secret {e}"))?;
-    for var in r.env.keys() {
-        validate_env_key(var)?;
-    }
-    if let Some(path) = &r.path
-        && !is_plain_abs_path(path)
-    {
-        return Err(format!(
-            "secret path {path:?} must be an absolute directory path without '.' or '..', such as /secrets/db"
-        ));
-    }
-    if r.env.is_empty() && r.path.is_none() {
-        return Err(format!("secret {:?} is referenced but used neither as env nor as path", r.secret));
-    }
-    Ok(())
-}
-
-/// Checks a deployment's volumes: valid names, absolute plain paths, no name or
-/// path twice, and at most one replica when one is mounted read-write.
-pub fn validate_volumes(volumes: &[crate::types::VolumeMount], replicas: u32) -> Result<(), String> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut paths = std::collections::BTreeSet::new();
-    for v in volumes {
-        validate_name(&v.name).map_err(|e| format!("volume {e}"))?;
-        if !is_plain_abs_path(&v.path) {
-            return Err(format!("volume path {:?} must be an absolute directory path without '.' or '..'", v.path));
-        }
-        if !names.insert(&v.name) || !paths.insert(&v.path) {
-            return Err(format!("volume {} or its path {} is given twice", v.name, v.path));
-        }
-        if !v.read_only && replicas > 1 {
-            return Err(format!(
-                "volume {} is mounted read-write, which only one replica may do; use replicas: 1 or read_only: true",
-                v.name
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A volume lease guards read-write volumes; without one it would mean nothing.
-pub fn validate_volume_lease(lease: bool, volumes: &[crate::types::VolumeMount]) -> Result<(), String> {
-    if lease && volumes.iter().all(|v| v.read_only) {
-        return Err("volume_lease needs a volume mounted read-write".into());
-    }
-    Ok(())
-}
-
-fn is_plain_abs_path(path: &str) -> bool {
-    path.starts_with('/')
-        && path.len() <= 255
-        && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..")
-}
-
-/// Checks health checks: each sets exactly one of http, tcp or exec, with a path
-/// that starts with `/` and sane timing.
-pub fn validate_probes(p: &crate::types::Probes) -> Result<(), String> {
-    for (what, probe) in [("liveness", &p.liveness), ("readiness", &p.readiness), ("startup", &p.startup)] {
-        let Some(probe) = probe else { continue };
-        let kinds = probe.http.is_some() as u8 + probe.tcp.is_some() as u8 + probe.exec.is_some() as u8;
-        if kinds != 1 {
-            return Err(format!("{what} probe must set exactly one of http, tcp or exec"));
-        }
-        if let Some(h) = &probe.http
-            && (!h.path.starts_with('/') || h.path.len() > 1024 || h.path.chars().any(char::is_whitespace))
-        {
-            return Err(format!("{what} probe path {:?} must start with '/' and hold no spaces", h.path));
-        }
-        if probe.period_seconds == 0 || probe.timeout_seconds == 0 || probe.failure_threshold == 0 {
-            return Err(format!("{what} probe period, timeout and failure threshold must be at least 1"));
-        }
-        if probe.exec.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err(format!("{what} probe exec needs a command"));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a container's ports and network: ports 1-65535, no host port twice,
-/// and with `network: host` no host port other than the container's own.
-/// `image`: whether the workload is an image (ports and host networking are
-/// for containers only).
-pub fn validate_ports(
-    ports: &[crate::types::PortMapping],
-    network: crate::types::NetworkMode,
-    image: bool,
-) -> Result<(), String> {
-    use crate::types::NetworkMode;
-    if !image && (!ports.is_empty() || network != NetworkMode::Bridge) {
-        return Err("ports and network: host are for images; a Wasm workload has neither".into());
-    }
-    let mut held = std::collections::BTreeSet::new();
-    for p in ports {
-        if p.container_port == 0 || p.host_port == Some(0) {
-            return Err("ports must be 1-65535".into());
-        }
-        if network == NetworkMode::Host && p.host_port.is_some_and(|h| h != p.container_port) {
-            return Err(format!(
-                "with network: host the container's port {} is the node's port; drop host_port {} or make them equal",
-                p.container_port,
-                p.host_port.unwrap_or_default()
-            ));
-        }
-    }
-    for h in crate::types::host_ports(ports, network) {
-        if !held.insert(h) {
-            return Err(format!("host port {h} is given twice"));
-        }
-    }
-    Ok(())
-}
-
-/// A deployment name checked by [`validate_name`] as it is read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Name(pub String);
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        validate_name(&s).map_err(|m| refuse(&s, m))?;
-        Ok(Name(s))
-    }
-}
-
-fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Value {
-        Str(String),
-        Int(i64),
-        Float(f64),
-        Bool(bool),
-    }
-    let raw = BTreeMap::<String, Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| {
-            validate_env_key(&k).map_err(|m| refuse(&k, m))?;
-            let v = match v {
-                Value::Str(s) => s,
-                Value::Int(i) => i.to_string(),
-                Value::Float(f) => f.to_string(),
-                Value::Bool(b) => b.to_string(),
-            };
-            Ok((k, v))
-        })
-        .collect()
-}
-
-fn replica_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let n = u32::deserialize(d)?;
-    if n > MAX_REPLICAS {
-        return Err(refuse(n, format!("replicas must be at most {MAX_REPLICAS}, got {n}")));
-    }
-    Ok(Some(n))
-}
+use crate::spec::{Autoscale, Resources, UpdateStrategy, Workload, WorkloadSpec};
+use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+// Where callers of the API have always found the rules; they live in `validate`.
+pub use crate::validate::{
+    MAX_AUTOSCALE_WINDOW_SECONDS, MAX_REPLICAS, MAX_SECRET_BYTES, MAX_SPEC_ENTRIES, MAX_SPEC_TEXT_BYTES,
+    MAX_VALUE_BYTES, validate_allowed_host, validate_apply, validate_env_key, validate_name, validate_ports,
+    validate_probes, validate_secret, validate_secret_key, validate_secret_ref, validate_spec_sizes,
+    validate_volume_lease, validate_volumes,
+};
 
 /// What each replica requests.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -276,70 +62,242 @@ impl Default for ManifestResources {
 }
 
 /// One deployment as a manifest declares it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ManifestDeployment {
     /// The deployment's name.
-    pub name: Name,
-    /// Path to a `.wasm` file, relative to the manifest.
-    #[serde(default)]
-    pub wasm: Option<String>,
-    /// An OCI image reference.
-    #[serde(default)]
-    pub image: Option<String>,
+    pub name: String,
     /// Desired replicas; when absent, 1 for a new deployment, and an existing one
     /// keeps the count it has.
-    #[serde(default, deserialize_with = "replica_count")]
     pub replicas: Option<u32>,
-    /// Requests per replica.
-    #[serde(default)]
-    pub resources: ManifestResources,
-    /// Environment variables.
-    #[serde(default, deserialize_with = "env_map")]
-    pub env: BTreeMap<String, String>,
-    /// Arguments.
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Restart policy.
-    #[serde(default)]
-    pub restart: RestartPolicy,
-    /// Node labels required.
-    #[serde(default)]
-    pub constraints: BTreeMap<String, String>,
-    /// Secrets read as env vars or files.
-    #[serde(default)]
-    pub secrets: Vec<crate::types::SecretRef>,
     /// How a new revision replaces the old one.
-    #[serde(default)]
-    pub strategy: crate::types::UpdateStrategy,
-    /// Named node-local volumes.
-    #[serde(default)]
-    pub volumes: Vec<crate::types::VolumeMount>,
-    /// Health checks.
-    #[serde(default)]
-    pub probes: crate::types::Probes,
-    /// Hosts the replicas may call over HTTP.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// The port an image serves HTTP on, routed by the ingress.
-    #[serde(default)]
-    pub http_port: Option<u16>,
+    pub strategy: UpdateStrategy,
     /// Scaling by load between `min` and `max` replicas.
-    #[serde(default)]
-    pub autoscale: Option<crate::types::Autoscale>,
-    /// Ports an image listens on, published at `host_port` on its node.
-    #[serde(default)]
-    pub ports: Vec<crate::types::PortMapping>,
-    /// `bridge` (default) or `host`: the node's own network namespace.
-    #[serde(default)]
-    pub network: crate::types::NetworkMode,
-    /// SIGTERM to SIGKILL when a container stops (`10s`; default 5s).
-    #[serde(default)]
-    pub stop_grace_period: Option<crate::types::GracePeriod>,
-    /// Stop a replica whose node has lost the scheduler for the node grace
-    /// (see [`crate::types::WorkloadSpec::volume_lease`]).
-    #[serde(default)]
-    pub volume_lease: bool,
+    pub autoscale: Option<Autoscale>,
+    /// The template. Its workload is `Wasm(path)` with the path of the `.wasm`
+    /// file as written (relative to the manifest) until the CLI uploads it and
+    /// puts the digest there, or `Image(reference)`.
+    pub spec: WorkloadSpec,
+}
+
+impl ManifestDeployment {
+    /// The apply this deployment asks for.
+    pub fn request(&self) -> ApplyRequest {
+        ApplyRequest {
+            replicas: self.replicas,
+            spec: self.spec.clone(),
+            strategy: Some(self.strategy),
+            autoscale: self.autoscale,
+        }
+    }
+}
+
+/// The keys a manifest reads itself rather than through [`WorkloadSpec`].
+const OWN_KEYS: [&str; 7] = ["name", "wasm", "image", "replicas", "resources", "strategy", "autoscale"];
+
+/// The template's fields a manifest spells with its own keys (`wasm`/`image`,
+/// and `resources` with defaults).
+const SPEC_FIELDS_NOT_KEYS: [&str; 2] = ["workload", "resources"];
+
+/// The names of a derived struct's fields, as its `Deserialize` hands them to
+/// `deserialize_struct`: the spec's fields without a copy of the list.
+fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields(Option<&'static [&'static str]>);
+    impl<'de> Deserializer<'de> for &mut Fields {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = Some(fields);
+            Err(de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields = Fields(None);
+    let _ = T::deserialize(&mut fields);
+    fields.0.unwrap_or_default()
+}
+
+/// Every key a manifest document may hold, for "unknown field" errors.
+fn manifest_keys() -> &'static [&'static str] {
+    static KEYS: OnceLock<&'static [&'static str]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let spec = struct_fields::<WorkloadSpec>().iter().filter(|f| !SPEC_FIELDS_NOT_KEYS.contains(f));
+        let all: Vec<&'static str> = OWN_KEYS.iter().copied().chain(spec.copied()).collect();
+        Box::leak(all.into_boxed_slice())
+    })
+}
+
+/// A document key: one of [`OWN_KEYS`], or a template field.
+enum Key {
+    Own(&'static str),
+    Spec(&'static str),
+}
+
+/// Reads a key and says whose it is; an unknown key is refused here, so the
+/// error points at the key itself.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a manifest key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        if let Some(k) = OWN_KEYS.iter().find(|k| **k == key) {
+            return Ok(Key::Own(k));
+        }
+        match manifest_keys().iter().find(|k| **k == key) {
+            Some(k) => Ok(Key::Spec(k)),
+            None => Err(E::unknown_field(key, manifest_keys())),
+        }
+    }
+}
+
+/// The values of a document's own keys, as read so far.
+#[derive(Default)]
+struct Own {
+    name: Option<String>,
+    wasm: Option<String>,
+    image: Option<String>,
+    replicas: Option<u32>,
+    resources: Option<ManifestResources>,
+    strategy: Option<UpdateStrategy>,
+    autoscale: Option<Autoscale>,
+}
+
+impl Own {
+    /// Reads the value of own key `key` from `map`, where it stands (so its
+    /// errors carry its line and column).
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &'static str, map: &mut A) -> Result<(), A::Error> {
+        fn once<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+            slot: &mut Option<T>,
+            key: &'static str,
+            map: &mut A,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(key));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        match key {
+            "name" => once(&mut self.name, key, map),
+            "wasm" => once(&mut self.wasm, key, map),
+            "image" => once(&mut self.image, key, map),
+            "replicas" => once(&mut self.replicas, key, map),
+            "resources" => once(&mut self.resources, key, map),
+            "strategy" => once(&mut self.strategy, key, map),
+            _ => once(&mut self.autoscale, key, map),
+        }
+    }
+}
+
+/// The document's mapping as the template's `Deserialize` sees it: the template
+/// keys with their values read in place, the own keys taken aside, and at the
+/// end the two fields the manifest spells differently.
+struct Template<'a, A> {
+    map: &'a mut A,
+    own: &'a mut Own,
+    /// How many of [`SPEC_FIELDS_NOT_KEYS`] were handed over.
+    tail: usize,
+    /// The value of the last one handed over, until it is read.
+    tail_value: Option<serde_json::Value>,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Template<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        while let Some(key) = self.map.next_key_seed(KeySeed)? {
+            match key {
+                Key::Own(k) => self.own.read(k, self.map)?,
+                Key::Spec(k) => return seed.deserialize(k.into_deserializer()).map(Some),
+            }
+        }
+        let Some(&field) = SPEC_FIELDS_NOT_KEYS.get(self.tail) else { return Ok(None) };
+        self.tail += 1;
+        // A placeholder when neither or both of wasm and image are set: the
+        // check after reading says which.
+        let value = match field {
+            "workload" => match (&self.own.wasm, &self.own.image) {
+                (None, Some(image)) => serde_json::to_value(Workload::Image(image.clone())),
+                (wasm, _) => serde_json::to_value(Workload::Wasm(wasm.clone().unwrap_or_default())),
+            },
+            _ => {
+                let r = self.own.resources.clone().unwrap_or_default();
+                serde_json::to_value(Resources { cpu: r.cpu, memory: r.memory })
+            }
+        };
+        self.tail_value = Some(value.map_err(de::Error::custom)?);
+        seed.deserialize(field.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        match self.tail_value.take() {
+            Some(value) => seed.deserialize(value).map_err(de::Error::custom),
+            None => self.map.next_value_seed(seed),
+        }
+    }
+}
+
+impl<'de, A: MapAccess<'de>> Deserializer<'de> for Template<'_, A> {
+    type Error = A::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+        visitor.visit_map(self)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = (ManifestDeployment, [bool; 2]);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a deployment: a mapping with name and wasm or image")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut own = Own::default();
+        let spec = WorkloadSpec::deserialize(Template { map: &mut map, own: &mut own, tail: 0, tail_value: None })?;
+        let name = own.name.ok_or_else(|| de::Error::missing_field("name"))?;
+        let workloads = [own.wasm.is_some(), own.image.is_some()];
+        let d = ManifestDeployment {
+            name,
+            replicas: own.replicas,
+            strategy: own.strategy.unwrap_or_default(),
+            autoscale: own.autoscale,
+            spec,
+        };
+        Ok((d, workloads))
+    }
+}
+
+/// A document as read, before the rules: the deployment, and
+/// which of wasm and image it set.
+struct Document((ManifestDeployment, [bool; 2]));
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(DocumentVisitor).map(Document)
+    }
 }
 
 /// A manifest that could not be read, with where.
@@ -365,139 +323,9 @@ impl ManifestError {
 
 /// The largest manifest read, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
-/// Most entries in each list or map of a spec (env, args, constraints, secrets,
-/// allowed hosts, volumes, ports).
-pub const MAX_SPEC_ENTRIES: usize = 256;
-/// The longest value of one env variable, argument, label or constraint.
-pub const MAX_VALUE_BYTES: usize = 32 << 10;
-/// The most env and args bytes of one spec together.
-pub const MAX_SPEC_TEXT_BYTES: usize = 256 << 10;
 
-/// Refuses a spec with more entries or longer values than skiff carries: every
-/// revision is stored, sent to nodes and shown, so its size is bounded.
-pub fn validate_spec_sizes(spec: &crate::types::WorkloadSpec) -> Result<(), String> {
-    let counts = [
-        ("env", spec.env.len()),
-        ("args", spec.args.len()),
-        ("constraints", spec.constraints.len()),
-        ("secrets", spec.secrets.len()),
-        ("allowed_hosts", spec.allowed_hosts.len()),
-        ("volumes", spec.volumes.len()),
-        ("ports", spec.ports.len()),
-    ];
-    for (what, n) in counts {
-        if n > MAX_SPEC_ENTRIES {
-            return Err(format!("{what} has {n} entries; at most {MAX_SPEC_ENTRIES} are allowed"));
-        }
-    }
-    let values = spec
-        .env
-        .iter()
-        .map(|(k, v)| (format!("env {k}"), v))
-        .chain(spec.args.iter().enumerate().map(|(i, a)| (format!("argument {}", i + 1), a)))
-        .chain(spec.constraints.iter().map(|(k, v)| (format!("constraint {k}"), v)));
-    let mut total = 0;
-    for (what, v) in values {
-        if v.len() > MAX_VALUE_BYTES {
-            return Err(format!("{what} is {} bytes long; at most {MAX_VALUE_BYTES} are allowed", v.len()));
-        }
-        total += v.len();
-    }
-    total += spec.env.keys().chain(spec.constraints.keys()).map(String::len).sum::<usize>();
-    if total > MAX_SPEC_TEXT_BYTES {
-        return Err(format!(
-            "env, args and constraints hold {total} bytes together; at most {MAX_SPEC_TEXT_BYTES} are allowed \
-             (put large configuration in a secret file or a volume)"
-        ));
-    }
-    for k in spec.constraints.keys() {
-        if k.is_empty() || k.len() > 253 {
-            return Err(format!("constraint key {k:?} must be 1 to 253 characters"));
-        }
-    }
-    Ok(())
-}
-
-/// The longest autoscale window (`window_seconds` and both stabilizations): the
-/// scheduler keeps this much usage history.
-pub const MAX_AUTOSCALE_WINDOW_SECONDS: u32 = 600;
-
-/// Checks an apply as the scheduler does once its replica count is settled
-/// (`req.replicas` absent counts as 1): everything a manifest checks, plus sizes
-/// and resources. One copy for the server and the fuzzers.
-pub fn validate_apply(name: &str, req: &crate::types::ApplyRequest) -> Result<(), String> {
-    let replicas = req.replicas.unwrap_or(1);
-    validate_volumes(&req.spec.volumes, replicas)
-        .and_then(|()| validate_volume_lease(req.spec.volume_lease, &req.spec.volumes))?;
-    validate_probes(&req.spec.probes)?;
-    validate_spec_sizes(&req.spec)?;
-    let image = matches!(req.spec.workload, crate::types::Workload::Image(_));
-    validate_ports(&req.spec.ports, req.spec.network, image)?;
-    if let Some(a) = &req.autoscale {
-        a.validate()?;
-        let longest = a.window_seconds.max(a.stabilization_seconds).max(a.scale_up_stabilization_seconds);
-        if longest > MAX_AUTOSCALE_WINDOW_SECONDS {
-            return Err(format!(
-                "autoscale windows must be at most {MAX_AUTOSCALE_WINDOW_SECONDS} seconds, got {longest}"
-            ));
-        }
-        validate_volumes(&req.spec.volumes, a.max)?;
-    }
-    for r in &req.spec.secrets {
-        validate_secret_ref(r)?;
-    }
-    validate_name(name)?;
-    if replicas > MAX_REPLICAS {
-        return Err(format!("replicas must be at most {MAX_REPLICAS}, got {replicas}"));
-    }
-    let res = req.spec.resources;
-    if res.cpu.0 == 0 || res.memory.0 < (1 << 20) {
-        return Err("resources must request at least 1m of cpu and 1Mi of memory".into());
-    }
-    for k in req.spec.env.keys() {
-        validate_env_key(k)?;
-    }
-    for h in &req.spec.allowed_hosts {
-        validate_allowed_host(h)?;
-    }
-    Ok(())
-}
-
-/// Largest secret, keys and values together.
-pub const MAX_SECRET_BYTES: usize = 256 << 10;
-
-/// Secret keys become file names: letters, digits, `.`, `_` and `-`, not starting with `.`.
-pub fn validate_secret_key(key: &str) -> Result<(), String> {
-    let ok = !key.is_empty()
-        && key.len() <= 253
-        && !key.starts_with('.')
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("secret key {key:?} must be letters, digits, '.', '_' and '-', not starting with '.'"))
-    }
-}
-
-/// Checks a secret as the scheduler does before sealing it: a valid name, at
-/// least one key, keys that are file names, and at most [`MAX_SECRET_BYTES`].
-pub fn validate_secret(name: &str, req: &crate::types::SecretRequest) -> Result<(), String> {
-    validate_name(name).map_err(|e| format!("secret {e}"))?;
-    if req.data.is_empty() {
-        return Err("a secret needs at least one key: --from-literal K=V or --from-file K=PATH".into());
-    }
-    let mut total = 0;
-    for (k, v) in &req.data {
-        validate_secret_key(k)?;
-        total += k.len() + v.len();
-    }
-    if total > MAX_SECRET_BYTES {
-        return Err(format!("secret {name} holds {total} bytes; at most {MAX_SECRET_BYTES}"));
-    }
-    Ok(())
-}
-
-/// Reads every deployment in a YAML text of one or more documents.
+/// Reads every deployment in a YAML text of one or more documents, and checks
+/// each as the server will (`validate::apply`).
 pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestError> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(plain(format!(
@@ -505,82 +333,122 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
             text.len()
         )));
     }
-    REFUSED.with(|r| r.borrow_mut().take());
-    let mut deployments = Vec::new();
+    let mut read = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        match Option::<ManifestDeployment>::deserialize(doc) {
-            Ok(Some(d)) => deployments.push(d),
+        match Option::<Document>::deserialize(doc) {
+            Ok(Some(Document(d))) => read.push(d),
             Ok(None) => {}
-            Err(e) => return Err(locate_refused(text, yaml_error(e))),
+            Err(e) => return Err(relocate(text, yaml_error(e))),
         }
     }
-    if deployments.is_empty() {
-        return Err(ManifestError { line: None, column: None, message: "manifest holds no deployment".into() });
+    if read.is_empty() {
+        return Err(plain("manifest holds no deployment".into()));
     }
+    let documents = documents(text);
     let mut seen = std::collections::BTreeSet::new();
-    for d in &deployments {
-        match (&d.wasm, &d.image) {
-            (Some(_), Some(_)) => {
-                return Err(plain(format!("deployment {:?}: set either wasm or image, not both", d.name.0)));
-            }
-            (None, None) => return Err(plain(format!("deployment {:?}: set wasm (a .wasm file) or image", d.name.0))),
+    let mut deployments = Vec::new();
+    for (i, (d, workloads)) in read.into_iter().enumerate() {
+        let name = &d.name;
+        match workloads {
+            [true, true] => return Err(plain(format!("deployment {name:?}: set either wasm or image, not both"))),
+            [false, false] => return Err(plain(format!("deployment {name:?}: set wasm (a .wasm file) or image"))),
             _ => {}
         }
-        validate_volumes(&d.volumes, d.replicas.unwrap_or(1))
-            .and_then(|()| validate_volume_lease(d.volume_lease, &d.volumes))
-            .map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
-        validate_probes(&d.probes).map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
-        if let Some(a) = &d.autoscale {
-            a.validate().map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
+        if let Err(e) = crate::validate::apply(name, &d.request()) {
+            let place = e
+                .value
+                .as_deref()
+                .and_then(|v| documents.get(i).and_then(|&(from, to)| find_token(text, v, from, 0, to)));
+            return Err(match place {
+                Some((line, column)) => ManifestError { line: Some(line), column: Some(column), message: e.message },
+                None => plain(format!("deployment {name:?}: {}", e.message)),
+            });
         }
-        validate_ports(&d.ports, d.network, d.image.is_some())
-            .map_err(|e| plain(format!("deployment {:?}: {e}", d.name.0)))?;
-        if d.stop_grace_period.is_some() && d.image.is_none() {
-            return Err(plain(format!(
-                "deployment {:?}: stop_grace_period is for images; a Wasm replica stops at once",
-                d.name.0
-            )));
+        if !seen.insert(name.clone()) {
+            return Err(plain(format!("deployment {name:?} appears twice in the manifest")));
         }
-        match d.http_port {
-            Some(0) => return Err(plain(format!("deployment {:?}: http_port must be 1-65535", d.name.0))),
-            Some(_) if d.image.is_none() => {
-                return Err(plain(format!(
-                    "deployment {:?}: http_port is for images; a Wasm HTTP component is served without one",
-                    d.name.0
-                )));
-            }
-            _ => {}
-        }
-        if !seen.insert(d.name.0.clone()) {
-            return Err(plain(format!("deployment {:?} appears twice in the manifest", d.name.0)));
-        }
+        deployments.push(d);
     }
     Ok(deployments)
 }
 
-/// Moves a custom error from its mapping's start to the refused value, found as a
-/// whole token on or after the reported line.
-fn locate_refused(text: &str, mut err: ManifestError) -> ManifestError {
-    // An empty value is found everywhere (and `find("")` never moves on): keep
-    // the mapping's place.
-    let Some(value) = REFUSED.with(|r| r.borrow_mut().take()).filter(|v| !v.is_empty()) else { return err };
-    let from = err.line.unwrap_or(1);
-    for (i, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
-        let mut start = 0;
-        while let Some(pos) = line[start..].find(value.as_str()) {
+/// The lines (0-based, end exclusive) of each document that holds something:
+/// documents are split at `---` lines. Used only to point at a refused value,
+/// so a document this misjudges (one holding only `null`) costs a line number,
+/// never a wrong answer.
+fn documents(text: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut bounds = Vec::new();
+    let mut start = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if *l == "---" || l.starts_with("--- ") {
+            bounds.push((start, i));
+            start = i;
+        }
+    }
+    bounds.push((start, lines.len()));
+    let holds = |&(from, to): &(usize, usize)| {
+        lines[from..to].iter().any(|l| {
+            let l = l.trim_start_matches("---").trim();
+            !l.is_empty() && !l.starts_with('#') && l != "..."
+        })
+    };
+    bounds.into_iter().filter(holds).collect()
+}
+
+/// Where `value` first stands as a whole token in `text`, from line `from`
+/// (0-based) and `column` (0-based, on that line only) up to line `to`: 1-based
+/// line and column.
+fn find_token(text: &str, value: &str, from: usize, column: usize, to: usize) -> Option<(usize, usize)> {
+    // An empty value is found everywhere (and `find("")` never moves on).
+    if value.is_empty() {
+        return None;
+    }
+    for (i, line) in text.lines().enumerate().take(to).skip(from) {
+        let mut start = if i == from { line.char_indices().nth(column).map_or(line.len(), |(b, _)| b) } else { 0 };
+        while let Some(pos) = line[start..].find(value) {
             let at = start + pos;
             let before = line[..at].chars().next_back();
             let after = line[at + value.len()..].chars().next();
             let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-'));
             if boundary(before) && boundary(after) {
-                err.line = Some(i + 1);
-                err.column = Some(line[..at].chars().count() + 1);
-                return err;
+                return Some((i + 1, line[..at].chars().count() + 1));
             }
             start = at + value.len();
         }
     }
+    None
+}
+
+/// serde_norway places an error that a type's `Deserialize` raises after
+/// reading its value (a quantity or a grace period that does not parse) at
+/// the start of the enclosing mapping. Those messages quote the value first
+/// (`invalid memory quantity "64m": ...`); this moves the error to it, found
+/// as a whole token from where the error was placed. An error already at its
+/// value stays there.
+fn relocate(text: &str, mut err: ManifestError) -> ManifestError {
+    let (Some(line), Some(column)) = (err.line, err.column) else { return err };
+    let Some(value) = first_quoted(&err.message) else { return err };
+    if let Some((l, c)) = find_token(text, &value, line - 1, column - 1, usize::MAX) {
+        err.line = Some(l);
+        err.column = Some(c);
+    }
     err
+}
+
+/// The first string quoted as Rust's `{:?}` quotes it, unescaped (`\"`, `\\`).
+fn first_quoted(message: &str) -> Option<String> {
+    let rest = &message[message.find('"')? + 1..];
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 fn plain(message: String) -> ManifestError {
@@ -608,7 +476,7 @@ mod tests {
                 .iter()
                 .map(|d| {
                     let n = d.replicas.map_or("-".to_string(), |n| n.to_string());
-                    format!("{} x{n} {:?}\n", d.name.0, d.resources)
+                    format!("{} x{n} {}\n", d.name, d.spec.resources)
                 })
                 .collect(),
             Err(e) => format!("error: {e}"),
@@ -656,8 +524,8 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplicas: 3\nresources: {cpu: 250m, memory: 1Gi}\n---\nname: b\nwasm: b.wasm\n---\n",
             expect![[r#"
-                a x3 ManifestResources { cpu: Cpu(250), memory: Memory(1073741824) }
-                b x- ManifestResources { cpu: Cpu(100), memory: Memory(67108864) }
+                a x3 cpu 250m, memory 1Gi
+                b x- cpu 100m, memory 64Mi
             "#]],
         );
     }
@@ -666,16 +534,16 @@ mod tests {
     fn ports_network_and_stop_grace_period() {
         let yaml = "name: web\nimage: web\nports: [{container_port: 80, host_port: 8081}, {container_port: 53, protocol: udp}]\nstop_grace_period: 10s\n";
         let d = &parse_manifest(yaml).expect("manifest")[0];
-        assert_eq!(d.ports.len(), 2);
-        assert_eq!(d.ports[0].host_port, Some(8081));
-        assert_eq!(d.ports[1].protocol, crate::types::Protocol::Udp);
-        assert_eq!(d.stop_grace_period, Some(crate::types::GracePeriod(10_000)));
+        assert_eq!(d.spec.ports.len(), 2);
+        assert_eq!(d.spec.ports[0].host_port, Some(8081));
+        assert_eq!(d.spec.ports[1].protocol, crate::types::Protocol::Udp);
+        assert_eq!(d.spec.stop_grace_period, Some(crate::types::GracePeriod(10_000)));
         let host = &parse_manifest(
             "name: h\nimage: h\nnetwork: host\nports: [{container_port: 8080}]\nstop_grace_period: 1500ms\n",
         )
         .expect("manifest")[0];
-        assert_eq!(host.network, crate::types::NetworkMode::Host);
-        assert_eq!(host.stop_grace_period.map(|g| g.to_string()).as_deref(), Some("1500ms"));
+        assert_eq!(host.spec.network, crate::types::NetworkMode::Host);
+        assert_eq!(host.spec.stop_grace_period.map(|g| g.to_string()).as_deref(), Some("1500ms"));
         check(
             "name: w\nimage: w\nstop_grace_period: 11m\n",
             expect![[r#"error: line 3 column 20: stop grace period "11m" is too long; at most 10m"#]],
@@ -703,7 +571,7 @@ mod tests {
     #[test]
     fn http_port_is_for_images() {
         let ok = parse_manifest("name: web\nimage: localhost:5000/web:1\nhttp_port: 8080\n").expect("manifest");
-        assert_eq!(ok[0].http_port, Some(8080));
+        assert_eq!(ok[0].spec.http_port, Some(8080));
         let err = parse_manifest("name: web\nwasm: web.wasm\nhttp_port: 8080\n").expect_err("wasm with a port");
         assert!(err.to_string().contains("http_port is for images"), "{err}");
         let err = parse_manifest("name: web\nimage: web\nhttp_port: 0\n").expect_err("port 0");
@@ -729,7 +597,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `env`, `args`, `restart`, `constraints`, `secrets`, `strategy`, `volumes`, `probes`, `allowed_hosts`, `http_port`, `autoscale`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
             ],
         );
         check(
@@ -782,6 +650,38 @@ mod tests {
         check(
             "name: a\nwasm: x\nreplicas: 1000000\n",
             expect!["error: line 3 column 11: replicas must be at most 100000, got 1000000"],
+        );
+    }
+
+    #[test]
+    fn an_apply_is_held_to_the_manifest_rules() {
+        // Before validate.rs, only parse_manifest knew these; an API client could
+        // store http_port 0, or a port or a grace period on a Wasm workload.
+        let req = |spec: serde_json::Value| -> crate::types::ApplyRequest {
+            serde_json::from_value(serde_json::json!({ "spec": spec })).expect("apply")
+        };
+        let res = serde_json::json!({ "cpu": "100m", "memory": "64Mi" });
+        let image = req(serde_json::json!({ "workload": { "image": "web" }, "resources": res, "http_port": 0 }));
+        assert_eq!(validate_apply("web", &image), Err("http_port must be 1-65535".into()));
+        let wasm = req(serde_json::json!({ "workload": { "wasm": "sha256:00" }, "resources": res, "http_port": 80 }));
+        assert!(validate_apply("web", &wasm).unwrap_err().contains("http_port is for images"));
+        let grace = req(
+            serde_json::json!({ "workload": { "wasm": "sha256:00" }, "resources": res, "stop_grace_period": "3s" }),
+        );
+        assert!(validate_apply("web", &grace).unwrap_err().contains("stop_grace_period is for images"));
+        // And a manifest's document is the same spec: env values are text, any
+        // spec field is a key.
+        let d = &parse_manifest("name: a\nimage: a\nenv: {N: 1, B: true}\nhttp_port: 80\nargs: [x]\n")
+            .expect("manifest")[0];
+        assert_eq!(d.spec.env.get("N").map(String::as_str), Some("1"));
+        assert_eq!(d.spec.env.get("B").map(String::as_str), Some("true"));
+        assert_eq!((d.spec.http_port, d.spec.args.as_slice()), (Some(80), ["x".to_string()].as_slice()));
+        assert_eq!(d.spec.workload, crate::types::Workload::Image("a".into()));
+        check(
+            "name: a\nwasm: a.wasm\nallowed_hosts: [ok.example.com, \"http://x\"]\n",
+            expect![[
+                r#"error: line 3 column 34: allowed host "http://x" has a scheme or a path; write a host such as api.example.com[:8080]"#
+            ]],
         );
     }
 }

@@ -159,7 +159,8 @@ macro_rules! quantity_newtype {
                     Raw::Float(f) => f.to_string(),
                     Raw::Str(s) => s,
                 };
-                $parse(&text).map($name).map_err(|e| crate::manifest::refuse(&text, e.to_string()))
+                // The message quotes the text, which is how a manifest finds its place.
+                $parse(&text).map($name).map_err(serde::de::Error::custom)
             }
         }
     };

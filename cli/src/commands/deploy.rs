@@ -121,7 +121,7 @@ pub struct DeployArgs {
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_host: Vec<String>,
     /// The port an --image serves HTTP on; the ingress routes NAME.skiff.local to it
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", requires = "image", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Publish an --image's port on its node, HOSTPORT:PORT[/udp] (repeatable); at
     /// most one replica per node can hold a host port
@@ -200,20 +200,10 @@ fn parse_secret_refs(env: &[String], dirs: &[String]) -> anyhow::Result<Vec<skif
         };
         entry(&mut refs, secret).path = Some(dir.to_string());
     }
-    for r in refs.values() {
-        skiff_api::manifest::validate_secret_ref(r).map_err(anyhow::Error::msg)?;
-    }
     Ok(refs.into_values().collect())
 }
 
 pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
-    skiff_api::manifest::validate_name(&args.name).map_err(anyhow::Error::msg).context("--name")?;
-    if let Some(n) = args.replicas.filter(|n| *n > skiff_api::manifest::MAX_REPLICAS) {
-        bail!("--replicas must be at most {}, got {n}", skiff_api::manifest::MAX_REPLICAS);
-    }
-    if args.port.is_some() && args.image.is_none() {
-        bail!("--port is for --image; a Wasm HTTP component is served without one");
-    }
     let network = skiff_api::NetworkMode::from(args.network);
     let mut ports = args.publish.clone();
     if network == skiff_api::NetworkMode::Host {
@@ -224,25 +214,22 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
             }
         }
     }
-    skiff_api::manifest::validate_ports(&ports, network, args.image.is_some())
-        .map_err(|e| anyhow::anyhow!("--publish/--network: {e}"))?;
     let image = args.image.is_some();
-    let env = parse_env(&args.env)?;
-    let constraints = parse_labels("--label-selector", &args.label_selector)?;
-    // The scheduler pins an image reference to the imported manifest's digest.
+    // The file's path until it is uploaded; the scheduler pins an image
+    // reference to the imported manifest's digest.
     let workload = match (&args.file, &args.image) {
-        (Some(file), _) => Workload::Wasm(upload(client, file, read_wasm(file)?).await?),
+        (Some(file), _) => Workload::Wasm(file.display().to_string()),
         (None, Some(image)) => Workload::Image(image.trim().to_string()),
         (None, None) => bail!("give a .wasm file or --image NAME[:TAG]"),
     };
     let spec = WorkloadSpec {
         workload,
         resources: Resources { cpu: args.cpu, memory: args.memory },
-        env,
+        env: parse_env(&args.env)?,
         args: args.args,
         restart: args.restart.into(),
-        constraints,
-        allowed_hosts: args.allow_host.clone(),
+        constraints: parse_labels("--label-selector", &args.label_selector)?,
+        allowed_hosts: args.allow_host,
         volumes: parse_volumes(&args.volume)?,
         probes: Default::default(),
         secrets: parse_secret_refs(&args.secret_env, &args.secret_dir)?,
@@ -253,16 +240,16 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         stop_grace_period: image.then_some(args.stop_grace_period).filter(|g| *g != skiff_api::GracePeriod::DEFAULT),
         volume_lease: args.volume_lease,
     };
-    let request = spec.clone();
-    let (revision, replicas) = apply_one(client, &args.name, args.replicas, spec, None, None).await?;
-    if replicas > 0 {
-        warn_if_no_node_fits(client, &args.name, &request).await;
-    }
-    if args.wait {
-        let deadline = tokio::time::Instant::now() + args.timeout;
-        wait_running(client, &args.name, revision, replicas, deadline, args.timeout).await?;
-    }
-    Ok(())
+    let request = ApplyRequest { replicas: args.replicas, spec, strategy: None, autoscale: None };
+    let wasm = match args.file {
+        Some(file) => {
+            let bytes = read_wasm(&file)?;
+            Some((file, bytes))
+        }
+        None => None,
+    };
+    let wait = args.wait.then_some(args.timeout);
+    apply_all(client, vec![Prepared { name: args.name, request, wasm }], wait, "").await
 }
 
 pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
@@ -275,54 +262,63 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     // Read every artifact before changing anything, so that a typo in the third
     // deployment does not leave the first two applied.
     let mut prepared = Vec::new();
-    for d in &manifest {
-        let wasm = match &d.wasm {
-            Some(rel) => {
+    for d in manifest {
+        let wasm = match &d.spec.workload {
+            Workload::Wasm(rel) => {
                 let path = base.join(rel);
-                let bytes = read_wasm(&path).with_context(|| format!("{}: deployment {}", file.display(), d.name.0))?;
+                let bytes = read_wasm(&path).with_context(|| format!("{}: deployment {}", file.display(), d.name))?;
                 Some((path, bytes))
             }
-            None => None,
+            Workload::Image(_) => None,
         };
-        prepared.push((d, wasm));
+        prepared.push(Prepared { request: d.request(), name: d.name, wasm });
     }
+    let wait = args.wait.then_some(args.timeout);
+    apply_all(client, prepared, wait, &format!("{}: ", file.display())).await
+}
 
-    let mut applied = Vec::new();
-    for (d, wasm) in prepared {
-        let workload = match (wasm, &d.image) {
-            (Some((path, bytes)), _) => Workload::Wasm(upload(client, &path, bytes).await?),
-            (None, Some(image)) => Workload::Image(image.clone()),
-            (None, None) => bail!("{}: deployment {}: set wasm or image", file.display(), d.name.0),
-        };
-        let spec = WorkloadSpec {
-            workload,
-            resources: Resources { cpu: d.resources.cpu, memory: d.resources.memory },
-            env: d.env.clone(),
-            args: d.args.clone(),
-            restart: d.restart,
-            constraints: d.constraints.clone(),
-            allowed_hosts: d.allowed_hosts.clone(),
-            volumes: d.volumes.clone(),
-            probes: d.probes.clone(),
-            secrets: d.secrets.clone(),
-            http_port: d.http_port,
-            ports: d.ports.clone(),
-            network: d.network,
-            stop_grace_period: d.stop_grace_period,
-            volume_lease: d.volume_lease,
-        };
-        let request = spec.clone();
-        let (revision, replicas) =
-            apply_one(client, &d.name.0, d.replicas, spec, Some(d.strategy), d.autoscale).await?;
-        if replicas > 0 {
-            warn_if_no_node_fits(client, &d.name.0, &request).await;
-        }
-        applied.push((d.name.0.clone(), revision, replicas));
+/// One deployment ready to apply: its request, and the Wasm file to upload
+/// first (its digest then becomes the workload).
+struct Prepared {
+    name: String,
+    request: ApplyRequest,
+    wasm: Option<(PathBuf, Vec<u8>)>,
+}
+
+/// The one apply path of `deploy` and `apply`: checks every deployment as the
+/// scheduler will before anything is uploaded, then uploads, applies, warns when
+/// no node fits, and with `wait` (the timeout) waits for each.
+async fn apply_all(
+    client: &Client,
+    prepared: Vec<Prepared>,
+    wait: Option<Duration>,
+    source: &str,
+) -> anyhow::Result<()> {
+    for p in &prepared {
+        skiff_api::validate::apply(&p.name, &p.request)
+            .map_err(|e| anyhow::anyhow!("{source}deployment {}: {}", p.name, e.message))?;
     }
-    if args.wait {
-        let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut applied = Vec::new();
+    for Prepared { name, mut request, wasm } in prepared {
+        if let Some((path, bytes)) = wasm {
+            request.spec.workload = Workload::Wasm(upload(client, &path, bytes).await?);
+        }
+        let resp = client.apply(&name, &request).await.with_context(|| format!("deployment {name}"))?;
+        let outcome = match resp.outcome {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Updated => "updated",
+            ApplyOutcome::Unchanged => "unchanged",
+        };
+        println!("deployment {name} {outcome} (revision {})", resp.deployment.revision);
+        if resp.deployment.replicas > 0 {
+            warn_if_no_node_fits(client, &name, &request.spec).await;
+        }
+        applied.push((name, resp.deployment.revision, resp.deployment.replicas));
+    }
+    if let Some(timeout) = wait {
+        let deadline = tokio::time::Instant::now() + timeout;
         for (name, revision, replicas) in applied {
-            wait_running(client, &name, revision, replicas, deadline, args.timeout).await?;
+            wait_running(client, &name, revision, replicas, deadline, timeout).await?;
         }
     }
     Ok(())
@@ -354,28 +350,6 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<
         tracing::info!("uploaded {} as {digest}", path.display());
     }
     Ok(digest)
-}
-
-/// Applies one deployment and prints what happened; returns its revision and count.
-async fn apply_one(
-    client: &Client,
-    name: &str,
-    replicas: Option<u32>,
-    spec: WorkloadSpec,
-    strategy: Option<skiff_api::UpdateStrategy>,
-    autoscale: Option<skiff_api::Autoscale>,
-) -> anyhow::Result<(u64, u32)> {
-    let resp = client
-        .apply(name, &ApplyRequest { replicas, spec, strategy, autoscale })
-        .await
-        .with_context(|| format!("deployment {name}"))?;
-    let outcome = match resp.outcome {
-        ApplyOutcome::Created => "created",
-        ApplyOutcome::Updated => "updated",
-        ApplyOutcome::Unchanged => "unchanged",
-    };
-    println!("deployment {name} {outcome} (revision {})", resp.deployment.revision);
-    Ok((resp.deployment.revision, resp.deployment.replicas))
 }
 
 /// Tells the user at once when no node could ever hold one replica, rather than
