@@ -82,6 +82,9 @@ pub struct NodeConfig {
     pub ingress_advertise: Option<String>,
     /// How HTTP components are served (deadline, concurrency, host suffix).
     pub http: http::HttpConfig,
+    /// What a clean stop ([`run_until`]) does with the containers: leave them
+    /// running for the next daemon to adopt, or stop and remove them.
+    pub containers_on_exit: container::OnExit,
 }
 
 /// How often old replica logs are looked for, and how old they must be to go.
@@ -91,6 +94,12 @@ const LOG_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Runs the node daemon until a fatal error (a rejected join token, a port that
 /// cannot be bound). Dropping the future stops every replica.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    run_until(config, std::future::pending()).await
+}
+
+/// [`run`] until `stop` resolves too: then the node stops cleanly, its
+/// containers left running or removed as `config.containers_on_exit` says.
+pub async fn run_until(config: NodeConfig, stop: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
     skiff_api::manifest::validate_name(&config.name).map_err(|e| anyhow::anyhow!("invalid node name: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
@@ -156,10 +165,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let endpoints_client = client.clone();
     let containers = {
         let (dir, wanted, network) = (config.data_dir.clone(), config.oci_runtime.clone(), config.container_network);
-        let insecure = config.insecure_registries.clone();
+        let (insecure, on_exit) = (config.insecure_registries.clone(), config.containers_on_exit);
         tokio::task::spawn_blocking(move || {
             container::ContainerRuntime::start(&dir, wanted.as_deref(), network)
-                .map(|c| c.with_insecure_registries(insecure))
+                .map(|c| c.with_insecure_registries(insecure).with_on_exit(on_exit))
         })
         .await
         .unwrap_or_else(|e| Err(format!("the container runtime's start-up task failed: {e}")))
@@ -175,6 +184,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             None
         }
     };
+    let exiting = containers.clone();
     let runtimes = runtimes::Runtimes::new(&config.data_dir, wasm, Some(http_runtime), containers)?;
     let ctx = Arc::new(supervisor::Context {
         runtimes: Arc::new(runtimes),
@@ -236,7 +246,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     drop(agent);
 
-    match tasks.join_next().await {
+    let ended = tokio::select! {
+        ended = tasks.join_next() => ended,
+        () = stop => None,
+    };
+    // The containers' exit holds from before their supervisors go (with the
+    // agent, as the tasks end) until every teardown is done.
+    if let Some(c) = &exiting {
+        c.begin_exit();
+    }
+    tasks.shutdown().await;
+    if let Some(c) = exiting {
+        let _ = tokio::task::spawn_blocking(move || c.finish_exit()).await;
+    }
+    match ended {
         Some(Ok(result)) => result,
         Some(Err(e)) => Err(anyhow::anyhow!("a node task failed: {e}")),
         None => Ok(()),

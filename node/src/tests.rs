@@ -555,6 +555,7 @@ async fn the_agent_converges_reregisters_and_serves_logs() {
         ingress: Some("127.0.0.1:0".parse().expect("addr")),
         ingress_advertise: None,
         http: Default::default(),
+        containers_on_exit: Default::default(),
     };
     let node = tokio::spawn(crate::run(config));
     wait_for("node.addr", || data.join("node.addr").is_file()).await;

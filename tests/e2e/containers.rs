@@ -81,7 +81,7 @@ fn write_tar(path: &Path, files: &[(String, Vec<u8>)]) {
 /// An OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`), as
 /// `skopeo copy … oci-archive:` writes it, and a `docker save` archive of the
 /// same layers.
-fn build_images(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn build_images(dir: &Path) -> (PathBuf, PathBuf) {
     let (l1, l2) = layers();
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
     gz.write_all(&l2).expect("gzip");
@@ -169,7 +169,7 @@ fn runc(state: &Path, args: &[&str]) -> String {
 }
 
 /// The host pid of a running container.
-fn container_pid(state: &Path, id: &str) -> Option<u64> {
+pub(crate) fn container_pid(state: &Path, id: &str) -> Option<u64> {
     let v: Value = serde_json::from_str(&runc(state, &["state", id])).ok()?;
     if v["status"] != "running" {
         return None;
@@ -177,12 +177,12 @@ fn container_pid(state: &Path, id: &str) -> Option<u64> {
     v["pid"].as_u64().filter(|p| *p > 0)
 }
 
-fn runc_ids(state: &Path) -> Vec<String> {
+pub(crate) fn runc_ids(state: &Path) -> Vec<String> {
     runc(state, &["list", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 /// Mount points under `dir`, from /proc/mounts.
-fn mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let prefix = dir.to_string_lossy().into_owned();
     text.lines()
@@ -192,7 +192,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn cgroups_of(id: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroups_of(id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
         let p = e.path().join("skiff").join(id);
@@ -241,9 +241,9 @@ impl Drop for NetNs {
 
 /// Removes whatever containers, mounts and cgroups the node left when the test
 /// ends, passed or failed (declared before the node so it drops after it).
-struct Janitor {
-    state: PathBuf,
-    data: PathBuf,
+pub(crate) struct Janitor {
+    pub(crate) state: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 impl Drop for Janitor {
@@ -761,6 +761,66 @@ fn a_restarted_node_daemon_adopts_its_containers_and_removes_the_unwanted() {
         assert!(log.contains("stopping on TERM"), "SIGTERM came first: {log}");
         assert!(!log.contains("too late"), "SIGKILL came after the 1s grace: {log}");
     }
+}
+
+/// SIGTERM to the node daemon and waits for it to exit; its log.
+fn stop_node(s: &mut Setup) -> String {
+    let mut n = s.node.take().expect("the node runs");
+    let pid = n.pid().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|st| st.success()), "kill -TERM {pid}");
+    wait_for(Duration::from_secs(60), "the node to exit after SIGTERM", || {
+        if n.alive() { Err(n.log_tail(5)) } else { Ok(()) }
+    });
+    std::fs::read_to_string(s.dir.path().join("node.log")).unwrap_or_default()
+}
+
+/// Item 6 of issue 16: a `skiff node` stopped cleanly leaves its containers
+/// running and says so; started again it adopts them. With
+/// `--stop-containers-on-exit` a clean stop removes everything they held.
+#[test]
+fn a_node_stopped_cleanly_keeps_its_containers_unless_told_to_stop_them() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
+        return;
+    }
+    let mut s = Setup::start_with(Some(NetNs::new()), &["--node-grace", "15s"]);
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    s.cli(&["deploy", "--image", "busybox", "--name", "kept", "--arg", "/bin/sleep", "--arg", "3600"]);
+    let id = s.wait_running("kept", 1).remove(0);
+    let pid = wait_for(Duration::from_secs(30), "the container's process", || {
+        container_pid(&s.state, &id).ok_or_else(|| "not yet".to_string())
+    });
+
+    let log = stop_node(&mut s);
+    let last: Vec<&str> = log.lines().rev().take(5).collect();
+    assert!(last.iter().any(|l| l.contains("left 1 container(s) running")), "the last lines say so: {last:?}");
+    assert_eq!(container_pid(&s.state, &id), Some(pid), "the container outlives a clean stop");
+
+    s.start_node();
+    wait_for(Duration::from_secs(30), "the container adopted", || {
+        let logs = s.logs("kept");
+        if logs.contains("adopted the running container") { Ok(()) } else { Err(logs) }
+    });
+    assert_eq!(container_pid(&s.state, &id), Some(pid));
+
+    // Told to stop its containers on exit, a clean stop leaves nothing.
+    stop_node(&mut s);
+    s.node_args.push("--stop-containers-on-exit".into());
+    s.start_node();
+    wait_for(Duration::from_secs(30), "the container adopted again", || {
+        let logs = s.logs("kept");
+        if logs.matches("adopted the running container").count() >= 2 { Ok(()) } else { Err(logs) }
+    });
+    let log = stop_node(&mut s);
+    let data = s.dir.path().join("node");
+    let (left, mounts, reserved) = (runc_ids(&s.state), mounts_under(&data), reserved_addresses(&s));
+    let netns = Path::new(&format!("/run/netns/skiff-{id}")).exists();
+    let (cgroups, alive) = (cgroups_of(&id), Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        left.is_empty() && mounts.is_empty() && reserved.is_empty() && !netns && cgroups.is_empty() && !alive,
+        "runc: {left:?}, mounts: {mounts:?}, reserved: {reserved:?}, netns: {netns}, cgroups: {cgroups:?}, \
+         process alive: {alive}\n{log}"
+    );
 }
 
 #[test]

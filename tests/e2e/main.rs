@@ -6,6 +6,7 @@ mod auth;
 mod autoscale;
 mod bad_input;
 mod cluster;
+mod container_lifecycle;
 mod containers;
 mod faults;
 mod http;

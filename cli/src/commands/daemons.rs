@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use skiff_api::quantity::{Cpu, Memory};
 use skiff_api::tls::{CaFingerprint, JoinToken};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the scheduler ranks the nodes that fit a replica.
@@ -179,6 +179,11 @@ pub struct NodeArgs {
     /// Names of simulated nodes: PREFIX-00000, PREFIX-00001, ... [default: sim]
     #[arg(long, requires = "simulate")]
     name_prefix: Option<String>,
+    /// Stop and remove the node's containers when it stops (SIGINT, SIGTERM).
+    /// Without it they keep running, and the next start with this data
+    /// directory adopts those still assigned here and removes the rest
+    #[arg(long)]
+    stop_containers_on_exit: bool,
 }
 
 /// `skiff node rm`: the verbs on nodes (the bare `skiff node` runs one).
@@ -260,7 +265,16 @@ impl HttpArgs {
     }
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+/// `dir` made absolute against the working directory, once at start: runc
+/// resolves a relative mount source against the container's bundle, overlayfs
+/// and the CNI plugins need absolute paths, and a log line should say where
+/// the data is wherever it is read.
+fn absolute(flag: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(dir).with_context(|| format!("cannot make {flag} {} an absolute path", dir.display()))
+}
+
+pub async fn server(mut args: ServerArgs) -> anyhow::Result<()> {
+    args.data_dir = absolute("--data-dir", &args.data_dir)?;
     let first_start = !args.data_dir.join("join-token").exists();
     let config = skiff_scheduler::ServerConfig {
         listen: args.listen,
@@ -324,7 +338,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn node(args: NodeArgs, server: String, ca: Option<CaFingerprint>) -> anyhow::Result<()> {
+pub async fn node(mut args: NodeArgs, server: String, ca: Option<CaFingerprint>) -> anyhow::Result<()> {
+    args.data_dir = absolute("--data-dir", &args.data_dir)?;
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.trim().to_string(),
         (None, Some(path)) => std::fs::read_to_string(path)
@@ -376,15 +391,18 @@ pub async fn node(args: NodeArgs, server: String, ca: Option<CaFingerprint>) -> 
         ingress: args.ingress,
         ingress_advertise: args.ingress_advertise,
         http: args.http.config()?,
+        containers_on_exit: if args.stop_containers_on_exit {
+            skiff_node::container::OnExit::Stop
+        } else {
+            skiff_node::container::OnExit::Keep
+        },
     };
     tracing::info!("node {name} joining {server}");
-    tokio::select! {
-        res = skiff_node::run(config) => res.with_context(|| format!("node {name} stopped")),
-        sig = shutdown_signal() => {
-            tracing::info!("{sig}: stopping node {name}");
-            Ok(())
-        }
-    }
+    let stop = async {
+        let sig = shutdown_signal().await;
+        tracing::info!("{sig}: stopping node {name}");
+    };
+    skiff_node::run_until(config, stop).await.with_context(|| format!("node {name} stopped"))
 }
 
 /// `skiff node --simulate N`: N fake nodes in this process (see `skiff_node::sim`).
@@ -425,7 +443,8 @@ pub fn raise_fd_limit() {
     }
 }
 
-pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    args.data_dir = absolute("--data-dir", &args.data_dir)?;
     let config = skiff_scheduler::ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -460,13 +479,18 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ),
         ingress_advertise: None,
         http: args.http.config()?,
+        // A development tool: nothing it ran outlives it.
+        containers_on_exit: skiff_node::container::OnExit::Stop,
     };
     let url = server.url.clone();
     // The server made them at start-up (admin-token, ca.crt); the CLI run in this
     // directory finds them too.
     let admin_token = std::fs::read_to_string(args.data_dir.join("admin-token")).unwrap_or_default();
     let client = skiff_api::Client::new(&url).with_ca(server.ca_fingerprint).with_token(admin_token.trim());
-    let mut node_task = tokio::spawn(skiff_node::run(node_config));
+    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut node_task = tokio::spawn(skiff_node::run_until(node_config, async {
+        let _ = node_stopped.await;
+    }));
     let mut server_task = tokio::spawn(server.wait());
 
     // Say "ready" only once the node has registered, so that a script that waits
@@ -502,7 +526,18 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 return flatten(res).with_context(|| format!("node {node_name} stopped"));
             }
             sig = shutdown_signal() => {
-                tracing::info!("{sig}: stopping skiff dev");
+                tracing::info!("{sig}: stopping skiff dev (its containers are stopped and removed)");
+                // The node first, while the scheduler still answers it; a
+                // second signal does not wait for the containers' grace.
+                let _ = stop_node.send(());
+                tokio::select! {
+                    res = &mut node_task => {
+                        if let Err(e) = flatten(res) {
+                            tracing::warn!("node {node_name}: {e:#}");
+                        }
+                    }
+                    sig = shutdown_signal() => tracing::warn!("{sig}: stopping at once"),
+                }
                 node_task.abort();
                 server_task.abort();
                 return Ok(());

@@ -79,6 +79,14 @@ impl Cni {
         drop(self.masquerade.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
+    /// Leaves the masquerade rule in place when this daemon stops: the
+    /// containers it leaves running keep their outbound traffic.
+    pub fn keep_masquerade(&self) {
+        if let Some(m) = self.masquerade.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            m.added = false;
+        }
+    }
+
     /// The namespace file of container `id`.
     pub fn netns(id: &str) -> PathBuf {
         Path::new(NETNS_DIR).join(netns_name(id))

@@ -103,7 +103,7 @@ impl Oci {
     }
 
     /// Stops container `id`: SIGTERM, up to `grace` for it to end, SIGKILL, then
-    /// deletes it. Blocking.
+    /// deletes it and its state. Blocking.
     pub fn stop(&self, id: &str, grace: Duration) {
         if self.status(id).as_deref() == Some("running") {
             let _ = self.kill(id, "TERM");
@@ -114,8 +114,20 @@ impl Oci {
         }
         if self.status(id).is_some() {
             let _ = self.kill(id, "KILL");
+        }
+        // Also when `state` knows nothing: a container whose create failed
+        // leaves a state directory without its state file, and every later
+        // container of that id is refused as existing until it goes.
+        if self.may_know(id) {
             if let Err(e) = self.delete(id) {
                 tracing::warn!(container = id, "{e}");
+            }
+            let dir = self.root.join(id);
+            if dir.exists()
+                && self.status(id).is_none()
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!(container = id, "cannot remove {}: {e}", dir.display());
             }
         }
     }

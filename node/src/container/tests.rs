@@ -2,7 +2,9 @@
 //! config's diff ids, tampered blobs and hostile layers refused with nothing
 //! written outside the cache. No OCI runtime is needed here.
 
+use super::image::{fastrand_u64, manifest_digest};
 use super::*;
+use crate::blobs::sha256_hex;
 use serde_json::json;
 
 struct Fixture {
@@ -31,6 +33,7 @@ fn fixture() -> Fixture {
         addresses: Addresses::default(),
         registries: registry::Registries::default(),
         found: Mutex::new(HashMap::new()),
+        life: teardown::Lifecycle::default(),
     };
     Fixture { base, rt }
 }
