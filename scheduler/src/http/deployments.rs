@@ -1,0 +1,228 @@
+//! `/v1/deployments`: apply (a Wasm artifact checked once per digest), scale,
+//! revisions, rollback, pause and resume, delete, and the logs of its replicas.
+
+use super::*;
+use axum::extract::rejection::JsonRejection;
+
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, description = "Every deployment", body = Vec<Deployment>), Failures))]
+pub(super) async fn list_deployments(State(core): Shared) -> ApiResult<Vec<Deployment>> {
+    let st = core.state();
+    let mem = st.mem();
+    Ok(Json(mem.deployment_names().filter_map(|n| mem.deployment(n)).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "The deployment", body = Deployment), Failures))]
+pub(super) async fn get_deployment(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    core.state().mem().deployment(&name).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
+    })
+}
+
+#[utoipa::path(put, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body = ApplyRequest, responses((status = 200, description = "Created, updated or unchanged", body = ApplyResponse), Failures))]
+pub(super) async fn apply(
+    State(core): Shared,
+    Path(name): Path<String>,
+    JsonBody(mut req): JsonBody<ApplyRequest>,
+) -> ApiResult<ApplyResponse> {
+    if let Workload::Wasm(digest) = &req.spec.workload {
+        core.check_wasm(digest).await?;
+    }
+    // An image reference is pinned to its manifest digest now, so that nodes
+    // fetch exactly what was imported and a re-tag changes nothing running.
+    if let Workload::Image(reference) = &req.spec.workload {
+        req.spec.workload = Workload::Image(crate::images::resolve(&core, reference).await?);
+    }
+    let resp = core.state().apply(&name, req)?;
+    core.wake();
+    Ok(Json(resp))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{name}/scale", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body = ScaleRequest, responses((status = 200, description = "Scaled", body = Deployment), Failures))]
+pub(super) async fn scale(
+    State(core): Shared,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ScaleRequest>,
+) -> ApiResult<Deployment> {
+    let d = core.state().scale(&name, req.replicas)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{name}/revisions", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its revisions", body = Vec<RevisionInfo>), Failures))]
+pub(super) async fn revisions(State(core): Shared, Path(name): Path<String>) -> ApiResult<Vec<RevisionInfo>> {
+    Ok(Json(core.state().revisions(&name)?))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{name}/rollback", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body(content = Option<RollbackRequest>, description = "Optional: without a body, the previous revision"), responses((status = 200, description = "Rolled back", body = Deployment), Failures))]
+pub(super) async fn rollback(
+    State(core): Shared,
+    Path(name): Path<String>,
+    body: Result<Option<Json<Option<RollbackRequest>>>, JsonRejection>,
+) -> ApiResult<Deployment> {
+    // No body, `null` and `{}` all mean the previous revision.
+    let to = body?.and_then(|Json(b)| b?.to_revision);
+    let d = core.state().rollback(&name, to)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{name}/pause", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its rollout is paused", body = Deployment), Failures))]
+pub(super) async fn pause(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    Ok(Json(core.state().set_paused(&name, true)?))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{name}/resume", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its rollout goes on", body = Deployment), Failures))]
+pub(super) async fn resume(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    let d = core.state().set_paused(&name, false)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeleteQuery {
+    /// Also delete the data of the volumes only it mounts.
+    #[serde(default)]
+    purge_volumes: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), DeleteQuery), responses((status = 204, description = "Deleted; its replicas stop"), Failures))]
+pub(super) async fn delete_deployment(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    core.state().delete(&name, q.purge_volumes)?;
+    core.wake();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogQuery {
+    /// Only this replica's log.
+    replica: Option<String>,
+    /// Keep streaming new lines.
+    #[serde(default)]
+    follow: bool,
+    /// Start this many lines from the end.
+    tail: Option<u32>,
+}
+
+/// Streams the logs of a deployment's replicas from their nodes, one line at a
+/// time, each prefixed with its replica when there are several.
+#[utoipa::path(get, path = "/v1/deployments/{name}/logs", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), LogQuery), responses((status = 200, description = "Log lines, streamed", body = String, content_type = "text/plain"), Failures))]
+pub(super) async fn logs(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let targets: Vec<(String, String)> = {
+        let st = core.state();
+        let mem = st.mem();
+        if mem.deployment(&name).is_none() {
+            return Err(ApiError::not_found(format!(
+                "deployment {name:?} not found; `skiff get deployments` lists them"
+            )));
+        }
+        let mut targets = Vec::new();
+        for r in mem.replicas_of(&name) {
+            if q.replica.as_deref().is_some_and(|id| id != r.id) {
+                continue;
+            }
+            if let Some(node) = r.node.as_deref().and_then(|n| mem.node(n)) {
+                targets.push((r.id.clone(), node.address.clone()));
+            }
+        }
+        targets.sort();
+        targets
+    };
+    if targets.is_empty() {
+        let what = match &q.replica {
+            Some(id) => format!("replica {id} of {name} is not running on any node"),
+            None => format!("no replica of {name} is on a node yet; `skiff describe deployment {name}` says why"),
+        };
+        return Err(ApiError::not_found(what));
+    }
+    let prefix = targets.len() > 1;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    for (id, address) in targets {
+        let tx = tx.clone();
+        let http = core.http.clone();
+        let mut url = format!("{address}/v1/replicas/{id}/logs?follow={}", q.follow);
+        if let Some(t) = q.tail {
+            url.push_str(&format!("&tail={t}"));
+        }
+        tokio::spawn(async move {
+            let send_line = |line: String| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(bytes::Bytes::from(line))).await.is_ok() }
+            };
+            let resp = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    let _ = send_line(format!("[{id}] skiff: node answered {} for its logs\n", r.status())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = send_line(format!("[{id}] skiff: cannot reach its node for logs: {e}\n")).await;
+                    return;
+                }
+            };
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    let out = if prefix { format!("[{id}] {text}") } else { text.into_owned() };
+                    if !send_line(out).await {
+                        return; // the client went away
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                let text = String::from_utf8_lossy(&buf);
+                let _ = send_line(if prefix { format!("[{id}] {text}\n") } else { format!("{text}\n") }).await;
+            }
+        });
+    }
+    drop(tx);
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+pub(super) fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+impl Core {
+    /// Checks a Wasm artifact is uploaded and is valid WebAssembly, once per digest.
+    async fn check_wasm(&self, digest: &str) -> Result<(), ApiError> {
+        let path = self.blobs.path(digest)?;
+        if self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).contains(digest) {
+            return Ok(());
+        }
+        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+            ApiError::bad_request(format!("artifact {digest} is not uploaded; upload it first (skiff deploy does)"))
+        })?;
+        let digest_owned = digest.to_string();
+        let checked = tokio::task::spawn_blocking(move || validate_wasm(&bytes))
+            .await
+            .map_err(|e| ApiError::internal(format!("validating {digest_owned}: {e}")))?;
+        checked.map_err(|e| ApiError::bad_request(format!("artifact {digest} is not valid WebAssembly: {e}")))?;
+        self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string());
+        Ok(())
+    }
+}
+
+pub(super) fn validate_wasm(bytes: &[u8]) -> Result<(), String> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err("it does not start with the \\0asm magic number".into());
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator.validate_all(bytes).map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,14 @@
+//! `/v1/volumes`.
+
+use super::*;
+
+#[utoipa::path(get, path = "/v1/volumes", tag = "volumes", responses((status = 200, description = "Every volume", body = Vec<Volume>), Failures))]
+pub(super) async fn list_volumes(State(core): Shared) -> ApiResult<Vec<Volume>> {
+    Ok(Json(core.state().volumes()))
+}
+
+#[utoipa::path(delete, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Deleted, its data purged on its node"), Failures))]
+pub(super) async fn delete_volume(State(core): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    core.state().delete_volume(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
