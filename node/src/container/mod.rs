@@ -24,6 +24,9 @@
 //!   in the bundle that it also holds open for reading (so a write never fails
 //!   when the daemon is gone; it blocks once the pipe's 64 KiB are full), and the
 //!   exit status is written to a file by the shell the runtime runs under.
+//! - A clean stop of the daemon applies [`OnExit`]: keep the started
+//!   containers for the next daemon to adopt (as above), or stop and remove
+//!   them all ([`ContainerRuntime::finish_exit`]).
 
 mod adopt;
 pub mod bundle;
