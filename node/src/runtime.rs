@@ -16,7 +16,7 @@ use crate::metrics::Usage;
 use crate::routes::IngressLink;
 use crate::state::Status;
 use skiff_api::quantity::format_memory;
-use skiff_api::{Assignment, Client, Probes};
+use skiff_api::{Assignment, Client, Probes, Workload};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -54,6 +54,14 @@ pub enum ArtifactError {
     /// Never going to work for this digest: not Wasm, does not compile or link.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The blob digest of a Wasm workload (commands and HTTP components alike).
+pub fn wasm_digest(a: &Assignment) -> Result<&str, ArtifactError> {
+    match &a.spec.workload {
+        Workload::Wasm(digest) => Ok(digest),
+        other => Err(ArtifactError::Invalid(format!("{other} is not a wasm workload"))),
+    }
 }
 
 /// How a run ended.

@@ -18,8 +18,8 @@ pub use crate::blobs::{digest_hex, sha256_hex};
 use crate::engine::{GuestRuntime, first_line, load_or_compile};
 use crate::logs::LogSink;
 pub use crate::runtime::ArtifactError;
-use crate::runtime::{BoxFuture, Outcome, RunSpec, Runtime};
-use skiff_api::{Assignment, Client, Workload};
+use crate::runtime::{BoxFuture, Outcome, RunSpec, Runtime, wasm_digest};
+use skiff_api::{Assignment, Client};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -248,9 +248,7 @@ impl Runtime for WasmRuntime {
         client: Option<Client>,
     ) -> BoxFuture<'a, Result<Arc<Compiled>, ArtifactError>> {
         Box::pin(async move {
-            let Workload::Wasm(digest) = &a.spec.workload else {
-                return Err(ArtifactError::Invalid(format!("{} is not a wasm workload", a.spec.workload)));
-            };
+            let digest = wasm_digest(a)?;
             self.artifact(digest, fetcher(client, digest)).await
         })
     }

@@ -7,9 +7,9 @@
 use super::{HttpHandler, HttpReplica, HttpRuntime, POOL_MEMORY};
 use crate::logs::LogSink;
 use crate::probes::{Readiness, report, watch};
-use crate::runtime::{ArtifactError, BoxFuture, Outcome, RunSpec, Runtime};
+use crate::runtime::{ArtifactError, BoxFuture, Outcome, RunSpec, Runtime, wasm_digest};
 use bytes::Bytes;
-use skiff_api::{Assignment, Client, Probe, Workload};
+use skiff_api::{Assignment, Client, Probe};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -43,9 +43,7 @@ impl Runtime for HttpRuntime {
         client: Option<Client>,
     ) -> BoxFuture<'a, Result<HttpHandler, ArtifactError>> {
         Box::pin(async move {
-            let Workload::Wasm(digest) = &a.spec.workload else {
-                return Err(ArtifactError::Invalid(format!("{} is not a wasm workload", a.spec.workload)));
-            };
+            let digest = wasm_digest(a)?;
             let handler = self.handler(digest, client).await?;
             // A handler that does not instantiate under the replica's memory
             // limit never will: the replica fails for good, as a blob that does
