@@ -9,7 +9,8 @@
 //! then take the same path as imported ones (the content-addressed cache and the
 //! hostile-input-safe unpacking).
 
-use crate::wasm::{ArtifactError, sha256_hex};
+use crate::blobs::sha256_hex;
+use crate::runtime::ArtifactError;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
