@@ -11,14 +11,10 @@
 //! components against WASI 0.2 (`wasi:cli/run`). Guests get no network, and
 //! only the directories (secrets, volumes) and environment their spec declares.
 
-use crate::blobs::{Blobs, fetcher};
-// Where container/ found these before they moved; its modules import them from
-// here until they name `crate::blobs` and `crate::runtime` themselves.
-pub use crate::blobs::{digest_hex, sha256_hex};
+use crate::blobs::{Blobs, digest_hex, fetcher};
 use crate::engine::{GuestRuntime, first_line, load_or_compile};
 use crate::logs::LogSink;
-pub use crate::runtime::ArtifactError;
-use crate::runtime::{BoxFuture, Outcome, RunSpec, Runtime, wasm_digest};
+use crate::runtime::{ArtifactError, BoxFuture, Outcome, RunSpec, Runtime, wasm_digest};
 use skiff_api::{Assignment, Client};
 use std::collections::HashMap;
 use std::future::Future;

@@ -4,7 +4,7 @@
 //! the config's `diff_id`.
 
 use super::{ArtifactError, ContainerRuntime, Plan, bundle, registry, unpack};
-use crate::blobs::{digest_hex, sha256_hex};
+use crate::blobs::{digest_hex, sha256_hex, unique_suffix};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest, Sha256};
 use skiff_api::{Assignment, Client, Workload};
@@ -58,7 +58,7 @@ impl ContainerRuntime {
         if got != hex {
             return Err(ArtifactError::Invalid(format!("blob {digest} has digest sha256:{got}; refusing it")));
         }
-        let tmp = path.with_extension(format!("tmp.{}", fastrand_u64()));
+        let tmp = path.with_extension(format!("tmp.{}", unique_suffix()));
         tokio::fs::write(&tmp, &bytes)
             .await
             .and(tokio::fs::rename(&tmp, &path).await)
@@ -86,7 +86,7 @@ impl ContainerRuntime {
         }
         let gzip = layer_compression(media_type).map_err(ArtifactError::Invalid)?;
         let bytes = self.blob(src, digest).await?;
-        let tmp = self.dir.join("layers").join(format!("{hex}.tmp{}", fastrand_u64()));
+        let tmp = self.dir.join("layers").join(format!("{hex}.tmp{}", unique_suffix()));
         let diff_id = diff_id.map(str::to_owned);
         let digest_owned = digest.to_string();
         let (tmp2, dest2) = (tmp.clone(), dest.clone());
@@ -214,11 +214,4 @@ impl<R: Read> Read for HashingReader<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
-}
-
-pub(super) fn fastrand_u64() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    (u64::from(std::process::id()) << 32) ^ n
 }

@@ -2,9 +2,9 @@
 //! config's diff ids, tampered blobs and hostile layers refused with nothing
 //! written outside the cache. No OCI runtime is needed here.
 
-use super::image::{fastrand_u64, manifest_digest};
+use super::image::manifest_digest;
 use super::*;
-use crate::blobs::sha256_hex;
+use crate::blobs::{sha256_hex, unique_suffix};
 use serde_json::json;
 
 struct Fixture {
@@ -19,7 +19,7 @@ impl Drop for Fixture {
 }
 
 fn fixture() -> Fixture {
-    let base = std::env::temp_dir().join(format!("skiff-ctr-{}-{}", std::process::id(), fastrand_u64()));
+    let base = std::env::temp_dir().join(format!("skiff-ctr-{}", unique_suffix()));
     let dir = base.join("containers");
     fs::create_dir_all(dir.join("layers")).expect("layers");
     fs::create_dir_all(base.join("blobs")).expect("blobs");

@@ -324,18 +324,12 @@ mod tests {
     }
 
     fn dirs() -> Dirs {
-        let base = std::env::temp_dir().join(format!("skiff-unpack-{}-{}", std::process::id(), fastrand()));
+        let base = std::env::temp_dir().join(format!("skiff-unpack-{}", crate::blobs::unique_suffix()));
         let root = base.join("root");
         let outside = base.join("outside");
         fs::create_dir_all(&root).expect("root");
         fs::create_dir_all(&outside).expect("outside");
         Dirs { base, root, outside }
-    }
-
-    fn fastrand() -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        N.fetch_add(1, Ordering::Relaxed)
     }
 
     fn unpack(tar: Tar, d: &Dirs) -> Result<Unpacked, String> {
