@@ -257,9 +257,10 @@ impl Host {
     }
 }
 
-/// Deploys nginx twice over: a web server with two replicas, reached through the
-/// ingress by Host and by path (nginx itself answers, its own 404 too), and a
-/// second nginx that proxies to the first by name through `SKIFF_INGRESS`.
+/// Deploys nginx three times over: a web server with two replicas, reached
+/// through the ingress by Host and by path (nginx itself answers, its own 404
+/// too), a second nginx that proxies to the first by name through
+/// `SKIFF_INGRESS`, and the image with its own command.
 #[test]
 fn nginx_serves_behind_the_ingress_and_another_nginx_calls_it_by_name() {
     if !require_root("containers (runc, CNI, network namespaces)") {
@@ -332,8 +333,18 @@ fn nginx_serves_behind_the_ingress_and_another_nginx_calls_it_by_name() {
         let a = get(&ingress, "front.skiff.local", "/")?;
         if a.status == 200 && want.contains(a.body.trim()) { Ok(()) } else { Err(format!("{a:?}")) }
     });
-    host.cli_ok(&["delete", "front"]);
-    host.cli_ok(&["delete", "web"]);
+
+    // The image as Debian and umoci made it, with its own command and Debian's
+    // default page.
+    host.cli_ok(&["deploy", "--image", "nginx:bookworm", "--name", "plain", "--memory", "64Mi", "--port", "80"]);
+    host.wait_state("plain", "ready", 1);
+    wait_for(Duration::from_secs(30), "Debian's nginx page", || {
+        let a = get(&ingress, "plain.skiff.local", "/")?;
+        if a.status == 200 && a.body.contains("Welcome to nginx!") { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+    for name in ["plain", "front", "web"] {
+        host.cli_ok(&["delete", name]);
+    }
 }
 
 /// Every key in `keys` holds `value-KEY` in the redis at `address`.
