@@ -195,7 +195,9 @@ fn a_first_revision_that_never_becomes_available_fails_its_rollout() {
         assert_ne!(state, "complete", "a crash-looping first revision shown complete: {d}");
         if state == "failed" { Ok((d.clone(), message)) } else { Err(format!("{d}")) }
     });
-    let (_, message) = failed;
+    let (d, message) = failed;
+    // It started from no revision: there was none to roll back to.
+    assert_eq!(d["rollout"]["from_revision"], 0, "{d}");
     assert!(message.contains("no replica became available within 5s"), "{message}");
     assert!(message.contains("status 3"), "the reason names the replica's failure: {message}");
     // It stays failed while the replica keeps crashing, and says so in describe.

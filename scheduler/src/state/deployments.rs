@@ -321,10 +321,11 @@ impl Mem {
                     status: DeploymentStatus::default(),
                     strategy: req.strategy.unwrap_or_default(),
                     autoscale: req.autoscale,
-                    // The first rollout completes once its replicas are available.
+                    // The first rollout completes once its replicas are available;
+                    // it starts from no revision (0), so it has none to go back to.
                     rollout: Rollout {
                         state: RolloutState::Progressing,
-                        from_revision: 1,
+                        from_revision: 0,
                         to_revision: 1,
                         started_ms: now,
                         progress_ms: now,
