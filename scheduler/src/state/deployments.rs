@@ -411,9 +411,9 @@ impl Mem {
     pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
         let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
-        // At its count, all of the current revision: the plan would create and
-        // stop nothing, and a rollout under way completes once enough serve
-        // (counted, when serving is all that available asks).
+        // At its count, all of the current revision, and no rollout that may
+        // still complete: the plan would create and stop nothing. (Completing
+        // one takes a walk: it asks how long each new replica has served.)
         if e.counts.total as usize == desired
             && e.by_revision.keys().all(|r| *r == revision)
             && !can_complete(&e.d.rollout, revision)
