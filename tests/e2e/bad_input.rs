@@ -154,3 +154,76 @@ fn bad_input_gets_clear_errors_and_is_contained() {
     });
     dev.assert_serving();
 }
+
+#[test]
+fn an_api_apply_is_held_to_the_rules_a_manifest_is() {
+    // Before validation lived in one place only manifests refused these: an API
+    // client could store http_port 0, or a grace period on a Wasm workload.
+    let dev = Dev::start("api-rules");
+    let token = token_for(&dev.url);
+    let res = r#""resources": {"cpu": "100m", "memory": "64Mi"}"#;
+    // A Wasm artifact the scheduler holds: the digest of one deployed by the CLI.
+    assert!(dev.deploy(&wasm_p1("worker"), "base", &[]).ok);
+    let base = dev.get("deployments").into_iter().find(|d| d["name"] == "base").expect("deployment base");
+    let wasm = base["spec"]["workload"]["wasm"].as_str().expect("a wasm digest").to_string();
+    let cases = [
+        (
+            "port0",
+            format!(r#"{{"spec": {{"workload": {{"image": "registry.example:5000/web:1"}}, {res}, "http_port": 0}}}}"#),
+            "http_port must be 1-65535",
+        ),
+        (
+            "wasmport",
+            format!(r#"{{"spec": {{"workload": {{"wasm": "{wasm}"}}, {res}, "http_port": 8080}}}}"#),
+            "http_port is for images",
+        ),
+        (
+            "wasmgrace",
+            format!(r#"{{"spec": {{"workload": {{"wasm": "{wasm}"}}, {res}, "stop_grace_period": "3s"}}}}"#),
+            "stop_grace_period is for images",
+        ),
+    ];
+    for (name, body, refusal) in cases {
+        let path = format!("/v1/deployments/{name}");
+        let (status, answer) = crate::auth::call(&dev.url, "PUT", &path, token.as_deref(), &body);
+        assert_eq!(status, 400, "{name}: {answer}");
+        assert!(answer.contains(refusal), "{name}: {answer}");
+        let (status, answer) = crate::auth::call(&dev.url, "GET", &path, token.as_deref(), "");
+        assert_eq!(status, 404, "{name} was stored: {answer}");
+    }
+}
+
+#[test]
+fn wait_means_routable_for_a_service_and_fails_on_a_crash_loop() {
+    let dev = Dev::start("wait");
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+
+    // A crash loop from the first second: --wait fails, naming the replica and
+    // why, rather than printing "1/1 replicas running".
+    let started = std::time::Instant::now();
+    let out = dev.deploy(&wasm_p1("crasher"), "crashy", &["--wait", "--timeout", "30s"]);
+    assert!(!out.ok, "--wait succeeded for a crash loop: {}", out.stdout);
+    // At the first failure, not at the timeout (it waited all 30 s, then said
+    // "only 0/1 replicas running").
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}: {}", started.elapsed(), out.stderr);
+    let err = one_line_error(&out);
+    assert!(err.contains("replica crashy-") && err.contains("exit status 3"), "{err}");
+    // And so does rollout status, where the rollout shows the replica failing.
+    let status = dev.cli(&["rollout", "status", "crashy", "--timeout", "30s"]);
+    assert!(!status.ok, "rollout status succeeded for a crash loop: {}", status.stdout);
+    assert!(status.stderr.contains("crashy-"), "{}", status.stderr);
+
+    // An HTTP component: once --wait returns, the ingress answers at once (it
+    // said "running" while the ingress still answered 503).
+    for round in 0..3 {
+        let name = format!("web{round}");
+        let out = dev.deploy(&wasm_p2("hello_http"), &name, &["--replicas", "2", "--wait"]);
+        assert!(out.ok, "{}", out.stderr);
+        let a = get(&ingress, &format!("{name}.skiff.local"), "/").expect("the ingress answers");
+        assert_eq!(a.status, 200, "right after --wait ({}): {} {}", out.stdout.trim(), a.head, a.body);
+        assert!(out.stdout.contains("2/2 replicas ready (routable)"), "{}", out.stdout);
+    }
+    // A worker that serves nothing: running is what it means, and says so.
+    let out = dev.deploy(&wasm_p1("worker"), "plain", &["--wait"]);
+    assert!(out.ok && out.stdout.contains("1/1 replicas running"), "{} {}", out.stdout, out.stderr);
+}

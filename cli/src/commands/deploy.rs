@@ -7,9 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 use skiff_api::quantity::{Cpu, Memory};
-use skiff_api::{
-    ApplyOutcome, ApplyRequest, Client, NodeState, ReplicaState, Resources, RestartPolicy, Workload, WorkloadSpec,
-};
+use skiff_api::{ApplyOutcome, ApplyRequest, Client, NodeState, Resources, RestartPolicy, Workload, WorkloadSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,7 +131,9 @@ pub struct DeployArgs {
     /// How long a stopping container gets between SIGTERM and SIGKILL (at most 10m)
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     stop_grace_period: skiff_api::GracePeriod,
-    /// Wait until every replica of the new revision runs
+    /// Wait until every replica of the new revision runs, or for one that
+    /// serves (an HTTP component, --port) until the ingress routes to it; fail if
+    /// a replica fails or restarts meanwhile
     #[arg(long)]
     wait: bool,
     /// How long --wait waits
@@ -146,7 +146,8 @@ pub struct ApplyArgs {
     /// The YAML manifest: one deployment per document
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
-    /// Wait until every replica of every deployment runs
+    /// Wait until every replica of every deployment runs (serving ones: ready and
+    /// routed by the ingress); fail if a replica fails or restarts meanwhile
     #[arg(long)]
     wait: bool,
     /// How long --wait waits
@@ -300,7 +301,9 @@ async fn apply_all(
     }
     let mut applied = Vec::new();
     for Prepared { name, mut request, wasm } in prepared {
+        let mut http_component = false;
         if let Some((path, bytes)) = wasm {
+            http_component = super::wait::is_http_component(&bytes);
             request.spec.workload = Workload::Wasm(upload(client, &path, bytes).await?);
         }
         let resp = client.apply(&name, &request).await.with_context(|| format!("deployment {name}"))?;
@@ -313,12 +316,16 @@ async fn apply_all(
         if resp.deployment.replicas > 0 {
             warn_if_no_node_fits(client, &name, &request.spec).await;
         }
-        applied.push((name, resp.deployment.revision, resp.deployment.replicas));
+        let serves = super::wait::serves(&request.spec, http_component);
+        let d = resp.deployment;
+        applied.push((name, d.revision, d.replicas, serves, d.updated_ms));
     }
     if let Some(timeout) = wait {
         let deadline = tokio::time::Instant::now() + timeout;
-        for (name, revision, replicas) in applied {
-            wait_running(client, &name, revision, replicas, deadline, timeout).await?;
+        for (name, revision, want, serves, since_ms) in &applied {
+            let target =
+                super::wait::Target { name, revision: *revision, want: *want, serves: *serves, since_ms: *since_ms };
+            super::wait::until_up(client, &target, deadline, timeout).await?;
         }
     }
     Ok(())
@@ -387,44 +394,6 @@ async fn warn_if_no_node_fits(client: &Client, name: &str, spec: &WorkloadSpec) 
         "warning: no node is large enough for a replica of {name} ({}): {largest}; its replicas stay pending until a node that fits joins (or lower --cpu/--memory)",
         output::resources(request)
     );
-}
-
-/// Polls until `want` replicas of `revision` run, or fails at `deadline` saying
-/// what the others are waiting for (`timeout` is the whole wait, for the message).
-async fn wait_running(
-    client: &Client,
-    name: &str,
-    revision: u64,
-    want: u32,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    loop {
-        let replicas = client.replicas(Some(name), None).await?;
-        let current: Vec<_> = replicas.iter().filter(|r| r.revision == revision && !r.state.is_terminal()).collect();
-        let running = current.iter().filter(|r| matches!(r.state, ReplicaState::Running | ReplicaState::Ready)).count();
-        if running >= want as usize {
-            println!("deployment {name}: {running}/{want} replicas running");
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let waiting: Vec<String> = current
-                .iter()
-                .filter(|r| !matches!(r.state, ReplicaState::Running | ReplicaState::Ready))
-                .map(|r| match &r.reason {
-                    Some(reason) => format!("{} {}: {reason}", r.id, r.state),
-                    None => format!("{} {}", r.id, r.state),
-                })
-                .collect();
-            let detail =
-                if waiting.is_empty() { "no replica of this revision yet".to_string() } else { waiting.join("; ") };
-            bail!(
-                "deployment {name}: only {running}/{want} replicas running after {}: {detail} (see `skiff describe deployment {name}`)",
-                humantime::format_duration(timeout)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[cfg(test)]

@@ -243,10 +243,18 @@ fn nodes_table(nodes: &[Node]) -> Table {
     t
 }
 
+/// A rollout's state in a word, `paused` added.
+fn rollout_state(r: &skiff_api::Rollout) -> String {
+    if r.paused { format!("{} (paused)", r.state) } else { r.state.to_string() }
+}
+
 fn deployments_table(deployments: &[Deployment]) -> Table {
     // READY is ready/desired (passing readiness); AVAILABLE counts those ready
     // for the strategy's min_ready_seconds, as `kubectl get deployments` does.
-    let mut t = Table::new(&["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "WORKLOAD", "AGE"]);
+    // ROLLOUT is where the latest rollout stands: `failed` when its revision never
+    // became available by its progress deadline (`describe` says why).
+    let mut t =
+        Table::new(&["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "ROLLOUT", "WORKLOAD", "AGE"]);
     for d in deployments {
         t.row(vec![
             d.name.clone(),
@@ -255,6 +263,7 @@ fn deployments_table(deployments: &[Deployment]) -> Table {
             d.status.running.to_string(),
             d.status.pending.to_string(),
             d.revision.to_string(),
+            rollout_state(&d.rollout),
             short_workload(&d.spec.workload),
             age(d.created_ms),
         ]);
@@ -362,6 +371,11 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
             d.replicas, s.total, s.running, s.ready, s.available, s.pending, s.failed, s.restarts
         ),
     );
+    let rollout = match d.rollout.message.as_str() {
+        "" => rollout_state(&d.rollout),
+        why => format!("{}: {why}", rollout_state(&d.rollout)),
+    };
+    field(&mut out, "Rollout", rollout);
     if spec.volume_lease {
         field(&mut out, "Volume lease", "on: a node cut off from the scheduler stops these replicas".into());
     }

@@ -11,6 +11,7 @@ pub mod secret;
 pub mod token;
 pub mod top;
 pub mod volume;
+pub mod wait;
 
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;

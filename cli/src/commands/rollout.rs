@@ -1,7 +1,7 @@
 //! `skiff rollout status|history|undo|pause|resume`: follow and steer the rolling
 //! update of a deployment.
 
-use super::parse_duration;
+use super::{parse_duration, wait};
 use crate::output::{self, Table};
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -85,10 +85,15 @@ pub async fn rollout(args: RolloutArgs, client: &Client) -> anyhow::Result<()> {
 }
 
 /// Prints progress lines until the rollout completes (exit 0), is rolled back or
-/// fails (an error), or `timeout` passes.
+/// fails (an error, with the reason), or `timeout` passes. Complete means what
+/// `deploy --wait` means (see `wait`): the revision's replicas up for a moment
+/// with none failing, and for a deployment that serves, ready and routed.
 async fn status(client: &Client, name: &str, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    let mut watch = wait::Watch::default();
+    let mut up_since: Option<Instant> = None;
     loop {
         let d = client.deployment(name).await?;
         let replicas = client.replicas(Some(name), None).await?;
@@ -100,26 +105,56 @@ async fn status(client: &Client, name: &str, timeout: Duration) -> anyhow::Resul
                 .count()
         };
         let (new, old) = (running(true), running(false));
+        // Without the Wasm file at hand, a replica that was ever ready says the
+        // workload serves (a Wasm command never is).
+        let serves = wait::serves(&d.spec, replicas.iter().any(|r| r.state == ReplicaState::Ready));
+        let target =
+            wait::Target { name, revision: d.revision, want: d.replicas, serves, since_ms: d.rollout.started_ms };
         let line = match d.rollout.state {
-            RolloutState::Complete => {
-                println!("deployment {name}: revision {} rolled out ({new} of {} running)", d.revision, d.replicas);
-                return Ok(());
+            RolloutState::RolledBack | RolloutState::Failed => {
+                bail!("deployment {name}: rollout {}: {}", d.rollout.state, d.rollout.message)
             }
-            RolloutState::RolledBack => bail!("deployment {name}: {}", d.rollout.message),
-            RolloutState::Failed => bail!("deployment {name}: {}", d.rollout.message),
+            RolloutState::Complete => {
+                let look = watch.look(client, &target).await?;
+                if look.up >= d.replicas {
+                    let since = *up_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= wait::SETTLE || d.replicas == 0 {
+                        println!(
+                            "deployment {name}: revision {} rolled out ({} of {} {})",
+                            d.revision,
+                            look.up,
+                            d.replicas,
+                            target.up()
+                        );
+                        return Ok(());
+                    }
+                } else {
+                    up_since = None;
+                }
+                format!("revision {}: {} of {} replicas {}", d.revision, look.up, d.replicas, target.up())
+            }
             RolloutState::Progressing if d.rollout.paused => {
                 format!("rollout of revision {} paused: {new} new and {old} old running", d.revision)
             }
-            RolloutState::Progressing => format!(
-                "waiting for revision {}: {new} of {} new replicas running, {old} old still running",
-                d.revision, d.replicas
-            ),
+            // A new replica that fails during an update is the scheduler's to
+            // judge: it rolls the revision back (or marks it failed) by its
+            // deadline. A first revision has nothing to go back to: its failing
+            // replica is the answer now, as for `deploy --wait`.
+            RolloutState::Progressing => {
+                if d.rollout.from_revision == 0 {
+                    watch.look(client, &target).await?;
+                }
+                format!(
+                    "waiting for revision {}: {new} of {} new replicas running, {old} old still running",
+                    d.revision, d.replicas
+                )
+            }
         };
         if line != last {
             println!("{line}");
             last = line;
         }
-        if start.elapsed() > timeout {
+        if tokio::time::Instant::now() >= deadline || start.elapsed() > timeout {
             bail!("deployment {name}: rollout not finished after {timeout:?}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
