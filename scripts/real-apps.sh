@@ -75,8 +75,12 @@ python_component() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
   fi
-  "$venv/bin/componentize-py" -d "$(wasi_http_wit)" -w wasi:http/proxy@0.2.12 \
-    componentize -p tests/real-apps/python app -o "$out/python.wasm"
+  # From a copy: componentize-py imports the app to snapshot it, and Python
+  # would leave __pycache__ in the clone.
+  cp -r tests/real-apps/python "$out/src"
+  PYTHONDONTWRITEBYTECODE=1 "$venv/bin/componentize-py" -d "$(wasi_http_wit)" -w wasi:http/proxy@0.2.12 \
+    componentize -p "$out/src" app -o "$out/python.wasm"
+  rm -rf "$out/src"
 }
 
 js_component() {
