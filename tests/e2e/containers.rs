@@ -1,6 +1,6 @@
 //! Containers end to end: a scheduler and a node as real processes, an OCI image
 //! built here from Debian's busybox-static (no network), imported with the CLI,
-//! deployed and run by runc. Needs root and runc (`make deps` installs runc and
+//! deployed and run by runc. Needs root and runc (`make deps` installs runc, `make deps-test`
 //! busybox-static; `make test` runs as root): without root each test is skipped,
 //! saying so; as root without runc it fails.
 
@@ -44,7 +44,7 @@ fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode: u3
 /// then a layer that whites out /etc/removed and adds /etc/added (gzip).
 fn layers() -> (Vec<u8>, Vec<u8>) {
     let busybox = std::fs::read(BUSYBOX)
-        .unwrap_or_else(|e| panic!("{BUSYBOX} is missing ({e}); install busybox-static (`make deps` does)"));
+        .unwrap_or_else(|e| panic!("{BUSYBOX} is missing ({e}); install busybox-static (`make deps-test` does)"));
     let mut b = tar::Builder::new(Vec::new());
     for d in ["bin/", "etc/", "tmp/"] {
         add(&mut b, d, tar::EntryType::Directory, 0o755, b"", None);
@@ -1183,7 +1183,7 @@ impl Registry {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start docker-registry ({e}); `make deps` installs it"));
+            .unwrap_or_else(|e| panic!("cannot start docker-registry ({e}); `make deps-test` installs it"));
         let r = Registry { child, port };
         wait_for(Duration::from_secs(30), "the registry to answer", || {
             let out = Command::new("curl")
@@ -1203,7 +1203,7 @@ impl Registry {
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
             .output()
-            .unwrap_or_else(|e| panic!("cannot run skopeo ({e}); `make deps` installs it"));
+            .unwrap_or_else(|e| panic!("cannot run skopeo ({e}); `make deps-test` installs it"));
         assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// schemathesis' `st`: `SKIFF_SCHEMATHESIS` (the Makefile's venv), else the
-/// venv `make deps` makes.
+/// venv `make deps-test` makes.
 fn schemathesis() -> String {
     let st = std::env::var("SKIFF_SCHEMATHESIS").unwrap_or_else(|_| "/var/cache/skiff-py/bin/st".into());
-    assert!(std::path::Path::new(&st).exists(), "no schemathesis at {st}; `make deps` installs it");
+    assert!(std::path::Path::new(&st).exists(), "no schemathesis at {st}; `make deps-test` installs it");
     st
 }
 

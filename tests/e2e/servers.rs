@@ -154,7 +154,7 @@ fn live(cwd: &Path, urls: &str, deployment: &str, most: usize) -> Result<Vec<(St
 #[test]
 fn three_servers_on_etcd_survive_the_leaders_death() {
     if std::process::Command::new("etcd").arg("--version").output().is_err() {
-        panic!("etcd is not installed: `make deps` installs Debian's etcd-server");
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
     }
     if !require_root("nodes in network namespaces of their own") {
         return;
