@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skiff_api::manifest::{validate_apply, validate_name, validate_secret};
+use skiff_api::validate::{validate_apply, validate_name, validate_secret};
 use skiff_api::{ApplyRequest, Heartbeat, ImageRequest, RegisterRequest, ScaleRequest, SecretRequest, TokenRequest};
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,13 @@ use skiff_api::manifest::parse_manifest;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match parse_manifest(text) {
-        Ok(deployments) => assert!(!deployments.is_empty()),
+        Ok(deployments) => {
+            assert!(!deployments.is_empty());
+            // What a manifest accepts, the server's own checks take.
+            for d in &deployments {
+                assert_eq!(skiff_api::validate::apply(&d.name, &d.request()), Ok(()), "{text:?}");
+            }
+        }
         Err(e) => {
             let line = e.to_string();
             assert!(!line.is_empty(), "empty error for {text:?}");
