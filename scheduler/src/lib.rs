@@ -241,7 +241,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     })?;
     let addr = listener.local_addr()?;
     let url = if config.plain_http { format!("http://{addr}") } else { format!("https://{addr}") };
-    std::fs::write(config.data_dir.join("server.url"), format!("{url}\n"))?;
+    // `server.url` is the sign, for tools and tests, that the server is up: what
+    // a client reads from the data dir (the CA, the admin token) exists before
+    // it, and it is written whole. (Written first, a reader polling for it could
+    // find no admin token yet, or half a URL.)
+    auth::admin_token(&config.data_dir)?;
+    files::write_atomic(&config.data_dir.join("server.url"), format!("{url}\n").as_bytes(), 0o644)?;
     let plain_http = config.plain_http;
     let app = match (etcd, etcd_client) {
         (Some(ep), Some(client)) => {

@@ -1152,6 +1152,24 @@ fn containers_serve_http_through_the_ingress() {
             .unwrap_or_else(|e| panic!("a request after scaling down failed: {e}"));
         assert_eq!(page.trim(), format!("hello from {left}"));
     }
+
+    // `deploy --wait` of a container that serves means ready and routable, not
+    // just running (#16 item 4): this server takes two seconds to listen, as a
+    // real one warming up does, and the first request right after --wait
+    // returns must be answered. (Before, --wait said `2/2 replicas running`
+    // while the ingress answered 503 for seconds.)
+    let slow = "sleep 2; mkdir -p /www && echo slow $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let out = s.cli(&[
+        "deploy", "--image", "busybox", "--name", "slow", "--replicas", "2", "--memory", "32Mi", "--port", "8080",
+        "--wait", "--arg", "/bin/sh", "--arg", "-c", "--arg", slow,
+    ]);
+    assert!(out.contains("2/2 replicas ready (routable)"), "--wait printed: {out}");
+    for _ in 0..4 {
+        let page = ns
+            .exec(&["curl", "-sS", "--fail", "--max-time", "3", "-H", "Host: slow.skiff.local", &format!("{ingress}/")])
+            .unwrap_or_else(|e| panic!("a request right after `deploy --wait` was not served: {e}\n--wait printed: {out}"));
+        assert!(page.starts_with("slow slow-"), "{page}");
+    }
 }
 
 /// A registry (Debian's docker-registry) started by a test on a loopback port;

@@ -17,8 +17,6 @@ pub(super) async fn get_node(State(core): Shared, Path(name): Path<String>) -> A
         .ok_or_else(|| ApiError::not_found(format!("node {name:?} not found; `skiff get nodes` lists them")))
 }
 
-/// Registers a node: with the join token it gets a new credential (replacing any
-/// it had); with its own credential (a restarted node daemon) it keeps that one.
 /// Removes a node: its replicas are replaced as a dead node's are and its
 /// credential is revoked; it can come back only by joining again.
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Removed; its replicas are replaced and its credential revoked"), Failures))]
@@ -33,6 +31,8 @@ pub(super) async fn remove_node(State(core): Shared, Path(name): Path<String>) -
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Registers a node: with the join token it gets a new credential (replacing any
+/// it had); with its own credential (a restarted node daemon) it keeps that one.
 #[utoipa::path(post, path = "/v1/nodes/register", tag = "nodes", request_body = RegisterRequest, responses((status = 200, description = "Registered (join token: with a new credential)", body = RegisterResponse), Failures))]
 pub(super) async fn register(
     State(core): Shared,
