@@ -1160,14 +1160,32 @@ fn containers_serve_http_through_the_ingress() {
     // while the ingress answered 503 for seconds.)
     let slow = "sleep 2; mkdir -p /www && echo slow $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www";
     let out = s.cli(&[
-        "deploy", "--image", "busybox", "--name", "slow", "--replicas", "2", "--memory", "32Mi", "--port", "8080",
-        "--wait", "--arg", "/bin/sh", "--arg", "-c", "--arg", slow,
+        "deploy",
+        "--image",
+        "busybox",
+        "--name",
+        "slow",
+        "--replicas",
+        "2",
+        "--memory",
+        "32Mi",
+        "--port",
+        "8080",
+        "--wait",
+        "--arg",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        slow,
     ]);
     assert!(out.contains("2/2 replicas ready (routable)"), "--wait printed: {out}");
     for _ in 0..4 {
         let page = ns
             .exec(&["curl", "-sS", "--fail", "--max-time", "3", "-H", "Host: slow.skiff.local", &format!("{ingress}/")])
-            .unwrap_or_else(|e| panic!("a request right after `deploy --wait` was not served: {e}\n--wait printed: {out}"));
+            .unwrap_or_else(|e| {
+                panic!("a request right after `deploy --wait` was not served: {e}\n--wait printed: {out}")
+            });
         assert!(page.starts_with("slow slow-"), "{page}");
     }
 }
