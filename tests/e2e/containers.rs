@@ -1179,7 +1179,6 @@ fn containers_serve_http_through_the_ingress() {
         "--arg",
         slow,
     ]);
-    assert!(out.contains("2/2 replicas ready (routable)"), "--wait printed: {out}");
     for _ in 0..4 {
         let page = ns
             .exec(&["curl", "-sS", "--fail", "--max-time", "3", "-H", "Host: slow.skiff.local", &format!("{ingress}/")])
@@ -1188,6 +1187,7 @@ fn containers_serve_http_through_the_ingress() {
             });
         assert!(page.starts_with("slow slow-"), "{page}");
     }
+    assert!(out.contains("2/2 replicas ready (routable)"), "--wait printed: {out}");
 }
 
 /// A registry (Debian's docker-registry) started by a test on a loopback port;
