@@ -45,6 +45,7 @@ pub(super) async fn run_container(
     let host_network = plan.host_network;
     let prepared = {
         let (net, id, bundle, plan, spec) = (net.clone(), id.clone(), bundle.clone(), plan.clone(), spec.clone());
+        let dropped = guard.dropped.clone();
         tokio::task::spawn_blocking(move || {
             // Until the bundle and namespace are made: a teardown of this
             // container (the previous run's, or this one's if it is dropped
@@ -53,6 +54,12 @@ pub(super) async fn run_container(
             let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
             if net.life.exiting() {
                 return Err("the node daemon is stopping".to_string());
+            }
+            // Stopped while this waited for the lock: its teardown has run (it
+            // sets the flag before it takes the lock), so make nothing it would
+            // not see. Seen as a bundle left after a delete in make test.
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("stopped before it started".to_string());
             }
             // What an earlier run left (a crash of this daemon) goes first.
             if bundle.exists() || net.oci.may_know(&id) {

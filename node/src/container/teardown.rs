@@ -211,6 +211,10 @@ pub(super) struct Running {
     /// Whether the OCI runtime was started: a daemon leaving its containers
     /// running ([`OnExit::Keep`]) still removes one that never started.
     pub(super) started: bool,
+    /// Set when the guard drops: the run's preparation, a blocking task that
+    /// dropping the future cannot stop, checks it under the container's lock,
+    /// so that it makes no bundle after this teardown has already run.
+    pub(super) dropped: Arc<AtomicBool>,
     pub(super) _busy: Busy,
 }
 
@@ -223,6 +227,7 @@ impl Running {
             grace,
             armed: true,
             started: false,
+            dropped: Arc::new(AtomicBool::new(false)),
             _busy: net.life.busy(),
         }
     }
@@ -230,6 +235,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
         self.net.addresses.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         if !self.armed {
             return;
