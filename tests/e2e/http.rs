@@ -21,14 +21,7 @@ struct Cluster {
 impl Cluster {
     fn new(nodes: &[&str]) -> Cluster {
         let dir = TempDir::new("http");
-        let data = dir.path().join("server");
-        let server = Proc::start(
-            "server",
-            &["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()],
-            &dir.path().join("server.log"),
-        );
-        let url = server_ready(&data);
-        let token = read_when_ready(&data.join("join-token"));
+        let (server, url, token) = loopback_server(dir.path(), &[]);
         let mut procs = Vec::new();
         let mut ingresses = Vec::new();
         for name in nodes {

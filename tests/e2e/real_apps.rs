@@ -487,14 +487,7 @@ struct Loopback {
 impl Loopback {
     fn start(tag: &str) -> Loopback {
         let dir = TempDir::new(tag);
-        let server_data = dir.path().join("server");
-        let server = Proc::start(
-            "server",
-            &["server", "--listen", "127.0.0.1:0", "--data-dir", server_data.to_str().unwrap_or_default()],
-            &dir.path().join("server.log"),
-        );
-        let url = server_ready(&server_data);
-        let token = read_when_ready(&server_data.join("join-token"));
+        let (server, url, token) = loopback_server(dir.path(), &[]);
         let data = dir.path().join("node");
         let node_args = [
             "node",

@@ -356,6 +356,19 @@ pub fn server_ready(data: &Path) -> String {
     url
 }
 
+/// A `skiff server` on a free loopback port with its data in `dir/server` and its
+/// log in `dir/server.log`, `extra` added to its arguments; once up, with its URL
+/// and join token (see [`server_ready`]).
+pub fn loopback_server(dir: &Path, extra: &[&str]) -> (Proc, String, String) {
+    let data = dir.join("server");
+    let args =
+        [&["server", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap_or_default()], extra].concat();
+    let server = Proc::start("server", &args, &dir.join("server.log"));
+    let url = server_ready(&data);
+    let token = read_when_ready(&data.join("join-token"));
+    (server, url, token)
+}
+
 /// The outcome of one CLI call.
 pub struct Cli {
     pub ok: bool,
