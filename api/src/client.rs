@@ -429,6 +429,30 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/v1/images")).await
     }
 
+    /// Forgets image `name:tag`; its blobs go with the scheduler's next blob
+    /// collection once nothing else refers to them.
+    pub async fn delete_image(&self, name: &str, tag: &str) -> Result<(), ClientError> {
+        let req = self.request(reqwest::Method::DELETE, "/v1/images").query(&[("name", name), ("tag", tag)]);
+        self.send(req).await.map(|_| ())
+    }
+
+    // ---- registries ----
+
+    /// Stores the credential nodes pull from registry `host` with.
+    pub async fn registry_login(&self, host: &str, req: &crate::RegistryLogin) -> Result<crate::Registry, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/v1/registries/{host}")).json(req)).await
+    }
+
+    /// Every stored registry credential (hosts and users, never passwords).
+    pub async fn registries(&self) -> Result<Vec<crate::Registry>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/registries")).await
+    }
+
+    /// Forgets the credential of registry `host`.
+    pub async fn registry_logout(&self, host: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/registries/{host}"))).await.map(|_| ())
+    }
+
     // ---- volumes ----
 
     /// Every volume.

@@ -196,6 +196,51 @@ pub struct Assignment {
     /// to the node the replica is assigned to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The credential for the registry an image workload is pulled from
+    /// (`skiff registry login`), when one is stored for its host. Sent only to
+    /// the node the replica is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryCredential>,
+}
+
+/// A registry credential as a node receives it to pull an image.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistryCredential {
+    /// Registry host (`host[:port]`).
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+/// Never prints the password (assignments are logged at debug level).
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `PUT /v1/registries/{host}`: store the credential the nodes pull from the
+/// registry at `host` with (`skiff registry login`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistryLogin {
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
 }
 
 /// `GET /v1/nodes/{name}/assignments?index=I&wait=MS`: the full desired set of a

@@ -358,6 +358,24 @@ pub struct Event {
     pub message: String,
 }
 
+/// A private registry's credential as the API shows it (`skiff registry ls`):
+/// the host and user, never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Registry {
+    /// Registry host as image references name it (`registry.example.com`,
+    /// `localhost:5000`).
+    pub host: String,
+    /// The user the nodes pull as.
+    pub username: String,
+    /// When the credential was first stored.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub created_ms: Millis,
+    /// When it was last replaced.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub updated_ms: Millis,
+}
+
 /// An OCI image imported into the scheduler's blob store, by name and tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -83,6 +83,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Create, list and delete secrets
     Secret(secret::SecretArgs),
+    /// Log in to private registries the nodes pull images from
+    Registry(commands::registry::RegistryArgs),
     /// Follow, undo, pause and resume rolling updates
     Rollout(rollout::RolloutArgs),
     /// List and delete named volumes
@@ -304,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::events(args, &client(&server)).await,
         Command::Image(args) => image::image(args, &client(&server)).await,
         Command::Secret(args) => secret::secret(args, &client(&server)).await,
+        Command::Registry(args) => commands::registry::registry(args, &client(&server)).await,
         Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
         Command::Volume(args) => volume::volume(args, &client(&server)).await,
         Command::Token(args) => token::token(args, &client(&server)).await,

@@ -234,6 +234,11 @@ impl Agent {
             .collect()
     }
 
+    /// What the replicas the node runs use by digest (for the image collection).
+    pub fn gc_roots(&self) -> crate::gc::Roots {
+        crate::gc::Roots::of(self.lock().values().map(|r| &r.assignment().spec.workload))
+    }
+
     /// Ids of the replicas the node runs.
     pub fn replica_ids(&self) -> HashSet<String> {
         self.lock().keys().cloned().collect()
@@ -520,11 +525,15 @@ impl Agent {
         // the replicas that want them; the others stop now.
         if let Some(c) = &self.ctx.runtimes.containers {
             c.release_unwanted(|id| want.contains_key(id));
+            // Registry credentials go to the puller, not into a replica: a
+            // changed one restarts nothing (`same_work`), and a pull waiting
+            // for one takes it at its next try.
+            c.set_registry_credentials(want.values().filter_map(|a| a.registry_auth.clone()));
         }
         let mut running = self.lock();
         let stale: Vec<String> = running
             .iter()
-            .filter(|(id, r)| want.get(*id).is_none_or(|a| a != r.assignment()))
+            .filter(|(id, r)| want.get(*id).is_none_or(|a| !same_work(a, r.assignment())))
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
@@ -559,6 +568,18 @@ impl Agent {
             running.insert(id, Replica::start(self.ctx.clone(), a));
         }
     }
+}
+
+/// Whether two assignments run the same thing: equal but for the registry
+/// credential, which only the image pull uses.
+fn same_work(a: &Assignment, b: &Assignment) -> bool {
+    let Assignment { replica, deployment, revision, generation, spec, secrets, registry_auth: _ } = a;
+    *replica == b.replica
+        && *deployment == b.deployment
+        && *revision == b.revision
+        && *generation == b.generation
+        && *spec == b.spec
+        && *secrets == b.secrets
 }
 
 /// A heartbeat that got no answer, as the client would report a server error.

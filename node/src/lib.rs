@@ -19,6 +19,7 @@ pub mod api;
 pub mod blobs;
 pub mod container;
 pub mod engine;
+pub mod gc;
 pub mod http;
 pub mod ingress;
 pub mod logs;
@@ -85,6 +86,8 @@ pub struct NodeConfig {
     /// What a clean stop ([`run_until`]) does with the containers: leave them
     /// running for the next daemon to adopt, or stop and remove them.
     pub containers_on_exit: container::OnExit,
+    /// When cached layers, compiled code and blobs are removed ([`gc`]).
+    pub image_gc: gc::GcConfig,
 }
 
 /// How often old replica logs are looked for, and how old they must be to go.
@@ -229,6 +232,15 @@ pub async fn run_until(config: NodeConfig, stop: impl std::future::Future<Output
             agent.register(0).await?;
             let watcher = agent.clone();
             tokio::try_join!(agent.heartbeat_loop(), watcher.watch_loop(), watcher.lease_loop())?;
+            Ok(())
+        });
+    }
+    {
+        let agent = Arc::downgrade(&agent);
+        let roots = move || agent.upgrade().map(|a| a.gc_roots()).unwrap_or_default();
+        let (dir, gc) = (config.data_dir.clone(), config.image_gc);
+        tasks.spawn(async move {
+            gc::run(dir, gc, roots).await;
             Ok(())
         });
     }

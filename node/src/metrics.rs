@@ -119,6 +119,11 @@ pub struct NodeMetrics {
     pub compile_seconds: Histogram,
     /// Compiled code loaded from the on-disk cache without compiling.
     pub compiled_code_loads: IntCounter,
+    /// Bytes the image and artifact caches hold on disk, by kind (`layers`,
+    /// `compiled`, `blobs`), as of the last collection (`crate::gc`).
+    pub image_gc_held_bytes: IntGaugeVec,
+    /// Bytes the collection removed, by kind and reason (`idle`, `disk_pressure`).
+    pub image_gc_freed_bytes: IntCounterVec,
     /// Time to instantiate a guest.
     pub instantiate_seconds: Histogram,
     /// Time to instantiate a `wasi:http` guest for one request, from the pool.
@@ -200,6 +205,18 @@ impl NodeMetrics {
                     "Compiled Wasm code loaded from the on-disk cache without compiling (commands and HTTP components)",
                 )
                 .expect("valid metric"),
+            ),
+            image_gc_held_bytes: gauge_vec(
+                &r,
+                "skiff_node_image_gc_held_bytes",
+                "Bytes of unpacked layers, compiled Wasm code and blobs cached on the node's disk, by kind",
+                &["kind"],
+            ),
+            image_gc_freed_bytes: counter_vec(
+                &r,
+                "skiff_node_image_gc_freed_bytes_total",
+                "Bytes of cached layers, compiled code and blobs removed, by kind and reason (idle, disk_pressure)",
+                &["kind", "reason"],
             ),
             instantiate_seconds: histogram(
                 &r,

@@ -293,6 +293,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             volume_lease: false,
         },
         secrets: Default::default(),
+        registry_auth: None,
     }
 }
 
@@ -556,6 +557,7 @@ async fn the_agent_converges_reregisters_and_serves_logs() {
         ingress_advertise: None,
         http: Default::default(),
         containers_on_exit: Default::default(),
+        image_gc: Default::default(),
     };
     let node = tokio::spawn(crate::run(config));
     wait_for("node.addr", || data.join("node.addr").is_file()).await;

@@ -655,6 +655,15 @@ impl Backend for Etcd {
         self.txn(vec![TxnOp::put(self.key(&format!("images/{}#{}", image.name, image.tag)), json(image), None)])
     }
 
+    fn delete_image(&self, name: &str, tag: &str) -> Result<bool> {
+        let key = format!("images/{name}#{tag}");
+        let found = self.range(&key)?.iter().any(|(k, _)| *k == key);
+        if found {
+            self.txn(vec![TxnOp::delete(self.key(&key), None)])?;
+        }
+        Ok(found)
+    }
+
     fn tokens(&self) -> Result<Vec<(String, String, String, u64)>> {
         let mut out = Vec::new();
         for (k, v) in self.range("tokens/")? {

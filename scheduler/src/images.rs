@@ -38,6 +38,48 @@ pub(crate) async fn put_image(
     Ok(Json(image))
 }
 
+/// `DELETE /v1/images?name=&tag=`: which image.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImageQuery {
+    /// Repository name, such as `busybox` or `example.com/team/app`.
+    name: String,
+    /// Tag [default: latest].
+    tag: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/images", tag = "images", params(ImageQuery), responses((status = 204, description = "Forgotten; its blobs go with the blob collection once nothing else refers to them"), crate::http::Failures))]
+pub(crate) async fn delete_image(
+    State(core): State<Arc<Core>>,
+    crate::http::Query(q): crate::http::Query<ImageQuery>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let tag = q.tag.as_deref().unwrap_or("latest");
+    // Under the state lock, so no apply pins the image between the check and the delete.
+    let state = core.state();
+    let users = state.image_users(&q.name, tag);
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!(
+                "image {}:{tag} is used by deployment{} {}; delete {} or deploy another image first",
+                q.name,
+                if users.len() == 1 { "" } else { "s" },
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            ),
+        ));
+    }
+    let found = state.store().delete_image(&q.name, tag).map_err(|e| ApiError::internal(e.to_string()))?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "image {}:{tag} is not imported; `skiff image ls` lists images",
+            q.name
+        )));
+    }
+    tracing::info!("image {}:{tag} removed", q.name);
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize)]
 struct Descriptor {
     digest: String,
@@ -58,6 +100,8 @@ struct Manifest {
 /// stored with their declared sizes; returns the image's total size.
 async fn check_manifest(core: &Core, digest: &str) -> Result<u64, ApiError> {
     let path = core.blobs.path(digest)?;
+    // About to be referred to: the blob collection's grace starts anew.
+    core.blobs.touch(digest);
     let bytes = tokio::fs::read(&path).await.map_err(|_| {
         ApiError::bad_request(format!(
             "manifest {digest} is not uploaded; upload its blob first (skiff image import does)"

@@ -74,6 +74,9 @@ pub struct ServerConfig {
     /// The join token of the cluster a server on etcd joins (`--join-token`); it
     /// opens the CA and keys the first server sealed into the store.
     pub join_token: Option<String>,
+    /// How long a blob no deployment revision or imported image refers to
+    /// stays before the blob collection deletes it (`--blob-gc-grace`).
+    pub blob_gc_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             name: None,
             advertise: None,
             join_token: None,
+            blob_gc_grace: Duration::from_secs(600),
         }
     }
 }
@@ -284,6 +288,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
                 let tasks = vec![
                     tokio::spawn(controllers(core.clone())).abort_handle(),
                     tokio::spawn(heartbeats::run(core.clone())).abort_handle(),
+                    tokio::spawn(blobs::run_collection(core.clone(), config.blob_gc_grace)).abort_handle(),
                 ];
                 Ok((http::router(core), tasks))
             });
@@ -293,10 +298,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         _ => {
             let db = config.data_dir.join("state.db");
             let store = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let grace = config.blob_gc_grace;
             let core = core(config, store, &token.secret, None)?;
             metrics::METRICS.leader.set(1);
             tokio::spawn(controllers(core.clone()));
             tokio::spawn(heartbeats::run(core.clone()));
+            tokio::spawn(blobs::run_collection(core.clone(), grace));
             http::router(core)
         }
     };

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub store_tx_seconds: Histogram,
     /// 1 while this server leads (always, on SQLite).
     pub leader: IntGauge,
+    /// Bytes in the blob store (set by each blob collection, `blobs::collect`).
+    pub blob_bytes: IntGauge,
+    /// Bytes of blobs the blob collection deleted.
+    pub blob_freed_bytes: IntCounter,
     nodes: IntGaugeVec,
     replicas: IntGaugeVec,
     pending: IntGaugeVec,
@@ -113,6 +117,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             IntGauge::new("skiff_scheduler_leader", "1 while this server leads the control plane")
                 .expect("valid metric"),
+        ),
+        blob_bytes: registered(
+            &r,
+            IntGauge::new("skiff_scheduler_blob_bytes", "Bytes held in the blob store (images and Wasm artifacts)")
+                .expect("valid metric"),
+        ),
+        blob_freed_bytes: registered(
+            &r,
+            IntCounter::new(
+                "skiff_scheduler_blob_gc_freed_bytes_total",
+                "Bytes of blobs deleted because nothing referred to them for the grace period",
+            )
+            .expect("valid metric"),
         ),
         nodes: gauge_vec(&r, "skiff_scheduler_nodes", "Nodes by state", &["state"]),
         replicas: gauge_vec(&r, "skiff_scheduler_replicas", "Live replicas by state", &["state"]),

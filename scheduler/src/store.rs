@@ -209,6 +209,8 @@ pub trait Backend: Send {
     fn images(&self) -> Result<Vec<skiff_api::Image>>;
     /// Points `image.name:image.tag` at `image.digest`.
     fn put_image(&self, image: &skiff_api::Image) -> Result<()>;
+    /// Forgets `name:tag`; whether it was there.
+    fn delete_image(&self, name: &str, tag: &str) -> Result<bool>;
     /// Every API token as (name, hex hash, role, created).
     fn tokens(&self) -> Result<Vec<(String, String, String, u64)>>;
     /// Stores (or replaces) API token `name`.
@@ -493,6 +495,12 @@ impl Backend for Sqlite {
             )?
             .execute(params![image.name, image.tag, image.digest, image.size, image.created_ms])?;
         Ok(())
+    }
+
+    fn delete_image(&self, name: &str, tag: &str) -> Result<bool> {
+        let n =
+            self.conn.prepare_cached("DELETE FROM images WHERE name = ?1 AND tag = ?2")?.execute(params![name, tag])?;
+        Ok(n > 0)
     }
 
     fn tokens(&self) -> Result<Vec<(String, String, String, u64)>> {

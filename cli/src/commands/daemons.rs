@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// heartbeat intervals once the interval grows with the cluster)
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     node_grace: Duration,
+    /// How long a blob (an image's or a Wasm artifact's) that no deployment,
+    /// kept revision or imported image refers to stays before it is deleted
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    blob_gc_grace: Duration,
     /// Heartbeats per second the scheduler asks for at most: in clusters of more
     /// nodes than this, the heartbeat interval grows to keep the rate
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -184,6 +188,17 @@ pub struct NodeArgs {
     /// directory adopts those still assigned here and removes the rest
     #[arg(long)]
     stop_containers_on_exit: bool,
+    /// Remove unpacked image layers, compiled Wasm code and cached blobs that
+    /// no replica has used for this long
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    image_gc_after: Duration,
+    /// When the data dir's file system is fuller than this, remove the least
+    /// recently used unused layers, code and blobs, whatever their age...
+    #[arg(long, default_value = "85%", value_parser = skiff_node::gc::parse_percent, value_name = "PERCENT")]
+    image_gc_high: f64,
+    /// ...until it is no fuller than this
+    #[arg(long, default_value = "75%", value_parser = skiff_node::gc::parse_percent, value_name = "PERCENT")]
+    image_gc_low: f64,
 }
 
 /// `skiff node rm`: the verbs on nodes (the bare `skiff node` runs one).
@@ -292,6 +307,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         advertise: args.advertise.clone(),
         join_token: args.join_token.clone(),
+        blob_gc_grace: args.blob_gc_grace,
     };
     let server = skiff_scheduler::start(config).await.with_context(|| {
         format!("cannot start the scheduler on {} with data in {}", args.listen, args.data_dir.display())
@@ -375,6 +391,14 @@ pub async fn node(mut args: NodeArgs, server: String, ca: Option<CaFingerprint>)
     };
     skiff_api::manifest::validate_name(&name).map_err(anyhow::Error::msg).context("node name (set --name)")?;
     let labels = parse_labels("--labels", &args.labels)?;
+    if args.image_gc_low > args.image_gc_high {
+        bail!("--image-gc-low ({}%) must not be above --image-gc-high ({}%)", args.image_gc_low, args.image_gc_high);
+    }
+    let image_gc = skiff_node::gc::GcConfig {
+        after: args.image_gc_after,
+        high_percent: args.image_gc_high,
+        low_percent: args.image_gc_low,
+    };
     let config = skiff_node::NodeConfig {
         server: server.clone(),
         token,
@@ -396,6 +420,7 @@ pub async fn node(mut args: NodeArgs, server: String, ca: Option<CaFingerprint>)
         } else {
             skiff_node::container::OnExit::Keep
         },
+        image_gc,
     };
     tracing::info!("node {name} joining {server}");
     let stop = async {
@@ -481,6 +506,7 @@ pub async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         http: args.http.config()?,
         // A development tool: nothing it ran outlives it.
         containers_on_exit: skiff_node::container::OnExit::Stop,
+        image_gc: Default::default(),
     };
     let url = server.url.clone();
     // The server made them at start-up (admin-token, ca.crt); the CLI run in this

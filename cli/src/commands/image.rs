@@ -30,6 +30,14 @@ enum ImageCommand {
     /// List imported images
     #[command(visible_alias = "list")]
     Ls,
+    /// Forget an imported image (refused while a deployment runs it); its
+    /// blobs are deleted by the scheduler's blob collection once nothing else
+    /// refers to them
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// NAME[:TAG] (the tag defaults to latest)
+        image: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +53,12 @@ pub async fn image(args: ImageArgs, client: &Client) -> anyhow::Result<()> {
     match args.command {
         ImageCommand::Import(a) => import(a, client).await,
         ImageCommand::Ls => list(client).await,
+        ImageCommand::Rm { image } => {
+            let (name, tag) = split_name_tag(&image);
+            client.delete_image(&name, &tag).await?;
+            println!("image {name}:{tag} removed");
+            Ok(())
+        }
     }
 }
 

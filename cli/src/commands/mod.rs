@@ -6,6 +6,7 @@ pub mod events;
 pub mod get;
 pub mod image;
 pub mod manage;
+pub mod registry;
 pub mod rollout;
 pub mod secret;
 pub mod token;

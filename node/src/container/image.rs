@@ -73,16 +73,19 @@ impl ContainerRuntime {
         digest: &str,
         media_type: &str,
         diff_id: Option<&str>,
-    ) -> Result<PathBuf, ArtifactError> {
+    ) -> Result<(PathBuf, crate::gc::Hold), ArtifactError> {
         let hex = digest_hex(digest).map_err(ArtifactError::Invalid)?.to_string();
         let dest = self.dir.join("layers").join(&hex);
+        // Held before looking: the image collection either removed it already
+        // (it is unpacked again below) or keeps it while the replica lives.
+        let hold = crate::gc::hold(&dest);
         let lock = {
             let mut map = self.unpacking.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(hex.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
         if dest.is_dir() {
-            return Ok(dest);
+            return Ok((dest, hold));
         }
         let gzip = layer_compression(media_type).map_err(ArtifactError::Invalid)?;
         let bytes = self.blob(src, digest).await?;
@@ -114,7 +117,7 @@ impl ContainerRuntime {
         match result {
             Ok(stats) => {
                 tracing::info!(layer = %digest, entries = stats.entries, skipped = stats.skipped, "unpacked layer");
-                Ok(dest)
+                Ok((dest, hold))
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
@@ -168,11 +171,13 @@ impl ContainerRuntime {
                 manifest.layers().len()
             )));
         }
-        let mut layers = Vec::new();
+        let (mut layers, mut holds) = (Vec::new(), Vec::new());
         for (i, l) in manifest.layers().iter().enumerate() {
             let media_type = l.media_type().to_string();
-            let dir = self.layer(&src, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
+            let (dir, hold) =
+                self.layer(&src, l.digest().as_ref(), &media_type, diff_ids.get(i).map(String::as_str)).await?;
             layers.push(dir);
+            holds.push(hold);
         }
         let process = bundle::merge_process(config.config().as_ref(), &a.spec.args, &a.spec.env)
             .map_err(ArtifactError::Invalid)?;
@@ -184,6 +189,7 @@ impl ContainerRuntime {
             stop_grace: a.spec.stop_grace(),
             ports: a.spec.ports.clone(),
             host_network: a.spec.network == skiff_api::NetworkMode::Host,
+            _holds: holds,
         })
     }
 }

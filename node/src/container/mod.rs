@@ -108,6 +108,8 @@ pub struct Plan {
     stop_grace: Duration,
     ports: Vec<skiff_api::PortMapping>,
     host_network: bool,
+    /// Keeps the layers from the image collection while the replica lives.
+    _holds: Vec<crate::gc::Hold>,
 }
 
 impl ContainerRuntime {

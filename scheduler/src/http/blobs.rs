@@ -6,7 +6,11 @@ use super::*;
 pub(super) async fn head_blob(State(core): Shared, Path(digest): Path<String>) -> Result<Response, ApiError> {
     fetch_missing_blob(&core, &digest).await?;
     match core.blobs.size(&digest)? {
-        Some(size) => Ok(([(header::CONTENT_LENGTH, size.to_string())], StatusCode::OK).into_response()),
+        // Whoever asks is about to refer to it: the blob collection's grace starts anew.
+        Some(size) => {
+            core.blobs.touch(&digest);
+            Ok(([(header::CONTENT_LENGTH, size.to_string())], StatusCode::OK).into_response())
+        }
         None => Err(ApiError::not_found(format!("blob {digest} not stored"))),
     }
 }
@@ -59,6 +63,7 @@ pub(super) async fn put_blob(State(core): Shared, Path(digest): Path<String>, bo
         // the client (a browser uploading from the dashboard) sees a reset.
         let mut rest = body.into_data_stream();
         while let Some(Ok(_)) = rest.next().await {}
+        core.blobs.touch(&digest);
         replicate_blob(&core, &digest).await?;
         return Ok(Json(BlobInfo { digest, size }));
     }

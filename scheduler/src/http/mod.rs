@@ -39,6 +39,7 @@ mod deployments;
 mod events;
 mod extract;
 mod nodes;
+mod registries;
 mod replicas;
 mod secrets;
 mod servers;
@@ -81,7 +82,9 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(replicas::list_replicas))
         .routes(routes!(events::events))
         .routes(routes!(servers::servers))
-        .routes(routes!(images::list_images, images::put_image))
+        .routes(routes!(images::list_images, images::put_image, images::delete_image))
+        .routes(routes!(registries::list_registries))
+        .routes(routes!(registries::registry_login, registries::registry_logout))
         .routes(routes!(volumes::list_volumes))
         .routes(routes!(volumes::delete_volume))
         .routes(routes!(secrets::list_secrets))

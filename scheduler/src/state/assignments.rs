@@ -38,6 +38,11 @@ impl State {
                 let values = self.keyring.open_sealed(&r.secret, sealed).map_err(|e| Error::Internal(e.to_string()))?;
                 asg.secrets.insert(r.secret.clone(), values);
             }
+            if asg.registry_auth.is_none()
+                && let Workload::Image(image) = &asg.spec.workload
+            {
+                asg.registry_auth = self.registry_credential(image)?;
+            }
         }
         Ok(())
     }
@@ -75,6 +80,7 @@ impl Mem {
             generation: r.generation,
             spec: spec.clone(),
             secrets: BTreeMap::new(),
+            registry_auth: None,
         })
     }
 

@@ -26,10 +26,12 @@ use std::ops::Bound;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod artifacts;
 mod assignments;
 mod deployments;
 mod indexes;
 mod nodes;
+mod registries;
 mod scheduling;
 mod secrets;
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Secrets, held sealed; opened only for the node whose replicas name them.
 
+use super::registries;
 use super::*;
 
 impl State {
     /// Every secret, without values.
     pub fn secrets(&self) -> Vec<Secret> {
-        self.mem.secrets.values().map(|(s, _)| s.clone()).collect()
+        // Registry credentials live in the same table and are no user's secret.
+        self.mem.secrets.values().filter(|(s, _)| !registries::is_registry(&s.name)).map(|(s, _)| s.clone()).collect()
     }
 
     /// Creates secret `name`, or replaces its values when `req.overwrite`.
@@ -55,7 +57,7 @@ impl State {
 
     /// Deletes secret `name`, unless a deployment uses it.
     pub fn delete_secret(&mut self, name: &str) -> Result<(), Error> {
-        if !self.mem.secrets.contains_key(name) {
+        if !self.mem.secrets.contains_key(name) || registries::is_registry(name) {
             return Err(Error::NotFound(format!("secret {name:?} not found; `skiff secret ls` lists them")));
         }
         let users: Vec<&str> = self.mem.secret_users(name).collect();
