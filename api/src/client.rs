@@ -400,6 +400,87 @@ impl Client {
         Ok(snap.replicas.into_iter().map(|r| (r.id, (r.cpu_seconds, r.memory_bytes))).collect())
     }
 
+    // ---- jobs and crons ----
+
+    /// Creates job `name`: `(the job, whether it was made now)`.
+    pub async fn put_job(&self, name: &str, spec: &crate::job::JobSpec) -> Result<(crate::Job, bool), ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            job: crate::Job,
+            created: bool,
+        }
+        let c: Created = self.json(self.request(reqwest::Method::PUT, &format!("/v1/jobs/{name}")).json(spec)).await?;
+        Ok((c.job, c.created))
+    }
+
+    /// Every job.
+    pub async fn jobs(&self) -> Result<Vec<crate::Job>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/jobs")).await
+    }
+
+    /// Job `name` with its runs.
+    pub async fn job(&self, name: &str) -> Result<crate::JobDetail, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/jobs/{name}"))).await
+    }
+
+    /// Deletes job `name`, stopping its runs.
+    pub async fn delete_job(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/jobs/{name}"))).await.map(|_| ())
+    }
+
+    /// The log lines of job `name`'s runs (or of index `index`'s), each after
+    /// `[INDEX] ` unless `bare`.
+    pub async fn job_logs(
+        &self,
+        name: &str,
+        index: Option<u32>,
+        follow: bool,
+        tail: Option<u32>,
+        bare: bool,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + use<>, ClientError> {
+        let mut q = vec![("follow", follow.to_string()), ("bare", bare.to_string())];
+        if let Some(i) = index {
+            q.push(("index", i.to_string()));
+        }
+        if let Some(t) = tail {
+            q.push(("tail", t.to_string()));
+        }
+        let resp = self.send(self.request(reqwest::Method::GET, &format!("/v1/jobs/{name}/logs")).query(&q)).await?;
+        Ok(resp.bytes_stream())
+    }
+
+    /// Creates or changes cron `name`: `(the cron, whether it was made now)`.
+    pub async fn put_cron(&self, name: &str, spec: &crate::job::CronSpec) -> Result<(crate::Cron, bool), ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Applied {
+            cron: crate::Cron,
+            created: bool,
+        }
+        let a: Applied =
+            self.json(self.request(reqwest::Method::PUT, &format!("/v1/crons/{name}")).json(spec)).await?;
+        Ok((a.cron, a.created))
+    }
+
+    /// Every cron.
+    pub async fn crons(&self) -> Result<Vec<crate::Cron>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/crons")).await
+    }
+
+    /// Cron `name` with its jobs.
+    pub async fn cron(&self, name: &str) -> Result<crate::CronDetail, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/crons/{name}"))).await
+    }
+
+    /// Deletes cron `name` and its jobs.
+    pub async fn delete_cron(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/crons/{name}"))).await.map(|_| ())
+    }
+
+    /// Starts a job of cron `name` now.
+    pub async fn trigger_cron(&self, name: &str) -> Result<crate::Job, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/crons/{name}/trigger"))).await
+    }
+
     // ---- secrets ----
 
     /// Creates secret `name` (or replaces its values when `req.overwrite`).

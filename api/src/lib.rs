@@ -6,6 +6,7 @@
 //! This crate is what other programs build against: its public items are stable.
 
 pub mod client;
+pub mod job;
 pub mod manifest;
 pub mod messages;
 pub mod objects;

@@ -159,6 +159,10 @@ impl Visitor<'_> for KeySeed {
         f.write_str("a manifest key")
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        // `kind: deployment` (the default kind) says what `parse_objects` already knows.
+        if key == "kind" {
+            return Ok(Key::Own("kind"));
+        }
         if let Some(k) = OWN_KEYS.iter().find(|k| **k == key) {
             return Ok(Key::Own(k));
         }
@@ -197,6 +201,7 @@ impl Own {
             Ok(())
         }
         match key {
+            "kind" => map.next_value::<de::IgnoredAny>().map(|_| ()),
             "name" => once(&mut self.name, key, map),
             "wasm" => once(&mut self.wasm, key, map),
             "image" => once(&mut self.image, key, map),
@@ -327,27 +332,106 @@ pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// Reads every deployment in a YAML text of one or more documents, and checks
 /// each as the server will (`validate::apply`).
 pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestError> {
+    let objects = parse_objects(text)?;
+    let deployments: Vec<ManifestDeployment> = objects
+        .into_iter()
+        .filter_map(|o| match o {
+            ManifestObject::Deployment(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    if deployments.is_empty() {
+        return Err(plain("manifest holds no deployment".into()));
+    }
+    Ok(deployments)
+}
+
+/// One document of a manifest, by its `kind` (`deployment` when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestObject {
+    /// `kind: deployment`, or no kind.
+    Deployment(ManifestDeployment),
+    /// `kind: job`: its name and spec (the workload as in [`ManifestDeployment::spec`]).
+    Job(String, crate::job::JobSpec),
+    /// `kind: cron`.
+    Cron(String, crate::job::CronSpec),
+}
+
+/// The kind a document names, read before the document itself.
+#[derive(Deserialize)]
+struct KindOnly {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Reads every object (deployments, jobs, crons) of a YAML text of one or more
+/// documents, and checks each as the server will.
+pub fn parse_objects(text: &str) -> Result<Vec<ManifestObject>, ManifestError> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(plain(format!(
             "the manifest is {} bytes; at most {MAX_MANIFEST_BYTES} are read (split it into several files)",
             text.len()
         )));
     }
-    let mut read = Vec::new();
+    let mut kinds = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        match Option::<Document>::deserialize(doc) {
-            Ok(Some(Document(d))) => read.push(d),
-            Ok(None) => {}
+        match Option::<KindOnly>::deserialize(doc) {
+            Ok(k) => kinds.push(k.and_then(|k| k.kind)),
             Err(e) => return Err(relocate(text, yaml_error(e))),
         }
     }
-    if read.is_empty() {
-        return Err(plain("manifest holds no deployment".into()));
+    let mut read = Vec::new();
+    let mut others = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let kind = kinds.get(i).cloned().flatten();
+        let res = match kind.as_deref() {
+            None | Some("deployment") => match Option::<Document>::deserialize(doc) {
+                Ok(Some(Document(d))) => {
+                    read.push((i, d));
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Some("job") => crate::job::ManifestJob::deserialize(doc).map(|j| others.push(Err(j))),
+            Some("cron") => crate::job::ManifestCron::deserialize(doc).map(|c| others.push(Ok(c))),
+            Some(other) => {
+                return Err(plain(format!("unknown kind {other:?}; a document is a deployment, a job or a cron")));
+            }
+        };
+        if let Err(e) = res {
+            return Err(relocate(text, yaml_error(e)));
+        }
+    }
+    if read.is_empty() && others.is_empty() {
+        return Err(plain("manifest holds no deployment, job or cron".into()));
+    }
+    let mut objects = Vec::new();
+    let mut seen_jobs = std::collections::BTreeSet::new();
+    for o in others {
+        let (name, obj) = match o {
+            Err(j) => {
+                let name = j.name.clone().ok_or_else(|| plain("a job needs a name".into()))?;
+                let spec = j.spec().map_err(|e| plain(format!("job {name:?}: {e}")))?;
+                crate::job::validate_job(&name, &spec).map_err(|e| plain(format!("job {name:?}: {e}")))?;
+                (format!("job {name}"), ManifestObject::Job(name, spec))
+            }
+            Ok(c) => {
+                let name = c.name.clone();
+                let spec = c.spec().map_err(|e| plain(format!("cron {name:?}: {e}")))?;
+                crate::job::validate_cron(&name, &spec).map_err(|e| plain(format!("cron {name:?}: {e}")))?;
+                (format!("cron {name}"), ManifestObject::Cron(name, spec))
+            }
+        };
+        if !seen_jobs.insert(name.clone()) {
+            return Err(plain(format!("{name} appears twice in the manifest")));
+        }
+        objects.push(obj);
     }
     let documents = documents(text);
     let mut seen = std::collections::BTreeSet::new();
     let mut deployments = Vec::new();
-    for (i, (d, workloads)) in read.into_iter().enumerate() {
+    for (i, (d, workloads)) in read.into_iter() {
         let name = &d.name;
         match workloads {
             [true, true] => return Err(plain(format!("deployment {name:?}: set either wasm or image, not both"))),
@@ -369,7 +453,9 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
         }
         deployments.push(d);
     }
-    Ok(deployments)
+    let mut all: Vec<ManifestObject> = deployments.into_iter().map(ManifestObject::Deployment).collect();
+    all.extend(objects);
+    Ok(all)
 }
 
 /// The lines (0-based, end exclusive) of each document that holds something:

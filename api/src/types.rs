@@ -7,3 +7,6 @@
 pub use crate::messages::*;
 pub use crate::objects::*;
 pub use crate::spec::*;
+pub use crate::job::{
+    ConcurrencyPolicy, Cron, CronDetail, CronHistory, CronSpec, Job, JobDetail, JobRun, JobSpec, JobState, RunOutcome,
+};

@@ -73,8 +73,12 @@ enum Command {
     /// Delete a deployment and stop its replicas
     #[command(visible_alias = "rm")]
     Delete(manage::DeleteArgs),
-    /// Print the logs of a deployment's replicas
+    /// Print the logs of a deployment's replicas, or of a job's runs (job/NAME)
     Logs(manage::LogsArgs),
+    /// Run a .wasm file or an image once, streaming its output; exits with its status
+    Run(commands::run::RunArgs),
+    /// Start a cron's job now
+    Cron(commands::job::CronArgs),
     /// Show each replica's cpu and memory now, busiest first
     Top(top::TopArgs),
     /// Print what the controllers decided and why; -f follows
@@ -302,6 +306,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args, &client(&server)).await,
         Command::Delete(args) => manage::delete(args, &client(&server)).await,
         Command::Logs(args) => manage::logs(args, &client(&server)).await,
+        Command::Run(args) => commands::run::run(args, &client(&server)).await,
+        Command::Cron(args) => commands::job::cron(args, &client(&server)).await,
         Command::Top(args) => top::top(args, &client(&server)).await,
         Command::Events(args) => events::events(args, &client(&server)).await,
         Command::Image(args) => image::image(args, &client(&server)).await,

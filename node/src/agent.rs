@@ -603,6 +603,8 @@ pub fn collect_old_logs(data_dir: &std::path::Path, running: &HashSet<String>, m
             .ok()
             .and_then(|t| t.elapsed().ok())
             .unwrap_or(Duration::MAX);
+        let max_age =
+            if entry.path().join(crate::logs::JOB_RUN_MARK).exists() { crate::logs::JOB_LOG_MAX_AGE } else { max_age };
         if age >= max_age
             && let Err(e) = std::fs::remove_dir_all(entry.path())
         {

@@ -37,6 +37,12 @@ const PARTIAL_AFTER: Duration = Duration::from_secs(1);
 pub const CURRENT: &str = "current.log";
 /// The rotated file.
 pub const PREVIOUS: &str = "previous.log";
+/// Present in the log directory of a job's run: kept for [`JOB_LOG_MAX_AGE`]
+/// after its last line rather than an hour (`skiff logs job/NAME` reads it
+/// after the run ended).
+pub const JOB_RUN_MARK: &str = "job-run";
+/// How long the log of a job's run is kept after its last line.
+pub const JOB_LOG_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// Where a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,8 +42,15 @@ impl Replica {
     pub fn start(ctx: Arc<Context>, assignment: Assignment) -> Replica {
         let status = Status::new(&assignment.replica, assignment.generation);
         let usage = Arc::new(Usage::default());
-        let log = match LogSink::open(logs::replica_dir(&ctx.data_dir, &assignment.replica)) {
-            Ok(l) => Some(l),
+        let dir = logs::replica_dir(&ctx.data_dir, &assignment.replica);
+        let log = match LogSink::open(dir.clone()) {
+            Ok(l) => {
+                // A job's run: its log outlives it (`agent::collect_old_logs`).
+                if assignment.spec.env.contains_key("SKIFF_JOB_INDEX") {
+                    let _ = std::fs::write(dir.join(logs::JOB_RUN_MARK), b"");
+                }
+                Some(l)
+            }
             Err(e) => {
                 tracing::warn!(replica = %assignment.replica, "cannot open the replica's log: {e}");
                 None
@@ -76,7 +83,8 @@ impl Replica {
 
     /// Stops the guest for good, saying why in its log.
     pub fn stop(self, why: &str) {
-        if let Some(log) = &self.log {
+        // A run that ended on its own (a job's) has said why already.
+        if let Some(log) = self.log.as_ref().filter(|_| !self.task.is_finished()) {
             log.system(&format!("stopping: {why}"));
         }
         // Drop aborts the task, which drops the run's future, which stops the

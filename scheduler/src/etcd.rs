@@ -452,6 +452,16 @@ impl Etcd {
             }
             Op::DeleteVolume(name) => out.push(Write::Delete(self.key(&format!("volumes/{name}")))),
             Op::SetMeta { key, value } => out.push(Write::Put(self.key(&format!("meta/{key}")), value.into_bytes())),
+            Op::PutJob { name, body } => out.push(Write::Put(self.key(&format!("jobs/{name}")), body.into_bytes())),
+            Op::DeleteJob(name) => {
+                out.push(Write::Delete(self.key(&format!("jobs/{name}"))));
+                out.push(Write::DeletePrefix(self.key(&format!("runs/{name}/"))));
+            }
+            Op::PutRun { id, job, body } => {
+                out.push(Write::Put(self.key(&format!("runs/{job}/{id}")), body.into_bytes()))
+            }
+            Op::PutCron { name, body } => out.push(Write::Put(self.key(&format!("crons/{name}")), body.into_bytes())),
+            Op::DeleteCron(name) => out.push(Write::Delete(self.key(&format!("crons/{name}")))),
         }
     }
 }
@@ -510,8 +520,18 @@ fn unhex(what: &'static str, s: &str) -> Result<Vec<u8>> {
 }
 
 /// The tables that make the working set ([`decode_tables`] reads these).
-pub(crate) const WORKING_SET: [&str; 7] =
-    ["nodes/", "revisions/", "deployments/", "replicas/", "meta/", "secrets/", "volumes/"];
+pub(crate) const WORKING_SET: [&str; 10] = [
+    "nodes/",
+    "revisions/",
+    "deployments/",
+    "replicas/",
+    "meta/",
+    "secrets/",
+    "volumes/",
+    "jobs/",
+    "runs/",
+    "crons/",
+];
 
 /// The working set from its tables, each read by `range` (a table's
 /// (key without the prefix, value) pairs in key order): from etcd itself, or
@@ -585,7 +605,12 @@ pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)
         };
         volumes.push((volume, s.purge));
     }
-    Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
+    let jobs = range("jobs/")?.iter().map(|(_, v)| decode("job", v)).collect::<Result<_>>()?;
+    let mut runs: Vec<skiff_api::JobRun> =
+        range("runs/")?.iter().map(|(_, v)| decode("run", v)).collect::<Result<_>>()?;
+    runs.sort_by(|a, b| (&a.job, a.created_ms, &a.id).cmp(&(&b.job, b.created_ms, &b.id)));
+    let crons = range("crons/")?.iter().map(|(_, v)| decode("cron", v)).collect::<Result<_>>()?;
+    Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes, jobs, runs, crons })
 }
 
 impl Backend for Etcd {

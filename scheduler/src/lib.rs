@@ -491,6 +491,10 @@ fn controller_pass(core: &Core, full: bool) -> (Result<(), state::Error>, bool) 
     } else if r.is_ok() {
         r = st.reconcile_due();
     }
+    // Jobs and crons every pass: a run that ended is followed by the next at once.
+    if r.is_ok() {
+        r = st.reconcile_jobs().and_then(|()| st.cron_pass());
+    }
     let r = r.and_then(|_| {
         let dirty = st.mem().sched_dirty;
         let start = std::time::Instant::now();

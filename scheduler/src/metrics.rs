@@ -18,7 +18,7 @@ use prometheus::{
     TextEncoder,
 };
 use serde::Serialize;
-use skiff_api::{NodeState, ReplicaState};
+use skiff_api::{JobState, NodeState, ReplicaState, RunOutcome};
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
@@ -250,12 +250,83 @@ impl Metrics {
             }
             self.deployments.set(count);
         }
+        JOBS.set_gauges(core);
+        let mut families = self.registry.gather();
+        families.extend(JOBS.registry.gather());
         let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!("encoding metrics: {e}");
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Jobs, runs and crons (`state/jobs.rs`, `state/cron.rs`): a registry of
+/// their own, gathered with the others at each scrape.
+pub struct JobMetrics {
+    registry: Registry,
+    jobs: IntGaugeVec,
+    runs: prometheus::IntCounterVec,
+    run_seconds: Histogram,
+    cron_lag: Histogram,
+}
+
+/// The job metrics of this process.
+pub static JOBS: LazyLock<JobMetrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    JobMetrics {
+        jobs: gauge_vec(&r, "skiff_scheduler_jobs", "Jobs by state", &["state"]),
+        runs: registered(
+            &r,
+            prometheus::IntCounterVec::new(
+                Opts::new("skiff_scheduler_job_runs_total", "Job runs ended, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        ),
+        run_seconds: histogram(
+            &r,
+            "skiff_scheduler_job_run_duration_seconds",
+            "How long job runs ran, start to end",
+            vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0],
+        ),
+        cron_lag: histogram(
+            &r,
+            "skiff_scheduler_cron_lag_seconds",
+            "Start of a cron's job minus its scheduled time",
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        ),
+        registry: r,
+    }
+});
+
+impl JobMetrics {
+    fn set_gauges(&self, core: &Core) {
+        self.jobs.reset();
+        for s in [JobState::Pending, JobState::Running, JobState::Succeeded, JobState::Failed] {
+            self.jobs.with_label_values(&[s.to_string().as_str()]).set(0);
+        }
+        let st = core.state();
+        for j in st.mem().jobs() {
+            self.jobs.with_label_values(&[j.state.to_string().as_str()]).inc();
+        }
+    }
+}
+
+/// A job ended as `state` (counted by the gauge at the next scrape).
+pub fn job_finished(_state: JobState) {}
+
+/// A run ended as `outcome` after `duration_ms`.
+pub fn run_finished(outcome: RunOutcome, duration_ms: Option<u64>) {
+    JOBS.runs.with_label_values(&[outcome.to_string().as_str()]).inc();
+    if let Some(ms) = duration_ms {
+        JOBS.run_seconds.observe(ms as f64 / 1000.0);
+    }
+}
+
+/// A cron's job started `late_ms` after its scheduled time.
+pub fn cron_lag(late_ms: u64) {
+    JOBS.cron_lag.observe(late_ms as f64 / 1000.0);
 }
 
 /// `GET /metrics`.

@@ -110,6 +110,22 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL UNIQUE,
         created_ms INTEGER NOT NULL
      );",
+    // 7: jobs, their runs and crons, as JSON (`skiff_api::job`); a run's row
+    // is kept after its replica's is deleted: its exit code, node and times.
+    "CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+     );
+     CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX runs_by_job ON runs(job);
+     CREATE TABLE crons (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+     );",
 ];
 
 /// What the deployments table keeps as JSON beside its columns.
@@ -132,6 +148,10 @@ pub struct Loaded {
     pub secrets: Vec<(Secret, Sealed)>,
     /// Volumes, and whether each is being purged.
     pub volumes: Vec<(Volume, bool)>,
+    /// Jobs, their runs and crons (migration 7).
+    pub jobs: Vec<skiff_api::Job>,
+    pub runs: Vec<skiff_api::JobRun>,
+    pub crons: Vec<skiff_api::Cron>,
 }
 
 /// One write to the store, as a transaction collects it (see [`Tx`]).
@@ -186,6 +206,22 @@ pub enum Op {
         purge: bool,
     },
     DeleteVolume(String),
+    PutJob {
+        name: String,
+        body: String,
+    },
+    /// A job and all its runs.
+    DeleteJob(String),
+    PutRun {
+        id: String,
+        job: String,
+        body: String,
+    },
+    PutCron {
+        name: String,
+        body: String,
+    },
+    DeleteCron(String),
     SetMeta {
         key: String,
         value: String,
@@ -292,6 +328,15 @@ impl Loaded {
         }
         for (k, v) in &self.meta {
             let _ = tx.set_meta(k, v);
+        }
+        for j in &self.jobs {
+            let _ = tx.put_job(j);
+        }
+        for r in &self.runs {
+            let _ = tx.put_run(r);
+        }
+        for c in &self.crons {
+            let _ = tx.put_cron(c);
         }
         tx.ops.into_inner()
     }
@@ -436,7 +481,22 @@ impl Backend for Sqlite {
         for row in rows {
             volumes.push(row?);
         }
-        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes })
+        let mut jobs = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT body FROM jobs ORDER BY name")?;
+        for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            jobs.push(decode("job", &body?)?);
+        }
+        let mut runs = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT body FROM runs ORDER BY rowid")?;
+        for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            runs.push(decode("run", &body?)?);
+        }
+        let mut crons = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT body FROM crons ORDER BY name")?;
+        for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            crons.push(decode("cron", &body?)?);
+        }
+        Ok(Loaded { nodes, deployments, revisions, replicas, meta, secrets, volumes, jobs, runs, crons })
     }
 
     fn commit(&mut self, ops: Vec<Op>) -> Result<()> {
@@ -627,6 +687,27 @@ impl Tx {
         self.push(Op::DeleteSecret(name.to_string()))
     }
 
+    pub fn put_job(&self, j: &skiff_api::Job) -> Result<()> {
+        self.push(Op::PutJob { name: j.name.clone(), body: json(j) })
+    }
+
+    /// Deletes a job and every run of it.
+    pub fn delete_job(&self, name: &str) -> Result<()> {
+        self.push(Op::DeleteJob(name.to_string()))
+    }
+
+    pub fn put_run(&self, r: &skiff_api::JobRun) -> Result<()> {
+        self.push(Op::PutRun { id: r.id.clone(), job: r.job.clone(), body: json(r) })
+    }
+
+    pub fn put_cron(&self, c: &skiff_api::Cron) -> Result<()> {
+        self.push(Op::PutCron { name: c.name.clone(), body: json(c) })
+    }
+
+    pub fn delete_cron(&self, name: &str) -> Result<()> {
+        self.push(Op::DeleteCron(name.to_string()))
+    }
+
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.push(Op::SetMeta { key: key.to_string(), value: value.to_string() })
     }
@@ -712,6 +793,26 @@ fn apply(tx: &Transaction, op: Op) -> Result<()> {
         }
         Op::DeleteVolume(name) => {
             tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
+        }
+        Op::PutJob { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO jobs (name, body) VALUES (?1, ?2)")?.execute(params![name, body])?;
+        }
+        Op::DeleteJob(name) => {
+            tx.execute("DELETE FROM jobs WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM runs WHERE job = ?1", [&name])?;
+        }
+        Op::PutRun { id, job, body } => {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, job, body) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![id, job, body])?;
+        }
+        Op::PutCron { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO crons (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
+        }
+        Op::DeleteCron(name) => {
+            tx.execute("DELETE FROM crons WHERE name = ?1", [name])?;
         }
         Op::SetMeta { key, value } => {
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?

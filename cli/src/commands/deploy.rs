@@ -256,9 +256,18 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
 pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     let file = &args.file;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
-    let manifest =
-        skiff_api::manifest::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let objects =
+        skiff_api::manifest::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Jobs and crons (`kind: job|cron`) go their own way, after the deployments.
+    let (mut manifest, mut jobs, mut crons) = (Vec::new(), Vec::new(), Vec::new());
+    for o in objects {
+        match o {
+            skiff_api::manifest::ManifestObject::Deployment(d) => manifest.push(d),
+            skiff_api::manifest::ManifestObject::Job(name, spec) => jobs.push((name, spec)),
+            skiff_api::manifest::ManifestObject::Cron(name, spec) => crons.push((name, spec)),
+        }
+    }
 
     // Read every artifact before changing anything, so that a typo in the third
     // deployment does not leave the first two applied.
@@ -275,7 +284,11 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         prepared.push(Prepared { request: d.request(), name: d.name, wasm });
     }
     let wait = args.wait.then_some(args.timeout);
-    apply_all(client, prepared, wait, &format!("{}: ", file.display())).await
+    let source = format!("{}: ", file.display());
+    if !prepared.is_empty() {
+        apply_all(client, prepared, wait, &source).await?;
+    }
+    super::job::apply(client, &base, jobs, crons, &source).await
 }
 
 /// One deployment ready to apply: its request, and the Wasm file to upload
@@ -332,7 +345,7 @@ async fn apply_all(
 }
 
 /// Reads a file and checks that it is WebAssembly, before anything is uploaded.
-fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !bytes.starts_with(WASM_MAGIC) {
         bail!(
@@ -349,7 +362,7 @@ pub fn digest_of(bytes: &[u8]) -> String {
 }
 
 /// Uploads `bytes` unless the server has them already; returns their digest.
-async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<String> {
+pub(crate) async fn upload(client: &Client, path: &Path, bytes: Vec<u8>) -> anyhow::Result<String> {
     let digest = digest_of(&bytes);
     let exists = client.blob_exists(&digest).await?;
     if !exists {

@@ -13,6 +13,8 @@ enum Kind {
     Deployments,
     Replicas,
     Servers,
+    Jobs,
+    Crons,
 }
 
 impl Kind {
@@ -22,7 +24,9 @@ impl Kind {
             "deployments" | "deployment" | "deploy" | "deploys" | "dep" => Kind::Deployments,
             "replicas" | "replica" | "rs" | "rep" => Kind::Replicas,
             "servers" | "server" => Kind::Servers,
-            other => bail!("unknown kind {other:?}; use nodes, deployments, replicas or servers"),
+            "jobs" | "job" => Kind::Jobs,
+            "crons" | "cron" | "cronjobs" | "cronjob" => Kind::Crons,
+            other => bail!("unknown kind {other:?}; use nodes, deployments, replicas, jobs, crons or servers"),
         })
     }
 }
@@ -73,6 +77,8 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         GetFormat::Yaml => Format::Yaml,
     };
     match (kind, &args.name) {
+        (Kind::Jobs, name) => super::job::get_jobs(client, name.as_deref(), format).await?,
+        (Kind::Crons, name) => super::job::get_crons(client, name.as_deref(), format).await?,
         (Kind::Nodes, None) => {
             let nodes = client.nodes().await?;
             if format == Format::Table {
@@ -337,6 +343,8 @@ pub async fn describe(args: DescribeArgs, client: &Client) -> anyhow::Result<()>
             bail!("describe shows a deployment or a node; for replicas use `skiff get replicas {}`", args.name)
         }
         Kind::Servers => bail!("describe shows a deployment or a node; for servers use `skiff get servers`"),
+        Kind::Jobs => super::job::describe_job(client, &args.name).await,
+        Kind::Crons => super::job::describe_cron(client, &args.name).await,
     }
 }
 

@@ -16,8 +16,10 @@ pub struct ScaleArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// The deployment
+    /// The deployment (or `job NAME`, `cron NAME`)
     name: String,
+    /// With `job` or `cron` first: its name
+    second: Option<String>,
     /// Also delete the volumes it mounts (that no other deployment mounts), data and all
     #[arg(long)]
     purge_volumes: bool,
@@ -25,8 +27,11 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The deployment
+    /// The deployment, or job/NAME for a job's runs (each line after its index)
     name: String,
+    /// job/NAME: only this index's runs
+    #[arg(long)]
+    index: Option<u32>,
     /// Only this replica's lines
     #[arg(long)]
     replica: Option<String>,
@@ -48,6 +53,21 @@ pub async fn scale(args: ScaleArgs, client: &Client) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs, client: &Client) -> anyhow::Result<()> {
+    let args = match (args.name.as_str(), args.second.clone()) {
+        ("job" | "jobs", Some(name)) => {
+            client.delete_job(&name).await?;
+            println!("job {name} deleted");
+            return Ok(());
+        }
+        ("cron" | "crons", Some(name)) => {
+            client.delete_cron(&name).await?;
+            println!("cron {name} deleted");
+            return Ok(());
+        }
+        ("deployment" | "deployments" | "deploy", Some(name)) => DeleteArgs { name, second: None, ..args },
+        (_, Some(extra)) => anyhow::bail!("unexpected {extra:?}; write `skiff delete NAME` or `skiff delete job|cron NAME`"),
+        (_, None) => args,
+    };
     if args.purge_volumes {
         client.delete_purging_volumes(&args.name).await?;
         println!("deployment {} deleted with its volumes", args.name);
@@ -59,6 +79,12 @@ pub async fn delete(args: DeleteArgs, client: &Client) -> anyhow::Result<()> {
 }
 
 pub async fn logs(args: LogsArgs, client: &Client) -> anyhow::Result<()> {
+    if let Some(job) = args.name.strip_prefix("job/") {
+        return super::job::logs(client, job, args.index, args.follow, args.tail).await;
+    }
+    if args.index.is_some() {
+        anyhow::bail!("--index is for a job's runs: skiff logs job/NAME --index N");
+    }
     let stream = client.logs(&args.name, args.replica.as_deref(), args.follow, args.tail).await?;
     tokio::pin!(stream);
     let copy = async {

@@ -201,7 +201,7 @@ pub(super) fn tokio_stream_from<T: Send + 'static>(
 
 impl Core {
     /// Checks a Wasm artifact is uploaded and is valid WebAssembly, once per digest.
-    async fn check_wasm(&self, digest: &str) -> Result<(), ApiError> {
+    pub(super) async fn check_wasm(&self, digest: &str) -> Result<(), ApiError> {
         let path = self.blobs.path(digest)?;
         if self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).contains(digest) {
             return Ok(());

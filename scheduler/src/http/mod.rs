@@ -38,6 +38,7 @@ mod blobs;
 mod deployments;
 mod events;
 mod extract;
+mod jobs;
 mod nodes;
 mod registries;
 mod replicas;
@@ -79,6 +80,12 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(deployments::pause))
         .routes(routes!(deployments::resume))
         .routes(routes!(deployments::logs))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::put_job, jobs::get_job, jobs::delete_job))
+        .routes(routes!(jobs::job_logs))
+        .routes(routes!(jobs::list_crons))
+        .routes(routes!(jobs::put_cron, jobs::get_cron, jobs::delete_cron))
+        .routes(routes!(jobs::trigger_cron))
         .routes(routes!(replicas::list_replicas))
         .routes(routes!(events::events))
         .routes(routes!(servers::servers))

@@ -72,13 +72,17 @@ impl Mem {
     }
 
     pub(super) fn assignment(&self, r: &Replica) -> Option<Assignment> {
-        let spec = self.revisions.get(&(r.deployment.clone(), r.revision))?;
+        let mut spec = self.revisions.get(&(r.deployment.clone(), r.revision))?.clone();
+        // A job's run: which index it is (`jobs.rs`).
+        if let Some(env) = self.run_env(r) {
+            spec.env.extend(env);
+        }
         Some(Assignment {
             replica: r.id.clone(),
             deployment: r.deployment.clone(),
             revision: r.revision,
             generation: r.generation,
-            spec: spec.clone(),
+            spec,
             secrets: BTreeMap::new(),
             registry_auth: None,
         })

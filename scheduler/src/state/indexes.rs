@@ -109,6 +109,8 @@ impl Mem {
                 n.replicas += 1;
                 if let Some(e) = self.deployments.get_mut(&r.deployment) {
                     *e.spread.entry(i).or_default() += 1;
+                } else if let Some(spread) = self.job_spread_mut(&r.deployment) {
+                    *spread.entry(i).or_default() += 1;
                 }
             }
             let ports = self.host_ports_of(r);
@@ -146,12 +148,16 @@ impl Mem {
                 let n = &mut self.nodes[i];
                 n.allocated = n.allocated.saturating_sub(res);
                 n.replicas = n.replicas.saturating_sub(1);
-                if let Some(e) = self.deployments.get_mut(&r.deployment)
-                    && let Some(c) = e.spread.get_mut(&i)
+                let spread = match self.deployments.get_mut(&r.deployment) {
+                    Some(e) => Some(&mut e.spread),
+                    None => self.job_spread_mut(&r.deployment),
+                };
+                if let Some(spread) = spread
+                    && let Some(c) = spread.get_mut(&i)
                 {
                     *c = c.saturating_sub(1);
                     if *c == 0 {
-                        e.spread.remove(&i);
+                        spread.remove(&i);
                     }
                 }
             }

@@ -28,8 +28,10 @@ use tokio::sync::watch;
 
 mod artifacts;
 mod assignments;
+pub(crate) mod cron;
 mod deployments;
 mod indexes;
+pub(crate) mod jobs;
 mod nodes;
 mod registries;
 mod scheduling;
@@ -123,6 +125,9 @@ pub struct Mem {
     volumes: BTreeMap<String, Volume>,
     /// Volumes deleted by the user whose node has still to delete the data.
     purging: BTreeSet<String>,
+    /// Jobs (`jobs.rs`) and crons (`cron.rs`), by name.
+    jobs: BTreeMap<String, jobs::JobEntry>,
+    crons: BTreeMap<String, cron::CronEntry>,
 }
 
 /// The store and the working set behind one lock.
@@ -297,6 +302,9 @@ impl Mem {
         for (secret, sealed) in loaded.secrets {
             mem.secrets.insert(secret.name.clone(), (secret, sealed));
         }
+        // Before the replicas: a run's indexes need its job's template.
+        mem.load_jobs(loaded.jobs, loaded.runs);
+        mem.load_crons(loaded.crons);
         for r in loaded.replicas {
             mem.next_generation = mem.next_generation.max(r.generation + 1);
             mem.index_replica(&r);

@@ -291,7 +291,7 @@ impl Mem {
                 tracing::warn!("node {name} reported replica {} going from {} to {}: ignored", r.id, r.state, st.state);
                 continue;
             }
-            let obj = format!("deployment/{}", r.deployment);
+            let obj = super::jobs::owner_object(&r.deployment);
             if st.state != r.state && matches!(st.state, ReplicaState::Failed) {
                 let why = st.reason.clone().unwrap_or_else(|| "no reason given".into());
                 tx.event(now, &obj, "ReplicaFailed", &format!("replica {} failed on {name}: {why}", r.id))?;
@@ -336,7 +336,7 @@ impl Mem {
     /// heartbeats reported running for the first time.
     pub(super) fn record_started(&mut self, tx: &Tx, now: Millis) -> Result<(), Error> {
         for (dep, list) in std::mem::take(&mut self.fx.started) {
-            tx.event(now, &format!("deployment/{dep}"), "Started", &replicas_message(&list, "running"))?;
+            tx.event(now, &super::jobs::owner_object(&dep), "Started", &replicas_message(&list, "running"))?;
         }
         Ok(())
     }
@@ -382,7 +382,7 @@ impl Mem {
                 deployments.insert(r.deployment.clone());
                 tx.event(
                     now,
-                    &format!("deployment/{}", r.deployment),
+                    &super::jobs::owner_object(&r.deployment),
                     "ReplicaLost",
                     &format!("replica {id} lost with node {name}"),
                 )?;

@@ -70,7 +70,12 @@ impl Mem {
             let reason = match unplaceable.get(&key) {
                 Some(reason) => Err(reason.clone()),
                 None => {
-                    let (Some(spec), Some(e)) = (self.revisions.get(&key), self.deployments.get(&r.deployment)) else {
+                    // A deployment's replica, or a job's run (spread among the job's runs).
+                    let spread = match self.deployments.get(&r.deployment) {
+                        Some(e) => Some(&e.spread),
+                        None => self.job_spread(&r.deployment),
+                    };
+                    let (Some(spec), Some(spread)) = (self.revisions.get(&key), spread) else {
                         continue;
                     };
                     if let Some(missing) = self.missing_secret(spec) {
@@ -95,7 +100,7 @@ impl Mem {
                         resources: spec.resources,
                         runtime: spec.workload.runtime(),
                         constraints: &spec.constraints,
-                        spread: &e.spread,
+                        spread,
                         scoring,
                         pinned: pinned.as_deref(),
                         host_ports: &host_ports,
@@ -140,13 +145,13 @@ impl Mem {
         for (dep, (n, why)) in unschedulable {
             let what =
                 if n == 1 { "1 replica stays pending".to_string() } else { format!("{n} replicas stay pending") };
-            tx.event(now, &format!("deployment/{dep}"), "Unschedulable", &format!("{what}: {why}"))?;
+            tx.event(now, &jobs::owner_object(&dep), "Unschedulable", &format!("{what}: {why}"))?;
         }
         if placed > 0 {
             tx.set_meta("next_generation", &self.next_generation.to_string())?;
         }
         for (dep, list) in scheduled {
-            tx.event(now, &format!("deployment/{dep}"), "Scheduled", &replicas_message(&list, "placed"))?;
+            tx.event(now, &jobs::owner_object(&dep), "Scheduled", &replicas_message(&list, "placed"))?;
         }
         Ok((placed, more))
     }

@@ -1,0 +1,611 @@
+//! Jobs: a number of successful runs of one template. A run is a replica owned
+//! by its job (`Replica::deployment` is [`job_owner`] of the job's name, its
+//! template the job's revision 1 in `Mem::revisions`) with restart policy
+//! `never`, so it is placed, assigned, started, logged and reported like any
+//! replica; the job reconcile ([`State::reconcile_jobs`]) reads how each run
+//! ended, records it (`JobRun`: node, exit code, times), takes the replica off
+//! its node, and starts the next runs up to `parallelism`.
+//!
+//! A run whose node goes down is lost and its index runs again elsewhere (a
+//! run may execute more than once). A failed run of an index is retried after
+//! 1 s, 2 s, 4 s … (at most 60 s) until it has failed `backoff_limit + 1`
+//! times; then the job fails and stops what runs.
+
+use super::*;
+use skiff_api::job::{JobDetail, JobSpec, JobState, RunOutcome, format_secs, validate_job};
+use skiff_api::{Job, JobRun};
+
+/// The owner key of job `name`'s runs (`Replica::deployment`): no deployment
+/// name holds a `:`, so runs and replicas of deployments never mix.
+pub(crate) fn job_owner(name: &str) -> String {
+    format!("job:{name}")
+}
+
+/// The job owning replicas of `owner`, if they are a job's runs.
+pub(crate) fn job_of(owner: &str) -> Option<&str> {
+    owner.strip_prefix("job:")
+}
+
+/// The event object of replicas of `owner`: `job/NAME` or `deployment/NAME`.
+pub(crate) fn owner_object(owner: &str) -> String {
+    match job_of(owner) {
+        Some(j) => format!("job/{j}"),
+        None => format!("deployment/{owner}"),
+    }
+}
+
+/// Longest wait before a failed index runs again.
+const MAX_RETRY_DELAY_MS: u64 = 60_000;
+
+/// The delay before the next try of an index that failed `failures` times.
+pub(crate) fn retry_delay_ms(failures: u32) -> u64 {
+    1000u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16)).min(MAX_RETRY_DELAY_MS)
+}
+
+/// A job with what its reconcile needs at hand.
+pub(crate) struct JobEntry {
+    pub(crate) job: Job,
+    /// Every run, oldest first.
+    pub(crate) runs: Vec<JobRun>,
+    /// Position in `runs` by run id.
+    run_at: HashMap<String, usize>,
+    /// Indices that succeeded.
+    done: Vec<bool>,
+    /// Failed runs by index.
+    failures: HashMap<u32, u32>,
+    /// Runs under way: id → index.
+    active: BTreeMap<String, u32>,
+    /// Indices with a run under way.
+    active_idx: BTreeSet<u32>,
+    /// Failed indices and when they may run again.
+    retry_at: HashMap<u32, Millis>,
+    /// Every index below this has succeeded.
+    cursor: u32,
+    /// Placed runs per node index (for spreading, as a deployment's).
+    pub(crate) spread: crate::placement::Spread,
+}
+
+impl JobEntry {
+    fn new(job: Job) -> JobEntry {
+        let n = job.spec.completions as usize;
+        JobEntry {
+            job,
+            runs: Vec::new(),
+            run_at: HashMap::new(),
+            done: vec![false; n],
+            failures: HashMap::new(),
+            active: BTreeMap::new(),
+            active_idx: BTreeSet::new(),
+            retry_at: HashMap::new(),
+            cursor: 0,
+            spread: Default::default(),
+        }
+    }
+
+    /// Adds a stored run as it stands.
+    fn add_run(&mut self, run: JobRun) {
+        match run.outcome {
+            RunOutcome::Running => {
+                self.active.insert(run.id.clone(), run.index);
+                self.active_idx.insert(run.index);
+            }
+            RunOutcome::Succeeded => {
+                if let Some(d) = self.done.get_mut(run.index as usize) {
+                    *d = true;
+                }
+            }
+            RunOutcome::Failed => *self.failures.entry(run.index).or_default() += 1,
+            RunOutcome::Lost | RunOutcome::Stopped => {}
+        }
+        self.run_at.insert(run.id.clone(), self.runs.len());
+        self.runs.push(run);
+    }
+
+    fn succeeded(&self) -> u32 {
+        self.done.iter().filter(|d| **d).count() as u32
+    }
+
+    fn counts(&mut self) {
+        self.job.succeeded = self.succeeded();
+        self.job.failed = self.failures.values().sum();
+        self.job.active = self.active.len() as u32;
+    }
+
+    /// The job with its counts, as shown.
+    pub(crate) fn shown(&self) -> Job {
+        let mut j = self.job.clone();
+        j.succeeded = self.succeeded();
+        j.failed = self.failures.values().sum();
+        j.active = self.active.len() as u32;
+        j
+    }
+
+    /// The run with id `id`.
+    pub(crate) fn run(&self, id: &str) -> Option<&JobRun> {
+        self.run_at.get(id).map(|&i| &self.runs[i])
+    }
+}
+
+/// A run id: `<job>-<index>-<5 random>`, a DNS label of at most 63 characters.
+fn new_run_id(job: &str, index: u32) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..5).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    let prefix = job[..job.len().min(44)].trim_end_matches('-');
+    format!("{prefix}-{index}-{suffix}")
+}
+
+/// What a run's replica state says of how it ended: `None` while under way.
+fn ended(r: &Replica) -> Option<(RunOutcome, String)> {
+    match r.state {
+        ReplicaState::Exited => Some((RunOutcome::Succeeded, "exited with status 0".into())),
+        ReplicaState::Failed => {
+            let why = match (r.exit_code, &r.reason) {
+                (Some(c), _) if c != 0 => format!("exited with status {c}"),
+                (_, Some(reason)) => reason.clone(),
+                (c, None) => format!("failed (exit status {})", c.map_or("unknown".into(), |c| c.to_string())),
+            };
+            Some((RunOutcome::Failed, why))
+        }
+        _ => None,
+    }
+}
+
+impl State {
+    /// Creates job `name` (a job is not changed once made: delete it first).
+    pub fn create_job(&mut self, name: &str, spec: JobSpec) -> Result<(Job, bool), Error> {
+        let mut spec = spec;
+        spec.template.restart = RestartPolicy::Never;
+        validate_job(name, &spec).map_err(Error::Invalid)?;
+        if let Some(e) = self.mem.jobs.get(name) {
+            if e.job.spec == spec {
+                return Ok((e.shown(), false));
+            }
+            return Err(Error::Conflict(format!(
+                "job {name:?} exists with another spec; a job does not change: `skiff delete job {name}` first"
+            )));
+        }
+        if self.mem.jobs.len() >= self.max_objects {
+            return Err(Error::TooMany { kind: "jobs", max: self.max_objects });
+        }
+        let now = now_ms();
+        let job = Job {
+            name: name.to_string(),
+            spec,
+            state: JobState::Pending,
+            reason: None,
+            succeeded: 0,
+            failed: 0,
+            active: 0,
+            created_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            cron: None,
+            scheduled_ms: None,
+        };
+        let shown = self.transact(|mem, tx| {
+            mem.insert_job(tx, job, now)?;
+            mem.reconcile_job(tx, name, now)?;
+            Ok(mem.jobs.get(name).map(|e| e.shown()))
+        })?;
+        shown.map(|j| (j, true)).ok_or_else(|| Error::Internal(format!("job {name} vanished")))
+    }
+
+    /// Deletes job `name`, stopping its runs.
+    pub fn delete_job(&mut self, name: &str) -> Result<(), Error> {
+        if !self.mem.jobs.contains_key(name) {
+            return Err(Error::NotFound(format!("job {name:?} not found; `skiff get jobs` lists them")));
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| mem.remove_job(tx, name, now, "deleted"))
+    }
+
+    /// Brings every unfinished job forward (records ended runs, starts new
+    /// ones, applies deadlines and `after`), and deletes finished jobs past
+    /// their TTL.
+    pub fn reconcile_jobs(&mut self) -> Result<(), Error> {
+        if self.mem.jobs.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let due: Vec<String> = self
+            .mem
+            .jobs
+            .values()
+            .filter(|e| !e.job.state.is_finished() || e.job.spec.ttl_seconds_after_finished.is_some())
+            .map(|e| e.job.name.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.transact(|mem, tx| {
+            for name in &due {
+                mem.reconcile_job(tx, name, now)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Mem {
+    /// Every job, by name.
+    pub fn jobs(&self) -> impl Iterator<Item = Job> + '_ {
+        self.jobs.values().map(|e| e.shown())
+    }
+
+    /// Job `name` with its runs.
+    pub fn job_detail(&self, name: &str) -> Option<JobDetail> {
+        self.jobs.get(name).map(|e| JobDetail { job: e.shown(), runs: e.runs.clone() })
+    }
+
+    /// Job `name`'s runs.
+    pub fn job_runs(&self, name: &str) -> Option<&[JobRun]> {
+        self.jobs.get(name).map(|e| e.runs.as_slice())
+    }
+
+    /// Placed runs per node of the job owning `owner`'s replicas.
+    pub(super) fn job_spread(&self, owner: &str) -> Option<&crate::placement::Spread> {
+        job_of(owner).and_then(|j| self.jobs.get(j)).map(|e| &e.spread)
+    }
+
+    pub(super) fn job_spread_mut(&mut self, owner: &str) -> Option<&mut crate::placement::Spread> {
+        match job_of(owner) {
+            Some(j) => self.jobs.get_mut(j).map(|e| &mut e.spread),
+            None => None,
+        }
+    }
+
+    /// The environment a run of `r` gets besides its template's:
+    /// `SKIFF_JOB_NAME`, `SKIFF_JOB_INDEX`, `SKIFF_JOB_COMPLETIONS`, `SKIFF_JOB_ATTEMPT`.
+    pub(super) fn run_env(&self, r: &Replica) -> Option<[(String, String); 4]> {
+        let job = job_of(&r.deployment)?;
+        let e = self.jobs.get(job)?;
+        let run = e.run(&r.id)?;
+        Some([
+            ("SKIFF_JOB_NAME".into(), job.to_string()),
+            ("SKIFF_JOB_INDEX".into(), run.index.to_string()),
+            ("SKIFF_JOB_COMPLETIONS".into(), e.job.spec.completions.to_string()),
+            ("SKIFF_JOB_ATTEMPT".into(), run.attempt.to_string()),
+        ])
+    }
+
+    /// Loads stored jobs and runs (before the replicas, whose indexes need
+    /// their templates).
+    pub(super) fn load_jobs(&mut self, jobs: Vec<Job>, runs: Vec<JobRun>) {
+        for job in jobs {
+            self.revisions.insert((job_owner(&job.name), 1), job.spec.template.clone());
+            self.jobs.insert(job.name.clone(), JobEntry::new(job));
+        }
+        for run in runs {
+            if let Some(e) = self.jobs.get_mut(&run.job) {
+                e.add_run(run);
+            }
+        }
+        for e in self.jobs.values_mut() {
+            while e.done.get(e.cursor as usize).copied().unwrap_or(false) {
+                e.cursor += 1;
+            }
+        }
+    }
+
+    /// Adds a new job (and its template) to the working set and the store.
+    pub(super) fn insert_job(&mut self, tx: &Tx, job: Job, now: Millis) -> Result<(), Error> {
+        let name = job.name.clone();
+        tx.put_job(&job)?;
+        let what = match (&job.cron, job.spec.completions) {
+            (Some(c), _) => format!("created by cron {c}"),
+            (None, 1) => "created: 1 run".to_string(),
+            (None, n) => format!("created: {n} completions, {} at once", job.spec.parallelism),
+        };
+        tx.event(now, &format!("job/{name}"), "Created", &what)?;
+        self.revisions.insert((job_owner(&name), 1), job.spec.template.clone());
+        self.jobs.insert(name, JobEntry::new(job));
+        self.fx.mutated = true;
+        Ok(())
+    }
+
+    /// Stops job `name`'s runs and forgets it (`why`: deleted, TTL, replaced).
+    pub(super) fn remove_job(&mut self, tx: &Tx, name: &str, now: Millis, why: &str) -> Result<(), Error> {
+        self.stop_runs(tx, name, now, &format!("job {why}"))?;
+        self.jobs.remove(name);
+        self.revisions.remove(&(job_owner(name), 1));
+        tx.delete_job(name)?;
+        tx.event(now, &format!("job/{name}"), "Deleted", why)?;
+        self.fx.mutated = true;
+        Ok(())
+    }
+
+    /// Stops every run under way of job `name`, recording them stopped.
+    fn stop_runs(&mut self, tx: &Tx, name: &str, now: Millis, why: &str) -> Result<(), Error> {
+        let Some(e) = self.jobs.get_mut(name) else { return Ok(()) };
+        let active: Vec<String> = std::mem::take(&mut e.active).into_keys().collect();
+        e.active_idx.clear();
+        for id in &active {
+            if let Some(&i) = e.run_at.get(id) {
+                let run = &mut e.runs[i];
+                run.outcome = RunOutcome::Stopped;
+                run.reason = Some(why.to_string());
+                run.finished_ms = Some(now);
+                tx.put_run(run)?;
+            }
+        }
+        for id in active {
+            if self.replicas.get(&id).is_some_and(|r| !r.state.is_terminal()) {
+                self.update(tx, &id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some(why.to_string());
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends job `name` as `state` with `reason`, stopping what still runs.
+    fn finish_job(&mut self, tx: &Tx, name: &str, state: JobState, reason: String, now: Millis) -> Result<(), Error> {
+        if state == JobState::Failed {
+            self.stop_runs(tx, name, now, &reason)?;
+        }
+        let Some(e) = self.jobs.get_mut(name) else { return Ok(()) };
+        e.job.state = state;
+        e.job.reason = Some(reason.clone());
+        e.job.finished_ms = Some(now);
+        e.counts();
+        tx.put_job(&e.job)?;
+        let (what, took) =
+            (if state == JobState::Succeeded { "Succeeded" } else { "Failed" }, e.job.started_ms.map(|s| now - s));
+        let took = took.map(|ms| format!(" after {:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+        tx.event(now, &format!("job/{name}"), what, &format!("{reason}{took}"))?;
+        crate::metrics::job_finished(state);
+        self.fx.mutated = true;
+        Ok(())
+    }
+
+    /// Saves job `name`'s state and reason when they changed.
+    fn set_job_state(&mut self, tx: &Tx, name: &str, state: JobState, reason: Option<String>) -> Result<(), Error> {
+        let Some(e) = self.jobs.get_mut(name) else { return Ok(()) };
+        if e.job.state == state && e.job.reason == reason {
+            return Ok(());
+        }
+        e.job.state = state;
+        e.job.reason = reason;
+        e.counts();
+        tx.put_job(&e.job)?;
+        self.fx.mutated = true;
+        Ok(())
+    }
+
+    /// Brings job `name` forward at `now`.
+    pub(super) fn reconcile_job(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
+        let Some(e) = self.jobs.get(name) else { return Ok(()) };
+        if e.job.state.is_finished() {
+            if let (Some(ttl), Some(done)) = (e.job.spec.ttl_seconds_after_finished, e.job.finished_ms)
+                && now >= done.saturating_add(ttl.saturating_mul(1000))
+            {
+                return self.remove_job(
+                    tx,
+                    name,
+                    now,
+                    &format!("deleted {} after it finished (TTL)", format_secs(ttl)),
+                );
+            }
+            return Ok(());
+        }
+        // `after`: every job named must have succeeded before the first run.
+        if e.job.started_ms.is_none() && !e.job.spec.after.is_empty() {
+            let mut waiting = Vec::new();
+            for a in e.job.spec.after.clone() {
+                match self.jobs.get(&a).map(|u| (u.job.state, u.job.reason.clone())) {
+                    Some((JobState::Succeeded, _)) => {}
+                    Some((JobState::Failed, why)) => {
+                        let why = why.unwrap_or_else(|| "no reason recorded".into());
+                        return self.finish_job(
+                            tx,
+                            name,
+                            JobState::Failed,
+                            format!("upstream job {a} failed: {why}"),
+                            now,
+                        );
+                    }
+                    Some(_) => waiting.push(a),
+                    None => waiting.push(format!("{a} (not found)")),
+                }
+            }
+            if !waiting.is_empty() {
+                let reason = format!("waiting for job {} to succeed", waiting.join(", "));
+                return self.set_job_state(tx, name, JobState::Pending, Some(reason));
+            }
+        }
+        let e = &self.jobs[name];
+        if let (Some(limit), Some(start)) = (e.job.spec.active_deadline_seconds, e.job.started_ms)
+            && now >= start.saturating_add(limit.saturating_mul(1000))
+        {
+            let reason = format!("active deadline of {} passed", format_secs(limit));
+            return self.finish_job(tx, name, JobState::Failed, reason, now);
+        }
+        // Runs that ended, or whose replica went (its node down).
+        let active: Vec<(String, u32)> = e.active.iter().map(|(id, i)| (id.clone(), *i)).collect();
+        let mut pending_reason: Option<String> = None;
+        for (id, index) in active {
+            let r = self.replicas.get(&id).cloned();
+            let (outcome, why, node, code) = match &r {
+                None => {
+                    let node = self.jobs[name].run(&id).and_then(|run| run.node.clone());
+                    let why = match &node {
+                        Some(n) => format!("lost with node {n}"),
+                        None => "its replica is gone".to_string(),
+                    };
+                    (RunOutcome::Lost, why, node, None)
+                }
+                Some(r) => match ended(r) {
+                    Some((o, why)) => {
+                        (o, why, r.node.clone(), r.exit_code.or((o == RunOutcome::Succeeded).then_some(0)))
+                    }
+                    None => {
+                        // Under way: note where and since when.
+                        let running = matches!(r.state, ReplicaState::Running | ReplicaState::Ready);
+                        if r.state == ReplicaState::Pending {
+                            pending_reason = pending_reason.or(r.reason.clone());
+                        }
+                        let e = self.jobs.get_mut(name).expect("job looked up above");
+                        if let Some(&i) = e.run_at.get(&id) {
+                            let run = &mut e.runs[i];
+                            let started = if running && run.started_ms.is_none() { Some(now) } else { run.started_ms };
+                            if run.node != r.node || run.started_ms != started || run.reason != r.reason {
+                                run.node = r.node.clone();
+                                run.started_ms = started;
+                                run.reason = r.reason.clone();
+                                tx.put_run(run)?;
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            let e = self.jobs.get_mut(name).expect("job looked up above");
+            e.active.remove(&id);
+            e.active_idx.remove(&index);
+            let mut attempt = 0;
+            if let Some(&i) = e.run_at.get(&id) {
+                let run = &mut e.runs[i];
+                run.outcome = outcome;
+                run.reason = Some(why.clone());
+                run.exit_code = code;
+                run.node = node.clone().or(run.node.take());
+                run.finished_ms = Some(now);
+                if run.started_ms.is_none() && outcome != RunOutcome::Lost {
+                    // Ended between two looks: it ran, for less than a pass.
+                    run.started_ms = Some(r.as_ref().map_or(now, |r| r.updated_ms.min(now)));
+                }
+                attempt = run.attempt;
+                crate::metrics::run_finished(outcome, run.duration_ms());
+                tx.put_run(run)?;
+            }
+            let obj = format!("job/{name}");
+            let on = node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
+            match outcome {
+                RunOutcome::Succeeded => {
+                    if let Some(d) = e.done.get_mut(index as usize) {
+                        *d = true;
+                    }
+                    e.retry_at.remove(&index);
+                    while e.done.get(e.cursor as usize).copied().unwrap_or(false) {
+                        e.cursor += 1;
+                    }
+                }
+                RunOutcome::Failed => {
+                    let failures = e.failures.entry(index).or_default();
+                    *failures += 1;
+                    let failures = *failures;
+                    tx.event(now, &obj, "RunFailed", &format!("index {index} try {attempt}{on}: {why}"))?;
+                    if failures > e.job.spec.backoff_limit {
+                        let reason = format!("backoff limit reached at index {index}: {why}");
+                        return self.finish_job(tx, name, JobState::Failed, reason, now);
+                    }
+                    e.retry_at.insert(index, now + retry_delay_ms(failures));
+                }
+                _ => {
+                    tx.event(now, &obj, "RunLost", &format!("index {index} try {attempt}: {why}; it runs again"))?;
+                }
+            }
+            if r.as_ref().is_some_and(|r| !r.state.is_terminal()) {
+                // Done with: off its node (its logs stay there).
+                self.update(tx, &id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some("run finished".into());
+                })?;
+            }
+            self.fx.mutated = true;
+        }
+        let e = self.jobs.get_mut(name).expect("job looked up above");
+        let completions = e.job.spec.completions;
+        if e.succeeded() >= completions {
+            let reason = if completions == 1 {
+                "its run succeeded".to_string()
+            } else {
+                format!("all {completions} indices succeeded")
+            };
+            return self.finish_job(tx, name, JobState::Succeeded, reason, now);
+        }
+        // Start runs up to `parallelism`, lowest indices first.
+        let slots = (e.job.spec.parallelism as usize).saturating_sub(e.active.len());
+        let mut start = Vec::new();
+        let mut i = e.cursor;
+        while start.len() < slots && i < completions {
+            let free =
+                !e.done[i as usize] && !e.active_idx.contains(&i) && e.retry_at.get(&i).is_none_or(|at| *at <= now);
+            if free {
+                start.push(i);
+            }
+            i += 1;
+        }
+        for index in start {
+            self.start_run(tx, name, index, now)?;
+        }
+        let e = &self.jobs[name];
+        let (state, reason) = match (e.job.started_ms, pending_reason) {
+            (None, why) => (JobState::Pending, why),
+            (Some(_), Some(why)) if e.runs.iter().rev().take(e.active.len()).all(|r| r.started_ms.is_none()) => {
+                (JobState::Running, Some(format!("runs wait for a node: {why}")))
+            }
+            (Some(_), _) => (JobState::Running, None),
+        };
+        let (state, reason) = match (state, e.active.is_empty(), e.retry_at.values().min()) {
+            (JobState::Running, true, Some(_)) => (state, Some("waiting to retry failed indices".to_string())),
+            other => (other.0, reason),
+        };
+        self.set_job_state(tx, name, state, reason)
+    }
+
+    /// Creates the replica of a new run of index `index` of job `name`.
+    fn start_run(&mut self, tx: &Tx, name: &str, index: u32, now: Millis) -> Result<(), Error> {
+        let mut id = new_run_id(name, index);
+        let Some(e) = self.jobs.get(name) else { return Ok(()) };
+        while self.replicas.contains_key(&id) || e.run_at.contains_key(&id) {
+            id = new_run_id(name, index);
+        }
+        let attempt = e.runs.iter().filter(|r| r.index == index).count() as u32 + 1;
+        // From JSON, so that replica fields other parts add keep their defaults.
+        let r: Replica = serde_json::from_value(serde_json::json!({
+            "id": id,
+            "deployment": job_owner(name),
+            "revision": 1,
+            "node": null,
+            "state": "pending",
+            "generation": 0,
+            "restarts": 0,
+            "reason": null,
+            "exit_code": null,
+            "created_ms": now,
+            "updated_ms": now,
+        }))
+        .map_err(|e| Error::Internal(format!("cannot make run replica {id}: {e}")))?;
+        let run = JobRun {
+            id: id.clone(),
+            job: name.to_string(),
+            index,
+            attempt,
+            node: None,
+            outcome: RunOutcome::Running,
+            exit_code: None,
+            reason: None,
+            created_ms: now,
+            started_ms: None,
+            finished_ms: None,
+        };
+        tx.put_run(&run)?;
+        tx.put_replica(&r)?;
+        let e = self.jobs.get_mut(name).expect("job looked up above");
+        e.retry_at.remove(&index);
+        e.add_run(run);
+        if e.job.started_ms.is_none() {
+            e.job.started_ms = Some(now);
+            e.job.state = JobState::Running;
+            e.counts();
+            tx.put_job(&e.job)?;
+        }
+        self.index_replica(&r);
+        self.replicas.insert(id, r);
+        self.fx.mutated = true;
+        self.sched_dirty = true;
+        Ok(())
+    }
+}
