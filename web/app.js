@@ -386,7 +386,12 @@ function renderDeployments() {
     const s = d.status || {};
     const c = tr.cells;
     c[0].textContent = d.name;
-    c[1].textContent = d.replicas;
+    // Scaled to zero when idle: the name stays routable and the next request
+    // starts a replica (scale_to_zero, or autoscale with min 0).
+    const zero = d.replicas === 0 && (d.scale_to_zero || (d.autoscale && d.autoscale.min === 0));
+    c[1].textContent = zero ? "0 (scaled to zero)" : d.replicas;
+    c[1].classList.toggle("scaled-to-zero", !!zero);
+    if (zero) c[1].title = "No request for a while: the next request starts a replica"; else c[1].removeAttribute("title");
     // An older server counts no ready/available: show "—" rather than 0.
     c[2].textContent = s.ready ?? "—";
     c[3].textContent = s.available ?? "—";

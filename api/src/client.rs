@@ -610,6 +610,24 @@ impl Client {
         self.json(rb).await
     }
 
+    /// Asks for a replica of deployment `name`, which scales to zero, for a
+    /// request an ingress holds (`req`): the scheduler scales it from zero if it
+    /// is there (once, however many ask) and answers its ready endpoints as
+    /// soon as it has one, or empty after `wait`.
+    pub async fn activate(
+        &self,
+        name: &str,
+        req: &ActivateRequest,
+        wait: Duration,
+    ) -> Result<ActivateResponse, ClientError> {
+        let rb = self
+            .request(reqwest::Method::POST, &format!("/v1/deployments/{name}/activate"))
+            .query(&[("wait", wait.as_millis().to_string())])
+            .json(req)
+            .timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
+    }
+
     /// A node's desired set, blocking up to `wait` until its index passes `index`.
     pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
         let rb = self

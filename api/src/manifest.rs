@@ -12,7 +12,7 @@
 //! ```
 //!
 //! A document is the deployment's own keys (`name`, `wasm` or `image`,
-//! `replicas`, `resources` with defaults, `strategy`, `autoscale`) and, for every
+//! `replicas`, `resources` with defaults, `strategy`, `autoscale`, `scale_to_zero`) and, for every
 //! other key, the wire template [`WorkloadSpec`] read by its own `Deserialize`:
 //! a field added to the spec is a manifest key at once. This is what
 //! `#[serde(flatten)]` would do, without its buffering: flatten reads the values
@@ -21,7 +21,7 @@
 
 use crate::messages::ApplyRequest;
 use crate::quantity::{Cpu, Memory};
-use crate::spec::{Autoscale, Resources, UpdateStrategy, Workload, WorkloadSpec};
+use crate::spec::{Autoscale, Resources, ScaleToZero, UpdateStrategy, Workload, WorkloadSpec};
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
@@ -73,6 +73,8 @@ pub struct ManifestDeployment {
     pub strategy: UpdateStrategy,
     /// Scaling by load between `min` and `max` replicas.
     pub autoscale: Option<Autoscale>,
+    /// Going to zero replicas when idle.
+    pub scale_to_zero: Option<ScaleToZero>,
     /// The template. Its workload is `Wasm(path)` with the path of the `.wasm`
     /// file as written (relative to the manifest) until the CLI uploads it and
     /// puts the digest there, or `Image(reference)`.
@@ -87,12 +89,14 @@ impl ManifestDeployment {
             spec: self.spec.clone(),
             strategy: Some(self.strategy),
             autoscale: self.autoscale,
+            scale_to_zero: self.scale_to_zero,
         }
     }
 }
 
 /// The keys a manifest reads itself rather than through [`WorkloadSpec`].
-const OWN_KEYS: [&str; 7] = ["name", "wasm", "image", "replicas", "resources", "strategy", "autoscale"];
+const OWN_KEYS: [&str; 8] =
+    ["name", "wasm", "image", "replicas", "resources", "strategy", "autoscale", "scale_to_zero"];
 
 /// The template's fields a manifest spells with its own keys (`wasm`/`image`,
 /// and `resources` with defaults).
@@ -183,6 +187,7 @@ struct Own {
     resources: Option<ManifestResources>,
     strategy: Option<UpdateStrategy>,
     autoscale: Option<Autoscale>,
+    scale_to_zero: Option<ScaleToZero>,
 }
 
 impl Own {
@@ -208,7 +213,8 @@ impl Own {
             "replicas" => once(&mut self.replicas, key, map),
             "resources" => once(&mut self.resources, key, map),
             "strategy" => once(&mut self.strategy, key, map),
-            _ => once(&mut self.autoscale, key, map),
+            "autoscale" => once(&mut self.autoscale, key, map),
+            _ => once(&mut self.scale_to_zero, key, map),
         }
     }
 }
@@ -289,6 +295,7 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             replicas: own.replicas,
             strategy: own.strategy.unwrap_or_default(),
             autoscale: own.autoscale,
+            scale_to_zero: own.scale_to_zero,
             spec,
         };
         Ok((d, workloads))
@@ -683,7 +690,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `scale_to_zero`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
             ],
         );
         check(

@@ -55,6 +55,10 @@ pub struct ApplyRequest {
     /// `replicas` says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// Going to zero replicas when idle (HTTP deployments only); when absent, it
+    /// does not (an apply without it turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
 }
 
 /// What an apply did.
@@ -296,6 +300,40 @@ pub struct Endpoints {
     pub index: u64,
     /// Deployment name → its ready endpoints.
     pub deployments: BTreeMap<String, Vec<Endpoint>>,
+    /// Deployments that scale to zero: a request finding none of their
+    /// replicas ready is held while one starts (`POST
+    /// /v1/deployments/{name}/activate`) rather than answered 503.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub scale_to_zero: std::collections::BTreeSet<String>,
+}
+
+/// `POST /v1/deployments/{name}/activate`: an ingress holds a request for a
+/// deployment with no ready replica and asks for one. The request's own line
+/// goes into the `ScaledFromZero` event when this call scales it from zero.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct ActivateRequest {
+    /// The held request's method, such as `GET`.
+    pub method: String,
+    /// Its host (`NAME.skiff.local`, or the ingress's address for `/d/NAME/`).
+    pub host: String,
+    /// Its path, as the client sent it.
+    pub path: String,
+}
+
+/// Answer to [`ActivateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActivateResponse {
+    /// Whether this call scaled the deployment from zero (else it had replicas
+    /// already: another request, or another node, started one).
+    pub activated: bool,
+    /// The deployment's replica count now.
+    pub replicas: u32,
+    /// Its ready endpoints: at once when it has some, else when one is ready or
+    /// the call's `wait` ends (then empty).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// `POST /v1/images`: point `name:tag` at a manifest whose blobs (the manifest,

@@ -218,6 +218,29 @@ pub struct Deployment {
     /// Scaling by load, when set: the scheduler then owns `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// Going to zero replicas when idle, when set (an HTTP deployment only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+}
+
+impl Deployment {
+    /// Seconds without a request after which the deployment goes to zero
+    /// replicas: `scale_to_zero.idle_seconds`, or by default
+    /// [`ScaleToZero::DEFAULT_IDLE_SECONDS`] with `autoscale: {min: 0}`; `None`
+    /// when it never does.
+    pub fn idle_seconds(&self) -> Option<u32> {
+        match (self.scale_to_zero, self.autoscale) {
+            (Some(z), _) => Some(z.idle_seconds),
+            (None, Some(a)) if a.min == 0 => Some(ScaleToZero::DEFAULT_IDLE_SECONDS),
+            _ => None,
+        }
+    }
+
+    /// Whether it is scaled to zero: it may be, and has no replica asked for.
+    /// Its name stays routable; the next request starts a replica.
+    pub fn scaled_to_zero(&self) -> bool {
+        self.replicas == 0 && self.idle_seconds().is_some()
+    }
 }
 
 /// The lifecycle of a replica. Transitions are explicit: see [`ReplicaState::can_become`].

@@ -500,7 +500,8 @@ pub struct SecretRef {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Autoscale {
-    /// Fewest replicas (at least 1).
+    /// Fewest replicas; 0 lets an HTTP deployment go to zero when idle (after
+    /// `scale_to_zero.idle_seconds`, by default 300).
     pub min: u32,
     /// Most replicas.
     pub max: u32,
@@ -529,6 +530,23 @@ impl Autoscale {
     fn default_stabilization() -> u32 {
         30
     }
+}
+
+/// `scale_to_zero:` of an HTTP deployment: after `idle_seconds` without a
+/// request it goes to 0 replicas; its name stays routable, and the next request
+/// is held at the ingress while one replica starts, then served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ScaleToZero {
+    /// Seconds without a request before the deployment goes to zero (at least 1).
+    pub idle_seconds: u32,
+}
+
+impl ScaleToZero {
+    /// The idle time of a deployment that scales to zero only through
+    /// `autoscale: {min: 0}`.
+    pub const DEFAULT_IDLE_SECONDS: u32 = 300;
 }
 
 /// How a new revision replaces the old one: a rolling update.

@@ -299,6 +299,7 @@ pub fn apply(name: &str, req: &ApplyRequest) -> Result<(), Invalid> {
         }
         _ => {}
     }
+    validate_scale_to_zero(req)?;
     validate_spec_sizes(spec)?;
     for r in &spec.secrets {
         validate_secret_ref(r)?;
@@ -309,6 +310,36 @@ pub fn apply(name: &str, req: &ApplyRequest) -> Result<(), Invalid> {
     }
     for h in &spec.allowed_hosts {
         validate_allowed_host(h).map_err(Invalid::at(h))?;
+    }
+    Ok(())
+}
+
+/// Longest `scale_to_zero.idle_seconds`: a week.
+pub const MAX_IDLE_SECONDS: u32 = 7 * 24 * 3600;
+
+/// Scaling to zero (`scale_to_zero`, or `autoscale` with `min: 0`) is for HTTP
+/// deployments: the ingress holds the request that wakes one, so it must be
+/// what the ingress serves. A Wasm digest does not say whether it is an HTTP
+/// component; the CLI and the scheduler check the artifact itself.
+fn validate_scale_to_zero(req: &ApplyRequest) -> Result<(), Invalid> {
+    let by_autoscale = req.autoscale.is_some_and(|a| a.min == 0);
+    if let Some(z) = &req.scale_to_zero
+        && !(1..=MAX_IDLE_SECONDS).contains(&z.idle_seconds)
+    {
+        return Err(Invalid::at(z.idle_seconds)(format!(
+            "scale_to_zero idle_seconds must be 1 to {MAX_IDLE_SECONDS}, got {}",
+            z.idle_seconds
+        )));
+    }
+    if (req.scale_to_zero.is_some() || by_autoscale)
+        && matches!(req.spec.workload, Workload::Image(_))
+        && req.spec.http_port.is_none()
+    {
+        let what = if by_autoscale { "autoscale min 0 (scaling to zero)" } else { "scale_to_zero" };
+        return Err(format!(
+            "{what} is for HTTP deployments: an image needs http_port, so that the ingress can hold a request while a replica starts"
+        )
+        .into());
     }
     Ok(())
 }
@@ -357,8 +388,11 @@ pub fn validate_secret(name: &str, req: &SecretRequest) -> Result<(), String> {
 impl Autoscale {
     /// Checks the bounds and that exactly one target is set, with a usable value.
     pub fn validate(&self) -> Result<(), String> {
-        if self.min == 0 || self.min > self.max {
-            return Err(format!("autoscale needs 1 <= min <= max, got min {} and max {}", self.min, self.max));
+        if self.max == 0 || self.min > self.max {
+            return Err(format!(
+                "autoscale needs min <= max and max >= 1, got min {} and max {} (min 0 scales an HTTP deployment to zero when idle)",
+                self.min, self.max
+            ));
         }
         if self.max > MAX_REPLICAS {
             return Err(format!("autoscale max must be at most {MAX_REPLICAS}, got {}", self.max));

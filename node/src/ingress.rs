@@ -15,6 +15,12 @@
 //! a replica elsewhere (one extra hop at most, marked by `x-skiff-hop`) rather
 //! than fail them.
 //!
+//! Scale to zero: a request for a deployment the table names in
+//! `scale_to_zero` that finds no ready replica is held while one starts (see
+//! [`crate::activation`]): served as soon as a replica is routable here or
+//! listed elsewhere; 503 with `Retry-After` past `--activation-queue` held
+//! requests, 504 past `--activation-timeout`.
+//!
 //! Answers of its own: 404 for a deployment that does not exist, 503 with
 //! `Retry-After` when none of its replicas is ready, 502 when no replica could be
 //! reached. Each is one line of text.
@@ -22,16 +28,17 @@
 //! Metrics: the ingress a client reached counts the request by deployment and
 //! status code, and times it to the response head (`docs/metrics.md`).
 
+use crate::activation::{Activations, Outcome};
 use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, text};
 use crate::routes::{Table, Upstream};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use skiff_api::{Client, ClientError, Endpoint, Endpoints};
+use skiff_api::{ActivateRequest, Client, ClientError, Endpoint, Endpoints};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// Header naming the deployment on a request one ingress passes to another.
@@ -55,8 +62,14 @@ pub struct Ingress {
     node: String,
     suffix: String,
     table: RwLock<Option<Endpoints>>,
+    /// Bumped whenever the table is replaced (held requests wait on it).
+    table_changed: tokio::sync::watch::Sender<u64>,
     next: AtomicUsize,
     http: reqwest::Client,
+    /// Requests held for deployments at zero, by deployment.
+    activations: Arc<Activations>,
+    /// The scheduler, as the endpoints watch reaches it (the node's credential).
+    scheduler: OnceLock<Client>,
 }
 
 impl Ingress {
@@ -70,20 +83,25 @@ impl Ingress {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the ingress's http client: {e}"))?;
+        let activations = Arc::new(Activations::new(runtime.config().activation_queue));
         Ok(Ingress {
             suffix: runtime.config().suffix.trim_matches('.').to_ascii_lowercase(),
             runtime,
             upstreams,
             node: node.to_string(),
             table: RwLock::new(None),
+            table_changed: tokio::sync::watch::Sender::new(0),
             next: AtomicUsize::new(0),
             http,
+            activations,
+            scheduler: OnceLock::new(),
         })
     }
 
     /// Sets the endpoints table (the watcher does; tests may).
     pub fn set_table(&self, table: Endpoints) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Some(table);
+        self.table_changed.send_modify(|n| *n += 1);
     }
 
     /// Accepts connections on `listener` forever.
@@ -139,6 +157,7 @@ impl Ingress {
 
     /// Watches the scheduler's endpoints table forever.
     pub async fn watch(self: Arc<Self>, client: Client) -> anyhow::Result<()> {
+        let _ = self.scheduler.set(client.clone());
         let mut index = 0u64;
         let mut down_since: Option<Instant> = None;
         loop {
@@ -199,6 +218,12 @@ impl Ingress {
 
     async fn dispatch(&self, mut req: Request<Incoming>) -> Response<Body> {
         let hops: u32 = header_str(req.headers(), HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+        // The request as the client sent it, for the event of an activation.
+        let line = ActivateRequest {
+            method: req.method().to_string(),
+            host: header_str(req.headers(), http::header::HOST.as_str()).unwrap_or_default().to_string(),
+            path: req.uri().path().to_string(),
+        };
         let Some((name, path)) = route(&req, &self.suffix) else {
             return text(
                 StatusCode::NOT_FOUND,
@@ -219,9 +244,10 @@ impl Ingress {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % local.len();
             return self.serve_local(&name, &local[i], req).await;
         }
-        let remote: Vec<Endpoint> = {
+        let (remote, zero): (Vec<Endpoint>, bool) = {
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-            match table.as_ref().map(|t| t.deployments.get(&name)) {
+            let zero = table.as_ref().is_some_and(|t| t.scale_to_zero.contains(&name));
+            let remote = match table.as_ref().map(|t| t.deployments.get(&name)) {
                 Some(Some(eps)) => eps.iter().filter(|e| e.node != self.node).cloned().collect(),
                 // A table that has not caught up with a replica running here.
                 _ if !local.is_empty() => Vec::new(),
@@ -234,10 +260,14 @@ impl Ingress {
                         &format!("no deployment named {name}; `skiff get deployments` lists them"),
                     );
                 }
-            }
+            };
+            (remote, zero)
         };
         let remote = if hops >= MAX_HOPS { Vec::new() } else { remote };
         if local.is_empty() && remote.is_empty() {
+            if zero {
+                return self.hold(&name, req, line, hops).await;
+            }
             return unavailable(&format!("no ready replica of {name}; `skiff describe deployment {name}` says why"));
         }
         // Weighted round robin over every ready replica of the cluster, a local
@@ -250,6 +280,82 @@ impl Ingress {
         }
         let first = k - local.len() * LOCAL_WEIGHT;
         self.forward(&name, req, &remote, first, hops, &local).await
+    }
+
+    /// Holds a request for deployment `name`, which scales to zero and has no
+    /// ready replica, while one starts (joining the activation under way on
+    /// this node, or starting it); serves it on the first replica routable
+    /// here or listed elsewhere. 503 when too many wait already, 504 when none
+    /// is ready within the activation timeout.
+    async fn hold(&self, name: &str, req: Request<Incoming>, line: ActivateRequest, hops: u32) -> Response<Body> {
+        let timeout = self.runtime.config().activation_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(client) = self.scheduler.get().cloned() else {
+            return unavailable("this node has not reached the scheduler yet");
+        };
+        let ticket = match self.activations.join(name) {
+            Ok((ticket, first)) => {
+                if first {
+                    let task = self.activations.clone().run(client, name.to_string(), line, ticket.activation.clone());
+                    tokio::spawn(task);
+                }
+                ticket
+            }
+            Err(full) => return unavailable(&full.to_string()),
+        };
+        // Subscribed before looking, so that no change between the look and
+        // the wait is missed.
+        let mut wasm = self.runtime.local_additions();
+        let mut containers = self.upstreams.additions();
+        let mut table = self.table_changed.subscribe();
+        let mut outcome = ticket.activation.outcome();
+        loop {
+            wasm.borrow_and_update();
+            containers.borrow_and_update();
+            table.borrow_and_update();
+            let now = outcome.borrow_and_update().clone();
+            let local = self.local(name);
+            if !local.is_empty() {
+                drop(ticket);
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % local.len();
+                return self.serve_local(name, &local[i], req).await;
+            }
+            let mut remote: Vec<Endpoint> = {
+                let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+                t.as_ref().and_then(|t| t.deployments.get(name)).cloned().unwrap_or_default()
+            };
+            match now {
+                Outcome::Ready(eps) if remote.is_empty() => remote = eps,
+                Outcome::Failed(status, message) => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let status = if status == StatusCode::NOT_FOUND { status } else { StatusCode::BAD_GATEWAY };
+                    return text(status, &format!("cannot start a replica of {name}: {message}"));
+                }
+                _ => {}
+            }
+            // A replica of this node is served from `local` once routable here.
+            remote.retain(|e| e.node != self.node);
+            if !remote.is_empty() && hops < MAX_HOPS {
+                drop(ticket);
+                let first = self.next.fetch_add(1, Ordering::Relaxed) % remote.len();
+                return self.forward(name, req, &remote, first, hops, &[]).await;
+            }
+            tokio::select! {
+                _ = wasm.changed() => {}
+                _ = containers.changed() => {}
+                _ = table.changed() => {}
+                _ = outcome.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "no replica of {name} became ready within {}s (--activation-timeout); `skiff describe deployment {name}` says why",
+                            timeout.as_secs_f64()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// Sends the request to another node's ingress, starting with `remote[first]`;

@@ -9,11 +9,13 @@
 //! [`container`] (OCI containers), [`engine`] (what the two wasmtime engines
 //! share), [`blobs`] (digests, the blob cache, atomic writes), [`probes`] (probe
 //! timing), [`state`] (a replica's status, backoff), [`routes`] (what the
-//! ingress reaches on this node), [`ingress`], [`secrets`], [`volumes`],
+//! ingress reaches on this node), [`ingress`], [`activation`] (requests held
+//! for a deployment at zero), [`secrets`], [`volumes`],
 //! [`logs`] (per-replica rotating logs), [`metrics`], [`api`] (the node API:
 //! `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`), [`sim`] (simulated
 //! nodes for benchmarks: the protocol without workloads).
 
+pub mod activation;
 pub mod agent;
 pub mod api;
 pub mod blobs;

@@ -21,11 +21,14 @@ pub trait Routable: Send + Sync {
 #[derive(Debug)]
 pub struct Table<T> {
     map: Mutex<HashMap<String, Vec<Arc<T>>>>,
+    /// Bumped whenever an entry is added: requests held for a deployment at
+    /// zero (`activation`) wait on it for their replica to become routable.
+    added: tokio::sync::watch::Sender<u64>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Table { map: Mutex::new(HashMap::new()) }
+        Table { map: Mutex::new(HashMap::new()), added: tokio::sync::watch::Sender::new(0) }
     }
 }
 
@@ -38,7 +41,13 @@ impl<T: Routable> Table<T> {
     /// Routes to `entry` until the returned guard drops.
     pub fn add(self: &Arc<Self>, entry: Arc<T>) -> Routed<T> {
         self.lock().entry(entry.deployment().to_string()).or_default().push(entry.clone());
+        self.added.send_modify(|n| *n += 1);
         Routed { table: self.clone(), entry }
+    }
+
+    /// A receiver that changes whenever an entry is added.
+    pub fn additions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.added.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<T>>>> {

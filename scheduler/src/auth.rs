@@ -61,6 +61,8 @@ pub(crate) enum Need {
     NodeSelf,
     /// Any node's credential or a user token (the endpoints table, blob downloads).
     NodeOrRead,
+    /// Any node's credential or the admin token (activating a deployment at zero).
+    NodeOrAdmin,
 }
 
 /// What `method` on the matched `route` needs. Every route of `http::router` is
@@ -77,6 +79,8 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
         "/v1/nodes/{name}/heartbeat" | "/v1/nodes/{name}/assignments" => Need::NodeSelf,
         "/v1/endpoints" if read => Need::NodeOrRead,
         "/v1/blobs/{digest}" if read => Need::NodeOrRead,
+        // An ingress holding a request for a deployment at zero.
+        "/v1/deployments/{name}/activate" => Need::NodeOrAdmin,
         // Token names and roles are an admin's business even to read.
         "/v1/tokens" | "/v1/tokens/{name}" => Need::Admin,
         _ if read => Need::Read,
@@ -333,10 +337,10 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
     };
     let allowed = match (&caller, need) {
         (_, Need::Open) => true,
-        (Caller::Admin, Need::Admin | Need::Read | Need::Metrics | Need::NodeOrRead) => true,
+        (Caller::Admin, Need::Admin | Need::Read | Need::Metrics | Need::NodeOrRead | Need::NodeOrAdmin) => true,
         (Caller::ReadOnly, Need::Read | Need::Metrics | Need::NodeOrRead) => true,
         (Caller::Join | Caller::Node(_), Need::Register) => true,
-        (Caller::Node(_), Need::NodeOrRead) => true,
+        (Caller::Node(_), Need::NodeOrRead | Need::NodeOrAdmin) => true,
         (Caller::Node(n), Need::NodeSelf) => path_node(req.uri().path()) == Some(n.as_str()),
         _ => false,
     };

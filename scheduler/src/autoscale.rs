@@ -13,6 +13,14 @@
 //!
 //! Samples live in memory only: after a restart the scheduler waits for a full
 //! window of fresh usage before it changes any count.
+//!
+//! Scaling to zero ([`Idle`]): a deployment that scales to zero and has
+//! replicas is idle once no replica's request counter has moved for its
+//! `idle_seconds` (nor was it activated meanwhile); the pass then sets it to
+//! zero (`State::scale_to_zero`, a `ScaledToZero` event). Only such
+//! deployments are looked at (`Mem::awake`): one at zero costs the pass
+//! nothing. The autoscaler itself never goes below one replica; zero is the
+//! idle check's alone, and a deployment at zero is left to its next request.
 
 use skiff_api::{Autoscale, ReplicaStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -128,6 +136,77 @@ pub struct Window {
     watched: HashSet<String>,
     samples: HashMap<String, VecDeque<Sample>>,
     recommended: HashMap<String, VecDeque<(u64, u32)>>,
+    /// When the deployments that may scale to zero last served.
+    pub idle: Idle,
+}
+
+/// When each deployment that scales to zero (and has replicas) last had a
+/// request, from the request counters of its replicas.
+#[derive(Debug, Default)]
+pub struct Idle {
+    /// Replica id prefixes (`NAME-`, as replica ids begin) of the watched
+    /// deployments: what a heartbeat's statuses are filtered by without the
+    /// state lock.
+    prefixes: HashSet<String>,
+    /// Replica id → (requests last reported, when that count was first seen).
+    counts: HashMap<String, (u64, u64)>,
+    /// Deployment → when it last served or was activated.
+    last: HashMap<String, u64>,
+}
+
+impl Idle {
+    /// Keeps the request counters a heartbeat reports for watched replicas; a
+    /// counter that moved (or a first report of served requests) is activity.
+    pub fn observe(&mut self, replicas: &[ReplicaStatus], now_ms: u64) {
+        if self.prefixes.is_empty() {
+            return;
+        }
+        for r in replicas.iter().filter(|r| self.prefixes.contains(deployment_of(&r.id))) {
+            match self.counts.get_mut(&r.id) {
+                Some((n, at)) if *n != r.requests => (*n, *at) = (r.requests, now_ms),
+                Some(_) => {}
+                None => {
+                    let at = if r.requests > 0 { now_ms } else { 0 };
+                    self.counts.insert(r.id.clone(), (r.requests, at));
+                }
+            }
+        }
+    }
+
+    /// Deployment `name` was just activated (or otherwise asked for): it is
+    /// busy as of now.
+    pub fn touch(&mut self, name: &str, now_ms: u64) {
+        self.last.insert(name.to_string(), now_ms);
+    }
+
+    /// The deployments of `awake` (name, idle seconds, replica ids) that have
+    /// had no request for their idle seconds. A deployment seen for the first
+    /// time (newly started, or after a restart of the scheduler) counts from
+    /// now. Forgets what is no longer awake.
+    pub fn idle(&mut self, awake: &[(String, u32, Vec<String>)], now_ms: u64) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for (name, idle_seconds, ids) in awake {
+            let last = self.last.entry(name.clone()).or_insert(now_ms);
+            for id in ids {
+                if let Some(&(_, at)) = self.counts.get(id) {
+                    *last = (*last).max(at);
+                }
+            }
+            if now_ms.saturating_sub(*last) >= u64::from(*idle_seconds) * 1000 {
+                out.push((name.clone(), *idle_seconds));
+            }
+        }
+        let names: HashSet<&str> = awake.iter().map(|(n, _, _)| n.as_str()).collect();
+        let ids: HashSet<&str> = awake.iter().flat_map(|(_, _, ids)| ids.iter().map(String::as_str)).collect();
+        self.last.retain(|n, _| names.contains(n.as_str()));
+        self.counts.retain(|id, _| ids.contains(id.as_str()));
+        self.prefixes =
+            awake.iter().flat_map(|(_, _, ids)| ids.iter().map(|id| deployment_of(id).to_string())).collect();
+        // A deployment with no replica yet: its first replica's id will start
+        // with (at most 56 characters of) its name.
+        self.prefixes.extend(awake.iter().map(|(n, _, _)| n[..n.len().min(56)].to_string()));
+        out
+    }
 }
 
 /// The deployment of replica `id` (`NAME-xxxxxx`).
@@ -138,6 +217,7 @@ fn deployment_of(id: &str) -> &str {
 impl Window {
     /// Keeps the counters a heartbeat reports.
     pub fn observe(&mut self, replicas: &[ReplicaStatus], now_ms: u64) {
+        self.idle.observe(replicas, now_ms);
         for r in replicas.iter().filter(|r| self.watched.contains(deployment_of(&r.id))) {
             let s = self.samples.entry(r.id.clone()).or_default();
             if s.back().is_some_and(|b| now_ms < b.at_ms + SAMPLE_EVERY_MS) {
@@ -187,30 +267,40 @@ impl Window {
 }
 
 /// One controller step: every autoscaled deployment whose load asks for another
-/// count gets it, with a `Scaled` event saying why.
+/// count gets it, with a `Scaled` event saying why; every deployment that
+/// scales to zero and has been idle for its idle seconds goes to zero.
 pub(crate) fn pass(core: &crate::Core) -> Result<(), crate::error::ApiError> {
     let now = skiff_api::now_ms();
     let mut st = core.state();
+    // A deployment at zero is left to its next request; above zero the
+    // autoscaler keeps at least one replica (zero is the idle check's).
     let plans: Vec<(String, Vec<String>, u32, Autoscale, u64)> = st
         .mem()
         .autoscaled()
+        .filter(|d| d.replicas > 0)
         .filter_map(|d| {
             let ids = st.mem().replicas_of(&d.name).map(|r| r.id.clone()).collect();
-            Some((d.name.clone(), ids, d.replicas, d.autoscale?, d.spec.resources.cpu.0))
+            let a = d.autoscale?;
+            Some((d.name.clone(), ids, d.replicas, Autoscale { min: a.min.max(1), ..a }, d.spec.resources.cpu.0))
         })
         .collect();
-    let decisions: Vec<(String, Decision)> = {
+    let awake = st.mem().awake();
+    let (decisions, idle): (Vec<(String, Decision)>, Vec<(String, u32)>) = {
         let mut w = core.autoscale.lock().unwrap_or_else(|p| p.into_inner());
         w.retain(plans.iter().map(|p| p.0.clone()).collect(), now);
-        plans
+        let decisions = plans
             .iter()
             .filter_map(|(name, ids, current, a, cpu)| {
                 Some((name.clone(), w.decide(name, ids, *current, a, *cpu, now)?))
             })
-            .collect()
+            .collect();
+        (decisions, w.idle.idle(&awake, now))
     };
     for (name, d) in decisions {
         st.autoscale(&name, d.replicas, &d.why)?;
+    }
+    for (name, idle_seconds) in idle {
+        st.scale_to_zero(&name, idle_seconds)?;
     }
     Ok(())
 }

@@ -21,25 +21,33 @@ use std::time::Duration;
 /// Longest a node's query may block.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// The table as it is now, with `index`.
+/// The table as it is now, with `index`. Deployments that scale to zero are
+/// named in `scale_to_zero` as well, so that every ingress holds a request for
+/// one at zero (and activates it) rather than answer 503.
 pub fn table(mem: &Mem, index: u64) -> Endpoints {
-    let mut out = Endpoints { index, deployments: Default::default() };
+    let mut out = Endpoints { index, deployments: Default::default(), scale_to_zero: Default::default() };
     for name in mem.deployment_names() {
-        let mut eps: Vec<Endpoint> = mem
-            .replicas_of(name)
-            .filter(|r| r.state == ReplicaState::Ready)
-            .filter_map(|r| {
-                let node = mem.node(r.node.as_deref()?)?;
-                if node.state == NodeState::Down {
-                    return None;
-                }
-                Some(Endpoint { replica: r.id.clone(), node: node.name.clone(), ingress: node.ingress.clone()? })
-            })
-            .collect();
-        eps.sort_by(|a, b| a.replica.cmp(&b.replica));
-        out.deployments.insert(name.clone(), eps);
+        out.deployments.insert(name.clone(), of(mem, name));
     }
+    out.scale_to_zero = mem.scaling_to_zero().cloned().collect();
     out
+}
+
+/// The ready endpoints of deployment `name`, by replica id.
+pub fn of(mem: &Mem, name: &str) -> Vec<Endpoint> {
+    let mut eps: Vec<Endpoint> = mem
+        .replicas_of(name)
+        .filter(|r| r.state == ReplicaState::Ready)
+        .filter_map(|r| {
+            let node = mem.node(r.node.as_deref()?)?;
+            if node.state == NodeState::Down {
+                return None;
+            }
+            Some(Endpoint { replica: r.id.clone(), node: node.name.clone(), ingress: node.ingress.clone()? })
+        })
+        .collect();
+    eps.sort_by(|a, b| a.replica.cmp(&b.replica));
+    eps
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

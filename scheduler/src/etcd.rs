@@ -548,13 +548,15 @@ pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)
         revisions.push((dep.to_string(), rev.parse::<u64>().unwrap_or(0), spec));
     }
     let mut deployments = Vec::new();
+    // By key: a scan per deployment made loading 100,000 of them quadratic.
+    let by_key: std::collections::HashMap<(&str, u64), &WorkloadSpec> =
+        revisions.iter().map(|(d, r, spec)| ((d.as_str(), *r), spec)).collect();
     for (k, v) in range("deployments/")? {
         let name = k["deployments/".len()..].to_string();
         let d: StoredDeployment = decode("deployment", &v)?;
         let extra: crate::store::DeploymentExtra =
             serde_json::from_value(d.extra).map_err(|source| StoreError::Decode { what: "deployment", source })?;
-        let Some(spec) = revisions.iter().find(|(n, r, _)| *n == name && *r == d.revision).map(|(_, _, s)| s.clone())
-        else {
+        let Some(spec) = by_key.get(&(name.as_str(), d.revision)).map(|s| (*s).clone()) else {
             return Err(StoreError::Etcd(format!(
                 "deployment {name} points at revision {} that is not stored",
                 d.revision
@@ -571,6 +573,7 @@ pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)
             strategy: extra.strategy,
             rollout: extra.rollout,
             autoscale: extra.autoscale,
+            scale_to_zero: extra.scale_to_zero,
         });
     }
     let replicas: Vec<Replica> =

@@ -25,6 +25,7 @@ pub mod store;
 pub mod tls;
 
 pub use placement::Scoring;
+pub use state::MAX_OBJECTS;
 
 use anyhow::Context;
 use skiff_api::tls::{CaFingerprint, JoinToken};

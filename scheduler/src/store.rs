@@ -135,6 +135,7 @@ pub(crate) struct DeploymentExtra {
     pub strategy: skiff_api::UpdateStrategy,
     pub rollout: skiff_api::Rollout,
     pub autoscale: Option<skiff_api::Autoscale>,
+    pub scale_to_zero: Option<skiff_api::ScaleToZero>,
 }
 
 /// Everything stored, as loaded at start-up.
@@ -402,6 +403,9 @@ impl Backend for Sqlite {
             revisions.push((d, rev, decode::<WorkloadSpec>("revision", &spec)?));
         }
         let mut deployments = Vec::new();
+        // By key: a scan per deployment made loading 100,000 of them quadratic.
+        let by_key: std::collections::HashMap<(&str, u64), &WorkloadSpec> =
+            revisions.iter().map(|(d, r, spec)| ((d.as_str(), *r), spec)).collect();
         let mut stmt = self
             .conn
             .prepare("SELECT name, replicas, revision, created_ms, updated_ms, extra FROM deployments ORDER BY name")?;
@@ -418,10 +422,9 @@ impl Backend for Sqlite {
         for row in rows {
             let (name, replicas, revision, created_ms, updated_ms, extra) = row?;
             let extra: DeploymentExtra = decode("deployment", &extra)?;
-            let spec = revisions
-                .iter()
-                .find(|(d, r, _)| *d == name && *r == revision)
-                .map(|(_, _, s)| s.clone())
+            let spec = by_key
+                .get(&(name.as_str(), revision))
+                .map(|s| (*s).clone())
                 .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
             deployments.push(Deployment {
                 name,
@@ -434,6 +437,7 @@ impl Backend for Sqlite {
                 strategy: extra.strategy,
                 rollout: extra.rollout,
                 autoscale: extra.autoscale,
+                scale_to_zero: extra.scale_to_zero,
             });
         }
         let mut replicas = Vec::new();
@@ -631,7 +635,12 @@ impl Tx {
             revision: d.revision,
             created_ms: d.created_ms,
             updated_ms: d.updated_ms,
-            extra: json(&DeploymentExtra { strategy: d.strategy, rollout: d.rollout.clone(), autoscale: d.autoscale }),
+            extra: json(&DeploymentExtra {
+                strategy: d.strategy,
+                rollout: d.rollout.clone(),
+                autoscale: d.autoscale,
+                scale_to_zero: d.scale_to_zero,
+            }),
         })
     }
 

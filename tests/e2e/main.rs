@@ -14,6 +14,7 @@ mod observability;
 mod openapi;
 mod real_apps;
 mod rollout;
+mod scale_to_zero;
 mod secrets;
 mod servers;
 mod soak;

@@ -65,7 +65,7 @@ pub struct ServerArgs {
     #[arg(long)]
     metrics_open: bool,
     /// Most deployments, secrets and volumes the cluster holds, each
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = skiff_scheduler::MAX_OBJECTS)]
     max_objects: usize,
     /// More names (DNS names or IPs) the server certificate is valid for, besides
     /// localhost, 127.0.0.1, the listen address (every interface's if unspecified)
@@ -260,6 +260,14 @@ pub struct HttpArgs {
     /// besides the system's (a private CA)
     #[arg(long, value_name = "PATH")]
     outbound_ca_file: Option<PathBuf>,
+    /// Longest the ingress holds a request for a deployment scaled to zero
+    /// while a replica starts, before it answers 504
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    activation_timeout: Duration,
+    /// Most requests the ingress holds per deployment while it starts from
+    /// zero; more get 503 with Retry-After
+    #[arg(long, default_value_t = skiff_node::activation::DEFAULT_QUEUE, value_name = "N")]
+    activation_queue: usize,
 }
 
 impl HttpArgs {
@@ -271,10 +279,18 @@ impl HttpArgs {
         if self.request_timeout.is_zero() {
             bail!("--request-timeout must be more than 0");
         }
+        if self.activation_timeout.is_zero() {
+            bail!("--activation-timeout must be more than 0");
+        }
+        if self.activation_queue == 0 {
+            bail!("--activation-queue must be at least 1");
+        }
         Ok(skiff_node::http::HttpConfig {
             request_timeout: self.request_timeout,
             suffix,
             outbound_ca_file: self.outbound_ca_file.clone(),
+            activation_timeout: self.activation_timeout,
+            activation_queue: self.activation_queue,
             ..Default::default()
         })
     }

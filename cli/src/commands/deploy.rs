@@ -131,6 +131,11 @@ pub struct DeployArgs {
     /// How long a stopping container gets between SIGTERM and SIGKILL (at most 10m)
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     stop_grace_period: skiff_api::GracePeriod,
+    /// Go to zero replicas after this long without a request (300s, 5m); the
+    /// name stays routable and the next request starts a replica. For HTTP
+    /// deployments: a Wasm HTTP component, or an --image with --port
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    scale_to_zero: Option<Duration>,
     /// Wait until every replica of the new revision runs, or for one that
     /// serves (an HTTP component, --port) until the ingress routes to it; fail if
     /// a replica fails or restarts meanwhile
@@ -241,7 +246,15 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         stop_grace_period: image.then_some(args.stop_grace_period).filter(|g| *g != skiff_api::GracePeriod::DEFAULT),
         volume_lease: args.volume_lease,
     };
-    let request = ApplyRequest { replicas: args.replicas, spec, strategy: None, autoscale: None };
+    let scale_to_zero = match args.scale_to_zero {
+        Some(d) if d < Duration::from_secs(1) => bail!("--scale-to-zero must be at least 1s, got {d:?}"),
+        // Whole seconds, rounded up: the API counts idle time in seconds.
+        Some(d) => Some(skiff_api::ScaleToZero {
+            idle_seconds: u32::try_from(d.as_millis().div_ceil(1000)).unwrap_or(u32::MAX),
+        }),
+        None => None,
+    };
+    let request = ApplyRequest { replicas: args.replicas, spec, strategy: None, autoscale: None, scale_to_zero };
     let wasm = match args.file {
         Some(file) => {
             let bytes = read_wasm(&file)?;
@@ -311,6 +324,17 @@ async fn apply_all(
     for p in &prepared {
         skiff_api::validate::apply(&p.name, &p.request)
             .map_err(|e| anyhow::anyhow!("{source}deployment {}: {}", p.name, e.message))?;
+        let zero = p.request.scale_to_zero.is_some() || p.request.autoscale.is_some_and(|a| a.min == 0);
+        if let Some((path, bytes)) = &p.wasm
+            && zero
+            && !super::wait::is_http_component(bytes)
+        {
+            bail!(
+                "{source}deployment {}: {} is not an HTTP component (it exports no wasi:http/incoming-handler); only HTTP deployments scale to zero",
+                p.name,
+                path.display()
+            );
+        }
     }
     let mut applied = Vec::new();
     for Prepared { name, mut request, wasm } in prepared {

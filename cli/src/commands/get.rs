@@ -258,13 +258,14 @@ fn deployments_table(deployments: &[Deployment]) -> Table {
     // READY is ready/desired (passing readiness); AVAILABLE counts those ready
     // for the strategy's min_ready_seconds, as `kubectl get deployments` does.
     // ROLLOUT is where the latest rollout stands: `failed` when its revision never
-    // became available by its progress deadline (`describe` says why).
+    // became available by its progress deadline (`describe` says why). A
+    // deployment scaled to zero says so in READY: its name is still routable.
     let mut t =
         Table::new(&["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "ROLLOUT", "WORKLOAD", "AGE"]);
     for d in deployments {
         t.row(vec![
             d.name.clone(),
-            format!("{}/{}", d.status.ready, d.replicas),
+            ready_column(d),
             d.status.available.to_string(),
             d.status.running.to_string(),
             d.status.pending.to_string(),
@@ -275,6 +276,16 @@ fn deployments_table(deployments: &[Deployment]) -> Table {
         ]);
     }
     t
+}
+
+/// READY of a deployment: ready/desired, `(scaled to zero)` added when it is
+/// at zero by idleness (its replicas still stopping count as ready no more).
+fn ready_column(d: &Deployment) -> String {
+    if d.scaled_to_zero() {
+        format!("{}/0 (scaled to zero)", d.status.ready)
+    } else {
+        format!("{}/{}", d.status.ready, d.replicas)
+    }
 }
 
 fn replicas_table(replicas: &[Replica], with_deployment: bool) -> Table {
@@ -398,6 +409,15 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
             a.min, a.max, a.window_seconds, a.stabilization_seconds
         );
         field(&mut out, "Autoscale", how);
+    }
+    if let Some(idle) = d.idle_seconds() {
+        let now = if d.scaled_to_zero() {
+            "scaled to zero now: the next request starts a replica"
+        } else {
+            "the next request after that starts one"
+        };
+        // Longer than the other keys: its own line rather than a wider column.
+        out.push_str(&format!("Scale to zero: after {idle}s without a request; {now}\n"));
     }
     field(&mut out, "Created", format!("{} ago", age(d.created_ms)));
     field(&mut out, "Updated", format!("{} ago", age(d.updated_ms)));

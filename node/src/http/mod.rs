@@ -74,6 +74,12 @@ pub struct HttpConfig {
     /// Root certificates (PEM) that guests' outbound HTTPS trusts besides the
     /// system's (`--outbound-ca-file`).
     pub outbound_ca_file: Option<PathBuf>,
+    /// Longest the ingress holds a request for a deployment at zero while a
+    /// replica starts (`--activation-timeout`; then 504).
+    pub activation_timeout: Duration,
+    /// Most requests held per deployment while it starts (`--activation-queue`;
+    /// more get 503 with `Retry-After`).
+    pub activation_queue: usize,
 }
 
 impl Default for HttpConfig {
@@ -84,6 +90,8 @@ impl Default for HttpConfig {
             suffix: DEFAULT_SUFFIX.to_string(),
             ingress: None,
             outbound_ca_file: None,
+            activation_timeout: crate::activation::DEFAULT_TIMEOUT,
+            activation_queue: crate::activation::DEFAULT_QUEUE,
         }
     }
 }
@@ -173,6 +181,11 @@ impl HttpRuntime {
     /// Replicas of `deployment` served by this node, ready.
     pub fn local(&self, deployment: &str) -> Vec<Arc<HttpReplica>> {
         self.local.get(deployment)
+    }
+
+    /// A receiver that changes whenever a replica here becomes routable.
+    pub fn local_additions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.local.additions()
     }
 }
 

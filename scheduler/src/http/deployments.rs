@@ -26,6 +26,12 @@ pub(super) async fn apply(
 ) -> ApiResult<ApplyResponse> {
     if let Workload::Wasm(digest) = &req.spec.workload {
         core.check_wasm(digest).await?;
+        let zero = req.scale_to_zero.is_some() || req.autoscale.is_some_and(|a| a.min == 0);
+        if zero && !core.is_http_component(digest).await? {
+            return Err(ApiError::bad_request(format!(
+                "artifact {digest} is not an HTTP component (it exports no wasi:http/incoming-handler); only HTTP deployments scale to zero"
+            )));
+        }
     }
     // An image reference is pinned to its manifest digest now, so that nodes
     // fetch exactly what was imported and a re-tag changes nothing running.
@@ -76,6 +82,62 @@ pub(super) async fn resume(State(core): Shared, Path(name): Path<String>) -> Api
     let d = core.state().set_paused(&name, false)?;
     core.wake();
     Ok(Json(d))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ActivateQuery {
+    /// Milliseconds to wait for a ready endpoint (at most 60,000; 0: answer at once).
+    #[serde(default)]
+    wait: u64,
+}
+
+/// Longest an activation call waits for a ready endpoint.
+const MAX_ACTIVATE_WAIT: Duration = Duration::from_secs(60);
+
+/// An ingress holds a request for a deployment that scales to zero and has no
+/// ready replica: scales it from zero to one replica if it is at zero (once:
+/// a deployment with replicas is left as it is, so concurrent calls from any
+/// number of ingresses place one), then answers its ready endpoints as soon
+/// as it has one, or none when `wait` ends. Nodes call it with their
+/// credential; an admin may too (to wake a deployment by hand).
+#[utoipa::path(post, path = "/v1/deployments/{name}/activate", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), ActivateQuery), request_body = ActivateRequest, responses((status = 200, description = "Its replica count and ready endpoints", body = ActivateResponse), Failures))]
+pub(super) async fn activate(
+    State(core): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<ActivateQuery>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<ActivateRequest>,
+) -> ApiResult<ActivateResponse> {
+    let node = match &caller {
+        Caller::Node(n) => Some(n.as_str()),
+        _ => None,
+    };
+    // Subscribed before the change, so that no endpoint can become ready unseen.
+    let mut rx = core.state().endpoints_watch();
+    let (activated, _) = core.state().activate(&name, &req, node)?;
+    core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).idle.touch(&name, now_ms());
+    if activated {
+        core.wake();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait).min(MAX_ACTIVATE_WAIT);
+    loop {
+        rx.borrow_and_update();
+        let (endpoints, replicas) = {
+            let st = core.state();
+            let Some(d) = st.mem().deployment(&name) else {
+                return Err(ApiError::not_found(format!("deployment {name:?} was deleted")));
+            };
+            (crate::endpoints::of(st.mem(), &name), d.replicas)
+        };
+        if !endpoints.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(ActivateResponse { activated, replicas, endpoints }));
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_ok_and(|r| r.is_err()) {
+            // The state is gone (this server stopped leading): answer with none.
+            return Ok(Json(ActivateResponse { activated, replicas, endpoints: Vec::new() }));
+        }
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -217,6 +279,58 @@ impl Core {
         self.valid_wasm.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string());
         Ok(())
     }
+}
+
+/// Whether Wasm artifact `digest` is an HTTP component, once per digest (the
+/// answer is the content's, so one cache serves every server of the process).
+static HTTP_COMPONENTS: LazyLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
+    LazyLock::new(Default::default);
+
+impl Core {
+    async fn is_http_component(&self, digest: &str) -> Result<bool, ApiError> {
+        if let Some(&known) = HTTP_COMPONENTS.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            return Ok(known);
+        }
+        let path = self.blobs.path(digest)?;
+        let bytes = tokio::fs::read(&path).await.map_err(|_| {
+            ApiError::bad_request(format!("artifact {digest} is not uploaded; upload it first (skiff deploy does)"))
+        })?;
+        let http = tokio::task::spawn_blocking(move || is_http_component(&bytes))
+            .await
+            .map_err(|e| ApiError::internal(format!("reading {digest}: {e}")))?;
+        HTTP_COMPONENTS.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.to_string(), http);
+        Ok(http)
+    }
+}
+
+/// Whether `bytes` is a component that exports `wasi:http/incoming-handler`
+/// (its outermost component: nested ones come in the same stream, each closed
+/// by its own `End`), as the node decides to serve it.
+pub(super) fn is_http_component(bytes: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    if !Parser::is_component(bytes) {
+        return false;
+    }
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return false };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => {
+                if depth == 0 {
+                    return false;
+                }
+                depth -= 1;
+            }
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                if exports.into_iter().flatten().any(|e| e.name.name.starts_with("wasi:http/incoming-handler")) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 pub(super) fn validate_wasm(bytes: &[u8]) -> Result<(), String> {

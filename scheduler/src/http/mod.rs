@@ -75,6 +75,7 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(deployments::list_deployments))
         .routes(routes!(deployments::apply, deployments::get_deployment, deployments::delete_deployment))
         .routes(routes!(deployments::scale))
+        .routes(routes!(deployments::activate))
         .routes(routes!(deployments::revisions))
         .routes(routes!(deployments::rollback))
         .routes(routes!(deployments::pause))

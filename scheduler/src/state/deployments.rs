@@ -104,6 +104,62 @@ impl State {
         })
     }
 
+    /// Starts deployment `name`, which scales to zero, for a request an
+    /// ingress holds (`req`, at node `node`'s ingress): from zero to one
+    /// replica, with a `ScaledFromZero` event naming the request. A deployment
+    /// that has replicas already (another request or another node was first)
+    /// is left as it is: concurrent activations place one replica, never two.
+    /// Returns whether this call scaled it, and its count.
+    pub fn activate(&mut self, name: &str, req: &ActivateRequest, node: Option<&str>) -> Result<(bool, u32), Error> {
+        let e = self.mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
+        if e.d.idle_seconds().is_none() {
+            return Err(Error::Conflict(format!(
+                "deployment {name:?} does not scale to zero; apply it with scale_to_zero to have requests start it"
+            )));
+        }
+        if e.d.replicas > 0 {
+            return Ok((false, e.d.replicas));
+        }
+        let now = now_ms();
+        let request = format!("{} {}{}", clip(&req.method, 16), clip(&req.host, 253), clip(&req.path, 512));
+        let at = node.map(|n| format!(" at node {n}'s ingress")).unwrap_or_default();
+        self.transact(|mem, tx| {
+            let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
+            e.d.replicas = 1;
+            e.d.updated_ms = now;
+            tx.put_deployment(&e.d)?;
+            let msg = format!("scaled from 0 to 1 replica for {request} (held{at})");
+            tx.event(now, &format!("deployment/{name}"), "ScaledFromZero", &msg)?;
+            mem.fx.mutated = true;
+            mem.reconcile(tx, name, now)
+        })?;
+        Ok((true, 1))
+    }
+
+    /// Scales deployment `name` to zero replicas after `idle_seconds` without
+    /// a request (the idle check in `autoscale::pass` decides), with a
+    /// `ScaledToZero` event. Does nothing to one that no longer scales to zero
+    /// or is at zero already.
+    pub fn scale_to_zero(&mut self, name: &str, idle_seconds: u32) -> Result<(), Error> {
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            let Some(e) = mem.deployments.get_mut(name) else { return Ok(()) };
+            if e.d.replicas == 0 || e.d.idle_seconds().is_none() {
+                return Ok(());
+            }
+            let from = e.d.replicas;
+            e.d.replicas = 0;
+            e.d.updated_ms = now;
+            tx.put_deployment(&e.d)?;
+            let msg = format!(
+                "scaled from {from} to 0 replicas: no request for {idle_seconds}s; the next request starts one"
+            );
+            tx.event(now, &format!("deployment/{name}"), "ScaledToZero", &msg)?;
+            mem.fx.mutated = true;
+            mem.reconcile(tx, name, now)
+        })
+    }
+
     /// Every revision of `name`, oldest first.
     pub fn revisions(&self, name: &str) -> Result<Vec<RevisionInfo>, Error> {
         let d = self.mem.deployments.get(name).ok_or_else(|| not_found_deployment(name))?;
@@ -199,6 +255,7 @@ impl State {
                 })?;
             }
             mem.deployments.remove(name);
+            mem.awake.remove(name);
             mem.by_deployment.remove(name);
             mem.revisions.retain(|(d, _), _| d != name);
             tx.delete_deployment(name)?;
@@ -216,6 +273,20 @@ impl State {
             Ok(())
         })
     }
+}
+
+/// At most `max` bytes of `s` (cut at a character boundary), with control
+/// characters dropped: what a client sent, fit for an event line.
+fn clip(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub(super) fn not_found_deployment(name: &str) -> Error {
@@ -242,6 +313,37 @@ pub(super) fn new_replica_id(deployment: &str) -> String {
 }
 
 impl Mem {
+    /// Keeps `name` in [`Mem::awake`] while it scales to zero and has replicas.
+    pub(super) fn note_awake(&mut self, name: &str) {
+        match self.deployments.get(name) {
+            Some(e) if e.d.replicas > 0 && e.d.idle_seconds().is_some() => {
+                if !self.awake.contains(name) {
+                    self.awake.insert(name.to_string());
+                }
+            }
+            _ => {
+                self.awake.remove(name);
+            }
+        }
+    }
+
+    /// Deployments that scale to zero and have replicas, with their idle
+    /// seconds and the ids of their live replicas (what the idle check reads).
+    pub fn awake(&self) -> Vec<(String, u32, Vec<String>)> {
+        self.awake
+            .iter()
+            .filter_map(|name| {
+                let idle = self.deployments.get(name)?.d.idle_seconds()?;
+                Some((name.clone(), idle, self.replicas_of(name).map(|r| r.id.clone()).collect()))
+            })
+            .collect()
+    }
+
+    /// Names of the deployments that scale to zero (the endpoints table lists them).
+    pub fn scaling_to_zero(&self) -> impl Iterator<Item = &String> {
+        self.deployments.iter().filter(|(_, e)| e.d.idle_seconds().is_some()).map(|(n, _)| n)
+    }
+
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
         let e = self.deployments.get(name)?;
         let mut d = e.d.clone();
@@ -321,6 +423,7 @@ impl Mem {
                     status: DeploymentStatus::default(),
                     strategy: req.strategy.unwrap_or_default(),
                     autoscale: req.autoscale,
+                    scale_to_zero: req.scale_to_zero,
                     // The first rollout completes once its replicas are available;
                     // it starts from no revision (0), so it has none to go back to.
                     rollout: Rollout {
@@ -350,11 +453,14 @@ impl Mem {
                 if e.d.spec == req.spec
                     && e.d.replicas == replicas
                     && req.strategy.is_none_or(|s| s == e.d.strategy)
-                    && req.autoscale == e.d.autoscale =>
+                    && req.autoscale == e.d.autoscale
+                    && req.scale_to_zero == e.d.scale_to_zero =>
             {
                 return Ok(ApplyOutcome::Unchanged);
             }
             Some(e) => {
+                // Whether its name activates a replica is in the endpoints table.
+                let scaled_to_zero_before = e.d.idle_seconds().is_some();
                 if let Some(s) = req.strategy {
                     e.d.strategy = s;
                 }
@@ -370,6 +476,19 @@ impl Mem {
                             tx.event(now, &obj, "AutoscaleOff", &msg)?;
                         }
                     }
+                }
+                if e.d.scale_to_zero != req.scale_to_zero {
+                    e.d.scale_to_zero = req.scale_to_zero;
+                    match req.scale_to_zero {
+                        Some(z) => {
+                            let msg = format!("scales to zero after {}s without a request", z.idle_seconds);
+                            tx.event(now, &obj, "ScaleToZeroSet", &msg)?;
+                        }
+                        None => tx.event(now, &obj, "ScaleToZeroOff", "no longer scales to zero")?,
+                    }
+                }
+                if e.d.idle_seconds().is_some() != scaled_to_zero_before {
+                    self.fx.endpoints_dirty = true;
                 }
                 if e.d.spec != req.spec {
                     // After a rollback the current revision is not the newest: number
@@ -409,6 +528,7 @@ impl Mem {
     /// older revisions out as [`rollout::plan`] decides, and rolls a failing
     /// rollout back to the last good revision.
     pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
+        self.note_awake(name);
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
         let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
         // At its count, all of the current revision, and no rollout that may

@@ -128,6 +128,10 @@ pub struct Mem {
     /// Jobs (`jobs.rs`) and crons (`cron.rs`), by name.
     jobs: BTreeMap<String, jobs::JobEntry>,
     crons: BTreeMap<String, cron::CronEntry>,
+    /// Deployments that scale to zero and have replicas now: the only ones
+    /// the idle check looks at (`autoscale::pass`), so deployments at zero
+    /// cost it nothing however many there are.
+    awake: BTreeSet<String>,
 }
 
 /// The store and the working set behind one lock.
@@ -149,8 +153,10 @@ pub struct State {
     pub resign: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
-/// Default of [`State::max_objects`].
-pub const MAX_OBJECTS: usize = 10_000;
+/// Default of [`State::max_objects`]: room for 100,000 deployments that
+/// scale to zero (a deployment at zero is a row and a working-set entry) and
+/// as many more.
+pub const MAX_OBJECTS: usize = 200_000;
 
 /// Why an operation on the working set failed. The API maps each kind to its
 /// HTTP status in one place (`crate::error`); the message is the user's line.
@@ -291,7 +297,9 @@ impl Mem {
             mem.revisions.insert((d, rev), spec);
         }
         for d in loaded.deployments {
-            mem.deployments.insert(d.name.clone(), DeploymentEntry::new(d));
+            let name = d.name.clone();
+            mem.deployments.insert(name.clone(), DeploymentEntry::new(d));
+            mem.note_awake(&name);
         }
         for (v, purge) in loaded.volumes {
             if purge {

@@ -130,7 +130,11 @@ fn spread_counts_follow_nodes_moved_by_a_removal() {
         st.register(node(&format!("n{i}"), 1024)).unwrap();
     }
     for d in ["a", "b"] {
-        st.apply(d, ApplyRequest { replicas: Some(6), spec: spec(1), strategy: None, autoscale: None }).unwrap();
+        st.apply(
+            d,
+            ApplyRequest { replicas: Some(6), spec: spec(1), strategy: None, autoscale: None, scale_to_zero: None },
+        )
+        .unwrap();
     }
     st.schedule().unwrap();
     assert_eq!(spread_kept(st.mem()), spread_recounted(st.mem()));
@@ -153,8 +157,17 @@ fn a_scheduling_pass_places_one_batch_and_leaves_the_rest_for_the_next() {
         st.register(node(&format!("n{i}"), 1024)).unwrap();
     }
     let total = SCHEDULE_BATCH + 52;
-    st.apply("big", ApplyRequest { replicas: Some(total as u32), spec: spec(1), strategy: None, autoscale: None })
-        .unwrap();
+    st.apply(
+        "big",
+        ApplyRequest {
+            replicas: Some(total as u32),
+            spec: spec(1),
+            strategy: None,
+            autoscale: None,
+            scale_to_zero: None,
+        },
+    )
+    .unwrap();
     assert_eq!(st.schedule().unwrap(), SCHEDULE_BATCH);
     assert!(st.mem().sched_dirty, "a full batch leaves the rest for the next pass");
     assert_eq!(st.schedule().unwrap(), 52);
@@ -211,7 +224,13 @@ fn replicas_applied_in_place_match_the_store_loaded_anew() {
     let (mut st, _dir) = state();
     st.register(node("a", 1024)).unwrap();
     st.register(node("b", 1024)).unwrap();
-    let apply = |n, mem| ApplyRequest { replicas: Some(n), spec: spec(mem), strategy: None, autoscale: None };
+    let apply = |n, mem| ApplyRequest {
+        replicas: Some(n),
+        spec: spec(mem),
+        strategy: None,
+        autoscale: None,
+        scale_to_zero: None,
+    };
     st.apply("web", apply(8, 100)).unwrap();
     st.apply("api", apply(1, 50)).unwrap();
     let mut copy = Mem::load(st.store()).unwrap();
@@ -248,7 +267,13 @@ fn deployment_counts_follow_every_change_and_a_reload() {
     let (mut st, dir) = state();
     st.register(node("a", 1024)).unwrap();
     st.register(node("b", 1024)).unwrap();
-    let apply = |replicas| ApplyRequest { replicas: Some(replicas), spec: spec(100), strategy: None, autoscale: None };
+    let apply = |replicas| ApplyRequest {
+        replicas: Some(replicas),
+        spec: spec(100),
+        strategy: None,
+        autoscale: None,
+        scale_to_zero: None,
+    };
     st.apply("web", apply(12)).unwrap();
     st.schedule().unwrap();
     let check = |st: &State| {
@@ -279,7 +304,8 @@ fn deployment_counts_follow_every_change_and_a_reload() {
     st.scale("web", 5).unwrap();
     check(&st);
     // A new revision rolls out beside the old one.
-    let update = ApplyRequest { replicas: Some(5), spec: spec(101), strategy: None, autoscale: None };
+    let update =
+        ApplyRequest { replicas: Some(5), spec: spec(101), strategy: None, autoscale: None, scale_to_zero: None };
     st.apply("web", update).unwrap();
     st.schedule().unwrap();
     check(&st);
@@ -301,7 +327,8 @@ fn deployment_counts_follow_every_change_and_a_reload() {
 fn a_node_behind_by_a_few_changes_gets_only_those() {
     let (mut st, dir) = state();
     st.register(node("a", 1024)).unwrap();
-    let apply = |n| ApplyRequest { replicas: Some(n), spec: spec(10), strategy: None, autoscale: None };
+    let apply =
+        |n| ApplyRequest { replicas: Some(n), spec: spec(10), strategy: None, autoscale: None, scale_to_zero: None };
     st.apply("web", apply(3)).unwrap();
     st.schedule().unwrap();
     let first = st.assignments("a").unwrap();
@@ -374,16 +401,24 @@ fn places_by_resources_reloads_intact_and_replaces_a_dead_node() {
     st.register(node("a", 300)).unwrap();
     st.register(node("b", 200)).unwrap();
     st.register(node("c", 100)).unwrap();
-    let resp =
-        st.apply("web", ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None }).unwrap();
+    let resp = st
+        .apply(
+            "web",
+            ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None, scale_to_zero: None },
+        )
+        .unwrap();
     assert_eq!(resp.outcome, ApplyOutcome::Created);
     assert_eq!(st.schedule().unwrap(), 6);
     let expected = vec![("a".into(), 3, 300), ("b".into(), 2, 200), ("c".into(), 1, 100)];
     assert_eq!(per_node(&st), expected);
 
     // Applying the same thing again changes nothing.
-    let again =
-        st.apply("web", ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None }).unwrap();
+    let again = st
+        .apply(
+            "web",
+            ApplyRequest { replicas: Some(6), spec: spec(100), strategy: None, autoscale: None, scale_to_zero: None },
+        )
+        .unwrap();
     assert_eq!(again.outcome, ApplyOutcome::Unchanged);
 
     // A seventh replica fits nowhere and says why.
@@ -444,6 +479,7 @@ fn an_apply_without_autoscale_turns_it_off_and_keeps_the_count_unless_told() {
         spec: spec(10),
         strategy: None,
         autoscale,
+        scale_to_zero: None,
     };
     let count = |st: &State| st.mem().deployment("web").map(|d| (d.replicas, d.autoscale.is_some()));
     st.apply("web", req(Some(2), Some(auto))).unwrap();
@@ -472,6 +508,73 @@ fn an_apply_without_autoscale_turns_it_off_and_keeps_the_count_unless_told() {
     st.apply("web", req(Some(1), None)).unwrap();
     assert_eq!(count(&st), Some((1, false)));
     // A new deployment without a count gets one replica.
-    st.apply("api", ApplyRequest { replicas: None, spec: spec(10), strategy: None, autoscale: None }).unwrap();
+    st.apply(
+        "api",
+        ApplyRequest { replicas: None, spec: spec(10), strategy: None, autoscale: None, scale_to_zero: None },
+    )
+    .unwrap();
     assert_eq!(st.mem().deployment("api").map(|d| d.replicas), Some(1));
+}
+
+#[test]
+fn a_deployment_that_scales_to_zero_is_activated_once_and_keeps_its_setting_across_a_reload() {
+    let (mut st, dir) = state();
+    let zero = Some(skiff_api::ScaleToZero { idle_seconds: 30 });
+    let req =
+        |replicas| ApplyRequest { replicas, spec: spec(10), strategy: None, autoscale: None, scale_to_zero: zero };
+    st.apply("web", req(Some(2))).unwrap();
+    assert_eq!(
+        st.mem().awake().iter().map(|(n, s, ids)| (n.as_str(), *s, ids.len())).collect::<Vec<_>>(),
+        [("web", 30, 2)]
+    );
+    // Idle: to zero, with its event, and out of the idle check's sight.
+    st.scale_to_zero("web", 30).unwrap();
+    let d = st.mem().deployment("web").unwrap();
+    assert!(d.scaled_to_zero() && d.status.total == 0, "{d:?}");
+    assert!(st.mem().awake().is_empty());
+    // A re-apply (a rollout at zero) keeps it there and starts nothing.
+    let mut new_spec = req(None);
+    new_spec.spec.args = vec!["v2".into()];
+    st.apply("web", new_spec).unwrap();
+    let d = st.mem().deployment("web").unwrap();
+    assert_eq!((d.revision, d.replicas, d.status.total, d.rollout.state), (2, 0, 0, RolloutState::Complete));
+
+    // Many activations at once: the first scales it to one, the others find it there.
+    // A control character in the path (a newline) stays out of the event line.
+    let line = ActivateRequest { method: "GET".into(), host: "web.skiff.local".into(), path: "/a\nb".into() };
+    assert_eq!(st.activate("web", &line, Some("n1")).unwrap(), (true, 1));
+    for _ in 0..5 {
+        assert_eq!(st.activate("web", &line, Some("n2")).unwrap(), (false, 1));
+    }
+    assert_eq!(st.mem().replicas_of("web").count(), 1);
+    let events = st.store().events(Some("deployment/web"), 50).unwrap();
+    let from_zero: Vec<&Event> = events.iter().filter(|e| e.reason == "ScaledFromZero").collect();
+    assert_eq!(from_zero.len(), 1);
+    assert_eq!(
+        from_zero[0].message,
+        "scaled from 0 to 1 replica for GET web.skiff.local/ab (held at node n1's ingress)"
+    );
+    assert!(events.iter().any(|e| e.reason == "ScaledToZero"
+        && e.message == "scaled from 2 to 0 replicas: no request for 30s; the next request starts one"));
+
+    // One that does not scale to zero is not activated; an unknown one is not found.
+    st.apply(
+        "plain",
+        ApplyRequest { replicas: Some(0), spec: spec(10), strategy: None, autoscale: None, scale_to_zero: None },
+    )
+    .unwrap();
+    assert!(matches!(st.activate("plain", &line, None), Err(Error::Conflict(_))));
+    assert!(matches!(st.activate("nope", &line, None), Err(Error::NotFound(_))));
+    st.scale_to_zero("plain", 30).unwrap();
+    assert_eq!(st.mem().deployment("plain").map(|d| d.replicas), Some(0));
+
+    // The setting is stored: a reloaded working set has it, and knows what is awake.
+    drop(st);
+    let store = Store::open(&dir.0.join("state.db")).unwrap();
+    let st = State::load(store, Keyring::open(&dir.0).unwrap(), Policy::default()).unwrap();
+    assert_eq!(st.mem().deployment("web").and_then(|d| d.scale_to_zero), zero);
+    assert_eq!(st.mem().awake().len(), 1);
+    let table = crate::endpoints::table(st.mem(), 1);
+    assert_eq!(table.scale_to_zero.iter().collect::<Vec<_>>(), ["web"]);
+    assert!(table.deployments.contains_key("plain"));
 }
