@@ -262,8 +262,10 @@ function renderCluster() {
     const capCpu = parseCpu(n.capacity.cpu) / 1000, capMem = parseMem(n.capacity.memory);
     const allocCpu = parseCpu(n.allocated.cpu) / 1000, allocMem = parseMem(n.allocated.memory);
     return el("article", { class: "card node", "data-node": n.name, "aria-label": "node " + n.name },
-      el("h4", {}, el("span", { text: n.name }), stateBadge(n.state)),
+      el("h4", {}, el("span", { text: n.name }), stateBadge(n.state),
+        ...(n.drain ? [stateBadge(n.drain.done ? "drained" : "draining")] : n.unschedulable ? [stateBadge("cordoned")] : [])),
       el("div", { class: "muted", text: `${n.replicas} replicas · ${(n.runtimes || []).join(", ")} · ${n.address}` }),
+      ...(n.drain && n.drain.message ? [el("div", { class: "muted", text: "drain: " + n.drain.message })] : []),
       meter("CPU", u.cpu, allocCpu, capCpu, fmtCpu),
       meter("Memory", n.memory_bytes, allocMem, capMem, fmtMem),
       el("div", { class: "labels" }, ...Object.entries(n.labels || {}).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))));

@@ -583,6 +583,25 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, &format!("/v1/nodes/{name}"))).await
     }
 
+    /// Cordons node `name` (`true`: no new replicas) or uncordons it (`false`,
+    /// which also ends a drain).
+    pub async fn cordon(&self, name: &str, cordon: bool) -> Result<Node, ClientError> {
+        let verb = if cordon { "cordon" } else { "uncordon" };
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/nodes/{name}/{verb}"))).await
+    }
+
+    /// Starts draining node `name` (again with `force`: also stop what cannot move).
+    pub async fn drain(&self, name: &str, force: bool) -> Result<Node, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/nodes/{name}/drain")).json(&DrainRequest { force }))
+            .await
+    }
+
+    /// Rebalances `deployment` (every deployment when `None`) once.
+    pub async fn rebalance(&self, deployment: Option<&str>) -> Result<RebalanceResponse, ClientError> {
+        let req = RebalanceRequest { deployment: deployment.map(str::to_string) };
+        self.json(self.request(reqwest::Method::POST, "/v1/rebalance").json(&req)).await
+    }
+
     /// Removes node `name` and revokes its credential.
     pub async fn remove_node(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.request(reqwest::Method::DELETE, &format!("/v1/nodes/{name}"))).await.map(|_| ())

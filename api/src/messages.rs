@@ -61,6 +61,34 @@ pub struct ApplyRequest {
     pub scale_to_zero: Option<ScaleToZero>,
 }
 
+/// `POST /v1/nodes/{name}/drain`: cordon the node and move its replicas away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DrainRequest {
+    /// Also stop the replicas that cannot move (pinned to a volume on the node,
+    /// or fitting no other node).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/rebalance`: rebalance once, as `rebalance: true` would.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RebalanceRequest {
+    /// Only this deployment (default: every deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+}
+
+/// Answer to [`RebalanceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RebalanceResponse {
+    /// The deployments whose spread is worse than it could be, each with why
+    /// (`spread: n1 held 4 of 6, n3 had 0`); their replicas move one at a time.
+    pub uneven: BTreeMap<String, String>,
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -68,6 +68,40 @@ pub struct Node {
     /// Base URL of the node's ingress (`http://10.0.0.2:8080`), if it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<String>,
+    /// Cordoned (`skiff node cordon`): it takes no new replicas; what it runs
+    /// keeps running. Set by a drain too; `skiff node uncordon` clears it.
+    #[serde(default)]
+    pub unschedulable: bool,
+    /// The drain under way or finished (`skiff node drain`), until uncordoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<NodeDrain>,
+}
+
+/// A node's drain: the scheduler moves its replicas elsewhere, each as its
+/// deployment's rollout strategy allows (the replacement first, then the old
+/// replica), until the node holds nothing but what cannot move.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeDrain {
+    /// When it started.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub started_ms: Millis,
+    /// Also stop the replicas that cannot move (`--force`).
+    #[serde(default)]
+    pub force: bool,
+    /// The node holds no replica any more.
+    #[serde(default)]
+    pub done: bool,
+    /// Replicas still on the node.
+    #[serde(default)]
+    pub remaining: u32,
+    /// Replicas that cannot move, one line each: `REPLICA (deployment D): why`.
+    /// They keep running unless the drain is forced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck: Vec<String>,
+    /// Where it stands, in one line.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// A named volume, as the scheduler knows it.

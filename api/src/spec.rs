@@ -180,6 +180,10 @@ pub struct WorkloadSpec {
     /// the scheduler counts the replica lost. Needs a read-write volume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub volume_lease: bool,
+    /// Move replicas, one at a time and surge first, when a node joins or comes
+    /// back and the deployment's spread over the nodes is worse than it could be.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebalance: bool,
 }
 
 /// A port a container listens on, and the node port that forwards to it.

@@ -120,6 +120,18 @@ pub fn validate_volume_lease(lease: bool, volumes: &[VolumeMount]) -> Result<(),
     Ok(())
 }
 
+/// Rebalancing moves replicas between nodes; a volume lives on one node and
+/// pins its replicas there, so the two cannot go together.
+pub fn validate_rebalance(rebalance: bool, volumes: &[VolumeMount]) -> Result<(), String> {
+    match volumes.first() {
+        Some(v) if rebalance => Err(format!(
+            "rebalance moves replicas between nodes, but volume {} keeps them on its node; drop rebalance or the volume",
+            v.name
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn is_plain_abs_path(path: &str) -> bool {
     path.starts_with('/')
         && path.len() <= 255
@@ -275,6 +287,7 @@ pub fn apply(name: &str, req: &ApplyRequest) -> Result<(), Invalid> {
         validate_env_key(k).map_err(Invalid::at(k))?;
     }
     validate_volumes(&spec.volumes, replicas).and_then(|()| validate_volume_lease(spec.volume_lease, &spec.volumes))?;
+    validate_rebalance(spec.rebalance, &spec.volumes)?;
     validate_probes(&spec.probes)?;
     if let Some(a) = &req.autoscale {
         a.validate()?;

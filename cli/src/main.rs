@@ -91,6 +91,9 @@ enum Command {
     Registry(commands::registry::RegistryArgs),
     /// Follow, undo, pause and resume rolling updates
     Rollout(rollout::RolloutArgs),
+    /// Spread deployments' replicas over the nodes again, once (one replica at a
+    /// time per deployment, the replacement first)
+    Rebalance(commands::node::RebalanceArgs),
     /// List and delete named volumes
     Volume(volume::VolumeArgs),
     /// Create, list and revoke API tokens
@@ -314,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(args) => secret::secret(args, &client(&server)).await,
         Command::Registry(args) => commands::registry::registry(args, &client(&server)).await,
         Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
+        Command::Rebalance(args) => commands::node::rebalance(args, &client(&server)).await,
         Command::Volume(args) => volume::volume(args, &client(&server)).await,
         Command::Token(args) => token::token(args, &client(&server)).await,
         Command::Version => {

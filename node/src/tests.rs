@@ -291,6 +291,7 @@ fn assignment(id: &str, bytes: &[u8], restart: RestartPolicy) -> Assignment {
             network: Default::default(),
             stop_grace_period: None,
             volume_lease: false,
+            rebalance: false,
         },
         secrets: Default::default(),
         registry_auth: None,
@@ -448,6 +449,8 @@ fn fake_scheduler(state: FakeState) -> axum::Router {
             registered_ms: 0,
             last_heartbeat_ms: 0,
             ingress: req.ingress,
+            unschedulable: false,
+            drain: None,
         };
         axum::Json(RegisterResponse { node, heartbeat_interval_ms: 100, credential: None }).into_response()
     }

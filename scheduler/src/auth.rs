@@ -83,6 +83,11 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
         "/v1/deployments/{name}/activate" => Need::NodeOrAdmin,
         // Token names and roles are an admin's business even to read.
         "/v1/tokens" | "/v1/tokens/{name}" => Need::Admin,
+        // Taking a node out of service moves other people's replicas: admin
+        // (the deploy role does not exist yet), never a node itself.
+        "/v1/nodes/{name}/cordon" | "/v1/nodes/{name}/uncordon" | "/v1/nodes/{name}/drain" | "/v1/rebalance" => {
+            Need::Admin
+        }
         _ if read => Need::Read,
         _ => Need::Admin,
     }
@@ -410,6 +415,9 @@ mod tests {
         assert_eq!(need(&del, "/v1/secrets/{name}"), Need::Admin);
         assert_eq!(need(&put, "/v1/blobs/{digest}"), Need::Admin);
         assert_eq!(need(&get, "/v1/blobs/{digest}"), Need::NodeOrRead);
+        assert_eq!(need(&post, "/v1/deployments/{name}/activate"), Need::NodeOrAdmin);
+        assert_eq!(need(&post, "/v1/nodes/{name}/drain"), Need::Admin);
+        assert_eq!(need(&post, "/v1/rebalance"), Need::Admin);
         assert_eq!(need(&post, "/v1/nodes/{name}/heartbeat"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/nodes/{name}/assignments"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/tokens"), Need::Admin);

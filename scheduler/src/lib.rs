@@ -25,6 +25,7 @@ pub mod store;
 pub mod tls;
 
 pub use placement::Scoring;
+pub use state::REBALANCE_PER_MINUTE;
 pub use state::MAX_OBJECTS;
 
 use anyhow::Context;
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     /// Heartbeats per second the scheduler asks for at most; in larger clusters
     /// the interval grows, and the grace with it (at least three intervals).
     pub max_heartbeats_per_second: u32,
+    /// Most replicas rebalancing moves a minute in the whole cluster.
+    pub rebalance_per_minute: u32,
     /// How long a node may miss heartbeats before it is down and its replicas are
     /// replaced.
     pub node_grace: Duration,
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             scoring: Scoring::BinPack,
             heartbeat_interval: Duration::from_secs(1),
             max_heartbeats_per_second: 5000,
+            rebalance_per_minute: state::REBALANCE_PER_MINUTE,
             node_grace: Duration::from_secs(3),
             rotate_secret_key: false,
             metrics_open: false,
@@ -407,6 +411,7 @@ fn core(
         node_grace: config.node_grace,
         heartbeat_interval: config.heartbeat_interval,
         max_heartbeats_per_second: config.max_heartbeats_per_second,
+        rebalance_per_minute: config.rebalance_per_minute,
     };
     let keyring = secrets::Keyring::open(&config.data_dir).context("opening the secret keys")?;
     let mut state = State::load(store, keyring, policy).context("loading the state")?;
@@ -491,6 +496,10 @@ fn controller_pass(core: &Core, full: bool) -> (Result<(), state::Error>, bool) 
         r = st.reconcile_all();
     } else if r.is_ok() {
         r = st.reconcile_due();
+    }
+    // Drains and rebalance moves: cheap unless one is under way.
+    if r.is_ok() {
+        r = st.moves_pass(full);
     }
     // Jobs and crons every pass: a run that ended is followed by the next at once.
     if r.is_ok() {

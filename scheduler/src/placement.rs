@@ -91,6 +91,8 @@ pub struct Request<'a> {
 pub enum Rejection {
     /// The node is down or draining.
     NotReady(NodeState),
+    /// The node is cordoned (`skiff node cordon`, or draining).
+    Cordoned,
     /// The node cannot run this kind of workload.
     Runtime(Runtime),
     /// A constraint label is missing or different.
@@ -110,6 +112,7 @@ impl Rejection {
     fn group(&self) -> String {
         match self {
             Rejection::NotReady(s) => format!("node {s}"),
+            Rejection::Cordoned => "node cordoned".into(),
             Rejection::Runtime(Runtime::Container) => "no container runtime".into(),
             Rejection::Runtime(r) => format!("no {r} runtime"),
             Rejection::Constraint { key, want } => format!("label {key}={want} missing"),
@@ -181,6 +184,9 @@ fn filter(node: &Node, runtimes: u8, req: &Request) -> Result<(), Rejection> {
     if node.state != NodeState::Ready {
         return Err(Rejection::NotReady(node.state));
     }
+    if node.unschedulable {
+        return Err(Rejection::Cordoned);
+    }
     if runtimes & runtime_bit(req.runtime) == 0 {
         return Err(Rejection::Runtime(req.runtime));
     }
@@ -203,6 +209,18 @@ fn filter(node: &Node, runtimes: u8, req: &Request) -> Result<(), Rejection> {
         return Err(Rejection::Memory { free: free.memory.0, need: req.resources.memory.0 });
     }
     Ok(())
+}
+
+/// Whether `node` could run `req` as it is: up, not cordoned, with the runtime
+/// and the labels. Room and ports are left out: they come and go with other
+/// replicas, so a replica short of them waits, while one that fails this check
+/// never fits the node (a drain reports it as unable to move).
+pub fn could_take(node: &Node, req: &Request) -> Result<(), Rejection> {
+    let bits = node.runtimes.iter().fold(0, |bits, r| bits | runtime_bit(*r));
+    match filter(node, bits, &Request { resources: Resources::default(), host_ports: &[], pinned: None, ..*req }) {
+        Err(Rejection::Cpu { .. } | Rejection::Memory { .. } | Rejection::HostPort(_)) => Ok(()),
+        other => other,
+    }
 }
 
 /// Resource fit in 0..=1, Nomad's formula: bin-pack scores `20 − (10^freeCpu +
@@ -286,6 +304,8 @@ mod tests {
             registered_ms: 0,
             last_heartbeat_ms: 0,
             ingress: None,
+            unschedulable: false,
+            drain: None,
         }
     }
 
@@ -426,6 +446,36 @@ mod tests {
             unschedulable: 0/2 nodes fit: 1 insufficient cpu, 1 insufficient memory, examined 2, feasible 0
               small: insufficient memory: needs 256Mi, 128Mi free
               busy: insufficient cpu: needs 200m, 100m free
+        "#]],
+        );
+    }
+
+    #[test]
+    fn a_cordoned_node_takes_nothing_new_and_says_so() {
+        let mut cordoned = node("cordoned", 4000, 4096, 0, 0);
+        cordoned.unschedulable = true;
+        let nodes = [cordoned, node("small", 4000, 128, 0, 0)];
+        let (c, s) = (BTreeMap::new(), Spread::default());
+        check(
+            &nodes,
+            req(200, 256, &c, &s, Scoring::BinPack),
+            0,
+            expect![[r#"
+            unschedulable: 0/2 nodes fit: 1 insufficient memory, 1 node cordoned, examined 2, feasible 0
+              cordoned: node cordoned
+              small: insufficient memory: needs 256Mi, 128Mi free
+        "#]],
+        );
+        // Pinned to a volume on the cordoned node: it waits, saying both.
+        let r = Request { pinned: Some("cordoned"), ..req(200, 64, &c, &s, Scoring::BinPack) };
+        check(
+            &nodes,
+            r,
+            0,
+            expect![[r#"
+            unschedulable: 0/2 nodes fit: 1 node cordoned, 1 volume held by node cordoned, examined 2, feasible 0
+              cordoned: node cordoned
+              small: volume held by node cordoned
         "#]],
         );
     }

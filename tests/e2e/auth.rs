@@ -303,12 +303,14 @@ fn nodes_get_their_own_credentials_and_lose_them_when_removed() {
     assert_eq!(call(&url, "GET", "/v1/nodes/n1/assignments", Some(&cred), "").0, 200);
     assert_eq!(call(&url, "GET", "/v1/endpoints", Some(&cred), "").0, 200);
     // Every route of the description, named for n2: n1's credential gets only
-    // registration, the endpoints table and blob downloads; the join token
+    // registration, the endpoints table, blob downloads and activation; the join token
     // (its secret: the rest names the CA) only registration.
     let admin = read_when_ready(&data.join("admin-token"));
     let secret = join.split('.').next().unwrap_or_default();
     for r in routes(&url, &admin, "n2").iter().filter(|r| !r.open) {
-        let shared = (r.route == "/v1/endpoints" || r.route == "/v1/blobs/{digest}") && r.read();
+        // An ingress asks for a deployment at zero to be started (any node's credential).
+        let shared = ((r.route == "/v1/endpoints" || r.route == "/v1/blobs/{digest}") && r.read())
+            || r.route == "/v1/deployments/{name}/activate";
         for (who, token, allowed) in [
             ("n1's credential", cred.as_str(), r.route == "/v1/nodes/register" || shared),
             ("the join token", secret, r.route == "/v1/nodes/register"),

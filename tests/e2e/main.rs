@@ -8,6 +8,7 @@ mod bad_input;
 mod cluster;
 mod container_lifecycle;
 mod containers;
+mod drain;
 mod faults;
 mod http;
 mod observability;

@@ -58,6 +58,10 @@ pub struct ServerArgs {
     /// nodes than this, the heartbeat interval grows to keep the rate
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     max_heartbeats_per_second: u32,
+    /// Most replicas that rebalancing (`rebalance: true`, `skiff rebalance`)
+    /// moves a minute in the whole cluster
+    #[arg(long, default_value_t = skiff_scheduler::REBALANCE_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    rebalance_rate: u32,
     /// Re-seal every secret under a new key at start-up and forget the old keys
     #[arg(long)]
     rotate_secret_key: bool,
@@ -211,6 +215,19 @@ pub enum NodeAction {
         /// The node's name
         name: String,
     },
+    /// Mark a node unschedulable: it takes no new replicas; what it runs keeps running
+    Cordon {
+        /// The node's name
+        name: String,
+    },
+    /// Let a cordoned or drained node take new replicas again (ends a drain)
+    Uncordon {
+        /// The node's name
+        name: String,
+    },
+    /// Cordon a node and move its replicas elsewhere, each replacement started
+    /// and ready before the old replica stops; waits until the node is empty
+    Drain(super::node::DrainArgs),
 }
 
 /// Runs a node verb.
@@ -221,6 +238,9 @@ pub async fn node_action(action: NodeAction, client: &skiff_api::Client) -> anyh
             println!("node {name} removed; its replicas are being replaced");
             Ok(())
         }
+        NodeAction::Cordon { name } => super::node::cordon(&name, true, client).await,
+        NodeAction::Uncordon { name } => super::node::cordon(&name, false, client).await,
+        NodeAction::Drain(args) => super::node::drain(args, client).await,
     }
 }
 
@@ -313,6 +333,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<()> {
         scoring: args.scoring.into(),
         heartbeat_interval: args.heartbeat_interval,
         max_heartbeats_per_second: args.max_heartbeats_per_second,
+        rebalance_per_minute: args.rebalance_rate,
         node_grace: args.node_grace,
         rotate_secret_key: args.rotate_secret_key,
         metrics_open: args.metrics_open,

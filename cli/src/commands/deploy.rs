@@ -109,6 +109,10 @@ pub struct DeployArgs {
     /// grace, so a cut-off node stops writing its read-write volume
     #[arg(long)]
     volume_lease: bool,
+    /// Move replicas back when a node joins or returns and the spread over the
+    /// nodes is worse than it could be (surge first, one at a time)
+    #[arg(long)]
+    rebalance: bool,
     /// An environment variable set from a secret's key, VAR=SECRET:KEY (repeatable)
     #[arg(long = "secret-env", value_name = "VAR=SECRET:KEY")]
     secret_env: Vec<String>,
@@ -245,6 +249,7 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         // Only containers have a stop path with a grace period.
         stop_grace_period: image.then_some(args.stop_grace_period).filter(|g| *g != skiff_api::GracePeriod::DEFAULT),
         volume_lease: args.volume_lease,
+        rebalance: args.rebalance,
     };
     let scale_to_zero = match args.scale_to_zero {
         Some(d) if d < Duration::from_secs(1) => bail!("--scale-to-zero must be at least 1s, got {d:?}"),

@@ -237,7 +237,7 @@ fn nodes_table(nodes: &[Node]) -> Table {
     for n in nodes {
         t.row(vec![
             n.name.clone(),
-            n.state.to_string(),
+            node_state(n),
             format!("{}/{}", format_cpu(n.allocated.cpu.0), format_cpu(n.capacity.cpu.0)),
             format!("{}/{}", memory(n.allocated.memory.0), memory(n.capacity.memory.0)),
             n.replicas.to_string(),
@@ -247,6 +247,16 @@ fn nodes_table(nodes: &[Node]) -> Table {
         ]);
     }
     t
+}
+
+/// A node's state, with `cordoned`, `draining` or `drained` added.
+fn node_state(n: &Node) -> String {
+    match &n.drain {
+        Some(d) if d.done => format!("{},drained", n.state),
+        Some(_) => format!("{},draining", n.state),
+        None if n.unschedulable => format!("{},cordoned", n.state),
+        None => n.state.to_string(),
+    }
 }
 
 /// A rollout's state in a word, `paused` added.
@@ -447,7 +457,17 @@ async fn describe_node(client: &Client, name: &str) -> anyhow::Result<()> {
     let mut out = String::new();
     let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<16}{v}\n", format!("{k}:")));
     field(&mut out, "Name", n.name.clone());
-    field(&mut out, "State", n.state.to_string());
+    field(&mut out, "State", node_state(&n));
+    if n.unschedulable {
+        field(&mut out, "Schedulable", "no: cordoned (`skiff node uncordon` opens it)".into());
+    }
+    if let Some(d) = &n.drain {
+        let forced = if d.force { " (forced)" } else { "" };
+        field(&mut out, "Drain", format!("{}{forced}, started {} ago", d.message, age(d.started_ms)));
+        for s in &d.stuck {
+            out.push_str(&format!("  cannot move: {s}\n"));
+        }
+    }
     field(&mut out, "Address", n.address.clone());
     field(&mut out, "Labels", map_list(&n.labels));
     field(&mut out, "Runtimes", n.runtimes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));

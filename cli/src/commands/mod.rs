@@ -7,6 +7,7 @@ pub mod get;
 pub mod image;
 pub mod job;
 pub mod manage;
+pub mod node;
 pub mod registry;
 pub mod rollout;
 pub mod run;

@@ -71,6 +71,10 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         // silencing such a node, which was then declared down).
         .routes(routes!(nodes::heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BYTES)))
         .routes(routes!(nodes::assignments))
+        .routes(routes!(nodes::cordon))
+        .routes(routes!(nodes::uncordon))
+        .routes(routes!(nodes::drain))
+        .routes(routes!(nodes::rebalance))
         .routes(routes!(endpoints::watch))
         .routes(routes!(deployments::list_deployments))
         .routes(routes!(deployments::apply, deployments::get_deployment, deployments::delete_deployment))

@@ -120,3 +120,47 @@ pub(super) async fn assignments(
     }
     Ok(Json(st.assignments(&name)?))
 }
+
+/// Cordons a node: it takes no new replicas; what it runs keeps running.
+#[utoipa::path(post, path = "/v1/nodes/{name}/cordon", tag = "nodes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Cordoned", body = Node), Failures))]
+pub(super) async fn cordon(State(core): Shared, Path(name): Path<String>) -> ApiResult<Node> {
+    let node = core.state().cordon(&name, true)?;
+    core.wake();
+    Ok(Json(node))
+}
+
+/// Uncordons a node: it takes new replicas again, and a drain of it ends.
+#[utoipa::path(post, path = "/v1/nodes/{name}/uncordon", tag = "nodes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Uncordoned", body = Node), Failures))]
+pub(super) async fn uncordon(State(core): Shared, Path(name): Path<String>) -> ApiResult<Node> {
+    let node = core.state().cordon(&name, false)?;
+    core.wake();
+    Ok(Json(node))
+}
+
+/// Drains a node: cordons it and moves its replicas elsewhere, each
+/// deployment's replacement first. The scheduler carries the drain on (the
+/// node's `drain` says where it stands) until the node is uncordoned.
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", tag = "nodes", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body = DrainRequest, responses((status = 200, description = "Draining", body = Node), Failures))]
+pub(super) async fn drain(
+    State(core): Shared,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> ApiResult<Node> {
+    let node = core.state().drain(&name, req.force)?;
+    core.wake();
+    tracing::info!("node {name} draining{}", if req.force { " (forced)" } else { "" });
+    Ok(Json(node))
+}
+
+/// Rebalances once, as `rebalance: true` would: deployments spread worse than
+/// they could be over the nodes get their replicas moved, one at a time each,
+/// the replacement first.
+#[utoipa::path(post, path = "/v1/rebalance", tag = "nodes", request_body = RebalanceRequest, responses((status = 200, description = "The deployments to rebalance, with why", body = RebalanceResponse), Failures))]
+pub(super) async fn rebalance(
+    State(core): Shared,
+    JsonBody(req): JsonBody<RebalanceRequest>,
+) -> ApiResult<RebalanceResponse> {
+    let uneven = core.state().rebalance_once(req.deployment.as_deref())?;
+    core.wake();
+    Ok(Json(RebalanceResponse { uneven }))
+}

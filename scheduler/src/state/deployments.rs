@@ -537,10 +537,12 @@ impl Mem {
         if e.counts.total as usize == desired
             && e.by_revision.keys().all(|r| *r == revision)
             && !can_complete(&e.d.rollout, revision)
+            && !self.moves.leaves_from(name)
         {
             return Ok(());
         }
-        let paused = e.d.rollout.paused;
+        // A pause holds a new revision back, not a drain or a rebalance.
+        let paused = e.d.rollout.paused && e.by_revision.keys().any(|r| *r != revision);
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
         let probed = e.d.spec.probes.readiness.is_some();
         // Two writers of one volume must never run at once: with a read-write
@@ -552,8 +554,17 @@ impl Mem {
         // New replicas that have served without a break for long enough to
         // complete a rollout (`ROLLOUT_SETTLE_MS`).
         let mut settled = 0;
+        // A replica leaving its node (drain, rebalance) is replaced as an old
+        // revision's is. When it is ready (routed), its replacement counts
+        // only once ready too: running, it is not in the endpoints table yet.
+        let (mut leaving_ready, mut not_ready) = (false, Vec::new());
         for r in self.replicas_of(name) {
-            let current = r.revision == revision;
+            let leaving = self.moves.is_leaving(&r.id);
+            leaving_ready |= leaving && r.state == ReplicaState::Ready && r.revision == revision;
+            let current = r.revision == revision && !leaving;
+            if current && r.state != ReplicaState::Ready {
+                not_ready.push(seen.len());
+            }
             let serving = if current {
                 serves(r.state, || probed)
             } else {
@@ -573,6 +584,11 @@ impl Mem {
                 rank: removal_rank(r),
             });
         }
+        if leaving_ready {
+            for i in not_ready {
+                seen[i].available = false;
+            }
+        }
         if writable {
             strategy.max_surge = 0;
             strategy.max_unavailable = strategy.max_unavailable.max(1);
@@ -585,7 +601,14 @@ impl Mem {
         let obj = format!("deployment/{name}");
         let scaled_down = plan.stop.iter().filter(|(_, why)| *why == "scaled down").count();
         for (id, why) in &plan.stop {
-            let why = if *why == "scaled down" { why.to_string() } else { format!("replaced by revision {revision}") };
+            let why = match self.moves.why(id) {
+                _ if *why == "scaled down" => why.to_string(),
+                Some(moved) => {
+                    tx.event(now, &obj, "Moved", &format!("replica {id} stopped: {moved}"))?;
+                    moved
+                }
+                None => format!("replaced by revision {revision}"),
+            };
             self.update(tx, id, |r| {
                 r.state = ReplicaState::Stopped;
                 r.reason = Some(why);

@@ -30,6 +30,7 @@ mod artifacts;
 mod assignments;
 pub(crate) mod cron;
 mod deployments;
+mod drain;
 mod indexes;
 pub(crate) mod jobs;
 mod nodes;
@@ -43,6 +44,7 @@ mod volumes;
 
 use assignments::NodeChanges;
 use indexes::{DeploymentEntry, serves};
+pub use drain::REBALANCE_PER_MINUTE;
 pub use nodes::Liveness;
 use nodes::NodeLive;
 use transaction::Effects;
@@ -58,6 +60,8 @@ pub struct Policy {
     /// the interval (and with it the grace) grows with the cluster, as Nomad's
     /// `max_heartbeats_per_second` does.
     pub max_heartbeats_per_second: u32,
+    /// Most replicas rebalancing moves a minute in the whole cluster.
+    pub rebalance_per_minute: u32,
 }
 
 impl Default for Policy {
@@ -67,6 +71,7 @@ impl Default for Policy {
             node_grace: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(1),
             max_heartbeats_per_second: 5000,
+            rebalance_per_minute: drain::REBALANCE_PER_MINUTE,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct Mem {
     volumes: BTreeMap<String, Volume>,
     /// Volumes deleted by the user whose node has still to delete the data.
     purging: BTreeSet<String>,
+    /// Replicas leaving their node (drains, rebalancing) and the rebalancer's memory.
+    moves: drain::Moves,
     /// Jobs (`jobs.rs`) and crons (`cron.rs`), by name.
     jobs: BTreeMap<String, jobs::JobEntry>,
     crons: BTreeMap<String, cron::CronEntry>,

@@ -228,6 +228,8 @@ impl Mem {
                     registered_ms: now,
                     last_heartbeat_ms: now,
                     ingress: req.ingress,
+                    unschedulable: false,
+                    drain: None,
                 };
                 tx.event(now, &object, "Registered", &format!("node joined with {}", n.capacity))?;
                 self.node_idx.insert(n.name.clone(), self.nodes.len());

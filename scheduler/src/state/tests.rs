@@ -97,6 +97,7 @@ fn spec(mem_mi: u64) -> WorkloadSpec {
         network: Default::default(),
         stop_grace_period: None,
         volume_lease: false,
+        rebalance: false,
     }
 }
 
