@@ -43,8 +43,8 @@ mod transaction;
 mod volumes;
 
 use assignments::NodeChanges;
-use indexes::{DeploymentEntry, serves};
 pub use drain::REBALANCE_PER_MINUTE;
+use indexes::{DeploymentEntry, serves};
 pub use nodes::Liveness;
 use nodes::NodeLive;
 use transaction::Effects;
