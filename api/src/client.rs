@@ -203,6 +203,36 @@ impl Client {
         self.send(self.request(reqwest::Method::GET, "/healthz")).await.map(|_| ())
     }
 
+    /// `POST path_and_query` asking for an HTTP/1.1 upgrade to the relay
+    /// protocol ([`crate::relay`]): the connection, once the server agreed (101).
+    /// Any other answer is the server's refusal, as an [`ClientError::Api`].
+    pub async fn upgrade(&self, path_and_query: &str) -> Result<reqwest::Upgraded, ClientError> {
+        let rb = self
+            .request(reqwest::Method::POST, path_and_query)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, crate::relay::PROTOCOL);
+        let resp = self.execute(rb).await?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("server answered {status}: {}", text.trim()));
+            return Err(ClientError::Api { status, message });
+        }
+        let url = self.base().to_string();
+        resp.upgrade().await.map_err(|source| ClientError::Decode { url, source })
+    }
+
+    /// Whether `replica`'s `port` can be forwarded to (the check `skiff
+    /// port-forward` makes before it listens).
+    pub async fn check_port_forward(&self, replica: &str, port: u16) -> Result<(), ClientError> {
+        let path = format!("/v1/replicas/{}/port-forward", crate::relay::percent_encode(replica));
+        let rb =
+            self.request(reqwest::Method::POST, &path).query(&[("port", port.to_string()), ("check", "true".into())]);
+        self.send(rb).await.map(|_| ())
+    }
+
     // ---- blobs ----
 
     /// Whether the blob `digest` is stored.

@@ -3,6 +3,7 @@
 pub mod daemons;
 pub mod deploy;
 pub mod events;
+pub mod exec;
 pub mod get;
 pub mod image;
 pub mod job;
