@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod messages;
 pub mod objects;
 pub mod quantity;
+pub mod relay;
 pub mod spec;
 pub mod tls;
 pub mod types;

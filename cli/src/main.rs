@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
-use commands::{daemons, deploy, events, get, image, manage, rollout, secret, token, top, volume};
+use commands::{daemons, deploy, events, exec, get, image, manage, rollout, secret, token, top, volume};
 use skiff_api::tls::CaFingerprint;
 use std::path::Path;
 use std::process::ExitCode;
@@ -75,6 +75,10 @@ enum Command {
     Delete(manage::DeleteArgs),
     /// Print the logs of a deployment's replicas, or of a job's runs (job/NAME)
     Logs(manage::LogsArgs),
+    /// Run a command in a container replica (`skiff exec -it R -- sh` for a shell); exits with its code
+    Exec(exec::ExecArgs),
+    /// Forward a local TCP port to a replica's port (LOCAL:REMOTE), through the scheduler
+    PortForward(exec::PortForwardArgs),
     /// Run a .wasm file or an image once, streaming its output; exits with its status
     Run(commands::run::RunArgs),
     /// Start a cron's job now
@@ -309,6 +313,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => manage::scale(args, &client(&server)).await,
         Command::Delete(args) => manage::delete(args, &client(&server)).await,
         Command::Logs(args) => manage::logs(args, &client(&server)).await,
+        Command::Exec(args) => exec::exec(args, &client(&server)).await,
+        Command::PortForward(args) => exec::port_forward(args, &client(&server)).await,
         Command::Run(args) => commands::run::run(args, &client(&server)).await,
         Command::Cron(args) => commands::job::cron(args, &client(&server)).await,
         Command::Top(args) => top::top(args, &client(&server)).await,

@@ -1,5 +1,7 @@
-//! The node's own HTTP API: health, replica statuses and replica logs (which the
-//! scheduler proxies to `skiff logs`).
+//! The node's own HTTP API: health, replica statuses, replica logs (which the
+//! scheduler proxies to `skiff logs`), and the relay routes behind `skiff exec`
+//! and `skiff port-forward` (HTTP upgrades the scheduler makes with a grant
+//! signed for this node; see `crate::exec`).
 
 use crate::logs;
 use axum::Router;
@@ -7,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use skiff_api::{ErrorBody, ReplicaStatus};
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ pub struct ApiState {
     pub data_dir: PathBuf,
     /// The statuses of the replicas the node runs now.
     pub replicas: Box<dyn Fn() -> Vec<ReplicaStatus> + Send + Sync>,
+    /// Exec and port-forward; `None`: the routes answer 404.
+    pub relay: Option<Arc<crate::exec::Relay>>,
 }
 
 /// The node API's routes.
@@ -36,6 +40,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/replicas/{id}/logs", get(replica_logs))
+        .route("/v1/replicas/{id}/exec", post(exec))
+        .route("/v1/replicas/{id}/port-forward", post(port_forward))
         .with_state(state)
 }
 
@@ -160,4 +166,91 @@ impl Drop for Follower {
 /// How many log streams are being followed now.
 pub fn followers() -> usize {
     FOLLOWERS.load(Ordering::Relaxed)
+}
+
+/// The relay of this node and the checks every relay route makes first: the
+/// scheduler's grant, then that the caller asks for the upgrade.
+fn relay_for(state: &ApiState, req: &axum::extract::Request) -> Result<Arc<crate::exec::Relay>, Box<Response>> {
+    let Some(relay) = state.relay.clone() else {
+        return Err(Box::new(error(StatusCode::NOT_FOUND, "this node serves no exec or port-forward".into())));
+    };
+    let path_and_query = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let grant = req.headers().get(skiff_api::relay::GRANT_HEADER).and_then(|v| v.to_str().ok());
+    relay.authorize(req.method().as_str(), path_and_query, grant).map_err(|r| Box::new(refusal(r)))?;
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if upgrade != Some(skiff_api::relay::PROTOCOL) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("this route streams over an HTTP upgrade (Upgrade: {})", skiff_api::relay::PROTOCOL),
+        )));
+    }
+    Ok(relay)
+}
+
+fn refusal(r: crate::exec::Refusal) -> Response {
+    error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.message)
+}
+
+fn switching() -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, skiff_api::relay::PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `POST /v1/replicas/{id}/exec?command=…&tty=…`: runs a command in the
+/// replica's container, its streams as relay frames on the upgraded connection.
+async fn exec(State(state): State<Arc<ApiState>>, Path(id): Path<String>, mut req: axum::extract::Request) -> Response {
+    let relay = match relay_for(&state, &req) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let ask = match skiff_api::relay::ExecRequest::from_query(req.uri().query().unwrap_or("")) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let started = match relay.start_exec(&id, &ask).await {
+        Ok(e) => e,
+        Err(r) => return refusal(r),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        // Not upgraded (the caller left): dropping `started` kills the command.
+        if let Ok(conn) = upgrade.await {
+            started.run(hyper_util::rt::TokioIo::new(conn)).await;
+        }
+    });
+    switching()
+}
+
+#[derive(Debug, Deserialize)]
+struct ForwardQuery {
+    port: u16,
+}
+
+/// `POST /v1/replicas/{id}/port-forward?port=P`: the upgraded connection
+/// carries one TCP connection to the replica's port.
+async fn port_forward(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(q): Query<ForwardQuery>,
+    mut req: axum::extract::Request,
+) -> Response {
+    let relay = match relay_for(&state, &req) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let target = match relay.target(&id, q.port).await {
+        Ok(t) => t,
+        Err(r) => return refusal(r),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(conn) = upgrade.await {
+            crate::exec::forward(target, conn).await;
+        }
+    });
+    switching()
 }

@@ -12,7 +12,8 @@
 //! ingress reaches on this node), [`ingress`], [`activation`] (requests held
 //! for a deployment at zero), [`secrets`], [`volumes`],
 //! [`logs`] (per-replica rotating logs), [`metrics`], [`api`] (the node API:
-//! `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`), [`sim`] (simulated
+//! `/healthz`, `/v1/replicas`, `/v1/replicas/{id}/logs`, and the exec and
+//! port-forward relay routes, [`exec`]), [`sim`] (simulated
 //! nodes for benchmarks: the protocol without workloads).
 
 pub mod activation;
@@ -22,6 +23,7 @@ pub mod blobs;
 pub mod container;
 pub mod engine;
 pub mod gc;
+pub mod exec;
 pub mod http;
 pub mod ingress;
 pub mod logs;
@@ -190,6 +192,7 @@ pub async fn run_until(config: NodeConfig, stop: impl std::future::Future<Output
         }
     };
     let exiting = containers.clone();
+    let (relay_containers, relay_http) = (containers.clone(), http_runtime.clone());
     let runtimes = runtimes::Runtimes::new(&config.data_dir, wasm, Some(http_runtime), containers)?;
     let ctx = Arc::new(supervisor::Context {
         runtimes: Arc::new(runtimes),
@@ -212,6 +215,19 @@ pub async fn run_until(config: NodeConfig, stop: impl std::future::Future<Output
             let agent = Arc::downgrade(&agent);
             move || agent.upgrade().map(|a| a.statuses()).unwrap_or_default()
         }),
+        relay: Some(Arc::new(exec::Relay::new(
+            &config.name,
+            &config.data_dir,
+            relay_containers,
+            Some(relay_http),
+            Box::new({
+                let agent = Arc::downgrade(&agent);
+                move |id| {
+                    let views = agent.upgrade().map(|a| a.views()).unwrap_or_default();
+                    views.into_iter().find(|v| v.status.id == id).map(|v| (v.deployment, v.runtime))
+                }
+            }),
+        ))),
     });
     let metrics_routes = metrics::router(Box::new({
         let agent = Arc::downgrade(&agent);

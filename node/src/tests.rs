@@ -363,7 +363,7 @@ async fn node_api_serves_tails_and_follows_logs() {
         sink.write(logs::Stream::Stdout, format!("line {i}\n").as_bytes());
     }
     sink.flush_all();
-    let state = Arc::new(crate::api::ApiState { data_dir: data.clone(), replicas: Box::new(Vec::new) });
+    let state = Arc::new(crate::api::ApiState { data_dir: data.clone(), replicas: Box::new(Vec::new), relay: None });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });

@@ -83,6 +83,9 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
         "/v1/deployments/{name}/activate" => Need::NodeOrAdmin,
         // Token names and roles are an admin's business even to read.
         "/v1/tokens" | "/v1/tokens/{name}" => Need::Admin,
+        // A shell in a workload, or a connection to its ports: an admin's,
+        // until the `deploy` role comes (namespaces/RBAC).
+        "/v1/replicas/{id}/exec" | "/v1/replicas/{id}/port-forward" => Need::Admin,
         // Taking a node out of service moves other people's replicas: admin
         // (the deploy role does not exist yet), never a node itself.
         "/v1/nodes/{name}/cordon" | "/v1/nodes/{name}/uncordon" | "/v1/nodes/{name}/drain" | "/v1/rebalance" => {
@@ -207,6 +210,24 @@ impl Auth {
             Some(TokenRole::ReadOnly) => Some(Caller::ReadOnly),
             None => self.node_map().get(&hash).cloned().map(Caller::Node),
         }
+    }
+
+    /// The name of user token `token`, if it is one (for events that say who).
+    pub fn token_name(&self, token: &str) -> Option<String> {
+        let hash = sha256(token);
+        let mut found = None;
+        for u in self.users().iter() {
+            if ct_eq(&hash, &u.hash) {
+                found = Some(u.info.name.clone());
+            }
+        }
+        found
+    }
+
+    /// The key of node `node`'s relay grants (`skiff_api::relay`): the SHA-256
+    /// of its credential, which is what this server keeps of it.
+    pub fn node_key(&self, node: &str) -> Option<[u8; 32]> {
+        self.node_map().iter().find(|(_, n)| n.as_str() == node).map(|(hash, _)| *hash)
     }
 
     /// Every user token's name and role.
@@ -421,6 +442,9 @@ mod tests {
         assert_eq!(need(&post, "/v1/nodes/{name}/heartbeat"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/nodes/{name}/assignments"), Need::NodeSelf);
         assert_eq!(need(&get, "/v1/tokens"), Need::Admin);
+        // A shell in a container is a change, whatever the method.
+        assert_eq!(need(&get, "/v1/replicas/{id}/exec"), Need::Admin);
+        assert_eq!(need(&post, "/v1/replicas/{id}/port-forward"), Need::Admin);
         assert_eq!(need(&get, "/v1/openapi.json"), Need::Read);
         // Unknown routes are never open.
         assert_eq!(need(&get, ""), Need::Read);

@@ -18,7 +18,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const RUNC: &str = "runc";
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "dd", "cat", "ls", "true", "false", "mkdir", "hostname", "httpd", "test", "rm", "touch",
-    "nc",
+    "nc", "stty",
 ];
 
 fn sha(bytes: &[u8]) -> String {

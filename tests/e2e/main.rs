@@ -9,6 +9,7 @@ mod cluster;
 mod container_lifecycle;
 mod containers;
 mod drain;
+mod exec;
 mod faults;
 mod http;
 mod image_gc;

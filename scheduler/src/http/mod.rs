@@ -92,6 +92,8 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(jobs::put_cron, jobs::get_cron, jobs::delete_cron))
         .routes(routes!(jobs::trigger_cron))
         .routes(routes!(replicas::list_replicas))
+        .routes(routes!(replicas::exec))
+        .routes(routes!(replicas::port_forward))
         .routes(routes!(events::events))
         .routes(routes!(servers::servers))
         .routes(routes!(images::list_images, images::put_image, images::delete_image))
@@ -265,7 +267,9 @@ mod tests {
             let open = op["security"] == serde_json::json!([{}]);
             assert_eq!(open, need(&method, &path) == Need::Open, "{method} {path}: {op}");
             let codes: Vec<&String> = op["responses"].as_object().expect("responses").keys().collect();
-            assert!(codes.iter().any(|c| c.starts_with('2')), "{method} {path} has no success: {codes:?}");
+            // An upgrade (exec, port-forward) succeeds with 101.
+            let success = |c: &&String| c.starts_with('2') || c.as_str() == "101";
+            assert!(codes.iter().any(success), "{method} {path} has no success: {codes:?}");
             assert!(open || codes.iter().any(|c| *c == "401"), "{method} {path} does not say 401: {codes:?}");
         }
     }

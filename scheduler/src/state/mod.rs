@@ -348,6 +348,16 @@ impl Mem {
         self.by_node.get(node).into_iter().flatten().filter_map(|id| self.replicas.get(id))
     }
 
+    /// Live replica `id`.
+    pub fn replica(&self, id: &str) -> Option<&Replica> {
+        self.replicas.get(id)
+    }
+
+    /// The spec of `deployment`'s revision `revision`.
+    pub fn revision_spec(&self, deployment: &str, revision: u64) -> Option<&WorkloadSpec> {
+        self.revisions.get(&(deployment.to_string(), revision))
+    }
+
     pub fn all_replicas(&self) -> impl Iterator<Item = &Replica> {
         self.replicas.values()
     }
