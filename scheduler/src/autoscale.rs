@@ -285,10 +285,10 @@ pub(crate) fn pass(core: &crate::Core) -> Result<(), crate::error::ApiError> {
         })
         .collect();
     let awake = st.mem().awake();
-    let (decisions, idle): (Vec<(String, Decision)>, Vec<(String, u32)>) = {
+    let (decisions, idle) = {
         let mut w = core.autoscale.lock().unwrap_or_else(|p| p.into_inner());
         w.retain(plans.iter().map(|p| p.0.clone()).collect(), now);
-        let decisions = plans
+        let decisions: Vec<(String, Decision)> = plans
             .iter()
             .filter_map(|(name, ids, current, a, cpu)| {
                 Some((name.clone(), w.decide(name, ids, *current, a, *cpu, now)?))
@@ -379,6 +379,41 @@ mod tests {
         assert_eq!(desired(1, &h(&[(0, 3), (5_000, 5), (10_000, 5)]), &slow, 10_000), 3);
         // Bounds changed under it: back within them.
         assert_eq!(desired(9, &h(&[]), &s, 0), 5);
+    }
+
+    #[test]
+    fn idle_is_no_moved_request_counter_for_the_idle_seconds() {
+        let st = |id: &str, requests: u64| ReplicaStatus {
+            id: id.into(),
+            generation: 1,
+            state: skiff_api::ReplicaState::Ready,
+            restarts: 0,
+            reason: None,
+            exit_code: None,
+            cpu_seconds: 0.0,
+            memory_bytes: 0,
+            requests,
+        };
+        let mut idle = Idle::default();
+        let awake = |ids: &[&str]| vec![("web".to_string(), 10, ids.iter().map(|s| s.to_string()).collect())];
+        // Unwatched until the pass names it: nothing is kept.
+        idle.observe(&[st("web-aaaaaa", 5)], 0);
+        assert!(idle.counts.is_empty());
+        // First seen at 1 s: idle counts from then.
+        assert!(idle.idle(&awake(&["web-aaaaaa"]), 1_000).is_empty());
+        idle.observe(&[st("web-aaaaaa", 0), st("other-bbbbbb", 3)], 2_000);
+        assert!(!idle.counts.contains_key("other-bbbbbb"), "only watched deployments are kept");
+        // A counter that moves is activity; one that stays is not.
+        idle.observe(&[st("web-aaaaaa", 4)], 6_000);
+        idle.observe(&[st("web-aaaaaa", 4)], 9_000);
+        assert!(idle.idle(&awake(&["web-aaaaaa"]), 15_000).is_empty(), "served at 6 s: busy until 16 s");
+        assert_eq!(idle.idle(&awake(&["web-aaaaaa"]), 16_000), [("web".to_string(), 10)]);
+        // An activation is activity too.
+        idle.touch("web", 20_000);
+        assert!(idle.idle(&awake(&["web-aaaaaa"]), 29_000).is_empty());
+        // At zero it is forgotten.
+        assert!(idle.idle(&[], 40_000).is_empty());
+        assert!(idle.counts.is_empty() && idle.last.is_empty() && idle.prefixes.is_empty());
     }
 
     #[test]

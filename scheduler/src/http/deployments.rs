@@ -322,10 +322,15 @@ pub(super) fn is_http_component(bytes: &[u8]) -> bool {
                 }
                 depth -= 1;
             }
-            Payload::ComponentExportSection(exports) if depth == 0 => {
-                if exports.into_iter().flatten().any(|e| e.name.name.starts_with("wasi:http/incoming-handler")) {
-                    return true;
-                }
+            Payload::ComponentExportSection(exports)
+                if depth == 0
+                    && exports
+                        .clone()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e.name.name.starts_with("wasi:http/incoming-handler")) =>
+            {
+                return true;
             }
             _ => {}
         }
