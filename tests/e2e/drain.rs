@@ -18,15 +18,18 @@ struct Cluster {
     dir: TempDir,
     url: String,
     token: String,
-    _server: Proc,
+    server: Proc,
     nodes: BTreeMap<String, Proc>,
 }
 
 impl Cluster {
     fn new(tag: &str, nodes: &[&str]) -> Cluster {
         let dir = TempDir::new(tag);
-        let (server, url, token) = loopback_server(dir.path(), &[]);
-        let mut c = Cluster { dir, url, token, _server: server, nodes: BTreeMap::new() };
+        // A fixed port, so that the nodes find a restarted scheduler.
+        let server = Self::server(dir.path(), free_port());
+        let url = server_ready(&dir.path().join("server"));
+        let token = read_when_ready(&dir.path().join("server/join-token"));
+        let mut c = Cluster { dir, url, token, server, nodes: BTreeMap::new() };
         for name in nodes {
             c.start_node(name);
         }
@@ -34,6 +37,24 @@ impl Cluster {
         // on the first one.
         c.wait_nodes_ready(nodes.len());
         c
+    }
+
+    fn server(dir: &std::path::Path, port: u16) -> Proc {
+        let data = dir.join("server");
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["server", "--listen", &listen, "--data-dir", data.to_str().unwrap_or_default()];
+        Proc::start("server", &args, &dir.join("server.log"))
+    }
+
+    /// SIGKILLs the scheduler and starts it again on its port and data.
+    fn restart_server(&mut self) {
+        self.server.kill();
+        let port = self.url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a port");
+        self.server = Self::server(self.dir.path(), port);
+        wait_for(Duration::from_secs(30), "the scheduler back", || {
+            let out = self.cli(&["get", "nodes"]);
+            if out.ok { Ok(()) } else { Err(out.stderr) }
+        });
     }
 
     fn node_data(&self, name: &str) -> PathBuf {
@@ -287,7 +308,7 @@ fn drain_moves_three_http_deployments_without_a_failed_request() {
 
 #[test]
 fn drain_reports_a_volume_replica_and_force_stops_it() {
-    let c = Cluster::new("drain-volume", &["n1", "n2"]);
+    let mut c = Cluster::new("drain-volume", &["n1", "n2"]);
     let counter = wasm_p2("counter");
     let counter = counter.to_str().unwrap_or_default();
     c.cli_ok(&["deploy", counter, "--name", "db", "--volume", "data:/data", "--env", "INTERVAL_MS=100", "--wait"]);
@@ -308,6 +329,13 @@ fn drain_reports_a_volume_replica_and_force_stops_it() {
     assert_eq!(c.replicas("db"), db, "the replica that cannot move was touched");
     let described = c.cli_ok(&["describe", "node", &node]);
     assert!(described.contains("DrainBlocked") && described.contains(&db_id), "{described}");
+
+    // The drain is the scheduler's, kept on the node: a restart keeps it.
+    c.restart_server();
+    let n = c.node(&node);
+    assert_eq!(n["unschedulable"], true, "{n}");
+    let stuck = n["drain"]["stuck"].to_string();
+    assert!(stuck.contains(&db_id), "{n}");
 
     // --force stops it; its replacement waits for the volume's node.
     let out = c.cli(&["node", "drain", &node, "--force", "--timeout", "60s"]);

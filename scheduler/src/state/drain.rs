@@ -498,6 +498,103 @@ impl Mem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// Wire messages from JSON, so the test keeps compiling as fields are added.
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("valid message")
+    }
+
+    fn open(dir: &std::path::Path) -> State {
+        let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
+        let keys = crate::secrets::Keyring::open(dir).expect("keyring");
+        State::load(store, keys, Policy::default()).expect("load")
+    }
+
+    /// Node `node` reports every replica placed on it `ready`.
+    fn all_ready(st: &mut State, node: &str) {
+        let replicas: Vec<serde_json::Value> = st
+            .mem()
+            .replicas_on(node)
+            .map(|r| json!({"id": r.id, "generation": r.generation, "state": "ready", "restarts": 0}))
+            .collect();
+        let hb = from(json!({"capacity": {"cpu": 4000, "memory": 1u64 << 32}, "replicas": replicas}));
+        st.heartbeat(node, hb).expect("heartbeat");
+    }
+
+    /// Replicas of `web` as `node:state`, sorted.
+    fn shown(st: &State) -> Vec<String> {
+        let mut v: Vec<String> =
+            st.mem().replicas_of("web").map(|r| format!("{}:{}", r.node.as_deref().unwrap_or("-"), r.state)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_drain_starts_the_replacement_first_and_survives_a_restart() {
+        let temp = crate::state::tests::tempdir::Dir::new();
+        let mut st = open(&temp.0);
+        for name in ["n1", "n2", "n3"] {
+            st.register(from(json!({
+                "name": name, "address": "http://127.0.0.1:1", "labels": {},
+                "capacity": {"cpu": 4000, "memory": 1u64 << 32}, "runtimes": ["wasm"], "ingress": "http://127.0.0.1:2",
+            })))
+            .expect("register");
+        }
+        let spec = json!({"workload": {"wasm": "sha256:00"}, "resources": {"cpu": 100, "memory": 1 << 20}});
+        st.apply("web", from(json!({"replicas": 3, "spec": spec}))).expect("apply");
+        st.schedule().expect("schedule");
+        for n in ["n1", "n2", "n3"] {
+            all_ready(&mut st, n);
+        }
+        st.reconcile_all().expect("reconcile");
+        assert_eq!(shown(&st), ["n1:ready", "n2:ready", "n3:ready"]);
+
+        // Draining n1: its replica keeps serving while a replacement is made.
+        let n1 = st.drain("n1", false).expect("drain");
+        assert!(n1.unschedulable && n1.drain.as_ref().is_some_and(|d| !d.done && d.remaining == 1), "{n1:?}");
+        assert_eq!(shown(&st), ["-:pending", "n1:ready", "n2:ready", "n3:ready"]);
+        st.schedule().expect("schedule");
+        let placed = shown(&st);
+        assert!(!placed.contains(&"n1:assigned".to_string()), "placed on the cordoned node: {placed:?}");
+
+        // The scheduler restarts: the drain is on the node, the leaving mark is
+        // found again, and the old replica still waits for its replacement.
+        drop(st);
+        let mut st = open(&temp.0);
+        assert!(st.mem().node("n1").is_some_and(|n| n.unschedulable && n.drain.is_some()));
+        st.moves_pass(false).expect("pass");
+        assert_eq!(st.mem().replicas_of("web").count(), 4, "{:?}", shown(&st));
+        assert!(shown(&st).contains(&"n1:ready".to_string()), "stopped before its replacement served");
+
+        // Running is not enough for a replica that replaces a ready one.
+        let new_node =
+            st.mem().replicas_of("web").find(|r| r.state == ReplicaState::Assigned).and_then(|r| r.node.clone());
+        let new_node = new_node.expect("the replacement is placed");
+        let running: Vec<serde_json::Value> = st
+            .mem()
+            .replicas_on(&new_node)
+            .map(|r| json!({"id": r.id, "generation": r.generation, "state": if r.state == ReplicaState::Assigned { "running" } else { "ready" }, "restarts": 0}))
+            .collect();
+        st.heartbeat(&new_node, from(json!({"capacity": {"cpu": 4000, "memory": 1u64 << 32}, "replicas": running})))
+            .expect("heartbeat");
+        st.moves_pass(false).expect("pass");
+        assert!(shown(&st).contains(&"n1:ready".to_string()), "stopped while its replacement was only running");
+        all_ready(&mut st, &new_node);
+        st.moves_pass(false).expect("pass");
+        let now = shown(&st);
+        assert_eq!(now.len(), 3, "{now:?}");
+        assert!(now.iter().all(|r| r.ends_with(":ready") && !r.starts_with("n1:")), "{now:?}");
+        let n1 = st.mem().node("n1").cloned().expect("n1");
+        assert!(n1.drain.as_ref().is_some_and(|d| d.done && d.remaining == 0), "{n1:?}");
+
+        // Uncordoned, it takes replicas again.
+        let n1 = st.cordon("n1", false).expect("uncordon");
+        assert!(!n1.unschedulable && n1.drain.is_none());
+        st.scale("web", 4).expect("scale");
+        st.schedule().expect("schedule");
+        assert!(shown(&st).contains(&"n1:assigned".to_string()), "{:?}", shown(&st));
+    }
 
     fn slots(spec: &[(&str, u32, bool)]) -> Vec<Slot> {
         spec.iter().map(|(n, h, room)| Slot { node: n.to_string(), held: *h, room: *room }).collect()
