@@ -12,6 +12,7 @@ mod drain;
 mod exec;
 mod faults;
 mod http;
+mod jobs;
 mod image_gc;
 mod observability;
 mod openapi;

@@ -29,8 +29,8 @@ pub struct EventsArgs {
 pub async fn events(args: EventsArgs, client: &Client) -> anyhow::Result<()> {
     if let Some(o) = &args.object {
         match o.split_once('/') {
-            Some(("deployment" | "node", name)) if !name.is_empty() => {}
-            _ => bail!("--object {o:?} must be deployment/NAME or node/NAME"),
+            Some(("deployment" | "node" | "job" | "cron", name)) if !name.is_empty() => {}
+            _ => bail!("--object {o:?} must be deployment/NAME, node/NAME, job/NAME or cron/NAME"),
         }
     }
     if args.follow && args.output == Format::Yaml {

@@ -15,6 +15,7 @@ enum Kind {
     Servers,
     Jobs,
     Crons,
+    Runs,
 }
 
 impl Kind {
@@ -26,6 +27,7 @@ impl Kind {
             "servers" | "server" => Kind::Servers,
             "jobs" | "job" => Kind::Jobs,
             "crons" | "cron" | "cronjobs" | "cronjob" => Kind::Crons,
+            "runs" | "run" => Kind::Runs,
             other => bail!("unknown kind {other:?}; use nodes, deployments, replicas, jobs, crons or servers"),
         })
     }
@@ -79,6 +81,8 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
     match (kind, &args.name) {
         (Kind::Jobs, name) => super::job::get_jobs(client, name.as_deref(), format).await?,
         (Kind::Crons, name) => super::job::get_crons(client, name.as_deref(), format).await?,
+        (Kind::Runs, Some(job)) => super::job::get_runs(client, job, format).await?,
+        (Kind::Runs, None) => bail!("name the job: skiff get runs JOB"),
         (Kind::Nodes, None) => {
             let nodes = client.nodes().await?;
             if format == Format::Table {
@@ -366,6 +370,7 @@ pub async fn describe(args: DescribeArgs, client: &Client) -> anyhow::Result<()>
         Kind::Servers => bail!("describe shows a deployment or a node; for servers use `skiff get servers`"),
         Kind::Jobs => super::job::describe_job(client, &args.name).await,
         Kind::Crons => super::job::describe_cron(client, &args.name).await,
+        Kind::Runs => bail!("for a job's runs use `skiff get runs {}` or `skiff describe job`", args.name),
     }
 }
 

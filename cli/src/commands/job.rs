@@ -120,6 +120,19 @@ pub async fn get_crons(client: &Client, name: Option<&str>, format: Format) -> a
     Ok(())
 }
 
+/// `skiff get runs JOB`: every run of a job, in index order.
+pub async fn get_runs(client: &Client, job: &str, format: Format) -> anyhow::Result<()> {
+    let mut runs = client.job(job).await?.runs;
+    runs.sort_by_key(|r| (r.index, r.attempt));
+    if format == Format::Table {
+        let refs: Vec<&JobRun> = runs.iter().collect();
+        runs_table(&refs).print();
+    } else {
+        print_encoded(format, &runs)?;
+    }
+    Ok(())
+}
+
 /// Indices as ranges: `3, 7-9, 12`.
 fn ranges(mut v: Vec<u32>) -> String {
     v.sort_unstable();

@@ -479,6 +479,15 @@ impl Mem {
                 crate::metrics::run_finished(outcome, run.duration_ms());
                 tx.put_run(run)?;
             }
+            if r.as_ref().is_some_and(|r| !r.state.is_terminal()) {
+                // Done with: off its node (its logs stay there).
+                self.update(tx, &id, |r| {
+                    r.state = ReplicaState::Stopped;
+                    r.reason = Some("run finished".into());
+                })?;
+            }
+            self.fx.mutated = true;
+            let e = self.jobs.get_mut(name).expect("job looked up above");
             let obj = format!("job/{name}");
             let on = node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
             match outcome {
@@ -506,14 +515,6 @@ impl Mem {
                     tx.event(now, &obj, "RunLost", &format!("index {index} try {attempt}: {why}; it runs again"))?;
                 }
             }
-            if r.as_ref().is_some_and(|r| !r.state.is_terminal()) {
-                // Done with: off its node (its logs stay there).
-                self.update(tx, &id, |r| {
-                    r.state = ReplicaState::Stopped;
-                    r.reason = Some("run finished".into());
-                })?;
-            }
-            self.fx.mutated = true;
         }
         let e = self.jobs.get_mut(name).expect("job looked up above");
         let completions = e.job.spec.completions;
@@ -607,5 +608,148 @@ impl Mem {
         self.fx.mutated = true;
         self.sched_dirty = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(completions: u32, parallelism: u32, backoff_limit: u32) -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "template": { "workload": { "wasm": "sha256:00" }, "resources": { "cpu": "100m", "memory": "64Mi" } },
+            "completions": completions,
+            "parallelism": parallelism,
+            "backoff_limit": backoff_limit,
+        }))
+        .expect("spec")
+    }
+
+    fn job(name: &str, spec: JobSpec) -> Job {
+        Job {
+            name: name.into(),
+            spec,
+            state: JobState::Pending,
+            reason: None,
+            succeeded: 0,
+            failed: 0,
+            active: 0,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            cron: None,
+            scheduled_ms: None,
+        }
+    }
+
+    /// The live runs of `name` as (index, replica id).
+    fn live(mem: &Mem, name: &str) -> Vec<(u32, String)> {
+        let mut v: Vec<(u32, String)> = mem.jobs[name].active.iter().map(|(id, i)| (*i, id.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// The node reports run `id` ended with `code`.
+    fn end(mem: &mut Mem, tx: &Tx, id: &str, code: i32) {
+        mem.update(tx, id, |r| {
+            r.state = ReplicaState::Assigned;
+            r.node = Some("n1".into());
+        })
+        .expect("assign");
+        mem.update(tx, id, |r| {
+            r.state = if code == 0 { ReplicaState::Exited } else { ReplicaState::Failed };
+            r.exit_code = Some(code);
+        })
+        .expect("end");
+    }
+
+    #[test]
+    fn runs_advance_retry_and_give_up_at_the_backoff_limit() {
+        let mut mem = Mem::default();
+        let tx = Tx::default();
+        mem.insert_job(&tx, job("j", spec(3, 2, 1)), 0).expect("insert");
+        mem.reconcile_job(&tx, "j", 1_000).expect("reconcile");
+        // Parallelism 2: indices 0 and 1 start, each with its env.
+        let runs = live(&mem, "j");
+        assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(mem.jobs["j"].job.state, JobState::Running);
+        let env = mem.run_env(&mem.replicas[&runs[1].1]).expect("a run's env");
+        assert!(env.contains(&("SKIFF_JOB_INDEX".into(), "1".into())));
+        assert!(env.contains(&("SKIFF_JOB_COMPLETIONS".into(), "3".into())));
+
+        // Index 0 succeeds, index 1 fails: 2 starts, 1 waits a second to retry.
+        end(&mut mem, &tx, &runs[0].1, 0);
+        end(&mut mem, &tx, &runs[1].1, 3);
+        mem.reconcile_job(&tx, "j", 2_000).expect("reconcile");
+        assert!(!mem.replicas.contains_key(&runs[0].1), "an ended run leaves its node");
+        assert_eq!(live(&mem, "j").iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
+        mem.reconcile_job(&tx, "j", 2_500).expect("reconcile");
+        assert_eq!(live(&mem, "j").len(), 1, "not before its retry delay");
+        mem.reconcile_job(&tx, "j", 3_000).expect("reconcile");
+        let runs = live(&mem, "j");
+        assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        let retry = mem.jobs["j"].run(&runs[0].1).expect("run").clone();
+        assert_eq!(retry.attempt, 2);
+
+        // Its second failure passes backoff_limit 1: the job fails, index 2 is stopped.
+        end(&mut mem, &tx, &runs[0].1, 3);
+        mem.reconcile_job(&tx, "j", 4_000).expect("reconcile");
+        let j = &mem.jobs["j"];
+        assert_eq!(j.job.state, JobState::Failed);
+        assert_eq!(j.job.reason.as_deref(), Some("backoff limit reached at index 1: exited with status 3"));
+        assert!(j.active.is_empty());
+        assert_eq!(j.run(&runs[1].1).map(|r| r.outcome), Some(RunOutcome::Stopped));
+        assert!(mem.replicas.is_empty(), "nothing of it is left on a node");
+        let shown = mem.jobs["j"].shown();
+        assert_eq!((shown.succeeded, shown.failed, shown.active), (1, 2, 0));
+    }
+
+    #[test]
+    fn a_lost_run_runs_again_and_after_waits_then_fails_with_its_upstream() {
+        let mut mem = Mem::default();
+        let tx = Tx::default();
+        mem.insert_job(&tx, job("up", spec(1, 1, 0)), 0).expect("insert");
+        let mut down = spec(1, 1, 0);
+        down.after = vec!["up".into()];
+        mem.insert_job(&tx, job("down", down), 0).expect("insert");
+        mem.reconcile_job(&tx, "up", 1_000).expect("reconcile");
+        mem.reconcile_job(&tx, "down", 1_000).expect("reconcile");
+        assert_eq!(mem.jobs["down"].job.state, JobState::Pending);
+        assert_eq!(mem.jobs["down"].job.reason.as_deref(), Some("waiting for job up to succeed"));
+        assert!(live(&mem, "down").is_empty());
+
+        // The run's node goes down: lost, not counted, run again.
+        let first = live(&mem, "up")[0].1.clone();
+        mem.update(&tx, &first, |r| r.state = ReplicaState::Stopped).expect("lost");
+        mem.reconcile_job(&tx, "up", 2_000).expect("reconcile");
+        let again = live(&mem, "up");
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].1, first);
+        assert_eq!(mem.jobs["up"].run(&first).map(|r| r.outcome), Some(RunOutcome::Lost));
+        assert_eq!(mem.jobs["up"].shown().failed, 0);
+
+        end(&mut mem, &tx, &again[0].1, 3);
+        mem.reconcile_job(&tx, "up", 3_000).expect("reconcile");
+        mem.reconcile_job(&tx, "down", 3_000).expect("reconcile");
+        assert_eq!(mem.jobs["down"].job.state, JobState::Failed);
+        assert_eq!(
+            mem.jobs["down"].job.reason.as_deref(),
+            Some("upstream job up failed: backoff limit reached at index 0: exited with status 3")
+        );
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_a_minute() {
+        assert_eq!(retry_delay_ms(1), 1_000);
+        assert_eq!(retry_delay_ms(2), 2_000);
+        assert_eq!(retry_delay_ms(3), 4_000);
+        assert_eq!(retry_delay_ms(30), 60_000);
+    }
+
+    #[test]
+    fn run_ids_are_dns_labels() {
+        let id = new_run_id(&"x".repeat(63), 99_999);
+        skiff_api::manifest::validate_name(&id).expect("a valid name");
+        assert!(id.starts_with(&"x".repeat(44)));
     }
 }

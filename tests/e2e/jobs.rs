@@ -1,0 +1,619 @@
+//! Jobs, `skiff run`, crons and `after:` (#19) on real processes: a scheduler
+//! and three nodes, or a `skiff dev`. The guest is wasm-sdk's `job_worker`,
+//! which prints its index and try and fails, sleeps or exits as its env says.
+
+use serde_json::Value;
+use skiff_tests::*;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scheduler and nodes as separate processes; the server can be killed and
+/// started again on the same port and data.
+struct Cluster {
+    nodes: BTreeMap<String, Proc>,
+    server: Option<Proc>,
+    url: String,
+    token: String,
+    listen: String,
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut c =
+            Cluster { nodes: BTreeMap::new(), server: None, url: String::new(), token: String::new(), listen, dir };
+        c.start_server();
+        c.token = read_when_ready(&c.dir.path().join("server/join-token"));
+        c
+    }
+
+    fn start_server(&mut self) {
+        let data = self.dir.path().join("server");
+        let _ = std::fs::remove_file(data.join("server.url"));
+        let args = ["server", "--listen", &self.listen, "--data-dir", data.to_str().unwrap_or_default()];
+        self.server = Some(Proc::start("server", &args, &self.dir.path().join("server.log")));
+        self.url = server_ready(&data);
+    }
+
+    fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+    }
+
+    fn start_node(&mut self, name: &str) {
+        let data = self.dir.path().join(format!("node-{name}"));
+        let _ = std::fs::remove_file(data.join("node.addr"));
+        let args = [
+            "node",
+            "--server",
+            &self.url,
+            "--token",
+            &self.token,
+            "--name",
+            name,
+            "--cpu",
+            "4",
+            "--memory",
+            "2Gi",
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
+        ];
+        let p = Proc::start(name, &args, &self.dir.path().join(format!("node-{name}.log")));
+        read_when_ready(&data.join("node.addr"));
+        self.nodes.insert(name.to_string(), p);
+    }
+
+    fn wait_nodes(&self, n: usize) {
+        wait_for(Duration::from_secs(30), &format!("{n} ready nodes"), || {
+            let nodes = get_json(self.dir.path(), &self.url, "nodes");
+            let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
+            if ready == n { Ok(()) } else { Err(format!("{nodes:?}")) }
+        });
+    }
+
+    fn cli(&self, args: &[&str]) -> Cli {
+        cli_in(self.dir.path(), &self.url, args)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        cli_ok(self.dir.path(), &self.url, args)
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What the tests need of a cluster or a `skiff dev`.
+trait Target {
+    fn cli_ok(&self, args: &[&str]) -> String;
+    fn dir(&self) -> &Path;
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli_ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("`skiff {}` printed no JSON ({e}): {out}", args.join(" ")))
+    }
+
+    fn job(&self, name: &str) -> Value {
+        match self.json(&["get", "jobs", name, "-o", "json"]) {
+            Value::Array(mut v) if v.len() == 1 => v.remove(0),
+            other => panic!("job {name}: {other}"),
+        }
+    }
+
+    fn runs(&self, name: &str) -> Vec<Value> {
+        match self.json(&["get", "runs", name, "-o", "json"]) {
+            Value::Array(v) => v,
+            other => panic!("runs of {name}: {other}"),
+        }
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        match self.json(&["get", "jobs", "-o", "json"]) {
+            Value::Array(v) => v,
+            other => panic!("jobs: {other}"),
+        }
+    }
+
+    /// Waits for job `name` to end in `state`; the job.
+    fn wait_job(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(timeout, &format!("job {name} {state}"), || {
+            let j = self.job(name);
+            match j["state"].as_str() {
+                Some(s) if s == state => Ok(j),
+                Some("succeeded" | "failed") => panic!("job {name} ended otherwise: {j}"),
+                _ => Err(format!("{j}")),
+            }
+        })
+    }
+
+    /// Writes a manifest into the test's directory and applies it.
+    fn apply(&self, file: &str, yaml: &str) -> String {
+        let path = self.dir().join(file);
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.cli_ok(&["apply", "-f", path.to_str().unwrap_or_default()])
+    }
+
+    /// Live replicas that are runs of job `name`.
+    fn run_replicas(&self, name: &str) -> Vec<Value> {
+        match self.json(&["get", "replicas", "-o", "json"]) {
+            Value::Array(v) => v.into_iter().filter(|r| r["deployment"] == format!("job:{name}")).collect(),
+            other => panic!("replicas: {other}"),
+        }
+    }
+
+    fn events(&self, object: &str) -> String {
+        self.cli_ok(&["events", "--object", object])
+    }
+}
+
+impl Target for Cluster {
+    fn cli_ok(&self, args: &[&str]) -> String {
+        Cluster::cli_ok(self, args)
+    }
+    fn dir(&self) -> &Path {
+        Cluster::dir(self)
+    }
+}
+
+impl Target for Dev {
+    fn cli_ok(&self, args: &[&str]) -> String {
+        Dev::cli_ok(self, args)
+    }
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn worker_p1() -> PathBuf {
+    wasm_p1("job_worker")
+}
+
+fn worker_p2() -> PathBuf {
+    wasm_p2("job_worker")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Lines of `skiff logs job/NAME` holding `needle`, by their `[INDEX] ` prefix.
+fn lines_by_index(logs: &str, needle: &str) -> BTreeMap<u32, usize> {
+    let mut m = BTreeMap::new();
+    for line in logs.lines().filter(|l| l.contains(needle)) {
+        let Some(rest) = line.strip_prefix('[') else { continue };
+        let index = rest.split([']', ' ']).next().and_then(|i| i.parse().ok());
+        if let Some(i) = index {
+            *m.entry(i).or_default() += 1;
+        }
+    }
+    m
+}
+
+#[test]
+fn a_job_of_200_wasm_runs_succeeds_once_per_index_across_three_nodes() {
+    let mut c = Cluster::new("jobs-200");
+    for n in ["a", "b", "c"] {
+        c.start_node(n);
+    }
+    c.wait_nodes(3);
+    let out = c.apply(
+        "thumbs.yaml",
+        &format!(
+            "kind: job\nname: thumbs\nwasm: {}\nargs: [\"--size\", \"128\"]\ncompletions: 200\nparallelism: 20\nresources: {{cpu: 50m, memory: 32Mi}}\n",
+            path(&worker_p2())
+        ),
+    );
+    assert!(out.contains("job thumbs created"), "{out}");
+    let job = c.wait_job("thumbs", "succeeded", Duration::from_secs(180));
+    assert_eq!((job["succeeded"].as_u64(), job["failed"].as_u64()), (Some(200), Some(0)), "{job}");
+
+    // Each index ran once and succeeded once (no node was lost).
+    let runs = c.runs("thumbs");
+    let mut per_index: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &runs {
+        assert_eq!(r["outcome"], "succeeded", "{r}");
+        assert_eq!(r["exit_code"], 0, "{r}");
+        *per_index.entry(r["index"].as_u64().unwrap_or(u64::MAX)).or_default() += 1;
+        *per_node.entry(r["node"].as_str().unwrap_or("").to_string()).or_default() += 1;
+    }
+    assert_eq!(per_index.len(), 200, "{per_index:?}");
+    assert!(per_index.iter().all(|(i, n)| *i < 200 && *n == 1), "{per_index:?}");
+    assert_eq!(per_node.len(), 3, "runs spread over the three nodes: {per_node:?}");
+
+    // The outputs: one line per index, each with its own index, from every node.
+    let logs = c.cli_ok(&["logs", "job/thumbs"]);
+    let printed = lines_by_index(&logs, "stdout job-worker index=");
+    assert_eq!(printed.len(), 200, "{logs}");
+    assert!(printed.values().all(|n| *n == 1), "{printed:?}");
+    for i in [0u32, 123, 199] {
+        let line = logs.lines().find(|l| l.starts_with(&format!("[{i}] ")) && l.contains("stdout")).unwrap_or("");
+        assert!(line.contains(&format!("index={i} attempt=1 args=--size,128")), "{line}");
+    }
+    let one = c.cli_ok(&["logs", "job/thumbs", "--index", "123"]);
+    assert!(one.contains("index=123 attempt=1") && !one.contains("index=124"), "{one}");
+    let d = c.cli_ok(&["describe", "job", "thumbs"]);
+    assert!(d.contains("200/200 succeeded") && d.contains("Slowest runs"), "{d}");
+
+    c.cli_ok(&["delete", "job", "thumbs"]);
+    let left = c.cli(&["get", "jobs", "thumbs"]);
+    assert!(!left.ok && left.stderr.contains("not found"), "{}", left.stderr);
+}
+
+#[test]
+fn a_failing_index_is_retried_and_the_backoff_limit_fails_the_job() {
+    let dev = Dev::start("jobs-retry");
+    let wasm = worker_p1();
+    dev.apply(
+        "retry.yaml",
+        &format!(
+            "kind: job\nname: retry\nwasm: {}\ncompletions: 3\nparallelism: 3\nbackoff_limit: 3\nenv: {{FAIL_INDEX: \"1\", FAIL_TIMES: \"2\"}}\n",
+            path(&wasm)
+        ),
+    );
+    let job = dev.wait_job("retry", "succeeded", Duration::from_secs(60));
+    assert_eq!((job["succeeded"].as_u64(), job["failed"].as_u64()), (Some(3), Some(2)), "{job}");
+    let runs = dev.runs("retry");
+    let of1: Vec<(u64, &str, i64)> = runs
+        .iter()
+        .filter(|r| r["index"] == 1)
+        .map(|r| {
+            (
+                r["attempt"].as_u64().unwrap_or(0),
+                r["outcome"].as_str().unwrap_or(""),
+                r["exit_code"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(of1, vec![(1, "failed", 3), (2, "failed", 3), (3, "succeeded", 0)], "{runs:?}");
+    assert_eq!(runs.iter().filter(|r| r["index"] != 1).count(), 2, "{runs:?}");
+    let logs = dev.cli_ok(&["logs", "job/retry", "--index", "1"]);
+    assert!(logs.contains("[1 try 2]") && logs.contains("fails try 2 of 2") && logs.contains("attempt=3"), "{logs}");
+
+    dev.apply(
+        "limit.yaml",
+        &format!(
+            "kind: job\nname: limited\nwasm: {}\ncompletions: 3\nbackoff_limit: 1\nenv: {{FAIL_INDEX: \"1\", FAIL_TIMES: \"2\"}}\n",
+            path(&wasm)
+        ),
+    );
+    let job = dev.wait_job("limited", "failed", Duration::from_secs(60));
+    assert_eq!(job["reason"], "backoff limit reached at index 1: exited with status 3", "{job}");
+    let fails = dev.runs("limited").iter().filter(|r| r["outcome"] == "failed").count();
+    assert_eq!(fails, 2, "backoff_limit 1: one retry");
+    assert!(dev.run_replicas("limited").is_empty());
+    let d = dev.cli_ok(&["describe", "job", "limited"]);
+    assert!(d.contains("Failed indices:1") || d.contains("Failed indices: 1"), "{d}");
+}
+
+#[test]
+fn the_active_deadline_stops_the_runs_and_fails_the_job() {
+    let dev = Dev::start("jobs-deadline");
+    dev.apply(
+        "slow.yaml",
+        &format!(
+            "kind: job\nname: slow\nwasm: {}\ncompletions: 4\nparallelism: 2\nactive_deadline: 3s\nenv: {{SLEEP_MS: \"120000\"}}\n",
+            path(&worker_p1())
+        ),
+    );
+    wait_for(Duration::from_secs(30), "two runs running", || {
+        let r = dev.run_replicas("slow");
+        if r.iter().filter(|r| r["state"] == "running").count() == 2 { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let job = dev.wait_job("slow", "failed", Duration::from_secs(30));
+    assert_eq!(job["reason"], "active deadline of 3s passed", "{job}");
+    let runs = dev.runs("slow");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r["outcome"] == "stopped"), "{runs:?}");
+    // Off the scheduler's books and off the node.
+    assert!(dev.run_replicas("slow").is_empty());
+    let node_api = read_when_ready(&dev.data().join("node/node.addr"));
+    wait_for(Duration::from_secs(15), "the node to stop the runs", || {
+        let list = http_get(&format!("{}/v1/replicas", node_api.trim()))?;
+        if list.contains("slow-") { Err(list) } else { Ok(()) }
+    });
+}
+
+#[test]
+fn a_node_killed_mid_job_has_its_indices_run_elsewhere() {
+    let mut c = Cluster::new("jobs-nodekill");
+    for n in ["a", "b", "c"] {
+        c.start_node(n);
+    }
+    c.wait_nodes(3);
+    c.apply(
+        "long.yaml",
+        &format!(
+            "kind: job\nname: long\nwasm: {}\ncompletions: 30\nparallelism: 9\nenv: {{SLEEP_MS: \"3000\"}}\nresources: {{cpu: 50m, memory: 32Mi}}\n",
+            path(&worker_p1())
+        ),
+    );
+    let on_b = wait_for(Duration::from_secs(60), "runs under way on node b", || {
+        let r: Vec<Value> =
+            c.runs("long").into_iter().filter(|r| r["outcome"] == "running" && r["node"] == "b").collect();
+        if r.is_empty() { Err("none yet".into()) } else { Ok(r) }
+    });
+    let lost: Vec<u64> = on_b.iter().filter_map(|r| r["index"].as_u64()).collect();
+    c.nodes.get_mut("b").expect("node b").kill();
+    let job = c.wait_job("long", "succeeded", Duration::from_secs(180));
+    assert_eq!(job["succeeded"], 30, "{job}");
+    let runs = c.runs("long");
+    let lost_runs: Vec<&Value> = runs.iter().filter(|r| r["outcome"] == "lost").collect();
+    assert!(!lost_runs.is_empty(), "the killed node's runs are recorded lost: {runs:?}");
+    for i in &lost {
+        let ok: Vec<&Value> = runs.iter().filter(|r| r["index"] == *i && r["outcome"] == "succeeded").collect();
+        assert_eq!(ok.len(), 1, "index {i} succeeded once: {runs:?}");
+        assert_ne!(ok[0]["node"], "b", "index {i} ran again elsewhere: {runs:?}");
+    }
+    let mut per_index: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r["outcome"] == "succeeded") {
+        *per_index.entry(r["index"].as_u64().unwrap_or(u64::MAX)).or_default() += 1;
+    }
+    assert!(per_index.len() == 30 && per_index.values().all(|n| *n == 1), "{per_index:?}");
+    assert!(c.events("job/long").contains("RunLost"));
+}
+
+/// `skiff run ARGS` from `dev`'s directory: (exit code, stdout, stderr).
+fn skiff_run(dev: &Dev, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(skiff_bin())
+        .args(args)
+        .current_dir(dev.dir.path())
+        .env("SKIFF_SERVER", &dev.url)
+        .env("SKIFF_TOKEN", read_when_ready(&dev.data().join("admin-token")))
+        .env("SKIFF_CA_FILE", dev.data().join("ca.crt"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn skiff_run_streams_a_wasm_run_and_exits_with_its_status() {
+    let dev = Dev::start("jobs-run");
+    let wasm = worker_p1();
+    let (code, out, err) = skiff_run(&dev, &["run", path(&wasm), "--", "hello", "world"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(out, "job-worker index=0 attempt=1 args=hello,world\n", "only the guest's stdout: {err}");
+    assert!(err.contains("job-worker index=0 to stderr"), "{err}");
+
+    let (code, out, err) = skiff_run(&dev, &["run", path(&wasm), "--env", "EXIT_CODE=3", "--name", "three"]);
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert!(out.contains("index=0 attempt=1"), "{out}");
+    let job = dev.job("three");
+    assert_eq!(job["state"], "failed");
+    // A p2 component runs the same way (WASI 0.2 carries only failure: 1).
+    let (code, out, _) = skiff_run(&dev, &["run", path(&worker_p2()), "--env", "EXIT_CODE=3"]);
+    assert_eq!((code, out.contains("index=0")), (Some(1), true), "{out}");
+
+    // --detach prints the name; the job is there.
+    let (code, out, _) = skiff_run(&dev, &["run", path(&wasm), "--detach", "--name", "bg"]);
+    assert_eq!((code, out.trim()), (Some(0), "bg"));
+    dev.wait_job("bg", "succeeded", Duration::from_secs(30));
+
+    // A run that fits no node says why, exits non-zero and leaves no job.
+    let (code, out, err) = skiff_run(&dev, &["run", path(&wasm), "--memory", "900Gi", "--name", "huge"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("cannot be placed") && err.contains("memory"), "{err}");
+    assert!(!dev.cli(&["get", "jobs", "huge"]).ok, "the unplaceable job is deleted");
+}
+
+#[test]
+fn ctrl_c_stops_a_skiff_run_and_leaves_nothing_running() {
+    let dev = Dev::start("jobs-ctrlc");
+    let mut child = Command::new(skiff_bin())
+        .args(["run", path(&worker_p1()), "--env", "SLEEP_MS=120000", "--name", "sleepy"])
+        .current_dir(dev.dir.path())
+        .env("SKIFF_SERVER", &dev.url)
+        .env("SKIFF_TOKEN", read_when_ready(&dev.data().join("admin-token")))
+        .env("SKIFF_CA_FILE", dev.data().join("ca.crt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skiff run");
+    let pid = child.id();
+    // Killed however the test ends.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+    let _reap = Reap(pid);
+    // Its first line arrives while the run goes on (streamed, not at the end).
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains('\n') {
+        assert!(Instant::now() < deadline, "no output streamed: {}", String::from_utf8_lossy(&seen));
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("skiff run ended early: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("index=0 attempt=1"));
+    assert!(dev.run_replicas("sleepy").iter().any(|r| r["state"] == "running"));
+    let sent = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let status = wait_for(Duration::from_secs(15), "skiff run to exit", || match child.try_wait() {
+        Ok(Some(s)) => Ok(s),
+        _ => Err("still running".into()),
+    });
+    assert_eq!(status.code(), Some(130));
+    let mut err = String::new();
+    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(err.contains("stopping run sleepy"), "{err}");
+    // Nothing runs: not the job, not its replica, not on the node.
+    assert!(!dev.cli(&["get", "jobs", "sleepy"]).ok);
+    assert!(dev.run_replicas("sleepy").is_empty());
+    let node_api = read_when_ready(&dev.data().join("node/node.addr"));
+    wait_for(Duration::from_secs(15), "the node to stop the run", || {
+        let list = http_get(&format!("{}/v1/replicas", node_api.trim()))?;
+        if list.contains("sleepy-") { Err(list) } else { Ok(()) }
+    });
+}
+
+#[test]
+fn after_waits_for_its_jobs_and_an_upstream_failure_fails_it() {
+    let dev = Dev::start("jobs-after");
+    let wasm = path(&worker_p1()).to_string();
+    dev.apply(
+        "chain.yaml",
+        &format!(
+            "kind: job\nname: second\nwasm: {wasm}\nafter: [first]\n---\nkind: job\nname: first\nwasm: {wasm}\nenv: {{SLEEP_MS: \"1500\"}}\n---\nkind: job\nname: broken\nwasm: {wasm}\nbackoff_limit: 0\nenv: {{EXIT_CODE: \"3\"}}\n---\nkind: job\nname: downstream\nwasm: {wasm}\nafter: [first, broken]\n"
+        ),
+    );
+    let pending = dev.job("second");
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert!(pending["reason"].as_str().unwrap_or("").contains("waiting for job first"), "{pending}");
+    let first = dev.wait_job("first", "succeeded", Duration::from_secs(30));
+    let second = dev.wait_job("second", "succeeded", Duration::from_secs(30));
+    let (done, started) =
+        (first["finished_ms"].as_u64().unwrap_or(u64::MAX), second["started_ms"].as_u64().unwrap_or(0));
+    assert!(started >= done, "second started at {started}, before first finished at {done}");
+    let down = dev.wait_job("downstream", "failed", Duration::from_secs(30));
+    assert_eq!(
+        down["reason"], "upstream job broken failed: backoff limit reached at index 0: exited with status 3",
+        "{down}"
+    );
+    assert!(dev.runs("downstream").is_empty(), "it never ran");
+}
+
+/// Jobs of cron `cron`: (name, scheduled_ms, created_ms, state).
+fn cron_jobs(t: &impl Target, cron: &str) -> Vec<(String, u64, u64, String)> {
+    let mut v: Vec<(String, u64, u64, String)> = t
+        .jobs()
+        .into_iter()
+        .filter(|j| j["cron"] == cron)
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap_or("").to_string(),
+                j["scheduled_ms"].as_u64().unwrap_or(0),
+                j["created_ms"].as_u64().unwrap_or(0),
+                j["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    v.sort_by_key(|j| j.1);
+    v
+}
+
+fn no_time_twice(jobs: &[(String, u64, u64, String)]) {
+    let mut times: Vec<u64> = jobs.iter().map(|j| j.1).filter(|t| *t > 0).collect();
+    let n = times.len();
+    times.dedup();
+    assert_eq!(times.len(), n, "a scheduled time ran twice: {jobs:?}");
+}
+
+#[test]
+fn a_seconds_cron_forbids_or_replaces_a_running_job() {
+    let dev = Dev::start("jobs-cron");
+    let wasm = path(&worker_p1()).to_string();
+    dev.apply(
+        "forbid.yaml",
+        &format!(
+            "kind: cron\nname: forbid\nschedule: \"*/2 * * * * *\"\nconcurrency_policy: forbid\nhistory: {{succeeded: 50, failed: 50}}\njob:\n  wasm: {wasm}\n  env: {{SLEEP_MS: \"5000\"}}\n"
+        ),
+    );
+    wait_for(Duration::from_secs(40), "forbid to skip a time", || {
+        let ev = dev.events("cron/forbid");
+        if ev.contains("Skipped") && ev.contains("concurrency policy forbid") { Ok(()) } else { Err(ev) }
+    });
+    let jobs = cron_jobs(&dev, "forbid");
+    no_time_twice(&jobs);
+    // Never two at once: each job was made after the one before it ended.
+    for w in jobs.windows(2) {
+        let before = dev.job(&w[0].0);
+        let ended = before["finished_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(w[1].2 >= ended, "{} started while {} ran: {jobs:?}", w[1].0, w[0].0);
+    }
+    dev.cli_ok(&["delete", "cron", "forbid"]);
+    assert!(cron_jobs(&dev, "forbid").is_empty(), "its jobs go with it");
+
+    dev.apply(
+        "replace.yaml",
+        &format!(
+            "kind: cron\nname: replace\nschedule: \"*/2 * * * * *\"\nconcurrency_policy: replace\njob:\n  wasm: {wasm}\n  env: {{SLEEP_MS: \"60000\"}}\n"
+        ),
+    );
+    wait_for(Duration::from_secs(40), "replace to replace a job", || {
+        let ev = dev.events("cron/replace");
+        if ev.contains("Replaced") { Ok(()) } else { Err(ev) }
+    });
+    let jobs = cron_jobs(&dev, "replace");
+    no_time_twice(&jobs);
+    let running: Vec<_> = jobs.iter().filter(|j| j.3 != "succeeded" && j.3 != "failed").collect();
+    assert!(running.len() <= 1, "replace keeps one job: {jobs:?}");
+    let d = dev.cli_ok(&["get", "crons"]);
+    assert!(d.contains("replace") && d.contains("*/2 * * * * *") && d.contains("in "), "{d}");
+    // Triggered by hand, whatever the schedule; suspended, nothing starts.
+    dev.apply(
+        "replace.yaml",
+        &format!(
+            "kind: cron\nname: replace\nschedule: \"*/2 * * * * *\"\nsuspend: true\nconcurrency_policy: replace\njob:\n  wasm: {wasm}\n  env: {{SLEEP_MS: \"60000\"}}\n"
+        ),
+    );
+    let before = cron_jobs(&dev, "replace").len();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(cron_jobs(&dev, "replace").len(), before, "suspended: no job");
+    let out = dev.cli_ok(&["cron", "trigger", "replace"]);
+    assert!(out.contains("started"), "{out}");
+    assert_eq!(cron_jobs(&dev, "replace").len(), before + 1);
+}
+
+#[test]
+fn a_cron_missed_while_the_scheduler_was_down_runs_once() {
+    let mut c = Cluster::new("jobs-cron-kill");
+    c.start_node("a");
+    c.wait_nodes(1);
+    let wasm = path(&worker_p1()).to_string();
+    c.apply(
+        "tick.yaml",
+        &format!(
+            "kind: cron\nname: tick\nschedule: \"*/2 * * * * *\"\nstarting_deadline: 30s\nhistory: {{succeeded: 100, failed: 100}}\njob:\n  wasm: {wasm}\n"
+        ),
+    );
+    wait_for(Duration::from_secs(20), "a first job", || {
+        let j = cron_jobs(&c, "tick");
+        if j.is_empty() { Err("none".into()) } else { Ok(()) }
+    });
+    c.kill_server();
+    let killed = now_ms();
+    // Two scheduled times at least pass while no scheduler runs.
+    std::thread::sleep(Duration::from_millis(5_000));
+    let restarted = now_ms();
+    c.start_server();
+    wait_for(Duration::from_secs(20), "jobs after the restart", || {
+        let j = cron_jobs(&c, "tick");
+        if j.iter().any(|j| j.2 > restarted + 2_500) { Ok(()) } else { Err(format!("{j:?}")) }
+    });
+    let jobs = cron_jobs(&c, "tick");
+    no_time_twice(&jobs);
+    let missed: Vec<_> = jobs.iter().filter(|j| j.1 > killed && j.1 <= restarted).collect();
+    assert_eq!(missed.len(), 1, "the missed times ran once, the latest: {jobs:?}");
+    assert!(missed[0].2 >= restarted, "it ran late, after the restart: {jobs:?}");
+    assert!(missed[0].1 + 2_000 > restarted, "the latest missed time: {jobs:?}");
+    let ev = c.events("cron/tick");
+    assert!(ev.contains("MissedSchedule"), "the earlier missed times are told: {ev}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
