@@ -58,14 +58,20 @@ pub(crate) async fn delete_image(
     let state = core.state();
     let users = state.image_users(&q.name, tag);
     if !users.is_empty() {
+        let named: Vec<String> = users
+            .iter()
+            .map(|u| match u.split_once('/') {
+                Some((kind, name)) => format!("{kind} {name}"),
+                None => format!("deployment {u}"),
+            })
+            .collect();
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             format!(
-                "image {}:{tag} is used by deployment{} {}; delete {} or deploy another image first",
+                "image {}:{tag} is used by {}; delete {} or deploy another image first",
                 q.name,
-                if users.len() == 1 { "" } else { "s" },
-                users.join(", "),
-                if users.len() == 1 { "it" } else { "them" }
+                named.join(", "),
+                if named.len() == 1 { "it" } else { "them" }
             ),
         ));
     }

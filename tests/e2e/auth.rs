@@ -76,7 +76,8 @@ pub fn routes(url: &str, token: &str, name: &str) -> Vec<Route> {
             .replace("{name}", name)
             .replace("{digest}", &format!("sha256:{}", "0".repeat(64)))
             .replace("{file}", "app.js")
-            .replace("{id}", name);
+            .replace("{id}", name)
+            .replace("{host}", "registry.example.com");
         assert!(!path.contains('{'), "no sample for a parameter of {route}; add one here");
         for (method, op) in item.as_object().expect("a path item") {
             let open = op["security"] == serde_json::json!([{}]);
