@@ -291,10 +291,31 @@ fn exec_runs_commands_in_a_container_with_and_without_a_terminal() {
     assert_eq!(status.code(), Some(5), "{}", pty.text());
     assert!(pty.text().contains("\r\nhi\r\n"), "{:?}", pty.text());
 
-    // The shell is gone from the container (only its init, sleep, is left).
-    let procs = c.run(&admin, &["exec", &id, "--", "ls", "/proc"], b"").1;
-    let pids: Vec<&str> = procs.split_whitespace().filter(|p| p.parse::<u32>().is_ok()).collect();
-    assert_eq!(pids.len(), 2, "sleep and the ls itself: {procs}");
+    // The shell is gone from the container: the processes in it are its
+    // init (sleep) and the `ls` that counts them.
+    let processes = || {
+        let procs = c.run(&admin, &["exec", &id, "--", "ls", "/proc"], b"").1;
+        procs.split_whitespace().filter(|p| p.parse::<u32>().is_ok()).count()
+    };
+    assert_eq!(processes(), 2);
+
+    // A client that goes away (here: SIGKILLed) takes its command with it,
+    // with a terminal and without.
+    for tty in [false, true] {
+        let args = ["exec", "-i", "-t", &id, "--", "sleep", "1001"];
+        let args: Vec<&str> = args.into_iter().filter(|a| tty || *a != "-t").collect();
+        let (_pty, mut child) = Pty::spawn(c.command(&admin, &args), 80, 24);
+        wait_for(Duration::from_secs(30), "the exec'd sleep to run", || {
+            let n = processes();
+            if n == 3 { Ok(()) } else { Err(format!("{n} processes")) }
+        });
+        child.kill().expect("kill skiff exec");
+        let _ = child.wait();
+        wait_for(Duration::from_secs(30), "the exec'd sleep to go with its client", || {
+            let n = processes();
+            if n == 2 { Ok(()) } else { Err(format!("{n} processes (tty: {tty})")) }
+        });
+    }
 
     // Each exec is an event that names the token.
     let events = c.cli(&["events", "-o", "json"]);
