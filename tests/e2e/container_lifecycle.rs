@@ -16,16 +16,16 @@ use std::time::Duration;
 /// `skiff dev` with no arguments, run from its own directory in a network
 /// namespace of its own. Fields drop in order: the process, then the janitor
 /// cleans up after it, then the namespace, then the directory.
-struct DevNs {
+pub(crate) struct DevNs {
     proc: Option<Proc>,
     _janitor: Janitor,
-    url: String,
-    ns: skiff_tests::NetNs,
-    dir: TempDir,
+    pub(crate) url: String,
+    pub(crate) ns: skiff_tests::NetNs,
+    pub(crate) dir: TempDir,
 }
 
 impl DevNs {
-    fn start(tag: &str) -> DevNs {
+    pub(crate) fn start(tag: &str) -> DevNs {
         let ns = skiff_tests::NetNs::new(&net_name("dv"));
         let dir = TempDir::new(tag);
         let data = dir.path().join(".skiff");
@@ -53,7 +53,7 @@ impl DevNs {
     }
 
     /// Its data dir, as the test sees it (absolute).
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.path().join(".skiff")
     }
 
@@ -77,7 +77,7 @@ impl DevNs {
     }
 
     /// `skiff ARGS` from its directory, in its namespace.
-    fn cli_in(&self, args: &[&str]) -> Cli {
+    pub(crate) fn cli_in(&self, args: &[&str]) -> Cli {
         let netns = format!("--net=/run/netns/{}", self.ns.name);
         let out = Command::new("nsenter")
             .args([netns.as_str(), "--"])
@@ -98,13 +98,13 @@ impl DevNs {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = self.cli_in(args);
         assert!(out.ok, "`skiff {}` failed:\nstdout: {}\nstderr: {}", args.join(" "), out.stdout, out.stderr);
         out.stdout
     }
 
-    fn json(&self, kind: &str) -> Vec<Value> {
+    pub(crate) fn json(&self, kind: &str) -> Vec<Value> {
         let out = self.cli(&["get", kind, "-o", "json"]);
         match serde_json::from_str::<Value>(&out) {
             Ok(Value::Array(v)) => v,
@@ -131,7 +131,7 @@ impl DevNs {
         out.stdout + &out.stderr
     }
 
-    fn import_busybox(&self) {
+    pub(crate) fn import_busybox(&self) {
         let (oci, _) = build_images(self.dir.path());
         self.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
     }
@@ -150,7 +150,7 @@ impl DevNs {
     /// What containers leave on the machine: runc's state entries, network
     /// namespaces (`ip netns list`), mounts under the data dir, cgroups of
     /// `ids`, processes of `pids` and address leases. Empty: nothing.
-    fn leftovers(&self, ids: &[String], pids: &[u64]) -> Vec<String> {
+    pub(crate) fn leftovers(&self, ids: &[String], pids: &[u64]) -> Vec<String> {
         let mut left = Vec::new();
         let state: Vec<String> = std::fs::read_dir(self.state())
             .into_iter()
@@ -191,7 +191,7 @@ impl DevNs {
     }
 }
 
-fn require() -> bool {
+pub(crate) fn require() -> bool {
     if !require_root("containers under skiff dev (runc, overlayfs, network namespaces)") {
         return false;
     }

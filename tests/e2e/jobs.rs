@@ -617,3 +617,85 @@ fn a_cron_missed_while_the_scheduler_was_down_runs_once() {
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// `skiff ARGS` in `dev`'s namespace and directory: (exit code, stdout, stderr).
+fn run_in_ns(dev: &crate::container_lifecycle::DevNs, args: &[&str]) -> (Option<i32>, String, String) {
+    let netns = format!("--net=/run/netns/{}", dev.ns.name);
+    let out = Command::new("nsenter")
+        .args([netns.as_str(), "--"])
+        .arg(skiff_bin())
+        .args(args)
+        .current_dir(dev.dir.path())
+        .env("SKIFF_SERVER", &dev.url)
+        .env("SKIFF_TOKEN", read_when_ready(&dev.data().join("admin-token")))
+        .env("SKIFF_CA_FILE", dev.data().join("ca.crt"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn skiff_run_of_an_image_streams_it_and_exits_with_its_status() {
+    if !crate::container_lifecycle::require() {
+        return;
+    }
+    let dev = crate::container_lifecycle::DevNs::start("jobs-image");
+    dev.import_busybox();
+    let (code, out, err) = run_in_ns(
+        &dev,
+        &[
+            "run",
+            "--image",
+            "busybox:latest",
+            "--name",
+            "ok",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hello from busybox; echo oops >&2",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(out, "hello from busybox\n", "{err}");
+    assert!(err.contains("oops"), "{err}");
+    let (code, out, err) = run_in_ns(
+        &dev,
+        &["run", "--image", "busybox:latest", "--name", "three", "--", "/bin/sh", "-c", "echo before; exit 3"],
+    );
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    assert_eq!(out, "before\n", "{err}");
+    // A job of containers: two indices, their index in the env.
+    let yaml = dev.dir.path().join("c.yaml");
+    std::fs::write(
+        &yaml,
+        "kind: job\nname: boxes\nimage: busybox:latest\nargs: [\"/bin/sh\", \"-c\", \"echo box $SKIFF_JOB_INDEX of $SKIFF_JOB_COMPLETIONS\"]\ncompletions: 2\nparallelism: 2\n",
+    )
+    .expect("manifest");
+    dev.cli(&["apply", "-f", yaml.to_str().unwrap_or_default()]);
+    wait_for(Duration::from_secs(60), "job boxes succeeded", || {
+        let out = dev.cli(&["get", "jobs", "boxes", "-o", "json"]);
+        if out.contains("\"succeeded\"") && out.contains("\"state\": \"succeeded\"") { Ok(()) } else { Err(out) }
+    });
+    let logs = dev.cli(&["logs", "job/boxes"]);
+    assert!(logs.contains("[0] ") && logs.contains("box 0 of 2") && logs.contains("box 1 of 2"), "{logs}");
+    // Every run's container is gone: runc state, mounts, cgroups, namespaces.
+    let ids: Vec<String> = ["ok", "three", "boxes"]
+        .iter()
+        .flat_map(|j| {
+            let out = dev.cli(&["get", "runs", j, "-o", "json"]);
+            let runs: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+            runs.into_iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    wait_for(Duration::from_secs(30), "nothing left of the runs", || {
+        let left = dev.leftovers(&ids, &[]);
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+}
