@@ -252,6 +252,10 @@ fn exec_runs_commands_in_a_container_with_and_without_a_terminal() {
     let id = c.container("box");
     let admin = c.admin();
 
+    // A deployment's name picks one of its replicas (its hostname is its id).
+    let (code, out, err) = c.run(&admin, &["exec", "box", "--", "hostname"], b"");
+    assert_eq!((code, out.trim()), (Some(0), id.as_str()), "stderr: {err}");
+
     let (code, out, err) = c.run(&admin, &["exec", &id, "--", "echo", "hello from", "exec"], b"");
     assert_eq!((code, out.as_str()), (Some(0), "hello from exec\n"), "stderr: {err}");
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// The replica (`skiff get replicas` lists them)
+    /// The replica (`skiff get replicas` lists them), or a deployment: one of its running replicas
     replica: String,
     /// Pass this terminal's (or pipe's) stdin to the command
     #[arg(short = 'i', long)]
@@ -27,7 +27,7 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct PortForwardArgs {
-    /// The replica (`skiff get replicas` lists them)
+    /// The replica (`skiff get replicas` lists them), or a deployment: one of its running replicas
     replica: String,
     /// LOCAL:REMOTE, or PORT for the same on both sides, or :REMOTE for any free local port
     ports: String,
@@ -68,8 +68,24 @@ impl Drop for RawMode {
     }
 }
 
+/// The replica `given` names: itself, or when it is a deployment with
+/// replicas, its oldest ready (else running) one, as `kubectl exec deploy/x`
+/// picks a pod.
+async fn resolve(client: &Client, given: &str) -> anyhow::Result<String> {
+    use skiff_api::ReplicaState;
+    let mut of_deployment = client.replicas(Some(given), None).await?;
+    of_deployment.retain(|r| r.deployment == given);
+    of_deployment.sort_by_key(|r| (r.state != ReplicaState::Ready, r.state != ReplicaState::Running, r.created_ms));
+    Ok(match of_deployment.first() {
+        Some(r) if matches!(r.state, ReplicaState::Ready | ReplicaState::Running) => r.id.clone(),
+        Some(_) => bail!("deployment {given} has no running replica; `skiff describe deployment {given}` says why"),
+        None => given.to_string(),
+    })
+}
+
 /// `skiff exec`: exits with the command's exit code.
 pub async fn exec(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
+    let replica = resolve(client, &args.replica).await?;
     let mut tty = args.tty;
     if tty && !std::io::stdin().is_terminal() {
         eprintln!("skiff: stdin is not a terminal; running the command without one (drop -t)");
@@ -77,7 +93,7 @@ pub async fn exec(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
     }
     let (cols, rows) = if tty { terminal_size().unwrap_or((80, 24)) } else { (80, 24) };
     let ask = ExecRequest { command: args.command, tty, stdin: args.stdin, cols, rows };
-    let path = format!("/v1/replicas/{}/exec?{}", percent_encode(&args.replica), ask.to_query());
+    let path = format!("/v1/replicas/{}/exec?{}", percent_encode(&replica), ask.to_query());
     let conn = client.upgrade(&path).await?;
     let raw = if tty && args.stdin { Some(RawMode::enter()?) } else { None };
     let result = session(conn, args.stdin, tty).await;
@@ -186,15 +202,16 @@ fn parse_ports(s: &str) -> anyhow::Result<(u16, u16)> {
 /// `skiff port-forward`: until Ctrl-C, or until the replica is gone.
 pub async fn port_forward(args: PortForwardArgs, client: &Client) -> anyhow::Result<()> {
     let (local, remote) = parse_ports(&args.ports)?;
-    let replica = percent_encode(&args.replica);
+    let id = resolve(client, &args.replica).await?;
     // Asked first, so a wrong replica or a read-only token fails now, not at
     // the first connection.
-    client.check_port_forward(&args.replica, remote).await?;
+    client.check_port_forward(&id, remote).await?;
+    let replica = percent_encode(&id);
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.address, local))
         .await
         .with_context(|| format!("cannot listen on {}", SocketAddr::new(args.address, local)))?;
     let bound = listener.local_addr().context("reading the local address")?;
-    println!("Forwarding from {bound} to port {remote} of replica {} (Ctrl-C stops)", args.replica);
+    println!("Forwarding from {bound} to port {remote} of replica {id} (Ctrl-C stops)");
     let path = format!("/v1/replicas/{replica}/port-forward?port={remote}");
     let (gone_tx, mut gone_rx) = tokio::sync::mpsc::channel::<String>(1);
     loop {
