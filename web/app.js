@@ -137,7 +137,7 @@ async function api(method, path, body, headers = {}) {
 
 // ---- views (hash routing, one visible at a time) ----
 
-const VIEWS = ["cluster", "deployments", "replicas", "events", "logs"];
+const VIEWS = ["cluster", "deployments", "replicas", "jobs", "events", "logs"];
 
 function showView() {
   const want = location.hash.slice(1);
@@ -237,6 +237,7 @@ function render() {
   if (view === "cluster") renderCluster();
   if (view === "deployments") renderDeployments();
   if (view === "replicas") renderReplicas();
+  if (view === "jobs") renderJobs();
   if (view === "events") renderEvents();
   if (view === "logs") fillLogChoices();
 }
@@ -703,6 +704,85 @@ function stopTail() {
 
 $("#logs-form").addEventListener("submit", (ev) => { ev.preventDefault(); startTail(); });
 $("#logs-stop").addEventListener("click", stopTail);
+
+// ---- jobs and crons: read from /v1/jobs and /v1/crons (not in the snapshot),
+// at most once a second while the view is shown ----
+
+let jobsAt = 0;
+let jobsBusy = false;
+const failedIndices = new Map(); // job name -> "3, 7-9"
+
+function ranges(list) {
+  const v = [...new Set(list)].sort((a, b) => a - b);
+  const out = [];
+  for (let i = 0; i < v.length; i++) {
+    const start = v[i];
+    while (i + 1 < v.length && v[i + 1] === v[i] + 1) i++;
+    out.push(start === v[i] ? String(start) : `${start}-${v[i]}`);
+  }
+  return out.join(", ");
+}
+
+function when(ms) {
+  if (!ms) return "—";
+  const d = ms - Date.now();
+  return d >= 0 ? "in " + fmtAge(d) : fmtAge(-d) + " ago";
+}
+
+async function renderJobs() {
+  if (jobsBusy || Date.now() - jobsAt < 1000) return;
+  jobsBusy = true;
+  try {
+    const [jobs, crons] = await Promise.all([api("GET", "/v1/jobs"), api("GET", "/v1/crons")]);
+    jobsAt = Date.now();
+    jobs.sort((a, b) => b.created_ms - a.created_ms);
+    // Failed indices need a job's runs: only for jobs with failures, a few at a time.
+    for (const j of jobs.filter((j) => j.failed > 0 && !failedIndices.has(j.name + "@" + j.failed)).slice(0, 10)) {
+      const d = await api("GET", "/v1/jobs/" + encodeURIComponent(j.name));
+      failedIndices.set(j.name + "@" + j.failed, ranges(d.runs.filter((r) => r.outcome === "failed").map((r) => r.index)));
+    }
+    $("#jobs-empty").hidden = jobs.length > 0;
+    syncRows($("#jobs-table tbody"), jobs, (j) => j.name, (j) => {
+      const tr = el("tr", { "data-job": j.name });
+      for (let i = 0; i < 8; i++) tr.append(el("td"));
+      tr.cells[7].className = "msg";
+      return tr;
+    }, (tr, j) => {
+      const c = tr.cells;
+      const total = j.spec.completions;
+      const pct = total > 0 ? ((j.succeeded / total) * 100).toFixed(1) + "%" : "0%";
+      c[0].textContent = j.name;
+      c[1].replaceChildren(stateBadge(j.state));
+      c[2].replaceChildren(el("div", { class: "meter" },
+        el("span", { text: `${j.succeeded}/${total}` }),
+        el("div", { class: "bar", role: "img", "aria-label": `${j.succeeded} of ${total} completions` },
+          el("div", { class: "used", style: `width:${pct}` }))));
+      c[3].textContent = j.active;
+      c[4].textContent = j.failed;
+      c[5].textContent = j.failed > 0 ? (failedIndices.get(j.name + "@" + j.failed) || "…") : "—";
+      c[6].textContent = fmtAge(Date.now() - j.created_ms);
+      c[7].textContent = j.reason || "";
+    });
+    $("#crons-empty").hidden = crons.length > 0;
+    syncRows($("#crons-table tbody"), crons, (c) => c.name, () => {
+      const tr = el("tr");
+      for (let i = 0; i < 6; i++) tr.append(el("td"));
+      return tr;
+    }, (tr, cr) => {
+      const c = tr.cells;
+      c[0].textContent = cr.name;
+      c[1].textContent = `${cr.spec.schedule} (${cr.spec.time_zone})`;
+      c[2].textContent = cr.spec.concurrency_policy + (cr.spec.suspend ? ", suspended" : "");
+      c[3].textContent = when(cr.last_scheduled_ms);
+      c[4].textContent = cr.last_job || "—";
+      c[5].textContent = cr.spec.suspend ? "suspended" : when(cr.next_ms);
+    });
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    jobsBusy = false;
+  }
+}
 
 // ---- start ----
 

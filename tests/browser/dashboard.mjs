@@ -221,6 +221,11 @@ try {
   await page.waitForTimeout(2000);
   await page.screenshot({ path: join(shots, "replicas.png"), fullPage: true });
 
+  step("jobs view");
+  await page.click('nav a[data-view="jobs"]');
+  await until(page.locator("#jobs-empty, #jobs-table tbody tr").first().waitFor());
+  await page.screenshot({ path: join(shots, "jobs.png"), fullPage: true });
+
   step("events view");
   await page.click('nav a[data-view="events"]');
   await until(page.locator("#events-table tbody tr", { hasText: "scaled from 2 to 4 replicas" }).first().waitFor());
@@ -273,7 +278,7 @@ try {
   const p2 = await open(phone, "phone");
   await until(p2.waitForSelector('article.node[data-node="dev"]'));
   await p2.screenshot({ path: join(shots, "phone-dark-cluster.png"), fullPage: true });
-  for (const view of ["deployments", "replicas", "events", "logs"]) {
+  for (const view of ["deployments", "replicas", "jobs", "events", "logs"]) {
     await p2.click(`nav a[data-view="${view}"]`);
     const overflow = await p2.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     if (overflow > 1) throw new Error(`the ${view} view is ${overflow}px wider than a phone screen`);
