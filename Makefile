@@ -35,8 +35,9 @@ TEST_PACKAGES ?= busybox-static
 TEST_PACKAGES += chromium prometheus $(if $(shell command -v npm),,nodejs npm)
 # Registry pulls (issue 3): a real registry on loopback (docker-registry) pushed
 # to with skopeo. Private registries (issue 21): its htpasswd auth takes bcrypt
-# entries, which apache2-utils' `htpasswd -B` writes.
-TEST_PACKAGES += docker-registry skopeo apache2-utils
+# entries, which apache2-utils' `htpasswd -B` writes; in token mode a token
+# server in Python signs its JWTs with the openssl command.
+TEST_PACKAGES += docker-registry skopeo apache2-utils openssl
 # Fault tests (issue 8): a full data dir on a small loop-mounted ext4 (mkfs.ext4).
 TEST_PACKAGES += e2fsprogs
 # The API fuzz test (issue 8): schemathesis (PyPI, pinned) in a venv outside the

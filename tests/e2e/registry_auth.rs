@@ -4,10 +4,12 @@
 //! processes. Without a credential the replica waits, saying the registry
 //! wants one; with a wrong password it says the registry refused it; with the
 //! right one it runs. The password never shows in `registry ls`, `secret ls`,
-//! the node's log or the scheduler's store. (Bearer-token registries: the
-//! challenge and the token exchange are tested against an axum registry and
-//! token server in `node/src/container/registry.rs`; docker-registry does
-//! token auth only with an external token server.)
+//! the node's log or the scheduler's store. The same three cases against
+//! docker-registry in token mode: its `WWW-Authenticate: Bearer` challenge
+//! sends the node to a token server (a small Python one the test starts,
+//! issuing JWTs signed with `openssl` under a certificate the registry trusts),
+//! which takes the credential as basic auth and answers a token scoped to the
+//! repository.
 
 use crate::containers::{Janitor, build_images};
 use serde_json::Value;
@@ -145,7 +147,8 @@ struct PrivateRegistry {
 }
 
 impl PrivateRegistry {
-    fn start(dir: &Path, user: &str, password: &str) -> PrivateRegistry {
+    /// With htpasswd auth: one user, bcrypt.
+    fn htpasswd(dir: &Path, user: &str, password: &str) -> PrivateRegistry {
         let out = Command::new("htpasswd")
             .args(["-nbB", user, password])
             .output()
@@ -153,15 +156,29 @@ impl PrivateRegistry {
         assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
         let htpasswd = dir.join("htpasswd");
         std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
+        let auth = format!("  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
+        PrivateRegistry::start(dir, &auth)
+    }
+
+    /// With token auth: tokens from `realm`, signed under the certificate `cert`.
+    fn token(dir: &Path, realm: &str, cert: &Path) -> PrivateRegistry {
+        let auth = format!(
+            "  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            cert.display()
+        );
+        PrivateRegistry::start(dir, &auth)
+    }
+
+    /// docker-registry with `auth` (the YAML under `auth:`) on a free loopback port.
+    fn start(dir: &Path, auth: &str) -> PrivateRegistry {
         let port = free_port();
         let root = dir.join("registry");
         std::fs::create_dir_all(&root).expect("registry dir");
         let config = dir.join("registry.yml");
         let yaml = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+             http:\n  addr: 127.0.0.1:{port}\nauth:\n{auth}",
             root.display(),
-            htpasswd.display()
         );
         std::fs::write(&config, yaml).expect("registry config");
         let log = std::fs::File::create(dir.join("registry.log")).expect("registry log");
@@ -204,17 +221,10 @@ impl Drop for PrivateRegistry {
     }
 }
 
-#[test]
-fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs_with_it() {
-    if !require_root("containers (runc, overlayfs)") {
-        return;
-    }
-    const PASSWORD: &str = "correct-horse-battery";
-    let site = Site::start("registry-auth", &[], &[], None);
-    let registry = PrivateRegistry::start(site.dir.path(), "alice", PASSWORD);
-    let (oci, _) = build_images(site.dir.path());
-    registry.push(&oci, "team/busybox:1", &format!("alice:{PASSWORD}"));
-    let host = format!("localhost:{}", registry.port);
+/// The three cases on `site` against a registry at `host` that holds
+/// `team/busybox:1` and lets alice in with `password`: no credential, a wrong
+/// one, the right one (the same replica then pulls and runs).
+fn pull_cases(site: &Site, host: &str, password: &str) {
     let image = format!("{host}/team/busybox:1");
     site.cli(&[
         "deploy",
@@ -247,7 +257,7 @@ fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs
     assert_ne!(r["state"], "running", "{r}");
 
     // A wrong password: the registry refused it, and the replica says so.
-    let out = site.cli_with_stdin(&["registry", "login", &host, "--username", "alice", "--password-stdin"], "wrong\n");
+    let out = site.cli_with_stdin(&["registry", "login", host, "--username", "alice", "--password-stdin"], "wrong\n");
     assert!(out.ok, "login: {} {}", out.stdout, out.stderr);
     let r =
         wait_for(Duration::from_secs(60), "the wrong password's refusal", || match site.replicas("private").first() {
@@ -259,8 +269,8 @@ fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs
     // The right one: the same replica pulls at its next try and runs.
     let before = r["id"].clone();
     let out = site.cli_with_stdin(
-        &["registry", "login", &host, "--username", "alice", "--password-stdin"],
-        &format!("{PASSWORD}\n"),
+        &["registry", "login", host, "--username", "alice", "--password-stdin"],
+        &format!("{password}\n"),
     );
     assert!(out.ok && out.stdout.contains("credential for user alice stored"), "{} {}", out.stdout, out.stderr);
     let r = site.wait_state("private", "running");
@@ -269,6 +279,20 @@ fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs
         let logs = site.cli_in(&["logs", "private"]).stdout;
         if logs.contains("hello from the image") { Ok(()) } else { Err(logs) }
     });
+}
+
+#[test]
+fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs_with_it() {
+    if !require_root("containers (runc, overlayfs)") {
+        return;
+    }
+    const PASSWORD: &str = "correct-horse-battery";
+    let site = Site::start("registry-auth", &[], &[], None);
+    let registry = PrivateRegistry::htpasswd(site.dir.path(), "alice", PASSWORD);
+    let (oci, _) = build_images(site.dir.path());
+    registry.push(&oci, "team/busybox:1", &format!("alice:{PASSWORD}"));
+    let host = format!("localhost:{}", registry.port);
+    pull_cases(&site, &host, PASSWORD);
 
     // Shown as a host and a user, never a password; not a user's secret.
     let ls = site.cli(&["registry", "ls"]);
@@ -295,4 +319,120 @@ fn a_private_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs
     assert!(!again.ok && again.stderr.contains("no credential is stored for registry"), "{}", again.stderr);
     let bad = site.cli_with_stdin(&["registry", "login", "myhost", "-u", "alice", "--password-stdin"], "x\n");
     assert!(!bad.ok && bad.stderr.contains("is not one an image reference can start with"), "{}", bad.stderr);
+}
+
+/// What the registry in token mode and its token server agree on.
+const TOKEN_SERVICE: &str = "skiff-test-registry";
+const TOKEN_ISSUER: &str = "skiff-test-issuer";
+
+/// A token server as registries use (Docker's token authentication): `GET
+/// /token?service=&scope=repository:NAME:ACTIONS` answers a JWT (RS256, the
+/// signing certificate in `x5c`) granting the asked actions to alice with her
+/// password as basic auth, nothing to an anonymous caller, and 401 to a wrong
+/// password. Python's standard library and `openssl` only.
+const TOKEN_SERVER: &str = r#"
+import base64, json, subprocess, sys, time, uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse, parse_qs
+
+port, key, cert_der, user, password, issuer = sys.argv[1:7]
+x5c = base64.b64encode(open(cert_der, "rb").read()).decode()
+alice = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path != "/token":
+            self.send_error(404)
+            return
+        q = parse_qs(url.query)
+        given = self.headers.get("Authorization")
+        if given is not None and given != alice:
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"invalid username or password"}]}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        access = []
+        for scope in q.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",") if given else []})
+        now = int(time.time())
+        claims = {"iss": issuer, "sub": user if given else "", "aud": q.get("service", [""])[0],
+                  "exp": now + 300, "nbf": now - 10, "iat": now, "jti": str(uuid.uuid4()), "access": access}
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [x5c]}
+        signing = (b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())).encode()
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing,
+                             capture_output=True, check=True).stdout
+        token = signing.decode() + "." + b64u(sig)
+        body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer(("127.0.0.1", int(port)), Handler).serve_forever()
+"#;
+
+#[test]
+fn a_bearer_token_registry_pull_waits_for_the_credential_refuses_a_wrong_one_and_runs_with_it() {
+    if !require_root("containers (runc, overlayfs)") {
+        return;
+    }
+    const PASSWORD: &str = "token-horse-battery";
+    let site = Site::start("registry-token", &[], &[], None);
+    let dir = site.dir.path();
+    // The token signing key and its self-signed certificate, which the registry trusts.
+    let (key, cert, der) = (dir.join("token.key"), dir.join("token.crt"), dir.join("token.der"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=skiff-test-token",
+        "-keyout",
+        &path(&key),
+        "-out",
+        &path(&cert),
+    ]);
+    openssl(&["x509", "-in", &path(&cert), "-outform", "der", "-out", &path(&der)]);
+    let script = dir.join("token_server.py");
+    std::fs::write(&script, TOKEN_SERVER).expect("write the token server");
+    let token_port = free_port().to_string();
+    let _tokens = Proc::start_program(
+        "token-server",
+        "python3",
+        &[&path(&script), &token_port, &path(&key), &path(&der), "alice", PASSWORD, TOKEN_ISSUER],
+        &dir.join("token-server.log"),
+    );
+    let realm = format!("http://127.0.0.1:{token_port}/token");
+    wait_for(Duration::from_secs(30), "the token server", || {
+        http_get(&format!("{realm}?service={TOKEN_SERVICE}")).map(|_| ())
+    });
+    let registry = PrivateRegistry::token(dir, &realm, &cert);
+    let (oci, _) = build_images(dir);
+    registry.push(&oci, "team/busybox:1", &format!("alice:{PASSWORD}"));
+    let host = format!("localhost:{}", registry.port);
+    pull_cases(&site, &host, PASSWORD);
+    let log = std::fs::read_to_string(dir.join("token-server.log")).unwrap_or_default();
+    // The node asked for a pull token (skopeo's push asked for pull,push), and
+    // the wrong password was refused by the token server itself.
+    let pull_only = |l: &&str| l.contains("busybox%3Apull&") || l.contains("busybox%3Apull HTTP");
+    assert!(log.lines().any(|l| pull_only(&l) && l.contains("\" 200 ")), "no pull token given:\n{log}");
+    assert!(log.lines().any(|l| pull_only(&l) && l.contains("\" 401 ")), "no refusal by the token server:\n{log}");
 }
