@@ -406,6 +406,11 @@ fn skiff_run_streams_a_wasm_run_and_exits_with_its_status() {
     assert_eq!((code, out.trim()), (Some(0), "bg"));
     dev.wait_job("bg", "succeeded", Duration::from_secs(30));
 
+    // An HTTP component is served, never run to its end: refused.
+    let (code, _, err) = skiff_run(&dev, &["run", path(&wasm_p2("hello_http")), "--name", "served"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is an HTTP component") && err.contains("deploy it instead"), "{err}");
+
     // A run that fits no node says why, exits non-zero and leaves no job.
     let (code, out, err) = skiff_run(&dev, &["run", path(&wasm), "--memory", "900Gi", "--name", "huge"]);
     assert_eq!(code, Some(1), "{out}\n{err}");
@@ -698,4 +703,113 @@ fn skiff_run_of_an_image_streams_it_and_exits_with_its_status() {
         let left = dev.leftovers(&ids, &[]);
         if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
     });
+}
+
+/// Jobs of cron `cron` read through any of `urls`: (name, scheduled_ms, created_ms, state).
+fn cron_jobs_at(cwd: &Path, urls: &str, cron: &str) -> Result<Vec<(String, u64, u64, String)>, String> {
+    let out = cli_in(cwd, urls, &["get", "jobs", "-o", "json"]);
+    if !out.ok {
+        return Err(out.stderr);
+    }
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+    let mut v: Vec<(String, u64, u64, String)> = list
+        .iter()
+        .filter(|j| j["cron"] == cron)
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap_or("").to_string(),
+                j["scheduled_ms"].as_u64().unwrap_or(0),
+                j["created_ms"].as_u64().unwrap_or(0),
+                j["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    v.sort_by_key(|j| j.1);
+    Ok(v)
+}
+
+#[test]
+fn a_cron_on_three_servers_on_etcd_runs_no_time_twice_when_the_leader_dies() {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
+    }
+    let dir = TempDir::new("jobs-etcd");
+    let cwd = dir.path();
+    let etcd = crate::servers::Etcd::start(cwd);
+    let store = etcd.url();
+    let (s1, u1) = crate::servers::start_server(cwd, "127.0.0.1", "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let (s2, u2) = crate::servers::start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
+    let (s3, u3) = crate::servers::start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
+    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
+    let urls = format!("{u1},{u2},{u3}");
+    remember_token(&urls, &read_when_ready(&cwd.join("s1").join("admin-token")));
+    remember_ca(&urls, &cwd.join("s1").join("ca.crt"));
+    let first = wait_for(Duration::from_secs(20), "a leader", || crate::servers::leader(cwd, &urls));
+    let data = cwd.join("n1");
+    let node_args = [
+        "node",
+        "--server",
+        &urls,
+        "--token",
+        &join,
+        "--name",
+        "n1",
+        "--data-dir",
+        data.to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+    ];
+    let _node = Proc::start("n1", &node_args, &cwd.join("n1.log"));
+    wait_for(Duration::from_secs(30), "the node ready", || {
+        let nodes = get_json(cwd, &urls, "nodes");
+        if nodes.iter().any(|n| n["state"] == "ready") { Ok(()) } else { Err(format!("{nodes:?}")) }
+    });
+    let manifest = cwd.join("tick.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kind: cron\nname: tick\nschedule: \"*/2 * * * * *\"\nhistory: {{succeeded: 200, failed: 200}}\njob:\n  wasm: {}\n",
+            path(&worker_p1())
+        ),
+    )
+    .expect("manifest");
+    cli_ok(cwd, &urls, &["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    wait_for(Duration::from_secs(30), "two jobs of the cron", || {
+        let j = cron_jobs_at(cwd, &urls, "tick")?;
+        if j.len() >= 2 { Ok(()) } else { Err(format!("{j:?}")) }
+    });
+    let i = procs.iter().position(|(n, _)| *n == first).expect("the leader is one of the three");
+    let (_, mut dead) = procs.remove(i);
+    dead.kill();
+    let killed = now_ms();
+    let second = wait_for(Duration::from_secs(30), "another leader", || match crate::servers::leader(cwd, &urls) {
+        Ok(l) if l != first => Ok(l),
+        other => Err(format!("{other:?}")),
+    });
+    wait_for(Duration::from_secs(40), "jobs under the new leader", || {
+        let j = cron_jobs_at(cwd, &urls, "tick")?;
+        let after: Vec<_> = j.iter().filter(|j| j.2 > killed).collect();
+        if after.len() >= 3 && after.iter().filter(|j| j.3 == "succeeded").count() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{j:?}"))
+        }
+    });
+    let jobs = cron_jobs_at(cwd, &urls, "tick").expect("jobs");
+    no_time_twice(&jobs);
+    let names: std::collections::BTreeSet<&String> = jobs.iter().map(|j| &j.0).collect();
+    assert_eq!(names.len(), jobs.len(), "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.1 % 2_000 == 0), "every job is for a scheduled time: {jobs:?}");
+    // A time started twice (two leaders) would show as a second run of its job.
+    for (name, ..) in jobs.iter().filter(|j| j.3 == "succeeded") {
+        let out = cli_ok(cwd, &urls, &["get", "runs", name, "-o", "json"]);
+        let runs: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+        assert_eq!(runs.len(), 1, "job {name} ran {} times: {out}", runs.len());
+    }
+    eprintln!("leader {first} killed, {second} took over; {} jobs, none for the same time", jobs.len());
+    drop(procs);
+    drop(etcd);
 }

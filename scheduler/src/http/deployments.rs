@@ -287,7 +287,7 @@ static HTTP_COMPONENTS: LazyLock<std::sync::Mutex<std::collections::HashMap<Stri
     LazyLock::new(Default::default);
 
 impl Core {
-    async fn is_http_component(&self, digest: &str) -> Result<bool, ApiError> {
+    pub(super) async fn is_http_component(&self, digest: &str) -> Result<bool, ApiError> {
         if let Some(&known) = HTTP_COMPONENTS.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
             return Ok(known);
         }

@@ -8,7 +8,15 @@ use super::*;
 /// Checks a job template's artifact and pins an image reference.
 async fn prepare(core: &Core, spec: &mut JobSpec) -> Result<(), ApiError> {
     match &spec.template.workload {
-        Workload::Wasm(digest) => core.check_wasm(digest).await?,
+        Workload::Wasm(digest) => {
+            core.check_wasm(digest).await?;
+            // Served, an HTTP component never ends: no run of it would finish.
+            if core.is_http_component(digest).await? {
+                return Err(ApiError::bad_request(format!(
+                    "artifact {digest} is an HTTP component (it exports wasi:http/incoming-handler); a job runs a command (a p1 module, or a component exporting wasi:cli/run): deploy it instead"
+                )));
+            }
+        }
         Workload::Image(reference) => {
             spec.template.workload = Workload::Image(crate::images::resolve(core, reference).await?);
         }
