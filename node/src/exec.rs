@@ -421,3 +421,33 @@ pub async fn forward(target: Target, conn: hyper::upgrade::Upgraded) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(dir: &Path) -> Relay {
+        Relay::new("n1", dir, None, None, Box::new(|_| None))
+    }
+
+    #[test]
+    fn a_grant_is_taken_once_and_only_for_this_node() {
+        let dir = std::env::temp_dir().join(format!("skiff-exec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let r = relay(&dir);
+        let pq = "/v1/replicas/r1/exec?command=id";
+        // No credential yet: nothing to check a grant with.
+        assert_eq!(r.authorize("POST", pq, Some("1.a.00")).map_err(|e| e.status).err(), Some(503));
+        std::fs::write(dir.join(crate::agent::CREDENTIAL_FILE), "skn_secret\n").expect("credential");
+        let key = skiff_api::relay::node_key("skn_secret");
+        let now = skiff_api::now_ms();
+        let grant = skiff_api::relay::grant(&key, "n1", "POST", pq, now, "nonce1");
+        assert_eq!(r.authorize("POST", pq, None).map_err(|e| e.status).err(), Some(401));
+        assert!(r.authorize("POST", pq, Some(&grant)).is_ok());
+        let again = r.authorize("POST", pq, Some(&grant)).map_err(|e| (e.status, e.message)).err();
+        assert_eq!(again, Some((403, "this relay grant was used already".to_string())));
+        let other = skiff_api::relay::grant(&key, "n2", "POST", pq, now, "nonce2");
+        assert_eq!(r.authorize("POST", pq, Some(&other)).map_err(|e| e.status).err(), Some(403));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
