@@ -173,13 +173,16 @@ pub struct Collector {
     config: GcConfig,
     /// Path → last time in use (or first seen), and its size once measured.
     seen: HashMap<PathBuf, (Instant, u64)>,
+    /// Whether the last pass found the disk past the high mark with nothing
+    /// left to remove (said once, not every pass).
+    stuck: bool,
 }
 
 impl Collector {
     pub fn new(data_dir: &Path, config: GcConfig) -> Collector {
         // The container runtime holds layers by their canonical path.
         let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        Collector { data_dir, config, seen: HashMap::new() }
+        Collector { data_dir, config, seen: HashMap::new(), stuck: false }
     }
 
     /// Every cached item on disk now, with leftovers of interrupted work
@@ -311,6 +314,16 @@ impl Collector {
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
         pass.used_after = used_percent(&self.data_dir).unwrap_or(0.0);
+        let stuck = pass.used_after > self.config.high_percent;
+        if stuck && !self.stuck {
+            tracing::warn!(
+                "the data dir's file system is {:.1}% used, past --image-gc-high {}%, and no unused layer, compiled code \
+                 or blob is left to remove",
+                pass.used_after,
+                self.config.high_percent
+            );
+        }
+        self.stuck = stuck;
         pass
     }
 
@@ -424,6 +437,11 @@ fn manifest_blobs(path: &Path) -> Vec<String> {
 /// Layers (hex) that an overlay mount of this machine names as a lower dir.
 fn mounted_layers(layers: &Path) -> BTreeSet<String> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return BTreeSet::new() };
+    layers_in_mountinfo(&text, layers)
+}
+
+/// The layers under `layers` that the overlay mounts of `mountinfo` name.
+fn layers_in_mountinfo(text: &str, layers: &Path) -> BTreeSet<String> {
     let prefix = format!("{}/", layers.display());
     let mut out = BTreeSet::new();
     for line in text.lines().filter(|l| l.contains(" - overlay ")) {
@@ -521,6 +539,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(gc.collect(&roots).removed, vec![layers.join(hex(1))]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overlay_mounts_name_their_layers() {
+        let (a, b, c) = (hex(1), hex(2), hex(3));
+        let text = format!(
+            "36 25 0:32 / /data/containers/run/web-1/rootfs rw,relatime shared:1 - overlay overlay \
+             rw,lowerdir=/data/containers/layers/{b}:/data/containers/layers/{a},upperdir=/data/containers/run/web-1/upper,\
+             workdir=/data/containers/run/web-1/work\n\
+             37 25 8:1 / /data/containers/layers/{c} rw - ext4 /dev/sda1 rw\n"
+        );
+        let found = layers_in_mountinfo(&text, Path::new("/data/containers/layers"));
+        assert_eq!(found, BTreeSet::from([a, b]), "a bind mount is no overlay's layer");
     }
 
     #[test]
