@@ -1,7 +1,8 @@
 //! Cordon, drain, uncordon and rebalance, on a scheduler and three `skiff node`
 //! processes on loopback: a drain under continuous load through the ingresses
 //! drops no request and leaves the node empty; a replica pinned to a volume is
-//! reported, a `--timeout` names it, `--force` stops it; after a node is
+//! reported, a `--timeout` names it, a SIGKILLed and restarted scheduler keeps
+//! the drain, `--force` stops it; after a node is
 //! SIGKILLed and comes back, `rebalance: true` spreads a deployment 2/2/2 again
 //! without a failed request, and a deployment without it stays where it is
 //! until `skiff rebalance` names it.
@@ -218,7 +219,7 @@ fn hello() -> String {
 }
 
 #[test]
-fn drain_moves_three_http_deployments_without_a_failed_request() {
+fn drain_moves_http_deployments_without_a_failed_request() {
     let c = Cluster::new("drain", &["n1", "n2", "n3"]);
     let wasm = hello();
     let deployments = ["alpha", "beta", "gamma"];
@@ -229,6 +230,16 @@ fn drain_moves_three_http_deployments_without_a_failed_request() {
     for d in deployments {
         c.wait_spread(d, 3, |per| per.len() == 3);
     }
+    // And one with both its replicas on n1 (the others cordoned meanwhile):
+    // during the drain every request to it depends on the replacements being
+    // routed before the old replicas go.
+    c.cli_ok(&["node", "cordon", "n2"]);
+    c.cli_ok(&["node", "cordon", "n3"]);
+    c.cli_ok(&["deploy", &wasm, "--name", "solo", "--replicas", "2", "--wait"]);
+    c.wait_spread("solo", 2, |per| per.get("n1") == Some(&2));
+    c.cli_ok(&["node", "uncordon", "n2"]);
+    c.cli_ok(&["node", "uncordon", "n3"]);
+    let deployments = ["alpha", "beta", "gamma", "solo"];
     let ingresses: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| c.ingress(n)).collect();
     for d in deployments {
         wait_for(Duration::from_secs(30), &format!("{d} answering on every ingress"), || {
@@ -255,6 +266,7 @@ fn drain_moves_three_http_deployments_without_a_failed_request() {
         if load.sent() >= after + 30 { Ok(()) } else { Err(String::new()) }
     });
     let failures = load.finish();
+    println!("drain output:\n{}{during} requests sent during the drain, {} failed", out.stdout, failures.len());
     assert!(out.ok, "drain failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
     assert!(out.stdout.contains("node n1 drained"), "{}", out.stdout);
     assert!(during > 0, "no request was sent while the drain ran");
@@ -268,7 +280,7 @@ fn drain_moves_three_http_deployments_without_a_failed_request() {
     assert_eq!(n1["drain"]["done"], true, "{n1}");
     for d in deployments {
         let rs = c.replicas(d);
-        assert_eq!(rs.len(), 3, "{rs:?}");
+        assert_eq!(rs.len(), if d == "solo" { 2 } else { 3 }, "{rs:?}");
         assert!(rs.iter().all(|(_, node, state)| node != "n1" && state == "ready"), "{rs:?}");
     }
     let table = c.cli_ok(&["get", "nodes"]);
@@ -379,7 +391,9 @@ fn rebalance_spreads_again_after_a_node_returns() {
     wait_for(Duration::from_secs(10), "load after the rebalance", || {
         if load.sent() >= sent + 30 { Ok(()) } else { Err(String::new()) }
     });
+    let total = load.sent();
     let failures = load.finish();
+    println!("{total} requests sent while n3 came back and even was rebalanced, {} failed", failures.len());
     assert!(failures.is_empty(), "{} requests failed while rebalancing:\n{}", failures.len(), failures.join("\n"));
     let events = c.cli_ok(&["events", "--limit", "1000", "--object", "deployment/even"]);
     assert!(events.contains("Rebalancing") && events.contains("held 3 of 6, n3 had 0"), "{events}");

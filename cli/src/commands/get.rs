@@ -413,6 +413,9 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
     if spec.volume_lease {
         field(&mut out, "Volume lease", "on: a node cut off from the scheduler stops these replicas".into());
     }
+    if spec.rebalance {
+        field(&mut out, "Rebalance", "on: replicas move, one at a time, when a node joins or returns".into());
+    }
     if let Some(a) = &d.autoscale {
         let target = match (a.target_cpu_percent, a.target_requests_per_second) {
             (Some(c), _) => format!("cpu {c}% of request"),

@@ -29,13 +29,18 @@ pub struct RebalanceArgs {
     pub name: Option<String>,
 }
 
+/// `1 replica`, `3 replicas`.
+fn replicas(n: u32) -> String {
+    if n == 1 { "1 replica".into() } else { format!("{n} replicas") }
+}
+
 /// How often the drain's progress is read.
 const POLL: Duration = Duration::from_millis(500);
 
 pub async fn cordon(name: &str, on: bool, client: &Client) -> anyhow::Result<()> {
     let n = client.cordon(name, on).await?;
     if on {
-        println!("node {name} cordoned: it takes no new replicas; its {} replicas keep running", n.replicas);
+        println!("node {name} cordoned: it takes no new replicas; its {} keep running", replicas(n.replicas));
     } else {
         println!("node {name} uncordoned: it takes new replicas");
     }
@@ -46,7 +51,7 @@ pub async fn cordon(name: &str, on: bool, client: &Client) -> anyhow::Result<()>
 fn progress(n: &Node) -> String {
     match &n.drain {
         Some(d) if !d.message.is_empty() => d.message.clone(),
-        Some(d) => format!("{} replicas left", d.remaining),
+        Some(d) => format!("{} left", replicas(d.remaining)),
         None => "not draining (uncordoned meanwhile?)".into(),
     }
 }
@@ -54,7 +59,11 @@ fn progress(n: &Node) -> String {
 pub async fn drain(args: DrainArgs, client: &Client) -> anyhow::Result<()> {
     let name = &args.name;
     let mut n = client.drain(name, args.force).await?;
-    println!("node {name} cordoned; draining its {} replicas{}", n.replicas, if args.force { " (forced)" } else { "" });
+    println!(
+        "node {name} cordoned; draining its {}{}",
+        replicas(n.replicas),
+        if args.force { " (forced)" } else { "" }
+    );
     let start = Instant::now();
     let mut said = String::new();
     let mut stuck_said: Vec<String> = Vec::new();
@@ -85,11 +94,11 @@ pub async fn drain(args: DrainArgs, client: &Client) -> anyhow::Result<()> {
                 _ => "now".into(),
             };
             let what = if d.stuck.is_empty() {
-                format!("{} replicas left ({})", d.remaining, d.message)
+                format!("{} left ({})", replicas(d.remaining), d.message)
             } else {
                 let mut w = format!(
-                    "{} replicas left, {} that cannot move: {}",
-                    d.remaining,
+                    "{} left, {} that cannot move: {}",
+                    replicas(d.remaining),
                     d.stuck.len(),
                     d.stuck.join("; ")
                 );

@@ -132,7 +132,7 @@ impl State {
             let obj = format!("node/{name}");
             if first {
                 let msg =
-                    format!("draining: its {held} replicas move elsewhere{}", if force { "; forced" } else { "" });
+                    format!("draining: its {} move elsewhere{}", replicas(held), if force { "; forced" } else { "" });
                 tx.event(now, &obj, "DrainStarted", &msg)?;
             } else if forced {
                 tx.event(now, &obj, "DrainForced", "the drain now stops what cannot move")?;
@@ -170,8 +170,10 @@ impl State {
     pub fn moves_pass(&mut self, full: bool) -> Result<(), Error> {
         let draining: Vec<String> =
             self.mem.nodes.iter().filter(|n| n.drain.is_some()).map(|n| n.name.clone()).collect();
-        let rebalancing = !self.mem.moves.leaving.is_empty();
-        if draining.is_empty() && !rebalancing && !full {
+        let moving = !self.mem.moves.leaving.is_empty();
+        let rebalance =
+            full && (!self.mem.moves.once.is_empty() || self.mem.deployments.values().any(|e| e.d.spec.rebalance));
+        if draining.is_empty() && !moving && !rebalance {
             return Ok(());
         }
         let now = now_ms();
@@ -187,12 +189,17 @@ impl State {
             for d in moving {
                 mem.reconcile(tx, &d, now)?;
             }
-            if full {
+            if rebalance {
                 mem.rebalance_step(tx, now, per_minute)?;
             }
             Ok(())
         })
     }
+}
+
+/// `1 replica`, `3 replicas`.
+pub(crate) fn replicas(n: u32) -> String {
+    if n == 1 { "1 replica".into() } else { format!("{n} replicas") }
 }
 
 pub(super) fn not_found_node(name: &str) -> Error {
@@ -223,7 +230,7 @@ impl Mem {
         self.sched_dirty = true;
         let obj = format!("node/{name}");
         if on {
-            let msg = format!("cordoned: it takes no new replicas; its {held} replicas keep running");
+            let msg = format!("cordoned: it takes no new replicas; its {} keep running", replicas(held));
             tx.event(now, &obj, "Cordoned", &msg)?;
         } else {
             // Replacements already started stay; the reconcile scales the surplus down.
@@ -362,7 +369,7 @@ impl Mem {
         } else {
             let mut parts = Vec::new();
             if moving > 0 {
-                let mut waiting = format!("moving {moving} replicas");
+                let mut waiting = format!("moving {}", replicas(moving));
                 if let Some(why) = self.replacement_pending(name) {
                     waiting.push_str(&format!("; a replacement is pending: {why}"));
                 }
@@ -383,7 +390,7 @@ impl Mem {
             tx.event(now, &obj, "Drained", "drained: the node holds no replica; `skiff node uncordon` opens it again")?;
         }
         if !new.stuck.is_empty() && new.stuck != old.stuck {
-            let msg = format!("{} replicas cannot move: {}", new.stuck.len(), new.stuck.join("; "));
+            let msg = format!("{} cannot move: {}", replicas(new.stuck.len() as u32), new.stuck.join("; "));
             tx.event(now, &obj, "DrainBlocked", &msg)?;
         }
         self.nodes[i].drain = Some(new);
