@@ -153,6 +153,17 @@ fn served(ingress: &str, name: &str, word: &str) -> String {
     id.to_string()
 }
 
+/// The answer to the first `GET /` of `name` through `ingress` once the
+/// ingress knows the name (before, it answers 404, or 503 before it has any
+/// table: neither starts anything).
+fn first_answer(ingress: &str, name: &str) -> Answer {
+    wait_for(Duration::from_secs(30), &format!("the ingress to know {name}"), || {
+        let a = get(ingress, &format!("{name}.skiff.local"), "/")?;
+        let unknown = a.status == 404 || a.body.contains("has not received the endpoints table");
+        if unknown { Err(format!("{a:?}")) } else { Ok(a) }
+    })
+}
+
 #[test]
 fn wasm_deployment_goes_to_zero_when_idle_and_its_next_request_starts_it_without_compiling() {
     let c = Cluster::new("stz-wasm", &["n1"], &[]);
@@ -166,8 +177,12 @@ fn wasm_deployment_goes_to_zero_when_idle_and_its_next_request_starts_it_without
     let img = cli_in(c.dir.path(), &c.url, &["deploy", "--image", "busybox", "--name", "img", "--scale-to-zero", "5s"]);
     assert!(!img.ok && img.stderr.contains("scale_to_zero is for HTTP deployments"), "{}", img.stderr);
 
-    c.cli(&["deploy", wasm, "--name", "hello", "--memory", "32Mi", "--scale-to-zero", "2s", "--wait"]);
-    let first = served(&c.ingresses[0], "hello", "hello");
+    // (No --wait: its 2 s of steady readiness may outlast the 2 s idle time.)
+    c.cli(&["deploy", wasm, "--name", "hello", "--memory", "32Mi", "--scale-to-zero", "2s"]);
+    let first = wait_for(Duration::from_secs(30), "hello answering", || {
+        let a = get(&c.ingresses[0], "hello.skiff.local", "/")?;
+        if a.status == 200 { Ok(a.body) } else { Err(format!("{a:?}")) }
+    });
     let described = c.cli(&["describe", "deployment", "hello"]);
     assert!(described.contains("Scale to zero: after 2s without a request"), "{described}");
 
@@ -183,18 +198,19 @@ fn wasm_deployment_goes_to_zero_when_idle_and_its_next_request_starts_it_without
     // and compiles nothing (the compiled code is the node's, by digest).
     let (compiles, _) = c.compiles_and_loads(0);
     assert_eq!(compiles, 1.0, "one compile for the first replica");
+    let before = c.count_events("hello", "ScaledFromZero");
+    let zeroed = c.count_events("hello", "ScaledToZero");
     let second = served(&c.ingresses[0], "hello", "hello");
-    assert_ne!(first, second, "a new replica answers");
+    assert_ne!(first.trim(), format!("hello from {second}"), "a new replica answers");
     assert_eq!(c.compiles_and_loads(0).0, compiles, "no compile when scaling from zero");
     let from_zero: Vec<Value> = c.events("hello").into_iter().filter(|e| e["reason"] == "ScaledFromZero").collect();
-    assert_eq!(from_zero.len(), 1, "{from_zero:?}");
-    let msg = from_zero[0]["message"].as_str().unwrap_or_default();
+    assert_eq!(from_zero.len(), before + 1, "{from_zero:?}");
+    let msg = from_zero.last().and_then(|e| e["message"].as_str()).unwrap_or_default();
     assert!(msg.contains("scaled from 0 to 1 replica for GET hello.skiff.local/"), "{msg}");
     assert!(msg.contains("at node n1's ingress"), "{msg}");
-    assert_eq!(c.deployment("hello")["replicas"], 1);
 
-    // By path prefix too, once it is back at zero; and an admin may wake it by hand.
-    c.wait_zero("hello", 2);
+    // By path prefix too, once it is back at zero.
+    c.wait_zero("hello", zeroed + 1);
     let a = get(&c.ingresses[0], "127.0.0.1", "/d/hello/").expect("GET /d/hello/");
     assert!(a.status == 200 && a.body.starts_with("hello from hello-"), "{a:?}");
 }
@@ -254,10 +270,7 @@ fn activation_queue_overflow_is_503_and_a_replica_never_ready_is_504() {
 
     // The first request (once the ingress knows the name) is held, starts a
     // replica, and is answered 504 when none is ready in time.
-    let a = wait_for(Duration::from_secs(30), "the ingress to know sick", || {
-        let a = get(&c.ingresses[0], "sick.skiff.local", "/")?;
-        if a.status == 404 { Err(format!("{a:?}")) } else { Ok(a) }
-    });
+    let a = first_answer(&c.ingresses[0], "sick");
     assert_eq!(a.status, 504, "{a:?}");
     assert!(a.body.contains("no replica of sick became ready within 3s (--activation-timeout)"), "{a:?}");
     assert_eq!(c.count_events("sick", "ScaledFromZero"), 1);
@@ -284,6 +297,31 @@ fn activation_queue_overflow_is_503_and_a_replica_never_ready_is_504() {
     }
     // Still one activation: the replica was asked for once.
     assert_eq!(c.count_events("sick", "ScaledFromZero"), 1);
+}
+
+/// A replica slower to become ready than `idle_seconds` (its readiness probe
+/// waits 3 s; idle after 1 s) still serves the request held for it: a held
+/// request keeps the deployment busy, so it is not scaled back to zero while
+/// the request waits (it was, again and again, until the activation timeout).
+#[test]
+fn a_replica_slower_to_start_than_its_idle_time_serves_the_held_request() {
+    let c = Cluster::new("stz-slow", &["n1"], &[]);
+    hello(c.dir.path());
+    let yaml = "name: slow\nwasm: hello_http.wasm\nreplicas: 0\nresources: {cpu: 50m, memory: 32Mi}\n\
+        scale_to_zero: {idle_seconds: 1}\n\
+        probes:\n  readiness: {http: {path: /healthz}, period_seconds: 1, initial_delay_seconds: 3}\n";
+    let manifest = c.dir.path().join("slow.yaml");
+    std::fs::write(&manifest, yaml).expect("manifest");
+    c.cli(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    let a = first_answer(&c.ingresses[0], "slow");
+    let answered_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    assert!(a.status == 200 && a.body.starts_with("hello from slow-"), "{a:?}");
+    // Once served it may go idle again; until then it never went to zero.
+    let events = c.events("slow");
+    let before = |e: &&Value| e["time_ms"].as_u64().is_some_and(|t| t <= answered_ms);
+    let count = |reason: &str| events.iter().filter(before).filter(|e| e["reason"] == reason).count();
+    assert_eq!((count("ScaledFromZero"), count("ScaledToZero")), (1, 0), "{events:?}");
 }
 
 #[test]
@@ -437,4 +475,104 @@ fn container_with_a_port_goes_to_zero_and_its_next_request_starts_it() {
     let events = http_get(&format!("{url}/v1/events?object=deployment/box")).expect("events");
     assert!(events.contains("ScaledToZero") && events.contains("ScaledFromZero"), "{events}");
     zero();
+}
+
+/// Three servers on etcd and a node given all three: a deployment at zero is
+/// activated by its next request after the leader was SIGKILLed (the node's
+/// activation call moves to a live server and the new leader places one
+/// replica).
+#[test]
+fn activation_works_after_the_leader_dies_on_etcd() {
+    use crate::servers::{Etcd, leader, servers, start_server};
+    if std::process::Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
+    }
+    let dir = TempDir::new("stz-etcd");
+    let cwd = dir.path();
+    let etcd = Etcd::start(cwd);
+    let store = etcd.url();
+    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
+    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
+    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
+    let urls = format!("{u1},{u2},{u3}");
+    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
+    for u in [&urls, &u1, &u2, &u3] {
+        remember_token(u, &admin);
+        remember_ca(u, &cwd.join("s1").join("ca.crt"));
+    }
+    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
+        let info = servers(cwd, &urls)?;
+        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
+            (Some(l), 3) => Ok(l.to_string()),
+            _ => Err(info.to_string()),
+        }
+    });
+    let data = cwd.join("node-n1");
+    let node_args = [
+        "node",
+        "--server",
+        &urls,
+        "--token",
+        &join,
+        "--name",
+        "n1",
+        "--data-dir",
+        data.to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+    ];
+    let _node = Proc::start("n1", &node_args, &cwd.join("node-n1.log"));
+    let ingress = read_when_ready(&data.join("ingress.addr"));
+    wait_for(Duration::from_secs(30), "n1 ready", || {
+        let nodes = get_json(cwd, &urls, "nodes");
+        if nodes.iter().any(|n| n["name"] == "n1" && n["state"] == "ready") {
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    });
+    let wasm = hello(cwd);
+    cli_ok(cwd, &urls, &["deploy", wasm.to_str().unwrap_or_default(), "--name", "web", "--scale-to-zero", "2s"]);
+    wait_for(Duration::from_secs(30), "web answering", || {
+        let a = get(&ingress, "web.skiff.local", "/")?;
+        if a.status == 200 { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+    let events = |url: &str| -> Vec<Value> {
+        let body = http_get(&format!("{url}/v1/events?object=deployment/web&limit=1000")).unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    let count = |url: &str, reason: &str| events(url).iter().filter(|e| e["reason"] == reason).count();
+    wait_for(Duration::from_secs(60), "web scaled to zero", || {
+        let d = get_json(cwd, &urls, "deployments");
+        let zero = d.iter().any(|d| d["name"] == "web" && d["replicas"] == 0);
+        let live = get_json(cwd, &urls, "replicas");
+        if zero && live.is_empty() { Ok(()) } else { Err(format!("{d:?} {live:?}")) }
+    });
+
+    let i = procs.iter().position(|(n, _)| *n == first).unwrap_or_else(|| panic!("no server {first}"));
+    let (_, mut dead) = procs.remove(i);
+    dead.kill();
+    let live_urls: Vec<&String> = [&u1, &u2, &u3].into_iter().filter(|u| read_url(cwd, &first) != **u).collect();
+    let second = wait_for(Duration::from_secs(20), "a new leader", || {
+        let l = leader(cwd, &urls)?;
+        if l != first { Ok(l) } else { Err(format!("still {l}")) }
+    });
+    println!("{second} leads after {first} was killed");
+
+    // The first request after the failover starts one replica and is answered.
+    let a = get(&ingress, "web.skiff.local", "/").expect("GET web");
+    assert!(a.status == 200 && a.body.starts_with("hello from web-"), "{a:?}");
+    let url = live_urls[0];
+    assert_eq!(count(url, "ScaledFromZero"), 1, "{:?}", events(url));
+    let live = get_json(cwd, &urls, "replicas");
+    assert_eq!(live.len(), 1, "one replica: {live:?}");
+}
+
+/// The URL server `name` wrote to its data dir.
+fn read_url(cwd: &Path, name: &str) -> String {
+    std::fs::read_to_string(cwd.join(name).join("server.url")).unwrap_or_default().trim().to_string()
 }

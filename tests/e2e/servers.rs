@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Three etcd members on loopback; killed on drop.
-struct Etcd {
+pub(crate) struct Etcd {
     members: Vec<Proc>,
     /// Each member's arguments, to start it again on its data.
     args: Vec<Vec<String>>,
@@ -19,7 +19,7 @@ struct Etcd {
 }
 
 impl Etcd {
-    fn start(dir: &Path) -> Etcd {
+    pub(crate) fn start(dir: &Path) -> Etcd {
         Etcd::start_on(dir, "127.0.0.1")
     }
 
@@ -93,7 +93,7 @@ impl Etcd {
         self.members[i] = Proc::start_program(&format!("e{i}"), "etcd", &args, &log);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("etcd://{}", self.clients.join(","))
     }
 }
@@ -108,7 +108,7 @@ fn etcd_on_bridge(dir: &Path) -> (String, Bridge, Etcd) {
 }
 
 /// A server on `store`, named `name`, on a free port of `ip`.
-fn start_server(dir: &Path, ip: &str, name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
+pub(crate) fn start_server(dir: &Path, ip: &str, name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
     let data = dir.join(name);
     let d = data.to_str().unwrap_or_default();
     let listen = format!("{ip}:0");
@@ -119,7 +119,7 @@ fn start_server(dir: &Path, ip: &str, name: &str, store: &str, extra: &[&str]) -
 }
 
 /// `skiff get servers -o json`, from any server that answers.
-fn servers(cwd: &Path, urls: &str) -> Result<Value, String> {
+pub(crate) fn servers(cwd: &Path, urls: &str) -> Result<Value, String> {
     let out = cli_in(cwd, urls, &["get", "servers", "-o", "json"]);
     if !out.ok {
         return Err(out.stderr);
@@ -127,7 +127,7 @@ fn servers(cwd: &Path, urls: &str) -> Result<Value, String> {
     serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stdout))
 }
 
-fn leader(cwd: &Path, urls: &str) -> Result<String, String> {
+pub(crate) fn leader(cwd: &Path, urls: &str) -> Result<String, String> {
     let info = servers(cwd, urls)?;
     info["leader"].as_str().map(str::to_string).ok_or_else(|| format!("no leader: {info}"))
 }

@@ -115,30 +115,37 @@ pub(super) async fn activate(
     };
     // Subscribed before the change, so that no endpoint can become ready unseen.
     let mut rx = core.state().endpoints_watch();
-    let (activated, _) = core.state().activate(&name, &req, node)?;
-    core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).idle.touch(&name, now_ms());
-    if activated {
-        core.wake();
-    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait).min(MAX_ACTIVATE_WAIT);
+    let mut activated = false;
     loop {
         rx.borrow_and_update();
+        // A held request is a request: the deployment is busy while one waits,
+        // so a replica slower to start than `idle_seconds` is not taken away
+        // from the requests waiting for it. At zero (scaled down meanwhile by
+        // hand) it is started again.
+        core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).idle.touch(&name, now_ms());
         let (endpoints, replicas) = {
-            let st = core.state();
-            let Some(d) = st.mem().deployment(&name) else {
-                return Err(ApiError::not_found(format!("deployment {name:?} was deleted")));
-            };
-            (crate::endpoints::of(st.mem(), &name), d.replicas)
+            let mut st = core.state();
+            let (now_activated, replicas) = st.activate(&name, &req, node)?;
+            if now_activated {
+                activated = true;
+                core.wake();
+            }
+            (crate::endpoints::of(st.mem(), &name), replicas)
         };
         if !endpoints.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(ActivateResponse { activated, replicas, endpoints }));
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_ok_and(|r| r.is_err()) {
+        let next = deadline.min(tokio::time::Instant::now() + TOUCH_EVERY);
+        if tokio::time::timeout_at(next, rx.changed()).await.is_ok_and(|r| r.is_err()) {
             // The state is gone (this server stopped leading): answer with none.
             return Ok(Json(ActivateResponse { activated, replicas, endpoints: Vec::new() }));
         }
     }
 }
+
+/// How often a waiting activation marks its deployment busy.
+const TOUCH_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
