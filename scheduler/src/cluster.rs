@@ -685,6 +685,9 @@ impl Cluster {
             return error(StatusCode::SERVICE_UNAVAILABLE, "this server is not the leader (any more); retry");
         }
         match self.leader() {
+            Some(l) if req.headers().get(header::UPGRADE).is_some_and(|v| v == skiff_api::relay::PROTOCOL) => {
+                self.forward_upgrade(&l, req).await
+            }
             Some(l) => {
                 let write = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
                 let resp = self.forward(&l, req).await;
@@ -741,6 +744,58 @@ impl Cluster {
                 .ok()
                 .is_some_and(|v| v.get("hash").and_then(|h| h.as_str()) == Some(hash.as_str()))
         })
+    }
+
+    /// Passes a relay upgrade (`skiff exec`, `skiff port-forward`) to the leader
+    /// and, once the leader agreed, splices the client's connection to it.
+    async fn forward_upgrade(&self, leader: &ServerInfo, mut req: Request) -> Response {
+        let url = format!("{}{}", leader.url, req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        let mut out = self.http.request(req.method().clone(), &url).header(FORWARDED, &self.me.name);
+        for (name, value) in req.headers() {
+            // `Connection: upgrade` and `Upgrade` go on: they are the request.
+            if name != header::HOST && name != header::TRANSFER_ENCODING && name != header::CONTENT_LENGTH {
+                out = out.header(name, value);
+            }
+        }
+        let resp = match out.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the leader {} did not answer ({e}); retry", leader.name),
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let mut b = Response::builder().status(resp.status());
+            for (name, value) in resp.headers() {
+                if name != header::CONNECTION && name != header::TRANSFER_ENCODING {
+                    b = b.header(name, value);
+                }
+            }
+            return b
+                .body(Body::from_stream(resp.bytes_stream()))
+                .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, &e.to_string()));
+        }
+        let client = hyper::upgrade::on(&mut req);
+        let mut to_leader = match resp.upgrade().await {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, &format!("the leader {}: {e}", leader.name)),
+        };
+        tokio::spawn(async move {
+            if let Ok(client) = client.await {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut to_leader).await;
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, skiff_api::relay::PROTOCOL)
+            .body(Body::empty())
+            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
     }
 
     /// Passes `req` to the leader and its answer back, streaming both bodies.

@@ -462,3 +462,68 @@ fn port_forward_reaches_a_container_port_and_an_http_component() {
     let events = c.cli(&["events", "-o", "json"]);
     assert!(events.contains(&format!("token admin forwarded a connection to port 8000 of replica {web}")), "{events}");
 }
+
+/// With several servers on etcd, a follower passes the relay's upgrade on to
+/// the leader: exec and port-forward work through whichever server the CLI
+/// is given. The node runs containers with loopback networking (exec needs no
+/// network), next to an HTTP component for port-forward.
+#[test]
+fn exec_and_port_forward_pass_through_a_follower() {
+    if !require() {
+        return;
+    }
+    assert!(Command::new("etcd").arg("--version").output().is_ok(), "etcd is missing: `make deps-test` installs it");
+    let dir = TempDir::new("exec-follower");
+    let cwd = dir.path();
+    let etcd = crate::servers::Etcd::start(cwd);
+    let store = etcd.url();
+    let (_s1, u1) = crate::servers::start_server(cwd, "127.0.0.1", "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1/join-token"));
+    let (_s2, u2) = crate::servers::start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
+    let admin = read_when_ready(&cwd.join("s1/admin-token"));
+    let both = format!("{u1},{u2}");
+    for u in [&u1, &u2, &both] {
+        remember_token(u, &admin);
+        remember_ca(u, &cwd.join("s1/ca.crt"));
+    }
+    let leader = wait_for(Duration::from_secs(30), "a leader", || crate::servers::leader(cwd, &both));
+    let follower = if leader == "s1" { u2.clone() } else { u1.clone() };
+
+    let data = cwd.join("node");
+    let _janitor = Janitor { state: data.join("containers/state"), data: data.clone() };
+    let d = data.to_str().unwrap_or_default();
+    let node_args = ["node", "--server", &both, "--token", &join, "--name", "n1", "--data-dir", d];
+    let net_args = ["--listen", "127.0.0.1:0", "--ingress", "127.0.0.1:0", "--container-network", "loopback"];
+    let args: Vec<&str> = node_args.iter().chain(net_args.iter()).copied().collect();
+    let _node = Proc::start("n1", &args, &cwd.join("n1.log"));
+
+    let (oci, _) = build_images(cwd);
+    cli_ok(cwd, &follower, &["image", "import", oci.to_str().unwrap_or_default()]);
+    cli_ok(cwd, &follower, &["deploy", "--image", "busybox", "--name", "box", "--arg", "sleep", "--arg", "100000"]);
+    let hello = wasm_p2("hello_http");
+    cli_ok(cwd, &follower, &["deploy", hello.to_str().unwrap_or_default(), "--name", "hello", "--wait"]);
+    let state = data.join("containers/state");
+    let id = wait_for(Duration::from_secs(60), "box's container running", || {
+        let all = get_json(cwd, &follower, "replicas");
+        let r = all.iter().find(|r| r["deployment"] == "box" && r["state"] == "running");
+        let id = r.and_then(|r| r["id"].as_str()).map(str::to_owned).ok_or_else(|| format!("{all:?}"))?;
+        container_pid(&state, &id).map(|_| id.clone()).ok_or(id)
+    });
+
+    let out = cli_in(cwd, &follower, &["exec", &id, "--", "sh", "-c", "echo through the follower; exit 3"]);
+    assert!(!out.ok && out.stdout == "through the follower\n", "{} {}", out.stdout, out.stderr);
+
+    let log = cwd.join("pf.log");
+    let server = format!("SKIFF_SERVER={follower}");
+    let token = format!("SKIFF_TOKEN={admin}");
+    let ca = format!("SKIFF_CA_FILE={}", cwd.join("s1/ca.crt").display());
+    let _pf = Proc::start_in("pf", &["env", &server, &token, &ca], &["port-forward", "hello", ":80"], &log);
+    let addr = wait_for(Duration::from_secs(30), "port-forward to listen", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line = text.lines().find_map(|l| l.strip_prefix("Forwarding from "));
+        line.and_then(|l| l.split_whitespace().next()).map(str::to_owned).ok_or(text)
+    });
+    let page =
+        wait_for(Duration::from_secs(30), "the component through a follower", || http_get(&format!("http://{addr}/")));
+    assert!(page.starts_with("hello from hello-"), "{page}");
+}

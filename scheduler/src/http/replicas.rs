@@ -92,8 +92,9 @@ fn locate(core: &Core, id: &str) -> Result<Located, ApiError> {
 /// Refuses a request that did not come straight from a client asking for the
 /// relay's upgrade.
 fn check_upgrade(req: &axum::extract::Request, what: &str) -> Result<(), ApiError> {
-    if req.headers().contains_key("x-skiff-forwarded") {
-        // A follower passes bodies on, not upgraded connections.
+    let connection = req.headers().get(header::CONNECTION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if req.headers().contains_key("x-skiff-forwarded") && !connection.to_ascii_lowercase().contains("upgrade") {
+        // Passed on by a follower that forwards bodies, not upgrades.
         return Err(ApiError::bad_request(format!(
             "{what} cannot pass through a follower server; give --server the leader's URL (`skiff get servers` shows it)"
         )));
