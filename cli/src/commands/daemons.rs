@@ -50,9 +50,9 @@ pub struct ServerArgs {
     /// heartbeat intervals once the interval grows with the cluster)
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     node_grace: Duration,
-    /// How long a blob (an image's or a Wasm artifact's) that no deployment,
-    /// kept revision or imported image refers to stays before it is deleted
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    /// How long a blob (an image's or a Wasm artifact's) that no deployment
+    /// revision, job, cron or imported image refers to stays before it is deleted
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
     blob_gc_grace: Duration,
     /// Heartbeats per second the scheduler asks for at most: in clusters of more
     /// nodes than this, the heartbeat interval grows to keep the rate
