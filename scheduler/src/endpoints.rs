@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::http::Query;
 use crate::state::Mem;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use serde::Deserialize;
 use skiff_api::{Endpoint, Endpoints, NodeState, ReplicaState};
 use std::sync::Arc;
@@ -37,7 +37,8 @@ pub fn table(mem: &Mem, index: u64) -> Endpoints {
 pub fn of(mem: &Mem, name: &str) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = mem
         .replicas_of(name)
-        .filter(|r| r.state == ReplicaState::Ready)
+        // A replica on its way off its node leaves the table before it stops.
+        .filter(|r| r.state == ReplicaState::Ready && !mem.routed_out(&r.id))
         .filter_map(|r| {
             let node = mem.node(r.node.as_deref()?)?;
             if node.state == NodeState::Down {
@@ -66,10 +67,19 @@ pub(crate) struct WatchQuery {
 #[utoipa::path(get, path = "/v1/endpoints", tag = "nodes", params(WatchQuery), responses((status = 200, description = "The ready endpoints", body = Endpoints), crate::http::Failures))]
 pub(crate) async fn watch(
     State(core): State<Arc<Core>>,
+    Extension(caller): Extension<crate::auth::Caller>,
     Query(q): Query<WatchQuery>,
 ) -> Result<Json<Endpoints>, ApiError> {
     // Who may read it (nodes, user tokens) is checked by `auth::check`.
-    let mut rx = core.state().endpoints_watch();
+    let mut rx = {
+        let mut st = core.state();
+        // A node asks with the index of the table its ingress applied: a
+        // drain stops a replica once every ingress has dropped it.
+        if let crate::auth::Caller::Node(node) = &caller {
+            st.endpoints_held(node, q.index);
+        }
+        st.endpoints_watch()
+    };
     if *rx.borrow_and_update() == q.index && q.wait > 0 {
         let wait = Duration::from_millis(q.wait).min(MAX_WAIT);
         let _ = tokio::time::timeout(wait, rx.changed()).await;

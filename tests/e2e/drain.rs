@@ -287,7 +287,14 @@ fn drain_moves_http_deployments_without_a_failed_request() {
     let row = table.lines().find(|l| l.starts_with("n1 ")).unwrap_or_default();
     assert!(row.contains("drained"), "{table}");
     let events = c.events();
-    for want in ["DrainStarted", "Draining", "Drained", "Moved", "stopped: moved off node n1 (draining)"] {
+    assert!(!events.contains("without the ingress of"), "a stop did not wait for every ingress:\n{events}");
+    for want in [
+        "DrainStarted",
+        "Draining",
+        "Drained",
+        "Moved",
+        "out of every ingress's routes first: moved off node n1 (draining)",
+    ] {
         assert!(events.contains(want), "no {want:?} in the events:\n{events}");
     }
 
@@ -397,6 +404,8 @@ fn rebalance_spreads_again_after_a_node_returns() {
     assert!(failures.is_empty(), "{} requests failed while rebalancing:\n{}", failures.len(), failures.join("\n"));
     let events = c.cli_ok(&["events", "--limit", "1000", "--object", "deployment/even"]);
     assert!(events.contains("Rebalancing") && events.contains("held 3 of 6, n3 had 0"), "{events}");
+    assert!(events.contains("out of every ingress's routes first"), "{events}");
+    assert!(!events.contains("without the ingress of"), "a stop did not wait for every ingress:\n{events}");
 
     // Without rebalance nothing moved: the same replicas, 3/3/0.
     let mut now: Vec<String> = c.replicas("still").into_iter().map(|r| r.0).collect();

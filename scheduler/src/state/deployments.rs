@@ -559,6 +559,11 @@ impl Mem {
         // only once ready too: running, it is not in the endpoints table yet.
         let (mut leaving_ready, mut not_ready) = (false, Vec::new());
         for r in self.replicas_of(name) {
+            if self.moves.is_unrouted(&r.id) {
+                // Stopping: out of the endpoints table, its stop waits for
+                // every ingress to drop it (`Mem::stop_unrouted`).
+                continue;
+            }
             let leaving = self.moves.is_leaving(&r.id);
             leaving_ready |= leaving && r.state == ReplicaState::Ready && r.revision == revision;
             let current = r.revision == revision && !leaving;
@@ -604,6 +609,10 @@ impl Mem {
             let why = match self.moves.why(id) {
                 _ if *why == "scaled down" => why.to_string(),
                 Some(moved) => {
+                    // A routed replica leaves every ingress's table first.
+                    if self.unroute_first(id, now) {
+                        continue;
+                    }
                     tx.event(now, &obj, "Moved", &format!("replica {id} stopped: {moved}"))?;
                     moved
                 }

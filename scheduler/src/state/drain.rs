@@ -38,7 +38,26 @@ pub(crate) struct Moves {
     pub(super) once: BTreeSet<String>,
     /// When the rebalance moves of the last minute started.
     pub(super) recent: VecDeque<Millis>,
+    /// Leaving replicas out of the endpoints table, waiting for every ingress
+    /// to hold a table without them before they stop.
+    pub(super) unrouted: BTreeMap<String, Unrouted>,
+    /// The endpoints index each node's ingress holds: the index it last asked
+    /// with (it asks again as soon as it has applied an answer).
+    pub(super) acks: HashMap<String, u64>,
 }
+
+/// A leaving replica taken out of the endpoints table.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Unrouted {
+    pub(super) since_ms: Millis,
+    /// The first endpoints index without it, once its transaction committed.
+    pub(super) index: Option<u64>,
+}
+
+/// Longest a replica out of the endpoints table waits for every ingress to
+/// confirm it has the table without it (a node that does not answer is soon
+/// down; until then another ingress passes a stray request on, one hop).
+const UNROUTE_WAIT_MS: u64 = 2000;
 
 /// A replica leaving its node.
 #[derive(Debug, Clone)]
@@ -63,6 +82,11 @@ impl Moves {
     /// Why replica `id` stops, if it stops because it is leaving.
     pub(super) fn why(&self, id: &str) -> Option<String> {
         self.leaving.get(id).map(|l| l.why.clone())
+    }
+
+    /// Whether replica `id` is out of the endpoints table, on its way to stop.
+    pub(super) fn is_unrouted(&self, id: &str) -> bool {
+        !self.unrouted.is_empty() && self.unrouted.contains_key(id)
     }
 }
 
@@ -164,6 +188,48 @@ impl State {
         Ok(uneven)
     }
 
+    /// Records that node `node`'s ingress holds endpoints table `index` (it
+    /// asks for the next change with it).
+    pub fn endpoints_held(&mut self, node: &str, index: u64) {
+        if self.mem.moves.acks.get(node) != Some(&index) {
+            self.mem.moves.acks.insert(node.to_string(), index);
+        }
+    }
+
+    /// The replicas out of the endpoints table that may stop now: every live
+    /// node with an ingress holds a table without them, or they waited
+    /// `UNROUTE_WAIT_MS`.
+    /// With each, the nodes whose ingress did not confirm in time.
+    fn unrouted_done(&mut self, now: Millis) -> Vec<(String, Vec<String>)> {
+        let index = *self.endpoints.borrow();
+        let moves = &mut self.mem.moves;
+        // A transaction that took a replica out has committed by now, and
+        // bumped the index: the current one is at least the first without it.
+        for u in moves.unrouted.values_mut() {
+            u.index.get_or_insert(index);
+        }
+        let ingresses: Vec<&str> = self
+            .mem
+            .nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Down && n.ingress.is_some())
+            .map(|n| n.name.as_str())
+            .collect();
+        moves
+            .unrouted
+            .iter()
+            .filter_map(|(id, u)| {
+                let behind: Vec<String> = ingresses
+                    .iter()
+                    .filter(|n| moves.acks.get(**n).is_none_or(|a| Some(*a) < u.index))
+                    .map(|n| n.to_string())
+                    .collect();
+                let done = behind.is_empty() || now.saturating_sub(u.since_ms) >= UNROUTE_WAIT_MS;
+                done.then(|| (id.clone(), behind))
+            })
+            .collect()
+    }
+
     /// The drains' and rebalances' part of a controllers pass: moves each
     /// draining node's replicas on; with `full` (every 2 s), also looks for
     /// deployments to rebalance.
@@ -178,8 +244,12 @@ impl State {
         }
         let now = now_ms();
         let per_minute = self.policy.rebalance_per_minute;
+        let unrouted = self.unrouted_done(now);
         self.transact(|mem, tx| {
             mem.forget_gone_moves();
+            for (id, behind) in &unrouted {
+                mem.stop_unrouted(tx, id, behind, now)?;
+            }
             for name in &draining {
                 mem.drain_step(tx, name, now)?;
             }
@@ -235,6 +305,9 @@ impl Mem {
         } else {
             // Replacements already started stay; the reconcile scales the surplus down.
             self.moves.leaving.retain(|_, l| l.node != name);
+            let leaving = &self.moves.leaving;
+            self.moves.unrouted.retain(|id, _| leaving.contains_key(id));
+            self.fx.endpoints_dirty = true;
             let msg = if was_draining {
                 "uncordoned: the drain is over; it takes new replicas"
             } else {
@@ -252,6 +325,53 @@ impl Mem {
         self.moves.leaving.retain(|id, l| {
             replicas.get(id).is_some_and(|r| r.node.as_deref() == Some(l.node.as_str()) && r.state.is_placed())
         });
+        let leaving = &self.moves.leaving;
+        self.moves.unrouted.retain(|id, _| leaving.contains_key(id));
+    }
+
+    /// Whether replica `id` is out of the endpoints table on its way to stop:
+    /// every ingress is told to drop it before it stops.
+    pub fn routed_out(&self, id: &str) -> bool {
+        self.moves.is_unrouted(id)
+    }
+
+    /// For the reconcile about to stop leaving replica `id`: takes it out of
+    /// the endpoints table first if it is in it (ready), and says so (`true`:
+    /// do not stop it yet; `stop_unrouted` does once every ingress dropped it).
+    pub(super) fn unroute_first(&mut self, id: &str, now: Millis) -> bool {
+        if self.moves.is_unrouted(id) {
+            return true;
+        }
+        if self.replicas.get(id).is_none_or(|r| r.state != ReplicaState::Ready) {
+            return false;
+        }
+        self.moves.unrouted.insert(id.to_string(), Unrouted { since_ms: now, index: None });
+        self.fx.endpoints_dirty = true;
+        self.fx.mutated = true;
+        true
+    }
+
+    /// Stops leaving replica `id`, which every ingress has dropped (or which
+    /// waited long enough), and lets its deployment go on.
+    /// `behind`: the nodes whose ingress had not confirmed in time.
+    fn stop_unrouted(&mut self, tx: &Tx, id: &str, behind: &[String], now: Millis) -> Result<(), Error> {
+        let Some(l) = self.moves.leaving.remove(id) else { return Ok(()) };
+        self.moves.unrouted.remove(id);
+        let msg = match behind {
+            [] => format!("replica {id} stopped, out of every ingress's routes first: {}", l.why),
+            nodes => format!(
+                "replica {id} stopped {} s after leaving the routes, without the ingress of {} confirming it; they pass a stray request on: {}",
+                UNROUTE_WAIT_MS / 1000,
+                nodes.join(", "),
+                l.why
+            ),
+        };
+        tx.event(now, &format!("deployment/{}", l.deployment), "Moved", &msg)?;
+        self.update(tx, id, |r| {
+            r.state = ReplicaState::Stopped;
+            r.reason = Some(l.why);
+        })?;
+        self.reconcile(tx, &l.deployment, now)
     }
 
     /// Why replica `r` of `spec` cannot leave `node`, if it cannot: a volume
@@ -589,11 +709,42 @@ mod tests {
         assert!(shown(&st).contains(&"n1:ready".to_string()), "stopped while its replacement was only running");
         all_ready(&mut st, &new_node);
         st.moves_pass(false).expect("pass");
+        // Its replacement serves: the old one leaves the endpoints table first
+        // and stops once every ingress holds a table without it.
+        assert!(shown(&st).contains(&"n1:ready".to_string()), "stopped before the ingresses dropped it");
+        let routed = crate::endpoints::of(st.mem(), "web");
+        assert!(routed.len() == 3 && routed.iter().all(|e| e.node != "n1"), "{routed:?}");
+        // However slowly this test runs, the wait has not run out.
+        st.mem.moves.unrouted.values_mut().for_each(|u| u.since_ms = Millis::MAX / 2);
+        let index = *st.endpoints_watch().borrow();
+        st.endpoints_held("n2", index);
+        st.endpoints_held("n3", index);
+        st.endpoints_held("n1", index - 1);
+        st.moves_pass(false).expect("pass");
+        assert!(shown(&st).contains(&"n1:ready".to_string()), "stopped while n1's ingress held an older table");
+        st.endpoints_held("n1", index);
+        st.moves_pass(false).expect("pass");
         let now = shown(&st);
         assert_eq!(now.len(), 3, "{now:?}");
         assert!(now.iter().all(|r| r.ends_with(":ready") && !r.starts_with("n1:")), "{now:?}");
         let n1 = st.mem().node("n1").cloned().expect("n1");
         assert!(n1.drain.as_ref().is_some_and(|d| d.done && d.remaining == 0), "{n1:?}");
+
+        // An ingress that never answers holds a stop up for UNROUTE_WAIT_MS only.
+        // (n2 may hold two replicas; they move one at a time.)
+        st.drain("n2", false).expect("drain n2");
+        for _ in 0..3 {
+            if st.mem().replicas_on("n2").next().is_none() {
+                break;
+            }
+            st.schedule().expect("schedule");
+            all_ready(&mut st, "n3");
+            st.moves_pass(false).expect("pass");
+            assert!(!st.mem.moves.unrouted.is_empty(), "n2's replica is not out of the table: {:?}", shown(&st));
+            st.mem.moves.unrouted.values_mut().for_each(|u| u.since_ms = 0);
+            st.moves_pass(false).expect("pass");
+        }
+        assert!(st.mem().replicas_on("n2").next().is_none(), "{:?}", shown(&st));
 
         // Uncordoned, it takes replicas again.
         let n1 = st.cordon("n1", false).expect("uncordon");
