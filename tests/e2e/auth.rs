@@ -57,9 +57,13 @@ impl Route {
     fn read(&self) -> bool {
         self.method == "GET" || self.method == "HEAD"
     }
-    /// A node's own routes: registration, heartbeat, assignments.
+    /// A node's own routes: registration, heartbeat, assignments (cordon,
+    /// uncordon and drain, also under a node's path, are an admin's).
     fn node_self(&self) -> bool {
-        self.route == "/v1/nodes/register" || self.route.starts_with("/v1/nodes/{name}/")
+        matches!(
+            self.route.as_str(),
+            "/v1/nodes/register" | "/v1/nodes/{name}/heartbeat" | "/v1/nodes/{name}/assignments"
+        )
     }
 }
 
