@@ -624,6 +624,14 @@ mod tests {
     }
 
     #[test]
+    fn rebalance_is_read_and_off_by_default() {
+        let d = &parse_manifest("name: web\nwasm: web.wasm\nreplicas: 6\nrebalance: true\n").expect("manifest")[0];
+        assert!(d.spec.rebalance);
+        let d = &parse_manifest("name: web\nwasm: web.wasm\n").expect("manifest")[0];
+        assert!(!d.spec.rebalance);
+    }
+
+    #[test]
     fn ports_network_and_stop_grace_period() {
         let yaml = "name: web\nimage: web\nports: [{container_port: 80, host_port: 8081}, {container_port: 53, protocol: udp}]\nstop_grace_period: 10s\n";
         let d = &parse_manifest(yaml).expect("manifest")[0];
@@ -690,12 +698,18 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `scale_to_zero`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `scale_to_zero`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`, `rebalance`"
             ],
         );
         check(
             "name: a\nwasm: a.wasm\nvolumes: [{name: d, path: /d, read_only: true}]\nvolume_lease: true\n",
             expect![[r#"error: deployment "a": volume_lease needs a volume mounted read-write"#]],
+        );
+        check(
+            "name: a\nwasm: a.wasm\nvolumes: [{name: d, path: /d}]\nrebalance: true\n",
+            expect![[
+                r#"error: deployment "a": rebalance moves replicas between nodes, but volume d keeps them on its node; drop rebalance or the volume"#
+            ]],
         );
         check(
             "name: Bad_Name\nwasm: a.wasm\n",
