@@ -57,8 +57,21 @@ fn progress(n: &Node) -> String {
 }
 
 pub async fn drain(args: DrainArgs, client: &Client) -> anyhow::Result<()> {
+    let name = args.name.clone();
+    let n = client.drain(&name, args.force).await?;
+    tokio::select! {
+        res = follow(args, n, client) => res,
+        _ = tokio::signal::ctrl_c() => {
+            // The drain is the scheduler's: it goes on without this process.
+            bail!("stopped waiting; the drain of node {name} goes on in the scheduler (`skiff describe node {name}` follows it, `skiff node uncordon {name}` ends it)")
+        }
+    }
+}
+
+/// Prints the drain's progress until node `n` is empty, or what is left when
+/// it cannot get there.
+async fn follow(args: DrainArgs, mut n: Node, client: &Client) -> anyhow::Result<()> {
     let name = &args.name;
-    let mut n = client.drain(name, args.force).await?;
     println!(
         "node {name} cordoned; draining its {}{}",
         replicas(n.replicas),
