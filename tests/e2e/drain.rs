@@ -5,7 +5,8 @@
 //! the drain, `--force` stops it; after a node is
 //! SIGKILLed and comes back, `rebalance: true` spreads a deployment 2/2/2 again
 //! without a failed request, and a deployment without it stays where it is
-//! until `skiff rebalance` names it.
+//! until `skiff rebalance` names it. A drain short of room elsewhere waits,
+//! says why, and finishes by itself after the CLI was interrupted.
 
 use serde_json::Value;
 use skiff_tests::*;
@@ -421,4 +422,61 @@ fn rebalance_spreads_again_after_a_node_returns() {
     c.wait_spread("still", 6, two_each);
     let out = c.cli_ok(&["rebalance"]);
     assert!(out.contains("nothing to move"), "{out}");
+}
+
+#[test]
+fn a_drain_waits_for_room_says_why_and_goes_on_without_the_cli() {
+    let c = Cluster::new("drain-room", &["n1", "n2"]);
+    let wasm = hello();
+    // One replica each, 1.5 of each node's 2 cpus: neither node has room for
+    // the other's.
+    c.cli_ok(&["deploy", &wasm, "--name", "big", "--replicas", "2", "--cpu", "1500m", "--wait"]);
+    c.wait_spread("big", 2, |per| per.len() == 2);
+
+    // The replacement cannot be placed: the drain waits, saying why, and a
+    // --timeout names what is left.
+    let out = c.cli(&["node", "drain", "n1", "--timeout", "5s"]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("not drained after 5s: 1 replica left"), "{}", out.stderr);
+    assert!(out.stdout.contains("a replacement is pending: big: 0/2 nodes fit"), "{}", out.stdout);
+    assert!(out.stdout.contains("insufficient cpu") && out.stdout.contains("node cordoned"), "{}", out.stdout);
+
+    // Interrupted, the CLI stops waiting; the drain goes on.
+    let mut cmd = std::process::Command::new(skiff_bin());
+    if let Some(t) = token_for(&c.url) {
+        cmd.env("SKIFF_TOKEN", t);
+    }
+    if let Some(ca) = ca_for(&c.url) {
+        cmd.env("SKIFF_CA_FILE", ca);
+    }
+    let out_file = c.dir.path().join("drain.out");
+    let err_file = c.dir.path().join("drain.err");
+    let mut child = cmd
+        .args(["node", "drain", "n1"])
+        .env("SKIFF_SERVER", &c.url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_file).expect("out file"))
+        .stderr(std::fs::File::create(&err_file).expect("err file"))
+        .spawn()
+        .expect("run skiff node drain");
+    wait_for(Duration::from_secs(20), "the drain waiting", || {
+        let said = std::fs::read_to_string(&out_file).unwrap_or_default();
+        if said.contains("a replacement is pending") { Ok(()) } else { Err(said) }
+    });
+    let _ = std::process::Command::new("kill").args(["-s", "INT", &child.id().to_string()]).output();
+    let status = wait_for(Duration::from_secs(10), "the CLI to stop", || {
+        child.try_wait().map_err(|e| e.to_string())?.ok_or_else(|| "still running".to_string())
+    });
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("the drain of node n1 goes on in the scheduler"), "{err}");
+
+    // Room appears (the other deployment scaled down): the drain finishes
+    // with no CLI waiting.
+    c.cli_ok(&["scale", "big", "1"]);
+    wait_for(Duration::from_secs(60), "n1 drained", || {
+        let n = c.node("n1");
+        if n["drain"]["done"] == true { Ok(()) } else { Err(n.to_string()) }
+    });
+    assert_eq!(c.node("n1")["replicas"], 0);
 }
