@@ -9,9 +9,10 @@
 //!   from the client's. The command's exit code is the last frame.
 //!   A client that goes away takes its command with it (SIGKILL, by the pid
 //!   runc wrote to `--pid-file`).
-//! - port-forward connects to the container's bridge address (what the runtime
-//!   records per container) before it agrees to the upgrade, so a closed port is
-//!   a one-line refusal; an HTTP component's replica is served in-process as the
+//! - port-forward connects to 127.0.0.1:PORT inside the container's network
+//!   namespace (as kubectl reaches a pod's localhost; a server bound to the
+//!   bridge address only is reached at that address, which the runtime records)
+//!   before it agrees to the upgrade, so a closed port is a one-line refusal; an HTTP component's replica is served in-process as the
 //!   ingress serves it, one request after another on the relayed connection.
 
 use crate::container::ContainerRuntime;
@@ -28,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// How long output is still read after the command exited (a process it left
 /// in the background may hold its stdout open for ever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How long cancelling a command waits for runc's pid file, then for runc.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection to a container's port may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
@@ -64,11 +67,51 @@ pub struct Relay {
 }
 
 /// A command started by [`Relay::start_exec`], to be joined to the client's
-/// connection with [`Exec::run`].
+/// connection with [`Exec::run`]. Dropped before its command ended (the client
+/// never completed the upgrade, or left), it kills the command ([`cancel`]).
 pub struct Exec {
-    child: tokio::process::Child,
-    io: ExecIo,
+    /// `None` once the command ended or its cancelling was handed on.
+    child: Option<tokio::process::Child>,
+    io: Option<ExecIo>,
     scratch: Scratch,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        let Some(child) = self.child.take() else { return };
+        let scratch = std::mem::replace(&mut self.scratch, Scratch::none());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(cancel(child, scratch));
+            }
+            // No runtime left (the node is stopping): runc goes (kill_on_drop)
+            // and, if its pid file is written, the command with it.
+            Err(_) => {
+                scratch.kill();
+            }
+        }
+    }
+}
+
+/// Kills a command whose client is gone, then waits for runc. The command is
+/// killed by the pid runc writes to its pid file once the command runs: runc
+/// itself is not killed first, which would leave the command running with no
+/// parent to wait for it. Until the file is there (the command is starting),
+/// this waits for it, or for runc to end.
+async fn cancel(mut child: tokio::process::Child, scratch: Scratch) {
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        // runc gone: so is its command (and its pid may be another's now).
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if scratch.kill() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed, runc reaps it and exits; if not, dropping `child` kills runc.
+    let _ = tokio::time::timeout(CANCEL_WAIT, child.wait()).await;
 }
 
 enum ExecIo {
@@ -88,11 +131,9 @@ pub enum Target {
     Http(Arc<HttpRuntime>, Arc<HttpReplica>),
 }
 
-/// A private directory for runc's pid file; removed, and
-/// the command killed if runc has not reported its end, when dropped.
+/// A private directory for runc's pid file, removed when dropped.
 struct Scratch {
-    dir: PathBuf,
-    ended: bool,
+    dir: Option<PathBuf>,
 }
 
 impl Scratch {
@@ -107,28 +148,37 @@ impl Scratch {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| refuse(500, format!("cannot create {}: {e}", dir.display())))?;
-        Ok(Scratch { dir, ended: false })
+        Ok(Scratch { dir: Some(dir) })
+    }
+
+    /// One that holds nothing (what a moved-out field is left with).
+    fn none() -> Scratch {
+        Scratch { dir: None }
     }
 
     fn pid_file(&self) -> PathBuf {
-        self.dir.join("pid")
+        self.dir.as_deref().unwrap_or(Path::new("/nonexistent")).join("pid")
     }
 
-    /// Kills the command (runc waits for it and then exits).
-    fn kill(&self) {
+    /// SIGKILLs the command, if runc has written its pid yet; whether it had.
+    fn kill(&self) -> bool {
+        // runc writes the file whole (a temporary file renamed).
         let pid = std::fs::read_to_string(self.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|p| *p > 1) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        match pid.filter(|p| *p > 1) {
+            Some(pid) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                true
+            }
+            None => false,
         }
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.ended {
-            self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -205,7 +255,7 @@ impl Relay {
                 stdout: child.stdout.take().ok_or_else(|| refuse(500, "runc's stdout is not a pipe"))?,
                 stderr: child.stderr.take().ok_or_else(|| refuse(500, "runc's stderr is not a pipe"))?,
             };
-            return Ok(Exec { child, io, scratch });
+            return Ok(Exec { child: Some(child), io: Some(io), scratch });
         }
         // With a terminal runc runs in the foreground on a pty of ours: it
         // makes the container's pty, copies between the two, sets ours raw,
@@ -214,7 +264,13 @@ impl Relay {
         // (Its --console-socket hands the container's pty over only with
         // --detach, and then nobody but a subreaper learns the exit code.)
         let ws = nix::pty::Winsize { ws_row: req.rows, ws_col: req.cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // Raw from the start: runc sets its terminal raw too, but only once the
+        // command runs, and output before that would get an extra \r per line.
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| refuse(500, format!("cannot open a pty: {e}")))?;
+        if let Ok(mut t) = nix::sys::termios::tcgetattr(&pty.slave) {
+            nix::sys::termios::cfmakeraw(&mut t);
+            let _ = nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t);
+        }
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| refuse(500, format!("cannot duplicate the pty: {e}")));
         cmd.stdin(Stdio::from(dup(&pty.slave)?)).stdout(Stdio::from(dup(&pty.slave)?)).stderr(Stdio::from(pty.slave));
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -230,7 +286,7 @@ impl Relay {
         // `cmd` holds the slave's last copies in this process: dropped, the
         // master reads EIO once runc and the command are gone.
         drop(cmd);
-        Ok(Exec { child, io: ExecIo::Tty(pty.master), scratch })
+        Ok(Exec { child: Some(child), io: Some(ExecIo::Tty(pty.master)), scratch })
     }
 
     /// What port-forward to replica `id`'s `port` connects to.
@@ -254,22 +310,56 @@ impl Relay {
             });
         }
         let containers = self.container(id, "port-forward")?;
-        let ip = containers.address(id).ok_or_else(|| {
-            refuse(
-                409,
-                format!("replica {id}'s container has no address the node reaches (not running, or loopback networking only)"),
-            )
-        })?;
-        let addr = std::net::SocketAddr::new(ip, port);
-        match tokio::time::timeout(CONNECT_WAIT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(Target::Tcp(s))
+        // Inside the container's network namespace, as `kubectl port-forward`
+        // reaches a pod's localhost: a server bound to 127.0.0.1 is reached
+        // too, and so is a container with loopback networking only.
+        let (oci, owned) = (containers.oci().clone(), id.to_string());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(connect_in_container(&oci, &owned, port));
+        });
+        let inside = rx.await.unwrap_or_else(|_| Err(refuse(500, "the connecting thread died")));
+        let stream = match (inside, containers.address(id)) {
+            (Ok(s), _) => s,
+            // Bound to its bridge address only: reached from the node.
+            (Err(e), Some(ip)) if e.status == 502 => {
+                let addr = std::net::SocketAddr::new(ip, port);
+                match tokio::time::timeout(CONNECT_WAIT, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(Target::Tcp(s));
+                    }
+                    _ => return Err(e),
+                }
             }
-            Ok(Err(e)) => Err(refuse(502, format!("cannot connect to port {port} of replica {id} ({addr}): {e}"))),
-            Err(_) => Err(refuse(504, format!("connecting to port {port} of replica {id} ({addr}) took over 5s"))),
-        }
+            (Err(e), _) => return Err(e),
+        };
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+            .map(Target::Tcp)
+            .map_err(|e| refuse(500, format!("cannot use the connection to replica {id}: {e}")))
     }
+}
+
+/// Connects to 127.0.0.1:`port` in container `id`'s network namespace. Runs on
+/// a thread of its own, which the namespace change dies with (the socket keeps
+/// the namespace it was made in).
+fn connect_in_container(oci: &crate::container::oci::Oci, id: &str, port: u16) -> Result<std::net::TcpStream, Refusal> {
+    let pid = match oci.state(id) {
+        Some((status, pid)) if status == "running" && pid > 0 => pid,
+        Some((status, _)) => return Err(refuse(409, format!("replica {id}'s container is {status}, not running"))),
+        None => return Err(refuse(409, format!("replica {id} has no container on this node now"))),
+    };
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| refuse(409, format!("replica {id}'s container is gone ({e})")))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| refuse(500, format!("cannot enter replica {id}'s network namespace: {e}")))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&addr, CONNECT_WAIT).map_err(|e| {
+        refuse(502, format!("cannot connect to port {port} of replica {id} (127.0.0.1 in its network namespace): {e}"))
+    })
 }
 
 /// Forwards `from` into frames made by `wrap` until it ends (EOF, or EIO: a
@@ -306,7 +396,8 @@ impl Exec {
                 }
             }
         });
-        let (output, input_to): (Vec<tokio::task::JoinHandle<()>>, Input) = match self.io {
+        let (Some(io), Some(mut child)) = (self.io.take(), self.child.take()) else { return };
+        let (output, input_to): (Vec<tokio::task::JoinHandle<()>>, Input) = match io {
             ExecIo::Pipes { stdin, stdout, stderr } => (
                 vec![
                     tokio::spawn(pump(stdout, tx.clone(), Frame::Stdout)),
@@ -328,21 +419,18 @@ impl Exec {
         // The client's frames: stdin, resizes, end of stdin. Ends when the client does.
         let mut input = tokio::spawn(forward_input(rd, input_to));
         let status = tokio::select! {
-            s = self.child.wait() => s.ok(),
+            s = child.wait() => s.ok(),
             _ = &mut input => None,
         };
         let Some(status) = status else {
             // The client went away first: its command goes with it.
-            self.scratch.kill();
-            let _ = self.child.wait().await;
-            self.scratch.ended = true;
             writer.abort();
             for o in output {
                 o.abort();
             }
+            cancel(child, std::mem::replace(&mut self.scratch, Scratch::none())).await;
             return;
         };
-        self.scratch.ended = true;
         input.abort();
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, futures_util::future::join_all(output)).await;
         use std::os::unix::process::ExitStatusExt;
