@@ -170,13 +170,14 @@ BENCH_ETCD_ARGS ?=
 # once into a cache outside the clone (a long build the first time), and wrk.
 BENCH_TOOLS ?= /var/cache/skiff-bench-tools
 WASMTIME_VERSION := 48.0.8
-bench: deps-test wasm
+# http-big serves real-apps' componentize-py handler (SKIFF_REAL_PYTHON in real-apps.env).
+bench: deps-test wasm real-apps
 	@dpkg -s wrk >/dev/null 2>&1 || (echo "installing wrk" && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null)
 	@$(BENCH_TOOLS)/bin/wasmtime --version 2>/dev/null | grep -q "$(WASMTIME_VERSION)" || \
 	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(BENCH_TOOLS) \
 	    --target-dir $(BENCH_TOOLS)/target
 	$(CARGO) build --release -p skiff-cli -p skiff-bench
-	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \
+	. $(TARGET)/real-apps.env && $(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \
 	  --component $(WASM_P2)/hello_http.wasm --wasmtime $(BENCH_TOOLS)/bin/wasmtime $(BENCH_ARGS)
 	# The scheduler's scenarios again with the etcd store (several servers' store), recorded beside SQLite's.
 	$(TARGET)/release/skiff-bench run --skiff $(TARGET)/release/skiff --wasm $(WASM_P2)/worker.wasm \

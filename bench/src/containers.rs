@@ -264,6 +264,152 @@ fn busybox_layer() -> anyhow::Result<Vec<u8>> {
 }
 
 /// Uploads the layer, its config and manifest, and names it `benchbox:latest`.
+/// Scenario `containers-cold`: the first request to a container HTTP
+/// deployment scaled to zero (Debian's nginx from scripts/real-apps.sh, its
+/// layers unpacked on the node by an earlier run), through the ingress of a
+/// `skiff dev`, against a bare `runc run -d` of the node's own bundle (hooks
+/// gone, a plain copy of the rootfs, the host's network) plus nginx's own
+/// readiness: the time until it answers `GET /` with 200. Alternating, one of
+/// each per round.
+pub async fn scenario_containers_cold(skiff: &Path, archive: &Path, samples: usize) -> anyhow::Result<Value> {
+    println!("containers-cold: {samples} cold requests to nginx at zero vs bare runc run + nginx ready");
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the containers-cold scenario needs root (runc, mounts, network namespaces)");
+    }
+    let runc = crate::http::which("runc").context("runc not found; `make deps` installs Debian's runc")?;
+    let dir = TempDir::new("containers-cold")?;
+    let bare_state = dir.path().join("bare-state");
+    let node_state = dir.path().join("dev").join("node").join("containers").join("state");
+    let _cleanup = Cleanup {
+        runc: runc.clone(),
+        states: vec![node_state.clone(), bare_state.clone()],
+        under: dir.path().to_path_buf(),
+        bridge_was_there: Path::new("/sys/class/net").join(BRIDGE).exists(),
+        masquerade_was_there: !masquerade_rules().is_empty(),
+    };
+    let dev = dev_cluster(skiff, &dir, &["--ingress", "127.0.0.1:0", "--activation-timeout", "120s"]).await?;
+    let url = crate::http::ingress_url(&dev.data)?;
+    // The image, imported as a user would.
+    let data = dev.data.display().to_string();
+    let url_file = std::fs::read_to_string(dev.data.join("server.url"))?;
+    let token = std::fs::read_to_string(dev.data.join("admin-token"))?;
+    let out = Command::new(skiff)
+        .args(["image", "import"])
+        .arg(archive)
+        .args(["--name", "nginx:bookworm"])
+        .env("SKIFF_SERVER", url_file.trim())
+        .env("SKIFF_TOKEN", token.trim())
+        .env("SKIFF_CA_FILE", format!("{data}/ca.crt"))
+        .output()
+        .context("running skiff image import")?;
+    if !out.status.success() {
+        bail!("skiff image import failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let name = "benchctr-web";
+    let req = json!({
+        "replicas": 1,
+        "scale_to_zero": { "idle_seconds": 1 },
+        "spec": {
+            "workload": { "image": "nginx:bookworm" },
+            "resources": { "cpu": "100m", "memory": "64Mi" },
+            "http_port": 80,
+        },
+    });
+    dev.api.apply(name, &serde_json::from_value(req)?).await?;
+    crate::http::wait_ok(&url, Some(&format!("{name}.skiff.local")), &dev.proc, Duration::from_secs(120)).await?;
+    // The bare bundle: the node's config and a copy of the rootfs it runs.
+    let prefix = format!("{name}-");
+    let id = container_with_prefix(&node_state, &prefix).context("no container of the deployment")?;
+    let run_dir = dev.data.join("node").join("containers").join("run").join(&id);
+    let text = std::fs::read_to_string(run_dir.join("config.json"))?;
+    let node_config: Value = serde_json::from_str(&text)?;
+    let bare = dir.path().join("bare");
+    let rootfs = bare.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    let copied = Command::new("cp").arg("-a").arg(run_dir.join("rootfs").join(".")).arg(&rootfs).status()?;
+    if !copied.success() {
+        bail!("copying the container's rootfs failed");
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let (mut skiff_ms, mut bare_ms) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        // skiff: at zero, the last container torn down, then one request.
+        crate::cold::wait_all_at_zero(&dev, &[name.to_string()], Duration::from_secs(120)).await?;
+        let t0 = Instant::now();
+        while container_with_prefix(&node_state, &prefix).is_some()
+            || std::fs::read_dir(dev.data.join("node").join("containers").join("run"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        {
+            if t0.elapsed() > STEP_TIMEOUT {
+                bail!("the node still tears the last container of {name} down after {STEP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        skiff_ms.push(ms(crate::cold::timed_get(&client, &url, name).await?));
+
+        // Bare: runc run -d, then until nginx answers.
+        let bare_id = format!("bare-{}-{i}", std::process::id());
+        let mut config = bare_bundle(&node_config, &rootfs, &bare_id);
+        if let Some(nss) = config["linux"]["namespaces"].as_array_mut() {
+            nss.retain(|ns| ns["type"] != "network");
+        }
+        std::fs::write(bare.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+        let err_path = dir.path().join("bare-runc.log");
+        let err = std::fs::File::create(&err_path)?;
+        let t = Instant::now();
+        let status = Command::new(&runc)
+            .arg("--root")
+            .arg(&bare_state)
+            .args(["run", "-d", "--bundle"])
+            .arg(&bare)
+            .arg(&bare_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .context("running runc")?;
+        if !status.success() {
+            let said = std::fs::read_to_string(&err_path).unwrap_or_default();
+            bail!("runc run -d {bare_id} failed: {}", said.trim());
+        }
+        loop {
+            if let Ok(r) = client.get("http://127.0.0.1:80/").send().await
+                && r.status() == 200
+                && r.bytes().await.is_ok()
+            {
+                break;
+            }
+            if t.elapsed() > STEP_TIMEOUT {
+                bail!("bare nginx {bare_id} not answering after {STEP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bare_ms.push(ms(t.elapsed()));
+        runc_delete(&runc, &bare_state, &bare_id)?;
+    }
+    dev.proc.check_alive()?;
+    skiff_ms.sort_by(f64::total_cmp);
+    bare_ms.sort_by(f64::total_cmp);
+    let p = |v: &[f64]| json!({ "p50": percentile(v, 50.0), "p99": percentile(v, 99.0) });
+    let ratio = |pct: f64| (percentile(&skiff_ms, pct) / percentile(&bare_ms, pct) * 1000.0).round() / 1000.0;
+    let result = json!({
+        "samples": samples,
+        "image": archive.display().to_string(),
+        "image_bytes": std::fs::metadata(archive)?.len(),
+        "skiff_cold_ms": p(&skiff_ms),
+        "bare_runc_ready_ms": p(&bare_ms),
+        "ratio_p50": ratio(50.0),
+        "ratio_p99": ratio(99.0),
+        "all": { "skiff_cold_ms": skiff_ms, "bare_runc_ready_ms": bare_ms },
+        "note": "skiff: GET through the ingress of a skiff dev to an nginx deployment at zero (layers unpacked, CNI bridge) until its 200 answer; bare: runc run -d of the node's config.json with a copy of the rootfs, no hooks, host network, until nginx answers GET / with 200 (polled every 1 ms)",
+    });
+    println!("  {result}");
+    Ok(result)
+}
+
 async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Result<String> {
     let sha = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
     let config = serde_json::to_vec(&json!({

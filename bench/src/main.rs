@@ -17,15 +17,29 @@
 //!   against a bare `runc run -d` of the same bundle, alternating (see
 //!   `containers.rs`);
 //! - `http`: one `wasi:http` component behind a skiff ingress against `wasmtime
-//!   serve`, under the same `wrk` load (see `http.rs`);
+//!   serve` and against a native hyper server answering the same body, under
+//!   the same `wrk` load (see `http.rs`); `http-big`: the same with a big
+//!   componentize-py handler;
+//! - `cold`: the first request to a Wasm HTTP deployment scaled to zero, with
+//!   its artifact compiled on the node and the first time there (see `cold.rs`);
+//! - `containers-cold`: the first request to nginx scaled to zero against a
+//!   bare `runc run` of its bundle plus nginx's readiness (see `containers.rs`);
+//! - `density`: 100,000 HTTP Wasm deployments at zero on a server and one node,
+//!   10,000 cold requests to random names, RSS per warm replica (see `density.rs`);
+//! - `routes`: requests through the ingress with 10 names routed, then 100,000
+//!   (see `routes.rs`);
 //! - `idle`: a node's memory per idle Wasm HTTP replica, with 10,000 of them
 //!   (see `idle.rs`).
 
+mod cold;
 mod containers;
+mod density;
 mod http;
 mod idle;
+mod native;
 mod procs;
 mod report;
+mod routes;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -48,9 +62,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run benchmarks and write bench/results/<time>.json
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Regenerate the README's benchmark table from bench/results/
     Report(report::ReportArgs),
+    /// Serve one fixed response with plain hyper (the http scenario's limit)
+    #[command(hide = true)]
+    ServeNative(native::NativeArgs),
 }
 
 #[derive(clap::Args)]
@@ -64,8 +81,13 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, failover (runs a first), b, deploy, containers, http, idle
-    #[arg(long, value_delimiter = ',', default_value = "a,failover,b,deploy,containers,http,idle")]
+    /// Scenarios to run: a, failover (runs a first), b, deploy, containers, http,
+    /// http-big, routes, cold, containers-cold, density, idle
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "a,failover,b,deploy,containers,http,http-big,routes,cold,containers-cold,density,idle"
+    )]
     scenarios: Vec<String>,
     /// Simulated nodes in scenarios a and b
     #[arg(long, default_value_t = 5000)]
@@ -91,6 +113,25 @@ struct RunArgs {
     /// The wasi:http component for the http scenario
     #[arg(long, default_value = "target/wasm32-wasip2/release/examples/hello_http.wasm")]
     component: PathBuf,
+    /// A big wasi:http component for the http-big scenario (scripts/real-apps.sh's
+    /// componentize-py app; `make bench` passes it)
+    #[arg(long, env = "SKIFF_REAL_PYTHON")]
+    big_component: Option<PathBuf>,
+    /// An nginx image archive for the containers-cold scenario (scripts/real-apps.sh's)
+    #[arg(long, env = "SKIFF_REAL_NGINX")]
+    nginx: Option<PathBuf>,
+    /// Cold requests timed in the cold scenario
+    #[arg(long, default_value_t = 200)]
+    cold_starts: usize,
+    /// Deployments at zero in the density scenario
+    #[arg(long, default_value_t = 100_000)]
+    density_deployments: u32,
+    /// Cold requests (to distinct random names) in the density scenario
+    #[arg(long, default_value_t = 10_000)]
+    density_cold: u32,
+    /// Names routed in the routes scenario
+    #[arg(long, default_value_t = 100_000)]
+    route_names: u32,
     /// Connections wrk keeps open in the http scenario
     #[arg(long, default_value_t = 32)]
     http_connections: u32,
@@ -124,11 +165,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Report(args) => report::run(args),
+        Cmd::ServeNative(args) => native::run(args),
         Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -216,8 +258,77 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             component: &args.component,
             connections: args.http_connections,
             seconds: args.http_seconds,
+            name: "hello",
+            memory: "64Mi",
+            ready_timeout: Duration::from_secs(60),
         };
         scenarios.insert("http".into(), http::scenario_http(h).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("http-big") {
+        let big = match &args.big_component {
+            Some(component) => {
+                let h = http::HttpArgs {
+                    skiff: &args.skiff,
+                    wasmtime: &args.wasmtime,
+                    component,
+                    connections: args.http_connections,
+                    seconds: args.http_seconds,
+                    name: "python",
+                    memory: "256Mi",
+                    // It compiles first, in skiff and in wasmtime serve.
+                    ready_timeout: Duration::from_secs(600),
+                };
+                http::scenario_http(h).await.unwrap_or_else(failed)
+            }
+            None => failed(anyhow::anyhow!(
+                "no big component: pass --big-component or SKIFF_REAL_PYTHON (`make real-apps` builds it)"
+            )),
+        };
+        scenarios.insert("http_big".into(), big);
+        save(&scenarios)?;
+    }
+    if want("routes") {
+        let r = routes::RoutesArgs {
+            skiff: &args.skiff,
+            component: &args.component,
+            names: args.route_names,
+            connections: args.http_connections,
+            seconds: args.http_seconds,
+        };
+        scenarios.insert("routes".into(), routes::scenario_routes(r).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("cold") {
+        let c = cold::ColdArgs {
+            skiff: &args.skiff,
+            component: &args.component,
+            big_component: args.big_component.as_deref(),
+            cold_starts: args.cold_starts,
+        };
+        scenarios.insert("cold".into(), cold::scenario_cold(c).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("containers-cold") {
+        let c = match &args.nginx {
+            Some(archive) => containers::scenario_containers_cold(&args.skiff, archive, args.container_deploys)
+                .await
+                .unwrap_or_else(failed),
+            None => failed(anyhow::anyhow!(
+                "no nginx image: pass --nginx or SKIFF_REAL_NGINX (`make real-apps` builds it)"
+            )),
+        };
+        scenarios.insert("containers_cold".into(), c);
+        save(&scenarios)?;
+    }
+    if want("density") {
+        let d = density::DensityArgs {
+            skiff: &args.skiff,
+            component: &args.component,
+            deployments: args.density_deployments,
+            cold: args.density_cold,
+        };
+        scenarios.insert("density".into(), density::scenario_density(d).await.unwrap_or_else(failed));
         save(&scenarios)?;
     }
     if want("idle") {

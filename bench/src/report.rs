@@ -207,8 +207,14 @@ fn table(runs: &[Value]) -> String {
         };
         row(run, format!("Idle Wasm HTTP replicas on one node ({})", x["replicas"]), result, "≤ 100 KiB each");
     }
-    if let Some(run) = newest("http") {
-        let h = &run["scenarios"]["http"];
+    for (key, what) in [("http", "hello component"), ("http_big", "big componentize-py handler")] {
+        let Some(run) = newest(key) else { continue };
+        let h = &run["scenarios"][key];
+        let what = match h["component_bytes"].as_f64() {
+            Some(b) if key == "http_big" => format!("{what} ({:.1} MB)", b / 1e6),
+            _ => what.to_string(),
+        };
+        let client = h["client"].as_str().unwrap_or("wrk");
         let result = match h.get("error").and_then(Value::as_str) {
             Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
             None => format!(
@@ -222,7 +228,19 @@ fn table(runs: &[Value]) -> String {
                 num(f(h, &["ratio"]), 2)
             ),
         };
-        row(run, format!("HTTP: hello component, {}", h["client"].as_str().unwrap_or("wrk")), result, "≥ 0.9×");
+        row(run, format!("HTTP: {what}, {client}"), result, "≥ 0.9×");
+        if h.get("native_rps").is_some() {
+            let result = format!(
+                "skiff {} req/s is **{}×** native hyper's {} req/s (p50 {} ms, p99 {} ms); wasmtime serve {}×",
+                num(f(h, &["skiff_rps"]), 0),
+                num(f(h, &["native_ratio"]), 3),
+                num(f(h, &["native_rps"]), 0),
+                num(f(h, &["native_p50_ms"]), 2),
+                num(f(h, &["native_p99_ms"]), 2),
+                num(f(h, &["wasmtime_native_ratio"]), 3)
+            );
+            row(run, format!("HTTP native limit: {what}'s body from plain hyper, {client}"), result, "— (recorded)");
+        }
         let seen = |key: &str| h.get(key).filter(|i| i["requests"].as_f64().is_some_and(|n| n > 0.0)).cloned();
         if let (Some(seq), Some(load)) = (seen("skiff_instantiate_sequential"), seen("skiff_instantiate")) {
             let said = |i: &Value| {
@@ -235,7 +253,176 @@ fn table(runs: &[Value]) -> String {
                 )
             };
             let result = format!("one request at a time: {}; under the wrk load: {}", said(&seq), said(&load));
-            row(run, "Wasm instantiation per HTTP request (pooling allocator, timed on the node)".into(), result, "—");
+            row(
+                run,
+                format!("Wasm instantiation per HTTP request, {what} (pooling allocator, timed on the node)"),
+                result,
+                "—",
+            );
+        }
+    }
+    if let Some(run) = newest("routes") {
+        let r = &run["scenarios"]["routes"];
+        let names = r["names"].as_u64().unwrap_or(0);
+        match r.get("error").and_then(Value::as_str) {
+            Some(err) => row(
+                run,
+                "Ingress routing table: 10 names against 100,000".into(),
+                format!("failed: {}", err.chars().take(160).collect::<String>()),
+                "no slower",
+            ),
+            None => {
+                let said = |m: &Value| {
+                    format!(
+                        "one at a time p50 {} ms, p99 {} ms; wrk {} req/s, p50 {} ms, p99 {} ms",
+                        num(f(m, &["sequential_ms", "p50"]), 3),
+                        num(f(m, &["sequential_ms", "p99"]), 3),
+                        num(f(m, &["wrk", "rps"]), 0),
+                        num(f(m, &["wrk", "p50_ms"]), 2),
+                        num(f(m, &["wrk", "p99_ms"]), 2)
+                    )
+                };
+                row(
+                    run,
+                    format!("Ingress routing table: requests to one deployment, 10 names against {names}"),
+                    format!("10 names: {}; {names} names: {}", said(&r["ten"]), said(&r["all"])),
+                    "no slower",
+                );
+                let t = &r["endpoints_table"];
+                row(
+                    run,
+                    format!("{names} deployments at zero replicas (`skiff dev`)"),
+                    format!(
+                        "applied at {} /s ({} at once); {} bytes of RSS each (scheduler and node in one process, {} → {}); endpoints table {} MB, fetched in {} ms",
+                        num(f(r, &["applies_per_s"]), 0),
+                        r["apply_concurrency"],
+                        num(f(r, &["dev_bytes_per_deployment"]), 0),
+                        mib(f(r, &["dev_rss_ten_bytes"])),
+                        mib(f(r, &["dev_rss_all_bytes"])),
+                        num(f(t, &["json_bytes"]).map(|b| b / 1e6), 1),
+                        num(f(t, &["fetch_ms", "median"]), 0)
+                    ),
+                    "—",
+                );
+            }
+        }
+    }
+    if let Some(run) = newest("cold") {
+        let c = &run["scenarios"]["cold"];
+        match c.get("error").and_then(Value::as_str) {
+            Some(err) => row(
+                run,
+                "Cold request, Wasm, scaled to zero".into(),
+                format!("failed: {}", err.chars().take(160).collect::<String>()),
+                "p99 ≤ 20 ms",
+            ),
+            None => {
+                row(
+                    run,
+                    format!(
+                        "Cold request, Wasm at zero, artifact compiled on the node ({} cold starts, `skiff dev` ingress)",
+                        c["cold_starts"]
+                    ),
+                    format!(
+                        "p50 {} ms, p99 {} ms (max {} ms)",
+                        num(f(c, &["cached_ms", "p50"]), 1),
+                        num(f(c, &["cached_ms", "p99"]), 1),
+                        num(f(c, &["cached_ms", "max"]), 1)
+                    ),
+                    "p99 ≤ 20 ms",
+                );
+                let mut first = format!(
+                    "hello ({} KB): p50 {} ms over {} new digests (max {} ms)",
+                    num(f(c, &["artifact_bytes"]).map(|b| b / 1e3), 0),
+                    num(f(c, &["first_time_ms", "p50"]), 0),
+                    c["first_time_ms"]["samples"],
+                    num(f(c, &["first_time_ms", "max"]), 0)
+                );
+                if c["big"].is_object() {
+                    first.push_str(&format!(
+                        "; componentize-py handler ({:.1} MB): {} ms, then at zero again with its code compiled: {} ms",
+                        f(c, &["big", "artifact_bytes"]).unwrap_or(0.0) / 1e6,
+                        num(f(c, &["big", "first_time_ms"]), 0),
+                        num(f(c, &["big", "cached_ms"]), 0)
+                    ));
+                }
+                row(
+                    run,
+                    "Cold request, Wasm at zero, first time on the node (fetch and compile)".into(),
+                    first,
+                    "recorded",
+                );
+            }
+        }
+    }
+    if let Some(run) = newest("containers_cold") {
+        let c = &run["scenarios"]["containers_cold"];
+        let result = match c.get("error").and_then(Value::as_str) {
+            Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
+            None => format!(
+                "skiff p50 {} ms, p99 {} ms vs bare `runc run -d` + nginx answering p50 {} ms, p99 {} ms: **{}×** (p99 {}×)",
+                num(f(c, &["skiff_cold_ms", "p50"]), 0),
+                num(f(c, &["skiff_cold_ms", "p99"]), 0),
+                num(f(c, &["bare_runc_ready_ms", "p50"]), 0),
+                num(f(c, &["bare_runc_ready_ms", "p99"]), 0),
+                num(f(c, &["ratio_p50"]), 2),
+                num(f(c, &["ratio_p99"]), 2)
+            ),
+        };
+        row(
+            run,
+            format!("Cold request, container at zero (nginx, layers unpacked; {} samples)", c["samples"]),
+            result,
+            "≤ 1.5×",
+        );
+    }
+    if let Some(run) = newest("density") {
+        let d = &run["scenarios"]["density"];
+        match d.get("error").and_then(Value::as_str) {
+            Some(err) => row(
+                run,
+                "Density: HTTP Wasm deployments at zero on one node".into(),
+                format!("failed: {}", err.chars().take(160).collect::<String>()),
+                "node ≤ 4 GiB, scheduler ≤ 2 GiB",
+            ),
+            None => {
+                row(
+                    run,
+                    format!("Density: {} HTTP Wasm deployments at zero (server + one node)", d["deployments"]),
+                    format!(
+                        "scheduler RSS {} ({} bytes each), node RSS {} ({} bytes each); applied at {} /s",
+                        mib(f(d, &["scheduler_rss_zero_bytes"])),
+                        num(f(d, &["scheduler_bytes_per_deployment"]), 0),
+                        mib(f(d, &["node_rss_zero_bytes"])),
+                        num(f(d, &["node_bytes_per_deployment"]), 0),
+                        num(f(d, &["applies_per_s"]), 0)
+                    ),
+                    "node ≤ 4 GiB, scheduler ≤ 2 GiB",
+                );
+                row(
+                    run,
+                    format!("Density: cold requests to {} random names of them", d["cold_requests"]),
+                    format!(
+                        "p50 {} ms, p99 {} ms (max {} ms)",
+                        num(f(d, &["cold_ms", "p50"]), 1),
+                        num(f(d, &["cold_ms", "p99"]), 1),
+                        num(f(d, &["cold_ms", "max"]), 1)
+                    ),
+                    "p99 ≤ 20 ms",
+                );
+                row(
+                    run,
+                    format!("Density: {} of them warm (one replica each)", d["warm_replicas"]),
+                    format!(
+                        "{} KiB of node RSS per warm replica (node {} → {}, scheduler {})",
+                        num(f(d, &["node_bytes_per_warm_replica"]).map(|b| b / 1024.0), 1),
+                        mib(f(d, &["node_rss_zero_bytes"])),
+                        mib(f(d, &["node_rss_warm_bytes"])),
+                        mib(f(d, &["scheduler_rss_warm_bytes"]))
+                    ),
+                    "—",
+                );
+            }
         }
     }
     out

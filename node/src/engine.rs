@@ -15,13 +15,54 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::Engine;
+use wasmtime::{Engine, PoolingAllocationConfig};
 use wasmtime_wasi::WasiCtxBuilder;
 
 /// How often the epoch advances; a busy guest yields this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Worker threads of each guests' runtime.
 const GUEST_WORKERS: usize = 2;
+
+/// Freed pool slots decommitted together: one `madvise` call and one TLB
+/// shootdown per batch, not per request.
+const POOL_DECOMMIT_BATCH: usize = 16;
+
+/// The pooling allocator of the HTTP engine, for `instances` concurrent
+/// instances whose memories grow to at most `max_memory` bytes.
+///
+/// A fresh instance per request is cheap because a slot keeps what the last
+/// instance of the same module set up: the copy-on-write mapping of its memory
+/// image (`Config::memory_init_cow`, wasmtime's default, mapped from the
+/// compiled file on disk), so instantiation maps nothing and only the pages a
+/// request writes are copied.
+///
+/// Tried for big guests (#17) and not kept: keeping memory resident between
+/// instances (`linear_memory_keep_resident` 16 MiB, `table_keep_resident` 1
+/// MiB, no decommit batching). Under `wasmtime serve` on this machine, at a
+/// load average near 2, it took an 18 MB componentize-py handler from ~255 to
+/// ~930 req/s (8 MiB: ~470; 32 MiB and more: no better; with `pagemap_scan`
+/// ~320-350: the scan finds at most 32 dirty regions and decommits the rest).
+/// In skiff, measured at a load average of 6-9 (five other builds running),
+/// it did not show: `make bench`'s http-big went from 375 to 282 req/s (1.07x
+/// to 0.85x `wasmtime serve`), and three alternating 8 s runs of two `skiff dev`
+/// gave 341/194/201 req/s without it against 240/154/258 with it. It also
+/// resets (copies) the whole kept region on every instance's end, which costs
+/// a small guest such as hello a megabyte of writes per request. Left for a
+/// measurement on a quiet machine.
+pub(crate) fn http_pool(instances: u32, max_memory: usize) -> PoolingAllocationConfig {
+    let n = instances;
+    let mut p = PoolingAllocationConfig::default();
+    p.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .max_memory_size(max_memory)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_core_instances_per_component(32)
+        .decommit_batch_size(POOL_DECOMMIT_BATCH);
+    p
+}
 
 /// The tokio runtime guests run on, apart from the daemon's own so that a busy
 /// guest never starves heartbeats or the node API.

@@ -10,11 +10,8 @@ use bytes::Bytes;
 use skiff_api::Client;
 use std::path::Path;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
-/// Freed pool slots decommitted together.
-const DECOMMIT_BATCH: usize = 16;
 
 /// Whether `bytes` is a component that exports `wasi:http/incoming-handler`.
 pub fn is_http_component(bytes: &[u8]) -> bool {
@@ -94,19 +91,12 @@ pub(super) fn engine_config(pool: Option<u32>) -> Config {
     // (bounds-checked code instead of guard pages), and a pool of them fits.
     config.memory_reservation(POOL_MEMORY);
     config.memory_guard_size(32 << 20);
+    // Each instance's memory starts as a copy-on-write mapping of the
+    // module's image (wasmtime's default, said here because the pool's
+    // speed for big guests rests on it; see `engine::http_pool`).
+    config.memory_init_cow(true);
     if let Some(n) = pool {
-        let mut p = PoolingAllocationConfig::default();
-        p.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
-            .max_memory_size(POOL_MEMORY as usize)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16)
-            .max_core_instances_per_component(32)
-            // Freed slots are returned to the kernel (madvise) a batch at a
-            // time: one call and one TLB shootdown per batch, not per request.
-            .decommit_batch_size(DECOMMIT_BATCH);
+        let p = crate::engine::http_pool(n, POOL_MEMORY as usize);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     config
