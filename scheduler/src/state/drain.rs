@@ -426,6 +426,9 @@ impl Mem {
         let Some(drain) = self.nodes[i].drain.clone() else { return Ok(()) };
         let ids: Vec<String> = self.by_node.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         let mut stuck = Vec::new();
+        // Job runs finish where they are (they end by themselves); a forced
+        // drain stops them and their job runs the index again elsewhere.
+        let mut runs = 0u32;
         let mut deployments = BTreeSet::new();
         // Newly leaving and forced stops, by deployment: one event each.
         let mut newly: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -433,6 +436,20 @@ impl Mem {
         for id in ids {
             let Some(r) = self.replicas.get(&id) else { continue };
             let (dep, key) = (r.deployment.clone(), (r.deployment.clone(), r.revision));
+            if super::jobs::job_of(&dep).is_some() {
+                if drain.force {
+                    let reason = format!("stopped by the forced drain of node {name}; its index runs again elsewhere");
+                    let obj = super::jobs::owner_object(&dep);
+                    tx.event(now, &obj, "DrainStopped", &format!("run {id} {reason}"))?;
+                    self.update(tx, &id, |r| {
+                        r.state = ReplicaState::Stopped;
+                        r.reason = Some(reason);
+                    })?;
+                } else {
+                    runs += 1;
+                }
+                continue;
+            }
             let why = match why_not.get(&key) {
                 Some(w) => w.clone(),
                 None => {
@@ -475,15 +492,16 @@ impl Mem {
         for dep in &deployments {
             self.reconcile(tx, dep, now)?;
         }
-        self.record_drain(tx, name, stuck, now)
+        self.record_drain(tx, name, stuck, runs, now)
     }
 
     /// Writes where node `name`'s drain stands, with events when it finishes
     /// or finds replicas it cannot move.
-    fn record_drain(&mut self, tx: &Tx, name: &str, stuck: Vec<String>, now: Millis) -> Result<(), Error> {
+    /// `runs`: job runs left to finish on the node.
+    fn record_drain(&mut self, tx: &Tx, name: &str, stuck: Vec<String>, runs: u32, now: Millis) -> Result<(), Error> {
         let Some(&i) = self.node_idx.get(name) else { return Ok(()) };
         let remaining = self.by_node.get(name).map_or(0, BTreeSet::len) as u32;
-        let moving = remaining.saturating_sub(stuck.len() as u32);
+        let moving = remaining.saturating_sub(stuck.len() as u32).saturating_sub(runs);
         let message = if remaining == 0 {
             "drained: the node holds no replica".to_string()
         } else {
@@ -494,6 +512,12 @@ impl Mem {
                     waiting.push_str(&format!("; a replacement is pending: {why}"));
                 }
                 parts.push(waiting);
+            }
+            if runs > 0 {
+                let what = if runs == 1 { "1 job run".to_string() } else { format!("{runs} job runs") };
+                parts.push(format!(
+                    "waiting for {what} to finish (--force stops them; their job runs them again elsewhere)"
+                ));
             }
             if !stuck.is_empty() {
                 parts.push(format!("{} cannot move (--force stops them)", stuck.len()));
@@ -763,6 +787,44 @@ mod tests {
             Some(m) => format!("{} -> {}: {}", s[m.from].node, s[m.to].node, m.why),
             None => "none".into(),
         }
+    }
+
+    #[test]
+    fn a_job_run_finishes_on_a_draining_node_unless_forced() {
+        let temp = crate::state::tests::tempdir::Dir::new();
+        let mut st = open(&temp.0);
+        for name in ["n1", "n2"] {
+            st.register(from(json!({
+                "name": name, "address": "http://127.0.0.1:1", "labels": {},
+                "capacity": {"cpu": 4000, "memory": 1u64 << 32}, "runtimes": ["wasm"], "ingress": "http://127.0.0.1:2",
+            })))
+            .expect("register");
+        }
+        let template = json!({"workload": {"wasm": "sha256:00"}, "resources": {"cpu": 100, "memory": 1 << 20}});
+        st.create_job("batch", from(json!({"template": template}))).expect("job");
+        st.reconcile_jobs().expect("jobs");
+        st.schedule().expect("schedule");
+        let run = st.mem().all_replicas().next().cloned().expect("a run");
+        let node = run.node.clone().expect("placed");
+        all_ready(&mut st, &node);
+
+        // It is not moved (a job has no replacement to make): the drain waits for it.
+        let n = st.drain(&node, false).expect("drain");
+        let d = n.drain.expect("draining");
+        assert!(!d.done && d.stuck.is_empty() && d.message.contains("waiting for 1 job run to finish"), "{d:?}");
+        assert!(!st.mem.moves.is_leaving(&run.id));
+        assert!(st.mem().replicas_on(&node).any(|r| r.id == run.id), "the run was stopped");
+
+        // Forced, it stops, and its job runs the index again elsewhere.
+        st.drain(&node, true).expect("force");
+        assert!(st.mem().replicas_on(&node).next().is_none());
+        st.reconcile_jobs().expect("jobs");
+        st.schedule().expect("schedule");
+        let again: Vec<Replica> = st.mem().all_replicas().cloned().collect();
+        assert!(again.len() == 1 && again[0].id != run.id, "{again:?}");
+        assert!(again[0].node.as_deref().is_some_and(|n| n != node), "{again:?}");
+        st.moves_pass(false).expect("pass");
+        assert!(st.mem().node(&node).and_then(|n| n.drain.clone()).is_some_and(|d| d.done));
     }
 
     #[test]
