@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// How long output is still read after the command exited (a process it left
 /// in the background may hold its stdout open for ever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Under the data dir: a directory per exec for runc's pid file.
+const SCRATCH_DIR: &str = "exec";
 /// How long cancelling a command waits for runc's pid file, then for runc.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection to a container's port may take.
@@ -131,21 +133,23 @@ pub enum Target {
     Http(Arc<HttpRuntime>, Arc<HttpReplica>),
 }
 
-/// A private directory for runc's pid file, removed when dropped.
+/// A private directory for runc's pid file (`<data dir>/exec/<random>`),
+/// removed when dropped.
 struct Scratch {
     dir: Option<PathBuf>,
 }
 
 impl Scratch {
-    fn new() -> Result<Scratch, Refusal> {
+    fn new(base: &Path) -> Result<Scratch, Refusal> {
         use std::os::unix::fs::DirBuilderExt;
         let mut raw = [0u8; 8];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
             .map_err(|e| refuse(500, format!("cannot read /dev/urandom: {e}")))?;
-        let dir = std::env::temp_dir().join(format!("skiff-exec-{}", hex::encode(raw)));
+        let dir = base.join(hex::encode(raw));
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&dir)
             .map_err(|e| refuse(500, format!("cannot create {}: {e}", dir.display())))?;
         Ok(Scratch { dir: Some(dir) })
@@ -191,6 +195,8 @@ impl Relay {
         http: Option<Arc<HttpRuntime>>,
         lookup: Lookup,
     ) -> Relay {
+        // What a daemon that was killed mid-exec left (its sessions are gone).
+        let _ = std::fs::remove_dir_all(data_dir.join(SCRATCH_DIR));
         Relay {
             node: node.to_string(),
             data_dir: data_dir.to_path_buf(),
@@ -238,7 +244,7 @@ impl Relay {
     pub async fn start_exec(&self, id: &str, req: &ExecRequest) -> Result<Exec, Refusal> {
         let containers = self.container(id, "exec")?;
         let oci = containers.oci();
-        let scratch = Scratch::new()?;
+        let scratch = Scratch::new(&self.data_dir.join(SCRATCH_DIR))?;
         let mut cmd = tokio::process::Command::new(&oci.bin);
         cmd.arg("--root").arg(&oci.root).arg("exec").arg("--pid-file").arg(scratch.pid_file());
         if req.tty {

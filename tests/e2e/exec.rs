@@ -329,6 +329,13 @@ fn exec_runs_commands_in_a_container_with_and_without_a_terminal() {
         });
     }
 
+    // Every exec's scratch directory (runc's pid file) is gone with it.
+    let scratch = c.data().join("node/exec");
+    wait_for(Duration::from_secs(30), "the execs' scratch directories removed", || {
+        let left: Vec<_> = std::fs::read_dir(&scratch).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+
     // Each exec is an event that names the token.
     let events = c.cli(&["events", "-o", "json"]);
     assert!(
