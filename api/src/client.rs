@@ -76,6 +76,8 @@ pub struct Client {
     /// every task's client at once.
     token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     http: reqwest::Client,
+    /// The namespace of namespaced calls (#20); `None` is `default`.
+    namespace: Option<std::sync::Arc<str>>,
 }
 
 impl Client {
@@ -93,6 +95,7 @@ impl Client {
             current: Default::default(),
             token: Default::default(),
             http: http_client(None),
+            namespace: None,
         }
     }
 
@@ -108,6 +111,18 @@ impl Client {
     pub fn with_token(mut self, token: &str) -> Client {
         self.token = std::sync::Arc::new(std::sync::RwLock::new(Some(token.to_string())));
         self
+    }
+
+    /// Makes the namespaced calls (deployments, replicas, secrets, volumes,
+    /// events) in namespace `ns`: under `/v1/namespaces/NS/` (#20).
+    pub fn with_namespace(mut self, ns: &str) -> Client {
+        self.namespace = (ns != crate::namespace::DEFAULT).then(|| std::sync::Arc::from(ns));
+        self
+    }
+
+    /// The namespace of namespaced calls.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(crate::namespace::DEFAULT)
     }
 
     /// Replaces the bearer token of this client and of every clone sharing it.
@@ -126,6 +141,17 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        const NAMESPACED: [&str; 5] = ["deployments", "replicas", "secrets", "volumes", "events"];
+        let path = match (&self.namespace, path.strip_prefix("/v1/")) {
+            (Some(ns), Some(rest))
+                if NAMESPACED
+                    .iter()
+                    .any(|k| rest.strip_prefix(k).is_some_and(|t| t.is_empty() || t.starts_with(['/', '?']))) =>
+            {
+                format!("/v1/namespaces/{ns}/{rest}")
+            }
+            _ => path.to_string(),
+        };
         let rb = self.http.request(method, format!("{}{path}", self.base()));
         match &self.token() {
             Some(t) => rb.bearer_auth(t),
@@ -591,6 +617,31 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/v1/tokens")).await
     }
 
+    /// `GET /v1/namespaces`: every namespace the token may see (#20).
+    pub async fn namespaces(&self) -> Result<Vec<crate::namespace::Namespace>, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/v1/namespaces")).await
+    }
+
+    /// `GET /v1/namespaces/{name}`.
+    pub async fn get_namespace(&self, name: &str) -> Result<crate::namespace::Namespace, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/v1/namespaces/{name}"))).await
+    }
+
+    /// `PUT /v1/namespaces/{name}`: creates it, or sets its quota and isolation.
+    pub async fn put_namespace(
+        &self,
+        name: &str,
+        req: &crate::namespace::NamespaceRequest,
+    ) -> Result<crate::namespace::Namespace, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/v1/namespaces/{name}")).json(req)).await
+    }
+
+    /// `DELETE /v1/namespaces/{name}` (with `cascade`, its objects too).
+    pub async fn delete_namespace(&self, name: &str, cascade: bool) -> Result<(), ClientError> {
+        let rb = self.request(reqwest::Method::DELETE, &format!("/v1/namespaces/{name}"));
+        self.send(rb.query(&[("cascade", cascade)])).await.map(|_| ())
+    }
+
     /// Makes an API token; the answer is the only time it is shown.
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/v1/tokens").json(req)).await
@@ -669,6 +720,8 @@ impl Client {
         req: &ActivateRequest,
         wait: Duration,
     ) -> Result<ActivateResponse, ClientError> {
+        // A namespaced deployment's key `NS/NAME` (#20) is one path segment.
+        let name = name.replace('/', "%2F");
         let rb = self
             .request(reqwest::Method::POST, &format!("/v1/deployments/{name}/activate"))
             .query(&[("wait", wait.as_millis().to_string())])

@@ -9,6 +9,7 @@ pub mod client;
 pub mod job;
 pub mod manifest;
 pub mod messages;
+pub mod namespace;
 pub mod objects;
 pub mod quantity;
 pub mod relay;

@@ -75,6 +75,8 @@ pub struct ManifestDeployment {
     pub autoscale: Option<Autoscale>,
     /// Going to zero replicas when idle.
     pub scale_to_zero: Option<ScaleToZero>,
+    /// The namespace it goes to (#20); absent: the one the CLI acts in.
+    pub namespace: Option<String>,
     /// The template. Its workload is `Wasm(path)` with the path of the `.wasm`
     /// file as written (relative to the manifest) until the CLI uploads it and
     /// puts the digest there, or `Image(reference)`.
@@ -95,8 +97,8 @@ impl ManifestDeployment {
 }
 
 /// The keys a manifest reads itself rather than through [`WorkloadSpec`].
-const OWN_KEYS: [&str; 8] =
-    ["name", "wasm", "image", "replicas", "resources", "strategy", "autoscale", "scale_to_zero"];
+const OWN_KEYS: [&str; 9] =
+    ["name", "wasm", "image", "replicas", "resources", "strategy", "autoscale", "scale_to_zero", "namespace"];
 
 /// The template's fields a manifest spells with its own keys (`wasm`/`image`,
 /// and `resources` with defaults).
@@ -188,6 +190,7 @@ struct Own {
     strategy: Option<UpdateStrategy>,
     autoscale: Option<Autoscale>,
     scale_to_zero: Option<ScaleToZero>,
+    namespace: Option<String>,
 }
 
 impl Own {
@@ -214,6 +217,7 @@ impl Own {
             "resources" => once(&mut self.resources, key, map),
             "strategy" => once(&mut self.strategy, key, map),
             "autoscale" => once(&mut self.autoscale, key, map),
+            "namespace" => once(&mut self.namespace, key, map),
             _ => once(&mut self.scale_to_zero, key, map),
         }
     }
@@ -296,6 +300,7 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             strategy: own.strategy.unwrap_or_default(),
             autoscale: own.autoscale,
             scale_to_zero: own.scale_to_zero,
+            namespace: own.namespace,
             spec,
         };
         Ok((d, workloads))

@@ -387,6 +387,9 @@ pub struct TokenRequest {
     pub name: Option<String>,
     /// What it may do.
     pub role: TokenRole,
+    /// The namespace it may act in; absent or `*`: every one (#20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// The answer to `POST /v1/tokens`: the only time the token is shown.

@@ -227,8 +227,11 @@ pub struct RevisionInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
-    /// Unique name (a DNS label).
+    /// Unique name (a DNS label) within its namespace.
     pub name: String,
+    /// Its namespace (#20; `default` for everything made before namespaces).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     /// Desired number of replicas.
     pub replicas: u32,
     /// The current revision, starting at 1.
@@ -455,10 +458,15 @@ pub struct Image {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenRole {
-    /// Every call.
+    /// Every call (in its namespace, for a token scoped to one: also its
+    /// tokens and quota).
     Admin,
-    /// Only reads (GET and HEAD).
+    /// Only reads (GET and HEAD): objects, logs, events.
+    #[serde(alias = "read")]
     ReadOnly,
+    /// Reads, and writes deployments, scales, rolls out and manages secrets
+    /// and volumes (#20).
+    Deploy,
 }
 
 impl std::fmt::Display for TokenRole {
@@ -466,6 +474,7 @@ impl std::fmt::Display for TokenRole {
         f.write_str(match self {
             TokenRole::Admin => "admin",
             TokenRole::ReadOnly => "read-only",
+            TokenRole::Deploy => "deploy",
         })
     }
 }
@@ -478,6 +487,10 @@ pub struct TokenInfo {
     pub name: String,
     /// What it may do.
     pub role: TokenRole,
+    /// The namespace it may act in, or `*`: every one, and what is not in a
+    /// namespace (nodes, images, namespaces, servers) (#20).
+    #[serde(default = "every_namespace")]
+    pub namespace: String,
     /// When it was made.
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_ms: Millis,
@@ -530,4 +543,9 @@ pub struct ServersInfo {
     pub servers: Vec<ServerInfo>,
     /// The store's members and their health.
     pub members: Vec<StoreMember>,
+}
+
+/// `*`: a token that is not scoped to a namespace.
+pub fn every_namespace() -> String {
+    "*".to_string()
 }

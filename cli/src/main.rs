@@ -48,6 +48,10 @@ struct Cli {
     #[arg(long, global = true, env = "SKIFF_CA_FILE", value_name = "PATH")]
     ca_file: Option<std::path::PathBuf>,
 
+    /// The namespace to act in [default: default]; for `token create`, the one the token is scoped to [default: every one]
+    #[arg(short = 'n', long, global = true, env = "SKIFF_NAMESPACE", value_name = "NS")]
+    namespace: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +106,9 @@ enum Command {
     Volume(volume::VolumeArgs),
     /// Create, list and revoke API tokens
     Token(token::TokenArgs),
+    /// Create, list, describe and remove namespaces, and set their quotas
+    #[command(visible_alias = "ns")]
+    Namespace(commands::namespace::NamespaceArgs),
     /// Print skiff's version
     Version,
 }
@@ -284,11 +291,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = resolve_server(cli.server);
     let token = resolve_token(cli.api_token);
     let (ca_flag, ca_file) = (cli.ca_fingerprint.as_deref(), cli.ca_file.as_deref());
+    let namespace = cli.namespace.clone();
     let ca = if cli.command.is_daemon() { explicit_ca(ca_flag, ca_file)? } else { resolve_ca(ca_flag, ca_file)? };
     let client = |server: &str| {
         let c = skiff_api::Client::new(server);
         let c = match ca {
             Some(ca) => c.with_ca(ca),
+            None => c,
+        };
+        let c = match &namespace {
+            Some(ns) => c.with_namespace(ns),
             None => c,
         };
         match &token {
@@ -325,7 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(args) => rollout::rollout(args, &client(&server)).await,
         Command::Rebalance(args) => commands::node::rebalance(args, &client(&server)).await,
         Command::Volume(args) => volume::volume(args, &client(&server)).await,
-        Command::Token(args) => token::token(args, &client(&server)).await,
+        Command::Token(args) => token::token(args, &client(&server), namespace.clone()).await,
+        Command::Namespace(args) => commands::namespace::namespace(args, &client(&server)).await,
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

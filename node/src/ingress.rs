@@ -230,6 +230,8 @@ impl Ingress {
                 &format!("no deployment named in the request: use Host: NAME.{} or the path /d/NAME/", self.suffix),
             );
         };
+        // `/d/NS/NAME/` (#20): NAME of namespace NS, when that deployment exists.
+        let (name, path) = namespaced_path(name, path, |key| self.exists(key));
         if let Some(path) = path {
             match http::Uri::try_from(path) {
                 Ok(uri) => *req.uri_mut() = uri,
@@ -535,8 +537,37 @@ pub fn route<B>(req: &Request<B>, suffix: &str) -> Option<(String, Option<String
     Some((name, Some(path)))
 }
 
+/// A deployment's key as a request names it: `NAME` (in `default`), or, by
+/// namespace (#20), `NAME.NS` in a host name and `NS/NAME` in the header.
 fn valid(name: &str) -> Option<String> {
-    skiff_api::manifest::validate_name(name).ok().map(|()| name.to_string())
+    let ok = |n: &str| skiff_api::manifest::validate_name(n).is_ok();
+    match name.split_once('.').or_else(|| name.split_once('/').map(|(ns, n)| (n, ns))) {
+        Some((n, ns)) if ok(n) && ok(ns) => Some(skiff_api::namespace::key(ns, n)),
+        Some(_) => None,
+        None => ok(name).then(|| name.to_string()),
+    }
+}
+
+/// `/d/NS/NAME/...` (#20): [`route`] took `NS` for the name; when `NS/NAME` is a
+/// deployment, that is the one, and the path goes on after `NAME`.
+fn namespaced_path(name: String, path: Option<String>, exists: impl Fn(&str) -> bool) -> (String, Option<String>) {
+    let Some(p) = &path else { return (name, path) };
+    if name.contains('/') {
+        return (name, path);
+    }
+    let rest = p.strip_prefix('/').unwrap_or(p);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let inner = &rest[..end];
+    if skiff_api::manifest::validate_name(inner).is_err() {
+        return (name, path);
+    }
+    let key = skiff_api::namespace::key(&name, inner);
+    if !exists(&key) {
+        return (name, path);
+    }
+    let tail = &rest[end..];
+    let tail = if tail.is_empty() || tail.starts_with('?') { format!("/{tail}") } else { tail.to_string() };
+    (key, Some(tail))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -634,5 +665,28 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         let out = without_hop_by_hop(&h);
         assert_eq!(out.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    #[test]
+    fn requests_name_namespaced_deployments() {
+        let req =
+            |host: &str, path: &str| Request::builder().uri(path).header("host", host).body(()).expect("a request");
+        let s = "skiff.local";
+        assert_eq!(route(&req("web.skiff.local", "/x"), s), Some(("web".into(), None)));
+        assert_eq!(route(&req("web.team-a.skiff.local", "/x"), s), Some(("team-a/web".into(), None)));
+        assert_eq!(route(&req("a.b.c.skiff.local", "/x"), s), None);
+        // `/d/NS/NAME/` when NS/NAME exists, else `/d/NAME/` as before.
+        let exists = |k: &str| k == "team-a/web";
+        let (name, path) = route(&req("127.0.0.1:8080", "/d/team-a/web/p?q=1"), s).expect("routed");
+        assert_eq!(namespaced_path(name, path, exists), ("team-a/web".into(), Some("/p?q=1".into())));
+        let (name, path) = route(&req("127.0.0.1:8080", "/d/team-a/web"), s).expect("routed");
+        assert_eq!(namespaced_path(name, path, exists), ("team-a/web".into(), Some("/".into())));
+        let (name, path) = route(&req("127.0.0.1:8080", "/d/api/web"), s).expect("routed");
+        assert_eq!(namespaced_path(name, path, exists), ("api".into(), Some("/web".into())));
     }
 }

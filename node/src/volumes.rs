@@ -45,7 +45,9 @@ impl Drop for Held {
 
 /// Where volume `name` lives on this node.
 pub fn dir(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join("volumes").join(name)
+    // A namespaced volume's key `NS/NAME` (#20) is `NS.NAME` here: no name holds
+    // a `.`, so it never lands inside `default`'s volume `NS`.
+    data_dir.join("volumes").join(name.replace('/', "."))
 }
 
 impl Locks {
@@ -87,7 +89,9 @@ pub fn preopens(data_dir: &Path, a: &Assignment) -> Result<Vec<Preopen>, String>
 /// mounts one (then the next answer asks again).
 pub fn purge(data_dir: &Path, names: &[String], in_use: impl Fn(&str) -> bool) {
     for name in names {
-        if skiff_api::manifest::validate_name(name).is_err() || in_use(name) {
+        let valid =
+            name.split('/').count() <= 2 && name.split('/').all(|p| skiff_api::manifest::validate_name(p).is_ok());
+        if !valid || in_use(name) {
             continue;
         }
         let d = dir(data_dir, name);

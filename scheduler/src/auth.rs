@@ -42,6 +42,73 @@ pub(crate) enum Caller {
     Join,
     /// A node's own credential.
     Node(String),
+    /// A token scoped to one namespace, or a cluster-wide `deploy` token
+    /// (`namespace` `*`) (#20).
+    Scoped { role: TokenRole, namespace: String },
+}
+
+impl Caller {
+    /// The one namespace this caller may see, if it is scoped to one.
+    pub(crate) fn namespace(&self) -> Option<&str> {
+        match self {
+            Caller::Scoped { namespace, .. } if namespace != "*" => Some(namespace),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a route is about objects in one namespace (#20): a token scoped to
+/// a namespace may call it there only; every other route is the cluster's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Deployments, replicas, secrets, volumes, events (and the namespace itself).
+    Namespaced,
+    /// Nodes, images, namespaces, servers, tokens, jobs, blobs, the dashboard.
+    Cluster,
+}
+
+/// Whether `route` is namespaced. With [`need`], the route table's word on access.
+pub(crate) fn scope(route: &str) -> Scope {
+    const NAMESPACED: [&str; 5] = ["/v1/deployments", "/v1/replicas", "/v1/secrets", "/v1/volumes", "/v1/events"];
+    if NAMESPACED.iter().any(|p| route == *p || route.starts_with(&format!("{p}/"))) || route == "/v1/namespaces/{ns}" {
+        Scope::Namespaced
+    } else {
+        Scope::Cluster
+    }
+}
+
+/// What role a scoped token needs for `method` on `route`, beyond [`need`]'s
+/// word: `None` when no scoped token may make the call.
+pub(crate) fn scoped_role(method: &Method, route: &str) -> Option<TokenRole> {
+    let read = method == Method::GET || method == Method::HEAD;
+    match (scope(route), need(method, route)) {
+        // A namespace's quota: its admin's (creating one is a cluster admin's,
+        // checked in the handler).
+        (Scope::Namespaced, _) if route == "/v1/namespaces/{ns}" && method == Method::DELETE => None,
+        (Scope::Namespaced, Need::Admin) if route == "/v1/namespaces/{ns}" => Some(TokenRole::Admin),
+        (Scope::Namespaced, Need::Read) => Some(TokenRole::ReadOnly),
+        (Scope::Namespaced, Need::Admin) => Some(TokenRole::Deploy),
+        (Scope::Namespaced, _) => None,
+        // Listing namespaces shows a scoped token its own; its tokens are its admin's.
+        (Scope::Cluster, _) if route == "/v1/namespaces" && read => Some(TokenRole::ReadOnly),
+        (Scope::Cluster, _) if route == "/v1/tokens" || route == "/v1/tokens/{name}" => Some(TokenRole::Admin),
+        // Uploading a Wasm component is part of deploying it.
+        (Scope::Cluster, _) if route == "/v1/blobs/{digest}" => {
+            Some(if read { TokenRole::ReadOnly } else { TokenRole::Deploy })
+        }
+        (Scope::Cluster, _) if route == "/v1/openapi.json" => Some(TokenRole::ReadOnly),
+        (Scope::Cluster, _) => None,
+    }
+}
+
+/// Whether `role` includes `needed`.
+fn covers(role: TokenRole, needed: TokenRole) -> bool {
+    let rank = |r: TokenRole| match r {
+        TokenRole::ReadOnly => 0,
+        TokenRole::Deploy => 1,
+        TokenRole::Admin => 2,
+    };
+    rank(role) >= rank(needed)
 }
 
 /// What a route asks of its caller.
@@ -173,9 +240,15 @@ impl Auth {
     pub fn reload(&self, store: &Store) -> anyhow::Result<()> {
         let mut users = Vec::new();
         for (name, hash, role, created_ms) in store.tokens()? {
-            let role = if role == "admin" { TokenRole::Admin } else { TokenRole::ReadOnly };
+            // `ROLE` (cluster-wide) or `ROLE NAMESPACE` (#20).
+            let (role, namespace) = role.split_once(' ').unwrap_or((role.as_str(), "*"));
+            let role = match role {
+                "admin" => TokenRole::Admin,
+                "deploy" => TokenRole::Deploy,
+                _ => TokenRole::ReadOnly,
+            };
             if let Some(hash) = unhex(&hash) {
-                users.push(User { hash, info: TokenInfo { name, role, created_ms } });
+                users.push(User { hash, info: TokenInfo { name, role, namespace: namespace.to_string(), created_ms } });
             }
         }
         let nodes = store.node_credentials()?.into_iter().filter_map(|(n, h)| Some((unhex(&h)?, n))).collect();
@@ -202,12 +275,13 @@ impl Auth {
         let mut found = None;
         for u in self.users().iter() {
             if ct_eq(&hash, &u.hash) {
-                found = Some(u.info.role);
+                found = Some((u.info.role, u.info.namespace.clone()));
             }
         }
         match found {
-            Some(TokenRole::Admin) => Some(Caller::Admin),
-            Some(TokenRole::ReadOnly) => Some(Caller::ReadOnly),
+            Some((TokenRole::Admin, ns)) if ns == "*" => Some(Caller::Admin),
+            Some((TokenRole::ReadOnly, ns)) if ns == "*" => Some(Caller::ReadOnly),
+            Some((role, namespace)) => Some(Caller::Scoped { role, namespace }),
             None => self.node_map().get(&hash).cloned().map(Caller::Node),
         }
     }
@@ -233,6 +307,22 @@ impl Auth {
     /// Every user token's name and role.
     pub fn list(&self) -> Vec<TokenInfo> {
         self.users().iter().map(|u| u.info.clone()).collect()
+    }
+
+    /// Revokes every token scoped to namespace `ns` (it was removed).
+    pub fn forget_namespace(&self, store: &Store, ns: &str) {
+        let mut users = self.users();
+        for u in users.iter().filter(|u| u.info.namespace == ns) {
+            if let Err(e) = store.delete_token(&u.info.name) {
+                tracing::warn!("revoking token {} of removed namespace {ns}: {e}", u.info.name);
+            }
+        }
+        users.retain(|u| u.info.namespace != ns);
+    }
+
+    /// The namespace of token `name`, if there is one.
+    pub fn namespace_of(&self, name: &str) -> Option<String> {
+        self.users().iter().find(|u| u.info.name == name).map(|u| u.info.namespace.clone())
     }
 
     /// Makes a token; the answer holds it, the store only its hash.
@@ -261,11 +351,20 @@ impl Auth {
                 format!("a token named {name:?} exists; pick another name or remove it with `skiff token rm {name}`"),
             ));
         }
-        let prefix = if req.role == TokenRole::Admin { "ska_" } else { "skr_" };
+        let prefix = match req.role {
+            TokenRole::Admin => "ska_",
+            TokenRole::Deploy => "skd_",
+            TokenRole::ReadOnly => "skr_",
+        };
+        let namespace = req.namespace.filter(|n| !n.is_empty()).unwrap_or_else(skiff_api::every_namespace);
         let token = random_token(prefix).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let hash = sha256(&token);
-        let info = TokenInfo { name, role: req.role, created_ms: now_ms() };
-        store.put_token(&info.name, &hex::encode(hash), &info.role.to_string(), info.created_ms)?;
+        let info = TokenInfo { name, role: req.role, namespace, created_ms: now_ms() };
+        let stored_role = match info.namespace.as_str() {
+            "*" => info.role.to_string(),
+            ns => format!("{} {ns}", info.role),
+        };
+        store.put_token(&info.name, &hex::encode(hash), &stored_role, info.created_ms)?;
         users.push(User { hash, info: info.clone() });
         Ok(TokenCreated { info, token })
     }
@@ -361,6 +460,51 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
         discard_body(req).await;
         return ApiError::unauthorized(NO_TOKEN).into_response();
     };
+    // A token scoped to a namespace (#20): the route must be one it may call,
+    // with its role, in its namespace; another namespace's objects are not
+    // found (404, so that their names do not leak), not forbidden.
+    if let Caller::Scoped { role, namespace } = &caller {
+        let needed = scoped_role(req.method(), &route);
+        let Some(needed) = needed else {
+            discard_body(req).await;
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "a token scoped to a namespace may not make this call; it is a cluster admin's",
+            );
+        };
+        if !covers(*role, needed) {
+            discard_body(req).await;
+            let why = format!(
+                "this {role} token of namespace {namespace} may not make this call; it needs the {needed} role"
+            );
+            return refuse(StatusCode::FORBIDDEN, &why);
+        }
+        if namespace != "*" && scope(&route) == Scope::Namespaced {
+            let asked = match req.extensions().get::<crate::http::namespaces::Ns>() {
+                Some(ns) => ns.0.clone(),
+                None if route == "/v1/namespaces/{ns}" => {
+                    req.uri().path().trim_start_matches("/v1/namespaces/").to_string()
+                }
+                None => skiff_api::namespace::DEFAULT.to_string(),
+            };
+            // A replica's namespace is its deployment's.
+            let replica_ns = path_replica(req.uri().path()).map(|id| {
+                let st = core.state();
+                st.mem().replica(id).map(|r| skiff_api::namespace::of(&r.deployment).to_string())
+            });
+            let other =
+                asked != *namespace || matches!(&replica_ns, Some(ns) if ns.as_deref() != Some(namespace.as_str()));
+            if other {
+                discard_body(req).await;
+                return ApiError::not_found(format!(
+                    "not found in namespace {asked}; this token sees namespace {namespace} only (-n {namespace})"
+                ))
+                .into_response();
+            }
+        }
+        req.extensions_mut().insert(caller);
+        return next.run(req).await;
+    }
     let allowed = match (&caller, need) {
         (_, Need::Open) => true,
         (Caller::Admin, Need::Admin | Need::Read | Need::Metrics | Need::NodeOrRead | Need::NodeOrAdmin) => true,
@@ -388,17 +532,47 @@ pub(crate) async fn check(State(core): State<Arc<Core>>, mut req: Request, next:
 
 /// `GET /v1/tokens`.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "Every API token (names and roles)", body = Vec<TokenInfo>), crate::http::Failures))]
-pub(crate) async fn list_tokens(State(core): State<Arc<Core>>) -> axum::Json<Vec<TokenInfo>> {
-    axum::Json(core.auth.list())
+pub(crate) async fn list_tokens(
+    State(core): State<Arc<Core>>,
+    caller: Option<axum::Extension<Caller>>,
+) -> axum::Json<Vec<TokenInfo>> {
+    let mut all = core.auth.list();
+    if let Some(axum::Extension(c)) = caller
+        && let Some(ns) = c.namespace()
+    {
+        all.retain(|t| t.namespace == ns);
+    }
+    axum::Json(all)
 }
 
 /// `POST /v1/tokens`.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest, responses((status = 200, description = "Made; the only time the token is shown", body = TokenCreated), crate::http::Failures))]
 pub(crate) async fn create_token(
     State(core): State<Arc<Core>>,
-    crate::http::JsonBody(req): crate::http::JsonBody<TokenRequest>,
+    caller: Option<axum::Extension<Caller>>,
+    crate::http::JsonBody(mut req): crate::http::JsonBody<TokenRequest>,
 ) -> Result<axum::Json<TokenCreated>, ApiError> {
+    // A namespace's admin makes tokens of its namespace only.
+    if let Some(axum::Extension(c)) = &caller
+        && let Some(own) = c.namespace()
+    {
+        match req.namespace.as_deref() {
+            None => req.namespace = Some(own.to_string()),
+            Some(ns) if ns == own => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "a namespace's admin makes tokens of its own namespace only",
+                ));
+            }
+        }
+    }
     let st = core.state();
+    if let Some(ns) = req.namespace.as_deref().filter(|n| *n != "*")
+        && !st.mem().namespace_exists(ns)
+    {
+        return Err(ApiError::not_found(format!("namespace {ns:?} not found; `skiff namespace ls` lists them")));
+    }
     Ok(axum::Json(core.auth.create(st.store(), req)?))
 }
 
@@ -406,8 +580,15 @@ pub(crate) async fn create_token(
 #[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "The token's name", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Revoked"), crate::http::Failures))]
 pub(crate) async fn delete_token(
     State(core): State<Arc<Core>>,
+    caller: Option<axum::Extension<Caller>>,
     crate::http::Path(name): crate::http::Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(axum::Extension(c)) = &caller
+        && let Some(own) = c.namespace()
+        && core.auth.namespace_of(&name).as_deref() != Some(own)
+    {
+        return Err(ApiError::not_found(format!("token {name:?} not found; `skiff token ls` lists them")));
+    }
     let st = core.state();
     core.auth.delete(st.store(), &name)?;
     Ok(StatusCode::NO_CONTENT)
@@ -415,6 +596,11 @@ pub(crate) async fn delete_token(
 
 fn query_token(query: &str) -> Option<String> {
     query.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string)
+}
+
+/// ID in `/v1/replicas/ID/...`.
+fn path_replica(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/replicas/")?.split('/').next().filter(|id| !id.is_empty())
 }
 
 /// NAME in `/v1/nodes/NAME/...`.

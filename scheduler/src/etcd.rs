@@ -417,11 +417,11 @@ impl Etcd {
             }
             Op::PutRevision { deployment, revision, spec, created_ms } => {
                 let r = StoredRevision { spec: raw(&spec), created_ms };
-                out.push(Write::Put(self.key(&format!("revisions/{deployment}/{revision:020}")), json(&r)))
+                out.push(Write::Put(self.key(&format!("revisions/{}/{revision:020}", sep(&deployment))), json(&r)))
             }
             Op::DeleteDeployment(name) => {
                 out.push(Write::Delete(self.key(&format!("deployments/{name}"))));
-                out.push(Write::DeletePrefix(self.key(&format!("revisions/{name}/"))));
+                out.push(Write::DeletePrefix(self.key(&format!("revisions/{}/", sep(&name)))));
             }
             Op::PutReplica { id, body, .. } => {
                 out.push(Write::Put(self.key(&format!("replicas/{id}")), body.into_bytes()))
@@ -452,13 +452,14 @@ impl Etcd {
             }
             Op::DeleteVolume(name) => out.push(Write::Delete(self.key(&format!("volumes/{name}")))),
             Op::SetMeta { key, value } => out.push(Write::Put(self.key(&format!("meta/{key}")), value.into_bytes())),
+            Op::DeleteMeta(key) => out.push(Write::Delete(self.key(&format!("meta/{key}")))),
             Op::PutJob { name, body } => out.push(Write::Put(self.key(&format!("jobs/{name}")), body.into_bytes())),
             Op::DeleteJob(name) => {
                 out.push(Write::Delete(self.key(&format!("jobs/{name}"))));
-                out.push(Write::DeletePrefix(self.key(&format!("runs/{name}/"))));
+                out.push(Write::DeletePrefix(self.key(&format!("runs/{}/", sep(&name)))));
             }
             Op::PutRun { id, job, body } => {
-                out.push(Write::Put(self.key(&format!("runs/{job}/{id}")), body.into_bytes()))
+                out.push(Write::Put(self.key(&format!("runs/{}/{id}", sep(&job))), body.into_bytes()))
             }
             Op::PutCron { name, body } => out.push(Write::Put(self.key(&format!("crons/{name}")), body.into_bytes())),
             Op::DeleteCron(name) => out.push(Write::Delete(self.key(&format!("crons/{name}")))),
@@ -520,18 +521,16 @@ fn unhex(what: &'static str, s: &str) -> Result<Vec<u8>> {
 }
 
 /// The tables that make the working set ([`decode_tables`] reads these).
-pub(crate) const WORKING_SET: [&str; 10] = [
-    "nodes/",
-    "revisions/",
-    "deployments/",
-    "replicas/",
-    "meta/",
-    "secrets/",
-    "volumes/",
-    "jobs/",
-    "runs/",
-    "crons/",
-];
+pub(crate) const WORKING_SET: [&str; 10] =
+    ["nodes/", "revisions/", "deployments/", "replicas/", "meta/", "secrets/", "volumes/", "jobs/", "runs/", "crons/"];
+
+/// A namespaced key (`NS/NAME`, #20) where a key goes on with more parts: `:`
+/// for its `/`, so that deleting `revisions/NS/`'s revisions (a deployment
+/// named like a namespace, in `default`) never takes `NS/NAME`'s. No name holds
+/// a `:` (`job:NAME` is a job's replicas' owner, never a revision's key here).
+fn sep(key: &str) -> String {
+    key.replace('/', ":")
+}
 
 /// The working set from its tables, each read by `range` (a table's
 /// (key without the prefix, value) pairs in key order): from etcd itself, or
@@ -545,7 +544,7 @@ pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)
         let r: StoredRevision = decode("revision", &v)?;
         let spec: WorkloadSpec =
             serde_json::from_value(r.spec).map_err(|source| StoreError::Decode { what: "revision", source })?;
-        revisions.push((dep.to_string(), rev.parse::<u64>().unwrap_or(0), spec));
+        revisions.push((dep.replace(':', "/"), rev.parse::<u64>().unwrap_or(0), spec));
     }
     let mut deployments = Vec::new();
     // By key: a scan per deployment made loading 100,000 of them quadratic.
@@ -564,6 +563,7 @@ pub(crate) fn decode_tables(range: impl Fn(&str) -> Result<Vec<(String, Vec<u8>)
         };
         deployments.push(Deployment {
             name,
+            namespace: String::new(),
             replicas: d.replicas,
             revision: d.revision,
             spec,

@@ -126,6 +126,11 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         body TEXT NOT NULL
      );",
+    // 8: namespaces (#20). A namespaced object's key is `NAME` in `default` and
+    // `NS/NAME` elsewhere, so every row stored before is in `default` as it is;
+    // a namespace is a meta row `namespace/NAME` holding its quota and
+    // isolation as JSON, and `default` exists from the start.
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('namespace/default', '{}');",
 ];
 
 /// What the deployments table keeps as JSON beside its columns.
@@ -227,6 +232,7 @@ pub enum Op {
         key: String,
         value: String,
     },
+    DeleteMeta(String),
 }
 
 /// What a store keeps: the working set's rows, written a transaction at a time,
@@ -428,6 +434,7 @@ impl Backend for Sqlite {
                 .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))?;
             deployments.push(Deployment {
                 name,
+                namespace: String::new(),
                 replicas,
                 revision,
                 spec,
@@ -720,6 +727,10 @@ impl Tx {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.push(Op::SetMeta { key: key.to_string(), value: value.to_string() })
     }
+
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.push(Op::DeleteMeta(key.to_string()))
+    }
 }
 
 fn volume_op(v: &Volume, purge: bool) -> Op {
@@ -826,6 +837,9 @@ fn apply(tx: &Transaction, op: Op) -> Result<()> {
         Op::SetMeta { key, value } => {
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
                 .execute(params![key, value])?;
+        }
+        Op::DeleteMeta(key) => {
+            tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute(params![key])?;
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 mod auth;
 mod autoscale;
 mod bad_input;
+mod canary;
 mod cluster;
 mod container_lifecycle;
 mod containers;
@@ -13,6 +14,7 @@ mod exec;
 mod faults;
 mod http;
 mod jobs;
+mod namespaces;
 mod image_gc;
 mod observability;
 mod openapi;

@@ -268,14 +268,13 @@ pub async fn deploy(args: DeployArgs, client: &Client) -> anyhow::Result<()> {
         None => None,
     };
     let wait = args.wait.then_some(args.timeout);
-    apply_all(client, vec![Prepared { name: args.name, request, wasm }], wait, "").await
+    apply_all(client, vec![Prepared { name: args.name, request, wasm, namespace: None }], wait, "").await
 }
 
 pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     let file = &args.file;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read manifest {}", file.display()))?;
-    let objects =
-        skiff_api::manifest::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let objects = skiff_api::manifest::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     // Jobs and crons (`kind: job|cron`) go their own way, after the deployments.
     let (mut manifest, mut jobs, mut crons) = (Vec::new(), Vec::new(), Vec::new());
@@ -299,7 +298,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
             }
             Workload::Image(_) => None,
         };
-        prepared.push(Prepared { request: d.request(), name: d.name, wasm });
+        prepared.push(Prepared { request: d.request(), name: d.name, wasm, namespace: d.namespace });
     }
     let wait = args.wait.then_some(args.timeout);
     let source = format!("{}: ", file.display());
@@ -315,6 +314,8 @@ struct Prepared {
     name: String,
     request: ApplyRequest,
     wasm: Option<(PathBuf, Vec<u8>)>,
+    /// The document's `namespace:`.
+    namespace: Option<String>,
 }
 
 /// The one apply path of `deploy` and `apply`: checks every deployment as the
@@ -342,7 +343,12 @@ async fn apply_all(
         }
     }
     let mut applied = Vec::new();
-    for Prepared { name, mut request, wasm } in prepared {
+    for Prepared { name, mut request, wasm, namespace } in prepared {
+        // A document's `namespace:` (#20), else the one the client acts in.
+        let client = &match &namespace {
+            Some(ns) => client.clone().with_namespace(ns),
+            None => client.clone(),
+        };
         let mut http_component = false;
         if let Some((path, bytes)) = wasm {
             http_component = super::wait::is_http_component(&bytes);
@@ -360,11 +366,11 @@ async fn apply_all(
         }
         let serves = super::wait::serves(&request.spec, http_component);
         let d = resp.deployment;
-        applied.push((name, d.revision, d.replicas, serves, d.updated_ms));
+        applied.push((name, d.revision, d.replicas, serves, d.updated_ms, client.clone()));
     }
     if let Some(timeout) = wait {
         let deadline = tokio::time::Instant::now() + timeout;
-        for (name, revision, want, serves, since_ms) in &applied {
+        for (name, revision, want, serves, since_ms, client) in &applied {
             let target =
                 super::wait::Target { name, revision: *revision, want: *want, serves: *serves, since_ms: *since_ms };
             super::wait::until_up(client, &target, deadline, timeout).await?;

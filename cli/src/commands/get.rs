@@ -61,6 +61,9 @@ pub struct GetArgs {
     /// Replicas: only those on this node
     #[arg(long)]
     node: Option<String>,
+    /// Deployments and replicas of every namespace the token may see (names shown NS/NAME)
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,37 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
                 nodes_table(std::slice::from_ref(&node)).print();
             } else {
                 print_encoded(format, &node)?;
+            }
+        }
+        (Kind::Deployments, None) if args.all_namespaces => {
+            let mut deployments = Vec::new();
+            for ns in client.namespaces().await? {
+                for mut d in client.clone().with_namespace(&ns.name).deployments().await? {
+                    if format == Format::Table {
+                        d.name = format!("{}/{}", ns.name, d.name);
+                    }
+                    deployments.push(d);
+                }
+            }
+            if format == Format::Table {
+                deployments_table(&deployments).print();
+            } else {
+                print_encoded(format, &deployments)?;
+            }
+        }
+        (Kind::Replicas, None) if args.all_namespaces => {
+            let mut replicas = Vec::new();
+            for ns in client.namespaces().await? {
+                let c = client.clone().with_namespace(&ns.name);
+                for mut r in c.replicas(args.deployment.as_deref(), args.node.as_deref()).await? {
+                    r.deployment = skiff_api::namespace::key(&ns.name, &r.deployment);
+                    replicas.push(r);
+                }
+            }
+            if format == Format::Table {
+                replicas_table(&replicas, true).print();
+            } else {
+                print_encoded(format, &replicas)?;
             }
         }
         (Kind::Deployments, None) => {
@@ -410,6 +444,9 @@ async fn describe_deployment(client: &Client, name: &str) -> anyhow::Result<()> 
         why => format!("{}: {why}", rollout_state(&d.rollout)),
     };
     field(&mut out, "Rollout", rollout);
+    if let Some(line) = super::rollout::canary_line(&d) {
+        field(&mut out, "Canary", line);
+    }
     if spec.volume_lease {
         field(&mut out, "Volume lease", "on: a node cut off from the scheduler stops these replicas".into());
     }

@@ -8,6 +8,7 @@ pub mod get;
 pub mod image;
 pub mod job;
 pub mod manage;
+pub mod namespace;
 pub mod node;
 pub mod registry;
 pub mod rollout;

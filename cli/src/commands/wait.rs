@@ -78,8 +78,17 @@ impl Watch {
             }
         }
         let routed: BTreeSet<String> = if t.serves {
-            let table = client.endpoints(0, Duration::ZERO).await?;
-            table.deployments.get(t.name).into_iter().flatten().map(|e| e.replica.clone()).collect()
+            // The table is keyed `NS/NAME` outside `default` (#20); a token scoped
+            // to a namespace may not read it (it names every namespace's
+            // deployments): then a ready replica counts as routed.
+            let key = skiff_api::namespace::key(client.namespace(), t.name);
+            match client.endpoints(0, Duration::ZERO).await {
+                Ok(table) => table.deployments.get(&key).into_iter().flatten().map(|e| e.replica.clone()).collect(),
+                Err(e) if e.status() == Some(403) => {
+                    replicas.iter().filter(|r| r.state == ReplicaState::Ready).map(|r| r.id.clone()).collect()
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             BTreeSet::new()
         };

@@ -5,15 +5,22 @@ use super::*;
 use axum::extract::rejection::JsonRejection;
 
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, description = "Every deployment", body = Vec<Deployment>), Failures))]
-pub(super) async fn list_deployments(State(core): Shared) -> ApiResult<Vec<Deployment>> {
+pub(super) async fn list_deployments(
+    State(core): Shared,
+    space: Option<Extension<namespaces::Ns>>,
+) -> ApiResult<Vec<Deployment>> {
+    let space = namespaces::of(space);
     let st = core.state();
     let mem = st.mem();
-    Ok(Json(mem.deployment_names().filter_map(|n| mem.deployment(n)).collect()))
+    if !mem.namespace_exists(&space) {
+        return Err(ApiError::not_found(format!("namespace {space:?} not found; `skiff namespace ls` lists them")));
+    }
+    Ok(Json(mem.deployments_in(&space).filter_map(|n| mem.deployment(n)).map(namespaces::present).collect()))
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "The deployment", body = Deployment), Failures))]
 pub(super) async fn get_deployment(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
-    core.state().mem().deployment(&name).map(Json).ok_or_else(|| {
+    core.state().mem().deployment(&name).map(namespaces::present).map(Json).ok_or_else(|| {
         ApiError::not_found(format!("deployment {name:?} not found; `skiff get deployments` lists them"))
     })
 }
@@ -38,7 +45,8 @@ pub(super) async fn apply(
     if let Workload::Image(reference) = &req.spec.workload {
         req.spec.workload = Workload::Image(crate::images::resolve(&core, reference).await?);
     }
-    let resp = core.state().apply(&name, req)?;
+    let mut resp = core.state().apply(&name, req)?;
+    resp.deployment = namespaces::present(resp.deployment);
     core.wake();
     Ok(Json(resp))
 }
@@ -51,7 +59,7 @@ pub(super) async fn scale(
 ) -> ApiResult<Deployment> {
     let d = core.state().scale(&name, req.replicas)?;
     core.wake();
-    Ok(Json(d))
+    Ok(Json(namespaces::present(d)))
 }
 
 #[utoipa::path(get, path = "/v1/deployments/{name}/revisions", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its revisions", body = Vec<RevisionInfo>), Failures))]

@@ -17,11 +17,31 @@ pub(super) struct EventQuery {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, description = "Events, newest last", body = Vec<Event>), Failures))]
-pub(super) async fn events(State(core): Shared, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
+pub(super) async fn events(
+    State(core): Shared,
+    Query(q): Query<EventQuery>,
+    space: Option<Extension<super::namespaces::Ns>>,
+    caller: Option<Extension<Caller>>,
+) -> ApiResult<Vec<Event>> {
     let limit = q.limit.unwrap_or(200).min(10_000);
-    if let Some(after) = q.after {
-        let wait = Duration::from_millis(q.wait.min(60_000));
-        return Ok(Json(crate::dashboard::events_after(&core, q.object.as_deref(), after, wait, limit).await?));
+    let mut out = match q.after {
+        Some(after) => {
+            let wait = Duration::from_millis(q.wait.min(60_000));
+            crate::dashboard::events_after(&core, q.object.as_deref(), after, wait, limit).await?
+        }
+        None => core.state().store().events(q.object.as_deref(), limit)?,
+    };
+    // A namespace's events are those of its objects (`KIND/KEY`, #20).
+    if let Some(space) = super::namespaces::listing(space, caller) {
+        out.retain(|e| {
+            let key = e.object.split_once('/').map_or("", |(kind, key)| if kind == "node" { "" } else { key });
+            !key.is_empty() && skiff_api::namespace::of(key) == space
+        });
+        for e in &mut out {
+            if let Some((kind, key)) = e.object.split_once('/') {
+                e.object = format!("{kind}/{}", skiff_api::namespace::plain(key));
+            }
+        }
     }
-    Ok(Json(core.state().store().events(q.object.as_deref(), limit)?))
+    Ok(Json(out))
 }

@@ -39,6 +39,7 @@ mod deployments;
 mod events;
 mod extract;
 mod jobs;
+pub(crate) mod namespaces;
 mod nodes;
 mod registries;
 mod replicas;
@@ -50,11 +51,13 @@ pub(crate) use extract::{JsonBody, Path, Query};
 
 pub fn router(core: Arc<Core>) -> Router {
     let (routes, _) = api().split_for_parts();
-    routes
+    let inner = routes
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1/ (GET /v1/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(core.clone(), crate::auth::check))
         .layer(axum::middleware::from_fn(crate::metrics::track))
-        .with_state(core)
+        .with_state(core);
+    // Namespaced paths are mapped onto the routes of `default` before routing (#20).
+    Router::new().fallback_service(inner).layer(axum::middleware::map_request(namespaces::namespaced))
 }
 
 /// Every route of the API with its description. Add routes here, with `routes!`
@@ -105,6 +108,8 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(secrets::put_secret, secrets::delete_secret))
         .routes(routes!(auth::list_tokens, auth::create_token))
         .routes(routes!(auth::delete_token))
+        .routes(routes!(namespaces::list_namespaces))
+        .routes(routes!(namespaces::get_namespace, namespaces::put_namespace, namespaces::delete_namespace))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let blob_routes = OpenApiRouter::new()
         .routes(routes!(blobs::put_blob, blobs::get_blob, blobs::head_blob))
@@ -194,8 +199,11 @@ pub(crate) enum Failures {
 }
 
 /// The description as JSON, made once.
-static DESCRIPTION: LazyLock<String> =
-    LazyLock::new(|| api().into_openapi().to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+static DESCRIPTION: LazyLock<String> = LazyLock::new(|| {
+    let mut api = api().into_openapi();
+    namespaces::describe_namespaced(&mut api);
+    api.to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+});
 
 /// `GET /v1/openapi.json`.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",

@@ -12,7 +12,17 @@ pub(super) struct ReplicaQuery {
 }
 
 #[utoipa::path(get, path = "/v1/replicas", tag = "replicas", params(ReplicaQuery), responses((status = 200, description = "Live replicas", body = Vec<Replica>), Failures))]
-pub(super) async fn list_replicas(State(core): Shared, Query(q): Query<ReplicaQuery>) -> ApiResult<Vec<Replica>> {
+pub(super) async fn list_replicas(
+    State(core): Shared,
+    Query(q): Query<ReplicaQuery>,
+    space: Option<Extension<super::namespaces::Ns>>,
+    caller: Option<Extension<Caller>>,
+) -> ApiResult<Vec<Replica>> {
+    let node_wide = q.node.is_some() && space.is_none();
+    let space = super::namespaces::listing(space, caller).filter(|_| !node_wide).or_else(|| {
+        // Without a node, the namespace of the route (`default` unprefixed).
+        q.node.is_none().then(|| skiff_api::namespace::DEFAULT.to_string())
+    });
     let st = core.state();
     let mem = st.mem();
     let mut out: Vec<Replica> = match (&q.deployment, &q.node) {
@@ -22,6 +32,11 @@ pub(super) async fn list_replicas(State(core): Shared, Query(q): Query<ReplicaQu
     };
     if let Some(n) = &q.node {
         out.retain(|r| r.node.as_deref() == Some(n));
+    }
+    // A namespace's replicas (#20); a node's listing (`?node=`) shows every one.
+    if let Some(space) = &space {
+        out.retain(|r| skiff_api::namespace::of(&r.deployment) == space);
+        out.iter_mut().for_each(|r| r.deployment = skiff_api::namespace::plain(&r.deployment));
     }
     out.sort_by(|a, b| (&a.deployment, a.created_ms, &a.id).cmp(&(&b.deployment, b.created_ms, &b.id)));
     Ok(Json(out))

@@ -3,8 +3,15 @@
 use super::*;
 
 #[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, description = "Every secret (keys, never values)", body = Vec<Secret>), Failures))]
-pub(super) async fn list_secrets(State(core): Shared) -> ApiResult<Vec<Secret>> {
-    Ok(Json(core.state().secrets()))
+pub(super) async fn list_secrets(
+    State(core): Shared,
+    space: Option<Extension<super::namespaces::Ns>>,
+) -> ApiResult<Vec<Secret>> {
+    let space = super::namespaces::of(space);
+    let mut all = core.state().secrets();
+    all.retain(|s| skiff_api::namespace::of(&s.name) == space);
+    all.iter_mut().for_each(|s| s.name = skiff_api::namespace::plain(&s.name));
+    Ok(Json(all))
 }
 
 #[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body = SecretRequest, responses((status = 200, description = "Stored", body = Secret), Failures))]
@@ -13,7 +20,12 @@ pub(super) async fn put_secret(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<SecretRequest>,
 ) -> ApiResult<Secret> {
-    let secret = core.state().put_secret(&name, req)?;
+    let (space, _) = skiff_api::namespace::split(&name);
+    if !core.state().mem().namespace_exists(space) {
+        return Err(ApiError::not_found(format!("namespace {space:?} not found; `skiff namespace ls` lists them")));
+    }
+    let mut secret = core.state().put_secret(&name, req)?;
+    secret.name = skiff_api::namespace::plain(&secret.name);
     core.wake();
     Ok(Json(secret))
 }

@@ -36,9 +36,35 @@ impl State {
 
     pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, Error> {
         req.replicas = Some(self.mem.apply_count(name, &req));
-        skiff_api::manifest::validate_apply(name, &req).map_err(Error::Invalid)?;
+        // A key `NS/NAME` (#20): the name is checked, the namespace must exist,
+        // and the spec's secrets and volumes are that namespace's.
+        let (namespace, plain) = skiff_api::namespace::split(name);
+        skiff_api::manifest::validate_apply(plain, &req).map_err(Error::Invalid)?;
+        if !self.mem.namespace_exists(namespace) {
+            return Err(Error::NotFound(format!(
+                "namespace {namespace:?} not found; `skiff namespace create {namespace}` makes it"
+            )));
+        }
+        namespaces::keyed_spec(namespace, &mut req.spec);
         if !self.mem.deployments.contains_key(name) && self.mem.deployments.len() >= self.max_objects {
             return Err(Error::TooMany { kind: "deployments", max: self.max_objects });
+        }
+        {
+            let to = req.replicas.unwrap_or(1);
+            let (from, old) = match self.mem.deployments.get(name) {
+                Some(e) => (e.d.replicas, Some(&e.d.spec.resources)),
+                None => (0, None),
+            };
+            let before = |per: u64| old.map_or(0, |_| per * from as u64);
+            let mut ask = namespaces::Ask {
+                cpu: (req.spec.resources.cpu.0 * to as u64).saturating_sub(before(old.map_or(0, |r| r.cpu.0))),
+                memory: (req.spec.resources.memory.0 * to as u64).saturating_sub(before(old.map_or(0, |r| r.memory.0))),
+                replicas: to.saturating_sub(from) as u64,
+                deployments: old.is_none() as u64,
+                volumes: 0,
+            };
+            ask.volumes = req.spec.volumes.iter().filter(|m| !self.mem.volumes.contains_key(&m.name)).count() as u64;
+            self.mem.check_quota(namespace, ask).map_err(Error::Conflict)?;
         }
         let new_volumes = req.spec.volumes.iter().filter(|m| !self.mem.volumes.contains_key(&m.name)).count();
         if new_volumes > 0 && self.mem.volumes.len() + new_volumes > self.max_objects {
@@ -62,10 +88,16 @@ impl State {
             );
             return Err(Error::Conflict(msg));
         }
+        if let Some(e) = self.mem.deployments.get(name) {
+            let ask = namespaces::replicas_ask(&e.d.spec, e.d.replicas, replicas);
+            self.mem.check_quota(skiff_api::namespace::of(name), ask).map_err(Error::Conflict)?;
+        }
         let now = now_ms();
         self.transact(|mem, tx| {
             let e = mem.deployments.get_mut(name).ok_or_else(|| not_found_deployment(name))?;
-            skiff_api::manifest::validate_volumes(&e.d.spec.volumes, replicas).map_err(Error::Invalid)?;
+            let mut plain = e.d.spec.clone();
+            namespaces::plain_spec(&mut plain);
+            skiff_api::manifest::validate_volumes(&plain.volumes, replicas).map_err(Error::Invalid)?;
             if e.d.replicas != replicas {
                 let from = e.d.replicas;
                 e.d.replicas = replicas;
@@ -88,8 +120,25 @@ impl State {
     /// Sets the count of autoscaled deployment `name` to `replicas`, saying `why`.
     pub fn autoscale(&mut self, name: &str, replicas: u32, why: &str) -> Result<(), Error> {
         let now = now_ms();
+        // Held at the namespace's quota (#20), with an event saying so.
+        let room = self.mem.quota_room(name);
+        let held = match self.mem.deployments.get(name) {
+            Some(e) if replicas > e.d.replicas && replicas > room => {
+                let ask = namespaces::replicas_ask(&e.d.spec, e.d.replicas.max(room), replicas);
+                let line = self.mem.check_quota(skiff_api::namespace::of(name), ask).err();
+                Some((room.max(e.d.replicas), line.unwrap_or_default()))
+            }
+            _ => None,
+        };
+        let replicas = held.as_ref().map_or(replicas, |(r, _)| *r);
         self.transact(|mem, tx| {
             let Some(e) = mem.deployments.get_mut(name) else { return Ok(()) };
+            if let Some((at, line)) = &held {
+                let msg = format!("autoscaler held at {at} replicas: {line}");
+                if e.d.rollout.message != msg {
+                    tx.event(now, &format!("deployment/{name}"), "QuotaHeld", &msg)?;
+                }
+            }
             if e.d.replicas == replicas || e.d.autoscale.is_none() {
                 return Ok(());
             }
@@ -308,6 +357,9 @@ pub(super) fn new_replica_id(deployment: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let suffix: String = (0..6).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
     // Replica ids are DNS labels too: keep them within 63 characters.
+    // A namespaced deployment's key `NS/NAME` (#20) becomes `NS-NAME`.
+    let flat = deployment.replace('/', "-");
+    let deployment = flat.as_str();
     let prefix = &deployment[..deployment.len().min(56)];
     format!("{prefix}-{suffix}")
 }
@@ -415,6 +467,7 @@ impl Mem {
             None => {
                 let d = Deployment {
                     name: name.to_string(),
+                    namespace: String::new(),
                     replicas,
                     revision: 1,
                     spec: req.spec.clone(),

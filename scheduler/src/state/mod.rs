@@ -33,6 +33,7 @@ mod deployments;
 mod drain;
 mod indexes;
 pub(crate) mod jobs;
+pub(crate) mod namespaces;
 mod nodes;
 mod registries;
 mod scheduling;
@@ -139,6 +140,8 @@ pub struct Mem {
     /// the idle check looks at (`autoscale::pass`), so deployments at zero
     /// cost it nothing however many there are.
     awake: BTreeSet<String>,
+    /// Namespaces (#20, `namespaces.rs`), by name; `default` always.
+    namespaces: BTreeMap<String, namespaces::Stored>,
 }
 
 /// The store and the working set behind one lock.
@@ -290,7 +293,7 @@ impl Mem {
             match k.as_str() {
                 "index" => mem.index = v.parse().unwrap_or(0),
                 "next_generation" => mem.next_generation = v.parse().unwrap_or(0),
-                _ => {}
+                _ => mem.load_namespace(k, v),
             }
         }
         for mut n in loaded.nodes {

@@ -12,7 +12,8 @@ impl State {
 
     /// Creates secret `name`, or replaces its values when `req.overwrite`.
     pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, Error> {
-        skiff_api::manifest::validate_secret(name, &req).map_err(Error::Invalid)?;
+        // A key `NS/NAME` (#20): the name is what is checked.
+        skiff_api::manifest::validate_secret(skiff_api::namespace::split(name).1, &req).map_err(Error::Invalid)?;
         let now = now_ms();
         let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
         if existing.is_none() && self.mem.secrets.len() >= self.max_objects {

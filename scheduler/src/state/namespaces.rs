@@ -1,0 +1,302 @@
+//! Namespaces and their quotas (#20). A namespaced object's key is `NAME` in
+//! `default` and `NS/NAME` elsewhere (`skiff_api::namespace::key`); a namespace
+//! itself is the meta entry `namespace/NAME` (migration 8), its quota and
+//! isolation as JSON. A deployment's spec names its secrets and volumes by key
+//! once applied (`keyed_spec`), so every lookup downstream (placement,
+//! assignments, nodes) stays within its namespace; users see plain names
+//! (`plain_spec`).
+
+use super::*;
+use skiff_api::namespace::{self as ns, DEFAULT, Isolation, Namespace, NamespaceRequest, Quota, Usage};
+use skiff_api::quantity::{Cpu, Memory};
+
+/// What the store keeps of a namespace.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct Stored {
+    pub quota: Quota,
+    pub isolation: Isolation,
+    pub created_ms: u64,
+}
+
+const META: &str = "namespace/";
+
+/// Most namespaces a cluster holds.
+const MAX_NAMESPACES: usize = 10_000;
+
+/// `spec` with its secrets and volumes named by their keys in namespace `ns`.
+pub fn keyed_spec(namespace: &str, spec: &mut WorkloadSpec) {
+    for s in &mut spec.secrets {
+        s.secret = ns::key(namespace, &s.secret);
+    }
+    for v in &mut spec.volumes {
+        v.name = ns::key(namespace, &v.name);
+    }
+}
+
+/// `spec` with its secrets and volumes named as the user wrote them.
+pub fn plain_spec(spec: &mut WorkloadSpec) {
+    for s in &mut spec.secrets {
+        s.secret = ns::plain(&s.secret);
+    }
+    for v in &mut spec.volumes {
+        v.name = ns::plain(&v.name);
+    }
+}
+
+/// What one more of something asks of a namespace's quota.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ask {
+    pub cpu: u64,
+    pub memory: u64,
+    pub replicas: u64,
+    pub deployments: u64,
+    pub volumes: u64,
+}
+
+impl Mem {
+    pub(super) fn load_namespace(&mut self, key: &str, value: &str) {
+        if let Some(name) = key.strip_prefix(META) {
+            let stored: Stored = serde_json::from_str(value).unwrap_or_default();
+            self.namespaces.insert(name.to_string(), stored);
+        }
+    }
+
+    /// Whether namespace `name` exists (`default` always does).
+    pub fn namespace_exists(&self, name: &str) -> bool {
+        name == DEFAULT || self.namespaces.contains_key(name)
+    }
+
+    /// The keys of `map` in namespace `namespace`.
+    fn keys_in<'a, V>(map: &'a BTreeMap<String, V>, namespace: &str) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        if namespace == DEFAULT {
+            Box::new(map.keys().filter(|k| !k.contains('/')))
+        } else {
+            let prefix = format!("{namespace}/");
+            Box::new(map.range(prefix.clone()..).map(|(k, _)| k).take_while(move |k| k.starts_with(&prefix)))
+        }
+    }
+
+    /// The deployment keys of namespace `namespace`.
+    pub fn deployments_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a String> + 'a {
+        Self::keys_in(&self.deployments, namespace)
+    }
+
+    /// What namespace `namespace` holds, counted as its quota is: desired
+    /// replicas times their requests.
+    pub fn usage(&self, namespace: &str) -> Usage {
+        let mut u = Usage::default();
+        for k in Self::keys_in(&self.deployments, namespace) {
+            let d = &self.deployments[k].d;
+            let n = d.replicas as u64;
+            u.deployments += 1;
+            u.replicas += n;
+            u.cpu.0 += d.spec.resources.cpu.0 * n;
+            u.memory.0 += d.spec.resources.memory.0 * n;
+        }
+        u.volumes = Self::keys_in(&self.volumes, namespace).filter(|k| !self.purging.contains(*k)).count() as u64;
+        u
+    }
+
+    /// The quota of namespace `namespace` (none when unset).
+    pub fn quota(&self, namespace: &str) -> Quota {
+        self.namespaces.get(namespace).map(|s| s.quota).unwrap_or_default()
+    }
+
+    /// Refuses `ask` when it would take namespace `namespace` past its quota,
+    /// in the one line a user reads: `namespace team-a: memory quota 8Gi,
+    /// 7.5Gi in use, this asks 1Gi more`.
+    pub fn check_quota(&self, namespace: &str, ask: Ask) -> Result<(), String> {
+        let q = self.quota(namespace);
+        if q.is_empty() {
+            return Ok(());
+        }
+        let u = self.usage(namespace);
+        let over = |limit: Option<u64>, used: u64, more: u64| limit.filter(|l| more > 0 && used + more > *l);
+        let line = |what: &str, limit: String, used: String, more: String| {
+            format!("namespace {namespace}: {what} quota {limit}, {used} in use, this asks {more} more")
+        };
+        if let Some(l) = over(q.cpu.map(|c| c.0), u.cpu.0, ask.cpu) {
+            return Err(line("cpu", Cpu(l).to_string(), u.cpu.to_string(), Cpu(ask.cpu).to_string()));
+        }
+        if let Some(l) = over(q.memory.map(|m| m.0), u.memory.0, ask.memory) {
+            return Err(line("memory", Memory(l).to_string(), u.memory.to_string(), Memory(ask.memory).to_string()));
+        }
+        for (what, limit, used, more) in [
+            ("replicas", q.replicas, u.replicas, ask.replicas),
+            ("deployments", q.deployments, u.deployments, ask.deployments),
+            ("volumes", q.volumes, u.volumes, ask.volumes),
+        ] {
+            if let Some(l) = over(limit, used, more) {
+                return Err(line(what, l.to_string(), used.to_string(), more.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Most replicas deployment `key` may have within its namespace's quota
+    /// (`u32::MAX` when none holds it back).
+    pub fn quota_room(&self, key: &str) -> u32 {
+        let namespace = ns::of(key);
+        let q = self.quota(namespace);
+        let Some(e) = self.deployments.get(key) else { return u32::MAX };
+        if q.is_empty() {
+            return u32::MAX;
+        }
+        let u = self.usage(namespace);
+        let d = &e.d;
+        let mine = d.replicas as u64;
+        let mut room = u64::MAX;
+        let mut limit = |limit: Option<u64>, used: u64, each: u64| {
+            if let Some(l) = limit
+                && each > 0
+            {
+                let others = used.saturating_sub(mine * each);
+                room = room.min(l.saturating_sub(others) / each);
+            }
+        };
+        limit(q.replicas, u.replicas, 1);
+        limit(q.cpu.map(|c| c.0), u.cpu.0, d.spec.resources.cpu.0);
+        limit(q.memory.map(|m| m.0), u.memory.0, d.spec.resources.memory.0);
+        room.min(u32::MAX as u64) as u32
+    }
+
+    fn namespace_view(&self, name: &str) -> Namespace {
+        let s = self.namespaces.get(name).cloned().unwrap_or_default();
+        Namespace {
+            name: name.to_string(),
+            quota: s.quota,
+            isolation: s.isolation,
+            usage: self.usage(name),
+            created_ms: s.created_ms,
+        }
+    }
+}
+
+/// A replica count's ask of the quota: `from` to `to` replicas of `spec`.
+pub fn replicas_ask(spec: &WorkloadSpec, from: u32, to: u32) -> Ask {
+    let more = to.saturating_sub(from) as u64;
+    Ask { cpu: spec.resources.cpu.0 * more, memory: spec.resources.memory.0 * more, replicas: more, ..Ask::default() }
+}
+
+impl State {
+    /// Every namespace, with its use.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        let mut names: Vec<&str> = self.mem.namespaces.keys().map(String::as_str).collect();
+        if !names.contains(&DEFAULT) {
+            names.insert(0, DEFAULT);
+        }
+        names.into_iter().map(|n| self.mem.namespace_view(n)).collect()
+    }
+
+    /// Namespace `name`, with its use.
+    pub fn namespace(&self, name: &str) -> Result<Namespace, Error> {
+        if !self.mem.namespace_exists(name) {
+            return Err(not_found_namespace(name));
+        }
+        Ok(self.mem.namespace_view(name))
+    }
+
+    /// Creates namespace `name`, or sets its quota and isolation. Returns it and
+    /// whether it was made.
+    pub fn put_namespace(&mut self, name: &str, req: NamespaceRequest) -> Result<(Namespace, bool), Error> {
+        validate_name(name).map_err(|e| Error::Invalid(format!("namespace {e}")))?;
+        let existing = self.mem.namespaces.get(name).cloned();
+        let created = existing.is_none() && name != DEFAULT;
+        if created && self.mem.namespaces.len() >= MAX_NAMESPACES {
+            return Err(Error::TooMany { kind: "namespaces", max: MAX_NAMESPACES });
+        }
+        let now = now_ms();
+        let mut s = existing.unwrap_or(Stored { created_ms: now, ..Stored::default() });
+        if let Some(q) = req.quota {
+            s.quota = q;
+        }
+        if let Some(i) = req.isolation {
+            s.isolation = i;
+        }
+        let body = serde_json::to_string(&s).map_err(|e| Error::Internal(e.to_string()))?;
+        self.transact(|mem, tx| {
+            tx.set_meta(&format!("{META}{name}"), &body)?;
+            let verb = if created { "Created" } else { "Updated" };
+            tx.event(now, &format!("namespace/{name}"), verb, &format!("quota {}", describe_quota(&s.quota)))?;
+            mem.namespaces.insert(name.to_string(), s);
+            mem.fx.mutated = true;
+            Ok(())
+        })?;
+        Ok((self.mem.namespace_view(name), created))
+    }
+
+    /// What namespace `name` holds, as `2 deployments, 1 secret`; empty when nothing.
+    fn holdings(&self, name: &str) -> String {
+        let count = |n: usize, what: &str| (n > 0).then(|| format!("{n} {what}{}", if n == 1 { "" } else { "s" }));
+        let secrets = Mem::keys_in(&self.mem.secrets, name).filter(|k| !registries::is_registry(k)).count();
+        [
+            count(self.mem.deployments_in(name).count(), "deployment"),
+            count(secrets, "secret"),
+            count(Mem::keys_in(&self.mem.volumes, name).count(), "volume"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+
+    /// Deletes namespace `name`: refused while it holds objects, unless
+    /// `cascade` (then its deployments, secrets and volumes go first).
+    pub fn delete_namespace(&mut self, name: &str, cascade: bool) -> Result<(), Error> {
+        if name == DEFAULT {
+            return Err(Error::Invalid("namespace default cannot be removed".into()));
+        }
+        if !self.mem.namespaces.contains_key(name) {
+            return Err(not_found_namespace(name));
+        }
+        let held = self.holdings(name);
+        if !held.is_empty() && !cascade {
+            return Err(Error::Conflict(format!("namespace {name} holds {held}; delete them first or pass --cascade")));
+        }
+        if cascade {
+            let deployments: Vec<String> = self.mem.deployments_in(name).cloned().collect();
+            for d in deployments {
+                self.delete(&d, true)?;
+            }
+            let secrets: Vec<String> = Mem::keys_in(&self.mem.secrets, name).cloned().collect();
+            for s in secrets {
+                self.delete_secret(&s)?;
+            }
+            let volumes: Vec<String> =
+                Mem::keys_in(&self.mem.volumes, name).filter(|k| !self.mem.purging.contains(*k)).cloned().collect();
+            for v in volumes {
+                self.delete_volume(&v)?;
+            }
+        }
+        let now = now_ms();
+        self.transact(|mem, tx| {
+            tx.delete_meta(&format!("{META}{name}"))?;
+            tx.event(now, &format!("namespace/{name}"), "Deleted", "namespace deleted")?;
+            mem.namespaces.remove(name);
+            mem.fx.mutated = true;
+            Ok(())
+        })
+    }
+}
+
+fn not_found_namespace(name: &str) -> Error {
+    Error::NotFound(format!("namespace {name:?} not found; `skiff namespace ls` lists them"))
+}
+
+/// A quota as a user writes it: `cpu 4, memory 8Gi, replicas 100`, or `none`.
+pub fn describe_quota(q: &Quota) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = q.cpu {
+        parts.push(format!("cpu {c}"));
+    }
+    if let Some(m) = q.memory {
+        parts.push(format!("memory {m}"));
+    }
+    for (what, v) in [("replicas", q.replicas), ("deployments", q.deployments), ("volumes", q.volumes)] {
+        if let Some(v) = v {
+            parts.push(format!("{what} {v}"));
+        }
+    }
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}

@@ -1,0 +1,280 @@
+//! Namespaces, quotas and scoped tokens (#20): two teams on one cluster, each
+//! with its own token, deploying the same name; neither sees nor touches the
+//! other's; quotas refuse with one line.
+
+use skiff_tests::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `skiff ARGS` against `url` with API token `token` (not the admin's).
+fn as_token(cwd: &Path, url: &str, token: &str, args: &[&str]) -> Cli {
+    let mut cmd = Command::new(skiff_bin());
+    if let Some(ca) = ca_for(url) {
+        cmd.env("SKIFF_CA_FILE", ca);
+    }
+    let out = cmd
+        .args(args)
+        .current_dir(cwd)
+        .env("SKIFF_SERVER", url)
+        .env("SKIFF_TOKEN", token)
+        .env_remove("SKIFF_NAMESPACE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    Cli {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(c: Cli, what: &str) -> String {
+    assert!(c.ok, "{what} failed:\nstdout: {}\nstderr: {}", c.stdout, c.stderr);
+    c.stdout
+}
+
+/// A refusal that says the object is not found (404), never that it exists.
+fn not_found(c: Cli, what: &str) {
+    assert!(!c.ok, "{what} was allowed: {}", c.stdout);
+    assert!(c.stderr.contains("not found"), "{what}: {}", c.stderr);
+}
+
+#[test]
+fn two_teams_share_a_cluster_without_seeing_each_other() {
+    let dev = Dev::start("namespaces");
+    let (cwd, url) = (dev.dir.path().to_path_buf(), dev.url.clone());
+    let cwd = cwd.as_path();
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+    let wasm = wasm_p2("hello_http");
+    let wasm = wasm.to_str().unwrap_or_default();
+
+    // A deployment stored before in `default` stays where it was.
+    dev.cli_ok(&["deploy", wasm, "--name", "web", "--env", "GREETING=default", "--memory", "32Mi"]);
+
+    let mut tokens = Vec::new();
+    for team in ["team-a", "team-b"] {
+        let made = dev.cli_ok(&["namespace", "create", team, "--memory", "256Mi", "--replicas", "4"]);
+        assert!(made.contains(&format!("namespace {team} created")), "{made}");
+        let token = dev.cli_ok(&["-n", team, "token", "create", &format!("{team}-deployer"), "--role", "deploy"]);
+        tokens.push(token.trim().to_string());
+    }
+    let ls = dev.cli_ok(&["namespace", "ls"]);
+    assert!(ls.contains("default") && ls.contains("team-a") && ls.contains("team-b"), "{ls}");
+
+    // Each team, with its own token: a secret, the same deployment name, a scale.
+    for (team, token) in ["team-a", "team-b"].iter().zip(&tokens) {
+        let secret = format!("password={team}-secret");
+        ok(as_token(cwd, &url, token, &["-n", team, "secret", "create", "db", "--from-literal", &secret]), "secret");
+        let greeting = format!("GREETING={team}");
+        let args = [
+            "-n",
+            team,
+            "deploy",
+            wasm,
+            "--name",
+            "web",
+            "--env",
+            &greeting,
+            "--memory",
+            "32Mi",
+            "--secret-dir",
+            "db:/secrets/db",
+            "--wait",
+        ];
+        ok(as_token(cwd, &url, token, &args), "deploy");
+        ok(as_token(cwd, &url, token, &["-n", team, "scale", "web", "2"]), "scale");
+        let got = ok(as_token(cwd, &url, token, &["-n", team, "get", "deployments", "-o", "json"]), "get");
+        let list = parse_get_json("deployments", &got);
+        assert_eq!(list.len(), 1, "{got}");
+        assert_eq!(list[0]["name"], "web", "{got}");
+        assert_eq!(list[0]["namespace"], *team, "{got}");
+        assert_eq!(list[0]["replicas"], 2, "{got}");
+    }
+
+    // Each is reachable at its own name, by host and by path, and reads its own secret.
+    for team in ["team-a", "team-b"] {
+        let host = format!("web.{team}.skiff.local");
+        wait_for(Duration::from_secs(30), &format!("{host} answering"), || {
+            let a = get(&ingress, &host, "/")?;
+            if a.status == 200 && a.body.starts_with(&format!("{team} from {team}-web-")) {
+                Ok(())
+            } else {
+                Err(format!("{a:?}"))
+            }
+        });
+        let a = get(&ingress, "127.0.0.1", &format!("/d/{team}/web/")).expect("GET /d/NS/NAME/");
+        assert!(a.body.starts_with(&format!("{team} from ")), "{a:?}");
+        let a = get(&ingress, &host, "/file/secrets/db/password").expect("GET the secret file");
+        assert_eq!(a.body, format!("{team}-secret"), "{a:?}");
+    }
+    wait_for(Duration::from_secs(30), "default's web answering", || {
+        let a = get(&ingress, "web.skiff.local", "/")?;
+        if a.body.starts_with("default from web-") { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+
+    // Logs of its own deployment: yes.
+    ok(as_token(cwd, &url, &tokens[0], &["-n", "team-a", "logs", "web", "--tail", "5"]), "logs");
+
+    // team-a's token and team-b's objects: not found, whatever the verb; the
+    // default namespace likewise.
+    let a = &tokens[0];
+    for ns in ["team-b", "default"] {
+        not_found(as_token(cwd, &url, a, &["-n", ns, "get", "deployments"]), "list");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "get", "deployment", "web"]), "get");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "scale", "web", "1"]), "scale");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "logs", "web"]), "logs");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "secret", "ls"]), "secret ls");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "secret", "rm", "db"]), "secret rm");
+        not_found(as_token(cwd, &url, a, &["-n", ns, "delete", "web"]), "delete");
+    }
+    // Nor can it make cluster changes, or see another namespace in the list.
+    let refused = as_token(cwd, &url, a, &["namespace", "create", "team-c"]);
+    assert!(!refused.ok, "{}", refused.stdout);
+    let seen = ok(as_token(cwd, &url, a, &["namespace", "ls"]), "namespace ls");
+    assert!(seen.contains("team-a") && !seen.contains("team-b") && !seen.contains("default"), "{seen}");
+    // team-b's deployment is untouched.
+    let b = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-b", "get", "deployments", "-o", "json"]));
+    assert_eq!(b[0]["replicas"], 2, "{b:?}");
+    // Everything, for the cluster admin.
+    let all = dev.cli_ok(&["get", "deployments", "-A"]);
+    for name in ["default/web", "team-a/web", "team-b/web"] {
+        assert!(all.lines().any(|l| l.split_whitespace().next() == Some(name)), "{name} in {all}");
+    }
+
+    // Quotas: 4 replicas and 256Mi in team-a, which holds 2 × 32Mi.
+    let over = as_token(cwd, &url, a, &["-n", "team-a", "scale", "web", "5"]);
+    assert!(!over.ok, "{}", over.stdout);
+    assert!(over.stderr.contains("namespace team-a: replicas quota 4, 2 in use, this asks 3 more"), "{}", over.stderr);
+    let big = as_token(
+        cwd,
+        &url,
+        a,
+        &["-n", "team-a", "deploy", wasm, "--name", "big", "--memory", "200Mi", "--replicas", "1"],
+    );
+    assert!(!big.ok, "{}", big.stdout);
+    assert!(
+        big.stderr.contains("namespace team-a: memory quota 256Mi, 64Mi in use, this asks 200Mi more"),
+        "{}",
+        big.stderr
+    );
+    let described = dev.cli_ok(&["namespace", "describe", "team-a"]);
+    assert!(described.contains("memory") && described.contains("64Mi") && described.contains("256Mi"), "{described}");
+
+    // rm refuses while the namespace holds objects; --cascade takes them too.
+    let rm = dev.cli(&["namespace", "rm", "team-b"]);
+    assert!(!rm.ok && rm.stderr.contains("namespace team-b holds 1 deployment, 1 secret"), "{}", rm.stderr);
+    dev.cli_ok(&["namespace", "rm", "team-b", "--cascade"]);
+    let gone = dev.cli(&["-n", "team-b", "get", "deployments"]);
+    assert!(!gone.ok && gone.stderr.contains("not found"), "{}", gone.stderr);
+    // Its tokens went with it.
+    let revoked = as_token(cwd, &url, &tokens[1], &["-n", "team-b", "get", "deployments"]);
+    assert!(!revoked.ok && revoked.stderr.contains("unknown API token"), "{}", revoked.stderr);
+    // The others run on.
+    let a_list = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-a", "get", "deployments", "-o", "json"]));
+    assert_eq!(a_list.len(), 1);
+    let d_list = dev.get("deployments");
+    assert_eq!(d_list.len(), 1);
+    assert_eq!(d_list[0]["namespace"], "default");
+}
+
+/// What a token of `role` scoped to namespace `own` must get for `method` on
+/// `route` in namespace `ns` (the path's, `default` without a prefix): `None`
+/// when it may make the call, else the status refusing it. Written from the
+/// issue's roles, not from the server's table, so that the two are compared.
+fn expected(role: &str, own: &str, method: &str, route: &str, ns: &str) -> Option<u16> {
+    let read = method == "GET" || method == "HEAD";
+    let rank = |r: &str| match r {
+        "read" => 0,
+        "deploy" => 1,
+        _ => 2,
+    };
+    let kinds = ["deployments", "replicas", "secrets", "volumes", "events"];
+    let unprefixed = match route.strip_prefix("/v1/namespaces/{ns}/") {
+        Some(rest) => format!("/v1/{rest}"),
+        None => route.to_string(),
+    };
+    let namespaced = kinds.iter().any(|k| {
+        let p = format!("/v1/{k}");
+        unprefixed == p || unprefixed.starts_with(&format!("{p}/"))
+    }) || route == "/v1/namespaces/{ns}";
+    let needed = if route.ends_with("/activate") {
+        None
+    } else if route == "/v1/namespaces/{ns}" {
+        match method {
+            "DELETE" => None,
+            "PUT" => Some("admin"),
+            _ => Some("read"),
+        }
+    } else if namespaced {
+        Some(if read { "read" } else { "deploy" })
+    } else {
+        match route {
+            "/v1/namespaces" | "/v1/openapi.json" if read => Some("read"),
+            "/v1/tokens" | "/v1/tokens/{name}" => Some("admin"),
+            "/v1/blobs/{digest}" => Some(if read { "read" } else { "deploy" }),
+            _ => None,
+        }
+    };
+    match needed {
+        None => Some(403),
+        Some(n) if rank(role) < rank(n) => Some(403),
+        Some(_) if namespaced && ns != own => Some(404),
+        Some(_) => None,
+    }
+}
+
+#[test]
+fn every_route_with_every_role_in_every_namespace() {
+    let dev = Dev::start("namespace-roles");
+    let admin = std::fs::read_to_string(dev.data().join("admin-token")).expect("admin-token").trim().to_string();
+    let wasm = wasm_p2("hello_http");
+    for team in ["team-a", "team-b"] {
+        dev.cli_ok(&["namespace", "create", team]);
+        // Objects named as the walk's samples (`x`), so that a 404 for another
+        // namespace's is a refusal, not an absence.
+        dev.cli_ok(&["-n", team, "secret", "create", "x", "--from-literal", "k=v"]);
+        dev.cli_ok(&["-n", team, "deploy", wasm.to_str().unwrap_or_default(), "--name", "x", "--replicas", "0"]);
+    }
+    let mut tokens = Vec::new();
+    for role in ["read", "deploy", "admin"] {
+        let t = dev.cli_ok(&["-n", "team-a", "token", "create", &format!("a-{role}"), "--role", role]);
+        tokens.push((role, t.trim().to_string()));
+    }
+    let routes = super::auth::routes(&dev.url, &admin, "x");
+    let mut calls = 0;
+    for (role, token) in &tokens {
+        for r in routes.iter().filter(|r| !r.open) {
+            // Metrics open without a token (`--metrics-open`) say nothing of roles.
+            if super::auth::call(&dev.url, &r.method, &r.path, None, "").0 != 401 {
+                continue;
+            }
+            let spaces: &[&str] =
+                if r.route.contains("{ns}") { &["team-a", "team-b", "default"] } else { &["default"] };
+            for ns in spaces {
+                let path = if r.route.contains("{ns}") {
+                    r.path.replacen("/v1/namespaces/default", &format!("/v1/namespaces/{ns}"), 1)
+                } else {
+                    r.path.clone()
+                };
+                let (status, body) = super::auth::call(&dev.url, &r.method, &path, Some(token), "{}");
+                calls += 1;
+                match expected(role, "team-a", &r.method, &r.route, ns) {
+                    Some(want) => assert_eq!(status, want, "{role} of team-a: {} {path}: {body}", r.method),
+                    None => assert!(
+                        status != 401 && status != 403,
+                        "{role} of team-a: {} {path} refused ({status}): {body}",
+                        r.method
+                    ),
+                }
+            }
+        }
+    }
+    assert!(calls > 3 * 60, "only {calls} calls");
+    // team-b's objects are as they were.
+    let b = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-b", "get", "deployments", "-o", "json"]));
+    assert_eq!(b.len(), 1, "{b:?}");
+    let secrets = dev.cli_ok(&["-n", "team-b", "secret", "ls"]);
+    assert!(secrets.contains('x'), "{secrets}");
+}
