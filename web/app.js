@@ -406,6 +406,12 @@ function renderDeployments() {
     // Rollouts (issue 4) may be absent from an older server's answers.
     const ro = d.rollout;
     c[8].textContent = ro ? (ro.paused ? `${ro.state} (paused)` : String(ro.state)) : "—";
+    // A canary (#18): the weight split and both revisions' last judged figures.
+    const cn = ro && ro.canary;
+    if (cn && ro.state === "progressing") {
+      const fig = (f) => f && f.requests ? `rev ${f.revision}: ${(100 * f.errors / f.requests).toFixed(1)}% errors, p99 ${f.p99_ms} ms` : `rev ${f ? f.revision : "?"}: —`;
+      c[8].textContent += ` · canary ${cn.weight}% / stable ${100 - cn.weight}% · ${fig(cn.canary)} · ${fig(cn.stable)}`;
+    }
     if (ro && ro.message) c[8].title = ro.message; else c[8].removeAttribute("title");
     c[9].textContent = `${d.spec.resources.cpu} cpu, ${d.spec.resources.memory}`;
     tr.querySelector(".rollback-btn").disabled = d.revision <= 1;

@@ -348,6 +348,12 @@ impl Client {
         self.json(self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/{verb}"))).await
     }
 
+    /// Promotes the canary of `name` (`promote`: the remaining steps are
+    /// skipped) or aborts it (`abort`: back to the stable revision).
+    pub async fn canary(&self, name: &str, verb: &str) -> Result<Deployment, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/v1/deployments/{name}/{verb}"))).await
+    }
+
     /// Deletes `name` and stops its replicas.
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.request(reqwest::Method::DELETE, &format!("/v1/deployments/{name}"))).await.map(|_| ())

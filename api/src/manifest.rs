@@ -89,7 +89,7 @@ impl ManifestDeployment {
         ApplyRequest {
             replicas: self.replicas,
             spec: self.spec.clone(),
-            strategy: Some(self.strategy),
+            strategy: Some(self.strategy.clone()),
             autoscale: self.autoscale,
             scale_to_zero: self.scale_to_zero,
         }

@@ -192,7 +192,18 @@ pub struct ReplicaStatus {
     /// HTTP requests the ingress has passed to the replica so far.
     #[serde(default)]
     pub requests: u64,
+    /// Of them, those answered with a 5xx status (canary analysis).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
+    /// Their latency to the response head, as cumulative counts per bucket of
+    /// [`LATENCY_BUCKETS_MS`] (then one for slower); empty before any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
 }
+
+/// Upper bounds, in milliseconds, of the latency histogram a node keeps per
+/// HTTP replica (`ReplicaStatus.latency`); a last bucket counts the slower.
+pub const LATENCY_BUCKETS_MS: [u64; 16] = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2500, 10000];
 
 /// `POST /v1/nodes/{name}/heartbeat`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -316,6 +327,23 @@ pub struct Endpoint {
     pub node: String,
     /// Base URL of that node's ingress.
     pub ingress: String,
+    /// The deployment revision it runs (0 from a scheduler that did not say).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+}
+
+/// How an ingress splits a deployment's requests between two revisions
+/// during a canary or blue/green rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Split {
+    /// The revision that served before the rollout.
+    pub stable: u64,
+    /// The revision being rolled out.
+    pub canary: u64,
+    /// Percent of requests to `canary` (0..=100); a request with header
+    /// `x-skiff-revision: N` naming either goes to that one.
+    pub weight: u32,
 }
 
 /// `GET /v1/endpoints?index=I&wait=MS`: every deployment with its ready HTTP
@@ -333,6 +361,9 @@ pub struct Endpoints {
     /// /v1/deployments/{name}/activate`) rather than answered 503.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub scale_to_zero: std::collections::BTreeSet<String>,
+    /// Deployments whose requests are split between two revisions (canary).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub splits: BTreeMap<String, Split>,
 }
 
 /// `POST /v1/deployments/{name}/activate`: an ingress holds a request for a

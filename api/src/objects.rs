@@ -209,6 +209,60 @@ pub struct Rollout {
     pub paused: bool,
     /// Why it is where it is.
     pub message: String,
+    /// A canary rollout's step, weight and figures (with `strategy.canary`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Where a canary stands. Stored with the rollout, so a restarted or newly
+/// elected scheduler resumes the same step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct CanaryStatus {
+    /// The step under way, from 0; `steps.len()` once promoted.
+    pub step: u32,
+    /// Percent of requests the ingresses send to the canary now (0 until its
+    /// replicas for the step are ready, 100 once promoted).
+    pub weight: u32,
+    /// When the step's weight took effect (0: not yet).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub step_started_ms: Millis,
+    /// Analysis intervals judged and passed in this step.
+    pub passed: u32,
+    /// Promoted (by the last step passing or `skiff rollout promote`): the
+    /// canary scales to the full count, then takes 100% and the old go.
+    pub promoted: bool,
+    /// Aborted: why, with the figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// The stable revision's figures over the last judged interval.
+    pub stable: RevisionFigures,
+    /// The canary's figures over the last judged interval.
+    pub canary: RevisionFigures,
+}
+
+/// What the ingresses measured of one revision over an interval.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct RevisionFigures {
+    /// The revision.
+    pub revision: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of them, answered with a 5xx status.
+    pub errors: u64,
+    /// 99th percentile latency to the response head, in milliseconds (the
+    /// upper bound of its histogram bucket); 0 with no request.
+    pub p99_ms: u64,
+}
+
+impl RevisionFigures {
+    /// The share of 5xx answers (0 with no request).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+    }
 }
 
 /// One revision of a deployment, for `skiff rollout history`.

@@ -553,8 +553,10 @@ impl ScaleToZero {
     pub const DEFAULT_IDLE_SECONDS: u32 = 300;
 }
 
-/// How a new revision replaces the old one: a rolling update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a new revision replaces the old one: a rolling update, or with
+/// `canary`, a canary whose share of the traffic grows step by step while
+/// its measured errors and latency pass `canary.analysis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct UpdateStrategy {
@@ -569,6 +571,147 @@ pub struct UpdateStrategy {
     pub progress_deadline_seconds: u32,
     /// Roll a failed rollout back to the last good revision (default true).
     pub auto_rollback: bool,
+    /// Roll a new revision out as a canary: weighted traffic, measured, then
+    /// promoted or aborted (progressive delivery, #18).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A canary rollout: the new revision takes each step's share of the requests
+/// in turn (then 100%), and is aborted the moment its figures fail `analysis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The steps, by growing weight (1..=99); after the last the canary is promoted.
+    pub steps: Vec<CanaryStep>,
+    /// What a step must measure to pass.
+    #[serde(default)]
+    pub analysis: Analysis,
+}
+
+/// One step of a canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percent of requests sent to the new revision (1..=99).
+    pub weight: u32,
+    /// How long the step lasts (`60s`, `2m`; at least one analysis interval
+    /// with `min_requests` is needed besides), or `manual`: wait for
+    /// `skiff rollout promote`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "60s"))]
+    pub pause: Pause,
+}
+
+/// How long a canary step lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// At least this many seconds (0, the default: as soon as the analysis
+    /// passed once).
+    Seconds(u64),
+    /// Until `skiff rollout promote`.
+    Manual,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause::Seconds(0)
+    }
+}
+
+impl Serialize for Pause {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pause::Seconds(n) => s.serialize_str(&format!("{n}s")),
+            Pause::Manual => s.serialize_str("manual"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pause {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Seconds::deserialize_any(d, "a duration such as 60s, or manual")? {
+            None => Ok(Pause::Manual),
+            Some(n) => Ok(Pause::Seconds(n)),
+        }
+    }
+}
+
+/// A duration written `10s`, `2m`, `1h30m` or as a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    /// Reads a number of seconds or a duration string; `manual` is `None`
+    /// (allowed only where `what` says so: the caller checks).
+    fn deserialize_any<'de, D: serde::Deserializer<'de>>(d: D, what: &'static str) -> Result<Option<u64>, D::Error> {
+        struct V(&'static str);
+        impl serde::de::Visitor<'_> for V {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Option<u64>, E> {
+                Ok(Some(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Option<u64>, E> {
+                u64::try_from(n).map(Some).map_err(|_| E::custom(format!("expected {}, got {n}", self.0)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<u64>, E> {
+                if s.trim() == "manual" {
+                    return Ok(None);
+                }
+                crate::job::parse_duration_secs(s).map(Some).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V(what))
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Seconds::deserialize_any(d, "a duration such as 10s")? {
+            Some(n) => Ok(Seconds(n)),
+            None => Err(serde::de::Error::custom("expected a duration such as 10s, got manual")),
+        }
+    }
+}
+
+/// What a canary's requests must measure, per analysis interval, for a step to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct Analysis {
+    /// Highest share of 5xx answers (0.01 = 1%); when the stable revision
+    /// itself fails more than this over the same interval, the canary fails
+    /// only by exceeding the stable's rate by this much (a shared cause is not
+    /// the canary's fault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Highest 99th percentile latency, in milliseconds (to the response
+    /// head), unless the stable revision is as slow over the same interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<u64>,
+    /// Requests the canary must have served before an interval is judged
+    /// (fewer: the interval's figures carry over to the next).
+    pub min_requests: u64,
+    /// How often the figures are judged (default 10s).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10s"))]
+    pub interval: Seconds,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis { max_error_rate: Some(0.01), max_p99_ms: None, min_requests: 100, interval: Seconds(10) }
+    }
 }
 
 impl Default for UpdateStrategy {
@@ -579,6 +722,7 @@ impl Default for UpdateStrategy {
             min_ready_seconds: 0,
             progress_deadline_seconds: 120,
             auto_rollback: true,
+            canary: None,
         }
     }
 }

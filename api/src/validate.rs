@@ -313,6 +313,9 @@ pub fn apply(name: &str, req: &ApplyRequest) -> Result<(), Invalid> {
         _ => {}
     }
     validate_scale_to_zero(req)?;
+    if let Some(c) = req.strategy.as_ref().and_then(|s| s.canary.as_ref()) {
+        validate_canary(c, spec)?;
+    }
     validate_spec_sizes(spec)?;
     for r in &spec.secrets {
         validate_secret_ref(r)?;
@@ -425,4 +428,50 @@ impl Autoscale {
             _ => Err("autoscale needs one target: target_cpu_percent or target_requests_per_second".into()),
         }
     }
+}
+
+/// A canary's steps and analysis (#18): weights growing within 1..=99, at
+/// most 20 steps, an error rate within 0..1, an interval of 1 s to 1 h. Only
+/// HTTP workloads can be weighed: an image needs its `http_port`.
+pub fn validate_canary(c: &crate::spec::Canary, spec: &crate::spec::WorkloadSpec) -> Result<(), Invalid> {
+    if c.steps.is_empty() {
+        return Err("canary needs at least one step, such as steps: [{weight: 10, pause: 60s}]".to_string().into());
+    }
+    if c.steps.len() > 20 {
+        return Err(format!("canary may have at most 20 steps, got {}", c.steps.len()).into());
+    }
+    let mut last = 0;
+    for s in &c.steps {
+        if s.weight == 0 || s.weight > 99 {
+            return Err(Invalid::at(s.weight)(format!(
+                "canary step weight must be 1-99 (100 is the promotion after the last step), got {}",
+                s.weight
+            )));
+        }
+        if s.weight <= last {
+            return Err(Invalid::at(s.weight)(format!("canary step weights must grow, got {} after {last}", s.weight)));
+        }
+        last = s.weight;
+        if let crate::spec::Pause::Seconds(n) = s.pause
+            && n > 7 * 24 * 3600
+        {
+            return Err(Invalid::at(n)(format!("canary pause must be at most 7d, got {n}s")));
+        }
+    }
+    let a = &c.analysis;
+    if let Some(r) = a.max_error_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(Invalid::at(r)(format!("max_error_rate is a share between 0 and 1 (0.01 = 1%), got {r}")));
+    }
+    if a.max_p99_ms == Some(0) {
+        return Err("max_p99_ms must be at least 1".to_string().into());
+    }
+    if a.interval.0 == 0 || a.interval.0 > 3600 {
+        return Err(Invalid::at(a.interval.0)(format!("analysis interval must be 1s-1h, got {}s", a.interval.0)));
+    }
+    if matches!(spec.workload, crate::spec::Workload::Image(_)) && spec.http_port.is_none() {
+        return Err("a canary splits HTTP requests: an image needs http_port (--port)".to_string().into());
+    }
+    Ok(())
 }

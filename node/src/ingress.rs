@@ -35,7 +35,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use skiff_api::{ActivateRequest, Client, ClientError, Endpoint, Endpoints};
+use skiff_api::{ActivateRequest, Client, ClientError, Endpoint, Endpoints, Split};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -45,6 +45,10 @@ use std::time::{Duration, Instant};
 const DEPLOYMENT_HEADER: &str = "x-skiff-deployment";
 /// Header counting ingress-to-ingress hops, so a request never circles.
 const HOP_HEADER: &str = "x-skiff-hop";
+/// Header pinning a request to one revision of a deployment whose requests
+/// are split (a canary): sent by a client to try a revision by hand, and by
+/// an ingress passing on a request whose revision it chose.
+const REVISION_HEADER: &str = "x-skiff-revision";
 /// Hops a request may take between ingresses.
 const MAX_HOPS: u32 = 2;
 /// Largest request body passed to another node (it is held to be retried).
@@ -65,6 +69,8 @@ pub struct Ingress {
     /// Bumped whenever the table is replaced (held requests wait on it).
     table_changed: tokio::sync::watch::Sender<u64>,
     next: AtomicUsize,
+    /// Requests split so far (a canary's weight is applied in order over them).
+    split_next: AtomicUsize,
     http: reqwest::Client,
     /// Requests held for deployments at zero, by deployment.
     activations: Arc<Activations>,
@@ -92,6 +98,7 @@ impl Ingress {
             table: RwLock::new(None),
             table_changed: tokio::sync::watch::Sender::new(0),
             next: AtomicUsize::new(0),
+            split_next: AtomicUsize::new(0),
             http,
             activations,
             scheduler: OnceLock::new(),
@@ -239,16 +246,25 @@ impl Ingress {
             }
         }
 
-        let local = self.local(&name);
+        let mut local = self.local(&name);
+        let asked: Option<u64> = header_str(req.headers(), REVISION_HEADER).and_then(|v| v.trim().parse().ok());
         // A request another ingress passed on is served here if it can be:
         // passing it on again could make it circle.
         if hops > 0 && !local.is_empty() {
+            // By the revision the first ingress chose, when it split.
+            if let Some(rev) = asked {
+                let of_rev = self.of_revision(&name, &local, rev);
+                if !of_rev.is_empty() {
+                    local = of_rev;
+                }
+            }
             let i = self.next.fetch_add(1, Ordering::Relaxed) % local.len();
             return self.serve_local(&name, &local[i], req).await;
         }
-        let (remote, zero): (Vec<Endpoint>, bool) = {
+        let (mut remote, zero, split): (Vec<Endpoint>, bool, Option<Split>) = {
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
             let zero = table.as_ref().is_some_and(|t| t.scale_to_zero.contains(&name));
+            let split = table.as_ref().and_then(|t| t.splits.get(&name)).cloned();
             let remote = match table.as_ref().map(|t| t.deployments.get(&name)) {
                 Some(Some(eps)) => eps.iter().filter(|e| e.node != self.node).cloned().collect(),
                 // A table that has not caught up with a replica running here.
@@ -263,8 +279,35 @@ impl Ingress {
                     );
                 }
             };
-            (remote, zero)
+            (remote, zero, split)
         };
+        // A canary: the revision first (by weight, or as the request asks),
+        // then a replica of it.
+        if let Some(split) = split {
+            let pinned = asked.filter(|r| *r == split.stable || *r == split.canary);
+            let want = pinned.unwrap_or_else(|| {
+                // Over every 100 requests in a row exactly `weight` go to the
+                // canary, spread evenly (37 is prime to 100).
+                let k = self.split_next.fetch_add(1, Ordering::Relaxed);
+                if (k % 100 * 37) % 100 < split.weight as usize { split.canary } else { split.stable }
+            });
+            let other = if want == split.canary { split.stable } else { split.canary };
+            let mut chosen = want;
+            let (mut l, mut r) = (self.of_revision(&name, &local, want), remote_of(&remote, want));
+            if l.is_empty() && r.is_empty() {
+                if pinned.is_some() {
+                    return unavailable(&format!("no ready replica of revision {want} of {name} ({REVISION_HEADER})"));
+                }
+                // None of the chosen revision is ready (a table catching up):
+                // the other serves rather than fail the request.
+                chosen = other;
+                (l, r) = (self.of_revision(&name, &local, other), remote_of(&remote, other));
+            }
+            if !l.is_empty() || !r.is_empty() {
+                (local, remote) = (l, r);
+                req.headers_mut().insert(HeaderName::from_static(REVISION_HEADER), header_value(&chosen.to_string()));
+            }
+        }
         let remote = if hops >= MAX_HOPS { Vec::new() } else { remote };
         if local.is_empty() && remote.is_empty() {
             if zero {
@@ -431,18 +474,35 @@ impl Ingress {
         wasm.chain(self.upstreams.get(name).into_iter().map(Local::Container)).collect()
     }
 
-    /// Serves a request with a replica on this node.
+    /// The replicas of `local` that run revision `revision` of `name`, as
+    /// the endpoints table says (one it does not list yet is left out).
+    fn of_revision(&self, name: &str, local: &[Local], revision: u64) -> Vec<Local> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let Some(eps) = table.as_ref().and_then(|t| t.deployments.get(name)) else { return Vec::new() };
+        local.iter().filter(|l| eps.iter().any(|e| e.replica == l.id() && e.revision == revision)).cloned().collect()
+    }
+
+    /// Serves a request with a replica on this node, counting how it was
+    /// answered toward the replica's figures (canary analysis).
     async fn serve_local<B>(&self, name: &str, replica: &Local, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error> + Into<BoxError>,
     {
+        let start = Instant::now();
         match replica {
             Local::Wasm(r) => {
                 r.count_request();
-                self.runtime.handle(r, req).await
+                let resp = self.runtime.handle(r, req).await;
+                r.usage().add_response(resp.status().as_u16(), start.elapsed());
+                resp
             }
-            Local::Container(u) => self.proxy(name, u, req).await,
+            Local::Container(u) => {
+                u.usage.add_request();
+                let resp = self.proxy(name, u, req).await;
+                u.usage.add_response(resp.status().as_u16(), start.elapsed());
+                resp
+            }
         }
     }
 
@@ -500,6 +560,20 @@ enum Local {
     Wasm(Arc<HttpReplica>),
     /// A container serving HTTP at its bridge address.
     Container(Arc<Upstream>),
+}
+
+impl Local {
+    fn id(&self) -> &str {
+        match self {
+            Local::Wasm(r) => &r.id,
+            Local::Container(u) => &u.id,
+        }
+    }
+}
+
+/// The endpoints of `remote` that run revision `revision`.
+fn remote_of(remote: &[Endpoint], revision: u64) -> Vec<Endpoint> {
+    remote.iter().filter(|e| e.revision == revision).cloned().collect()
 }
 
 /// 503 with `Retry-After`.

@@ -31,6 +31,11 @@ pub struct Usage {
     cpu_nanos: AtomicU64,
     memory_bytes: AtomicU64,
     requests: AtomicU64,
+    /// Requests answered with a 5xx status.
+    errors: AtomicU64,
+    /// Requests by latency to the response head, per bucket of
+    /// `skiff_api::LATENCY_BUCKETS_MS` and one for slower.
+    latency: [AtomicU64; skiff_api::LATENCY_BUCKETS_MS.len() + 1],
 }
 
 impl Usage {
@@ -67,6 +72,31 @@ impl Usage {
     /// HTTP requests passed to the replica so far (its autoscaling input).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts how a request the ingress passed to the replica was answered
+    /// (canary analysis): its status and its time to the response head.
+    pub fn add_response(&self, status: u16, elapsed: Duration) {
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let i = skiff_api::LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b as f64)
+            .unwrap_or(skiff_api::LATENCY_BUCKETS_MS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered with a 5xx status so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The latency histogram's cumulative counts; empty before any request.
+    pub fn latency(&self) -> Vec<u64> {
+        let counts: Vec<u64> = self.latency.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        if counts.iter().all(|n| *n == 0) { Vec::new() } else { counts }
     }
 }
 
@@ -394,6 +424,8 @@ mod tests {
             cpu_seconds: 1.5,
             memory_bytes: 65536,
             requests: 0,
+            errors: 0,
+            latency: Vec::new(),
         };
         let view = |id: &str| ReplicaView { deployment: "web".into(), runtime: Runtime::Wasm, status: status(id) };
         let text = METRICS.render(&[view("web-aaaaaa"), view("web-bbbbbb")]);

@@ -83,6 +83,8 @@ pub struct Upstream {
     pub deployment: String,
     /// Its bridge address and HTTP port.
     pub addr: SocketAddr,
+    /// Where the ingress counts the requests it passes on and their answers.
+    pub usage: Arc<crate::metrics::Usage>,
 }
 
 impl Routable for Upstream {

@@ -56,6 +56,8 @@ pub fn fresh(id: &str, generation: u64, state: ReplicaState) -> ReplicaStatus {
         cpu_seconds: 0.0,
         memory_bytes: 0,
         requests: 0,
+        errors: 0,
+        latency: Vec::new(),
     }
 }
 

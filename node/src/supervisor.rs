@@ -78,6 +78,8 @@ impl Replica {
         st.cpu_seconds = self.usage.cpu_seconds();
         st.memory_bytes = self.usage.memory_bytes();
         st.requests = self.usage.requests();
+        st.errors = self.usage.errors();
+        st.latency = self.usage.latency();
         st
     }
 

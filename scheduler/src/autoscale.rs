@@ -393,6 +393,8 @@ mod tests {
             cpu_seconds: 0.0,
             memory_bytes: 0,
             requests,
+            errors: 0,
+            latency: Vec::new(),
         };
         let mut idle = Idle::default();
         let awake = |ids: &[&str]| vec![("web".to_string(), 10, ids.iter().map(|s| s.to_string()).collect())];
@@ -430,6 +432,8 @@ mod tests {
             cpu_seconds: cpu,
             memory_bytes: 0,
             requests: 0,
+            errors: 0,
+            latency: Vec::new(),
         };
         w.observe(&[st("web-aaaaaa", 0.0), st("other-bbbbbb", 0.0)], 1_000);
         w.observe(&[st("web-aaaaaa", 0.9), st("other-bbbbbb", 0.0)], 2_000);

@@ -70,6 +70,7 @@ pub(crate) fn receive(core: &Core, name: String, hb: Heartbeat) -> Result<(), Ap
         Some(false) => {
             core.live.record(&name, &hb.replicas, hb.delta);
             core.autoscale.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas, skiff_api::now_ms());
+            core.canary.lock().unwrap_or_else(|p| p.into_inner()).observe(&hb.replicas);
             core.heartbeats.submit(name, hb);
             Ok(())
         }

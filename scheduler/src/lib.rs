@@ -5,6 +5,7 @@
 
 mod auth;
 mod autoscale;
+mod canary;
 mod blobs;
 mod cluster;
 mod dashboard;
@@ -122,6 +123,8 @@ pub(crate) struct Core {
     live: dashboard::Live,
     /// Recent usage of autoscaled replicas, from heartbeats.
     autoscale: Mutex<autoscale::Window>,
+    /// Canary replicas' request figures, from heartbeats (#18).
+    canary: Mutex<canary::Meter>,
     /// Heartbeats waiting to be applied together.
     heartbeats: heartbeats::Batcher,
     /// When each node last heartbeated, recorded without the state lock.
@@ -432,6 +435,7 @@ fn core(
         valid_wasm: Mutex::new(HashSet::new()),
         live: dashboard::Live::default(),
         autoscale: Mutex::default(),
+        canary: Mutex::default(),
         heartbeats: heartbeats::Batcher::default(),
         liveness,
         cluster,
@@ -474,6 +478,9 @@ async fn controllers(core: Arc<Core>) {
             if let Err(e) = autoscale::pass(&core) {
                 tracing::error!("autoscaling pass failed: {e}");
             }
+            if let Err(e) = canary::pass(&core) {
+                tracing::error!("canary analysis pass failed: {e}");
+            }
         }
         if last_prune.elapsed() >= Duration::from_secs(600) {
             last_prune = Instant::now();
@@ -497,13 +504,13 @@ fn controller_pass(core: &Core, full: bool) -> (Result<(), state::Error>, bool) 
     } else if r.is_ok() {
         r = st.reconcile_due();
     }
-    // Drains and rebalance moves: cheap unless one is under way.
-    if r.is_ok() {
-        r = st.moves_pass(full);
-    }
     // Jobs and crons every pass: a run that ended is followed by the next at once.
     if r.is_ok() {
         r = st.reconcile_jobs().and_then(|()| st.cron_pass());
+    }
+    // Drains and rebalance moves: cheap unless one is under way.
+    if r.is_ok() {
+        r = st.moves_pass(full);
     }
     let r = r.and_then(|_| {
         let dirty = st.mem().sched_dirty;

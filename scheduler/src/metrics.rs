@@ -48,6 +48,9 @@ pub struct Metrics {
     desired: IntGaugeVec,
     running: IntGaugeVec,
     rollouts: IntGaugeVec,
+    /// A canary's step (from 1) and weight, per deployment under one (#18).
+    canary_step: IntGaugeVec,
+    canary_weight: IntGaugeVec,
     /// Scrapes rebuild the gauges: one at a time.
     scrape: Mutex<()>,
 }
@@ -158,6 +161,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Deployments by the state of their latest rollout",
             &["state"],
         ),
+        canary_step: gauge_vec(
+            &r,
+            "skiff_scheduler_canary_step",
+            "The step (from 1) of a deployment's canary under way",
+            &["deployment"],
+        ),
+        canary_weight: gauge_vec(
+            &r,
+            "skiff_scheduler_canary_weight_percent",
+            "Percent of a deployment's requests the ingresses send to its canary",
+            &["deployment"],
+        ),
         scrape: Mutex::new(()),
         registry: r,
     }
@@ -215,7 +230,16 @@ impl Metrics {
     /// The text exposition, gauges computed from `core`'s working set now.
     fn render(&self, core: &Core) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        for g in [&self.nodes, &self.replicas, &self.pending, &self.desired, &self.running, &self.rollouts] {
+        for g in [
+            &self.nodes,
+            &self.replicas,
+            &self.pending,
+            &self.desired,
+            &self.running,
+            &self.rollouts,
+            &self.canary_step,
+            &self.canary_weight,
+        ] {
             g.reset();
         }
         // Every state appears, at 0 when empty, so that queries and alerts on
@@ -249,10 +273,16 @@ impl Metrics {
                 }
             }
             self.deployments.set(count);
+            for c in mem.canaries() {
+                self.canary_step.with_label_values(&[c.name.as_str()]).set(i64::from(c.status.step) + 1);
+                self.canary_weight.with_label_values(&[c.name.as_str()]).set(i64::from(c.status.weight));
+            }
         }
         JOBS.set_gauges(core);
+        NAMESPACES.set_gauges(core);
         let mut families = self.registry.gather();
         families.extend(JOBS.registry.gather());
+        families.extend(NAMESPACES.registry.gather());
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!("encoding metrics: {e}");
@@ -309,6 +339,55 @@ impl JobMetrics {
         let st = core.state();
         for j in st.mem().jobs() {
             self.jobs.with_label_values(&[j.state.to_string().as_str()]).inc();
+        }
+    }
+}
+
+/// Namespaces' quotas and use (#20): `skiff_namespace_quota` and
+/// `skiff_namespace_used` by namespace and resource (cpu in cores, memory in
+/// bytes, replicas, deployments, volumes); a quota only where one is set.
+pub struct NamespaceMetrics {
+    registry: Registry,
+    quota: prometheus::GaugeVec,
+    used: prometheus::GaugeVec,
+}
+
+/// The namespace metrics of this process.
+pub static NAMESPACES: LazyLock<NamespaceMetrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let vec = |name: &str, help: &str| {
+        registered(
+            &r,
+            prometheus::GaugeVec::new(Opts::new(name, help), &["namespace", "resource"]).expect("valid metric"),
+        )
+    };
+    NamespaceMetrics {
+        quota: vec("skiff_namespace_quota", "A namespace's quota, by resource (cpu in cores, memory in bytes)"),
+        used: vec("skiff_namespace_used", "What a namespace's deployments ask, by resource, as its quota counts it"),
+        registry: r,
+    }
+});
+
+impl NamespaceMetrics {
+    fn set_gauges(&self, core: &Core) {
+        self.quota.reset();
+        self.used.reset();
+        let namespaces = core.state().namespaces();
+        for n in namespaces {
+            let (q, u) = (n.quota, n.usage);
+            let rows = [
+                ("cpu", q.cpu.map(|c| c.0 as f64 / 1000.0), u.cpu.0 as f64 / 1000.0),
+                ("memory", q.memory.map(|m| m.0 as f64), u.memory.0 as f64),
+                ("replicas", q.replicas.map(|v| v as f64), u.replicas as f64),
+                ("deployments", q.deployments.map(|v| v as f64), u.deployments as f64),
+                ("volumes", q.volumes.map(|v| v as f64), u.volumes as f64),
+            ];
+            for (resource, quota, used) in rows {
+                if let Some(quota) = quota {
+                    self.quota.with_label_values(&[n.name.as_str(), resource]).set(quota);
+                }
+                self.used.with_label_values(&[n.name.as_str(), resource]).set(used);
+            }
         }
     }
 }

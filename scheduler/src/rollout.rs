@@ -87,6 +87,37 @@ pub fn plan(desired: usize, strategy: &UpdateStrategy, paused: bool, seen: &[See
     p
 }
 
+/// Decides the next step of a canary rollout (#18): the new revision is kept
+/// at `canary` replicas (its step's share of `desired`, at least one) beside
+/// `desired` replicas of the old, which go only once `promote` says the new
+/// ones carry all requests (at `desired`, all available, weight 100).
+pub fn canary_plan(desired: usize, canary: usize, promote: bool, seen: &[Seen]) -> Plan {
+    let mut new: Vec<&Seen> = seen.iter().filter(|s| s.current).collect();
+    let mut old: Vec<&Seen> = seen.iter().filter(|s| !s.current).collect();
+    new.sort_by_key(|s| s.rank);
+    old.sort_by_key(|s| s.rank);
+    let mut p = Plan {
+        rolling: !old.is_empty(),
+        failing: new.iter().filter(|s| s.failing).count(),
+        available_new: new.iter().filter(|s| s.available).count(),
+        ..Plan::default()
+    };
+    let target = if promote { desired } else { canary.min(desired.max(1)) };
+    if new.len() > target {
+        for s in &new[..new.len() - target] {
+            p.stop.push((s.id.clone(), "scaled down"));
+        }
+    }
+    p.create = target.saturating_sub(new.len());
+    let keep_old = if promote { 0 } else { desired };
+    if old.len() > keep_old {
+        for s in &old[..old.len() - keep_old] {
+            p.stop.push((s.id.clone(), "replaced by a new revision"));
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +170,32 @@ mod tests {
         check(2, 0, 1, "OO", expect![[r#"create 1 stop ["O1"] rolling true failing 0"#]]);
         check(2, 0, 1, "O", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
         check(2, 0, 0, "OO", expect![[r#"create 1 stop [] rolling true failing 0"#]]);
+    }
+
+    #[test]
+    fn a_canary_runs_beside_the_old_until_promoted() {
+        let seen = |spec: &str| -> Vec<Seen> {
+            spec.chars()
+                .enumerate()
+                .map(|(i, c)| Seen {
+                    id: format!("{c}{i}"),
+                    current: matches!(c, 'N' | 'n'),
+                    available: matches!(c, 'N' | 'O'),
+                    failing: false,
+                    rank: (0, std::cmp::Reverse(i as u64)),
+                })
+                .collect()
+        };
+        let show =
+            |p: Plan| format!("create {} stop {:?}", p.create, p.stop.iter().map(|s| s.0.as_str()).collect::<Vec<_>>());
+        // Step of 10% of 4: one canary, every old one stays.
+        assert_eq!(show(canary_plan(4, 1, false, &seen("OOOO"))), "create 1 stop []");
+        assert_eq!(show(canary_plan(4, 1, false, &seen("OOOON"))), "create 0 stop []");
+        // Step of 50%: two.
+        assert_eq!(show(canary_plan(4, 2, false, &seen("OOOON"))), "create 1 stop []");
+        // Promoted, not all available yet: the old stay.
+        assert_eq!(show(canary_plan(4, 4, false, &seen("OOOONNnn"))), "create 0 stop []");
+        // Carrying 100%: the old go.
+        assert_eq!(show(canary_plan(4, 4, true, &seen("OOOONNNN"))), r#"create 0 stop ["O3", "O2", "O1", "O0"]"#);
     }
 }

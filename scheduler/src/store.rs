@@ -643,7 +643,7 @@ impl Tx {
             created_ms: d.created_ms,
             updated_ms: d.updated_ms,
             extra: json(&DeploymentExtra {
-                strategy: d.strategy,
+                strategy: d.strategy.clone(),
                 rollout: d.rollout.clone(),
                 autoscale: d.autoscale,
                 scale_to_zero: d.scale_to_zero,

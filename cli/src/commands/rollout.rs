@@ -1,5 +1,5 @@
-//! `skiff rollout status|history|undo|pause|resume`: follow and steer the rolling
-//! update of a deployment.
+//! `skiff rollout status|history|undo|pause|resume|promote|abort`: follow and
+//! steer the rolling update or canary of a deployment.
 
 use super::{parse_duration, wait};
 use crate::output::{self, Table};
@@ -47,6 +47,16 @@ enum RolloutCommand {
         /// The deployment
         name: String,
     },
+    /// Promote a canary now: skip its remaining steps (and any manual pause)
+    Promote {
+        /// The deployment
+        name: String,
+    },
+    /// Abort a canary: no more requests to it, its replicas stop, the stable revision stays
+    Abort {
+        /// The deployment
+        name: String,
+    },
 }
 
 pub async fn rollout(args: RolloutArgs, client: &Client) -> anyhow::Result<()> {
@@ -81,7 +91,44 @@ pub async fn rollout(args: RolloutArgs, client: &Client) -> anyhow::Result<()> {
             println!("deployment {name} rollout resumed");
             Ok(())
         }
+        RolloutCommand::Promote { name } => {
+            let d = client.canary(&name, "promote").await?;
+            println!("deployment {name}: revision {} promoted; it takes all requests once at full count", d.revision);
+            Ok(())
+        }
+        RolloutCommand::Abort { name } => {
+            let d = client.canary(&name, "abort").await?;
+            println!("deployment {name}: canary aborted; revision {} serves", d.revision);
+            Ok(())
+        }
     }
+}
+
+/// One line of a canary under way: its step, weight and both revisions' figures.
+pub fn canary_line(d: &skiff_api::Deployment) -> Option<String> {
+    let c = d.rollout.canary.as_ref()?;
+    let steps = d.strategy.canary.as_ref().map_or(0, |s| s.steps.len());
+    let fig = |f: &skiff_api::RevisionFigures| {
+        if f.requests == 0 {
+            format!("revision {}: no requests judged yet", f.revision)
+        } else {
+            format!(
+                "revision {}: {:.1}% errors over {} requests, p99 {} ms",
+                f.revision,
+                f.error_rate() * 100.0,
+                f.requests,
+                f.p99_ms
+            )
+        }
+    };
+    let at = if c.promoted {
+        "promoted".to_string()
+    } else if c.step_started_ms == 0 {
+        format!("step {}/{steps} starting", c.step + 1)
+    } else {
+        format!("step {}/{steps}", c.step + 1)
+    };
+    Some(format!("canary {at}, weight {}%; {}; {}", c.weight, fig(&c.canary), fig(&c.stable)))
 }
 
 /// Prints progress lines until the rollout completes (exit 0), is rolled back or
@@ -140,6 +187,9 @@ async fn status(client: &Client, name: &str, timeout: Duration) -> anyhow::Resul
             // judge: it rolls the revision back (or marks it failed) by its
             // deadline. A first revision has nothing to go back to: its failing
             // replica is the answer now, as for `deploy --wait`.
+            RolloutState::Progressing if d.rollout.canary.is_some() => {
+                format!("{}; {new} new and {old} old running", canary_line(&d).unwrap_or_default())
+            }
             RolloutState::Progressing => {
                 if d.rollout.from_revision == 0 {
                     watch.look(client, &target).await?;

@@ -142,6 +142,7 @@ async fn follow(
                     id: spec.replica.clone(),
                     deployment: spec.deployment.clone(),
                     addr: SocketAddr::new(ip, port),
+                    usage: spec.usage.clone(),
                 });
                 log.system(&format!(
                     "serving http: {}.{} and /d/{}/ on every node's ingress, from {}",

@@ -61,6 +61,11 @@ impl HttpReplica {
         self.usage.add_request();
     }
 
+    /// Where the ingress counts its requests and their answers.
+    pub fn usage(&self) -> &crate::metrics::Usage {
+        &self.usage
+    }
+
     /// Requests it is serving now.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)

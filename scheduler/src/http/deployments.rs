@@ -92,6 +92,20 @@ pub(super) async fn resume(State(core): Shared, Path(name): Path<String>) -> Api
     Ok(Json(d))
 }
 
+#[utoipa::path(post, path = "/v1/deployments/{name}/promote", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its canary is promoted: the remaining steps are skipped", body = Deployment), Failures))]
+pub(super) async fn promote(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    let d = core.state().canary_promote(&name)?;
+    core.wake();
+    Ok(Json(d))
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{name}/abort", tag = "deployments", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "Its canary is aborted: back to the stable revision", body = Deployment), Failures))]
+pub(super) async fn abort(State(core): Shared, Path(name): Path<String>) -> ApiResult<Deployment> {
+    let d = core.state().canary_abort(&name, "aborted by hand (skiff rollout abort)", None)?;
+    core.wake();
+    Ok(Json(d))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ActivateQuery {

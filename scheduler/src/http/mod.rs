@@ -87,6 +87,8 @@ pub(crate) fn api() -> OpenApiRouter<Arc<Core>> {
         .routes(routes!(deployments::rollback))
         .routes(routes!(deployments::pause))
         .routes(routes!(deployments::resume))
+        .routes(routes!(deployments::promote))
+        .routes(routes!(deployments::abort))
         .routes(routes!(deployments::logs))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::put_job, jobs::get_job, jobs::delete_job))

@@ -124,7 +124,7 @@ impl State {
         let room = self.mem.quota_room(name);
         let held = match self.mem.deployments.get(name) {
             Some(e) if replicas > e.d.replicas && replicas > room => {
-                let ask = namespaces::replicas_ask(&e.d.spec, e.d.replicas.max(room), replicas);
+                let ask = namespaces::replicas_ask(&e.d.spec, e.d.replicas, replicas);
                 let line = self.mem.check_quota(skiff_api::namespace::of(name), ask).err();
                 Some((room.max(e.d.replicas), line.unwrap_or_default()))
             }
@@ -258,6 +258,7 @@ impl State {
                 progress_ms: now,
                 paused: false,
                 message: format!("rolling back from revision {current} to {target}"),
+                canary: None,
             };
             tx.put_deployment(&e.d)?;
             tx.event(now, &format!("deployment/{name}"), "Rollback", &e.d.rollout.message)?;
@@ -391,9 +392,11 @@ impl Mem {
             .collect()
     }
 
-    /// Names of the deployments that scale to zero (the endpoints table lists them).
-    pub fn scaling_to_zero(&self) -> impl Iterator<Item = &String> {
-        self.deployments.iter().filter(|(_, e)| e.d.idle_seconds().is_some()).map(|(n, _)| n)
+    /// Every deployment in name order, with whether it has live replicas (only
+    /// then can it have endpoints) and whether it scales to zero: what the
+    /// endpoints table is written from without a lookup per deployment.
+    pub fn endpoint_rows(&self) -> impl Iterator<Item = (&String, bool, bool)> {
+        self.deployments.iter().map(|(n, e)| (n, e.counts.total > 0, e.d.idle_seconds().is_some()))
     }
 
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
@@ -487,6 +490,7 @@ impl Mem {
                         progress_ms: now,
                         paused: false,
                         message: "rolling out revision 1".into(),
+                        canary: None,
                     },
                 };
                 tx.put_revision(name, 1, &req.spec, now)?;
@@ -505,7 +509,7 @@ impl Mem {
             Some(e)
                 if e.d.spec == req.spec
                     && e.d.replicas == replicas
-                    && req.strategy.is_none_or(|s| s == e.d.strategy)
+                    && req.strategy.as_ref().is_none_or(|s| *s == e.d.strategy)
                     && req.autoscale == e.d.autoscale
                     && req.scale_to_zero == e.d.scale_to_zero =>
             {
@@ -514,7 +518,7 @@ impl Mem {
             Some(e) => {
                 // Whether its name activates a replica is in the endpoints table.
                 let scaled_to_zero_before = e.d.idle_seconds().is_some();
-                if let Some(s) = req.strategy {
+                if let Some(s) = req.strategy.clone() {
                     e.d.strategy = s;
                 }
                 if e.d.autoscale != req.autoscale {
@@ -547,8 +551,13 @@ impl Mem {
                     // After a rollback the current revision is not the newest: number
                     // the new one after every revision there is.
                     let latest = self.revisions.keys().filter(|(d, _)| d == name).map(|(_, r)| *r).max();
-                    let from = e.d.revision;
-                    e.d.revision = latest.unwrap_or(from).max(from) + 1;
+                    let mut from = e.d.revision;
+                    // A new revision during a canary replaces the canary: the
+                    // stable revision stays the one to compare with.
+                    if let Some(stable) = super::canary::stable_during(&e.d.rollout) {
+                        from = stable;
+                    }
+                    e.d.revision = latest.unwrap_or(from).max(e.d.revision) + 1;
                     e.d.spec = req.spec.clone();
                     e.d.rollout = Rollout {
                         state: RolloutState::Progressing,
@@ -558,6 +567,7 @@ impl Mem {
                         progress_ms: now,
                         paused: e.d.rollout.paused,
                         message: format!("rolling out revision {} to replace {from}", e.d.revision),
+                        canary: super::canary::start(&e.d.strategy, from, e.d.revision),
                     };
                     tx.put_revision(name, e.d.revision, &req.spec, now)?;
                     tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
@@ -583,7 +593,7 @@ impl Mem {
     pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         self.note_awake(name);
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
-        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy);
+        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy.clone());
         // At its count, all of the current revision, and no rollout that may
         // still complete: the plan would create and stop nothing. (Completing
         // one takes a walk: it asks how long each new replica has served.)
@@ -651,7 +661,10 @@ impl Mem {
             strategy.max_surge = 0;
             strategy.max_unavailable = strategy.max_unavailable.max(1);
         }
-        let plan = rollout::plan(desired, &strategy, paused, &seen);
+        let plan = match self.canary_plan(tx, name, desired, &seen, now)? {
+            Some(plan) => plan,
+            None => rollout::plan(desired, &strategy, paused, &seen),
+        };
         if plan.rolling && self.rollout_check(tx, name, &plan, now)? {
             // Rolled back: the next pass plans against the good revision.
             return self.reconcile(tx, name, now);
@@ -829,6 +842,7 @@ impl Mem {
                     progress_ms: now,
                     paused: false,
                     message: format!("rolled back to revision {good}: {why}"),
+                    canary: None,
                 };
                 tx.put_deployment(&e.d)?;
                 tx.event(now, &obj, "RolledBack", &e.d.rollout.message)?;

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 mod artifacts;
 mod assignments;
+pub(crate) mod canary;
 pub(crate) mod cron;
 mod deployments;
 mod drain;
@@ -123,7 +124,9 @@ pub struct Mem {
     pub sched_dirty: bool,
     /// Deployments in a rollout whose replicas changed state: the controllers
     /// reconcile them at their next pass rather than at the 2 s full pass, so a
-    /// rollout moves on as soon as a new replica runs.
+    /// rollout moves on as soon as a new replica runs. Also the owners
+    /// (`job:NAME`) of job runs that ended: they only wake the controllers,
+    /// whose every pass reconciles jobs.
     pub reconcile_due: BTreeSet<String>,
     /// Secrets, sealed; opened only to hand values to the node that needs them.
     secrets: BTreeMap<String, (Secret, Sealed)>,
@@ -131,11 +134,11 @@ pub struct Mem {
     volumes: BTreeMap<String, Volume>,
     /// Volumes deleted by the user whose node has still to delete the data.
     purging: BTreeSet<String>,
-    /// Replicas leaving their node (drains, rebalancing) and the rebalancer's memory.
-    moves: drain::Moves,
     /// Jobs (`jobs.rs`) and crons (`cron.rs`), by name.
     jobs: BTreeMap<String, jobs::JobEntry>,
     crons: BTreeMap<String, cron::CronEntry>,
+    /// Replicas leaving their node (drains, rebalancing) and the rebalancer's memory.
+    moves: drain::Moves,
     /// Deployments that scale to zero and have replicas now: the only ones
     /// the idle check looks at (`autoscale::pass`), so deployments at zero
     /// cost it nothing however many there are.

@@ -215,6 +215,8 @@ fn status(name: &str, state: ReplicaState, generation: u64, restarts: u32) -> Re
         cpu_seconds: 0.0,
         memory_bytes: 0,
         requests: 0,
+        errors: 0,
+        latency: Vec::new(),
     }
 }
 
@@ -576,6 +578,8 @@ fn a_deployment_that_scales_to_zero_is_activated_once_and_keeps_its_setting_acro
     assert_eq!(st.mem().deployment("web").and_then(|d| d.scale_to_zero), zero);
     assert_eq!(st.mem().awake().len(), 1);
     let table = crate::endpoints::table(st.mem(), 1);
+    let written = crate::endpoints::table_json(st.mem(), 1).unwrap();
+    assert_eq!(serde_json::from_slice::<Endpoints>(&written).unwrap(), table);
     assert_eq!(table.scale_to_zero.iter().collect::<Vec<_>>(), ["web"]);
     assert!(table.deployments.contains_key("plain"));
 }
