@@ -159,6 +159,18 @@ fn two_teams_share_a_cluster_without_seeing_each_other() {
         "{}",
         big.stderr
     );
+    // And in Prometheus, by resource.
+    let admin = std::fs::read_to_string(dev.data().join("admin-token")).expect("admin-token").trim().to_string();
+    let (status, metrics) = super::auth::call(&url, "GET", "/metrics", Some(&admin), "");
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        r#"skiff_namespace_quota{namespace="team-a",resource="memory"} 268435456"#,
+        r#"skiff_namespace_used{namespace="team-a",resource="memory"} 67108864"#,
+        r#"skiff_namespace_used{namespace="team-a",resource="replicas"} 2"#,
+        r#"skiff_namespace_used{namespace="default",resource="deployments"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
+    }
     let described = dev.cli_ok(&["namespace", "describe", "team-a"]);
     assert!(described.contains("memory") && described.contains("64Mi") && described.contains("256Mi"), "{described}");
 

@@ -300,3 +300,108 @@ pub fn describe_quota(q: &Quota) -> String {
     }
     if parts.is_empty() { "none".into() } else { parts.join(", ") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::tempdir::Dir;
+    use super::*;
+
+    fn open(dir: &Dir) -> State {
+        let store = Store::open(&dir.0.join("state.db")).expect("the store");
+        State::load(store, Keyring::open(&dir.0).expect("the keyring"), Policy::default()).expect("the state")
+    }
+
+    fn apply(memory_mi: u64, replicas: u32, secret: Option<&str>) -> ApplyRequest {
+        let mut spec: WorkloadSpec = serde_json::from_value(serde_json::json!({
+            "workload": {"wasm": "sha256:00"},
+            "resources": {"cpu": "100m", "memory": format!("{memory_mi}Mi")},
+        }))
+        .expect("a spec");
+        if let Some(s) = secret {
+            spec.secrets =
+                vec![serde_json::from_value(serde_json::json!({"secret": s, "env": {"P": "k"}})).expect("a ref")];
+        }
+        ApplyRequest { replicas: Some(replicas), spec, strategy: None, autoscale: None, scale_to_zero: None }
+    }
+
+    #[test]
+    fn a_store_from_before_namespaces_is_all_in_default() {
+        let dir = Dir::new();
+        {
+            let mut st = open(&dir);
+            let data = [("k".to_string(), "v".to_string())].into();
+            st.put_secret("db", SecretRequest { data, overwrite: false }).expect("a secret");
+            st.apply("web", apply(32, 2, Some("db"))).expect("an apply");
+        }
+        // What a store of migrations 1..7 holds: the same rows, no namespace row.
+        {
+            let conn = rusqlite::Connection::open(dir.0.join("state.db")).expect("sqlite");
+            conn.execute("DELETE FROM meta WHERE key = 'namespace/default'", []).expect("delete");
+            conn.pragma_update(None, "user_version", 7).expect("user_version");
+            let rows: i64 = conn
+                .query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'namespace/%'", [], |r| r.get(0))
+                .expect("count");
+            assert_eq!(rows, 0);
+        }
+        let st = open(&dir);
+        let conn = rusqlite::Connection::open(dir.0.join("state.db")).expect("sqlite");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, 8, "migration 8 ran");
+        let value: String =
+            conn.query_row("SELECT value FROM meta WHERE key = 'namespace/default'", [], |r| r.get(0)).expect("row");
+        assert_eq!(value, "{}");
+        assert_eq!(st.namespaces().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["default"]);
+        let mem = st.mem();
+        assert_eq!(mem.deployments_in(DEFAULT).collect::<Vec<_>>(), ["web"]);
+        let d = mem.deployment("web").expect("web");
+        assert_eq!(d.spec.secrets[0].secret, "db", "a default spec names its secrets as before");
+        assert_eq!(st.namespace(DEFAULT).expect("default").usage.replicas, 2);
+        assert_eq!(st.secrets().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["db"]);
+    }
+
+    #[test]
+    fn quotas_refuse_with_one_line_and_hold_the_autoscaler() {
+        let dir = Dir::new();
+        let mut st = open(&dir);
+        let quota = Quota { memory: Some(Memory(256 << 20)), replicas: Some(4), ..Quota::default() };
+        st.put_namespace("team-a", NamespaceRequest { quota: Some(quota), isolation: None }).expect("a namespace");
+        // A namespace that does not exist takes nothing.
+        let e = st.apply("team-b/web", apply(32, 1, None)).expect_err("no such namespace");
+        assert!(e.to_string().contains("namespace \"team-b\" not found"), "{e}");
+        // Secrets and volumes are the namespace's own.
+        let data = [("k".to_string(), "v".to_string())].into();
+        st.put_secret("team-a/db", SecretRequest { data, overwrite: false }).expect("a secret");
+        st.apply("team-a/web", apply(32, 2, Some("db"))).expect("an apply");
+        assert_eq!(st.mem().deployment("team-a/web").expect("web").spec.secrets[0].secret, "team-a/db");
+        let e = st.apply("team-a/big", apply(200, 1, None)).expect_err("over memory");
+        assert_eq!(e.to_string(), "namespace team-a: memory quota 256Mi, 64Mi in use, this asks 200Mi more");
+        let e = st.scale("team-a/web", 5).expect_err("over replicas");
+        assert_eq!(e.to_string(), "namespace team-a: replicas quota 4, 2 in use, this asks 3 more");
+        // Within it: fine, and an update that asks less is never refused.
+        st.scale("team-a/web", 4).expect("at the quota");
+        st.apply("team-a/web", apply(16, 4, Some("db"))).expect("smaller");
+        // The autoscaler: room for 4 replicas of 16Mi here (replicas quota).
+        assert_eq!(st.mem().quota_room("team-a/web"), 4);
+        let mut auto = apply(16, 2, Some("db"));
+        auto.autoscale = Some(
+            serde_json::from_value(serde_json::json!({"min": 1, "max": 10, "target_cpu_percent": 50}))
+                .expect("autoscale"),
+        );
+        st.apply("team-a/web", auto).expect("autoscaled");
+        st.autoscale("team-a/web", 8, "load").expect("held");
+        assert_eq!(st.mem().deployment("team-a/web").expect("web").replicas, 4, "held at the quota");
+        let events = st.store().events(Some("deployment/team-a/web"), 50).expect("events");
+        let held = events.iter().find(|e| e.reason == "QuotaHeld").expect("a QuotaHeld event");
+        assert!(
+            held.message.starts_with("autoscaler held at 4 replicas: namespace team-a: replicas quota 4,"),
+            "{}",
+            held.message
+        );
+        // rm refuses while it holds objects; with cascade it takes them.
+        let e = st.delete_namespace("team-a", false).expect_err("holds objects");
+        assert_eq!(e.to_string(), "namespace team-a holds 1 deployment, 1 secret; delete them first or pass --cascade");
+        st.delete_namespace("team-a", true).expect("cascade");
+        assert!(st.mem().deployment("team-a/web").is_none());
+        assert!(st.namespace("team-a").is_err());
+    }
+}
