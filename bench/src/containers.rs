@@ -323,12 +323,22 @@ pub async fn scenario_containers_cold(skiff: &Path, archive: &Path, samples: usi
     let run_dir = dev.data.join("node").join("containers").join("run").join(&id);
     let text = std::fs::read_to_string(run_dir.join("config.json"))?;
     let node_config: Value = serde_json::from_str(&text)?;
+    // The rootfs from the node's unpacked layer (the container itself goes
+    // to zero a second after its answer, so its overlay cannot be copied).
+    let layers: Vec<PathBuf> = std::fs::read_dir(dev.data.join("node").join("containers").join("layers"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let [layer] = layers.as_slice() else {
+        bail!("the bare run copies a one-layer image; the node unpacked {} layers", layers.len());
+    };
     let bare = dir.path().join("bare");
     let rootfs = bare.join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
-    let copied = Command::new("cp").arg("-a").arg(run_dir.join("rootfs").join(".")).arg(&rootfs).status()?;
+    let copied = Command::new("cp").arg("-a").arg(layer.join(".")).arg(&rootfs).status()?;
     if !copied.success() {
-        bail!("copying the container's rootfs failed");
+        bail!("copying the unpacked layer {} failed", layer.display());
     }
     let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
     let (mut skiff_ms, mut bare_ms) = (Vec::new(), Vec::new());
