@@ -475,3 +475,29 @@ pub fn validate_canary(c: &crate::spec::Canary, spec: &crate::spec::WorkloadSpec
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod canary_tests {
+    use crate::manifest::parse_manifest;
+
+    fn err(strategy: &str) -> String {
+        let text = format!("name: web\nwasm: sha256:00\nstrategy: {strategy}\n");
+        match parse_manifest(&text) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn canary_steps_and_analysis_are_checked() {
+        let good = "{canary: {steps: [{weight: 10, pause: 60s}, {weight: 50, pause: manual}], \
+                    analysis: {max_error_rate: 0.01, max_p99_ms: 250, min_requests: 200, interval: 10s}}}";
+        assert_eq!(err(good), "ok");
+        assert!(err("{canary: {steps: []}}").contains("at least one step"));
+        assert!(err("{canary: {steps: [{weight: 100}]}}").contains("weight must be 1-99"));
+        assert!(err("{canary: {steps: [{weight: 50}, {weight: 10}]}}").contains("must grow"));
+        assert!(err("{canary: {steps: [{weight: 10}], analysis: {max_error_rate: 5}}}").contains("between 0 and 1"));
+        assert!(err("{canary: {steps: [{weight: 10, pause: soon}]}}").contains("invalid duration"));
+        assert!(err("{canary: {steps: [{weight: 10}], analysis: {interval: 0s}}}").contains("interval must be 1s-1h"));
+    }
+}
