@@ -49,9 +49,10 @@ fn rest(mem: &Mem, index: u64) -> Endpoints {
 }
 
 /// The table at `index` as JSON, written straight from the working set: no
-/// copy of every name into maps under the state lock (with 100,000
-/// deployments [`table`] took 65 ms in a release build), and a deployment
-/// with no live replica written without a lookup. The same table as
+/// copy of every name into maps under the state lock, and a deployment with
+/// no live replica written without a lookup (100,000 deployments at zero, a
+/// 2.9 MB table: 38 ms in a release build, against 77 ms to build [`table`]
+/// and 13 ms more to serialize it). The same table as
 /// [`table`] (a unit test holds them equal).
 pub fn table_json(mem: &Mem, index: u64) -> Result<Vec<u8>, serde_json::Error> {
     struct Deployments<'a>(&'a Mem);
@@ -226,34 +227,5 @@ mod tests {
         assert_eq!(shown(&st), [("web".to_string(), vec![])]);
         st.delete("web", false).expect("delete");
         assert!(shown(&st).is_empty());
-    }
-}
-
-
-#[cfg(test)]
-mod adhoc_measure {
-    #[test]
-    #[ignore]
-    fn table_of_100k() {
-        use skiff_api::*;
-        let spec: WorkloadSpec = serde_json::from_value(serde_json::json!({"workload": {"wasm": "sha256:00"}, "resources": {"cpu": "100m", "memory": "32Mi"}})).unwrap();
-        let mut loaded = crate::store::Loaded { nodes: vec![], deployments: vec![], revisions: vec![], replicas: vec![], meta: vec![], secrets: vec![], volumes: vec![], jobs: vec![], runs: vec![], crons: vec![] };
-        for i in 0..100_000 {
-            let name = format!("app-{i:06}");
-            loaded.revisions.push((name.clone(), 1, spec.clone()));
-            loaded.deployments.push(Deployment { name, namespace: String::new(), replicas: 0, revision: 1, spec: spec.clone(), created_ms: 0, updated_ms: 0, status: Default::default(), strategy: Default::default(), rollout: Default::default(), autoscale: None, scale_to_zero: Some(ScaleToZero { idle_seconds: 300 }) });
-        }
-        let t = std::time::Instant::now();
-        let mem = crate::state::Mem::from_loaded(loaded);
-        println!("load {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let table = super::table(&mem, 1);
-        println!("table {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let json = serde_json::to_vec(&table).unwrap();
-        println!("json {:?} {} bytes", t.elapsed(), json.len());
-        let t = std::time::Instant::now();
-        let json2 = super::table_json(&mem, 1).unwrap();
-        println!("table_json {:?} {} bytes", t.elapsed(), json2.len());
     }
 }
