@@ -239,7 +239,7 @@ pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result
 }
 
 /// The image's one layer: busybox-static with the applets the command uses.
-fn busybox_layer() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn busybox_layer() -> anyhow::Result<Vec<u8>> {
     let busybox =
         std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (`make deps` installs busybox-static)"))?;
     let mut b = tar::Builder::new(Vec::new());
@@ -420,7 +420,7 @@ pub async fn scenario_containers_cold(skiff: &Path, archive: &Path, samples: usi
     Ok(result)
 }
 
-async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Result<String> {
+pub(crate) async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Result<String> {
     let sha = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",

@@ -36,6 +36,7 @@ mod containers;
 mod density;
 mod http;
 mod idle;
+mod jobs;
 mod native;
 mod procs;
 mod report;
@@ -141,6 +142,21 @@ struct RunArgs {
     /// Idle replicas on one node in the idle scenario
     #[arg(long, default_value_t = 10_000)]
     idle_replicas: u32,
+    /// The jobs scenario (not in the default list: `--scenarios jobs`): Wasm
+    /// runs, container runs, runs at once, and the job_worker core module
+    #[arg(long, default_value_t = 10_000)]
+    job_runs: u32,
+    #[arg(long, default_value_t = 1_000)]
+    container_job_runs: u32,
+    #[arg(long, default_value_t = 500)]
+    job_parallelism: u32,
+    #[arg(long, default_value = "target/wasm32-wasip1/release/examples/job_worker.wasm")]
+    job_worker: PathBuf,
+    /// Simulated nodes and runs at once in the jobs-sim scenario (`--scenarios jobs-sim`)
+    #[arg(long, default_value_t = 1_000)]
+    job_sim_nodes: usize,
+    #[arg(long, default_value_t = 2_000)]
+    job_sim_parallelism: u32,
     /// The scheduler's store in scenarios a, failover, b and deploy: `sqlite`, or
     /// `etcd` (one etcd member from Debian's etcd-server, started by the bench)
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
@@ -329,6 +345,26 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             cold: args.density_cold,
         };
         scenarios.insert("density".into(), density::scenario_density(d).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("jobs") {
+        let j = jobs::JobsArgs {
+            skiff: &args.skiff,
+            worker: args.job_worker.clone(),
+            runs: args.job_runs,
+            container_runs: args.container_job_runs,
+            parallelism: args.job_parallelism,
+            container_parallelism: args.job_parallelism.min(50),
+            timeout: Duration::from_secs(args.timeout_secs),
+        };
+        scenarios.insert("jobs".into(), jobs::scenario_jobs(j).await.unwrap_or_else(failed));
+        save(&scenarios)?;
+    }
+    if want("jobs-sim") {
+        let (runs, timeout) = (args.job_runs, Duration::from_secs(args.timeout_secs));
+        let (nodes, parallelism) = (args.job_sim_nodes, args.job_sim_parallelism);
+        let s = jobs::scenario_jobs_sim(&args.skiff, &args.job_worker, runs, nodes, parallelism, timeout).await;
+        scenarios.insert("jobs_sim".into(), s.unwrap_or_else(failed));
         save(&scenarios)?;
     }
     if want("idle") {

@@ -46,6 +46,9 @@ const EARLY_REPORT_GAP: Duration = Duration::from_millis(250);
 /// Longest wait for a register or heartbeat answer; generous, since the point is
 /// to load the scheduler, not to give up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a simulated job run "runs" before it is reported exited with 0
+/// (an assignment whose env holds `SKIFF_JOB_INDEX` is a job's run).
+const JOB_RUN: Duration = Duration::from_millis(100);
 
 /// One simulated node.
 struct SimNode {
@@ -73,6 +76,8 @@ struct Running {
     all: HashMap<String, ReplicaStatus>,
     /// Replicas (with their generation) that no answered heartbeat carried yet.
     unsent: HashMap<String, u64>,
+    /// Job runs (id, generation) and when they end, soonest first.
+    ends: std::collections::VecDeque<(Instant, String, u64)>,
 }
 
 /// Counters shared by every node, logged every few seconds.
@@ -200,6 +205,7 @@ impl SimNode {
         let mut cadence = crate::agent::Cadence::default();
         loop {
             let started = Instant::now();
+            let next_end = self.finish_runs(started);
             let registration = *self.registered.borrow();
             let full = cadence.full(registration);
             let (replicas, sent) = {
@@ -231,8 +237,13 @@ impl SimNode {
                 }
             }
             let interval = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+            let mut wait = interval.saturating_sub(started.elapsed());
+            if let Some(end) = next_end {
+                // A run's end is reported as soon as it comes (a real node's is).
+                wait = wait.min(end.saturating_duration_since(Instant::now()).max(EARLY_REPORT_GAP));
+            }
             tokio::select! {
-                _ = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.changed.notified() => {
                     // Report new replicas early, as a real node reports a change,
                     // but gather what comes with them: thousands of nodes given
@@ -289,6 +300,23 @@ impl SimNode {
         }
     }
 
+    /// Reports the job runs whose time is up as exited with status 0; when
+    /// the next one ends.
+    fn finish_runs(&self, now: Instant) -> Option<Instant> {
+        let mut r = self.running();
+        let r = &mut *r;
+        while r.ends.front().is_some_and(|(at, _, _)| *at <= now) {
+            let Some((_, id, generation)) = r.ends.pop_front() else { break };
+            if let Some(s) = r.all.get_mut(&id).filter(|s| s.generation == generation) {
+                s.state = ReplicaState::Exited;
+                s.exit_code = Some(0);
+                s.reason = Some("exited with status 0".into());
+                r.unsent.insert(id, generation);
+            }
+        }
+        r.ends.front().map(|(at, _, _)| *at)
+    }
+
     /// "Runs" exactly the desired set `a` gives (whole, or changes to the
     /// last): each replica at its generation, running, with no restarts. What
     /// is no longer assigned is simply not reported again.
@@ -309,6 +337,9 @@ impl SimNode {
                 continue;
             }
             r.unsent.insert(asg.replica.clone(), asg.generation);
+            if asg.spec.env.contains_key("SKIFF_JOB_INDEX") {
+                r.ends.push_back((Instant::now() + JOB_RUN, asg.replica.clone(), asg.generation));
+            }
             let status = crate::state::fresh(&asg.replica, asg.generation, ReplicaState::Running);
             r.all.insert(asg.replica, status);
         }

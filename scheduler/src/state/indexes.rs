@@ -196,6 +196,15 @@ impl Mem {
             new.updated_ms = now_ms();
         }
         self.fx.mutated = true;
+        // A job's run that ended: its job moves on at the controllers' next
+        // pass, which this wakes (`heartbeats::run` wakes them for a non-empty
+        // `reconcile_due`), rather than at their 250 ms tick.
+        if new.state != old.state
+            && matches!(new.state, ReplicaState::Exited | ReplicaState::Failed)
+            && super::jobs::job_of(&new.deployment).is_some()
+        {
+            self.reconcile_due.insert(new.deployment.clone());
+        }
         if old.state == ReplicaState::Ready || new.state == ReplicaState::Ready {
             self.fx.endpoints_dirty = true;
         }

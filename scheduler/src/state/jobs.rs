@@ -61,6 +61,10 @@ pub(crate) struct JobEntry {
     retry_at: HashMap<u32, Millis>,
     /// Every index below this has succeeded.
     cursor: u32,
+    /// Indices that succeeded, counted (`done` holds which).
+    done_count: u32,
+    /// Runs made of each index so far (the next one's attempt is one more).
+    tries: HashMap<u32, u32>,
     /// Placed runs per node index (for spreading, as a deployment's).
     pub(crate) spread: crate::placement::Spread,
 }
@@ -78,6 +82,8 @@ impl JobEntry {
             active_idx: BTreeSet::new(),
             retry_at: HashMap::new(),
             cursor: 0,
+            done_count: 0,
+            tries: HashMap::new(),
             spread: Default::default(),
         }
     }
@@ -89,20 +95,27 @@ impl JobEntry {
                 self.active.insert(run.id.clone(), run.index);
                 self.active_idx.insert(run.index);
             }
-            RunOutcome::Succeeded => {
-                if let Some(d) = self.done.get_mut(run.index as usize) {
-                    *d = true;
-                }
-            }
+            RunOutcome::Succeeded => self.mark_done(run.index),
             RunOutcome::Failed => *self.failures.entry(run.index).or_default() += 1,
             RunOutcome::Lost | RunOutcome::Stopped => {}
         }
+        *self.tries.entry(run.index).or_default() += 1;
         self.run_at.insert(run.id.clone(), self.runs.len());
         self.runs.push(run);
     }
 
+    /// Index `index` succeeded (once counted, whatever later runs say).
+    fn mark_done(&mut self, index: u32) {
+        if let Some(d) = self.done.get_mut(index as usize)
+            && !*d
+        {
+            *d = true;
+            self.done_count += 1;
+        }
+    }
+
     fn succeeded(&self) -> u32 {
-        self.done.iter().filter(|d| **d).count() as u32
+        self.done_count
     }
 
     fn counts(&mut self) {
@@ -114,7 +127,7 @@ impl JobEntry {
     /// The job with its counts, as shown.
     pub(crate) fn shown(&self) -> Job {
         let mut j = self.job.clone();
-        j.succeeded = self.succeeded();
+        j.succeeded = self.done_count;
         j.failed = self.failures.values().sum();
         j.active = self.active.len() as u32;
         j
@@ -492,9 +505,7 @@ impl Mem {
             let on = node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
             match outcome {
                 RunOutcome::Succeeded => {
-                    if let Some(d) = e.done.get_mut(index as usize) {
-                        *d = true;
-                    }
+                    e.mark_done(index);
                     e.retry_at.remove(&index);
                     while e.done.get(e.cursor as usize).copied().unwrap_or(false) {
                         e.cursor += 1;
@@ -563,7 +574,7 @@ impl Mem {
         while self.replicas.contains_key(&id) || e.run_at.contains_key(&id) {
             id = new_run_id(name, index);
         }
-        let attempt = e.runs.iter().filter(|r| r.index == index).count() as u32 + 1;
+        let attempt = e.tries.get(&index).copied().unwrap_or(0) + 1;
         // From JSON, so that replica fields other parts add keep their defaults.
         let r: Replica = serde_json::from_value(serde_json::json!({
             "id": id,
