@@ -5,9 +5,10 @@
 //! Recorded: the scheduler's and the node's RSS with all of them deployed, the
 //! rate of the applies, then the first request to each of 10,000 randomly
 //! chosen names, one at a time through the node's ingress (each a cold start:
-//! p50/p99), after which those 10,000 are warm (one replica each, idle for an
-//! hour before they go back to zero): the RSS of both processes again and the
-//! node's growth per warm replica.
+//! p50/p99), after which those are warm (one replica each, idle for an hour
+//! before they go back to zero) and more are scaled to one replica up to
+//! `warm` (10,000): the RSS of both processes again and the node's growth per
+//! warm replica.
 
 use crate::cold::{scale_to_zero_request_idle, timed_get};
 use crate::http::wait_ok;
@@ -29,6 +30,8 @@ pub struct DensityArgs<'a> {
     pub component: &'a Path,
     pub deployments: u32,
     pub cold: u32,
+    /// Deployments warm at the end (the cold ones and more, scaled to 1).
+    pub warm: u32,
 }
 
 pub async fn scenario_density(a: DensityArgs<'_>) -> anyhow::Result<Value> {
@@ -108,8 +111,8 @@ pub async fn scenario_density(a: DensityArgs<'_>) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The node's copy follows within its long poll.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The node's copy follows within its long poll; then quiet before RSS is read.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (sched_zero, node_zero) = (rss(c.server.pid())?, rss(node.pid())?);
     println!(
         "  all applied after {:.1}s; scheduler RSS {} MiB, node RSS {} MiB",
@@ -134,17 +137,39 @@ pub async fn scenario_density(a: DensityArgs<'_>) -> anyhow::Result<Value> {
         }
     }
     let cold_s = t1.elapsed();
+    // Then `warm` of them (the cold ones first) scaled to one replica each.
+    let mut more: Vec<u32> = (0..a.deployments).collect();
+    fastrand::shuffle(&mut more);
+    let mut want: Vec<u32> = picks.clone();
+    want.extend(more.into_iter().filter(|i| !picks.contains(i)).take((a.warm as usize).saturating_sub(picks.len())));
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in want.iter().skip(picks.len()).copied() {
+        if inflight.len() >= APPLY_CONCURRENCY
+            && let Some(done) = inflight.join_next().await
+        {
+            done??;
+        }
+        let api = c.api.clone();
+        inflight.spawn(async move {
+            api.scale(&name(i), 1).await.with_context(|| format!("scaling {} to 1", name(i)))?;
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(done) = inflight.join_next().await {
+        done??;
+    }
     // Reported ready by the node: every one of them warm.
     let warm_deadline = Instant::now() + Duration::from_secs(300);
     let warm = loop {
         let ds = c.api.deployments().await?;
         let ready = ds.iter().filter(|d| d.name.starts_with('z') && d.status.ready >= 1).count();
-        if ready >= picks.len() || Instant::now() > warm_deadline {
+        if ready >= want.len() || Instant::now() > warm_deadline {
             break ready;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Quiet (no table change to parse) before RSS is read.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (sched_warm, node_warm) = (rss(c.server.pid())?, rss(node.pid())?);
     c.server.check_alive()?;
     node.check_alive()?;

@@ -130,6 +130,9 @@ struct RunArgs {
     /// Cold requests (to distinct random names) in the density scenario
     #[arg(long, default_value_t = 10_000)]
     density_cold: u32,
+    /// Deployments warm (one replica each) at the end of the density scenario
+    #[arg(long, default_value_t = 10_000)]
+    density_warm: u32,
     /// Names routed in the routes scenario
     #[arg(long, default_value_t = 100_000)]
     route_names: u32,
@@ -343,6 +346,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             component: &args.component,
             deployments: args.density_deployments,
             cold: args.density_cold,
+            warm: args.density_warm,
         };
         scenarios.insert("density".into(), density::scenario_density(d).await.unwrap_or_else(failed));
         save(&scenarios)?;
