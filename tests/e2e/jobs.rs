@@ -293,6 +293,16 @@ fn a_failing_index_is_retried_and_the_backoff_limit_fails_the_job() {
     let fails = dev.runs("limited").iter().filter(|r| r["outcome"] == "failed").count();
     assert_eq!(fails, 2, "backoff_limit 1: one retry");
     assert!(dev.run_replicas("limited").is_empty());
+    // Prometheus: jobs by state, runs by outcome, their durations.
+    let metrics = http_get(&format!("{}/metrics", dev.url)).expect("metrics");
+    for line in [
+        "skiff_scheduler_jobs{state=\"succeeded\"} 1",
+        "skiff_scheduler_jobs{state=\"failed\"} 1",
+        "skiff_scheduler_job_runs_total{outcome=\"failed\"} 4",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains("skiff_scheduler_job_run_duration_seconds_count"), "{metrics}");
     let d = dev.cli_ok(&["describe", "job", "limited"]);
     assert!(d.contains("Failed indices:1") || d.contains("Failed indices: 1"), "{d}");
 }

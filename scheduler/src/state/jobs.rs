@@ -750,6 +750,37 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_job_goes_after_its_ttl_and_a_deadline_fails_a_running_one() {
+        let mut mem = Mem::default();
+        let tx = Tx::default();
+        let mut quick = spec(1, 1, 0);
+        quick.ttl_seconds_after_finished = Some(10);
+        mem.insert_job(&tx, job("quick", quick), 0).expect("insert");
+        mem.reconcile_job(&tx, "quick", 1_000).expect("reconcile");
+        let id = live(&mem, "quick")[0].1.clone();
+        end(&mut mem, &tx, &id, 0);
+        mem.reconcile_job(&tx, "quick", 2_000).expect("reconcile");
+        assert_eq!(mem.jobs["quick"].job.state, JobState::Succeeded);
+        mem.reconcile_job(&tx, "quick", 11_999).expect("reconcile");
+        assert!(mem.jobs.contains_key("quick"), "kept until its TTL");
+        mem.reconcile_job(&tx, "quick", 12_000).expect("reconcile");
+        assert!(!mem.jobs.contains_key("quick"), "gone at its TTL");
+        assert!(!mem.revisions.contains_key(&(job_owner("quick"), 1)), "its template too");
+
+        let mut slow = spec(3, 3, 0);
+        slow.active_deadline_seconds = Some(5);
+        mem.insert_job(&tx, job("slow", slow), 0).expect("insert");
+        mem.reconcile_job(&tx, "slow", 1_000).expect("reconcile");
+        assert_eq!(live(&mem, "slow").len(), 3);
+        mem.reconcile_job(&tx, "slow", 5_999).expect("reconcile");
+        assert_eq!(mem.jobs["slow"].job.state, JobState::Running);
+        mem.reconcile_job(&tx, "slow", 6_000).expect("reconcile");
+        assert_eq!(mem.jobs["slow"].job.state, JobState::Failed);
+        assert_eq!(mem.jobs["slow"].job.reason.as_deref(), Some("active deadline of 5s passed"));
+        assert!(mem.replicas.is_empty(), "its runs are stopped");
+    }
+
+    #[test]
     fn retry_delays_double_up_to_a_minute() {
         assert_eq!(retry_delay_ms(1), 1_000);
         assert_eq!(retry_delay_ms(2), 2_000);
