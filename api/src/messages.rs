@@ -343,7 +343,9 @@ pub struct Split {
     pub canary: u64,
     /// Percent of requests to `canary` (0..=100); a request with header
     /// `x-skiff-revision: N` naming either goes to that one.
-    pub weight: u32,
+    pub weight: u32,    /// Blue/green with a preview: `NAME--preview` reaches `canary` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
 }
 
 /// `GET /v1/endpoints?index=I&wait=MS`: every deployment with its ready HTTP

@@ -575,6 +575,33 @@ pub struct UpdateStrategy {
     /// promoted or aborted (progressive delivery, #18).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Roll a new revision out blue/green: in full beside the old, reachable
+    /// only at `NAME--preview` until promoted, then all requests at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
+}
+
+/// A blue/green rollout (#18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Serve the new revision at `NAME--preview.<suffix>` and `/d/NAME--preview/`
+    /// before promotion (default true).
+    pub preview: bool,
+    /// Promote by itself this many seconds after the new revision is all
+    /// ready, when nothing failed (0, the default: wait for `skiff rollout promote`).
+    pub auto_promote_seconds: u64,
+    /// How long the old revision stays up after the switch, so that a
+    /// rollback is instant (default 30s).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "30s"))]
+    pub scale_down_delay: Seconds,
+}
+
+impl Default for BlueGreen {
+    fn default() -> Self {
+        BlueGreen { preview: true, auto_promote_seconds: 0, scale_down_delay: Seconds(30) }
+    }
 }
 
 /// A canary rollout: the new revision takes each step's share of the requests
@@ -723,6 +750,7 @@ impl Default for UpdateStrategy {
             progress_deadline_seconds: 120,
             auto_rollback: true,
             canary: None,
+            blue_green: None,
         }
     }
 }

@@ -316,6 +316,20 @@ pub fn apply(name: &str, req: &ApplyRequest) -> Result<(), Invalid> {
     if let Some(c) = req.strategy.as_ref().and_then(|s| s.canary.as_ref()) {
         validate_canary(c, spec)?;
     }
+    if let Some(b) = req.strategy.as_ref().and_then(|s| s.blue_green.as_ref()) {
+        if req.strategy.as_ref().is_some_and(|s| s.canary.is_some()) {
+            return Err("strategy takes canary or blue_green, not both".to_string().into());
+        }
+        if matches!(spec.workload, crate::spec::Workload::Image(_)) && spec.http_port.is_none() {
+            return Err("blue_green switches HTTP requests: an image needs http_port (--port)".to_string().into());
+        }
+        if b.scale_down_delay.0 > 24 * 3600 {
+            return Err(Invalid::at(b.scale_down_delay.0)(format!(
+                "scale_down_delay must be at most 24h, got {}s",
+                b.scale_down_delay.0
+            )));
+        }
+    }
     validate_spec_sizes(spec)?;
     for r in &spec.secrets {
         validate_secret_ref(r)?;

@@ -246,8 +246,14 @@ impl Ingress {
             }
         }
 
+        // Blue/green's preview name: `NAME--preview` reaches only the new revision of NAME.
+        let (name, preview) = match self.preview_of(&name) {
+            Some((base, revision)) => (base, Some(revision)),
+            None => (name, None),
+        };
         let mut local = self.local(&name);
-        let asked: Option<u64> = header_str(req.headers(), REVISION_HEADER).and_then(|v| v.trim().parse().ok());
+        let asked: Option<u64> =
+            preview.or_else(|| header_str(req.headers(), REVISION_HEADER).and_then(|v| v.trim().parse().ok()));
         // A request another ingress passed on is served here if it can be:
         // passing it on again could make it circle.
         if hops > 0 && !local.is_empty() {
@@ -472,6 +478,15 @@ impl Ingress {
     fn local(&self, name: &str) -> Vec<Local> {
         let wasm = self.runtime.local(name).into_iter().map(Local::Wasm);
         wasm.chain(self.upstreams.get(name).into_iter().map(Local::Container)).collect()
+    }
+
+    /// For `BASE--preview` while BASE is rolled out blue/green with a
+    /// preview: BASE and its new revision.
+    fn preview_of(&self, name: &str) -> Option<(String, u64)> {
+        let base = name.strip_suffix("--preview")?;
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let split = table.as_ref()?.splits.get(base).filter(|s| s.preview)?;
+        Some((base.to_string(), split.canary))
     }
 
     /// The replicas of `local` that run revision `revision` of `name`, as

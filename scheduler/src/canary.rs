@@ -190,6 +190,7 @@ pub(crate) fn pass(core: &Core) -> Result<(), ApiError> {
     let mut st = core.state();
     let canaries = st.mem().canaries();
     let mut decisions = Vec::new();
+    let mut promote = Vec::new();
     {
         let mut meter = core.canary.lock().unwrap_or_else(|p| p.into_inner());
         meter.watched = canaries.iter().map(|c| c.name.clone()).collect();
@@ -218,21 +219,40 @@ pub(crate) fn pass(core: &Core) -> Result<(), ApiError> {
             }
         }
         for c in &canaries {
+            // Blue/green: promoted by itself after `auto_promote_seconds`
+            // of the new revision up in full (a failing one is rolled back).
+            if let Some(b) = c.blue_green {
+                let up_ms = now.saturating_sub(c.status.step_started_ms);
+                if b.auto_promote_seconds > 0
+                    && c.status.step_started_ms > 0
+                    && !c.status.promoted
+                    && up_ms >= b.auto_promote_seconds * 1000
+                {
+                    promote.push(c.name.clone());
+                }
+                continue;
+            }
+            let Some(spec) = &c.spec else { continue };
             // Judged only while a step's weight applies, and until promoted.
             if c.status.step_started_ms == 0 || c.status.promoted {
                 continue;
             }
             let Some(w) = meter.windows.get_mut(&c.name) else { continue };
-            if now.saturating_sub(w.started_ms) < c.spec.analysis.interval.0 * 1000 {
+            if now.saturating_sub(w.started_ms) < spec.analysis.interval.0 * 1000 {
                 continue;
             }
             let stable = w.stable.figures(c.status.stable.revision);
             let canary = w.canary.figures(c.status.canary.revision);
-            let verdict = judge(&c.spec.analysis, &stable, &canary);
+            let verdict = judge(&spec.analysis, &stable, &canary);
             if verdict != Verdict::Wait {
                 *w = Window { step_started_ms: w.step_started_ms, started_ms: now, ..Window::default() };
             }
             decisions.push((c.clone(), verdict, stable, canary));
+        }
+    }
+    for name in promote {
+        if let Err(e) = st.canary_promote(&name) {
+            tracing::warn!("cannot promote {name}: {e}");
         }
     }
     for (c, verdict, stable, canary) in decisions {
@@ -240,7 +260,7 @@ pub(crate) fn pass(core: &Core) -> Result<(), ApiError> {
             Verdict::Wait => {}
             Verdict::Pass => st.canary_passed(&c.name, c.status.step_started_ms, stable, canary)?,
             Verdict::Fail(why) => {
-                let step = c.spec.steps.get(c.status.step as usize).map_or(100, |s| s.weight);
+                let step = c.spec.as_ref().and_then(|s| s.steps.get(c.status.step as usize)).map_or(100, |s| s.weight);
                 let why = format!("at step {} ({step}%): {why}", c.status.step + 1);
                 if let Err(e) = st.canary_abort(&c.name, &why, Some((stable, canary))) {
                     tracing::warn!("cannot abort the canary of {}: {e}", c.name);

@@ -314,3 +314,97 @@ fn a_manual_step_waits_for_promote_and_the_revision_header_pins_requests() {
     let nothing = f.dev.cli(&["rollout", "abort", "web"]);
     assert!(!nothing.ok && nothing.stderr.contains("no canary under way"), "{}", nothing.stderr);
 }
+
+/// A `GET /` through `ingress` with `Host: host`: the revision that answered.
+fn revision_at(ingress: &str, host: &str) -> (u16, Option<String>) {
+    let a = get(ingress, host, "/").unwrap_or_else(|e| panic!("GET {host}: {e}"));
+    (a.status, a.header("x-skiff-revision"))
+}
+
+#[test]
+fn blue_green_previews_switches_at_once_and_rolls_back_without_starting_a_replica() {
+    let f = Fixture::new("blue-green");
+    let bg = |env: &str| {
+        format!(
+            "name: web\nwasm: flaky_http.wasm\nreplicas: 3\nresources: {{cpu: 50m, memory: 32Mi}}\n\
+             env: {{{env}}}\n\
+             probes: {{readiness: {{http: {{path: /healthz}}, period_seconds: 1}}}}\n\
+             strategy: {{blue_green: {{preview: true, auto_promote_seconds: 0, scale_down_delay: 60s}}}}\n"
+        )
+    };
+    f.apply(&bg("V: '1'"));
+    f.rolled_out();
+    f.apply(&bg("V: '2'"));
+    wait_for(Duration::from_secs(60), "revision 2 up in full", || {
+        let d = f.deployment();
+        let c = &d["rollout"]["canary"];
+        if c["step_started_ms"].as_u64().unwrap_or(0) > 0 { Ok(()) } else { Err(format!("{}", d["rollout"])) }
+    });
+    assert_eq!(f.replicas().len(), 6, "both revisions in full");
+    // The preview name reaches only the new revision, the main name only the old.
+    wait_for(Duration::from_secs(10), "the ingress to know the preview", || {
+        match revision_at(&f.ingress, "web--preview.skiff.local") {
+            (200, Some(r)) if r == "2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    for _ in 0..20 {
+        assert_eq!(revision_at(&f.ingress, "web--preview.skiff.local"), (200, Some("2".into())));
+        assert_eq!(revision_at(&f.ingress, "web.skiff.local"), (200, Some("1".into())));
+        let a = get(&f.ingress, "127.0.0.1", "/d/web--preview/").expect("GET /d/web--preview/");
+        assert_eq!(a.header("x-skiff-revision"), Some("2".into()), "{a:?}");
+    }
+    // Not promoted by itself (auto_promote_seconds: 0).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.deployment()["rollout"]["canary"]["weight"], 0);
+
+    let load = Load::start(&f.ingress, 2);
+    wait_for(Duration::from_secs(30), "load flowing", || if load.count() > 50 { Ok(()) } else { Err("".into()) });
+    f.dev.cli_ok(&["rollout", "promote", "web"]);
+    wait_for(Duration::from_secs(30), "the switch", || {
+        let d = f.deployment();
+        if d["rollout"]["canary"]["weight"] == 100 { Ok(()) } else { Err(format!("{}", d["rollout"])) }
+    });
+    // After the ingress's table caught up, only revision 2 answers the main name.
+    wait_for(Duration::from_secs(10), "the main name on revision 2", || {
+        match revision_at(&f.ingress, "web.skiff.local") {
+            (200, Some(r)) if r == "2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    for _ in 0..20 {
+        assert_eq!(revision_at(&f.ingress, "web.skiff.local"), (200, Some("2".into())));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = load.finish();
+    let failed: Vec<&Seen> = seen.iter().filter(|s| s.2 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed across the switch: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // The old revision is still up for the scale-down delay ...
+    let before: std::collections::BTreeSet<String> =
+        f.replicas().iter().map(|r| r["id"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(before.len(), 6, "the old revision stays up: {before:?}");
+    // ... so a rollback starts nothing: its replicas are there and ready.
+    f.dev.cli_ok(&["rollout", "undo", "web"]);
+    wait_for(Duration::from_secs(30), "back on revision 1", || {
+        let left = f.replicas();
+        if left.len() == 3 && left.iter().all(|r| r["revision"] == 1) { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+    let after: std::collections::BTreeSet<String> =
+        f.replicas().iter().map(|r| r["id"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(after.is_subset(&before), "a replica started for the rollback: {after:?} not in {before:?}");
+    wait_for(Duration::from_secs(10), "the main name on revision 1", || {
+        match revision_at(&f.ingress, "web.skiff.local") {
+            (200, Some(r)) if r == "1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    for _ in 0..10 {
+        assert_eq!(revision_at(&f.ingress, "web.skiff.local"), (200, Some("1".into())));
+    }
+}

@@ -14,7 +14,9 @@ use super::*;
 /// when the strategy asks for it and there is a stable revision to compare
 /// with (a first revision simply rolls out).
 pub(super) fn start(strategy: &UpdateStrategy, from: u64, to: u64) -> Option<CanaryStatus> {
-    strategy.canary.as_ref()?;
+    if strategy.canary.is_none() && strategy.blue_green.is_none() {
+        return None;
+    }
     if from == 0 || from == to {
         return None;
     }
@@ -48,7 +50,9 @@ pub fn replicas_for(desired: usize, weight: u32) -> usize {
 pub struct Running {
     pub name: String,
     pub status: CanaryStatus,
-    pub spec: Canary,
+    /// The canary's steps and analysis (none for blue/green).
+    pub spec: Option<Canary>,
+    pub blue_green: Option<BlueGreen>,
 }
 
 impl Mem {
@@ -58,8 +62,8 @@ impl Mem {
             .values()
             .filter_map(|e| {
                 let status = active(&e.d.rollout)?.clone();
-                let spec = e.d.strategy.canary.clone()?;
-                Some(Running { name: e.d.name.clone(), status, spec })
+                let (spec, blue_green) = (e.d.strategy.canary.clone(), e.d.strategy.blue_green);
+                Some(Running { name: e.d.name.clone(), status, spec, blue_green })
             })
             .collect()
     }
@@ -68,7 +72,8 @@ impl Mem {
     pub fn split(&self, name: &str) -> Option<Split> {
         let e = self.deployments.get(name)?;
         let c = active(&e.d.rollout)?;
-        Some(Split { stable: e.d.rollout.from_revision, canary: e.d.rollout.to_revision, weight: c.weight })
+        let preview = e.d.strategy.blue_green.is_some_and(|b| b.preview);
+        Some(Split { stable: e.d.rollout.from_revision, canary: e.d.rollout.to_revision, weight: c.weight, preview })
     }
 
     /// The plan for deployment `name` while a canary is under way (`None`:
@@ -84,7 +89,11 @@ impl Mem {
         now: Millis,
     ) -> Result<Option<rollout::Plan>, Error> {
         let Some(e) = self.deployments.get_mut(name) else { return Ok(None) };
-        let Some(spec) = e.d.strategy.canary.as_ref() else { return Ok(None) };
+        let spec = e.d.strategy.canary.as_ref();
+        let bg = e.d.strategy.blue_green;
+        if spec.is_none() && bg.is_none() {
+            return Ok(None);
+        }
         let revision = e.d.revision;
         let r = &mut e.d.rollout;
         if r.state != RolloutState::Progressing || r.to_revision != revision {
@@ -92,36 +101,58 @@ impl Mem {
         }
         let paused = r.paused;
         let Some(c) = r.canary.as_mut().filter(|c| c.aborted.is_none()) else { return Ok(None) };
-        let steps = spec.steps.len();
-        let step_weight = spec.steps.get(c.step as usize).map_or(100, |s| s.weight);
-        let target = if c.promoted { desired } else { replicas_for(desired, step_weight) };
+        let steps = spec.map_or(0, |s| s.steps.len());
+        // Blue/green: the new revision in full, and no request to it (but at
+        // its preview name) until promoted.
+        let step_weight =
+            if bg.is_some() { 0 } else { spec.and_then(|s| s.steps.get(c.step as usize)).map_or(100, |s| s.weight) };
+        let target = if c.promoted || bg.is_some() { desired } else { replicas_for(desired, step_weight) };
+        let from = r.from_revision;
         let available_new = seen.iter().filter(|s| s.current && s.available).count();
         let mut said = None;
         if c.promoted {
             if available_new >= desired && c.weight != 100 {
                 c.weight = 100;
                 c.step_started_ms = now;
-                said = Some((
-                    "CanaryPromoted",
-                    format!("revision {revision} takes 100% of requests; the old replicas go"),
-                ));
+                let msg = match bg {
+                    Some(b) => format!(
+                        "revision {revision} takes all requests; revision {from} stays up for {}s (an instant rollback: skiff rollout undo {name})",
+                        b.scale_down_delay.0
+                    ),
+                    None => format!("revision {revision} takes 100% of requests; the old replicas go"),
+                };
+                said = Some(("CanaryPromoted", msg));
             }
         } else if c.step_started_ms == 0 && !paused && available_new >= target {
             c.weight = step_weight;
             c.step_started_ms = now;
             c.passed = 0;
-            let msg = format!(
-                "step {}/{steps}: {step_weight}% of requests to revision {revision} ({available_new} of {desired} replicas)",
-                c.step + 1
-            );
-            said = Some(("CanaryStep", msg));
+            said = Some(match bg {
+                Some(b) => {
+                    let preview = if b.preview { format!(", at {name}--preview") } else { String::new() };
+                    let msg = format!(
+                        "revision {revision} is up in full ({available_new} replicas) beside revision {from}{preview}; skiff rollout promote {name} switches"
+                    );
+                    ("PreviewReady", msg)
+                }
+                None => {
+                    let msg = format!(
+                        "step {}/{steps}: {step_weight}% of requests to revision {revision} ({available_new} of {desired} replicas)",
+                        c.step + 1
+                    );
+                    ("CanaryStep", msg)
+                }
+            });
         }
         // A step under way is progress: its analysis, not the progress
         // deadline, decides how it ends.
         if c.step_started_ms > 0 {
             r.progress_ms = now;
         }
-        let promote_now = c.promoted && c.weight == 100;
+        // Blue/green keeps the old revision up for its scale-down delay
+        // after the switch (the full reconcile every 2 s looks again).
+        let delay_ms = bg.map_or(0, |b| b.scale_down_delay.0 * 1000);
+        let promote_now = c.promoted && c.weight == 100 && now.saturating_sub(c.step_started_ms) >= delay_ms;
         if let Some((reason, msg)) = said {
             tx.put_deployment(&e.d)?;
             tx.event(now, &format!("deployment/{name}"), reason, &msg)?;
@@ -334,9 +365,9 @@ mod tests {
         apply(&mut st, "2");
         // 25% of 4: one canary beside the four stable replicas; no request to it yet.
         assert_eq!(by_revision(&st), BTreeMap::from([(1, 4), (2, 1)]));
-        assert_eq!(st.mem().split("web"), Some(Split { stable: 1, canary: 2, weight: 0 }));
+        assert_eq!(st.mem().split("web"), Some(Split { stable: 1, canary: 2, weight: 0, preview: false }));
         all_ready(&mut st);
-        assert_eq!(st.mem().split("web"), Some(Split { stable: 1, canary: 2, weight: 25 }));
+        assert_eq!(st.mem().split("web"), Some(Split { stable: 1, canary: 2, weight: 25, preview: false }));
         assert_eq!(by_revision(&st), BTreeMap::from([(1, 4), (2, 1)]));
         let table = crate::endpoints::table(st.mem(), 0);
         assert_eq!(table.deployments["web"].iter().filter(|e| e.revision == 2).count(), 1);
