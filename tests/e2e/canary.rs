@@ -408,3 +408,79 @@ fn blue_green_previews_switches_at_once_and_rolls_back_without_starting_a_replic
         assert_eq!(revision_at(&f.ingress, "web.skiff.local"), (200, Some("1".into())));
     }
 }
+
+/// Two nodes, requests through the first node's ingress only: the canary's
+/// share holds when most replicas are on the other node (the revision chosen
+/// travels with the request passed on, in `x-skiff-revision`).
+#[test]
+fn the_split_holds_across_nodes() {
+    let dir = TempDir::new("canary-nodes");
+    let (_server, url, token) = loopback_server(dir.path(), &[]);
+    let mut nodes = Vec::new();
+    let mut ingresses = Vec::new();
+    for name in ["n1", "n2"] {
+        let data = dir.path().join(format!("node-{name}"));
+        let args = [
+            "node",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--name",
+            name,
+            "--cpu",
+            "2",
+            "--memory",
+            "2Gi",
+            "--data-dir",
+            data.to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
+        ];
+        nodes.push(Proc::start(name, &args, &dir.path().join(format!("node-{name}.log"))));
+        ingresses.push(read_when_ready(&data.join("ingress.addr")));
+    }
+    wait_for(Duration::from_secs(30), "2 ready nodes", || {
+        let n = get_json(dir.path(), &url, "nodes");
+        if n.iter().filter(|x| x["state"] == "ready").count() == 2 { Ok(()) } else { Err(format!("{n:?}")) }
+    });
+    std::fs::copy(wasm_p2("flaky_http"), dir.path().join("flaky_http.wasm")).expect("copy");
+    let canary = "steps: [{weight: 30, pause: 6s}], analysis: {max_error_rate: 0.01, min_requests: 50, interval: 2s}";
+    let file = dir.path().join("web.yaml");
+    let apply = |env: &str| {
+        std::fs::write(&file, manifest(env, canary)).expect("write");
+        cli_ok(dir.path(), &url, &["apply", "-f", file.to_str().unwrap_or_default()]);
+    };
+    let deployment =
+        || get_json(dir.path(), &url, "deployments").into_iter().find(|d| d["name"] == "web").expect("web");
+    apply("V: '1'");
+    let st = cli_in(dir.path(), &url, &["rollout", "status", "web", "--timeout", "90s"]);
+    assert!(st.ok, "{}{}", st.stdout, st.stderr);
+    let load = Load::start(&ingresses[0], 3);
+    wait_for(Duration::from_secs(30), "load flowing", || if load.count() > 50 { Ok(()) } else { Err("".into()) });
+    apply("V: '2'");
+    let started = wait_for(Duration::from_secs(60), "the canary at 30%", || {
+        let d = deployment();
+        if d["rollout"]["canary"]["weight"] == 30 { Ok(Instant::now()) } else { Err(format!("{}", d["rollout"])) }
+    });
+    let ended = wait_for(Duration::from_secs(90), "promotion", || {
+        let d = deployment();
+        if d["rollout"]["canary"]["promoted"] == true { Ok(Instant::now()) } else { Err(format!("{}", d["rollout"])) }
+    });
+    let seen = load.finish();
+    let placed: Vec<String> = get_json(dir.path(), &url, "replicas")
+        .iter()
+        .map(|r| format!("{}@{}", r["revision"], r["node"].as_str().unwrap_or("")))
+        .collect();
+    let window: Vec<&Seen> =
+        seen.iter().filter(|s| s.0 >= started + Duration::from_millis(300) && s.0 < ended).collect();
+    let share = window.iter().filter(|s| s.1 == 2).count() as f64 * 100.0 / window.len().max(1) as f64;
+    eprintln!("30% step across nodes: {share:.1}% of {} requests; replicas now {placed:?}", window.len());
+    assert!(window.len() >= 100, "too few requests: {}", window.len());
+    assert!((share - 30.0).abs() <= 3.0, "{share:.1}% of {} went to the canary", window.len());
+    let failed = seen.iter().filter(|s| s.2 != 200).count();
+    assert_eq!(failed, 0, "of {}", seen.len());
+    drop(nodes);
+}
