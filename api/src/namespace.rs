@@ -11,6 +11,17 @@ use serde::{Deserialize, Serialize};
 /// before namespaces.
 pub const DEFAULT: &str = "default";
 
+/// The env var a replica of a namespace with `isolation: namespace` gets (set by
+/// the scheduler after the spec's own env); its node then keeps the replica's
+/// outbound calls to `*.skiff.local` within the namespace.
+pub const ISOLATION_ENV: &str = "SKIFF_NAMESPACE_ISOLATION";
+
+/// The namespace a cluster-internal host name (`NAME.skiff.local`,
+/// `NAME.NS.skiff.local`, given without the suffix) names.
+pub fn of_host(name: &str) -> &str {
+    name.split_once('.').map_or(DEFAULT, |(_, ns)| ns)
+}
+
 /// The internal key of `name` in namespace `ns`.
 pub fn key(ns: &str, name: &str) -> String {
     if ns == DEFAULT || ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") }

@@ -740,7 +740,9 @@ mod tests {
         );
         assert_eq!(route(&req(Some("127.0.0.1:8080"), "/d/hello"), s), Some(("hello".into(), Some("/".into()))));
         assert_eq!(route(&req(Some("127.0.0.1:8080"), "/hello"), s), None);
-        assert_eq!(route(&req(Some("a.b.skiff.local"), "/"), s), None);
+        // NAME.NS (#20): deployment a of namespace b; deeper names are none.
+        assert_eq!(route(&req(Some("a.b.skiff.local"), "/"), s), Some(("b/a".into(), None)));
+        assert_eq!(route(&req(Some("a.b.c.skiff.local"), "/"), s), None);
         assert_eq!(route(&req(Some("Bad_Name.skiff.local"), "/"), s), None);
         assert_eq!(route(&req(None, "/d/api/"), s), Some(("api".into(), Some("/".into()))));
     }

@@ -290,3 +290,39 @@ fn every_route_with_every_role_in_every_namespace() {
     let secrets = dev.cli_ok(&["-n", "team-b", "secret", "ls"]);
     assert!(secrets.contains('x'), "{secrets}");
 }
+
+#[test]
+fn an_isolated_namespace_calls_only_its_own() {
+    let dev = Dev::start("namespace-isolation");
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+    let wasm = wasm_p2("hello_http");
+    let wasm = wasm.to_str().unwrap_or_default();
+    dev.cli_ok(&["namespace", "create", "iso", "--isolation", "namespace"]);
+    dev.cli_ok(&["namespace", "create", "open"]);
+    dev.cli_ok(&["deploy", wasm, "--name", "web", "--env", "GREETING=default", "--wait"]);
+    for (ns, name) in [("iso", "web"), ("iso", "peer"), ("open", "web")] {
+        let greeting = format!("GREETING={ns}-{name}");
+        dev.cli_ok(&["-n", ns, "deploy", wasm, "--name", name, "--env", &greeting, "--wait"]);
+    }
+    let call = |ns: &str, target: &str| {
+        let host = format!("web.{ns}.skiff.local");
+        wait_for(Duration::from_secs(30), &format!("{host} calling {target}"), || {
+            let a = get(&ingress, &host, &format!("/call/{target}/"))?;
+            if a.status == 503 { Err(format!("{a:?}")) } else { Ok(a) }
+        })
+    };
+    // Within its namespace: reached.
+    let a = call("iso", "peer.iso.skiff.local");
+    assert!(a.status == 200 && a.body.contains("200 iso-peer from"), "{a:?}");
+    // Another namespace, default included: refused in the component.
+    for target in ["web.skiff.local", "web.open.skiff.local"] {
+        let a = call("iso", target);
+        assert_eq!(a.status, 502, "{target}: {a:?}");
+        assert!(a.body.contains("HttpRequestDenied"), "{target}: {a:?}");
+    }
+    // A namespace without isolation calls anyone.
+    let a = call("open", "peer.iso.skiff.local");
+    assert!(a.status == 200 && a.body.contains("200 iso-peer from"), "{a:?}");
+    let a = call("open", "web.skiff.local");
+    assert!(a.status == 200 && a.body.contains("200 default from"), "{a:?}");
+}

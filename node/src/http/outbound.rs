@@ -17,6 +17,9 @@ pub(super) struct Outbound {
     pub(super) suffix: String,
     pub(super) ingress: Option<SocketAddr>,
     pub(super) tls: tokio_native_tls::TlsConnector,
+    /// The caller's namespace, when it has `isolation: namespace` (#20): then
+    /// only that namespace's deployments are reached.
+    pub(super) isolated: Option<String>,
 }
 
 /// The TLS client for guests' outbound HTTPS: the system's trust store (OpenSSL's
@@ -93,7 +96,14 @@ impl WasiHttpHooks for Outbound {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let internal = host.ends_with(&format!(".{}", self.suffix));
-        let target: Result<String, Error> = if internal {
+        let other_namespace = match (&self.isolated, host.strip_suffix(&format!(".{}", self.suffix))) {
+            (Some(own), Some(name)) if internal => skiff_api::namespace::of_host(name) != own.as_str(),
+            _ => false,
+        };
+        let target: Result<String, Error> = if other_namespace {
+            tracing::debug!(%host, "outbound request refused: another namespace, and this one is isolated");
+            Err(Error::HttpRequestDenied)
+        } else if internal {
             // Inside the cluster: plain HTTP to the node's own ingress whatever
             // the scheme; the ingress routes it on like any request.
             match self.ingress {

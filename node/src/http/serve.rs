@@ -92,6 +92,11 @@ impl HttpRuntime {
                 suffix: self.config.suffix.clone(),
                 ingress: self.config.ingress,
                 tls: self.tls.clone(),
+                isolated: replica
+                    .env
+                    .iter()
+                    .any(|(k, v)| k == skiff_api::namespace::ISOLATION_ENV && v == "namespace")
+                    .then(|| skiff_api::namespace::of(&replica.deployment).to_string()),
             },
             limits: Limiter::new(replica.memory_limit),
         };

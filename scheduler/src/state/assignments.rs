@@ -77,6 +77,12 @@ impl Mem {
         if let Some(env) = self.run_env(r) {
             spec.env.extend(env);
         }
+        // A namespace with `isolation: namespace` (#20): its HTTP components'
+        // outbound calls reach only its own namespace (`node/src/http/outbound.rs`).
+        // Set last, so a spec cannot say otherwise; read at a replica's start.
+        if self.isolated(skiff_api::namespace::of(&r.deployment)) {
+            spec.env.insert(skiff_api::namespace::ISOLATION_ENV.into(), "namespace".into());
+        }
         Some(Assignment {
             replica: r.id.clone(),
             deployment: r.deployment.clone(),

@@ -661,10 +661,29 @@ impl Mem {
             strategy.max_surge = 0;
             strategy.max_unavailable = strategy.max_unavailable.max(1);
         }
+        // A quota with no room for a surge, and no unavailability allowed
+        // instead, holds the rollout as a pause would (#20).
+        let quota_note = self.quota_surge(name, desired, &mut strategy);
         let plan = match self.canary_plan(tx, name, desired, &seen, now)? {
             Some(plan) => plan,
-            None => rollout::plan(desired, &strategy, paused, &seen),
+            None => rollout::plan(desired, &strategy, paused || quota_note.is_some(), &seen),
         };
+        // A rollout the quota holds says so in its status (#20), until it is not.
+        if let Some(e) = self.deployments.get_mut(name) {
+            let held = e.d.rollout.message.starts_with(namespaces::SURGE_HELD);
+            match quota_note {
+                Some(note) if plan.rolling && e.d.rollout.message != note => {
+                    tx.event(now, &format!("deployment/{name}"), "QuotaHeld", &note)?;
+                    e.d.rollout.message = note;
+                    tx.put_deployment(&e.d)?;
+                }
+                None if held => {
+                    e.d.rollout.message = format!("rolling out revision {revision}");
+                    tx.put_deployment(&e.d)?;
+                }
+                _ => {}
+            }
+        }
         if plan.rolling && self.rollout_check(tx, name, &plan, now)? {
             // Rolled back: the next pass plans against the good revision.
             return self.reconcile(tx, name, now);

@@ -21,6 +21,9 @@ pub(crate) struct Stored {
 
 const META: &str = "namespace/";
 
+/// How the status of a rollout the quota holds begins.
+pub(super) const SURGE_HELD: &str = "cannot surge: ";
+
 /// Most namespaces a cluster holds.
 const MAX_NAMESPACES: usize = 10_000;
 
@@ -159,6 +162,35 @@ impl Mem {
         limit(q.cpu.map(|c| c.0), u.cpu.0, d.spec.resources.cpu.0);
         limit(q.memory.map(|m| m.0), u.memory.0, d.spec.resources.memory.0);
         room.min(u32::MAX as u64) as u32
+    }
+
+    /// Bounds a rollout's surge by what its namespace's quota leaves (#20): the
+    /// surge replicas are asks beyond the desired count the quota counts.
+    /// Returns why when that leaves no surge and `max_unavailable` is 0, so the
+    /// rollout cannot move (with `max_unavailable` ≥ 1 it goes on without surge).
+    pub(super) fn quota_surge(&self, key: &str, desired: usize, strategy: &mut UpdateStrategy) -> Option<String> {
+        if strategy.max_surge == 0 {
+            return None;
+        }
+        let room = self.quota_room(key);
+        if room == u32::MAX {
+            return None;
+        }
+        let headroom = (room as usize).saturating_sub(desired) as u32;
+        if headroom >= strategy.max_surge {
+            return None;
+        }
+        let e = self.deployments.get(key)?;
+        let ask = replicas_ask(&e.d.spec, e.d.replicas, e.d.replicas + strategy.max_surge - headroom);
+        let line = self.check_quota(ns::of(key), ask).err().unwrap_or_else(|| "its quota is full".into());
+        strategy.max_surge = headroom;
+        (headroom == 0 && strategy.max_unavailable == 0)
+            .then(|| format!("{SURGE_HELD}{line}; with max_unavailable: 1 it rolls out without surge"))
+    }
+
+    /// Whether namespace `name` has `isolation: namespace`.
+    pub(super) fn isolated(&self, name: &str) -> bool {
+        self.namespaces.get(name).is_some_and(|s| s.isolation == Isolation::Namespace)
     }
 
     fn namespace_view(&self, name: &str) -> Namespace {
@@ -391,7 +423,10 @@ mod tests {
         st.autoscale("team-a/web", 8, "load").expect("held");
         assert_eq!(st.mem().deployment("team-a/web").expect("web").replicas, 4, "held at the quota");
         let events = st.store().events(Some("deployment/team-a/web"), 50).expect("events");
-        let held = events.iter().find(|e| e.reason == "QuotaHeld").expect("a QuotaHeld event");
+        let held = events
+            .iter()
+            .find(|e| e.reason == "QuotaHeld" && e.message.starts_with("autoscaler"))
+            .expect("a QuotaHeld event");
         assert!(
             held.message.starts_with("autoscaler held at 4 replicas: namespace team-a: replicas quota 4,"),
             "{}",
@@ -403,5 +438,49 @@ mod tests {
         st.delete_namespace("team-a", true).expect("cascade");
         assert!(st.mem().deployment("team-a/web").is_none());
         assert!(st.namespace("team-a").is_err());
+    }
+
+    #[test]
+    fn a_rollout_that_the_quota_keeps_from_surging_says_so() {
+        let dir = Dir::new();
+        let mut st = open(&dir);
+        let node = serde_json::json!({"name": "a", "address": "http://127.0.0.1:1", "labels": {},
+            "capacity": {"cpu": "4", "memory": "1Gi"}, "runtimes": ["wasm"], "ingress": null});
+        st.register(serde_json::from_value(node).expect("a registration")).expect("registered");
+        let quota = Quota { replicas: Some(2), ..Quota::default() };
+        st.put_namespace("team-a", NamespaceRequest { quota: Some(quota), isolation: None }).expect("a namespace");
+        st.apply("team-a/web", apply(32, 2, None)).expect("an apply");
+        st.schedule().expect("placed");
+        let running: Vec<ReplicaStatus> = st
+            .mem()
+            .replicas_on("a")
+            .map(|r| {
+                serde_json::from_value(serde_json::json!({"id": r.id, "generation": r.generation, "state": "running",
+                    "restarts": 0, "reason": null, "exit_code": null, "cpu_seconds": 0.0, "memory_bytes": 0, "requests": 0}))
+                .expect("a status")
+            })
+            .collect();
+        assert_eq!(running.len(), 2);
+        let capacity = Resources::new(4000, 1 << 30);
+        st.heartbeat("a", Heartbeat { capacity, replicas: running, delta: false }).expect("a heartbeat");
+        // A new revision with max_surge 1, max_unavailable 0 and the quota full.
+        let mut next = apply(32, 2, None);
+        next.spec.env.insert("V".into(), "2".into());
+        st.apply("team-a/web", next.clone()).expect("a new revision");
+        let d = st.mem().deployment("team-a/web").expect("web");
+        assert_eq!(d.revision, 2);
+        assert_eq!(
+            d.rollout.message,
+            "cannot surge: namespace team-a: replicas quota 2, 2 in use, this asks 1 more; with max_unavailable: 1 it rolls out without surge"
+        );
+        assert!(st.mem().replicas_of("team-a/web").all(|r| r.revision == 1), "nothing of revision 2 made");
+        // With max_unavailable 1 it goes on, one old replica at a time, no surge.
+        next.strategy = Some(UpdateStrategy { max_unavailable: 1, ..UpdateStrategy::default() });
+        st.apply("team-a/web", next).expect("the strategy");
+        let d = st.mem().deployment("team-a/web").expect("web");
+        assert!(!d.rollout.message.contains("cannot surge"), "{}", d.rollout.message);
+        let live: Vec<u64> =
+            st.mem().replicas_of("team-a/web").filter(|r| !r.state.is_terminal()).map(|r| r.revision).collect();
+        assert!(live.contains(&2) && live.len() <= 2, "{live:?}");
     }
 }
