@@ -326,3 +326,70 @@ fn an_isolated_namespace_calls_only_its_own() {
     let a = call("open", "web.skiff.local");
     assert!(a.status == 200 && a.body.contains("200 default from"), "{a:?}");
 }
+
+/// Namespaces, quotas and scoped tokens live in etcd: three servers, the leader
+/// SIGKILLed, and the next one knows them all.
+#[test]
+fn namespaces_quotas_and_tokens_survive_a_leader_kill_on_etcd() {
+    use crate::servers::{Etcd, leader, servers, start_server};
+    if Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
+    }
+    let dir = TempDir::new("ns-etcd");
+    let cwd = dir.path();
+    let etcd = Etcd::start(cwd);
+    let store = etcd.url();
+    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
+    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
+    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
+    let urls = format!("{u1},{u2},{u3}");
+    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
+    for u in [&urls, &u1, &u2, &u3] {
+        remember_token(u, &admin);
+        remember_ca(u, &cwd.join("s1").join("ca.crt"));
+    }
+    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
+        let info = servers(cwd, &urls)?;
+        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
+            (Some(l), 3) => Ok(l.to_string()),
+            _ => Err(info.to_string()),
+        }
+    });
+    cli_ok(cwd, &urls, &["namespace", "create", "team-a", "--memory", "64Mi"]);
+    let token = cli_ok(cwd, &urls, &["-n", "team-a", "token", "create", "ci", "--role", "deploy"]).trim().to_string();
+    let wasm = wasm_p2("hello_http");
+    let deploy = ["-n", "team-a", "deploy", wasm.to_str().unwrap_or_default(), "--name", "web", "--memory", "32Mi"];
+    ok(as_token(cwd, &urls, &token, &deploy), "deploy");
+    cli_ok(cwd, &urls, &["deploy", wasm.to_str().unwrap_or_default(), "--name", "web", "--memory", "32Mi"]);
+
+    let i = procs.iter().position(|(n, _)| *n == first).unwrap_or_else(|| panic!("no server {first}"));
+    let (_, mut dead) = procs.remove(i);
+    dead.kill();
+    wait_for(Duration::from_secs(20), "a new leader", || {
+        let l = leader(cwd, &urls)?;
+        if l != first { Ok(l) } else { Err(format!("still {l}")) }
+    });
+
+    // The namespace and its quota.
+    let described = cli_ok(cwd, &urls, &["namespace", "describe", "team-a"]);
+    assert!(described.contains("64Mi") && described.contains("32Mi"), "{described}");
+    // The scoped token: its namespace yes, the default namespace not found.
+    let listed = wait_for(Duration::from_secs(10), "the token on the new leader", || {
+        let c = as_token(cwd, &urls, &token, &["-n", "team-a", "get", "deployments", "-o", "json"]);
+        if c.ok { Ok(c.stdout) } else { Err(c.stderr) }
+    });
+    let list = parse_get_json("deployments", &listed);
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["namespace"], "team-a");
+    not_found(as_token(cwd, &urls, &token, &["get", "deployment", "web"]), "default's web");
+    // The quota still holds.
+    let over = as_token(cwd, &urls, &token, &["-n", "team-a", "scale", "web", "3"]);
+    assert!(!over.ok, "{}", over.stdout);
+    assert!(
+        over.stderr.contains("namespace team-a: memory quota 64Mi, 32Mi in use, this asks 64Mi more"),
+        "{}",
+        over.stderr
+    );
+}
