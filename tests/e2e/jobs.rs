@@ -823,3 +823,57 @@ fn a_cron_on_three_servers_on_etcd_runs_no_time_twice_when_the_leader_dies() {
     drop(procs);
     drop(etcd);
 }
+
+#[test]
+fn logs_follow_takes_in_the_runs_a_job_starts_later() {
+    let dev = Dev::start("jobs-follow");
+    dev.apply(
+        "seq.yaml",
+        &format!(
+            "kind: job\nname: seq\nwasm: {}\ncompletions: 3\nparallelism: 1\nenv: {{SLEEP_MS: \"1000\"}}\n",
+            path(&worker_p1())
+        ),
+    );
+    wait_for(Duration::from_secs(30), "the first run on its node", || {
+        let r = dev.runs("seq");
+        if r.iter().any(|r| r["node"].is_string()) { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let mut child = Command::new(skiff_bin())
+        .args(["logs", "job/seq", "-f"])
+        .current_dir(dev.dir.path())
+        .env("SKIFF_SERVER", &dev.url)
+        .env("SKIFF_TOKEN", read_when_ready(&dev.data().join("admin-token")))
+        .env("SKIFF_CA_FILE", dev.data().join("ca.crt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("skiff logs -f");
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdout = child.stdout.take().expect("stdout");
+    let _reap = Reap(child);
+    // Read until the last index's second line came: runs 1 and 2 started after
+    // the follow began.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("[2] ") || !String::from_utf8_lossy(&seen).contains("index=2 slept")
+    {
+        assert!(Instant::now() < deadline, "followed: {}", String::from_utf8_lossy(&seen));
+        match stdout.read(&mut buf) {
+            Ok(0) => panic!("the follow ended: {}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the follow: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    for i in 0..3 {
+        assert_eq!(text.matches(&format!("stdout job-worker index={i} slept")).count(), 1, "{text}");
+    }
+}

@@ -4,6 +4,7 @@
 
 use super::deployments::tokio_stream_from;
 use super::*;
+use std::collections::HashMap;
 
 /// Checks a job template's artifact and pins an image reference.
 async fn prepare(core: &Core, spec: &mut JobSpec) -> Result<(), ApiError> {
@@ -90,28 +91,12 @@ pub(super) async fn job_logs(
     Path(name): Path<String>,
     Query(q): Query<JobLogQuery>,
 ) -> Result<Response, ApiError> {
-    // (prefix, replica, node address, under way)
-    let targets: Vec<(String, String, String, bool)> = {
+    let targets = {
         let st = core.state();
-        let mem = st.mem();
-        let Some(runs) = mem.job_runs(&name) else {
-            return Err(ApiError::not_found(format!("job {name:?} not found; `skiff get jobs` lists them")));
-        };
-        let mut runs: Vec<&JobRun> = runs.iter().filter(|r| q.index.is_none_or(|i| i == r.index)).collect();
-        runs.sort_by_key(|r| (r.index, r.attempt));
-        runs.iter()
-            .filter_map(|r| {
-                let node = mem.node(r.node.as_deref()?)?;
-                let prefix = if q.bare {
-                    String::new()
-                } else if r.attempt > 1 {
-                    format!("[{} try {}] ", r.index, r.attempt)
-                } else {
-                    format!("[{}] ", r.index)
-                };
-                Some((prefix, r.id.clone(), node.address.clone(), r.outcome == RunOutcome::Running))
-            })
-            .collect()
+        run_targets(st.mem(), &name, q.index, q.bare)
+    };
+    let Some(targets) = targets else {
+        return Err(ApiError::not_found(format!("job {name:?} not found; `skiff get jobs` lists them")));
     };
     if targets.is_empty() {
         let what = match q.index {
@@ -124,7 +109,9 @@ pub(super) async fn job_logs(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
     let http = core.http.clone();
-    let (tail, follow) = (q.tail, q.follow);
+    let (tail, follow, index, bare) = (q.tail, q.follow, q.index, q.bare);
+    let seen: std::collections::HashSet<String> = targets.iter().map(|t| t.1.clone()).collect();
+    let core = core.clone();
     tokio::spawn(async move {
         let url = |address: &str, id: &str, follow: bool| {
             let mut url = format!("{address}/v1/replicas/{id}/logs?follow={follow}");
@@ -142,17 +129,80 @@ pub(super) async fn job_logs(
                 return;
             }
         }
-        let mut tasks = Vec::new();
-        for (prefix, id, address) in under_way {
-            let (http, tx, u) = (http.clone(), tx.clone(), url(&address, &id, true));
-            tasks.push(tokio::spawn(async move { copy_lines(&http, &u, &prefix, &tx).await }));
+        if !follow {
+            return;
         }
-        for t in tasks {
-            let _ = t.await;
+        // Following: the runs under way, and each run the job starts from now on.
+        // A run's stream is dropped 2 s after the run ended (its last lines
+        // are in by then), so a long job holds about `parallelism` of them.
+        let mut seen: std::collections::HashSet<String> = seen;
+        let mut tasks: HashMap<String, (tokio::task::JoinHandle<bool>, Option<std::time::Instant>)> = HashMap::new();
+        let follow_run = |prefix: String, id: &str, address: &str, running: bool| {
+            let (http, tx, u) = (http.clone(), tx.clone(), url(address, id, running));
+            tokio::spawn(async move { copy_lines(&http, &u, &prefix, &tx).await })
+        };
+        for (prefix, id, address) in under_way {
+            let task = follow_run(prefix, &id, &address, true);
+            tasks.insert(id, (task, None));
+        }
+        while !tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = {
+                let st = core.state();
+                run_targets(st.mem(), &name, index, bare)
+            };
+            let Some(now) = now else { break }; // the job was deleted
+            for (prefix, id, address, running) in now {
+                if seen.insert(id.clone()) {
+                    let task = follow_run(prefix, &id, &address, running);
+                    tasks.insert(id, (task, None));
+                } else if !running && let Some((_, ended)) = tasks.get_mut(&id) {
+                    ended.get_or_insert_with(std::time::Instant::now);
+                }
+            }
+            tasks.retain(|_, (task, ended)| {
+                let done = task.is_finished() || ended.is_some_and(|t| t.elapsed() > Duration::from_secs(2));
+                if done {
+                    task.abort();
+                }
+                !done
+            });
+        }
+        for (task, _) in tasks.into_values() {
+            task.abort();
         }
     });
     let body = Body::from_stream(tokio_stream_from(rx));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// The runs of job `name` (of index `index` only, if given) that reached a
+/// node, in index and try order, as (line prefix, replica id, node address,
+/// under way); `None` when there is no such job.
+fn run_targets(
+    mem: &crate::state::Mem,
+    name: &str,
+    index: Option<u32>,
+    bare: bool,
+) -> Option<Vec<(String, String, String, bool)>> {
+    let runs = mem.job_runs(name)?;
+    let mut runs: Vec<&JobRun> = runs.iter().filter(|r| index.is_none_or(|i| i == r.index)).collect();
+    runs.sort_by_key(|r| (r.index, r.attempt));
+    Some(
+        runs.iter()
+            .filter_map(|r| {
+                let node = mem.node(r.node.as_deref()?)?;
+                let prefix = if bare {
+                    String::new()
+                } else if r.attempt > 1 {
+                    format!("[{} try {}] ", r.index, r.attempt)
+                } else {
+                    format!("[{}] ", r.index)
+                };
+                Some((prefix, r.id.clone(), node.address.clone(), r.outcome == RunOutcome::Running))
+            })
+            .collect(),
+    )
 }
 
 /// Copies the log lines at `url` to `tx`, each after `prefix`; false once the
