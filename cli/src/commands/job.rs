@@ -174,7 +174,7 @@ pub async fn describe_job(client: &Client, name: &str) -> anyhow::Result<()> {
     let events = client.events(Some(&format!("job/{name}"))).await.context("listing its events")?;
     let (j, runs) = (&d.job, &d.runs);
     let mut out = String::new();
-    let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
+    let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<17}{v}\n", format!("{k}:")));
     field(&mut out, "Name", j.name.clone());
     field(&mut out, "State", j.state.to_string());
     if let Some(r) = &j.reason {
