@@ -41,6 +41,7 @@ mod native;
 mod procs;
 mod report;
 mod routes;
+mod split;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -305,6 +306,12 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             )),
         };
         scenarios.insert("http_big".into(), big);
+        save(&scenarios)?;
+    }
+    // #18's canary split overhead (opt-in: `--scenarios split`).
+    if want("split") {
+        let r = split::scenario_split(&args.skiff, &args.component, args.http_connections, args.http_seconds).await;
+        scenarios.insert("split".into(), r.unwrap_or_else(failed));
         save(&scenarios)?;
     }
     if want("routes") {
