@@ -703,7 +703,7 @@ mod tests {
         check(
             "name: a\nwasm: a.wasm\nreplica: 3\n",
             expect![
-                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `scale_to_zero`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`, `rebalance`"
+                "error: line 3 column 1: unknown field `replica`, expected one of `name`, `wasm`, `image`, `replicas`, `resources`, `strategy`, `autoscale`, `scale_to_zero`, `namespace`, `env`, `args`, `restart`, `constraints`, `secrets`, `allowed_hosts`, `volumes`, `probes`, `http_port`, `ports`, `network`, `stop_grace_period`, `volume_lease`, `rebalance`"
             ],
         );
         check(
