@@ -37,7 +37,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use skiff_api::{ActivateRequest, Client, ClientError, Endpoint, Endpoints, Split};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -205,15 +205,21 @@ impl Ingress {
     /// ingress only: one passed on by another was counted there).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if header_str(req.headers(), HOP_HEADER).is_some() {
-            return self.dispatch(req).await;
+            return self.dispatch(req, &AtomicU64::new(0)).await;
         }
         let start = Instant::now();
         let name = route(&req, &self.suffix).map(|(name, _)| name);
-        let resp = self.dispatch(req).await;
+        // The revision a split chose for it (0: none), for the metric's label.
+        let chosen = AtomicU64::new(0);
+        let resp = self.dispatch(req, &chosen).await;
         // A name that no deployment has is the client's to choose: counted
         // under "" so that the labels stay bounded by the deployments.
         let deployment = name.filter(|n| self.exists(n)).unwrap_or_default();
-        crate::metrics::METRICS.ingress_request(&deployment, resp.status().as_u16(), start.elapsed());
+        let revision = match chosen.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => n.to_string(),
+        };
+        crate::metrics::METRICS.ingress_request(&deployment, resp.status().as_u16(), &revision, start.elapsed());
         resp
     }
 
@@ -223,7 +229,7 @@ impl Ingress {
         table.as_ref().is_some_and(|t| t.deployments.contains_key(name)) || !self.local(name).is_empty()
     }
 
-    async fn dispatch(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn dispatch(&self, mut req: Request<Incoming>, chosen_out: &AtomicU64) -> Response<Body> {
         let hops: u32 = header_str(req.headers(), HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
         // The request as the client sent it, for the event of an activation.
         let line = ActivateRequest {
@@ -312,6 +318,7 @@ impl Ingress {
             if !l.is_empty() || !r.is_empty() {
                 (local, remote) = (l, r);
                 req.headers_mut().insert(HeaderName::from_static(REVISION_HEADER), header_value(&chosen.to_string()));
+                chosen_out.store(chosen, Ordering::Relaxed);
             }
         }
         let remote = if hops >= MAX_HOPS { Vec::new() } else { remote };

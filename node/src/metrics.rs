@@ -269,8 +269,8 @@ impl NodeMetrics {
             ingress_requests: counter_vec(
                 &r,
                 "skiff_node_ingress_requests_total",
-                "Requests answered by this node's ingress (not those another ingress passed on), by deployment and code",
-                &["deployment", "code"],
+                "Requests answered by this node's ingress (not those another ingress passed on), by deployment, code and, during a canary or blue/green rollout, the revision chosen",
+                &["deployment", "code", "revision"],
             ),
             ingress_seconds: registered(
                 &r,
@@ -358,8 +358,9 @@ impl NodeMetrics {
     }
 
     /// Counts a request the ingress answered, and how long it took to answer.
-    pub fn ingress_request(&self, deployment: &str, status: u16, elapsed: Duration) {
-        self.ingress_requests.with_label_values(&[deployment, status.to_string().as_str()]).inc();
+    /// `revision` is the one a split chose (#18), "" when none did.
+    pub fn ingress_request(&self, deployment: &str, status: u16, revision: &str, elapsed: Duration) {
+        self.ingress_requests.with_label_values(&[deployment, status.to_string().as_str(), revision]).inc();
         self.ingress_seconds.with_label_values(&[deployment]).observe(elapsed.as_secs_f64());
     }
 
@@ -447,14 +448,20 @@ mod tests {
         let admission = Arc::new(Semaphore::new(4));
         m.watch_pool(&admission, 4);
         let _held = admission.clone().try_acquire_many_owned(3).expect("permits");
-        m.ingress_request("web", 200, Duration::from_millis(3));
-        m.ingress_request("web", 200, Duration::from_millis(30));
-        m.ingress_request("", 404, Duration::from_micros(100));
+        m.ingress_request("web", 200, "", Duration::from_millis(3));
+        m.ingress_request("web", 200, "", Duration::from_millis(30));
+        m.ingress_request("", 404, "", Duration::from_micros(100));
         let text = m.render(&[]);
         assert!(text.contains("skiff_node_http_pool_slots 4\n"), "{text}");
         assert!(text.contains("skiff_node_http_pool_instances_in_use 3\n"), "{text}");
-        assert!(text.contains(r#"skiff_node_ingress_requests_total{code="200",deployment="web"} 2"#), "{text}");
-        assert!(text.contains(r#"skiff_node_ingress_requests_total{code="404",deployment=""} 1"#), "{text}");
+        assert!(
+            text.contains(r#"skiff_node_ingress_requests_total{code="200",deployment="web",revision=""} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"skiff_node_ingress_requests_total{code="404",deployment="",revision=""} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"skiff_node_ingress_request_duration_seconds_bucket{deployment="web",le="0.005"} 1"#));
         assert!(text.contains(r#"skiff_node_ingress_request_duration_seconds_count{deployment="web"} 2"#));
         // A dropped runtime's pool is no longer reported.

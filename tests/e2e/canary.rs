@@ -211,6 +211,13 @@ fn a_good_canary_takes_each_steps_share_under_load_and_is_promoted() {
     let reasons: Vec<String> = f.events().iter().map(|e| e["reason"].as_str().unwrap_or("").to_string()).collect();
     assert!(reasons.iter().filter(|r| *r == "CanaryStep").count() >= 2, "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "CanaryPromoted"), "{reasons:?}");
+    // The node counts the split's requests by the revision it chose.
+    let api = read_when_ready(&f.dev.data().join("node").join("node.addr"));
+    let page = get(&api, "node", "/metrics").expect("GET /metrics").body;
+    for rev in ["1", "2"] {
+        let series = format!(r#"skiff_node_ingress_requests_total{{code="200",deployment="web",revision="{rev}"}}"#);
+        assert!(page.contains(&series), "no {series} in {page}");
+    }
 }
 
 #[test]
