@@ -738,8 +738,11 @@ mod tests {
                 "error: line 3 column 10: restart: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"
             ],
         );
+        // An unclosed sequence is a syntax error, found before the type of
+        // `wasm` (documents are read whole since manifests hold kinds).
+        check("name: a\nwasm: [a\n", expect!["error: line 3 column 1: did not find expected ',' or ']'"]);
         check(
-            "name: a\nwasm: [a\n",
+            "name: a\nwasm: [a]\n",
             expect!["error: line 2 column 7: wasm: invalid type: sequence, expected a string"],
         );
         check("name: a\nwasm: x\nenv: {A: 1\n", expect!["error: line 4 column 1: did not find expected ',' or '}'"]);
@@ -752,7 +755,7 @@ mod tests {
             "name: a\nwasm: x\n---\nname: a\nwasm: y\n",
             expect![[r#"error: deployment "a" appears twice in the manifest"#]],
         );
-        check("", expect!["error: manifest holds no deployment"]);
+        check("", expect!["error: manifest holds no deployment, job or cron"]);
         check(
             "name: a\nwasm: x\nenv: {1X: y}\n",
             expect![[
