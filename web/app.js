@@ -8,7 +8,8 @@ const HISTORY_MS = 5 * 60 * 1000; // how much usage history the charts keep
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
 
 const $ = (sel) => document.querySelector(sel);
-let snap = null; // the latest snapshot
+let snap = null; // the latest snapshot, as the namespace switcher filters it
+let whole = null; // the latest snapshot as the server sent it
 // Usage samples by key → [{t, cpu (cores), mem (bytes), cpuSec}]. Not named
 // `history`: a top-level const of that name would hide window.history, which
 // the token handling below needs.
@@ -153,6 +154,103 @@ function showView() {
 }
 window.addEventListener("hashchange", showView);
 
+// ---- namespaces (#20) ----
+// Objects go by key: NAME in namespace default, NS/NAME elsewhere (a job's
+// replicas' owner is job:KEY). A token scoped to a namespace gets that
+// namespace's part of the cluster only (snapshot.namespace says which); a
+// cluster-wide one picks a namespace to show, or all of them.
+
+function nsOf(key) {
+  const k = String(key).replace(/^job:/, "");
+  const i = k.indexOf("/");
+  return i < 0 ? "default" : k.slice(0, i);
+}
+function plainName(key) {
+  const i = key.indexOf("/");
+  return i < 0 ? key : key.slice(i + 1);
+}
+// The API path of deployment `key` (its namespace's route), plus `rest`.
+function deploymentPath(key, rest = "") {
+  const ns = nsOf(key), name = encodeURIComponent(plainName(key));
+  return (ns === "default" ? `/v1/deployments/${name}` : `/v1/namespaces/${encodeURIComponent(ns)}/deployments/${name}`) + rest;
+}
+// The namespace the page shows: the token's own, else the switcher's ("" = all).
+function shownNamespace() {
+  if (whole && whole.namespace) return whole.namespace;
+  return $("#ns-select").value;
+}
+
+// An event's namespace (as the server's dashboard::event_namespace): its
+// object's; a replica's deployment's (replica ids are flat, NS-NAME-xxxxxx);
+// none for a node (the cluster's) or a replica that is gone.
+function eventNamespace(s, object) {
+  const i = object.indexOf("/");
+  if (i < 0) return null;
+  const kind = object.slice(0, i), key = object.slice(i + 1);
+  if (kind === "node") return null;
+  if (kind === "namespace") return key;
+  if (kind === "replica") { const r = s.replicas.find((r) => r.id === key); return r ? nsOf(r.deployment) : null; }
+  return nsOf(key);
+}
+
+function filtered(s) {
+  const ns = shownNamespace();
+  if (!ns) return s;
+  const mine = (key) => nsOf(key) === ns;
+  return {
+    ...s,
+    deployments: s.deployments.filter((d) => mine(d.name)),
+    replicas: s.replicas.filter((r) => mine(r.deployment)),
+    // A node's events are the cluster's, not a namespace's.
+    events: s.events.filter((e) => eventNamespace(s, e.object) === ns),
+    namespaces: (s.namespaces || []).filter((n) => n.name === ns),
+  };
+}
+
+function fillNamespaces() {
+  const scoped = whole.namespace;
+  $("#ns-pick").hidden = !!scoped;
+  $("#ns-scoped").hidden = !scoped;
+  if (scoped) { $("#ns-scoped").textContent = "namespace " + scoped; return; }
+  const sel = $("#ns-select");
+  const names = (whole.namespaces || []).map((n) => n.name);
+  const have = [...sel.options].slice(1).map((o) => o.value);
+  if (have.join() !== names.join()) {
+    const current = sel.value;
+    sel.replaceChildren(el("option", { value: "", text: "all" }), ...names.map((n) => el("option", { value: n, text: n })));
+    sel.value = names.includes(current) ? current : "";
+  }
+}
+$("#ns-select").addEventListener("change", () => {
+  if (!whole) return;
+  snap = filtered(whole);
+  render();
+});
+
+// One namespace's use against its quota: "3 / 10", or "3" with no limit.
+function quotaCell(td, used, limit, fmt = String, parse = Number) {
+  td.textContent = limit == null ? fmt(used) : `${fmt(used)} / ${limit}`;
+  td.classList.toggle("quota-full", limit != null && parse(used) >= parse(limit));
+}
+
+function renderNamespaces() {
+  const list = snap.namespaces || [];
+  syncRows($("#namespaces-table tbody"), list, (n) => n.name, (n) => {
+    const tr = el("tr", { "data-namespace": n.name });
+    for (let i = 0; i < 7; i++) tr.append(el("td"));
+    return tr;
+  }, (tr, n) => {
+    const c = tr.cells, q = n.quota || {}, u = n.usage || {};
+    c[0].textContent = n.name;
+    quotaCell(c[1], u.deployments || 0, q.deployments);
+    quotaCell(c[2], u.replicas || 0, q.replicas);
+    quotaCell(c[3], u.cpu || "0", q.cpu, String, (v) => parseCpu(v));
+    quotaCell(c[4], u.memory || "0", q.memory, String, (v) => parseMem(v));
+    quotaCell(c[5], u.volumes || 0, q.volumes);
+    c[6].textContent = n.isolation || "none";
+  });
+}
+
 // ---- the live stream ----
 
 function connect() {
@@ -161,7 +259,9 @@ function connect() {
   const es = new EventSource("/v1/watch" + (token() ? "?token=" + encodeURIComponent(token()) : ""));
   es.addEventListener("snapshot", (ev) => {
     try {
-      snap = JSON.parse(ev.data);
+      whole = JSON.parse(ev.data);
+      fillNamespaces();
+      snap = filtered(whole);
     } catch (e) {
       showError("unreadable snapshot from the server: " + e.message);
       return;
@@ -253,10 +353,12 @@ function meter(label, used, alloc, cap, fmt) {
 }
 
 function renderCluster() {
+  renderNamespaces();
   const nodes = snap.nodes;
   const ready = nodes.filter((n) => n.state === "ready").length;
-  $("#cluster-summary").textContent =
-    `${nodes.length} node${nodes.length === 1 ? "" : "s"} (${ready} ready) · ${snap.deployments.length} deployments · ${snap.replicas.length} replicas`;
+  $("#cluster-summary").textContent = snap.namespace
+    ? `namespace ${snap.namespace} · ${snap.deployments.length} deployments · ${snap.replicas.length} replicas`
+    : `${nodes.length} node${nodes.length === 1 ? "" : "s"} (${ready} ready) · ${snap.deployments.length} deployments · ${snap.replicas.length} replicas`;
   const box = $("#nodes");
   box.replaceChildren(...nodes.map((n) => {
     const u = latest(usage.node, n.name);
@@ -271,7 +373,11 @@ function renderCluster() {
       meter("Memory", n.memory_bytes, allocMem, capMem, fmtMem),
       el("div", { class: "labels" }, ...Object.entries(n.labels || {}).map(([k, v]) => el("span", { class: "chip", text: `${k}=${v}` }))));
   }));
-  if (!nodes.length) box.replaceChildren(el("p", { class: "muted", text: "No nodes have joined yet: start one with `skiff node`." }));
+  if (!nodes.length) {
+    box.replaceChildren(el("p", { class: "muted", text: snap.namespace
+      ? `Nodes are the cluster's: this token sees namespace ${snap.namespace} only.`
+      : "No nodes have joined yet: start one with `skiff node`." }));
+  }
 
   // Packing: every placed replica as a block sized by its memory request.
   const reqMem = new Map(snap.deployments.map((d) => [d.name, parseMem(d.spec.resources.memory)]));
@@ -426,7 +532,7 @@ async function scale(name, input, btn) {
   if (!Number.isInteger(n) || n < 0) { showError(`replicas must be a whole number of at least 0, not ${JSON.stringify(value)}`); return; }
   btn.disabled = true;
   try {
-    await api("POST", `/v1/deployments/${encodeURIComponent(name)}/scale`, JSON.stringify({ replicas: n }), { "content-type": "application/json" });
+    await api("POST", deploymentPath(name, "/scale"), JSON.stringify({ replicas: n }), { "content-type": "application/json" });
     delete input.dataset.dirty;
     $("#error").hidden = true;
   } catch (e) {
@@ -451,7 +557,7 @@ function confirmDialog(text, action = "Delete") {
 async function rollback(name) {
   if (!(await confirmDialog(`Roll ${name} back to its previous revision? Its replicas are replaced.`, "Roll back"))) return;
   try {
-    await api("POST", `/v1/deployments/${encodeURIComponent(name)}/rollback`, "{}", { "content-type": "application/json" });
+    await api("POST", deploymentPath(name, "/rollback"), "{}", { "content-type": "application/json" });
   } catch (e) {
     showError(`rolling back ${name}: ${e.message}`);
   }
@@ -460,7 +566,7 @@ async function rollback(name) {
 async function remove(name) {
   if (!(await confirmDialog(`Delete deployment ${name}? Its replicas are stopped.`))) return;
   try {
-    await api("DELETE", `/v1/deployments/${encodeURIComponent(name)}`);
+    await api("DELETE", deploymentPath(name));
   } catch (e) {
     showError(`deleting ${name}: ${e.message}`);
   }
@@ -534,7 +640,9 @@ $("#deploy-form").addEventListener("submit", async (ev) => {
         restart: $("#deploy-restart").value,
       },
     };
-    const resp = await api("PUT", `/v1/deployments/${encodeURIComponent(name)}`, JSON.stringify(req), { "content-type": "application/json" });
+    // Into the namespace shown (default when all are).
+    const key = shownNamespace() && shownNamespace() !== "default" ? `${shownNamespace()}/${name}` : name;
+    const resp = await api("PUT", deploymentPath(key), JSON.stringify(req), { "content-type": "application/json" });
     status.textContent = `deployment ${name}: ${resp.outcome}` + (resp.warnings && resp.warnings.length ? ` (${resp.warnings.join("; ")})` : "");
     $("#error").hidden = true;
   } catch (e) {
@@ -668,7 +776,9 @@ async function startTail() {
   stopTail();
   const value = $("#logs-replica").value;
   if (!value) { showError("no replica is on a node yet, so there are no logs to tail"); return; }
-  const [deployment, replica] = value.split("/");
+  // "KEY/ID": the deployment's key may hold a "/" itself (NS/NAME).
+  const cut = value.lastIndexOf("/");
+  const deployment = value.slice(0, cut), replica = value.slice(cut + 1);
   const out = $("#logs-output");
   out.textContent = "";
   const ctrl = new AbortController();
@@ -676,7 +786,7 @@ async function startTail() {
   $("#logs-stop").disabled = false;
   $("#logs-status").textContent = `tailing ${replica}`;
   try {
-    const url = `/v1/deployments/${encodeURIComponent(deployment)}/logs?follow=true&tail=200&replica=${encodeURIComponent(replica)}`;
+    const url = deploymentPath(deployment, `/logs?follow=true&tail=200&replica=${encodeURIComponent(replica)}`);
     const resp = await fetch(url, { signal: ctrl.signal, headers: authHeaders() });
     if (!resp.ok) {
       let msg = `server answered ${resp.status}`;
@@ -736,6 +846,15 @@ function when(ms) {
 }
 
 async function renderJobs() {
+  // Jobs are default's only, and /v1/jobs a cluster-wide token's.
+  const elsewhere = !!snap.namespace || !["", "default"].includes(shownNamespace());
+  $("#jobs-elsewhere").hidden = !elsewhere;
+  if (elsewhere) {
+    $("#jobs-empty").hidden = $("#crons-empty").hidden = true;
+    $("#jobs-table tbody").replaceChildren();
+    $("#crons-table tbody").replaceChildren();
+    return;
+  }
   if (jobsBusy || Date.now() - jobsAt < 1000) return;
   jobsBusy = true;
   try {

@@ -97,6 +97,9 @@ pub(crate) fn scoped_role(method: &Method, route: &str) -> Option<TokenRole> {
             Some(if read { TokenRole::ReadOnly } else { TokenRole::Deploy })
         }
         (Scope::Cluster, _) if route == "/v1/openapi.json" => Some(TokenRole::ReadOnly),
+        // The dashboard's stream: the token's namespace's part of the cluster
+        // (filtered in `dashboard::watch`).
+        (Scope::Cluster, _) if route == "/v1/watch" => Some(TokenRole::ReadOnly),
         (Scope::Cluster, _) => None,
     }
 }

@@ -8,14 +8,17 @@
 //! in heartbeats), never on a client polling.
 
 use crate::Core;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::Path;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Serialize;
+use skiff_api::namespace::{self as ns, Namespace};
 use skiff_api::{Deployment, Event, Node, Replica, ReplicaStatus, now_ms};
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -123,10 +126,20 @@ struct ReplicaView {
     memory_bytes: u64,
 }
 
-/// What the dashboard draws: the whole cluster at one instant.
+/// What the dashboard draws: the whole cluster at one instant, or for a token
+/// scoped to a namespace (#20) that namespace's part of it. Objects go by their
+/// keys (`NAME` in `default`, `NS/NAME` elsewhere), deployments with their
+/// `namespace` set, so that the page can tell namespaces apart.
 #[derive(Serialize)]
 struct Snapshot {
     time_ms: u64,
+    /// The one namespace the token sees; absent for a cluster-wide token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    /// The namespaces the token sees, each with its quota and use.
+    namespaces: Vec<Namespace>,
+    /// Empty for a token scoped to a namespace: nodes are the cluster's
+    /// (`GET /v1/nodes` is refused to it as well).
     nodes: Vec<NodeView>,
     deployments: Vec<Deployment>,
     replicas: Vec<ReplicaView>,
@@ -137,12 +150,17 @@ struct Snapshot {
     node_history: Option<HashMap<String, Vec<Sample>>>,
 }
 
-fn snapshot(core: &Core, with_history: bool) -> Result<String, ApiError> {
+/// The snapshot as the caller may see it: everything, or with `only` the
+/// objects of that namespace alone (deployments, replicas, their events and the
+/// namespace's quota), and no nodes.
+fn snapshot(core: &Core, with_history: bool, only: Option<&str>) -> Result<String, ApiError> {
+    let seen = |key: &str| only.is_none_or(|o| ns::of(key) == o);
     let snap = {
         let st = core.state();
         let mem = st.mem();
         let mut replicas: Vec<ReplicaView> = mem
             .all_replicas()
+            .filter(|r| seen(&r.deployment))
             .map(|r| {
                 let (cpu_seconds, memory_bytes) =
                     r.node.as_deref().map(|n| core.live.usage_of(n, &r.id)).unwrap_or((0.0, 0));
@@ -167,34 +185,81 @@ fn snapshot(core: &Core, with_history: bool) -> Result<String, ApiError> {
         let nodes = mem
             .nodes()
             .iter()
+            .filter(|_| only.is_none())
             .map(|n| {
                 let (cpu_seconds, memory_bytes) = per_node.get(n.name.as_str()).copied().unwrap_or((0.0, 0));
                 NodeView { node: n.clone(), cpu_seconds, memory_bytes }
             })
             .collect();
-        let deployments = mem.deployment_names().filter_map(|n| mem.deployment(n)).collect();
-        let events = st.store().events(None, SNAPSHOT_EVENTS)?;
-        let node_history = with_history.then(|| core.live.history());
-        Snapshot { time_ms: now_ms(), nodes, deployments, replicas, events, node_history }
+        let deployments = mem
+            .deployment_names()
+            .filter(|n| seen(n))
+            .filter_map(|n| mem.deployment(n))
+            .map(|mut d| {
+                d.namespace = ns::of(&d.name).to_string();
+                d
+            })
+            .collect();
+        let mut events = st.store().events(None, SNAPSHOT_EVENTS)?;
+        if only.is_some() {
+            // As `GET /v1/events` keeps them for a scoped token: those about
+            // objects of its namespace, never a node's. (Fewer than
+            // SNAPSHOT_EVENTS then, in a busy cluster.)
+            events.retain(|e| event_namespace(mem, &e.object) == only);
+        }
+        let mut namespaces = st.namespaces();
+        namespaces.retain(|n| only.is_none_or(|o| n.name == o));
+        let node_history = (with_history && only.is_none()).then(|| core.live.history());
+        Snapshot {
+            time_ms: now_ms(),
+            namespace: only.map(str::to_string),
+            namespaces,
+            nodes,
+            deployments,
+            replicas,
+            events,
+            node_history,
+        }
     };
     serde_json::to_string(&snap).map_err(|e| ApiError::internal(format!("encoding the snapshot: {e}")))
 }
 
+/// The namespace of event object `object` (`KIND/KEY`): its key's, a
+/// replica's deployment's (a replica's id is flat: `NS-NAME-xxxxxx`), a
+/// namespace's its own, none for a node or a replica that is gone (shown to
+/// cluster-wide tokens only).
+pub(crate) fn event_namespace<'a>(mem: &'a crate::state::Mem, object: &'a str) -> Option<&'a str> {
+    match object.split_once('/') {
+        Some(("node", _)) | None => None,
+        Some(("replica", id)) => mem.replica(id).map(|r| ns::of(&r.deployment)),
+        Some(("namespace", name)) => Some(name),
+        Some((_, key)) => Some(ns::of(key)),
+    }
+}
+
 /// `GET /v1/watch`: a `snapshot` event now and after every change.
 #[utoipa::path(get, path = "/v1/watch", tag = "dashboard", params(("token" = Option<String>, Query, description = "The token, for a browser's EventSource (which sends no headers)")), responses((status = 200, description = "Server-sent `snapshot` events: the whole cluster now and after each change", body = String, content_type = "text/event-stream"), crate::http::Failures))]
-pub async fn watch(State(core): State<Arc<Core>>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+pub async fn watch(
+    State(core): State<Arc<Core>>,
+    caller: Option<Extension<Caller>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = crate::metrics::subscribe();
-    let stream = futures_util::stream::unfold((core, rx, true), |(core, mut rx, first)| async move {
-        if !first {
-            tokio::time::sleep(MIN_SNAPSHOT_GAP).await;
-            let _ = tokio::time::timeout(MAX_SNAPSHOT_GAP, rx.changed()).await;
+    // A token scoped to a namespace sees that namespace's part only (#20).
+    let only: Option<Arc<str>> = caller.and_then(|Extension(c)| c.namespace().map(Arc::from));
+    let stream = futures_util::stream::unfold((core, rx, true), move |(core, mut rx, first)| {
+        let only = only.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(MIN_SNAPSHOT_GAP).await;
+                let _ = tokio::time::timeout(MAX_SNAPSHOT_GAP, rx.changed()).await;
+            }
+            rx.borrow_and_update();
+            let event = match snapshot(&core, first, only.as_deref()) {
+                Ok(json) => SseEvent::default().event("snapshot").data(json),
+                Err(e) => SseEvent::default().event("error").data(e.to_string()),
+            };
+            Some((Ok(event), (core, rx, false)))
         }
-        rx.borrow_and_update();
-        let event = match snapshot(&core, first) {
-            Ok(json) => SseEvent::default().event("snapshot").data(json),
-            Err(e) => SseEvent::default().event("error").data(e.to_string()),
-        };
-        Some((Ok(event), (core, rx, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -8,6 +8,9 @@
 //
 //   node dashboard.mjs LINK SCREENSHOT_DIR WASM_FILE
 //
+// SKIFF_SCOPED_LINK is the same page's link with a read token scoped to
+// namespace team-a, which holds deployment teamweb (#20).
+//
 // LINK is the dashboard's link exactly as run.sh printed it (with `?token=`):
 // the page gets its token from there and nowhere else, as a user's browser does.
 // Any page error, and any console error but the failed loads this script causes
@@ -23,6 +26,11 @@ if (!link || !shots || !wasm) {
   process.exit(2);
 }
 const container = process.env.SKIFF_CONTAINER || "";
+const scopedLink = process.env.SKIFF_SCOPED_LINK || "";
+if (!scopedLink) {
+  console.error("SKIFF_SCOPED_LINK (the dashboard's link with a token scoped to team-a) is not set");
+  process.exit(2);
+}
 mkdirSync(shots, { recursive: true });
 const TIMEOUT = 30_000;
 
@@ -270,6 +278,50 @@ try {
   }
   await p3.screenshot({ path: join(shots, "not-signed-in.png") });
   await bare.close();
+
+  step("namespaces: the switcher of a cluster-wide token shows team-a's part");
+  await page.click('nav a[data-view="cluster"]');
+  await until(page.waitForSelector('#namespaces-table tr[data-namespace="team-a"]'));
+  const quota = await page.textContent('#namespaces-table tr[data-namespace="team-a"] td:nth-child(2)');
+  if (quota !== "1 / 5") throw new Error(`team-a's deployments against its quota show ${JSON.stringify(quota)}, not "1 / 5"`);
+  await page.click('nav a[data-view="deployments"]');
+  if (await page.isHidden("#ns-pick")) throw new Error("a cluster-wide token's page has no namespace switcher");
+  await until(page.waitForSelector('tr[data-deployment="team-a/teamweb"]'));
+  await until(page.selectOption("#ns-select", "team-a"));
+  await until(page.waitForSelector('tr[data-deployment="hello"]', { state: "detached" }));
+  await until(page.waitForSelector('tr[data-deployment="team-a/teamweb"]'));
+  await page.screenshot({ path: join(shots, "namespace-team-a.png"), fullPage: true });
+  await until(page.selectOption("#ns-select", ""));
+  await until(page.waitForSelector('tr[data-deployment="hello"]'));
+
+  step("namespaces: a token scoped to team-a sees team-a's deployment and not default's");
+  const teamCtx = await browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors });
+  const p4 = watch(await teamCtx.newPage(), "scoped");
+  await until(p4.goto(scopedLink));
+  await until(p4.waitForSelector("#conn.live"));
+  await until(p4.waitForFunction(() => document.querySelector("#ns-scoped").textContent === "namespace team-a"));
+  if (!(await p4.isHidden("#ns-pick"))) throw new Error("a token scoped to team-a is offered the namespace switcher");
+  await p4.click('nav a[data-view="deployments"]');
+  await waitCounts(p4, "team-a/teamweb", "1/1/1");
+  const shown = await p4.evaluate(() => [...document.querySelectorAll("#deployments-table tbody tr")].map((tr) => tr.dataset.deployment));
+  if (shown.join() !== "team-a/teamweb") throw new Error(`a token of team-a is shown deployments ${JSON.stringify(shown)}`);
+  await p4.click('nav a[data-view="replicas"]');
+  const owners = await p4.evaluate(() => [...document.querySelectorAll("#replicas-table tbody tr")].map((tr) => tr.cells[1].textContent));
+  if (!owners.length || owners.some((o) => o !== "team-a/teamweb")) throw new Error(`a token of team-a is shown replicas of ${JSON.stringify(owners)}`);
+  await p4.click('nav a[data-view="events"]');
+  const objects = await p4.evaluate(() => [...document.querySelectorAll("#events-table tbody tr")].map((tr) => tr.cells[1].textContent));
+  const ours = (o) => o.startsWith("deployment/team-a/") || o.startsWith("replica/team-a-") || o === "namespace/team-a";
+  if (!objects.some((o) => o === "deployment/team-a/teamweb") || !objects.every(ours)) {
+    throw new Error(`a token of team-a is shown events about ${JSON.stringify(objects)}`);
+  }
+  await p4.click('nav a[data-view="jobs"]');
+  await until(p4.waitForSelector("#jobs-elsewhere", { state: "visible" }));
+  await p4.click('nav a[data-view="cluster"]');
+  await until(p4.waitForSelector('#namespaces-table tr[data-namespace="team-a"]'));
+  const spaces = await p4.evaluate(() => [...document.querySelectorAll("#namespaces-table tbody tr")].map((tr) => tr.dataset.namespace));
+  if (spaces.join() !== "team-a") throw new Error(`a token of team-a is shown namespaces ${JSON.stringify(spaces)}`);
+  await p4.screenshot({ path: join(shots, "scoped-cluster.png"), fullPage: true });
+  await teamCtx.close();
 
   step("phone width, dark mode, the link opened afresh");
   const phone = await browser.newContext({

@@ -173,6 +173,11 @@ fn two_teams_share_a_cluster_without_seeing_each_other() {
     }
     let described = dev.cli_ok(&["namespace", "describe", "team-a"]);
     assert!(described.contains("memory") && described.contains("64Mi") && described.contains("256Mi"), "{described}");
+    // A namespace's own events (made, its quota set) are its token's to read:
+    // their object is `namespace/team-a`, whose key holds no namespace prefix.
+    let own = ok(as_token(cwd, &url, a, &["-n", "team-a", "events"]), "events");
+    assert!(own.contains("namespace/team-a"), "{own}");
+    assert!(!own.contains("team-b"), "{own}");
 
     // rm refuses while the namespace holds objects; --cascade takes them too.
     let rm = dev.cli(&["namespace", "rm", "team-b"]);
@@ -223,7 +228,9 @@ fn expected(role: &str, own: &str, method: &str, route: &str, ns: &str) -> Optio
         Some(if read { "read" } else { "deploy" })
     } else {
         match route {
-            "/v1/namespaces" | "/v1/openapi.json" if read => Some("read"),
+            // The dashboard's stream: the token's namespace only (its content
+            // is checked by observability::dashboard_in_a_real_browser).
+            "/v1/namespaces" | "/v1/openapi.json" | "/v1/watch" if read => Some("read"),
             "/v1/tokens" | "/v1/tokens/{name}" => Some("admin"),
             "/v1/blobs/{digest}" => Some(if read { "read" } else { "deploy" }),
             _ => None,

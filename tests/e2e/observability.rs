@@ -396,6 +396,13 @@ fn dashboard_in_a_real_browser() {
             ],
         );
     }
+    // Namespaces (#20): a team's deployment, and a read token scoped to its
+    // namespace, whose page must show that deployment and none of default's.
+    cli_ok(cwd, &url, &["namespace", "create", "team-a", "--deployments", "5", "--memory", "256Mi"]);
+    let team = ["-n", "team-a", "deploy", worker.to_str().unwrap_or_default(), "--name", "teamweb", "--memory", "32Mi"];
+    cli_ok(cwd, &url, &team);
+    let scoped = cli_ok(cwd, &url, &["-n", "team-a", "token", "create", "team-a-viewer", "--role", "read"]);
+    let scoped_link = format!("{url}/?token={}", scoped.trim());
     wait_for(Duration::from_secs(60), "crash to fail", || {
         let r = get_json(cwd, &url, "replicas");
         let failed = r.iter().any(|r| r["deployment"] == "crash" && r["state"] == "failed");
@@ -416,6 +423,7 @@ fn dashboard_in_a_real_browser() {
         // Not the bytes hello runs: the page must really upload them.
         .arg(wasm_p1("worker"))
         .env("SKIFF_CONTAINER", if container { "box" } else { "" })
+        .env("SKIFF_SCOPED_LINK", &scoped_link)
         .env_remove("SKIFF_TOKEN")
         .current_dir(&browser_dir)
         .stdin(Stdio::null())

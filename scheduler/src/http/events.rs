@@ -33,10 +33,11 @@ pub(super) async fn events(
     };
     // A namespace's events are those of its objects (`KIND/KEY`, #20).
     if let Some(space) = super::namespaces::listing(space, caller) {
-        out.retain(|e| {
-            let key = e.object.split_once('/').map_or("", |(kind, key)| if kind == "node" { "" } else { key });
-            !key.is_empty() && skiff_api::namespace::of(key) == space
-        });
+        // A replica's namespace is its deployment's, a namespace's its own
+        // (neither is in the key: replica ids are flat).
+        let st = core.state();
+        out.retain(|e| crate::dashboard::event_namespace(st.mem(), &e.object) == Some(space.as_str()));
+        drop(st);
         for e in &mut out {
             if let Some((kind, key)) = e.object.split_once('/') {
                 e.object = format!("{kind}/{}", skiff_api::namespace::plain(key));
