@@ -12,7 +12,7 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// Only events about this object: deployment/NAME or node/NAME
+    /// Only events about this object: deployment/NAME, node/NAME, job/NAME or cron/NAME
     #[arg(long)]
     object: Option<String>,
     /// Keep printing new events as they happen (Ctrl-C to stop)
