@@ -83,12 +83,13 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, failover (runs a first), b, deploy, containers, http,
-    /// http-big, routes, cold, containers-cold, density, idle
+    /// Scenarios to run: a, a-ns (a again, its deployments spread over 100
+    /// namespaces with quotas), failover (runs a first), b, deploy, containers,
+    /// http, http-big, routes, cold, containers-cold, density, idle
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,failover,b,deploy,containers,http,http-big,routes,cold,containers-cold,density,idle"
+        default_value = "a,a-ns,failover,b,deploy,containers,http,http-big,routes,cold,containers-cold,density,idle"
     )]
     scenarios: Vec<String>,
     /// Simulated nodes in scenarios a and b
@@ -249,7 +250,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", file.display()))
     };
     if want("a") || want("failover") {
-        match scenario_a(&args, want("failover")).await {
+        match scenario_a(&args, want("failover"), 0).await {
             Ok((a, failover)) => {
                 scenarios.insert("a".into(), a);
                 if let Some(f) = failover {
@@ -260,6 +261,17 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 scenarios.insert("a".into(), failed(e));
             }
         }
+        save(&scenarios)?;
+    }
+    // What quota checks cost (#20): scenario a with its deployments spread
+    // over 100 namespaces, each with a quota on every resource.
+    if want("a-ns") {
+        let mut r = scenario_a(&args, false, A_NAMESPACES).await.map(|(a, _)| a).unwrap_or_else(failed);
+        let rate = |v: &Value| v["placements_per_s"].as_f64();
+        if let (Some(with), Some(without)) = (rate(&r), scenarios.get("a").and_then(rate)) {
+            r["placements_per_s_vs_a"] = json!((with / without.max(1e-9) * 1000.0).round() / 1000.0);
+        }
+        scenarios.insert("a_namespaces".into(), r);
         save(&scenarios)?;
     }
     if want("deploy") {
@@ -340,9 +352,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Some(archive) => containers::scenario_containers_cold(&args.skiff, archive, args.container_deploys)
                 .await
                 .unwrap_or_else(failed),
-            None => failed(anyhow::anyhow!(
-                "no nginx image: pass --nginx or SKIFF_REAL_NGINX (`make real-apps` builds it)"
-            )),
+            None => {
+                failed(anyhow::anyhow!("no nginx image: pass --nginx or SKIFF_REAL_NGINX (`make real-apps` builds it)"))
+            }
         };
         scenarios.insert("containers_cold".into(), c);
         save(&scenarios)?;
@@ -536,8 +548,10 @@ struct Progress {
 /// Polls `GET /v1/deployments` every `every` until every deployment of `plan`
 /// is fully assigned and running, or `timeout` passes. Returns whether it finished
 /// and the last counts (assigned, running).
+/// Polls the deployments of `plan` through `apis` (one client per namespace
+/// the plan is spread over; all polled at once) until all run or `timeout`.
 async fn watch_plan(
-    api: &Client,
+    apis: &[Client],
     plan: &[(String, u32)],
     progress: &Mutex<Progress>,
     every: Duration,
@@ -549,7 +563,19 @@ async fn watch_plan(
     let mut last = (0u64, 0u64);
     loop {
         server.check_alive()?;
-        if let Ok(ds) = api.deployments().await {
+        let mut lists = tokio::task::JoinSet::new();
+        for api in apis {
+            let api = api.clone();
+            lists.spawn(async move { api.deployments().await });
+        }
+        let mut all = Some(Vec::new());
+        while let Some(list) = lists.join_next().await {
+            match (list, &mut all) {
+                (Ok(Ok(ds)), Some(all)) => all.extend(ds),
+                _ => all = None,
+            }
+        }
+        if let Some(ds) = all {
             let now = Instant::now();
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
             let (mut assigned, mut running) = (0u64, 0u64);
@@ -621,9 +647,16 @@ fn plan_a(total: u32) -> Vec<(String, u32, u64, u64)> {
     plan
 }
 
-async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Option<Value>)> {
-    println!("scenario a: {} nodes, {} replicas", args.nodes, args.replicas);
-    let store = args.store_args("a");
+/// Namespaces of scenario a-ns.
+const A_NAMESPACES: usize = 100;
+
+/// Scenario a; with `namespaces` > 0 its deployments go round-robin into that
+/// many namespaces (`bench-000`, ...), each with a quota on every resource at
+/// twice what its share of the plan asks, so that every apply is checked
+/// against a quota and none is refused.
+async fn scenario_a(args: &RunArgs, failover: bool, namespaces: usize) -> anyhow::Result<(Value, Option<Value>)> {
+    println!("scenario a: {} nodes, {} replicas, {namespaces} namespaces", args.nodes, args.replicas);
+    let store = args.store_args(if namespaces > 0 { "a-ns" } else { "a" });
     let mut c = Cluster::start(&args.skiff, "a", &store.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     // Two processes, so that failover can kill 10% of the nodes at once.
     let victims = if failover { args.nodes / 10 } else { 0 };
@@ -636,6 +669,27 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     let digest = c.upload(EMPTY_WASM).await?;
     let plan = plan_a(args.replicas);
     let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
+    let space = move |i: usize| (namespaces > 0).then(|| format!("bench-{:03}", i % namespaces));
+    if namespaces > 0 {
+        // Per namespace: (deployments, replicas, cpu millis, memory MiB) of its share.
+        let mut share = vec![(0u64, 0u64, 0u64, 0u64); namespaces];
+        for (i, (_, replicas, cpu, mem)) in plan.iter().enumerate() {
+            let s = &mut share[i % namespaces];
+            let r = u64::from(*replicas);
+            *s = (s.0 + 1, s.1 + r, s.2 + cpu * r, s.3 + mem * r);
+        }
+        for (i, (deployments, replicas, cpu, mem)) in share.into_iter().enumerate() {
+            let req: skiff_api::namespace::NamespaceRequest = serde_json::from_value(json!({ "quota": {
+                "cpu": format!("{}m", 2 * cpu.max(1)),
+                "memory": format!("{}Mi", 2 * mem.max(1)),
+                "replicas": 2 * replicas.max(1),
+                "deployments": 2 * deployments.max(1),
+                "volumes": 1,
+            }}))?;
+            let name = space(i).unwrap_or_default();
+            c.api.put_namespace(&name, &req).await.with_context(|| format!("making namespace {name}"))?;
+        }
+    }
     let progress = Arc::new(Mutex::new(Progress::default()));
     let cpu0 = cpu_seconds(c.server.pid())?;
     let sim_cpu0 = c.sims_cpu_seconds();
@@ -646,13 +700,16 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
             // Several clients at once, as a busy cluster's users would be; the
             // scheduler's own rate is what is measured, not one client's round trips.
             let mut inflight = tokio::task::JoinSet::new();
-            for (name, replicas, cpu, mem) in plan {
+            for (i, (name, replicas, cpu, mem)) in plan.into_iter().enumerate() {
                 if inflight.len() >= SUBMIT_CONCURRENCY
                     && let Some(done) = inflight.join_next().await
                 {
                     done??;
                 }
-                let (api, progress, digest) = (api.clone(), progress.clone(), digest.clone());
+                let (mut api, progress, digest) = (api.clone(), progress.clone(), digest.clone());
+                if let Some(ns) = space(i) {
+                    api = api.with_namespace(&ns);
+                }
                 inflight.spawn(async move {
                     progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
                     api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
@@ -667,7 +724,13 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
     };
     let timeout = Duration::from_secs(args.timeout_secs);
     let poll = Duration::from_millis(50);
-    let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
+    // With namespaces, one list per namespace each poll (an unprefixed list is
+    // default's only): 100 small requests instead of one big one.
+    let watchers: Vec<Client> = match namespaces {
+        0 => vec![c.api.clone()],
+        n => (0..n).filter_map(space).map(|ns| c.api.clone().with_namespace(&ns)).collect(),
+    };
+    let (done, assigned, running) = watch_plan(&watchers, &names, &progress, poll, timeout, &c.server).await?;
     let submitted = submit.await??;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
     let sim_cpu = c.sims_cpu_seconds() - sim_cpu0;
@@ -688,6 +751,7 @@ async fn scenario_a(args: &RunArgs, failover: bool) -> anyhow::Result<(Value, Op
             "nodes": args.nodes,
             "replicas": args.replicas,
             "deployments": names.len(),
+            "namespaces_with_quotas": namespaces,
             "finished": done,
             "assigned": assigned,
             "running": running,
@@ -786,7 +850,8 @@ async fn scenario_b(args: &RunArgs) -> anyhow::Result<Value> {
     let submitted = t0.elapsed();
     let timeout = Duration::from_secs(args.timeout_secs);
     let poll = Duration::from_millis(1000);
-    let (done, assigned, running) = watch_plan(&c.api, &names, &progress, poll, timeout, &c.server).await?;
+    let (done, assigned, running) =
+        watch_plan(std::slice::from_ref(&c.api), &names, &progress, poll, timeout, &c.server).await?;
     let elapsed = t0.elapsed();
     let placements = placements_total(&c.api).await;
     let sim_cpu = c.sims_cpu_seconds() - sim_cpu0;

@@ -119,6 +119,21 @@ fn table(runs: &[Value]) -> String {
                 "—",
             );
         }
+        // Scenario a with its deployments in 100 namespaces with quotas (#20):
+        // what quota checks cost, against a in the same run.
+        if let Some(run) = newest_on("a_namespaces", store) {
+            let x = &run["scenarios"]["a_namespaces"];
+            let result = match x.get("error").and_then(Value::as_str) {
+                Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
+                None => format!(
+                    "{} placements/s, {}× A's in the same run",
+                    num(f(x, &["placements_per_s"]), 0),
+                    num(f(x, &["placements_per_s_vs_a"]), 3)
+                ),
+            };
+            let name = format!("A with its deployments in {} namespaces with quotas{on}", x["namespaces_with_quotas"]);
+            row(run, name, result, "≥ 0.9× A's placements/s");
+        }
         if let Some(run) = newest_on("failover", store) {
             let x = &run["scenarios"]["failover"];
             row(
