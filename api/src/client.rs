@@ -716,6 +716,18 @@ impl Client {
         self.json(rb).await
     }
 
+    /// As [`Client::endpoints`], but asks for only what changed since `index`
+    /// (the index of the table the node holds): the answer is such a delta
+    /// when `Endpoints::delta` says so, else the whole table.
+    pub async fn endpoint_changes(&self, index: u64, wait: Duration) -> Result<Endpoints, ClientError> {
+        let rb = self
+            .request(reqwest::Method::GET, "/v1/endpoints")
+            .query(&[("index", index.to_string()), ("wait", wait.as_millis().to_string())])
+            .query(&[("delta", "true")])
+            .timeout(wait + Duration::from_secs(10));
+        self.json(rb).await
+    }
+
     /// Asks for a replica of deployment `name`, which scales to zero, for a
     /// request an ingress holds (`req`): the scheduler scales it from zero if it
     /// is there (once, however many ask) and answers its ready endpoints as

@@ -366,6 +366,36 @@ pub struct Endpoints {
     /// Deployments whose requests are split between two revisions (canary).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub splits: BTreeMap<String, Split>,
+    /// Set in an answer to `delta=true`: only what changed since the caller's
+    /// index. `deployments` then holds the changed deployments (each with all
+    /// its endpoints), `scale_to_zero` those of them that scale to zero,
+    /// `removed` those deleted; `splits` is whole. Unset: the whole table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// In a delta: deployments deleted since the caller's index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl Endpoints {
+    /// Applies `delta` (an answer with `delta` set) to this table in place:
+    /// O(changed deployments), however many the table holds.
+    pub fn apply(&mut self, delta: Endpoints) {
+        for name in delta.removed {
+            self.deployments.remove(&name);
+            self.scale_to_zero.remove(&name);
+        }
+        for (name, eps) in delta.deployments {
+            if delta.scale_to_zero.contains(&name) {
+                self.scale_to_zero.insert(name.clone());
+            } else {
+                self.scale_to_zero.remove(&name);
+            }
+            self.deployments.insert(name, eps);
+        }
+        self.splits = delta.splits;
+        self.index = delta.index;
+    }
 }
 
 /// `POST /v1/deployments/{name}/activate`: an ingress holds a request for a

@@ -111,6 +111,20 @@ impl Ingress {
         self.table_changed.send_modify(|n| *n += 1);
     }
 
+    /// Applies a delta of the endpoints table (`Endpoints::delta`) to the
+    /// table in place: O(changed deployments), not O(deployments) as
+    /// re-parsing and replacing a 100,000-name table is (#17). False (nothing
+    /// applied) when there is no table to apply it to.
+    pub fn apply_changes(&self, changes: Endpoints) -> bool {
+        {
+            let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
+            let Some(table) = guard.as_mut() else { return false };
+            table.apply(changes);
+        }
+        self.table_changed.send_modify(|n| *n += 1);
+        true
+    }
+
     /// Accepts connections on `listener` forever.
     ///
     /// Connections are accepted and served on the HTTP guests' runtime, where
@@ -169,14 +183,21 @@ impl Ingress {
         let mut down_since: Option<Instant> = None;
         loop {
             let asked = Instant::now();
-            match client.endpoints(index, WATCH_WAIT).await {
+            match client.endpoint_changes(index, WATCH_WAIT).await {
                 Ok(table) => {
                     if let Some(since) = down_since.take() {
                         tracing::info!("endpoints watch works again after {:.1}s", since.elapsed().as_secs_f64());
                     }
                     let unchanged = table.index == index;
-                    index = table.index;
-                    self.set_table(table);
+                    let new = table.index;
+                    if !table.delta {
+                        self.set_table(table);
+                    } else if !self.apply_changes(table) {
+                        // A delta with no table to apply it to: ask for the whole one.
+                        index = 0;
+                        continue;
+                    }
+                    index = new;
                     if unchanged && asked.elapsed() < Duration::from_millis(500) {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

@@ -6,6 +6,13 @@
 //! same transaction that stops it or marks it lost, so a node hears it is gone no
 //! later than the node running it hears to stop it; that node unroutes it at once
 //! and lets requests in flight finish (see the node's `ingress` module).
+//!
+//! A node that asks with `delta=true` and holds a recent table gets only the
+//! deployments whose rows changed since its index ([`Changes`]): with 100,000
+//! deployments the whole table is 2.8 MB, and each activation changes it a few
+//! times (#17). The whole table still answers a node this scheduler has not
+//! answered one yet (its index may be another scheduler's), or one further
+//! behind than the log reaches.
 
 use crate::Core;
 use crate::error::ApiError;
@@ -16,11 +23,94 @@ use axum::response::IntoResponse;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use skiff_api::{Endpoint, Endpoints, NodeState, ReplicaState};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a node's query may block.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Most table changes kept (each names the few deployments it changed); a node
+/// further behind gets the whole table.
+const MAX_CHANGES: usize = 4096;
+
+/// The recent changes of the endpoints table, as the assignments'
+/// `NodeChanges` are of a node's set: which deployments each index changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Every change after this index is in `entries`.
+    since: u64,
+    /// (index, deployments whose rows it changed), in index order.
+    entries: VecDeque<(u64, BTreeSet<String>)>,
+    /// Nodes this scheduler answered a whole table: only their index is one
+    /// of this scheduler's (a restarted one starts at the clock).
+    whole_sent: HashSet<String>,
+}
+
+impl Changes {
+    /// A log that starts at table index `index`.
+    pub fn new(index: u64) -> Changes {
+        Changes { since: index, ..Default::default() }
+    }
+
+    /// Index `index` changed the rows of `names`, or any row (`None`: whoever
+    /// holds an older table gets the whole one).
+    pub fn record(&mut self, index: u64, names: Option<BTreeSet<String>>) {
+        let Some(names) = names else {
+            self.entries.clear();
+            self.since = index;
+            // Whoever asks next holds an older table and gets the whole one;
+            // forgetting who had one also covers a working set replaced
+            // wholesale (a follower's copy, a leader anew on etcd), where an
+            // index held may be another scheduler's.
+            self.whole_sent.clear();
+            return;
+        };
+        self.entries.push_back((index, names));
+        if self.entries.len() > MAX_CHANGES
+            && let Some((i, _)) = self.entries.pop_front()
+        {
+            self.since = self.since.max(i);
+        }
+    }
+
+    /// The deployments changed after `index` up to `now` (the table's index)
+    /// for node `node`; `None` when only the whole table can say it.
+    pub fn since(&self, node: &str, index: u64, now: u64) -> Option<BTreeSet<String>> {
+        if index < self.since || index > now || !self.whole_sent.contains(node) {
+            return None;
+        }
+        let first = self.entries.partition_point(|(i, _)| *i <= index);
+        Some(self.entries.range(first..).flat_map(|(_, names)| names.iter().cloned()).collect())
+    }
+
+    /// Node `node` got the whole table.
+    pub fn whole_sent(&mut self, node: &str) {
+        if !self.whole_sent.contains(node) {
+            self.whole_sent.insert(node.to_string());
+        }
+    }
+}
+
+/// The changes of the table at `index` for deployments `names` (a delta): each
+/// that exists with all its endpoints (and in `scale_to_zero` if it scales to
+/// zero), the others in `removed`; the splits whole.
+pub fn delta(mem: &Mem, index: u64, names: &BTreeSet<String>) -> Endpoints {
+    let mut out = rest(mem, index);
+    out.delta = true;
+    for name in names {
+        match mem.deployment_scales_to_zero(name) {
+            Some(zero) => {
+                out.deployments.insert(name.clone(), of(mem, name));
+                if zero {
+                    out.scale_to_zero.insert(name.clone());
+                }
+            }
+            None => out.removed.push(name.clone()),
+        }
+    }
+    out
+}
 
 /// The table as it is now, with `index`. Deployments that scale to zero are
 /// named in `scale_to_zero` as well, so that every ingress holds a request for
@@ -124,6 +214,10 @@ pub(crate) struct WatchQuery {
     /// Milliseconds to wait for a change (at most 60,000; 0: answer at once).
     #[serde(default)]
     wait: u64,
+    /// Answer only what changed since `index` when the scheduler can (a node
+    /// holding a recent table): see `Endpoints::delta`.
+    #[serde(default)]
+    delta: bool,
 }
 
 /// `GET /v1/endpoints`: answers at once when the table's index differs from the
@@ -149,9 +243,22 @@ pub(crate) async fn watch(
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
     let body = {
-        let st = core.state();
+        let mut st = core.state();
         let index = *st.endpoints_watch().borrow();
-        table_json(st.mem(), index).map_err(|e| ApiError::internal(format!("writing the endpoints table: {e}")))?
+        let node = match &caller {
+            crate::auth::Caller::Node(node) if q.delta => Some(node.as_str()),
+            _ => None,
+        };
+        match node.map(|n| (n, st.endpoint_changes(n, q.index))) {
+            Some((_, Some(names))) => serde_json::to_vec(&delta(st.mem(), index, &names)),
+            Some((n, None)) => {
+                let n = n.to_string();
+                st.endpoints_whole_sent(&n);
+                table_json(st.mem(), index)
+            }
+            None => table_json(st.mem(), index),
+        }
+        .map_err(|e| ApiError::internal(format!("writing the endpoints table: {e}")))?
     };
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -227,5 +334,69 @@ mod tests {
         assert_eq!(shown(&st), [("web".to_string(), vec![])]);
         st.delete("web", false).expect("delete");
         assert!(shown(&st).is_empty());
+    }
+
+    /// A node holding a table catches up by deltas that name only the
+    /// deployments whose rows changed, and lands on the whole table; one this
+    /// scheduler never answered whole, or further behind than the log, gets
+    /// the whole table (#17).
+    #[test]
+    fn deltas_name_only_changed_deployments_and_add_up_to_the_table() {
+        let temp = crate::state::tests::tempdir::Dir::new();
+        let dir = &temp.0;
+        let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
+        let keys = crate::secrets::Keyring::open(dir).expect("keyring");
+        let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, ..Policy::default() }).expect("load");
+        let req = from(json!({
+            "name": "n1", "address": "http://127.0.0.1:1", "labels": {},
+            "capacity": {"cpu": 4000, "memory": 1u64 << 32}, "runtimes": ["wasm"], "ingress": "http://10.0.0.1:8080",
+        }));
+        st.register(req).expect("register");
+        let spec = json!({"workload": {"wasm": "sha256:00"}, "resources": {"cpu": 100, "memory": 1 << 20}});
+        for name in ["a", "b", "c"] {
+            let zero = json!({"replicas": 0, "spec": spec, "scale_to_zero": {"idle_seconds": 60}});
+            st.apply(name, from(zero)).expect("apply");
+        }
+        let now = |st: &State| *st.endpoints_watch().borrow();
+        // The node's first ask: the whole table, and it is known from now on.
+        assert_eq!(st.endpoint_changes("n1", 0), None, "an unknown index gets the whole table");
+        let mut held = table(st.mem(), now(&st));
+        st.endpoints_whole_sent("n1");
+        assert_eq!(st.endpoint_changes("n1", held.index), Some(BTreeSet::new()), "current: nothing changed");
+        assert_eq!(st.endpoint_changes("n2", held.index), None, "a node never answered whole gets it whole");
+        assert_eq!(st.endpoint_changes("n1", held.index + 1), None, "an index from the future (another scheduler)");
+
+        let catch_up = |st: &State, held: &mut Endpoints, expect: &[&str]| {
+            let names = st.endpoint_changes("n1", held.index).expect("a delta");
+            assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), expect);
+            let d = delta(st.mem(), now(st), &names);
+            // As the node reads it off the wire.
+            let d: Endpoints = serde_json::from_slice(&serde_json::to_vec(&d).expect("json")).expect("a delta");
+            assert!(d.delta);
+            held.apply(d);
+            assert_eq!(*held, table(st.mem(), now(st)));
+        };
+        st.scale("b", 2).expect("scale");
+        st.schedule().expect("schedule");
+        ready(&mut st, "n1", "running");
+        ready(&mut st, "n1", "ready");
+        catch_up(&st, &mut held, &["b"]);
+        assert_eq!(held.deployments["b"].len(), 2);
+        st.delete("c", false).expect("delete");
+        st.apply("d", from(json!({"replicas": 0, "spec": spec}))).expect("apply");
+        catch_up(&st, &mut held, &["c", "d"]);
+        assert!(!held.deployments.contains_key("c") && !held.scale_to_zero.contains("c"));
+        assert!(held.deployments.contains_key("d") && !held.scale_to_zero.contains("d"));
+        st.scale("b", 0).expect("scale");
+        catch_up(&st, &mut held, &["b"]);
+        assert!(held.deployments["b"].is_empty() && held.scale_to_zero.contains("b"));
+
+        // A node joining may change any row: who holds an older table gets it whole.
+        let req = from(json!({
+            "name": "n2", "address": "http://127.0.0.1:2", "labels": {},
+            "capacity": {"cpu": 4000, "memory": 1u64 << 32}, "runtimes": ["wasm"], "ingress": "http://10.0.0.2:8080",
+        }));
+        st.register(req).expect("register");
+        assert_eq!(st.endpoint_changes("n1", held.index), None);
     }
 }

@@ -157,7 +157,7 @@ impl Mem {
             tx.put_deployment(&e.d)?;
             tx.event(now, &format!("deployment/{name}"), reason, &msg)?;
             self.fx.mutated = true;
-            self.fx.endpoints_dirty = true;
+            self.fx.endpoint_names.insert(name.to_string());
         }
         Ok(Some(rollout::canary_plan(desired, target, promote_now, seen)))
     }
@@ -300,7 +300,7 @@ impl State {
             tx.event(now, &format!("deployment/{name}"), "CanaryAborted", &message)?;
             tracing::warn!("deployment {name}: {message}");
             mem.fx.mutated = true;
-            mem.fx.endpoints_dirty = true;
+            mem.fx.endpoint_names.insert(name.to_string());
             mem.reconcile(tx, name, now)
         })?;
         self.mem.deployment(name).ok_or_else(|| not_found_deployment(name))

@@ -311,7 +311,7 @@ impl State {
             tx.delete_deployment(name)?;
             tx.event(now, &format!("deployment/{name}"), "Deleted", "deployment deleted; its replicas are stopping")?;
             mem.fx.mutated = true;
-            mem.fx.endpoints_dirty = true;
+            mem.fx.endpoint_names.insert(name.to_string());
             if purge_volumes {
                 for v in volumes {
                     let used = mem.deployments.values().any(|e| e.d.spec.volumes.iter().any(|m| m.name == v));
@@ -397,6 +397,12 @@ impl Mem {
     /// endpoints table is written from without a lookup per deployment.
     pub fn endpoint_rows(&self) -> impl Iterator<Item = (&String, bool, bool)> {
         self.deployments.iter().map(|(n, e)| (n, e.counts.total > 0, e.d.idle_seconds().is_some()))
+    }
+
+    /// Whether deployment `name` scales to zero (`None`: there is none): its
+    /// row of the endpoints table besides its endpoints.
+    pub fn deployment_scales_to_zero(&self, name: &str) -> Option<bool> {
+        self.deployments.get(name).map(|e| e.d.idle_seconds().is_some())
     }
 
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
@@ -503,7 +509,7 @@ impl Mem {
                 )?;
                 self.revisions.insert((name.to_string(), 1), req.spec);
                 self.deployments.insert(name.to_string(), DeploymentEntry::new(d));
-                self.fx.endpoints_dirty = true;
+                self.fx.endpoint_names.insert(name.to_string());
                 ApplyOutcome::Created
             }
             Some(e)
@@ -545,7 +551,7 @@ impl Mem {
                     }
                 }
                 if e.d.idle_seconds().is_some() != scaled_to_zero_before {
-                    self.fx.endpoints_dirty = true;
+                    self.fx.endpoint_names.insert(name.to_string());
                 }
                 if e.d.spec != req.spec {
                     // After a rollback the current revision is not the newest: number

@@ -342,11 +342,11 @@ impl Mem {
         if self.moves.is_unrouted(id) {
             return true;
         }
-        if self.replicas.get(id).is_none_or(|r| r.state != ReplicaState::Ready) {
+        let Some(r) = self.replicas.get(id).filter(|r| r.state == ReplicaState::Ready) else {
             return false;
-        }
+        };
+        self.fx.endpoint_names.insert(r.deployment.clone());
         self.moves.unrouted.insert(id.to_string(), Unrouted { since_ms: now, index: None });
-        self.fx.endpoints_dirty = true;
         self.fx.mutated = true;
         true
     }

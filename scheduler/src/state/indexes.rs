@@ -206,7 +206,7 @@ impl Mem {
             self.reconcile_due.insert(new.deployment.clone());
         }
         if old.state == ReplicaState::Ready || new.state == ReplicaState::Ready {
-            self.fx.endpoints_dirty = true;
+            self.fx.endpoint_names.insert(new.deployment.clone());
         }
         // A node hears of a replica when its assignment changes (placed on or
         // taken off it, a new generation or revision), not when its own report

@@ -158,6 +158,8 @@ pub struct State {
     /// The endpoints table's index; starts at the clock so that a restarted
     /// scheduler never answers a node with the index it already holds.
     endpoints: watch::Sender<u64>,
+    /// Which deployments each recent index of the endpoints table changed.
+    endpoint_changes: crate::endpoints::Changes,
     /// Most deployments, secrets and volumes each (`--max-objects`).
     pub max_objects: usize,
     /// Notified when the working set may hold what the store refused (it could
@@ -221,6 +223,7 @@ impl State {
         for n in &mem.nodes {
             liveness.set(&n.name, now, 0, None);
         }
+        let start = now_ms();
         Ok(State {
             store,
             keyring,
@@ -228,7 +231,8 @@ impl State {
             live,
             liveness,
             policy,
-            endpoints: watch::Sender::new(now_ms()),
+            endpoints: watch::Sender::new(start),
+            endpoint_changes: crate::endpoints::Changes::new(start),
             max_objects: MAX_OBJECTS,
             resign: None,
         })
@@ -244,8 +248,29 @@ impl State {
     /// what waits for a change.
     pub(crate) fn update_copy(&mut self, f: impl FnOnce(&mut Mem)) {
         f(&mut self.mem);
-        self.endpoints.send_modify(|i| *i += 1);
+        self.endpoints_changed(None);
         crate::metrics::changed();
+    }
+
+    /// The endpoints table changed: the rows of deployments `names` only, or
+    /// any row (`None`). Bumps its index and logs the change for the deltas.
+    pub(super) fn endpoints_changed(&mut self, names: Option<BTreeSet<String>>) {
+        self.endpoints.send_modify(|i| *i += 1);
+        let index = *self.endpoints.borrow();
+        self.endpoint_changes.record(index, names);
+    }
+
+    /// The deployments whose endpoints rows changed after `index` up to the
+    /// table's index now, for node `node`; `None` when only the whole table can
+    /// say it (the log does not reach back that far, or this scheduler has not
+    /// yet answered `node` a whole table: its index may be another's).
+    pub fn endpoint_changes(&self, node: &str, index: u64) -> Option<BTreeSet<String>> {
+        self.endpoint_changes.since(node, index, *self.endpoints.borrow())
+    }
+
+    /// Node `node` got the whole table from this scheduler: deltas may follow.
+    pub fn endpoints_whole_sent(&mut self, node: &str) {
+        self.endpoint_changes.whole_sent(node);
     }
 
     pub fn mem(&self) -> &Mem {

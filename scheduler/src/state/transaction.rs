@@ -23,6 +23,9 @@ pub(super) struct Effects {
     /// Whether the endpoints table (ready replicas, deployments, node
     /// ingresses) may have changed.
     pub(super) endpoints_dirty: bool,
+    /// Deployments whose rows of the endpoints table may have changed (when
+    /// not `endpoints_dirty`, only theirs): what a node's delta lists.
+    pub(super) endpoint_names: BTreeSet<String>,
 }
 
 impl State {
@@ -54,7 +57,9 @@ impl State {
                     }
                 }
                 if fx.endpoints_dirty {
-                    self.endpoints.send_modify(|i| *i += 1);
+                    self.endpoints_changed(None);
+                } else if !fx.endpoint_names.is_empty() {
+                    self.endpoints_changed(Some(fx.endpoint_names));
                 }
                 if fx.mutated {
                     // The dashboard's live stream and `skiff events -f` wait on this.
@@ -85,7 +90,7 @@ impl State {
                         resign.notify_one();
                     }
                     self.mem.sched_dirty = true;
-                    self.endpoints.send_modify(|i| *i += 1);
+                    self.endpoints_changed(None);
                 }
                 Err(e)
             }
