@@ -126,9 +126,10 @@ fn table(runs: &[Value]) -> String {
             let result = match x.get("error").and_then(Value::as_str) {
                 Some(err) => format!("failed: {}", err.chars().take(160).collect::<String>()),
                 None => format!(
-                    "{} placements/s, {}× A's in the same run",
+                    "{} placements/s, {}× A's in the same run ({}× the same namespaces' without quotas)",
                     num(f(x, &["placements_per_s"]), 0),
-                    num(f(x, &["placements_per_s_vs_a"]), 3)
+                    num(f(x, &["placements_per_s_vs_a"]), 3),
+                    num(f(x, &["placements_per_s_vs_no_quota"]), 3)
                 ),
             };
             let name = format!("A with its deployments in {} namespaces with quotas{on}", x["namespaces_with_quotas"]);
