@@ -354,6 +354,8 @@ function meter(label, used, alloc, cap, fmt) {
 
 function renderCluster() {
   renderNamespaces();
+  // Nodes are the cluster's: a token scoped to a namespace gets none.
+  $("#cluster-nodes").hidden = !!snap.namespace;
   const nodes = snap.nodes;
   const ready = nodes.filter((n) => n.state === "ready").length;
   $("#cluster-summary").textContent = snap.namespace

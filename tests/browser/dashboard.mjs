@@ -320,6 +320,7 @@ try {
   await until(p4.waitForSelector('#namespaces-table tr[data-namespace="team-a"]'));
   const spaces = await p4.evaluate(() => [...document.querySelectorAll("#namespaces-table tbody tr")].map((tr) => tr.dataset.namespace));
   if (spaces.join() !== "team-a") throw new Error(`a token of team-a is shown namespaces ${JSON.stringify(spaces)}`);
+  if (!(await p4.isHidden("#cluster-nodes"))) throw new Error("a token of team-a is shown the nodes' packing and charts");
   await p4.screenshot({ path: join(shots, "scoped-cluster.png"), fullPage: true });
   await teamCtx.close();
 
