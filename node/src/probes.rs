@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// replica waiting to serve its first request (a scale from zero, a rollout's
 /// new replica) should not wait out a whole `period_seconds` after a server
 /// that was a few milliseconds from listening.
-const EAGER_RETRY: Duration = Duration::from_millis(50);
+const EAGER_RETRY: Duration = Duration::from_millis(20);
 
 /// Counts consecutive failures of one probe against its threshold.
 struct Tracker<'a> {

@@ -87,14 +87,17 @@ pub(crate) fn around(
         return run;
     }
     Box::pin(async move {
-        let watched = under_probes(&containers, run, &probes, &spec, &log);
+        // Readiness reports wake the routing at once: a request held for a
+        // scale from zero waits for the route, not for the next look.
+        let reported = tokio::sync::Notify::new();
+        let watched = under_probes(&containers, run, &probes, &spec, &log, &reported);
         let (Some(port), Some(ingress)) = (spec.http_port, spec.ingress.clone()) else {
             return watched.await;
         };
         // The route (inside `follow`) is dropped as soon as the run ends.
         tokio::select! {
             outcome = watched => outcome,
-            never = follow(&containers, &ingress, port, &spec, &log) => match never {},
+            never = follow(&containers, &ingress, port, &spec, &log, &reported) => match never {},
         }
     })
 }
@@ -107,13 +110,17 @@ async fn under_probes(
     probes: &Probes,
     spec: &RunSpec,
     log: &Arc<LogSink>,
+    reported: &tokio::sync::Notify,
 ) -> Outcome {
     let id = spec.replica.as_str();
     let check = |p: &Probe| {
         let (c, id, p) = (containers.clone(), id.to_string(), p.clone());
         async move { c.check(&id, &p).await }
     };
-    let watching = watch(probes, check, |r| report(&spec.status, log, &r));
+    let watching = watch(probes, check, |r| {
+        report(&spec.status, log, &r);
+        reported.notify_one();
+    });
     tokio::select! {
         outcome = &mut run => outcome,
         why = watching => {
@@ -132,6 +139,7 @@ async fn follow(
     port: u16,
     spec: &RunSpec,
     log: &LogSink,
+    reported: &tokio::sync::Notify,
 ) -> std::convert::Infallible {
     let mut route = None;
     loop {
@@ -153,7 +161,11 @@ async fn follow(
             (false, Some(_), _) | (_, Some(_), None) => route = None,
             _ => {}
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        // Also look every FOLLOW_EVERY: the bridge address may come after the report.
+        tokio::select! {
+            _ = reported.notified() => {}
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
     }
 }
 
