@@ -518,8 +518,7 @@ impl Client {
             cron: crate::Cron,
             created: bool,
         }
-        let a: Applied =
-            self.json(self.request(reqwest::Method::PUT, &format!("/v1/crons/{name}")).json(spec)).await?;
+        let a: Applied = self.json(self.request(reqwest::Method::PUT, &format!("/v1/crons/{name}")).json(spec)).await?;
         Ok((a.cron, a.created))
     }
 

@@ -343,7 +343,8 @@ pub struct Split {
     pub canary: u64,
     /// Percent of requests to `canary` (0..=100); a request with header
     /// `x-skiff-revision: N` naming either goes to that one.
-    pub weight: u32,    /// Blue/green with a preview: `NAME--preview` reaches `canary` only.
+    pub weight: u32,
+    /// Blue/green with a preview: `NAME--preview` reaches `canary` only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preview: bool,
 }

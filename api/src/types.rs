@@ -4,9 +4,9 @@
 //! (what a deployment asks for), `objects` (what the cluster holds and shows) and
 //! `messages` (request and answer bodies).
 
-pub use crate::messages::*;
-pub use crate::objects::*;
-pub use crate::spec::*;
 pub use crate::job::{
     ConcurrencyPolicy, Cron, CronDetail, CronHistory, CronSpec, Job, JobDetail, JobRun, JobSpec, JobState, RunOutcome,
 };
+pub use crate::messages::*;
+pub use crate::objects::*;
+pub use crate::spec::*;

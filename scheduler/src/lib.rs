@@ -5,8 +5,8 @@
 
 mod auth;
 mod autoscale;
-mod canary;
 mod blobs;
+mod canary;
 mod cluster;
 mod dashboard;
 mod endpoints;
@@ -26,8 +26,8 @@ pub mod store;
 pub mod tls;
 
 pub use placement::Scoring;
-pub use state::REBALANCE_PER_MINUTE;
 pub use state::MAX_OBJECTS;
+pub use state::REBALANCE_PER_MINUTE;
 
 use anyhow::Context;
 use skiff_api::tls::{CaFingerprint, JoinToken};

@@ -815,7 +815,8 @@ fn apply(tx: &Transaction, op: Op) -> Result<()> {
             tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
         }
         Op::PutJob { name, body } => {
-            tx.prepare_cached("INSERT OR REPLACE INTO jobs (name, body) VALUES (?1, ?2)")?.execute(params![name, body])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO jobs (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
         }
         Op::DeleteJob(name) => {
             tx.execute("DELETE FROM jobs WHERE name = ?1", [&name])?;

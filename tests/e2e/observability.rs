@@ -493,7 +493,11 @@ fn events_follow_prints_decisions_as_they_happen() {
         if ok { Ok(()) } else { Err(out) }
     });
     let bad = cli_in(c.dir.path(), &c.url, &["events", "--object", "hello"]);
-    assert!(!bad.ok && bad.stderr.contains("must be deployment/NAME, node/NAME, job/NAME or cron/NAME"), "{}", bad.stderr);
+    assert!(
+        !bad.ok && bad.stderr.contains("must be deployment/NAME, node/NAME, job/NAME or cron/NAME"),
+        "{}",
+        bad.stderr
+    );
 
     // Follow, then make something happen.
     let log = c.dir.path().join("events-f.log");

@@ -65,7 +65,9 @@ pub async fn delete(args: DeleteArgs, client: &Client) -> anyhow::Result<()> {
             return Ok(());
         }
         ("deployment" | "deployments" | "deploy", Some(name)) => DeleteArgs { name, second: None, ..args },
-        (_, Some(extra)) => anyhow::bail!("unexpected {extra:?}; write `skiff delete NAME` or `skiff delete job|cron NAME`"),
+        (_, Some(extra)) => {
+            anyhow::bail!("unexpected {extra:?}; write `skiff delete NAME` or `skiff delete job|cron NAME`")
+        }
         (_, None) => args,
     };
     if args.purge_volumes {
