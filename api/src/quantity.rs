@@ -120,8 +120,21 @@ pub fn format_memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Formats bytes exactly, for what is stored and sent: the largest binary
+/// suffix that divides them, else the plain number (`format_memory`'s `1.5Gi`
+/// for display would not read back as the same bytes, or at all).
+pub fn format_memory_exact(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    for (suffix, size) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{suffix}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
 macro_rules! quantity_newtype {
-    ($name:ident, $parse:ident, $format:ident, $doc:literal) => {
+    ($name:ident, $parse:ident, $format:ident, $exact:ident, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         pub struct $name(pub u64);
@@ -141,7 +154,7 @@ macro_rules! quantity_newtype {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_string())
+                s.serialize_str(&$exact(self.0))
             }
         }
 
@@ -166,8 +179,14 @@ macro_rules! quantity_newtype {
     };
 }
 
-quantity_newtype!(Cpu, parse_cpu, format_cpu, "A CPU quantity in millicores, written `500m` or `1`.");
-quantity_newtype!(Memory, parse_memory, format_memory, "A memory quantity in bytes, written `64Mi` or `1Gi`.");
+quantity_newtype!(Cpu, parse_cpu, format_cpu, format_cpu, "A CPU quantity in millicores, written `500m` or `1`.");
+quantity_newtype!(
+    Memory,
+    parse_memory,
+    format_memory,
+    format_memory_exact,
+    "A memory quantity in bytes, written `64Mi` or `1Gi`."
+);
 
 #[cfg(test)]
 mod tests {
@@ -182,6 +201,19 @@ mod tests {
                 Err(e) => format!("{i:?} => error: {e}\n"),
             })
             .collect()
+    }
+
+    /// Found by the api_requests fuzzer: 744073709551615 bytes were sent and
+    /// stored as "676.7Ti", which does not read back (not a whole number of
+    /// bytes): a deployment accepted with such a memory could not be loaded.
+    #[test]
+    fn memory_survives_a_json_round_trip_exactly() {
+        for bytes in [744_073_709_551_615, 1_000_001, 1023, 1024, 1536 << 20, u64::MAX] {
+            let text = serde_json::to_string(&Memory(bytes)).expect("encode");
+            let again: Memory = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{bytes} as {text}: {e}"));
+            assert_eq!(again, Memory(bytes), "{text}");
+        }
+        assert_eq!(Memory(1_000_001).to_string(), "976.6Ki", "display stays short");
     }
 
     #[test]
