@@ -481,8 +481,11 @@ fn the_api_is_https_and_clients_trust_the_ca_by_its_fingerprint() {
     let join = read_when_ready(&data.join("join-token"));
     assert_eq!(join.split_once('.').map(|(_, fp)| fp), Some(fingerprint.as_str()), "{join}");
     let secret = join.split('.').next().unwrap_or_default().to_string();
-    let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-    assert!(said.contains(&format!("CA fingerprint: {fingerprint}")), "{said}");
+    // The server writes server.url before it prints the fingerprint: wait for the line.
+    wait_for(std::time::Duration::from_secs(10), "the CA fingerprint in the server's output", || {
+        let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        if said.contains(&format!("CA fingerprint: {fingerprint}")) { Ok(()) } else { Err(said) }
+    });
 
     // A node joins over HTTPS with the join token, another with the bare secret
     // and --ca-fingerprint.
@@ -585,8 +588,10 @@ fn plain_http_only_by_flag_and_with_a_warning() {
     );
     let url = server_ready(&data);
     assert!(url.starts_with("http://"), "{url}");
-    let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-    assert!(said.contains("warning: --insecure-plain-http"), "{said}");
+    wait_for(std::time::Duration::from_secs(10), "the plain-HTTP warning in the server's output", || {
+        let said = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        if said.contains("warning: --insecure-plain-http") { Ok(()) } else { Err(said) }
+    });
     let out = cli_ok(dir.path(), &url, &["get", "nodes"]);
     assert!(out.starts_with("NAME"), "{out}");
 }
