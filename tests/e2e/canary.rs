@@ -497,58 +497,11 @@ fn the_split_holds_across_nodes() {
 /// rollout), goes on to promote once, and no request fails.
 #[test]
 fn a_canary_resumes_its_step_after_the_leader_dies_on_etcd() {
-    use crate::servers::{Etcd, leader, servers, start_server};
-    if std::process::Command::new("etcd").arg("--version").output().is_err() {
-        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
-    }
+    use crate::servers::{Trio, leader, three_servers_on_loopback};
     let dir = TempDir::new("canary-etcd");
     let cwd = dir.path();
-    let etcd = Etcd::start(cwd);
-    let store = etcd.url();
-    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
-    let join = read_when_ready(&cwd.join("s1").join("join-token"));
-    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
-    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
-    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
-    let urls = format!("{u1},{u2},{u3}");
-    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
-    for u in [&urls, &u1, &u2, &u3] {
-        remember_token(u, &admin);
-        remember_ca(u, &cwd.join("s1").join("ca.crt"));
-    }
-    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
-        let info = servers(cwd, &urls)?;
-        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
-            (Some(l), 3) => Ok(l.to_string()),
-            _ => Err(info.to_string()),
-        }
-    });
-    let data = cwd.join("node-n1");
-    let node_args = [
-        "node",
-        "--server",
-        &urls,
-        "--token",
-        &join,
-        "--name",
-        "n1",
-        "--data-dir",
-        data.to_str().unwrap_or_default(),
-        "--listen",
-        "127.0.0.1:0",
-        "--ingress",
-        "127.0.0.1:0",
-    ];
-    let _node = Proc::start("n1", &node_args, &cwd.join("node-n1.log"));
-    let ingress = read_when_ready(&data.join("ingress.addr"));
-    wait_for(Duration::from_secs(30), "n1 ready", || {
-        let nodes = get_json(cwd, &urls, "nodes");
-        if nodes.iter().any(|n| n["name"] == "n1" && n["state"] == "ready") {
-            Ok(())
-        } else {
-            Err(format!("{nodes:?}"))
-        }
-    });
+    let Trio { etcd: _etcd, mut procs, urls, each: [_, u2, _], join, first } = three_servers_on_loopback(cwd);
+    let (_node, ingress) = crate::servers::start_loopback_node(cwd, &urls, &join, "n1");
     std::fs::copy(wasm_p2("flaky_http"), cwd.join("flaky_http.wasm")).expect("copy");
     let canary = "steps: [{weight: 20, pause: 6s}, {weight: 50, pause: 3s}], \
                   analysis: {max_error_rate: 0.01, min_requests: 30, interval: 2s}";
@@ -600,7 +553,7 @@ fn a_canary_resumes_its_step_after_the_leader_dies_on_etcd() {
     assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), seen.len(), &failed[..failed.len().min(5)]);
     let body = http_get(&format!(
         "{}/v1/events?object=deployment/web&limit=1000",
-        urls.split(',').find(|u| *u != read_url(cwd, &first)).unwrap_or(&u2)
+        urls.split(',').find(|u| *u != crate::servers::server_url(cwd, &first)).unwrap_or(&u2)
     ))
     .unwrap_or_default();
     let events: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
@@ -608,9 +561,4 @@ fn a_canary_resumes_its_step_after_the_leader_dies_on_etcd() {
     assert_eq!(said("step 1/2:"), 1, "{events:?}");
     assert_eq!(said("step 2/2:"), 1, "{events:?}");
     assert_eq!(said("passed all 2 steps"), 1, "promoted once: {events:?}");
-}
-
-/// The URL server `name` wrote to its data dir.
-fn read_url(cwd: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(cwd.join(name).join("server.url")).unwrap_or_default().trim().to_string()
 }

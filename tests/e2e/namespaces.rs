@@ -338,32 +338,10 @@ fn an_isolated_namespace_calls_only_its_own() {
 /// SIGKILLed, and the next one knows them all.
 #[test]
 fn namespaces_quotas_and_tokens_survive_a_leader_kill_on_etcd() {
-    use crate::servers::{Etcd, leader, servers, start_server};
-    if Command::new("etcd").arg("--version").output().is_err() {
-        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
-    }
+    use crate::servers::{Trio, leader, three_servers_on_loopback};
     let dir = TempDir::new("ns-etcd");
     let cwd = dir.path();
-    let etcd = Etcd::start(cwd);
-    let store = etcd.url();
-    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
-    let join = read_when_ready(&cwd.join("s1").join("join-token"));
-    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
-    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
-    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
-    let urls = format!("{u1},{u2},{u3}");
-    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
-    for u in [&urls, &u1, &u2, &u3] {
-        remember_token(u, &admin);
-        remember_ca(u, &cwd.join("s1").join("ca.crt"));
-    }
-    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
-        let info = servers(cwd, &urls)?;
-        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
-            (Some(l), 3) => Ok(l.to_string()),
-            _ => Err(info.to_string()),
-        }
-    });
+    let Trio { etcd: _etcd, mut procs, urls, first, .. } = three_servers_on_loopback(cwd);
     cli_ok(cwd, &urls, &["namespace", "create", "team-a", "--memory", "64Mi"]);
     let token = cli_ok(cwd, &urls, &["-n", "team-a", "token", "create", "ci", "--role", "deploy"]).trim().to_string();
     let wasm = wasm_p2("hello_http");

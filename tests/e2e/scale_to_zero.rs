@@ -483,58 +483,11 @@ fn container_with_a_port_goes_to_zero_and_its_next_request_starts_it() {
 /// replica).
 #[test]
 fn activation_works_after_the_leader_dies_on_etcd() {
-    use crate::servers::{Etcd, leader, servers, start_server};
-    if std::process::Command::new("etcd").arg("--version").output().is_err() {
-        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
-    }
+    use crate::servers::{Trio, leader, three_servers_on_loopback};
     let dir = TempDir::new("stz-etcd");
     let cwd = dir.path();
-    let etcd = Etcd::start(cwd);
-    let store = etcd.url();
-    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
-    let join = read_when_ready(&cwd.join("s1").join("join-token"));
-    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
-    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
-    let mut procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
-    let urls = format!("{u1},{u2},{u3}");
-    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
-    for u in [&urls, &u1, &u2, &u3] {
-        remember_token(u, &admin);
-        remember_ca(u, &cwd.join("s1").join("ca.crt"));
-    }
-    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
-        let info = servers(cwd, &urls)?;
-        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
-            (Some(l), 3) => Ok(l.to_string()),
-            _ => Err(info.to_string()),
-        }
-    });
-    let data = cwd.join("node-n1");
-    let node_args = [
-        "node",
-        "--server",
-        &urls,
-        "--token",
-        &join,
-        "--name",
-        "n1",
-        "--data-dir",
-        data.to_str().unwrap_or_default(),
-        "--listen",
-        "127.0.0.1:0",
-        "--ingress",
-        "127.0.0.1:0",
-    ];
-    let _node = Proc::start("n1", &node_args, &cwd.join("node-n1.log"));
-    let ingress = read_when_ready(&data.join("ingress.addr"));
-    wait_for(Duration::from_secs(30), "n1 ready", || {
-        let nodes = get_json(cwd, &urls, "nodes");
-        if nodes.iter().any(|n| n["name"] == "n1" && n["state"] == "ready") {
-            Ok(())
-        } else {
-            Err(format!("{nodes:?}"))
-        }
-    });
+    let Trio { etcd: _etcd, mut procs, urls, each: [u1, u2, u3], join, first } = three_servers_on_loopback(cwd);
+    let (_node, ingress) = crate::servers::start_loopback_node(cwd, &urls, &join, "n1");
     let wasm = hello(cwd);
     cli_ok(cwd, &urls, &["deploy", wasm.to_str().unwrap_or_default(), "--name", "web", "--scale-to-zero", "2s"]);
     wait_for(Duration::from_secs(30), "web answering", || {
@@ -556,7 +509,8 @@ fn activation_works_after_the_leader_dies_on_etcd() {
     let i = procs.iter().position(|(n, _)| *n == first).unwrap_or_else(|| panic!("no server {first}"));
     let (_, mut dead) = procs.remove(i);
     dead.kill();
-    let live_urls: Vec<&String> = [&u1, &u2, &u3].into_iter().filter(|u| read_url(cwd, &first) != **u).collect();
+    let live_urls: Vec<&String> =
+        [&u1, &u2, &u3].into_iter().filter(|u| crate::servers::server_url(cwd, &first) != **u).collect();
     let second = wait_for(Duration::from_secs(20), "a new leader", || {
         let l = leader(cwd, &urls)?;
         if l != first { Ok(l) } else { Err(format!("still {l}")) }
@@ -570,9 +524,4 @@ fn activation_works_after_the_leader_dies_on_etcd() {
     assert_eq!(count(url, "ScaledFromZero"), 1, "{:?}", events(url));
     let live = get_json(cwd, &urls, "replicas");
     assert_eq!(live.len(), 1, "one replica: {live:?}");
-}
-
-/// The URL server `name` wrote to its data dir.
-fn read_url(cwd: &Path, name: &str) -> String {
-    std::fs::read_to_string(cwd.join(name).join("server.url")).unwrap_or_default().trim().to_string()
 }

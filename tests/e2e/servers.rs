@@ -118,6 +118,86 @@ pub(crate) fn start_server(dir: &Path, ip: &str, name: &str, store: &str, extra:
     (p, server_ready(&data))
 }
 
+/// Three servers on one etcd on loopback, as the failover tests of other
+/// modules start them: s1 makes the cluster's CA and tokens, s2 and s3 join
+/// with its join token; the admin token and the CA are remembered for the list
+/// of URLs and for each server's; built once all three agree on a leader.
+pub(crate) struct Trio {
+    pub(crate) etcd: Etcd,
+    /// The servers by name, for a test to kill one.
+    pub(crate) procs: Vec<(&'static str, Proc)>,
+    /// The three URLs, comma-separated (what `--server` takes).
+    pub(crate) urls: String,
+    pub(crate) each: [String; 3],
+    pub(crate) join: String,
+    /// The leader elected first.
+    pub(crate) first: String,
+}
+
+pub(crate) fn three_servers_on_loopback(cwd: &Path) -> Trio {
+    if std::process::Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
+    }
+    let etcd = Etcd::start(cwd);
+    let store = etcd.url();
+    let (s1, u1) = start_server(cwd, "127.0.0.1", "s1", &store, &[]);
+    let join = read_when_ready(&cwd.join("s1").join("join-token"));
+    let (s2, u2) = start_server(cwd, "127.0.0.1", "s2", &store, &["--join-token", &join]);
+    let (s3, u3) = start_server(cwd, "127.0.0.1", "s3", &store, &["--join-token", &join]);
+    let procs = vec![("s1", s1), ("s2", s2), ("s3", s3)];
+    let urls = format!("{u1},{u2},{u3}");
+    let admin = read_when_ready(&cwd.join("s1").join("admin-token"));
+    for u in [&urls, &u1, &u2, &u3] {
+        remember_token(u, &admin);
+        remember_ca(u, &cwd.join("s1").join("ca.crt"));
+    }
+    let first = wait_for(Duration::from_secs(20), "a leader among the three servers", || {
+        let info = servers(cwd, &urls)?;
+        match (info["leader"].as_str(), info["servers"].as_array().map_or(0, Vec::len)) {
+            (Some(l), 3) => Ok(l.to_string()),
+            _ => Err(info.to_string()),
+        }
+    });
+    Trio { etcd, procs, urls, each: [u1, u2, u3], join, first }
+}
+
+/// Node `name` (data dir `node-NAME`, its own ports on loopback) given `urls`,
+/// once the servers list it ready; with its ingress address.
+pub(crate) fn start_loopback_node(cwd: &Path, urls: &str, join: &str, name: &str) -> (Proc, String) {
+    let data = cwd.join(format!("node-{name}"));
+    let node_args = [
+        "node",
+        "--server",
+        urls,
+        "--token",
+        join,
+        "--name",
+        name,
+        "--data-dir",
+        data.to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+    ];
+    let node = Proc::start(name, &node_args, &cwd.join(format!("node-{name}.log")));
+    let ingress = read_when_ready(&data.join("ingress.addr"));
+    wait_for(Duration::from_secs(30), &format!("{name} ready"), || {
+        let nodes = get_json(cwd, urls, "nodes");
+        if nodes.iter().any(|n| n["name"] == name && n["state"] == "ready") {
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    });
+    (node, ingress)
+}
+
+/// The URL server `name` wrote into its data dir.
+pub(crate) fn server_url(cwd: &Path, name: &str) -> String {
+    std::fs::read_to_string(cwd.join(name).join("server.url")).unwrap_or_default().trim().to_string()
+}
+
 /// `skiff get servers -o json`, from any server that answers.
 pub(crate) fn servers(cwd: &Path, urls: &str) -> Result<Value, String> {
     let out = cli_in(cwd, urls, &["get", "servers", "-o", "json"]);
