@@ -141,7 +141,7 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        const NAMESPACED: [&str; 5] = ["deployments", "replicas", "secrets", "volumes", "events"];
+        const NAMESPACED: [&str; 7] = ["deployments", "replicas", "secrets", "volumes", "jobs", "crons", "events"];
         let path = match (&self.namespace, path.strip_prefix("/v1/")) {
             (Some(ns), Some(rest))
                 if NAMESPACED

@@ -97,8 +97,12 @@ impl fmt::Display for JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
-    /// Unique name (a DNS label).
+    /// Unique name (a DNS label) within its namespace.
     pub name: String,
+    /// Its namespace (#20): set when shown; `default` for everything made
+    /// before namespaces.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     /// What it asks for.
     pub spec: JobSpec,
     /// Where it stands.
@@ -297,8 +301,11 @@ fn utc() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cron {
-    /// Unique name (a DNS label).
+    /// Unique name (a DNS label) within its namespace.
     pub name: String,
+    /// Its namespace (#20): set when shown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     /// What it asks for.
     pub spec: CronSpec,
     /// When it was created.

@@ -63,7 +63,7 @@ pub struct Quota {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "8Gi"))]
     pub memory: Option<Memory>,
-    /// Replicas, all deployments together.
+    /// Replicas, all deployments and jobs' runs under way together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u64>,
     /// Deployments.
@@ -86,13 +86,13 @@ impl Quota {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Usage {
-    /// CPU asked by its deployments' desired replicas.
+    /// CPU asked by its deployments' desired replicas and its jobs' runs under way.
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "500m"))]
     pub cpu: Cpu,
-    /// Memory asked by its deployments' desired replicas.
+    /// Memory asked by its deployments' desired replicas and its jobs' runs under way.
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1Gi"))]
     pub memory: Memory,
-    /// Desired replicas of its deployments.
+    /// Desired replicas of its deployments, and its jobs' runs under way.
     pub replicas: u64,
     /// Deployments.
     pub deployments: u64,

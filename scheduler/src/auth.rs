@@ -61,15 +61,17 @@ impl Caller {
 /// a namespace may call it there only; every other route is the cluster's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
-    /// Deployments, replicas, secrets, volumes, events (and the namespace itself).
+    /// Deployments, replicas, secrets, volumes, jobs (their runs and logs),
+    /// crons, events (and the namespace itself).
     Namespaced,
-    /// Nodes, images, namespaces, servers, tokens, jobs, blobs, the dashboard.
+    /// Nodes, images, namespaces, servers, tokens, blobs, the dashboard.
     Cluster,
 }
 
 /// Whether `route` is namespaced. With [`need`], the route table's word on access.
 pub(crate) fn scope(route: &str) -> Scope {
-    const NAMESPACED: [&str; 5] = ["/v1/deployments", "/v1/replicas", "/v1/secrets", "/v1/volumes", "/v1/events"];
+    const NAMESPACED: [&str; 7] =
+        ["/v1/deployments", "/v1/replicas", "/v1/secrets", "/v1/volumes", "/v1/jobs", "/v1/crons", "/v1/events"];
     if NAMESPACED.iter().any(|p| route == *p || route.starts_with(&format!("{p}/"))) || route == "/v1/namespaces/{ns}" {
         Scope::Namespaced
     } else {
@@ -635,6 +637,11 @@ mod tests {
         assert_eq!(need(&get, "/v1/replicas/{id}/exec"), Need::Admin);
         assert_eq!(need(&post, "/v1/replicas/{id}/port-forward"), Need::Admin);
         assert_eq!(need(&get, "/v1/openapi.json"), Need::Read);
+        // Jobs and crons are a namespace's (#20): read to look, deploy to change.
+        assert_eq!(scope("/v1/jobs/{name}/logs"), Scope::Namespaced);
+        assert_eq!(scoped_role(&get, "/v1/jobs"), Some(TokenRole::ReadOnly));
+        assert_eq!(scoped_role(&put, "/v1/jobs/{name}"), Some(TokenRole::Deploy));
+        assert_eq!(scoped_role(&post, "/v1/crons/{name}/trigger"), Some(TokenRole::Deploy));
         // Unknown routes are never open.
         assert_eq!(need(&get, ""), Need::Read);
         assert_eq!(need(&post, ""), Need::Admin);

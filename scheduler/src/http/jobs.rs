@@ -1,10 +1,63 @@
 //! `/v1/jobs` and `/v1/crons`: create, list, show and delete jobs (a Wasm
 //! artifact checked once per digest, an image pinned to its manifest, as for a
 //! deployment), the logs of their runs, and crons with their trigger.
+//!
+//! Jobs and crons are namespaced (#20): `/v1/namespaces/{ns}/jobs/...` reaches
+//! these handlers with the key `NS/NAME` (`namespaces::namespaced`); what they
+//! answer names objects as users do ([`present_job`], [`present_cron`]).
 
 use super::deployments::tokio_stream_from;
 use super::*;
+use skiff_api::namespace as ns;
 use std::collections::HashMap;
+
+/// A job as users see it: its plain name, its namespace, and its cron,
+/// `after`, secrets and volumes by their plain names.
+pub(crate) fn present_job(mut j: Job) -> Job {
+    let (space, name) = ns::split(&j.name);
+    j.namespace = space.to_string();
+    j.name = name.to_string();
+    j.cron = j.cron.map(|c| ns::plain(&c));
+    crate::state::jobs::plain_job_spec(&mut j.spec);
+    j
+}
+
+/// A cron as users see it (as [`present_job`]).
+pub(crate) fn present_cron(mut c: Cron) -> Cron {
+    let (space, name) = ns::split(&c.name);
+    c.namespace = space.to_string();
+    c.name = name.to_string();
+    c.last_job = c.last_job.map(|j| ns::plain(&j));
+    crate::state::jobs::plain_job_spec(&mut c.spec.job);
+    c
+}
+
+fn present_detail(d: JobDetail) -> JobDetail {
+    let runs = d
+        .runs
+        .into_iter()
+        .map(|mut r| {
+            r.job = ns::plain(&r.job);
+            r
+        })
+        .collect();
+    JobDetail { job: present_job(d.job), runs }
+}
+
+/// The namespace a listing is of (the path's, `default` without a prefix),
+/// which must exist.
+fn listed_namespace(core: &Core, space: Option<Extension<namespaces::Ns>>) -> Result<String, ApiError> {
+    let space = namespaces::of(space);
+    if !core.state().mem().namespace_exists(&space) {
+        return Err(ApiError::not_found(format!("namespace {space:?} not found; `skiff namespace ls` lists them")));
+    }
+    Ok(space)
+}
+
+/// The name of key `key` as users write it, for messages.
+fn plain(key: &str) -> &str {
+    ns::split(key).1
+}
 
 /// Checks a job template's artifact and pins an image reference.
 async fn prepare(core: &Core, spec: &mut JobSpec) -> Result<(), ApiError> {
@@ -34,9 +87,10 @@ pub(super) struct JobCreated {
     created: bool,
 }
 
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", responses((status = 200, description = "Every job", body = Vec<Job>), Failures))]
-pub(super) async fn list_jobs(State(core): Shared) -> ApiResult<Vec<Job>> {
-    Ok(Json(core.state().mem().jobs().collect()))
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", responses((status = 200, description = "Every job of the namespace", body = Vec<Job>), Failures))]
+pub(super) async fn list_jobs(State(core): Shared, space: Option<Extension<namespaces::Ns>>) -> ApiResult<Vec<Job>> {
+    let space = listed_namespace(&core, space)?;
+    Ok(Json(core.state().mem().jobs_in(&space).map(present_job).collect()))
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), request_body = JobSpec, responses((status = 200, description = "Created (or the same job existed)", body = JobCreated), Failures))]
@@ -48,7 +102,7 @@ pub(super) async fn put_job(
     prepare(&core, &mut spec).await?;
     let (job, created) = core.state().create_job(&name, spec)?;
     core.wake();
-    Ok(Json(JobCreated { job, created }))
+    Ok(Json(JobCreated { job: present_job(job), created }))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "The job and its runs", body = JobDetail), Failures))]
@@ -56,8 +110,9 @@ pub(super) async fn get_job(State(core): Shared, Path(name): Path<String>) -> Ap
     core.state()
         .mem()
         .job_detail(&name)
+        .map(present_detail)
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {name:?} not found; `skiff get jobs` lists them")))
+        .ok_or_else(|| ApiError::not_found(format!("job {:?} not found; `skiff get jobs` lists them", plain(&name))))
 }
 
 #[utoipa::path(delete, path = "/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Deleted; its runs are stopped"), Failures))]
@@ -96,14 +151,15 @@ pub(super) async fn job_logs(
         run_targets(st.mem(), &name, q.index, q.bare)
     };
     let Some(targets) = targets else {
-        return Err(ApiError::not_found(format!("job {name:?} not found; `skiff get jobs` lists them")));
+        return Err(ApiError::not_found(format!("job {:?} not found; `skiff get jobs` lists them", plain(&name))));
     };
     if targets.is_empty() {
+        let shown = plain(&name);
         let what = match q.index {
             Some(i) => {
-                format!("no run of index {i} of job {name} has reached a node; `skiff describe job {name}` says why")
+                format!("no run of index {i} of job {shown} has reached a node; `skiff describe job {shown}` says why")
             }
-            None => format!("no run of job {name} has reached a node yet; `skiff describe job {name}` says why"),
+            None => format!("no run of job {shown} has reached a node yet; `skiff describe job {shown}` says why"),
         };
         return Err(ApiError::not_found(what));
     }
@@ -236,9 +292,10 @@ async fn copy_lines(
     true
 }
 
-#[utoipa::path(get, path = "/v1/crons", tag = "jobs", responses((status = 200, description = "Every cron, with its next time", body = Vec<Cron>), Failures))]
-pub(super) async fn list_crons(State(core): Shared) -> ApiResult<Vec<Cron>> {
-    Ok(Json(core.state().mem().crons()))
+#[utoipa::path(get, path = "/v1/crons", tag = "jobs", responses((status = 200, description = "Every cron of the namespace, with its next time", body = Vec<Cron>), Failures))]
+pub(super) async fn list_crons(State(core): Shared, space: Option<Extension<namespaces::Ns>>) -> ApiResult<Vec<Cron>> {
+    let space = listed_namespace(&core, space)?;
+    Ok(Json(core.state().mem().crons_in(&space).into_iter().map(present_cron).collect()))
 }
 
 /// What a cron's create or change answers.
@@ -259,7 +316,7 @@ pub(super) async fn put_cron(
     prepare(&core, &mut spec.job).await?;
     let (cron, created) = core.state().put_cron(&name, spec)?;
     core.wake();
-    Ok(Json(CronApplied { cron, created }))
+    Ok(Json(CronApplied { cron: present_cron(cron), created }))
 }
 
 #[utoipa::path(get, path = "/v1/crons/{name}", tag = "jobs", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 200, description = "The cron and its jobs", body = CronDetail), Failures))]
@@ -267,8 +324,9 @@ pub(super) async fn get_cron(State(core): Shared, Path(name): Path<String>) -> A
     core.state()
         .mem()
         .cron_detail(&name)
+        .map(|d| CronDetail { cron: present_cron(d.cron), jobs: d.jobs.into_iter().map(present_job).collect() })
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("cron {name:?} not found; `skiff get crons` lists them")))
+        .ok_or_else(|| ApiError::not_found(format!("cron {:?} not found; `skiff get crons` lists them", plain(&name))))
 }
 
 #[utoipa::path(delete, path = "/v1/crons/{name}", tag = "jobs", params(("name" = String, Path, description = NAME, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")), responses((status = 204, description = "Deleted with its jobs"), Failures))]
@@ -282,5 +340,5 @@ pub(super) async fn delete_cron(State(core): Shared, Path(name): Path<String>) -
 pub(super) async fn trigger_cron(State(core): Shared, Path(name): Path<String>) -> ApiResult<Job> {
     let job = core.state().trigger_cron(&name)?;
     core.wake();
-    Ok(Json(job))
+    Ok(Json(present_job(job)))
 }

@@ -1,5 +1,5 @@
 //! `/v1/namespaces` (#20), and the namespaced routes
-//! `/v1/namespaces/{ns}/{deployments,replicas,secrets,volumes,events}...`:
+//! `/v1/namespaces/{ns}/{deployments,replicas,secrets,volumes,jobs,crons,events}...`:
 //! [`namespaced`] maps them, before routing, onto the routes of `default`
 //! with the object's key (`NS/NAME`, percent-encoded into one path segment),
 //! so that one handler serves both and nothing that works today changes.
@@ -15,8 +15,15 @@ pub(crate) struct Ns(pub String);
 
 /// The resources under `/v1/namespaces/{ns}/`, and whether the segment after
 /// them is an object's name (made its key).
-const NAMESPACED: [(&str, bool); 5] =
-    [("deployments", true), ("secrets", true), ("volumes", true), ("replicas", false), ("events", false)];
+const NAMESPACED: [(&str, bool); 7] = [
+    ("deployments", true),
+    ("secrets", true),
+    ("volumes", true),
+    ("jobs", true),
+    ("crons", true),
+    ("replicas", false),
+    ("events", false),
+];
 
 fn encode(key: &str) -> String {
     key.replace('/', "%2F")
@@ -216,6 +223,18 @@ mod tests {
         assert_eq!(
             rewrite("/v1/namespaces/b/replicas/web-x1/exec").await,
             ("/v1/replicas/web-x1/exec".into(), "b".into())
+        );
+        assert_eq!(
+            rewrite("/v1/namespaces/team-a/jobs/nightly/logs?index=1").await,
+            ("/v1/jobs/team-a%2Fnightly/logs?index=1".into(), "team-a".into())
+        );
+        assert_eq!(
+            rewrite("/v1/namespaces/team-a/crons/nightly/trigger").await,
+            ("/v1/crons/team-a%2Fnightly/trigger".into(), "team-a".into())
+        );
+        assert_eq!(
+            rewrite("/v1/namespaces/b/events?object=job%2Fx").await,
+            ("/v1/events?object=job%2Fb%2Fx".into(), "b".into())
         );
         // Namespaces themselves are not rewritten.
         assert_eq!(rewrite("/v1/namespaces/b").await, ("/v1/namespaces/b".into(), "default".into()));

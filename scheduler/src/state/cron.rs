@@ -9,11 +9,15 @@
 //! name holds its scheduled time (`NAME-<unix seconds>`), so a second job for
 //! the same time could not even be created. Earlier times missed while no
 //! scheduler ran are skipped with an event; only the latest is run.
+//!
+//! A cron is namespaced (#20) as its jobs are: its key is `NAME` in `default`
+//! and `NS/NAME` elsewhere, and its jobs are `NS/NAME-<time>`.
 
 use super::jobs::JobEntry;
 use super::*;
 use chrono::{TimeZone, Utc};
 use skiff_api::job::{ConcurrencyPolicy, CronDetail, CronSpec, JobState, format_secs, validate_cron};
+use skiff_api::namespace as ns;
 use skiff_api::{Cron, Job};
 
 /// A cron with its parsed schedule.
@@ -61,10 +65,12 @@ fn when(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
-/// The name of a cron's job for scheduled time `ms`.
+/// The key of a cron's job for scheduled time `ms` (in the cron's namespace:
+/// `cron` is the cron's key).
 fn job_name(cron: &str, tag: &str, ms: Millis) -> String {
+    let (space, cron) = ns::split(cron);
     let prefix = cron[..cron.len().min(50)].trim_end_matches('-');
-    format!("{prefix}-{tag}{}", ms / 1000)
+    ns::key(space, &format!("{prefix}-{tag}{}", ms / 1000))
 }
 
 impl CronEntry {
@@ -76,12 +82,19 @@ impl CronEntry {
     }
 }
 
+/// Job keys as users name them: `a, b`.
+fn plain_names(keys: &[String]) -> String {
+    keys.iter().map(|k| ns::plain(k)).collect::<Vec<_>>().join(", ")
+}
+
 impl State {
     /// Creates or changes cron `name`; true when created.
+    /// `name` is the cron's key (`NS/NAME` outside `default`).
     pub fn put_cron(&mut self, name: &str, mut spec: CronSpec) -> Result<(Cron, bool), Error> {
         spec.job.template.restart = RestartPolicy::Never;
-        validate_cron(name, &spec).map_err(Error::Invalid)?;
+        validate_cron(ns::split(name).1, &spec).map_err(Error::Invalid)?;
         let (schedule, tz) = parse_schedule(&spec).map_err(Error::Invalid)?;
+        super::jobs::namespaced_spec(&self.mem, name, &mut spec.job, "this cron's job")?;
         let now = now_ms();
         let existing = self.mem.crons.get(name).map(|e| e.cron.clone());
         if existing.is_none() && self.mem.crons.len() >= self.max_objects {
@@ -98,6 +111,7 @@ impl State {
             }
             None => Cron {
                 name: name.to_string(),
+                namespace: String::new(),
                 spec,
                 created_ms: now,
                 last_scheduled_ms: None,
@@ -124,12 +138,13 @@ impl State {
     /// Deletes cron `name` and its jobs (stopping what runs).
     pub fn delete_cron(&mut self, name: &str) -> Result<(), Error> {
         if !self.mem.crons.contains_key(name) {
-            return Err(Error::NotFound(format!("cron {name:?} not found; `skiff get crons` lists them")));
+            let plain = ns::split(name).1;
+            return Err(Error::NotFound(format!("cron {plain:?} not found; `skiff get crons` lists them")));
         }
         let now = now_ms();
         self.transact(|mem, tx| {
             for job in mem.cron_jobs(name) {
-                mem.remove_job(tx, &job, now, &format!("deleted with cron {name}"))?;
+                mem.remove_job(tx, &job, now, &format!("deleted with cron {}", ns::plain(name)))?;
             }
             mem.crons.remove(name);
             tx.delete_cron(name)?;
@@ -142,7 +157,8 @@ impl State {
     /// Starts a job of cron `name` now, whatever its schedule (`skiff cron trigger`).
     pub fn trigger_cron(&mut self, name: &str) -> Result<Job, Error> {
         if !self.mem.crons.contains_key(name) {
-            return Err(Error::NotFound(format!("cron {name:?} not found; `skiff get crons` lists them")));
+            let plain = ns::split(name).1;
+            return Err(Error::NotFound(format!("cron {plain:?} not found; `skiff get crons` lists them")));
         }
         let now = now_ms();
         let job = self.transact(|mem, tx| {
@@ -153,7 +169,7 @@ impl State {
                 job = format!("{}-{n}", job_name(name, "t", now));
             }
             mem.start_cron_job(tx, name, &job, None, now)?;
-            tx.event(now, &format!("cron/{name}"), "Triggered", &format!("job {job} started by hand"))?;
+            tx.event(now, &format!("cron/{name}"), "Triggered", &format!("job {} started by hand", ns::plain(&job)))?;
             Ok(job)
         })?;
         self.mem.jobs.get(&job).map(|e| e.shown()).ok_or_else(|| Error::Internal(format!("job {job} vanished")))
@@ -189,10 +205,10 @@ impl State {
 }
 
 impl Mem {
-    /// Every cron, with its next time.
-    pub fn crons(&self) -> Vec<Cron> {
+    /// The crons of namespace `namespace` (#20), with their next time.
+    pub fn crons_in(&self, namespace: &str) -> Vec<Cron> {
         let now = now_ms();
-        self.crons.values().map(|e| e.shown(now)).collect()
+        Self::keys_in(&self.crons, namespace).map(|k| self.crons[k].shown(now)).collect()
     }
 
     /// Cron `name` and its jobs.
@@ -286,7 +302,7 @@ impl Mem {
                         &format!(
                             "the run of {} is skipped: job {} still runs (concurrency policy forbid)",
                             when(latest),
-                            running.join(", ")
+                            plain_names(&running)
                         ),
                     )?;
                     start = false;
@@ -304,7 +320,7 @@ impl Mem {
                         now,
                         &obj,
                         "Replaced",
-                        &format!("stopped job {} for the run of {}", running.join(", "), when(latest)),
+                        &format!("stopped job {} for the run of {}", plain_names(&running), when(latest)),
                     )?;
                 }
             }
@@ -317,7 +333,7 @@ impl Mem {
                 now,
                 &obj,
                 "Started",
-                &format!("job {job} for {} ({:.3}s after it)", when(latest), late as f64 / 1000.0),
+                &format!("job {} for {} ({:.3}s after it)", ns::plain(&job), when(latest), late as f64 / 1000.0),
             )?;
         }
         let Some(e) = self.crons.get_mut(name) else { return Ok(()) };
@@ -345,6 +361,7 @@ impl Mem {
         let history = e.cron.spec.history;
         let j = Job {
             name: job.to_string(),
+            namespace: String::new(),
             spec,
             state: JobState::Pending,
             reason: None,
@@ -379,7 +396,7 @@ impl Mem {
                 _ => false,
             };
             if over {
-                self.remove_job(tx, &j, now, &format!("deleted past cron {name}'s history"))?;
+                self.remove_job(tx, &j, now, &format!("deleted past cron {}'s history", ns::plain(name)))?;
             }
         }
         Ok(())
@@ -422,6 +439,7 @@ mod tests {
     #[test]
     fn job_names_hold_the_scheduled_time() {
         assert_eq!(job_name("nightly", "", 1_765_000_000_000), "nightly-1765000000");
+        assert_eq!(job_name("team-a/nightly", "t", 1_765_000_000_000), "team-a/nightly-t1765000000");
         let long = "a".repeat(63);
         assert!(job_name(&long, "t", 1_765_000_000_000).len() <= 63);
     }

@@ -10,9 +10,17 @@
 //! run may execute more than once). A failed run of an index is retried after
 //! 1 s, 2 s, 4 s … (at most 60 s) until it has failed `backoff_limit + 1`
 //! times; then the job fails and stops what runs.
+//!
+//! Jobs are namespaced (#20) as deployments are: a job's key is `NAME` in
+//! `default` and `NS/NAME` elsewhere, its template names its namespace's
+//! secrets and volumes by key, and `after` names jobs of its namespace. Its
+//! runs count in its namespace's quota (cpu, memory, replicas) while under
+//! way; a run the quota has no room for is not made until there is room
+//! (the job says why), and a job one run of which could never fit is refused.
 
 use super::*;
 use skiff_api::job::{JobDetail, JobSpec, JobState, RunOutcome, format_secs, validate_job};
+use skiff_api::namespace as ns;
 use skiff_api::{Job, JobRun};
 
 /// The owner key of job `name`'s runs (`Replica::deployment`): no deployment
@@ -139,12 +147,56 @@ impl JobEntry {
     }
 }
 
-/// A run id: `<job>-<index>-<5 random>`, a DNS label of at most 63 characters.
+/// A run id: `<job>-<index>-<5 random>` (`<ns>-<job>-...` outside `default`,
+/// as a namespaced deployment's replicas), a DNS label of at most 63 characters.
 fn new_run_id(job: &str, index: u32) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let suffix: String = (0..5).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
-    let prefix = job[..job.len().min(44)].trim_end_matches('-');
+    let flat = job.replace('/', "-");
+    let prefix = flat[..flat.len().min(44)].trim_end_matches('-');
     format!("{prefix}-{index}-{suffix}")
+}
+
+/// Refuses a job template one run of which asks more than namespace
+/// `namespace`'s quota holds in all: it could never start.
+pub(super) fn never_fits(mem: &Mem, namespace: &str, what: &str, template: &WorkloadSpec) -> Result<(), Error> {
+    let q = mem.quota(namespace);
+    let r = &template.resources;
+    let over = match (q.cpu, q.memory, q.replicas) {
+        (Some(c), _, _) if r.cpu.0 > c.0 => Some(format!("cpu quota {c}, one run of {what} asks {}", r.cpu)),
+        (_, Some(m), _) if r.memory.0 > m.0 => Some(format!("memory quota {m}, one run of {what} asks {}", r.memory)),
+        (_, _, Some(0)) => Some(format!("replicas quota 0, one run of {what} asks 1")),
+        _ => None,
+    };
+    match over {
+        Some(why) => Err(Error::Conflict(format!("namespace {namespace}: {why}; it could never start"))),
+        None => Ok(()),
+    }
+}
+
+/// Checks a job's or cron's key `key` and spec as a user wrote them, and puts
+/// the spec in its namespace: its secrets, volumes and `after` by key.
+pub(super) fn namespaced_spec(mem: &Mem, key: &str, spec: &mut JobSpec, what: &str) -> Result<(), Error> {
+    let (namespace, _) = ns::split(key);
+    if !mem.namespace_exists(namespace) {
+        return Err(Error::NotFound(format!(
+            "namespace {namespace:?} not found; `skiff namespace create {namespace}` makes it"
+        )));
+    }
+    never_fits(mem, namespace, what, &spec.template)?;
+    namespaces::keyed_spec(namespace, &mut spec.template);
+    for a in &mut spec.after {
+        *a = ns::key(namespace, a);
+    }
+    Ok(())
+}
+
+/// A job's or cron's spec as its user wrote it (plain names).
+pub(crate) fn plain_job_spec(spec: &mut JobSpec) {
+    namespaces::plain_spec(&mut spec.template);
+    for a in &mut spec.after {
+        *a = ns::plain(a);
+    }
 }
 
 /// What a run's replica state says of how it ended: `None` while under way.
@@ -165,16 +217,19 @@ fn ended(r: &Replica) -> Option<(RunOutcome, String)> {
 
 impl State {
     /// Creates job `name` (a job is not changed once made: delete it first).
+    /// `name` is the job's key (`NS/NAME` outside `default`).
     pub fn create_job(&mut self, name: &str, spec: JobSpec) -> Result<(Job, bool), Error> {
         let mut spec = spec;
         spec.template.restart = RestartPolicy::Never;
-        validate_job(name, &spec).map_err(Error::Invalid)?;
+        let plain = ns::split(name).1;
+        validate_job(plain, &spec).map_err(Error::Invalid)?;
+        namespaced_spec(&self.mem, name, &mut spec, "this job")?;
         if let Some(e) = self.mem.jobs.get(name) {
             if e.job.spec == spec {
                 return Ok((e.shown(), false));
             }
             return Err(Error::Conflict(format!(
-                "job {name:?} exists with another spec; a job does not change: `skiff delete job {name}` first"
+                "job {plain:?} exists with another spec; a job does not change: `skiff delete job {plain}` first"
             )));
         }
         if self.mem.jobs.len() >= self.max_objects {
@@ -183,6 +238,7 @@ impl State {
         let now = now_ms();
         let job = Job {
             name: name.to_string(),
+            namespace: String::new(),
             spec,
             state: JobState::Pending,
             reason: None,
@@ -206,7 +262,8 @@ impl State {
     /// Deletes job `name`, stopping its runs.
     pub fn delete_job(&mut self, name: &str) -> Result<(), Error> {
         if !self.mem.jobs.contains_key(name) {
-            return Err(Error::NotFound(format!("job {name:?} not found; `skiff get jobs` lists them")));
+            let plain = ns::split(name).1;
+            return Err(Error::NotFound(format!("job {plain:?} not found; `skiff get jobs` lists them")));
         }
         let now = now_ms();
         self.transact(|mem, tx| mem.remove_job(tx, name, now, "deleted"))
@@ -245,6 +302,26 @@ impl Mem {
         self.jobs.values().map(|e| e.shown())
     }
 
+    /// The jobs of namespace `namespace` (#20), by key.
+    pub fn jobs_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = Job> + 'a {
+        Self::keys_in(&self.jobs, namespace).map(|k| self.jobs[k].shown())
+    }
+
+    /// What the runs under way of namespace `namespace`'s jobs ask of its
+    /// quota: (cpu, memory, replicas), each run as a replica of its template.
+    pub(super) fn runs_usage(&self, namespace: &str) -> (u64, u64, u64) {
+        let mut u = (0, 0, 0);
+        for k in Self::keys_in(&self.jobs, namespace) {
+            let e = &self.jobs[k];
+            let n = e.active.len() as u64;
+            let r = &e.job.spec.template.resources;
+            u.0 += r.cpu.0 * n;
+            u.1 += r.memory.0 * n;
+            u.2 += n;
+        }
+        u
+    }
+
     /// Job `name` with its runs.
     pub fn job_detail(&self, name: &str) -> Option<JobDetail> {
         self.jobs.get(name).map(|e| JobDetail { job: e.shown(), runs: e.runs.clone() })
@@ -274,7 +351,7 @@ impl Mem {
         let e = self.jobs.get(job)?;
         let run = e.run(&r.id)?;
         Some([
-            ("SKIFF_JOB_NAME".into(), job.to_string()),
+            ("SKIFF_JOB_NAME".into(), ns::split(job).1.to_string()),
             ("SKIFF_JOB_INDEX".into(), run.index.to_string()),
             ("SKIFF_JOB_COMPLETIONS".into(), e.job.spec.completions.to_string()),
             ("SKIFF_JOB_ATTEMPT".into(), run.attempt.to_string()),
@@ -414,12 +491,12 @@ impl Mem {
                             tx,
                             name,
                             JobState::Failed,
-                            format!("upstream job {a} failed: {why}"),
+                            format!("upstream job {} failed: {why}", ns::plain(&a)),
                             now,
                         );
                     }
-                    Some(_) => waiting.push(a),
-                    None => waiting.push(format!("{a} (not found)")),
+                    Some(_) => waiting.push(ns::plain(&a)),
+                    None => waiting.push(format!("{} (not found)", ns::plain(&a))),
                 }
             }
             if !waiting.is_empty() {
@@ -549,10 +626,27 @@ impl Mem {
             }
             i += 1;
         }
+        // Each run is a replica of its namespace's quota (#20): one that
+        // would take it past waits, and starts in a later pass once there is
+        // room (a run that ends, a deployment scaled down).
+        let mut held = None;
         for index in start {
+            let ask = namespaces::replicas_ask(&self.jobs[name].job.spec.template, 0, 1);
+            if let Err(line) = self.check_quota(ns::of(name), ask) {
+                held = Some(line);
+                break;
+            }
             self.start_run(tx, name, index, now)?;
         }
         let e = &self.jobs[name];
+        if let Some(line) = held {
+            let reason = Some(format!("runs wait for quota: {line}"));
+            let state = if e.job.started_ms.is_none() { JobState::Pending } else { JobState::Running };
+            if e.job.reason != reason {
+                tx.event(now, &format!("job/{name}"), "QuotaHeld", &format!("a run waits: {line}"))?;
+            }
+            return self.set_job_state(tx, name, state, reason);
+        }
         let (state, reason) = match (e.job.started_ms, pending_reason) {
             (None, why) => (JobState::Pending, why),
             (Some(_), Some(why)) if e.runs.iter().rev().take(e.active.len()).all(|r| r.started_ms.is_none()) => {
@@ -639,6 +733,7 @@ mod tests {
     fn job(name: &str, spec: JobSpec) -> Job {
         Job {
             name: name.into(),
+            namespace: String::new(),
             spec,
             state: JobState::Pending,
             reason: None,
@@ -778,6 +873,86 @@ mod tests {
         assert_eq!(mem.jobs["slow"].job.state, JobState::Failed);
         assert_eq!(mem.jobs["slow"].job.reason.as_deref(), Some("active deadline of 5s passed"));
         assert!(mem.replicas.is_empty(), "its runs are stopped");
+    }
+
+    #[test]
+    fn jobs_and_crons_live_in_their_namespace_and_its_quota_holds_their_runs() {
+        use skiff_api::namespace::{NamespaceRequest, Quota};
+        use skiff_api::quantity::Memory;
+        let dir = super::super::tests::tempdir::Dir::new();
+        let store = Store::open(&dir.0.join("state.db")).expect("the store");
+        let keyring = Keyring::open(&dir.0).expect("the keyring");
+        let mut st = State::load(store, keyring, Policy::default()).expect("the state");
+        let quota = Quota { memory: Some(Memory(256 << 20)), replicas: Some(2), ..Quota::default() };
+        st.put_namespace("team-a", NamespaceRequest { quota: Some(quota), isolation: None }).expect("a namespace");
+        let web: ApplyRequest = serde_json::from_value(serde_json::json!({"replicas": 1,
+            "spec": {"workload": {"wasm": "sha256:00"}, "resources": {"cpu": "100m", "memory": "32Mi"}}}))
+        .expect("an apply");
+        st.apply("team-a/web", web).expect("a deployment");
+
+        // No such namespace; a run bigger than the whole quota.
+        let e = st.create_job("team-b/j", spec(1, 1, 0)).expect_err("no namespace");
+        assert!(e.to_string().contains("namespace \"team-b\" not found"), "{e}");
+        let mut big = spec(1, 1, 0);
+        big.template.resources.memory = Memory(512 << 20);
+        let e = st.create_job("team-a/big", big).expect_err("never fits");
+        assert_eq!(
+            e.to_string(),
+            "namespace team-a: memory quota 256Mi, one run of this job asks 512Mi; it could never start"
+        );
+
+        // Three runs at once asked, room for one beside web: one runs, the job says why the others wait.
+        let (job, created) = st.create_job("team-a/j", spec(3, 3, 0)).expect("a job");
+        assert!(created);
+        assert_eq!(job.name, "team-a/j", "the key inside; the API shows it plain");
+        let runs = live(st.mem(), "team-a/j");
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0].1.starts_with("team-a-j-0-"), "a run id is a DNS label: {}", runs[0].1);
+        let env = st.mem().run_env(&st.mem().replicas[&runs[0].1]).expect("its env");
+        assert!(env.contains(&("SKIFF_JOB_NAME".into(), "j".into())), "{env:?}");
+        let j = &st.mem().jobs["team-a/j"].job;
+        assert_eq!(j.state, JobState::Running);
+        let why = "runs wait for quota: namespace team-a: replicas quota 2, 2 in use, this asks 1 more";
+        assert_eq!(j.reason.as_deref(), Some(why));
+        let events = st.store().events(Some("job/team-a/j"), 50).expect("events");
+        assert!(events.iter().any(|e| e.reason == "QuotaHeld" && e.message.contains("replicas quota 2")), "{events:?}");
+        // Its runs are the namespace's use: a deployment cannot take their room.
+        assert_eq!(st.namespace("team-a").expect("team-a").usage.replicas, 2);
+        let e = st.scale("team-a/web", 2).expect_err("runs hold the room");
+        assert_eq!(e.to_string(), "namespace team-a: replicas quota 2, 2 in use, this asks 1 more");
+        // Room made: the waiting runs start.
+        st.scale("team-a/web", 0).expect("scaled down");
+        st.reconcile_jobs().expect("reconciled");
+        assert_eq!(live(st.mem(), "team-a/j").len(), 2);
+
+        // The same name in default is another job; listings keep to their namespace.
+        st.create_job("j", spec(1, 1, 0)).expect("default's j");
+        assert_eq!(st.mem().jobs_in("team-a").map(|j| j.name).collect::<Vec<_>>(), ["team-a/j"]);
+        assert_eq!(st.mem().jobs_in(ns::DEFAULT).map(|j| j.name).collect::<Vec<_>>(), ["j"]);
+
+        // A cron of the namespace starts its jobs there.
+        let cron: skiff_api::job::CronSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "0 3 * * *", "time_zone": "UTC", "job": serde_json::to_value(spec(1, 1, 0)).expect("json"),
+        }))
+        .expect("a cron");
+        st.put_cron("team-a/nightly", cron).expect("a cron");
+        let started = st.trigger_cron("team-a/nightly").expect("triggered");
+        assert!(started.name.starts_with("team-a/nightly-t"), "{}", started.name);
+        assert_eq!(started.cron.as_deref(), Some("team-a/nightly"));
+        assert_eq!(st.mem().crons_in("team-a").len(), 1);
+        assert!(st.mem().crons_in(ns::DEFAULT).is_empty());
+
+        // rm names them; --cascade takes them, and default's job stays.
+        let e = st.delete_namespace("team-a", false).expect_err("holds objects");
+        assert_eq!(
+            e.to_string(),
+            "namespace team-a holds 1 deployment, 2 jobs, 1 cron; delete them first or pass --cascade"
+        );
+        st.delete_namespace("team-a", true).expect("cascade");
+        assert_eq!(st.mem().jobs_in("team-a").count(), 0);
+        assert!(st.mem().crons_in("team-a").is_empty());
+        assert!(st.mem().replicas.values().all(|r| r.deployment == "job:j"), "team-a's runs are stopped");
+        assert!(st.mem().jobs.contains_key("j"));
     }
 
     #[test]

@@ -71,7 +71,10 @@ impl Mem {
     }
 
     /// The keys of `map` in namespace `namespace`.
-    fn keys_in<'a, V>(map: &'a BTreeMap<String, V>, namespace: &str) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+    pub(super) fn keys_in<'a, V>(
+        map: &'a BTreeMap<String, V>,
+        namespace: &str,
+    ) -> Box<dyn Iterator<Item = &'a String> + 'a> {
         if namespace == DEFAULT {
             Box::new(map.keys().filter(|k| !k.contains('/')))
         } else {
@@ -86,7 +89,7 @@ impl Mem {
     }
 
     /// What namespace `namespace` holds, counted as its quota is: desired
-    /// replicas times their requests.
+    /// replicas times their requests, and its jobs' runs under way.
     pub fn usage(&self, namespace: &str) -> Usage {
         let mut u = Usage::default();
         for k in Self::keys_in(&self.deployments, namespace) {
@@ -97,6 +100,10 @@ impl Mem {
             u.cpu.0 += d.spec.resources.cpu.0 * n;
             u.memory.0 += d.spec.resources.memory.0 * n;
         }
+        let (cpu, memory, runs) = self.runs_usage(namespace);
+        u.cpu.0 += cpu;
+        u.memory.0 += memory;
+        u.replicas += runs;
         u.volumes = Self::keys_in(&self.volumes, namespace).filter(|k| !self.purging.contains(*k)).count() as u64;
         u
     }
@@ -193,6 +200,12 @@ impl Mem {
         self.namespaces.get(name).is_some_and(|s| s.isolation == Isolation::Namespace)
     }
 
+    /// The namespaces with `isolation: namespace`, for the endpoints table
+    /// (every ingress holds their containers' calls to their own namespace).
+    pub fn isolated_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces.iter().filter(|(_, s)| s.isolation == Isolation::Namespace).map(|(n, _)| n.as_str())
+    }
+
     fn namespace_view(&self, name: &str) -> Namespace {
         let s = self.namespaces.get(name).cloned().unwrap_or_default();
         Namespace {
@@ -247,6 +260,7 @@ impl State {
             s.isolation = i;
         }
         let body = serde_json::to_string(&s).map_err(|e| Error::Internal(e.to_string()))?;
+        let isolation_changed = self.mem.isolated(name) != (s.isolation == Isolation::Namespace);
         self.transact(|mem, tx| {
             tx.set_meta(&format!("{META}{name}"), &body)?;
             let verb = if created { "Created" } else { "Updated" };
@@ -255,6 +269,11 @@ impl State {
             mem.fx.mutated = true;
             Ok(())
         })?;
+        if isolation_changed {
+            // The table's `isolated` changed (no row did): every ingress hears
+            // it with its next delta and holds running containers to it at once.
+            self.endpoints_changed(Some(BTreeSet::new()));
+        }
         Ok((self.mem.namespace_view(name), created))
     }
 
@@ -264,6 +283,8 @@ impl State {
         let secrets = Mem::keys_in(&self.mem.secrets, name).filter(|k| !registries::is_registry(k)).count();
         [
             count(self.mem.deployments_in(name).count(), "deployment"),
+            count(Mem::keys_in(&self.mem.jobs, name).count(), "job"),
+            count(Mem::keys_in(&self.mem.crons, name).count(), "cron"),
             count(secrets, "secret"),
             count(Mem::keys_in(&self.mem.volumes, name).count(), "volume"),
         ]
@@ -274,7 +295,7 @@ impl State {
     }
 
     /// Deletes namespace `name`: refused while it holds objects, unless
-    /// `cascade` (then its deployments, secrets and volumes go first).
+    /// `cascade` (then its crons, jobs, deployments, secrets and volumes go first).
     pub fn delete_namespace(&mut self, name: &str, cascade: bool) -> Result<(), Error> {
         if name == DEFAULT {
             return Err(Error::Invalid("namespace default cannot be removed".into()));
@@ -287,6 +308,14 @@ impl State {
             return Err(Error::Conflict(format!("namespace {name} holds {held}; delete them first or pass --cascade")));
         }
         if cascade {
+            let crons: Vec<String> = Mem::keys_in(&self.mem.crons, name).cloned().collect();
+            for c in crons {
+                self.delete_cron(&c)?;
+            }
+            let jobs: Vec<String> = Mem::keys_in(&self.mem.jobs, name).cloned().collect();
+            for j in jobs {
+                self.delete_job(&j)?;
+            }
             let deployments: Vec<String> = self.mem.deployments_in(name).cloned().collect();
             for d in deployments {
                 self.delete(&d, true)?;
@@ -302,13 +331,18 @@ impl State {
             }
         }
         let now = now_ms();
+        let was_isolated = self.mem.isolated(name);
         self.transact(|mem, tx| {
             tx.delete_meta(&format!("{META}{name}"))?;
             tx.event(now, &format!("namespace/{name}"), "Deleted", "namespace deleted")?;
             mem.namespaces.remove(name);
             mem.fx.mutated = true;
             Ok(())
-        })
+        })?;
+        if was_isolated {
+            self.endpoints_changed(Some(BTreeSet::new()));
+        }
+        Ok(())
     }
 }
 
