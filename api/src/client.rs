@@ -76,7 +76,8 @@ pub struct Client {
     /// every task's client at once.
     token: std::sync::Arc<std::sync::RwLock<Option<String>>>,
     http: reqwest::Client,
-    /// The namespace of namespaced calls (#20); `None` is `default`.
+    /// The namespace of namespaced calls (#20); `None`: unprefixed paths, which
+    /// the server reads as the token's namespace if it is scoped to one, else `default`.
     namespace: Option<std::sync::Arc<str>>,
 }
 
@@ -114,9 +115,10 @@ impl Client {
     }
 
     /// Makes the namespaced calls (deployments, replicas, secrets, volumes,
-    /// events) in namespace `ns`: under `/v1/namespaces/NS/` (#20).
+    /// events) in namespace `ns`: under `/v1/namespaces/NS/` (#20), `default`
+    /// too (an unprefixed path means a scoped token's own namespace).
     pub fn with_namespace(mut self, ns: &str) -> Client {
-        self.namespace = (ns != crate::namespace::DEFAULT).then(|| std::sync::Arc::from(ns));
+        self.namespace = Some(std::sync::Arc::from(ns));
         self
     }
 

@@ -196,8 +196,66 @@ fn two_teams_share_a_cluster_without_seeing_each_other() {
     assert_eq!(d_list[0]["namespace"], "default");
 }
 
+/// A team's token without `-n` (nor `SKIFF_NAMESPACE`) acts in its team's
+/// namespace: it deploys, scales, reads logs and a secret, and deletes there,
+/// and nothing lands in `default` (before, the unprefixed routes were
+/// `default`'s and every call got a 404). Through the API too: an unprefixed
+/// path with the token is its namespace's.
+#[test]
+fn a_team_token_without_a_namespace_acts_in_its_own() {
+    let dev = Dev::start("namespace-own");
+    let (cwd, url) = (dev.dir.path().to_path_buf(), dev.url.clone());
+    let cwd = cwd.as_path();
+    let ingress = format!("http://{}", read_when_ready(&dev.data().join("ingress.addr")).trim_start_matches("http://"));
+    let wasm = wasm_p2("hello_http");
+    let wasm = wasm.to_str().unwrap_or_default();
+    dev.cli_ok(&["namespace", "create", "team-a"]);
+    let token = dev.cli_ok(&["-n", "team-a", "token", "create", "a-deployer", "--role", "deploy"]);
+    let t = token.trim();
+
+    ok(as_token(cwd, &url, t, &["secret", "create", "db", "--from-literal", "password=a-secret"]), "secret");
+    let deploy = ["deploy", wasm, "--name", "web", "--env", "GREETING=a", "--secret-dir", "db:/secrets/db", "--wait"];
+    ok(as_token(cwd, &url, t, &deploy), "deploy");
+    ok(as_token(cwd, &url, t, &["scale", "web", "2"]), "scale");
+    let got = ok(as_token(cwd, &url, t, &["get", "deployments", "-o", "json"]), "get");
+    let list = parse_get_json("deployments", &got);
+    assert_eq!(list.len(), 1, "{got}");
+    assert_eq!(list[0]["name"], "web", "{got}");
+    assert_eq!(list[0]["namespace"], "team-a", "{got}");
+    assert_eq!(list[0]["replicas"], 2, "{got}");
+    // The objects are team-a's, seen by the cluster admin; default has none.
+    let admin_view = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-a", "get", "deployments", "-o", "json"]));
+    assert_eq!(admin_view.len(), 1, "{admin_view:?}");
+    assert_eq!(admin_view[0]["replicas"], 2, "{admin_view:?}");
+    assert!(dev.get("deployments").is_empty(), "an object of team-a's token landed in default");
+    let secrets = dev.cli_ok(&["-n", "team-a", "secret", "ls"]);
+    assert!(secrets.contains("db"), "{secrets}");
+    assert!(!dev.cli_ok(&["secret", "ls"]).contains("db"), "team-a's secret landed in default");
+    // The workload reads its namespace's secret.
+    wait_for(Duration::from_secs(30), "web.team-a answering with its secret", || {
+        let a = get(&ingress, "web.team-a.skiff.local", "/file/secrets/db/password")?;
+        if a.body == "a-secret" { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+    ok(as_token(cwd, &url, t, &["logs", "web", "--tail", "5"]), "logs");
+    ok(as_token(cwd, &url, t, &["get", "replicas"]), "get replicas");
+    // Through the API, unprefixed: team-a's.
+    let (status, body) = super::auth::call(&url, "GET", "/v1/deployments/web", Some(t), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""namespace":"team-a""#), "{body}");
+    // `-n default` still means default, which this token may not see.
+    not_found(as_token(cwd, &url, t, &["-n", "default", "get", "deployments"]), "list in default");
+    // The cluster admin's unprefixed calls are default's, as before.
+    let none = dev.cli(&["get", "deployment", "web"]);
+    assert!(!none.ok && none.stderr.contains("not found"), "{}", none.stderr);
+
+    ok(as_token(cwd, &url, t, &["delete", "web"]), "delete");
+    let left = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-a", "get", "deployments", "-o", "json"]));
+    assert!(left.is_empty(), "team-a's web not deleted: {left:?}");
+}
+
 /// What a token of `role` scoped to namespace `own` must get for `method` on
-/// `route` in namespace `ns` (the path's, `default` without a prefix): `None`
+/// `route` in namespace `ns` (the path's; an unprefixed route is the token's
+/// own namespace, so `ns` says nothing there): `None`
 /// when it may make the call, else the status refusing it. Written from the
 /// issue's roles, not from the server's table, so that the two are compared.
 fn expected(role: &str, own: &str, method: &str, route: &str, ns: &str) -> Option<u16> {
@@ -236,6 +294,8 @@ fn expected(role: &str, own: &str, method: &str, route: &str, ns: &str) -> Optio
             _ => None,
         }
     };
+    // A scoped token's unprefixed namespaced route is its own namespace's.
+    let ns = if route.contains("{ns}") { ns } else { own };
     match needed {
         None => Some(403),
         Some(n) if rank(role) < rank(n) => Some(403),

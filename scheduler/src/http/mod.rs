@@ -55,9 +55,13 @@ pub fn router(core: Arc<Core>) -> Router {
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1/ (GET /v1/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(core.clone(), crate::auth::check))
         .layer(axum::middleware::from_fn(crate::metrics::track))
-        .with_state(core);
-    // Namespaced paths are mapped onto the routes of `default` before routing (#20).
-    Router::new().fallback_service(inner).layer(axum::middleware::map_request(namespaces::namespaced))
+        .with_state(core.clone());
+    // Namespaced paths are mapped onto the routes of `default` before routing
+    // (#20); a scoped token's unprefixed ones first onto its namespace's.
+    Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::map_request(namespaces::namespaced))
+        .layer(axum::middleware::map_request_with_state(core, namespaces::own_namespace))
 }
 
 /// Every route of the API with its description. Add routes here, with `routes!`

@@ -76,6 +76,41 @@ pub(crate) async fn namespaced(mut req: Request) -> Request {
     req
 }
 
+/// The unprefixed namespaced routes mean the caller's namespace: for a token
+/// scoped to exactly one, `/v1/deployments/web` is
+/// `/v1/namespaces/NS/deployments/web`, so that a team's token without `-n`
+/// acts on its team's objects (it could only get a 404 in `default`, which is
+/// not its own). Every other caller (cluster-wide tokens, node credentials, no
+/// token) keeps `default`, so nothing that worked before changes. Done here,
+/// before [`namespaced`] (the next layer) and routing, so that `auth::check`
+/// and the handlers see what the prefixed path gives them, for curl users too.
+pub(crate) async fn own_namespace(State(core): Shared, mut req: Request) -> Request {
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return req;
+    };
+    let kind = rest.split('/').next().unwrap_or_default();
+    if !NAMESPACED.iter().any(|(k, _)| *k == kind) {
+        return req;
+    }
+    let Some(Caller::Scoped { namespace, .. }) =
+        crate::auth::bearer(req.headers()).and_then(|t| core.auth.identify(t.trim()))
+    else {
+        return req;
+    };
+    if namespace == "*" {
+        return req;
+    }
+    let uri = match req.uri().query() {
+        Some(q) => format!("/v1/namespaces/{namespace}/{rest}?{q}"),
+        None => format!("/v1/namespaces/{namespace}/{rest}"),
+    };
+    if let Ok(uri) = uri.parse() {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
 /// The namespace of a request (`default` when the middleware did not run).
 pub(crate) fn of(ns: Option<Extension<Ns>>) -> String {
     ns.map_or_else(|| DEFAULT.to_string(), |Extension(Ns(n))| n)
