@@ -437,6 +437,10 @@ pub struct ManifestJob {
     /// `job`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// The namespace it goes to (#20); absent: the one the CLI acts in (and
+    /// under a cron, the cron's).
+    #[serde(default)]
+    pub namespace: Option<String>,
     /// A `.wasm` file, relative to the manifest.
     #[serde(default)]
     pub wasm: Option<String>,
@@ -553,6 +557,9 @@ pub struct ManifestCron {
     pub name: String,
     /// `cron`.
     pub kind: String,
+    /// The namespace it goes to (#20); absent: the one the CLI acts in.
+    #[serde(default)]
+    pub namespace: Option<String>,
     /// The schedule.
     pub schedule: String,
     /// The time zone.
@@ -577,8 +584,11 @@ pub struct ManifestCron {
 impl ManifestCron {
     /// The wire spec (workload as in [`ManifestJob::spec`]).
     pub fn spec(&self) -> Result<CronSpec, String> {
-        if self.job.name.is_some() || self.job.kind.is_some() {
-            return Err("a cron's job takes no name or kind: its jobs are named after the cron".into());
+        if self.job.name.is_some() || self.job.kind.is_some() || self.job.namespace.is_some() {
+            return Err(
+                "a cron's job takes no name, kind or namespace: its jobs are named after the cron, in its namespace"
+                    .into(),
+            );
         }
         Ok(CronSpec {
             schedule: self.schedule.clone(),
@@ -629,5 +639,29 @@ mod tests {
         assert_eq!((spec.active_deadline_seconds, spec.ttl_seconds_after_finished), (Some(600), Some(3600)));
         assert_eq!(spec.template.restart, RestartPolicy::Never);
         validate_job("a", &spec).expect("valid");
+    }
+
+    #[test]
+    fn jobs_and_crons_of_a_manifest_name_their_namespace() {
+        use crate::manifest::{ManifestObject, parse_objects};
+        let text = "kind: job\nname: a\nnamespace: team-a\nimage: busybox\n---\nkind: job\nname: a\nimage: busybox\n---\n\
+                    kind: cron\nname: c\nnamespace: team-b\nschedule: '0 3 * * *'\njob: {image: busybox}\n";
+        let objects = parse_objects(text).expect("reads");
+        let names: Vec<(String, Option<String>)> = objects
+            .iter()
+            .map(|o| match o {
+                ManifestObject::Job(n, _, ns) => (format!("job {n}"), ns.clone()),
+                ManifestObject::Cron(n, _, ns) => (format!("cron {n}"), ns.clone()),
+                ManifestObject::Deployment(d) => (format!("deployment {}", d.name), d.namespace.clone()),
+            })
+            .collect();
+        let want = [("job a", Some("team-a")), ("job a", None), ("cron c", Some("team-b"))];
+        assert_eq!(names, want.map(|(n, ns)| (n.to_string(), ns.map(str::to_string))));
+        let twice = parse_objects("kind: job\nname: a\nimage: busybox\n---\nkind: job\nname: a\nimage: busybox\n");
+        assert!(twice.unwrap_err().to_string().contains("job a appears twice"));
+        let bad = parse_objects("kind: job\nname: a\nnamespace: Team\nimage: busybox\n").expect_err("a bad namespace");
+        assert!(bad.to_string().contains("namespace"), "{bad}");
+        let under = "kind: cron\nname: c\nschedule: '0 3 * * *'\njob: {image: busybox, namespace: team-a}\n";
+        assert!(parse_objects(under).unwrap_err().to_string().contains("in its namespace"));
     }
 }

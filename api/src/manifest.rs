@@ -363,10 +363,11 @@ pub fn parse_manifest(text: &str) -> Result<Vec<ManifestDeployment>, ManifestErr
 pub enum ManifestObject {
     /// `kind: deployment`, or no kind.
     Deployment(ManifestDeployment),
-    /// `kind: job`: its name and spec (the workload as in [`ManifestDeployment::spec`]).
-    Job(String, crate::job::JobSpec),
-    /// `kind: cron`.
-    Cron(String, crate::job::CronSpec),
+    /// `kind: job`: its name, spec (the workload as in
+    /// [`ManifestDeployment::spec`]) and `namespace:` (#20).
+    Job(String, crate::job::JobSpec, Option<String>),
+    /// `kind: cron`: its name, spec and `namespace:`.
+    Cron(String, crate::job::CronSpec, Option<String>),
 }
 
 /// The kind a document names, read before the document itself.
@@ -426,13 +427,21 @@ pub fn parse_objects(text: &str) -> Result<Vec<ManifestObject>, ManifestError> {
                 let name = j.name.clone().ok_or_else(|| plain("a job needs a name".into()))?;
                 let spec = j.spec().map_err(|e| plain(format!("job {name:?}: {e}")))?;
                 crate::job::validate_job(&name, &spec).map_err(|e| plain(format!("job {name:?}: {e}")))?;
-                (format!("job {name}"), ManifestObject::Job(name, spec))
+                if let Some(ns) = &j.namespace {
+                    validate_name(ns).map_err(|e| plain(format!("job {name:?}: namespace {e}")))?;
+                }
+                let seen = format!("job {}", j.namespace.as_deref().map_or(name.clone(), |ns| format!("{ns}/{name}")));
+                (seen, ManifestObject::Job(name, spec, j.namespace))
             }
             Ok(c) => {
                 let name = c.name.clone();
                 let spec = c.spec().map_err(|e| plain(format!("cron {name:?}: {e}")))?;
                 crate::job::validate_cron(&name, &spec).map_err(|e| plain(format!("cron {name:?}: {e}")))?;
-                (format!("cron {name}"), ManifestObject::Cron(name, spec))
+                if let Some(ns) = &c.namespace {
+                    validate_name(ns).map_err(|e| plain(format!("cron {name:?}: namespace {e}")))?;
+                }
+                let seen = format!("cron {}", c.namespace.as_deref().map_or(name.clone(), |ns| format!("{ns}/{name}")));
+                (seen, ManifestObject::Cron(name, spec, c.namespace))
             }
         };
         if !seen_jobs.insert(name.clone()) {

@@ -878,3 +878,217 @@ fn logs_follow_takes_in_the_runs_a_job_starts_later() {
         assert_eq!(text.matches(&format!("stdout job-worker index={i} slept")).count(), 1, "{text}");
     }
 }
+
+/// A team's view (#20): `skiff -n NS ...` with a token of that namespace.
+struct Team<'a> {
+    dev: &'a Dev,
+    ns: &'static str,
+    token: String,
+}
+
+impl Team<'_> {
+    fn cli(&self, args: &[&str]) -> Cli {
+        let mut all = vec!["-n", self.ns];
+        all.extend_from_slice(args);
+        super::namespaces::as_token(self.dev.dir.path(), &self.dev.url, &self.token, &all)
+    }
+}
+
+impl Target for Team<'_> {
+    fn cli_ok(&self, args: &[&str]) -> String {
+        super::namespaces::ok(self.cli(args), &format!("{} as {}: skiff {}", self.ns, self.token, args.join(" ")))
+    }
+    fn dir(&self) -> &Path {
+        self.dev.dir.path()
+    }
+}
+
+/// Why `c` was refused: it failed, and its stderr.
+fn refused(c: Cli, what: &str) -> String {
+    assert!(!c.ok, "{what} was allowed: {}", c.stdout);
+    c.stderr
+}
+
+/// Two teams, each with its own tokens, run a job of the same name, a cron
+/// and a `skiff run` in their namespaces; neither sees nor touches the
+/// other's (404, as for deployments), a read token only reads, and the
+/// cluster admin sees both with -A.
+#[test]
+fn two_teams_run_jobs_and_crons_in_their_namespaces_apart() {
+    let dev = Dev::start("jobs-teams");
+    let wasm = path(&worker_p1()).to_string();
+    let mut teams = Vec::new();
+    let mut readers = Vec::new();
+    for ns in ["team-a", "team-b"] {
+        dev.cli_ok(&["namespace", "create", ns]);
+        let token = |role: &str| dev.cli_ok(&["-n", ns, "token", "create", &format!("{ns}-{role}"), "--role", role]);
+        teams.push(Team { dev: &dev, ns, token: token("deploy").trim().to_string() });
+        readers.push(Team { dev: &dev, ns, token: token("read").trim().to_string() });
+    }
+    for t in &teams {
+        // team-a names its namespace in the manifest, team-b with -n only.
+        let ns_line = if t.ns == "team-a" { "namespace: team-a\n" } else { "" };
+        let out = t.apply(
+            &format!("{}.yaml", t.ns),
+            &format!(
+                "kind: job\nname: report\n{ns_line}wasm: {wasm}\nargs: [\"{ns}\"]\ncompletions: 2\n---\nkind: cron\nname: nightly\n{ns_line}schedule: \"0 3 * * *\"\njob:\n  wasm: {wasm}\n  args: [\"{ns}-cron\"]\n",
+                ns = t.ns
+            ),
+        );
+        assert!(out.contains("job report created") && out.contains("cron nightly created"), "{out}");
+        let job = t.wait_job("report", "succeeded", Duration::from_secs(60));
+        assert_eq!(job["namespace"], t.ns, "{job}");
+        let logs = t.cli_ok(&["logs", "job/report"]);
+        assert!(logs.contains(&format!("args={}", t.ns)), "its own runs: {logs}");
+        assert_eq!(t.runs("report").len(), 2);
+        let d = t.cli_ok(&["describe", "job", "report"]);
+        assert!(d.contains(&format!("Namespace:       {}", t.ns)) && d.contains("2/2 succeeded"), "{d}");
+        // A cron triggered by hand starts its job in the namespace.
+        let out = t.cli_ok(&["cron", "trigger", "nightly"]);
+        let started = out.trim().strip_prefix("job ").and_then(|o| o.strip_suffix(" started")).unwrap_or_default();
+        assert!(started.starts_with("nightly-t"), "{out}");
+        let job = t.wait_job(started, "succeeded", Duration::from_secs(60));
+        assert_eq!((job["cron"].as_str(), job["namespace"].as_str()), (Some("nightly"), Some(t.ns)), "{job}");
+        let d = t.cli_ok(&["describe", "cron", "nightly"]);
+        assert!(d.contains(started) && d.contains("succeeded"), "{d}");
+        // `skiff run` with the team's token, in its namespace.
+        let c = t.cli(&["run", &wasm, "--name", "once", "--", t.ns]);
+        assert!(c.ok, "{}", c.stderr);
+        assert_eq!(c.stdout, format!("job-worker index=0 attempt=1 args={}\n", t.ns));
+        assert_eq!(t.job("once")["namespace"], t.ns);
+    }
+
+    // team-a's tokens and team-b's jobs and crons: not found, whatever the verb.
+    let (a, b) = (&teams[0], &teams[1]);
+    let in_b = |args: &[&str]| {
+        let mut all = vec!["-n", "team-b"];
+        all.extend_from_slice(args);
+        super::namespaces::as_token(dev.dir.path(), &dev.url, &a.token, &all)
+    };
+    let verbs: [&[&str]; 10] = [
+        &["get", "jobs"],
+        &["get", "jobs", "report"],
+        &["get", "runs", "report"],
+        &["describe", "job", "report"],
+        &["logs", "job/report"],
+        &["get", "crons"],
+        &["describe", "cron", "nightly"],
+        &["cron", "trigger", "nightly"],
+        &["delete", "cron", "nightly"],
+        &["delete", "job", "report"],
+    ];
+    for v in verbs {
+        super::namespaces::not_found(in_b(v), &v.join(" "));
+    }
+    let c = in_b(&["run", &wasm, "--name", "sneak"]);
+    assert!(!c.ok && c.stderr.contains("not found"), "run in team-b: {}", c.stderr);
+    // team-b's are as they were, and nothing went to default.
+    assert_eq!(b.job("report")["succeeded"], 2);
+    assert_eq!(b.jobs().len(), 3, "report, the cron's job, once");
+    assert!(dev.get("jobs").is_empty(), "a team's job landed in default");
+
+    // A read token reads, and changes nothing.
+    let r = &readers[0];
+    assert_eq!(r.job("report")["state"], "succeeded");
+    r.cli_ok(&["logs", "job/report"]);
+    r.cli_ok(&["get", "crons", "nightly"]);
+    let job = dev.dir.path().join("team-a.yaml");
+    for args in [
+        vec!["apply", "-f", job.to_str().unwrap_or_default()],
+        vec!["cron", "trigger", "nightly"],
+        vec!["delete", "job", "report"],
+        vec!["run", &wasm, "--name", "nope"],
+    ] {
+        let why = refused(r.cli(&args), &args.join(" "));
+        assert!(why.contains("needs the deploy role"), "{}: {why}", args.join(" "));
+    }
+
+    // The cluster admin: both, with their namespace.
+    let all = dev.cli_ok(&["get", "jobs", "-A"]);
+    assert!(all.starts_with("NAMESPACE"), "{all}");
+    for ns in ["team-a", "team-b"] {
+        assert!(all.lines().any(|l| l.split_whitespace().take(2).eq([ns, "report"])), "{ns} report in {all}");
+    }
+    let crons = dev.cli_ok(&["get", "crons", "-A"]);
+    assert_eq!(crons.lines().filter(|l| l.contains("nightly")).count(), 2, "{crons}");
+    let runs = dev.cli_ok(&["get", "runs", "-A"]);
+    assert_eq!(runs.lines().filter(|l| l.split_whitespace().take(2).eq(["team-b", "report"])).count(), 2, "{runs}");
+
+    // namespace rm names them; --cascade takes them.
+    let rm = dev.cli(&["namespace", "rm", "team-b"]);
+    assert!(!rm.ok && rm.stderr.contains("namespace team-b holds 3 jobs, 1 cron"), "{}", rm.stderr);
+    dev.cli_ok(&["namespace", "rm", "team-b", "--cascade"]);
+    let gone = dev.cli(&["-n", "team-b", "get", "jobs"]);
+    assert!(!gone.ok && gone.stderr.contains("not found"), "{}", gone.stderr);
+    assert_eq!(a.jobs().len(), 3, "team-a's stay");
+}
+
+/// A namespace's quota holds a job's runs (#20): with the replicas quota
+/// full, a job waits and says why, starts as the quota frees and then runs
+/// one run at a time within it; a job one run of which could never fit is
+/// refused with one line.
+#[test]
+fn a_jobs_runs_wait_at_a_full_quota_and_finish_when_it_frees() {
+    let dev = Dev::start("jobs-quota");
+    dev.cli_ok(&["namespace", "create", "team-q", "--replicas", "1", "--memory", "256Mi"]);
+    let token = dev.cli_ok(&["-n", "team-q", "token", "create", "q-deploy", "--role", "deploy"]);
+    let t = Team { dev: &dev, ns: "team-q", token: token.trim().to_string() };
+    let hello = wasm_p2("hello_http");
+    t.cli_ok(&["deploy", path(&hello), "--name", "web", "--memory", "32Mi", "--wait"]);
+
+    let wasm = path(&worker_p1()).to_string();
+    let manifest = |name: &str, memory: &str| {
+        format!(
+            "kind: job\nname: {name}\nwasm: {wasm}\ncompletions: 3\nparallelism: 3\nenv: {{SLEEP_MS: \"300\"}}\nresources: {{memory: {memory}}}\n"
+        )
+    };
+    let why = refused(
+        t.cli(&["apply", "-f", &{
+            let p = dev.dir.path().join("huge.yaml");
+            std::fs::write(&p, manifest("huge", "512Mi")).expect("write");
+            p.to_str().unwrap_or_default().to_string()
+        }]),
+        "a job bigger than the quota",
+    );
+    assert!(
+        why.contains("namespace team-q: memory quota 256Mi, one run of this job asks 512Mi; it could never start"),
+        "{why}"
+    );
+
+    t.apply("batch.yaml", &manifest("batch", "32Mi"));
+    let held = "runs wait for quota: namespace team-q: replicas quota 1, 1 in use, this asks 1 more";
+    let job = wait_for(Duration::from_secs(30), "the job held by the quota", || {
+        let j = t.job("batch");
+        if j["reason"] == held { Ok(j) } else { Err(format!("{j}")) }
+    });
+    assert_eq!(job["state"], "pending", "{job}");
+    assert!(t.runs("batch").is_empty(), "no run was made");
+    let d = t.cli_ok(&["describe", "job", "batch"]);
+    assert!(d.contains(&format!("Reason:          {held}")), "{d}");
+    assert!(d.contains("QuotaHeld") && d.contains("a run waits: namespace team-q: replicas quota 1"), "{d}");
+    // Room made: the runs go, one at a time within the quota, and all succeed.
+    t.cli_ok(&["scale", "web", "0"]);
+    let mut most = 0;
+    let job = wait_for(Duration::from_secs(60), "the job to succeed", || {
+        let j = t.job("batch");
+        most = most.max(j["active"].as_u64().unwrap_or(0));
+        match j["state"].as_str() {
+            Some("succeeded") => Ok(j),
+            Some("failed") => panic!("{j}"),
+            _ => Err(format!("{j}")),
+        }
+    });
+    assert_eq!(job["succeeded"], 3, "{job}");
+    assert!(most <= 1, "{most} runs at once in a quota of 1 replica");
+    let mut runs = t.runs("batch");
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs.iter().all(|r| r["outcome"] == "succeeded"), "{runs:?}");
+    // Each run started after the one before it had ended.
+    runs.sort_by_key(|r| r["started_ms"].as_u64());
+    for w in runs.windows(2) {
+        let (ended, started) = (w[0]["finished_ms"].as_u64(), w[1]["started_ms"].as_u64());
+        assert!(started >= ended && ended.is_some(), "two runs at once: {runs:?}");
+    }
+    // Their use is given back: the deployment may grow again.
+    t.cli_ok(&["scale", "web", "1"]);
+}

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// `skiff ARGS` against `url` with API token `token` (not the admin's).
-fn as_token(cwd: &Path, url: &str, token: &str, args: &[&str]) -> Cli {
+pub(crate) fn as_token(cwd: &Path, url: &str, token: &str, args: &[&str]) -> Cli {
     let mut cmd = Command::new(skiff_bin());
     if let Some(ca) = ca_for(url) {
         cmd.env("SKIFF_CA_FILE", ca);
@@ -30,13 +30,13 @@ fn as_token(cwd: &Path, url: &str, token: &str, args: &[&str]) -> Cli {
     }
 }
 
-fn ok(c: Cli, what: &str) -> String {
+pub(crate) fn ok(c: Cli, what: &str) -> String {
     assert!(c.ok, "{what} failed:\nstdout: {}\nstderr: {}", c.stdout, c.stderr);
     c.stdout
 }
 
 /// A refusal that says the object is not found (404), never that it exists.
-fn not_found(c: Cli, what: &str) {
+pub(crate) fn not_found(c: Cli, what: &str) {
     assert!(!c.ok, "{what} was allowed: {}", c.stdout);
     assert!(c.stderr.contains("not found"), "{what}: {}", c.stderr);
 }
@@ -265,7 +265,7 @@ fn expected(role: &str, own: &str, method: &str, route: &str, ns: &str) -> Optio
         "deploy" => 1,
         _ => 2,
     };
-    let kinds = ["deployments", "replicas", "secrets", "volumes", "events"];
+    let kinds = ["deployments", "replicas", "secrets", "volumes", "jobs", "crons", "events"];
     let unprefixed = match route.strip_prefix("/v1/namespaces/{ns}/") {
         Some(rest) => format!("/v1/{rest}"),
         None => route.to_string(),
@@ -315,6 +315,15 @@ fn every_route_with_every_role_in_every_namespace() {
         // namespace's is a refusal, not an absence.
         dev.cli_ok(&["-n", team, "secret", "create", "x", "--from-literal", "k=v"]);
         dev.cli_ok(&["-n", team, "deploy", wasm.to_str().unwrap_or_default(), "--name", "x", "--replicas", "0"]);
+        // A job and a cron `x` too (the cron never due while the walk runs).
+        let manifest = dev.dir.path().join(format!("{team}-x.yaml"));
+        let worker = wasm_p1("job_worker");
+        let yaml = format!(
+            "kind: job\nname: x\nwasm: {w}\n---\nkind: cron\nname: x\nschedule: \"0 3 1 1 *\"\njob: {{wasm: {w}}}\n",
+            w = worker.to_str().unwrap_or_default()
+        );
+        std::fs::write(&manifest, yaml).expect("write manifest");
+        dev.cli_ok(&["-n", team, "apply", "-f", manifest.to_str().unwrap_or_default()]);
     }
     let mut tokens = Vec::new();
     for role in ["read", "deploy", "admin"] {
@@ -356,6 +365,9 @@ fn every_route_with_every_role_in_every_namespace() {
     assert_eq!(b.len(), 1, "{b:?}");
     let secrets = dev.cli_ok(&["-n", "team-b", "secret", "ls"]);
     assert!(secrets.contains('x'), "{secrets}");
+    dev.cli_ok(&["-n", "team-b", "get", "jobs", "x"]);
+    let crons = dev.cli_ok(&["-n", "team-b", "get", "crons", "x", "-o", "json"]);
+    assert!(!crons.contains("\"last_job\""), "team-b's cron was triggered: {crons}");
 }
 
 #[test]

@@ -281,8 +281,8 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     for o in objects {
         match o {
             skiff_api::manifest::ManifestObject::Deployment(d) => manifest.push(d),
-            skiff_api::manifest::ManifestObject::Job(name, spec) => jobs.push((name, spec)),
-            skiff_api::manifest::ManifestObject::Cron(name, spec) => crons.push((name, spec)),
+            skiff_api::manifest::ManifestObject::Job(name, spec, ns) => jobs.push((name, spec, ns)),
+            skiff_api::manifest::ManifestObject::Cron(name, spec, ns) => crons.push((name, spec, ns)),
         }
     }
 

@@ -61,7 +61,8 @@ pub struct GetArgs {
     /// Replicas: only those on this node
     #[arg(long)]
     node: Option<String>,
-    /// Deployments and replicas of every namespace the token may see (names shown NS/NAME)
+    /// Deployments and replicas (names shown NS/NAME), jobs, crons and runs (a
+    /// NAMESPACE column) of every namespace the token may see
     #[arg(short = 'A', long)]
     all_namespaces: bool,
 }
@@ -82,10 +83,9 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         GetFormat::Yaml => Format::Yaml,
     };
     match (kind, &args.name) {
-        (Kind::Jobs, name) => super::job::get_jobs(client, name.as_deref(), format).await?,
-        (Kind::Crons, name) => super::job::get_crons(client, name.as_deref(), format).await?,
-        (Kind::Runs, Some(job)) => super::job::get_runs(client, job, format).await?,
-        (Kind::Runs, None) => bail!("name the job: skiff get runs JOB"),
+        (Kind::Jobs, name) => super::job::get_jobs(client, name.as_deref(), format, args.all_namespaces).await?,
+        (Kind::Crons, name) => super::job::get_crons(client, name.as_deref(), format, args.all_namespaces).await?,
+        (Kind::Runs, job) => super::job::get_runs(client, job.as_deref(), format, args.all_namespaces).await?,
         (Kind::Nodes, None) => {
             let nodes = client.nodes().await?;
             if format == Format::Table {

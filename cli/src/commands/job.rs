@@ -36,6 +36,11 @@ pub async fn cron(args: CronArgs, client: &Client) -> anyhow::Result<()> {
     }
 }
 
+/// A namespace as shown (`default` for a server that names none).
+fn shown_namespace(ns: &str) -> String {
+    if ns.is_empty() { skiff_api::namespace::DEFAULT.to_string() } else { ns.to_string() }
+}
+
 /// `1.2s`, `340ms`, `3m2s`.
 pub fn duration(ms: u64) -> String {
     if ms < 1000 {
@@ -53,81 +58,148 @@ fn relative(ms: u64) -> String {
     if ms >= now { format!("in {}", duration(ms - now)) } else { format!("{} ago", duration(now - ms)) }
 }
 
-fn jobs_table(jobs: &[Job]) -> Table {
-    let mut t = Table::new(&["NAME", "STATE", "COMPLETIONS", "ACTIVE", "FAILED", "DURATION", "AGE", "REASON"]);
+/// `headers`, after a NAMESPACE column when `all` (`get -A`).
+fn table(all: bool, headers: &[&str]) -> Table {
+    let mut h = if all { vec!["NAMESPACE"] } else { Vec::new() };
+    h.extend_from_slice(headers);
+    Table::new(&h)
+}
+
+/// `row`, after its namespace when `all`.
+fn row(all: bool, ns: &str, mut row: Vec<String>) -> Vec<String> {
+    if all {
+        row.insert(0, shown_namespace(ns));
+    }
+    row
+}
+
+fn jobs_table(jobs: &[Job], all: bool) -> Table {
+    let mut t = table(all, &["NAME", "STATE", "COMPLETIONS", "ACTIVE", "FAILED", "DURATION", "AGE", "REASON"]);
     for j in jobs {
         let took = match (j.started_ms, j.finished_ms) {
             (Some(s), Some(f)) => duration(f.saturating_sub(s)),
             (Some(s), None) => duration(skiff_api::now_ms().saturating_sub(s)),
             _ => "-".into(),
         };
-        t.row(vec![
-            j.name.clone(),
-            j.state.to_string(),
-            format!("{}/{}", j.succeeded, j.spec.completions),
-            j.active.to_string(),
-            j.failed.to_string(),
-            took,
-            age(j.created_ms),
-            j.reason.clone().unwrap_or_else(|| "-".into()),
-        ]);
+        t.row(row(
+            all,
+            &j.namespace,
+            vec![
+                j.name.clone(),
+                j.state.to_string(),
+                format!("{}/{}", j.succeeded, j.spec.completions),
+                j.active.to_string(),
+                j.failed.to_string(),
+                took,
+                age(j.created_ms),
+                j.reason.clone().unwrap_or_else(|| "-".into()),
+            ],
+        ));
     }
     t
 }
 
-fn crons_table(crons: &[Cron]) -> Table {
-    let mut t = Table::new(&["NAME", "SCHEDULE", "TIME ZONE", "SUSPEND", "LAST SCHEDULED", "LAST JOB", "NEXT", "AGE"]);
+fn crons_table(crons: &[Cron], all: bool) -> Table {
+    let mut t = table(all, &["NAME", "SCHEDULE", "TIME ZONE", "SUSPEND", "LAST SCHEDULED", "LAST JOB", "NEXT", "AGE"]);
     for c in crons {
-        t.row(vec![
-            c.name.clone(),
-            c.spec.schedule.clone(),
-            c.spec.time_zone.clone(),
-            c.spec.suspend.to_string(),
-            c.last_scheduled_ms.map(relative).unwrap_or_else(|| "-".into()),
-            c.last_job.clone().unwrap_or_else(|| "-".into()),
-            c.next_ms.map(relative).unwrap_or_else(|| "-".into()),
-            age(c.created_ms),
-        ]);
+        t.row(row(
+            all,
+            &c.namespace,
+            vec![
+                c.name.clone(),
+                c.spec.schedule.clone(),
+                c.spec.time_zone.clone(),
+                c.spec.suspend.to_string(),
+                c.last_scheduled_ms.map(relative).unwrap_or_else(|| "-".into()),
+                c.last_job.clone().unwrap_or_else(|| "-".into()),
+                c.next_ms.map(relative).unwrap_or_else(|| "-".into()),
+                age(c.created_ms),
+            ],
+        ));
     }
     t
 }
 
-/// `skiff get jobs [NAME]`.
-pub async fn get_jobs(client: &Client, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+/// The clients of every namespace the token may see (`get -A`), each with
+/// its namespace's name.
+async fn every_namespace(client: &Client) -> anyhow::Result<Vec<(String, Client)>> {
+    let spaces = client.namespaces().await.context("listing the namespaces")?;
+    Ok(spaces.into_iter().map(|n| (n.name.clone(), client.clone().with_namespace(&n.name))).collect())
+}
+
+/// `skiff get jobs [NAME] [-A]`.
+pub async fn get_jobs(client: &Client, name: Option<&str>, format: Format, all: bool) -> anyhow::Result<()> {
     let jobs = match name {
         Some(n) => vec![client.job(n).await?.job],
+        None if all => {
+            let mut jobs = Vec::new();
+            for (_, c) in every_namespace(client).await? {
+                jobs.extend(c.jobs().await?);
+            }
+            jobs
+        }
         None => client.jobs().await?,
     };
     if format == Format::Table {
-        jobs_table(&jobs).print()
+        jobs_table(&jobs, all && name.is_none()).print()
     } else {
         print_encoded(format, &jobs)?
     }
     Ok(())
 }
 
-/// `skiff get crons [NAME]`.
-pub async fn get_crons(client: &Client, name: Option<&str>, format: Format) -> anyhow::Result<()> {
+/// `skiff get crons [NAME] [-A]`.
+pub async fn get_crons(client: &Client, name: Option<&str>, format: Format, all: bool) -> anyhow::Result<()> {
     let crons = match name {
         Some(n) => vec![client.cron(n).await?.cron],
+        None if all => {
+            let mut crons = Vec::new();
+            for (_, c) in every_namespace(client).await? {
+                crons.extend(c.crons().await?);
+            }
+            crons
+        }
         None => client.crons().await?,
     };
     if format == Format::Table {
-        crons_table(&crons).print()
+        crons_table(&crons, all && name.is_none()).print()
     } else {
         print_encoded(format, &crons)?
     }
     Ok(())
 }
 
-/// `skiff get runs JOB`: every run of a job, in index order.
-pub async fn get_runs(client: &Client, job: &str, format: Format) -> anyhow::Result<()> {
-    let mut runs = client.job(job).await?.runs;
-    runs.sort_by_key(|r| (r.index, r.attempt));
+/// `skiff get runs [JOB] [-A]`: every run of a job, in index order; without
+/// a job, those of every job of the namespace (of every namespace with `-A`).
+pub async fn get_runs(client: &Client, job: Option<&str>, format: Format, all: bool) -> anyhow::Result<()> {
+    let spaces = if all { every_namespace(client).await? } else { vec![(String::new(), client.clone())] };
+    // (namespace, run) in namespace, job, index and try order.
+    let mut runs: Vec<(String, JobRun)> = Vec::new();
+    for (ns, c) in spaces {
+        let names = match job {
+            Some(j) => vec![j.to_string()],
+            None => c.jobs().await?.into_iter().map(|j| j.name).collect(),
+        };
+        for name in names {
+            let detail = match c.job(&name).await {
+                Ok(d) => d,
+                // Asked of each namespace with -A: a job of one only.
+                Err(e) if all && job.is_some() && e.to_string().contains("not found") => continue,
+                // Gone between the list and the look (a TTL, a cron's history).
+                Err(e) if job.is_none() && e.to_string().contains("not found") => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut these = detail.runs;
+            these.sort_by_key(|r| (r.index, r.attempt));
+            runs.extend(these.into_iter().map(|r| (ns.clone(), r)));
+        }
+    }
     if format == Format::Table {
-        let refs: Vec<&JobRun> = runs.iter().collect();
-        runs_table(&refs).print();
+        let refs: Vec<&JobRun> = runs.iter().map(|(_, r)| r).collect();
+        let spaces: Vec<&str> = runs.iter().map(|(ns, _)| ns.as_str()).collect();
+        runs_table_in(&refs, job.is_none(), all.then_some(&spaces[..])).print();
     } else {
+        let runs: Vec<JobRun> = runs.into_iter().map(|(_, r)| r).collect();
         print_encoded(format, &runs)?;
     }
     Ok(())
@@ -151,9 +223,22 @@ fn ranges(mut v: Vec<u32>) -> String {
 }
 
 fn runs_table(runs: &[&JobRun]) -> Table {
-    let mut t = Table::new(&["INDEX", "TRY", "RUN", "NODE", "OUTCOME", "EXIT", "DURATION", "REASON"]);
-    for r in runs {
-        t.row(vec![
+    runs_table_in(runs, false, None)
+}
+
+/// Runs, after their job when `jobs`, after their namespace when `spaces` are
+/// given (one per run: `get runs -A`).
+fn runs_table_in(runs: &[&JobRun], jobs: bool, spaces: Option<&[&str]>) -> Table {
+    let mut headers = Vec::new();
+    if jobs {
+        headers.push("JOB");
+    }
+    headers.extend(["INDEX", "TRY", "RUN", "NODE", "OUTCOME", "EXIT", "DURATION", "REASON"]);
+    let mut t = table(spaces.is_some(), &headers);
+    for (i, r) in runs.iter().enumerate() {
+        let ns = spaces.and_then(|s| s.get(i).copied()).unwrap_or_default();
+        let mut cells = if jobs { vec![r.job.clone()] } else { Vec::new() };
+        cells.extend([
             r.index.to_string(),
             r.attempt.to_string(),
             r.id.clone(),
@@ -163,6 +248,7 @@ fn runs_table(runs: &[&JobRun]) -> Table {
             r.duration_ms().map(duration).unwrap_or_else(|| "-".into()),
             r.reason.clone().unwrap_or_else(|| "-".into()),
         ]);
+        t.row(row(spaces.is_some(), ns, cells));
     }
     t
 }
@@ -176,6 +262,7 @@ pub async fn describe_job(client: &Client, name: &str) -> anyhow::Result<()> {
     let mut out = String::new();
     let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{:<17}{v}\n", format!("{k}:")));
     field(&mut out, "Name", j.name.clone());
+    field(&mut out, "Namespace", shown_namespace(&j.namespace));
     field(&mut out, "State", j.state.to_string());
     if let Some(r) = &j.reason {
         field(&mut out, "Reason", r.clone());
@@ -272,6 +359,7 @@ pub async fn describe_cron(client: &Client, name: &str) -> anyhow::Result<()> {
     let c = &d.cron;
     let field = |k: &str, v: String| println!("{:<19}{v}", format!("{k}:"));
     field("Name", c.name.clone());
+    field("Namespace", shown_namespace(&c.namespace));
     field("Schedule", format!("{} ({})", c.spec.schedule, c.spec.time_zone));
     field("Concurrency", c.spec.concurrency_policy.to_string());
     field("Starting deadline", c.spec.starting_deadline_seconds.map(format_secs).unwrap_or_else(|| "<none>".into()));
@@ -347,20 +435,33 @@ async fn upload_template(client: &Client, base: &Path, spec: &mut JobSpec) -> an
     Ok(())
 }
 
+/// A job or cron of a manifest: its name, spec and `namespace:`.
+pub type Manifested<S> = (String, S, Option<String>);
+
+/// The client of a document's `namespace:` (#20), else the one given.
+fn in_namespace(client: &Client, ns: &Option<String>) -> Client {
+    match ns {
+        Some(ns) => client.clone().with_namespace(ns),
+        None => client.clone(),
+    }
+}
+
 /// Creates the jobs and crons of a manifest (its artifacts relative to `base`).
 pub async fn apply(
     client: &Client,
     base: &Path,
-    jobs: Vec<(String, JobSpec)>,
-    crons: Vec<(String, CronSpec)>,
+    jobs: Vec<Manifested<JobSpec>>,
+    crons: Vec<Manifested<CronSpec>>,
     source: &str,
 ) -> anyhow::Result<()> {
-    for (name, mut spec) in jobs {
+    for (name, mut spec, ns) in jobs {
+        let client = &in_namespace(client, &ns);
         upload_template(client, base, &mut spec).await.with_context(|| format!("{source}job {name}"))?;
         let (job, created) = client.put_job(&name, &spec).await.with_context(|| format!("job {name}"))?;
         println!("job {} {}", job.name, if created { "created" } else { "unchanged" });
     }
-    for (name, mut spec) in crons {
+    for (name, mut spec, ns) in crons {
+        let client = &in_namespace(client, &ns);
         upload_template(client, base, &mut spec.job).await.with_context(|| format!("{source}cron {name}"))?;
         let (cron, created) = client.put_cron(&name, &spec).await.with_context(|| format!("cron {name}"))?;
         let next = cron.next_ms.map(|n| format!(", next {}", relative(n))).unwrap_or_default();

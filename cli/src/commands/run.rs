@@ -153,11 +153,20 @@ pub async fn run(args: RunArgs, client: &Client) -> anyhow::Result<()> {
 async fn watch(client: &Client, name: &str) -> anyhow::Result<i32> {
     let seen = Arc::new(AtomicUsize::new(0));
     let mut streaming: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut told = None;
     let detail = loop {
         let d = client.job(name).await?;
         let run = d.runs.last();
         if d.job.state.is_finished() {
             break d;
+        }
+        // Its namespace's quota full (#20): the run starts once there is room.
+        if run.is_none()
+            && let Some(why) = d.job.reason.as_deref().filter(|r| r.starts_with("runs wait for quota"))
+            && told.as_deref() != Some(why)
+        {
+            eprintln!("skiff: job {name} waits: {why}");
+            told = Some(why.to_string());
         }
         if let Some(run) = run {
             if run.node.is_none() && run.outcome == RunOutcome::Running && run.reason.is_some() {
