@@ -376,6 +376,11 @@ pub struct Endpoints {
     /// In a delta: deployments deleted since the caller's index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// Namespaces with `isolation: namespace` (#20): an ingress refuses (403)
+    /// a call from a container of one of them to another namespace's
+    /// deployment. Whole in a delta too, as `splits`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub isolated: std::collections::BTreeSet<String>,
 }
 
 impl Endpoints {
@@ -395,6 +400,7 @@ impl Endpoints {
             self.deployments.insert(name, eps);
         }
         self.splits = delta.splits;
+        self.isolated = delta.isolated;
         self.index = delta.index;
     }
 }

@@ -23,12 +23,22 @@
 //!
 //! Answers of its own: 404 for a deployment that does not exist, 503 with
 //! `Retry-After` when none of its replicas is ready, 502 when no replica could be
-//! reached. Each is one line of text.
+//! reached, 403 for a call across namespaces from a container of a namespace
+//! with `isolation: namespace`. Each is one line of text.
+//!
+//! Namespace isolation (#20): the ingress names a caller by its connection's
+//! peer address. One of a container on this node's bridge is that container's
+//! (see `ContainerRuntime::caller` for why it cannot be another's), so its
+//! replica's deployment and namespace; when the endpoints table lists that
+//! namespace in `isolated`, a request for a deployment of another namespace is
+//! refused before it is routed. Callers from anywhere else (the host, other
+//! machines, other nodes' ingresses passing a request on) are not named.
 //!
 //! Metrics: the ingress a client reached counts the request by deployment and
 //! status code, and times it to the response head (`docs/metrics.md`).
 
 use crate::activation::{Activations, Outcome};
+pub use crate::container::Caller;
 use crate::http::{Body, BoxError, HttpReplica, HttpRuntime, text};
 use crate::routes::{Table, Upstream};
 use bytes::Bytes;
@@ -37,6 +47,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use skiff_api::{ActivateRequest, Client, ClientError, Endpoint, Endpoints, Split};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -76,7 +87,12 @@ pub struct Ingress {
     activations: Arc<Activations>,
     /// The scheduler, as the endpoints watch reaches it (the node's credential).
     scheduler: OnceLock<Client>,
+    /// Who is at a connection's peer address (the node's containers).
+    callers: OnceLock<Callers>,
 }
+
+/// Names the caller at a peer address ([`crate::container::ContainerRuntime::caller`]).
+pub type Callers = Box<dyn Fn(SocketAddr) -> Caller + Send + Sync>;
 
 impl Ingress {
     /// The ingress of node `node`, serving its local HTTP components from
@@ -102,7 +118,14 @@ impl Ingress {
             http,
             activations,
             scheduler: OnceLock::new(),
+            callers: OnceLock::new(),
         })
+    }
+
+    /// Sets who names the callers of requests (the node's container runtime),
+    /// for namespace isolation; without it every caller is outside.
+    pub fn set_callers(&self, callers: Callers) {
+        let _ = self.callers.set(callers);
     }
 
     /// Sets the endpoints table (the watcher does; tests may).
@@ -148,7 +171,7 @@ impl Ingress {
 
     async fn accept(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait, don't spin.
@@ -166,7 +189,7 @@ impl Ingress {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let ingress = ingress.clone();
-                    async move { Ok::<_, Infallible>(ingress.handle(req).await) }
+                    async move { Ok::<_, Infallible>(ingress.handle(req, peer).await) }
                 });
                 let io = wasmtime_wasi_http::io::TokioIo::new(stream);
                 if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
@@ -222,17 +245,18 @@ impl Ingress {
         }
     }
 
-    /// Routes one request, counting it in the node's metrics (at the first
-    /// ingress only: one passed on by another was counted there).
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Routes one request that came from `peer`, counting it in the node's
+    /// metrics (at the first ingress only: one passed on by another was
+    /// counted there).
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if header_str(req.headers(), HOP_HEADER).is_some() {
-            return self.dispatch(req, &AtomicU64::new(0)).await;
+            return self.dispatch(req, peer, &AtomicU64::new(0)).await;
         }
         let start = Instant::now();
         let name = route(&req, &self.suffix).map(|(name, _)| name);
         // The revision a split chose for it (0: none), for the metric's label.
         let chosen = AtomicU64::new(0);
-        let resp = self.dispatch(req, &chosen).await;
+        let resp = self.dispatch(req, peer, &chosen).await;
         // A name that no deployment has is the client's to choose: counted
         // under "" so that the labels stay bounded by the deployments.
         let deployment = name.filter(|n| self.exists(n)).unwrap_or_default();
@@ -250,7 +274,7 @@ impl Ingress {
         table.as_ref().is_some_and(|t| t.deployments.contains_key(name)) || !self.local(name).is_empty()
     }
 
-    async fn dispatch(&self, mut req: Request<Incoming>, chosen_out: &AtomicU64) -> Response<Body> {
+    async fn dispatch(&self, mut req: Request<Incoming>, peer: SocketAddr, chosen_out: &AtomicU64) -> Response<Body> {
         let hops: u32 = header_str(req.headers(), HOP_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
         // The request as the client sent it, for the event of an activation.
         let line = ActivateRequest {
@@ -278,6 +302,11 @@ impl Ingress {
             Some((base, revision)) => (base, Some(revision)),
             None => (name, None),
         };
+        // Before anything routes it, a request passed on included: a container
+        // could send the hop headers itself.
+        if let Some(refused) = self.isolation(peer, &name) {
+            return refused;
+        }
         let mut local = self.local(&name);
         let asked: Option<u64> =
             preview.or_else(|| header_str(req.headers(), REVISION_HEADER).and_then(|v| v.trim().parse().ok()));
@@ -500,6 +529,53 @@ impl Ingress {
             return self.serve_local(name, replica, req).await;
         }
         text(StatusCode::BAD_GATEWAY, &format!("no replica of {name} could be reached: {last_error}"))
+    }
+
+    /// The answer to a request for deployment `name` from `peer` when namespace
+    /// isolation refuses it (#20): 403 when the caller is a container of a
+    /// namespace the table lists as isolated and `name` is of another
+    /// namespace; also 403 for a caller on the bridge that no running container
+    /// is, while any namespace is isolated (which namespace it is cannot be
+    /// told); 503 while there is no table to say what is isolated.
+    fn isolation(&self, peer: SocketAddr, name: &str) -> Option<Response<Body>> {
+        let caller = self.callers.get().map_or(Caller::Outside, |callers| callers(peer));
+        let (replica, own) = match &caller {
+            Caller::Outside => return None,
+            Caller::Container { replica, deployment } => (replica.as_str(), Some(skiff_api::namespace::of(deployment))),
+            Caller::Unknown(_) => ("", None),
+        };
+        let target = skiff_api::namespace::of(name);
+        if own == Some(target) {
+            return None;
+        }
+        let isolated = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let Some(table) = table.as_ref() else {
+                return Some(unavailable(
+                    "this node has not received the endpoints table from the scheduler yet (it says which namespaces are isolated)",
+                ));
+            };
+            match own {
+                Some(own) => table.isolated.contains(own),
+                None => !table.isolated.is_empty(),
+            }
+        };
+        if !isolated {
+            return None;
+        }
+        let plain = skiff_api::namespace::plain(name);
+        let line = match (own, &caller) {
+            (Some(own), _) => format!(
+                "namespace {own} is isolated (isolation: namespace): its replica {replica} may call only namespace {own}'s deployments, not {plain} of namespace {target}"
+            ),
+            (None, Caller::Unknown(ip)) => format!(
+                "no running container of this node has the address {ip}, so its namespace is unknown and a namespace is isolated: refused"
+            ),
+            (None, _) => return None,
+        };
+        tracing::debug!(%peer, deployment = %name, "{line}");
+        crate::metrics::METRICS.isolation_refusals.with_label_values(&[own.unwrap_or_default(), "container"]).inc();
+        Some(text(StatusCode::FORBIDDEN, &line))
     }
 
     /// The replicas of `name` this node serves: Wasm components, then containers.

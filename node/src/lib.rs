@@ -191,6 +191,13 @@ pub async fn run_until(config: NodeConfig, stop: impl std::future::Future<Output
             None
         }
     };
+    if let Some(c) = &containers {
+        // The ingress names a container calling it by its bridge address
+        // (namespace isolation, #20); weak, so it keeps no runtime alive.
+        let c = Arc::downgrade(c);
+        let outside = ingress::Caller::Outside;
+        ingress.set_callers(Box::new(move |peer| c.upgrade().map_or(outside.clone(), |c| c.caller(peer))));
+    }
     let exiting = containers.clone();
     let (relay_containers, relay_http) = (containers.clone(), http_runtime.clone());
     let runtimes = runtimes::Runtimes::new(&config.data_dir, wasm, Some(http_runtime), containers)?;

@@ -170,6 +170,10 @@ pub struct NodeMetrics {
     pub deadline_interruptions: IntCounterVec,
     /// Requests turned away because every slot of the instance pool was busy.
     pub admission_rejections: IntCounter,
+    /// Calls to another namespace refused under `isolation: namespace` (#20),
+    /// by the caller's namespace and runtime (`wasm`: an HTTP component's
+    /// outbound request; `container`: the ingress answered 403).
+    pub isolation_refusals: IntCounterVec,
     pool_slots: IntGauge,
     pool_in_use: IntGauge,
     /// The HTTP runtime's admission semaphore and its size, read at each scrape.
@@ -291,6 +295,12 @@ impl NodeMetrics {
                 "skiff_node_wasm_deadline_interruptions_total",
                 "HTTP requests whose handler was interrupted at the request deadline (504), by deployment",
                 &["deployment"],
+            ),
+            isolation_refusals: counter_vec(
+                &r,
+                "skiff_node_namespace_isolation_refusals_total",
+                "Calls to another namespace's deployment refused because the caller's namespace has isolation: namespace, by the caller's namespace and runtime (wasm, container)",
+                &["namespace", "runtime"],
             ),
             admission_rejections: registered(
                 &r,

@@ -135,7 +135,9 @@ pub fn table(mem: &Mem, index: u64) -> Endpoints {
 fn rest(mem: &Mem, index: u64) -> Endpoints {
     // A canary under way: every ingress splits its requests by weight (#18).
     let splits = mem.canaries().into_iter().filter_map(|c| Some((c.name.clone(), mem.split(&c.name)?))).collect();
-    Endpoints { index, splits, ..Default::default() }
+    // Namespaces whose containers' calls every ingress keeps to their own (#20).
+    let isolated = mem.isolated_namespaces().map(str::to_owned).collect();
+    Endpoints { index, splits, isolated, ..Default::default() }
 }
 
 /// The table at `index` as JSON, written straight from the working set: no
@@ -398,5 +400,50 @@ mod tests {
         }));
         st.register(req).expect("register");
         assert_eq!(st.endpoint_changes("n1", held.index), None);
+    }
+
+    /// `isolation: namespace` reaches every ingress in the table (#20): turning
+    /// it on or off, or removing an isolated namespace, changes no row, and a
+    /// node that is current hears it in a delta, not the whole table.
+    #[test]
+    fn isolated_namespaces_travel_in_the_table_and_its_deltas() {
+        use skiff_api::namespace::{Isolation, NamespaceRequest};
+        let temp = crate::state::tests::tempdir::Dir::new();
+        let dir = &temp.0;
+        let store = crate::store::Store::open(&dir.join("state.db")).expect("store");
+        let keys = crate::secrets::Keyring::open(dir).expect("keyring");
+        let mut st = State::load(store, keys, Policy { scoring: Scoring::Spread, ..Policy::default() }).expect("load");
+        let now = |st: &State| *st.endpoints_watch().borrow();
+        let mut held = table(st.mem(), now(&st));
+        st.endpoints_whole_sent("n1");
+        assert!(held.isolated.is_empty());
+        let catch_up = |st: &State, held: &mut Endpoints| {
+            let names = st.endpoint_changes("n1", held.index).expect("a delta, not the whole table");
+            assert!(names.is_empty(), "no row changed: {names:?}");
+            let d = delta(st.mem(), now(st), &names);
+            let d: Endpoints = serde_json::from_slice(&serde_json::to_vec(&d).expect("json")).expect("a delta");
+            held.apply(d);
+            assert_eq!(*held, table(st.mem(), now(st)));
+            let written: Endpoints =
+                serde_json::from_slice(&table_json(st.mem(), now(st)).expect("json")).expect("a table");
+            assert_eq!(written, *held, "the route's table says the same");
+        };
+        let isolation = |i| NamespaceRequest { quota: None, isolation: Some(i) };
+        for ns in ["team-a", "team-b"] {
+            st.put_namespace(ns, isolation(Isolation::Namespace)).expect("namespace");
+        }
+        catch_up(&st, &mut held);
+        assert_eq!(held.isolated.iter().collect::<Vec<_>>(), ["team-a", "team-b"]);
+
+        // A quota alone leaves the table as it is.
+        let before = now(&st);
+        st.put_namespace("team-a", NamespaceRequest { quota: Some(Default::default()), isolation: None })
+            .expect("quota");
+        assert_eq!(now(&st), before);
+
+        st.put_namespace("team-a", isolation(Isolation::None)).expect("namespace");
+        st.delete_namespace("team-b", false).expect("delete");
+        catch_up(&st, &mut held);
+        assert!(held.isolated.is_empty(), "{:?}", held.isolated);
     }
 }

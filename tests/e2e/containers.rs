@@ -1190,6 +1190,113 @@ fn containers_serve_http_through_the_ingress() {
     assert!(out.contains("2/2 replicas ready (routable)"), "--wait printed: {out}");
 }
 
+/// `isolation: namespace` for containers (#20): the ingress names a calling
+/// container by its bridge address. A container of an isolated namespace is
+/// answered 403 for another namespace's deployment, by `NAME.NS.skiff.local`,
+/// `NAME.skiff.local` (default), `/d/NS/NAME/` or the hop headers one ingress
+/// passes to another, and reaches its own namespace's; a container of a
+/// namespace without isolation calls anyone; turning isolation off lets the
+/// calls through at once (the endpoints table carries it). The isolated
+/// namespace's containers hold no `CAP_NET_RAW` (no ARP of their own, so no
+/// other container's address).
+#[test]
+fn an_isolated_namespaces_containers_reach_only_their_own_through_the_ingress() {
+    if !require_root("containers (runc, overlayfs, network namespaces)") {
+        return;
+    }
+    let mut s = Setup::in_netns();
+    // The ingress on every address of the test's namespace, so that containers
+    // reach it on the bridge.
+    s.node = None;
+    s.node_args.extend(["--ingress".to_string(), "0.0.0.0:0".to_string()]);
+    let _ = std::fs::remove_file(s.dir.path().join("node/ingress.addr"));
+    s.start_node();
+    let Some(netns) = s._netns.as_ref() else { panic!("no namespace") };
+    let (oci, _) = build_images(s.dir.path());
+    s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
+    s.cli(&["namespace", "create", "iso", "--isolation", "namespace"]);
+    s.cli(&["namespace", "create", "open"]);
+    for ns in ["default", "iso", "open"] {
+        let web = format!("mkdir -p /www && echo web of {ns} > /www/index.html && exec httpd -f -p 8080 -h /www");
+        let args = ["--name", "web", "--memory", "32Mi", "--port", "8080", "--arg", "/bin/sh", "--arg", "-c"];
+        s.cli(&[&["-n", ns, "deploy", "--image", "busybox"], &args[..], &["--arg", &web]].concat());
+    }
+    for ns in ["iso", "open"] {
+        let args = ["--name", "client", "--memory", "16Mi", "--arg", "/bin/sleep", "--arg", "3600"];
+        s.cli(&[&["-n", ns, "deploy", "--image", "busybox"], &args[..]].concat());
+    }
+    // One HTTP/1.0 request from inside `ns`'s client container to the ingress
+    // it is handed (`SKIFF_INGRESS`, the bridge gateway), with `headers`: the
+    // whole answer. busybox nc ends with its input: the sleep keeps it reading.
+    let call = |ns: &str, path: &str, headers: &str| -> Result<String, String> {
+        let script = format!(
+            "hp=${{SKIFF_INGRESS#http://}}; (printf 'GET {path} HTTP/1.0\\r\\n{headers}\\r\\n'; sleep 2) | nc ${{hp%:*}} ${{hp##*:}}"
+        );
+        let out = s.cli_in(&["-n", ns, "exec", "client", "--", "sh", "-c", &script]);
+        if out.ok && out.stdout.starts_with("HTTP/1.") {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    };
+    let host = |h: &str| format!("Host: {h}\\r\\n");
+    let status = |a: &str| a.split_whitespace().nth(1).unwrap_or_default().to_string();
+    // Served: routed once ready (the web replicas and the table catch up).
+    let served = |ns: &str, path: &str, headers: &str, body: &str| {
+        wait_for(Duration::from_secs(60), &format!("{ns}'s client served {body:?} by {path} {headers}"), || {
+            let a = call(ns, path, headers)?;
+            if status(&a) == "200" && a.contains(body) { Ok(()) } else { Err(a) }
+        })
+    };
+    // Within its namespace, an isolated namespace's container is served.
+    served("iso", "/", &host("web.iso.skiff.local"), "web of iso");
+    served("iso", "/d/iso/web/", "", "web of iso");
+    // The others are there and answer an open namespace's container.
+    served("open", "/", &host("web.iso.skiff.local"), "web of iso");
+    served("open", "/", &host("web.skiff.local"), "web of default");
+    served("open", "/d/open/web/", "", "web of open");
+
+    // Across namespaces, default included and however the request names the
+    // deployment: 403 with one line naming both namespaces.
+    let forged = "Host: x\\r\\nx-skiff-hop: 1\\r\\nx-skiff-deployment: open/web\\r\\n".to_string();
+    for (path, headers, target) in [
+        ("/", host("web.open.skiff.local"), "open"),
+        ("/", host("web.skiff.local"), "default"),
+        ("/d/open/web/", String::new(), "open"),
+        ("/", forged, "open"),
+    ] {
+        let a = call("iso", path, &headers).unwrap_or_else(|e| panic!("{path} {headers}: {e}"));
+        assert_eq!(status(&a), "403", "{path} {headers}: {a}");
+        let line = format!("may call only namespace iso's deployments, not web of namespace {target}");
+        assert!(a.contains("namespace iso is isolated") && a.contains(&line), "{path} {headers}: {a}");
+        assert!(!a.contains(&format!("web of {target}")), "{path} {headers}: {a}");
+    }
+    // Counted on the node, under the caller's namespace.
+    let node = read_when_ready(&s.dir.path().join("node/node.addr"));
+    let metrics = netns.exec(&["curl", "-sS", "--max-time", "5", &format!("{node}/metrics")]).expect("node metrics");
+    let refused = r#"skiff_node_namespace_isolation_refusals_total{namespace="iso",runtime="container"} 4"#;
+    assert!(metrics.contains(refused), "{metrics}");
+
+    // Isolation off: the next call across is served, containers running as they were.
+    s.cli(&["namespace", "set-quota", "iso", "--isolation", "none"]);
+    served("iso", "/", &host("web.open.skiff.local"), "web of open");
+    served("iso", "/", &host("web.skiff.local"), "web of default");
+
+    // An isolated namespace's container (started isolated) has no CAP_NET_RAW,
+    // so no packets of its own making (arping's ARP, with which it could claim
+    // another container's address); an open namespace's has it, as Docker's.
+    let arping = |ns: &str| {
+        s.cli_in(&["-n", ns, "exec", "client", "--", "/bin/busybox", "arping", "-c", "1", "-I", "eth0", "10.89.0.1"])
+    };
+    let a = arping("iso");
+    assert!(!a.ok && a.stderr.contains("not permitted"), "arping in iso: {}{}", a.stdout, a.stderr);
+    let a = arping("open");
+    assert!(a.ok && a.stdout.contains("Received 1 response"), "arping in open: {}{}", a.stdout, a.stderr);
+    // ICMP echo sockets for every group, so that iputils' ping works without it.
+    let range = s.cli(&["-n", "iso", "exec", "client", "--", "cat", "/proc/sys/net/ipv4/ping_group_range"]);
+    assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"]);
+}
+
 /// A registry (Debian's docker-registry) started by a test on a loopback port;
 /// killed by its pid on drop.
 struct Registry {

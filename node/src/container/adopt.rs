@@ -155,7 +155,8 @@ pub(super) async fn adopt(
     let mut guard = Running::new(&net, &id, &bundle, grace);
     guard.started = true;
     if let Some(ip) = record.ip() {
-        net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), ip);
+        let a = super::Address { ip, deployment: spec.deployment.clone() };
+        net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), a);
     }
     log.system(&format!("adopted the running container (pid {}) after the node daemon restarted", found.pid));
     let mut pumps = Vec::new();

@@ -2,7 +2,8 @@
 //!
 //! Kept to runtime-spec 1.0.x fields: Debian's runc 1.1 reports 1.0.2-dev.
 //! Defaults follow what container engines ship: pid, mount, ipc, uts and network
-//! namespaces; Docker's default capability set; `noNewPrivileges`; the masked and
+//! namespaces; Docker's default capability set (without `CAP_NET_RAW` in a
+//! namespace with `isolation: namespace`); `noNewPrivileges`; the masked and
 //! read-only paths of runc's spec; a seccomp profile that refuses the system calls
 //! a container has no business making; and cgroup limits from the replica's
 //! resources (memory without swap, CPU quota and shares, a pids limit).
@@ -19,6 +20,10 @@ use std::collections::{BTreeMap, HashSet};
 pub const PIDS_LIMIT: i64 = 1024;
 /// CPU quota period, microseconds.
 const CPU_PERIOD: u64 = 100_000;
+/// Every group may open ICMP echo sockets in a container's own network
+/// namespace, so that a `ping` that falls back to them (iputils') works without
+/// `CAP_NET_RAW` (Docker sets the same).
+const PING_GROUP_RANGE: (&str, &str) = ("net.ipv4.ping_group_range", "0 2147483647");
 
 /// What the container runs, after the image config and the spec are merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +70,10 @@ pub struct BundleSpec {
     /// it goes on when the node writes `ok`, fails on anything else or on the
     /// FIFO's end. The node connects the network meanwhile.
     pub network_gate: Option<std::path::PathBuf>,
+    /// Of a namespace with `isolation: namespace` (#20): without `CAP_NET_RAW`,
+    /// with which it could forge packets and answer ARP for another
+    /// container's bridge address, by which the ingress names its caller.
+    pub isolated: bool,
 }
 
 /// How long the runtime waits at the network gate, seconds.
@@ -231,7 +240,10 @@ const DENIED_SYSCALLS: &[&str] = &[
 /// The `config.json` of a bundle whose rootfs is `rootfs` (relative to it).
 pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
     let e = |e: oci_spec::OciSpecError| format!("cannot build config.json: {e}");
-    let caps = default_capabilities();
+    let mut caps = default_capabilities();
+    if b.isolated {
+        caps.remove(&Capability::NetRaw);
+    }
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -302,8 +314,15 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
         .map_err(e)?;
 
     let defaults = oci_spec::runtime::Linux::default();
+    // A network sysctl only in a namespace of the container's own: on the host
+    // network it would change the node's (and runc refuses it there).
+    let sysctl: std::collections::HashMap<String, String> = match b.netns {
+        NetNs::Host => Default::default(),
+        NetNs::New | NetNs::Join(_) => [(PING_GROUP_RANGE.0.to_string(), PING_GROUP_RANGE.1.to_string())].into(),
+    };
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .sysctl(sysctl)
         .resources(resources.build().map_err(e)?)
         .cgroups_path(std::path::PathBuf::from(&b.cgroups_path))
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
@@ -409,6 +428,7 @@ mod tests {
             netns: NetNs::Host,
             binds: vec![],
             network_gate: None,
+            isolated: false,
         };
         let v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
         let kinds: Vec<&str> = v
@@ -417,6 +437,34 @@ mod tests {
             .map(|a| a.iter().filter_map(|n| n["type"].as_str()).collect())
             .unwrap_or_default();
         assert_eq!(kinds, ["pid", "mount", "ipc", "uts"]);
+        // No network sysctl on the node's own network.
+        assert!(v.pointer("/linux/sysctl").and_then(|s| s.as_object()).is_none_or(|s| s.is_empty()), "{v}");
+    }
+
+    /// An isolated namespace's container has no `CAP_NET_RAW` in any set (#20).
+    #[test]
+    fn an_isolated_namespaces_container_cannot_make_raw_packets() {
+        let b = |isolated| BundleSpec {
+            hostname: "h".into(),
+            process: Process { args: vec!["/bin/true".into()], env: vec![], cwd: "/".into(), uid: 0, gid: 0 },
+            cgroups_path: "/skiff/h".into(),
+            memory: 0,
+            cpu_millis: 0,
+            netns: NetNs::Join("/run/netns/skiff-h".into()),
+            binds: vec![],
+            network_gate: None,
+            isolated,
+        };
+        let raw = |isolated| {
+            let v = serde_json::to_value(spec(&b(isolated)).expect("spec")).expect("json");
+            let caps = v.pointer("/process/capabilities").and_then(|c| c.as_object()).cloned().unwrap_or_default();
+            caps.iter()
+                .filter(|(_, list)| list.as_array().is_some_and(|l| l.iter().any(|c| c == "CAP_NET_RAW")))
+                .map(|(set, _)| set.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(raw(false), ["bounding", "effective", "permitted"]);
+        assert!(raw(true).is_empty(), "{:?}", raw(true));
     }
 
     #[test]
@@ -436,6 +484,7 @@ mod tests {
             netns: NetNs::Join("/run/netns/skiff-web-abc123".into()),
             binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into(), false)],
             network_gate: Some("/data/containers/run/web-abc123/network-gate".into()),
+            isolated: false,
         };
         let mut v = serde_json::to_value(spec(&b).expect("spec")).expect("json");
         // Sets serialise in hash order: sort them so the snapshot is stable.
@@ -539,6 +588,9 @@ mod tests {
                       "names": "<50 names: DENIED_SYSCALLS>"
                     }
                   ]
+                },
+                "sysctl": {
+                  "net.ipv4.ping_group_range": "0 2147483647"
                 }
               },
               "mounts": [

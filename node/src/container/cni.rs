@@ -28,6 +28,11 @@ use std::sync::{Arc, Mutex};
 pub const BRIDGE: &str = "skiff0";
 /// Addresses handed to containers.
 pub const SUBNET: &str = "10.89.0.0/16";
+/// Whether `ip` is in [`SUBNET`] (a unit test holds the two together).
+pub fn in_subnet(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V4(v4) if v4.octets()[..2] == [10, 89])
+}
+
 /// Where Debian installs the plugins.
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 /// Where named network namespaces live (iproute2's place: `ip netns` lists them).
@@ -385,6 +390,17 @@ mod tests {
         fn drop(&mut self) {
             delete_netns(&self.0);
         }
+    }
+
+    #[test]
+    fn in_subnet_is_the_subnet() {
+        let (net, bits) = SUBNET.split_once('/').expect("a CIDR");
+        let net: std::net::Ipv4Addr = net.parse().expect("an IPv4 network");
+        assert_eq!(bits, "16");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("an address");
+        assert!(in_subnet(std::net::IpAddr::V4(net)));
+        assert!(in_subnet(ip("10.89.255.254")) && in_subnet(ip("10.89.0.2")));
+        assert!(!in_subnet(ip("10.88.0.2")) && !in_subnet(ip("127.0.0.1")) && !in_subnet(ip("::1")));
     }
 
     #[test]

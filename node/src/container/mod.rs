@@ -75,7 +75,8 @@ pub struct ContainerRuntime {
     cni: Option<cni::Cni>,
     /// One lock per layer digest, so N replicas of an image unpack each layer once.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The bridge address of each running container, for its probes.
+    /// The bridge address of each running container, for its probes and to
+    /// name the caller of a request to the ingress.
     addresses: Addresses,
     /// Registries images are pulled from when the scheduler does not hold them.
     registries: registry::Registries,
@@ -95,7 +96,38 @@ impl Drop for ContainerRuntime {
     }
 }
 
-type Addresses = Arc<Mutex<HashMap<String, std::net::IpAddr>>>;
+/// Who calls the ingress, as [`ContainerRuntime::caller`] tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Not a container on this node's bridge: the host, a host-network
+    /// container, another machine, another node's ingress.
+    Outside,
+    /// The running container of `replica`, of `deployment` (a key).
+    Container { replica: String, deployment: String },
+    /// An address on the bridge that is no running container's.
+    Unknown(std::net::IpAddr),
+}
+
+/// The bridge's interface index (IPv6 link-local peers carry it as their
+/// scope), while it exists.
+fn bridge_index() -> Option<u32> {
+    let name = std::ffi::CString::new(cni::BRIDGE).ok()?;
+    // SAFETY: if_nametoindex(3) reads the NUL-terminated name and nothing else.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Running containers' addresses by replica.
+type Addresses = Arc<Mutex<HashMap<String, Address>>>;
+
+/// Where a running container is, and whose it is.
+#[derive(Debug, Clone)]
+pub(super) struct Address {
+    /// On the bridge; `127.0.0.1` on the host network.
+    pub(super) ip: std::net::IpAddr,
+    /// Its replica's deployment (key: `NS/NAME`, `job:NAME`, …).
+    pub(super) deployment: String,
+}
 
 /// An image made ready for one assignment.
 #[derive(Debug)]
@@ -184,7 +216,7 @@ impl ContainerRuntime {
 
     /// Runs one health check of `probe` against the running container of `replica`.
     pub async fn check(&self, replica: &str, probe: &skiff_api::Probe) -> Result<(), String> {
-        let address = self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(replica).copied();
+        let address = self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(replica).map(|a| a.ip);
         health::check(&self.oci, replica, address, probe).await
     }
 
@@ -195,7 +227,44 @@ impl ContainerRuntime {
 
     /// The bridge address of replica `id`'s container while it runs.
     pub fn address(&self, id: &str) -> Option<std::net::IpAddr> {
-        self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
+        self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(id).map(|a| a.ip)
+    }
+
+    /// Who is at `peer`, the other end of a connection to the ingress: a
+    /// container of this node's bridge (named by its address), or not.
+    ///
+    /// A container cannot send from another's address: it lacks
+    /// `CAP_NET_ADMIN` (to change its own) and `CAP_NET_RAW` (to forge packets
+    /// or answer ARP for another), see `bundle.rs`; the bridge plugin gave it
+    /// the one address it has. Traffic from a container to a node address is
+    /// delivered locally, never masqueraded, so the peer is that address.
+    /// Host-network containers call from the node's own addresses: outside.
+    pub fn caller(&self, peer: std::net::SocketAddr) -> Caller {
+        use std::net::{IpAddr, SocketAddr};
+        if !self.bridged() {
+            return Caller::Outside;
+        }
+        let ip = match peer {
+            SocketAddr::V4(a) => IpAddr::V4(*a.ip()),
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                // Containers get no IPv6 address of ours, but the kernel gives
+                // their eth0 a link-local one: a call over the bridge by it
+                // (an ingress listening on `[::]`) cannot be named.
+                None if (a.ip().segments()[0] & 0xffc0) == 0xfe80 && Some(a.scope_id()) == bridge_index() => {
+                    return Caller::Unknown(peer.ip());
+                }
+                None => return Caller::Outside,
+            },
+        };
+        if ip == serve::BRIDGE_GATEWAY || !cni::in_subnet(ip) {
+            return Caller::Outside;
+        }
+        let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        match addresses.iter().find(|(_, a)| a.ip == ip) {
+            Some((id, a)) => Caller::Container { replica: id.clone(), deployment: a.deployment.clone() },
+            None => Caller::Unknown(ip),
+        }
     }
 }
 
@@ -257,6 +326,7 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             netns: bundle::NetNs::New,
             binds,
             network_gate: None,
+            isolated: false,
         };
         let config = bundle::spec(&b)?;
         let json = serde_json::to_vec(&config).map_err(|e| e.to_string())?;

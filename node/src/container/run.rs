@@ -6,7 +6,7 @@ use super::adopt::Record;
 use super::cgroup::{CGROUP_PARENT, UsageReader, oom_kills};
 use super::oci::Oci;
 use super::teardown::{Lifecycle, Running, teardown};
-use super::{Addresses, EXIT_FILE, NETWORK_GATE, Plan, SECRETS_TMPFS, bundle, cni};
+use super::{Address, Addresses, EXIT_FILE, NETWORK_GATE, Plan, SECRETS_TMPFS, bundle, cni};
 use super::{Outcome, RunSpec};
 use crate::logs::{LogSink, Stream};
 use skiff_api::quantity::format_memory;
@@ -136,8 +136,13 @@ pub(super) async fn run_container(
             .unwrap_or_else(|e| Err(format!("network task failed: {e}")));
             let opened = connected.and_then(|address| {
                 record.address = Some(address);
-                // Recorded before the container can run: adoption reads it.
+                // Recorded before the container can run: adoption reads it,
+                // and the ingress names its calls by it from the first one.
                 record.write(&bundle)?;
+                if let Some(ip) = record.ip() {
+                    let a = Address { ip, deployment: spec.deployment.clone() };
+                    net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), a);
+                }
                 gate.write_all(b"ok\n").map_err(|e| format!("cannot open the network gate: {e}"))
             });
             if let Err(e) = opened {
@@ -157,7 +162,8 @@ pub(super) async fn run_container(
             log.system(&format!("network: eth0 {address}"));
         }
         if let Some(ip) = record.ip() {
-            net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), ip);
+            let a = Address { ip, deployment: spec.deployment.clone() };
+            net.addresses.lock().unwrap_or_else(|e| e.into_inner()).insert(guard.id.clone(), a);
         }
     }
 
@@ -264,6 +270,8 @@ fn prepare_bundle(
         netns,
         binds: spec.preopens.iter().map(|p| (p.host.clone(), p.guest.clone(), p.writable)).collect(),
         network_gate,
+        // Set by the scheduler after the spec's own env (#20).
+        isolated: spec.env.get(skiff_api::namespace::ISOLATION_ENV).is_some_and(|v| v == "namespace"),
     };
     let config = bundle::spec(&b)?;
     let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("cannot write config.json: {e}"))?;

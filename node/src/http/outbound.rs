@@ -102,6 +102,8 @@ impl WasiHttpHooks for Outbound {
         };
         let target: Result<String, Error> = if other_namespace {
             tracing::debug!(%host, "outbound request refused: another namespace, and this one is isolated");
+            let own = self.isolated.as_deref().unwrap_or_default();
+            crate::metrics::METRICS.isolation_refusals.with_label_values(&[own, "wasm"]).inc();
             Err(Error::HttpRequestDenied)
         } else if internal {
             // Inside the cluster: plain HTTP to the node's own ingress whatever
