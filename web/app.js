@@ -223,6 +223,7 @@ function fillNamespaces() {
 }
 $("#ns-select").addEventListener("change", () => {
   if (!whole) return;
+  jobsAt = 0; // the jobs view asks its namespace's at once
   snap = filtered(whole);
   render();
 });
@@ -847,25 +848,34 @@ function when(ms) {
   return d >= 0 ? "in " + fmtAge(d) : fmtAge(-d) + " ago";
 }
 
+// The API path of namespace `ns`'s `kind` (jobs, crons), plus `rest`.
+function nsPath(ns, kind, rest = "") {
+  return `/v1/namespaces/${encodeURIComponent(ns)}/${kind}${rest}`;
+}
+// Jobs and crons as the page keys objects (#20): NAME in default, NS/NAME elsewhere.
+function keyed(o) {
+  const ns = o.namespace || "default";
+  return { ...o, ns, plain: o.name, name: ns === "default" ? o.name : `${ns}/${o.name}` };
+}
+
 async function renderJobs() {
-  // Jobs are default's only, and /v1/jobs a cluster-wide token's.
-  const elsewhere = !!snap.namespace || !["", "default"].includes(shownNamespace());
-  $("#jobs-elsewhere").hidden = !elsewhere;
-  if (elsewhere) {
-    $("#jobs-empty").hidden = $("#crons-empty").hidden = true;
-    $("#jobs-table tbody").replaceChildren();
-    $("#crons-table tbody").replaceChildren();
-    return;
-  }
+  // Jobs and crons are namespaced (#20): those of the namespace shown (a
+  // scoped token's own), or of every namespace the token sees.
   if (jobsBusy || Date.now() - jobsAt < 1000) return;
+  const one = shownNamespace();
+  const spaces = one ? [one] : (whole.namespaces || []).map((n) => n.name);
   jobsBusy = true;
   try {
-    const [jobs, crons] = await Promise.all([api("GET", "/v1/jobs"), api("GET", "/v1/crons")]);
+    const lists = await Promise.all(spaces.map((ns) =>
+      Promise.all([api("GET", nsPath(ns, "jobs")), api("GET", nsPath(ns, "crons"))])));
+    if (shownNamespace() !== one) return; // switched meanwhile: the next render asks again
+    const jobs = lists.flatMap(([j]) => j).map(keyed);
+    const crons = lists.flatMap(([, c]) => c).map(keyed);
     jobsAt = Date.now();
     jobs.sort((a, b) => b.created_ms - a.created_ms);
     // Failed indices need a job's runs: only for jobs with failures, a few at a time.
     for (const j of jobs.filter((j) => j.failed > 0 && !failedIndices.has(j.name + "@" + j.failed)).slice(0, 10)) {
-      const d = await api("GET", "/v1/jobs/" + encodeURIComponent(j.name));
+      const d = await api("GET", nsPath(j.ns, "jobs", "/" + encodeURIComponent(j.plain)));
       failedIndices.set(j.name + "@" + j.failed, ranges(d.runs.filter((r) => r.outcome === "failed").map((r) => r.index)));
     }
     $("#jobs-empty").hidden = jobs.length > 0;
@@ -901,7 +911,7 @@ async function renderJobs() {
       c[1].textContent = `${cr.spec.schedule} (${cr.spec.time_zone})`;
       c[2].textContent = cr.spec.concurrency_policy + (cr.spec.suspend ? ", suspended" : "");
       c[3].textContent = when(cr.last_scheduled_ms);
-      c[4].textContent = cr.last_job || "—";
+      c[4].textContent = cr.last_job ? (cr.ns === "default" ? cr.last_job : `${cr.ns}/${cr.last_job}`) : "—";
       c[5].textContent = cr.spec.suspend ? "suspended" : when(cr.next_ms);
     });
   } catch (e) {

@@ -232,6 +232,9 @@ try {
   step("jobs view");
   await page.click('nav a[data-view="jobs"]');
   await until(page.locator("#jobs-empty, #jobs-table tbody tr").first().waitFor());
+  // Every namespace's jobs for a cluster-wide token showing all (#20).
+  await until(page.waitForSelector('#jobs-table tr[data-job="team-a/teamjob"]'));
+  await until(page.waitForSelector('#jobs-table tr[data-job="dfltjob"]'));
   await page.screenshot({ path: join(shots, "jobs.png"), fullPage: true });
 
   step("events view");
@@ -310,12 +313,14 @@ try {
   if (!owners.length || owners.some((o) => o !== "team-a/teamweb")) throw new Error(`a token of team-a is shown replicas of ${JSON.stringify(owners)}`);
   await p4.click('nav a[data-view="events"]');
   const objects = await p4.evaluate(() => [...document.querySelectorAll("#events-table tbody tr")].map((tr) => tr.cells[1].textContent));
-  const ours = (o) => o.startsWith("deployment/team-a/") || o.startsWith("replica/team-a-") || o === "namespace/team-a";
+  const ours = (o) => ["deployment/team-a/", "job/team-a/", "replica/team-a-"].some((p) => o.startsWith(p)) || o === "namespace/team-a";
   if (!objects.some((o) => o === "deployment/team-a/teamweb") || !objects.every(ours)) {
     throw new Error(`a token of team-a is shown events about ${JSON.stringify(objects)}`);
   }
   await p4.click('nav a[data-view="jobs"]');
-  await until(p4.waitForSelector("#jobs-elsewhere", { state: "visible" }));
+  await until(p4.waitForSelector('#jobs-table tr[data-job="team-a/teamjob"]'));
+  const jobs = await p4.evaluate(() => [...document.querySelectorAll("#jobs-table tbody tr")].map((tr) => tr.dataset.job));
+  if (jobs.join() !== "team-a/teamjob") throw new Error(`a token of team-a is shown jobs ${JSON.stringify(jobs)}`);
   await p4.click('nav a[data-view="cluster"]');
   await until(p4.waitForSelector('#namespaces-table tr[data-namespace="team-a"]'));
   const spaces = await p4.evaluate(() => [...document.querySelectorAll("#namespaces-table tbody tr")].map((tr) => tr.dataset.namespace));

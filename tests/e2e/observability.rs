@@ -401,6 +401,11 @@ fn dashboard_in_a_real_browser() {
     cli_ok(cwd, &url, &["namespace", "create", "team-a", "--deployments", "5", "--memory", "256Mi"]);
     let team = ["-n", "team-a", "deploy", worker.to_str().unwrap_or_default(), "--name", "teamweb", "--memory", "32Mi"];
     cli_ok(cwd, &url, &team);
+    // A job of team-a's and one of default's: the scoped page shows team-a's only.
+    let job_worker = wasm_p1("job_worker");
+    for (ns, name) in [("team-a", "teamjob"), ("default", "dfltjob")] {
+        cli_ok(cwd, &url, &["-n", ns, "run", job_worker.to_str().unwrap_or_default(), "--detach", "--name", name]);
+    }
     let scoped = cli_ok(cwd, &url, &["-n", "team-a", "token", "create", "team-a-viewer", "--role", "read"]);
     let scoped_link = format!("{url}/?token={}", scoped.trim());
     wait_for(Duration::from_secs(60), "crash to fail", || {
