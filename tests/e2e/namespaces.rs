@@ -399,6 +399,11 @@ fn an_isolated_namespace_calls_only_its_own() {
         assert_eq!(a.status, 502, "{target}: {a:?}");
         assert!(a.body.contains("HttpRequestDenied"), "{target}: {a:?}");
     }
+    // Counted on the node, under the caller's namespace.
+    let api = read_when_ready(&dev.data().join("node").join("node.addr"));
+    let page = get(&api, "node", "/metrics").expect("GET /metrics").body;
+    let refused = r#"skiff_node_namespace_isolation_refusals_total{namespace="iso",runtime="wasm"} 2"#;
+    assert!(page.contains(refused), "{page}");
     // A namespace without isolation calls anyone.
     let a = call("open", "peer.iso.skiff.local");
     assert!(a.status == 200 && a.body.contains("200 iso-peer from"), "{a:?}");
