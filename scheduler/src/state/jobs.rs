@@ -956,6 +956,39 @@ mod tests {
     }
 
     #[test]
+    fn namespaced_jobs_and_crons_are_stored_and_loaded_again_beside_defaults() {
+        use skiff_api::namespace::NamespaceRequest;
+        let dir = super::super::tests::tempdir::Dir::new();
+        let open = || {
+            let store = Store::open(&dir.0.join("state.db")).expect("the store");
+            State::load(store, Keyring::open(&dir.0).expect("the keyring"), Policy::default()).expect("the state")
+        };
+        {
+            let mut st = open();
+            st.put_namespace("team-a", NamespaceRequest::default()).expect("a namespace");
+            // Rows as a server before namespaces wrote them: default's, by plain name.
+            st.create_job("up", spec(1, 1, 0)).expect("default's up");
+            let mut down = spec(1, 1, 0);
+            down.after = vec!["up".into()];
+            st.create_job("team-a/up", spec(1, 1, 0)).expect("team-a's up");
+            st.create_job("team-a/down", down).expect("team-a's down");
+            let cron: skiff_api::job::CronSpec = serde_json::from_value(serde_json::json!({
+                "schedule": "0 3 * * *", "time_zone": "UTC", "job": serde_json::to_value(spec(1, 1, 0)).expect("json"),
+            }))
+            .expect("a cron");
+            st.put_cron("team-a/nightly", cron).expect("a cron");
+        }
+        let st = open();
+        let mem = st.mem();
+        assert_eq!(mem.jobs_in(ns::DEFAULT).map(|j| j.name).collect::<Vec<_>>(), ["up"]);
+        assert_eq!(mem.jobs_in("team-a").map(|j| j.name).collect::<Vec<_>>(), ["team-a/down", "team-a/up"]);
+        assert_eq!(mem.jobs["team-a/down"].job.spec.after, ["team-a/up"], "after names team-a's up, not default's");
+        assert_eq!(live(mem, "team-a/up").len(), 1, "its run is loaded with it");
+        assert_eq!(mem.crons_in("team-a").iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["team-a/nightly"]);
+        assert!(mem.crons_in(ns::DEFAULT).is_empty());
+    }
+
+    #[test]
     fn retry_delays_double_up_to_a_minute() {
         assert_eq!(retry_delay_ms(1), 1_000);
         assert_eq!(retry_delay_ms(2), 2_000);
