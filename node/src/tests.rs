@@ -731,3 +731,25 @@ async fn a_failing_liveness_probe_restarts_an_http_component_and_is_counted() {
     drop(r);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn desired_says_which_replicas_an_answer_touched() {
+    use crate::agent::{Desired, Touched};
+    let asg = |id: &str| assignment(id, b"\0asm", RestartPolicy::Always);
+    let answer = |delta, replicas: Vec<skiff_api::Assignment>, removed: Vec<&str>| skiff_api::Assignments {
+        delta,
+        replicas,
+        removed: removed.into_iter().map(String::from).collect(),
+        index: 1,
+        purge_volumes: vec![],
+        lease_ms: 0,
+    };
+    let mut d = Desired::default();
+    assert_eq!(d.update(answer(false, vec![asg("web-aaaaaa"), asg("web-bbbbbb")], vec![])), Touched::All);
+    assert_eq!(d.len(), 2);
+    let t = d.update(answer(true, vec![asg("web-cccccc"), asg("BAD/ID")], vec!["web-aaaaaa"]));
+    assert_eq!(t, Touched::Some(vec!["web-aaaaaa".into(), "web-cccccc".into()]), "an invalid id is left out");
+    let mut ids: Vec<&str> = d.all().map(|a| a.replica.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["web-bbbbbb", "web-cccccc"]);
+}

@@ -43,10 +43,17 @@ impl Batcher {
             match queue.get_mut(&name) {
                 Some(queued) if hb.delta => {
                     queued.capacity = hb.capacity;
+                    // By id, not a search of the queued list per status: both
+                    // hold every running replica of the node (thousands).
+                    let mut at: HashMap<String, usize> =
+                        queued.replicas.iter().enumerate().map(|(i, q)| (q.id.clone(), i)).collect();
                     for st in hb.replicas {
-                        match queued.replicas.iter_mut().find(|q| q.id == st.id) {
-                            Some(q) => *q = st,
-                            None => queued.replicas.push(st),
+                        match at.get(&st.id) {
+                            Some(&i) => queued.replicas[i] = st,
+                            None => {
+                                at.insert(st.id.clone(), queued.replicas.len());
+                                queued.replicas.push(st);
+                            }
                         }
                     }
                 }
@@ -112,5 +119,48 @@ pub(crate) async fn run(core: Arc<Core>) {
         if dirty {
             core.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::{ReplicaState, ReplicaStatus, Resources};
+
+    fn st(id: &str, requests: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            id: id.into(),
+            generation: 1,
+            state: ReplicaState::Ready,
+            restarts: 0,
+            reason: None,
+            exit_code: None,
+            cpu_seconds: 0.0,
+            memory_bytes: 0,
+            requests,
+            errors: 0,
+            latency: Vec::new(),
+        }
+    }
+
+    fn hb(delta: bool, replicas: Vec<ReplicaStatus>) -> Heartbeat {
+        Heartbeat { capacity: Resources::default(), replicas, delta }
+    }
+
+    #[test]
+    fn a_delta_merges_into_the_queued_report_by_id() {
+        let b = Batcher::default();
+        b.submit("n1".into(), hb(false, vec![st("a", 1), st("b", 1)]));
+        b.submit("n1".into(), hb(true, vec![st("b", 2), st("c", 1)]));
+        b.submit("n1".into(), hb(true, vec![st("c", 3)]));
+        let queue = b.queue.lock().unwrap();
+        let q = &queue["n1"];
+        assert!(!q.delta, "a merged delta keeps the full report full");
+        let got: Vec<(&str, u64)> = q.replicas.iter().map(|s| (s.id.as_str(), s.requests)).collect();
+        assert_eq!(got, [("a", 1), ("b", 2), ("c", 3)]);
+        drop(queue);
+        // A full report replaces whatever was queued.
+        b.submit("n1".into(), hb(false, vec![st("d", 1)]));
+        assert_eq!(b.queue.lock().unwrap()["n1"].replicas.len(), 1);
     }
 }
