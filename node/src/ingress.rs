@@ -532,50 +532,24 @@ impl Ingress {
     }
 
     /// The answer to a request for deployment `name` from `peer` when namespace
-    /// isolation refuses it (#20): 403 when the caller is a container of a
-    /// namespace the table lists as isolated and `name` is of another
-    /// namespace; also 403 for a caller on the bridge that no running container
-    /// is, while any namespace is isolated (which namespace it is cannot be
-    /// told); 503 while there is no table to say what is isolated.
+    /// isolation refuses it (#20), as [`refusal`] decides, counted.
     fn isolation(&self, peer: SocketAddr, name: &str) -> Option<Response<Body>> {
         let caller = self.callers.get().map_or(Caller::Outside, |callers| callers(peer));
-        let (replica, own) = match &caller {
-            Caller::Outside => return None,
-            Caller::Container { replica, deployment } => (replica.as_str(), Some(skiff_api::namespace::of(deployment))),
-            Caller::Unknown(_) => ("", None),
-        };
-        let target = skiff_api::namespace::of(name);
-        if own == Some(target) {
+        if caller == Caller::Outside {
             return None;
         }
-        let isolated = {
+        let refused = {
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-            let Some(table) = table.as_ref() else {
-                return Some(unavailable(
-                    "this node has not received the endpoints table from the scheduler yet (it says which namespaces are isolated)",
-                ));
-            };
-            match own {
-                Some(own) => table.isolated.contains(own),
-                None => !table.isolated.is_empty(),
+            refusal(&caller, name, table.as_ref().map(|t| &t.isolated))?
+        };
+        Some(match refused {
+            Refusal::NoTable(line) => unavailable(line),
+            Refusal::Forbidden { namespace, line } => {
+                tracing::debug!(%peer, deployment = %name, "{line}");
+                crate::metrics::METRICS.isolation_refusals.with_label_values(&[&namespace, "container"]).inc();
+                text(StatusCode::FORBIDDEN, &line)
             }
-        };
-        if !isolated {
-            return None;
-        }
-        let plain = skiff_api::namespace::plain(name);
-        let line = match (own, &caller) {
-            (Some(own), _) => format!(
-                "namespace {own} is isolated (isolation: namespace): its replica {replica} may call only namespace {own}'s deployments, not {plain} of namespace {target}"
-            ),
-            (None, Caller::Unknown(ip)) => format!(
-                "no running container of this node has the address {ip}, so its namespace is unknown and a namespace is isolated: refused"
-            ),
-            (None, _) => return None,
-        };
-        tracing::debug!(%peer, deployment = %name, "{line}");
-        crate::metrics::METRICS.isolation_refusals.with_label_values(&[own.unwrap_or_default(), "container"]).inc();
-        Some(text(StatusCode::FORBIDDEN, &line))
+        })
     }
 
     /// The replicas of `name` this node serves: Wasm components, then containers.
@@ -693,6 +667,54 @@ impl Local {
 /// The endpoints of `remote` that run revision `revision`.
 fn remote_of(remote: &[Endpoint], revision: u64) -> Vec<Endpoint> {
     remote.iter().filter(|e| e.revision == revision).cloned().collect()
+}
+
+/// Why namespace isolation refuses a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No endpoints table yet, so what is isolated is not known (503).
+    NoTable(&'static str),
+    /// 403: the caller's namespace (empty when unknown) and the line.
+    Forbidden { namespace: String, line: String },
+}
+
+/// Whether namespace isolation refuses a request from `caller` for deployment
+/// (key) `name`, given the namespaces the endpoints table lists as isolated
+/// (`None`: no table yet). A container of an isolated namespace reaches only
+/// its own namespace's deployments; a caller on the bridge that is no running
+/// container reaches none while any namespace is isolated (its namespace
+/// cannot be told); a caller from outside is not held.
+fn refusal(caller: &Caller, name: &str, isolated: Option<&std::collections::BTreeSet<String>>) -> Option<Refusal> {
+    let target = skiff_api::namespace::of(name);
+    let (replica, own) = match caller {
+        Caller::Outside => return None,
+        Caller::Container { replica, deployment } => (replica, Some(skiff_api::namespace::of(deployment))),
+        Caller::Unknown(_) => (&String::new(), None),
+    };
+    if own == Some(target) {
+        return None;
+    }
+    let Some(isolated) = isolated else {
+        return Some(Refusal::NoTable(
+            "this node has not received the endpoints table from the scheduler yet (it says which namespaces are isolated)",
+        ));
+    };
+    match (own, caller) {
+        (Some(own), _) if isolated.contains(own) => Some(Refusal::Forbidden {
+            namespace: own.to_string(),
+            line: format!(
+                "namespace {own} is isolated (isolation: namespace): its replica {replica} may call only namespace {own}'s deployments, not {} of namespace {target}",
+                skiff_api::namespace::plain(name)
+            ),
+        }),
+        (None, Caller::Unknown(ip)) if !isolated.is_empty() => Some(Refusal::Forbidden {
+            namespace: String::new(),
+            line: format!(
+                "cannot tell which container calls from {ip} (no running container of this node has that address) while namespaces are isolated: refused"
+            ),
+        }),
+        _ => None,
+    }
 }
 
 /// 503 with `Retry-After`.
@@ -866,6 +888,41 @@ mod tests {
 #[cfg(test)]
 mod namespace_tests {
     use super::*;
+
+    /// `isolation: namespace` for containers (#20): who is refused what.
+    #[test]
+    fn isolated_containers_reach_only_their_own_namespace() {
+        let container = |deployment: &str| Caller::Container { replica: "r-1".into(), deployment: deployment.into() };
+        let isolated: std::collections::BTreeSet<String> = ["iso".to_string()].into();
+        let none = std::collections::BTreeSet::new();
+        let forbidden = |r: Option<Refusal>| match r {
+            Some(Refusal::Forbidden { namespace, line }) => Some((namespace, line)),
+            other => panic!("not a 403: {other:?}"),
+        };
+        // Across from an isolated namespace, default included: 403 naming both.
+        let (ns, line) = forbidden(refusal(&container("iso/client"), "open/web", Some(&isolated))).expect("403");
+        assert_eq!(ns, "iso");
+        assert_eq!(
+            line,
+            "namespace iso is isolated (isolation: namespace): its replica r-1 may call only namespace iso's deployments, not web of namespace open"
+        );
+        let (_, line) = forbidden(refusal(&container("job:iso/nightly"), "web", Some(&isolated))).expect("403");
+        assert!(line.ends_with("not web of namespace default"), "{line}");
+        // Its own namespace; an open namespace; a caller from outside; no isolation at all.
+        assert_eq!(refusal(&container("iso/client"), "iso/web", Some(&isolated)), None);
+        assert_eq!(refusal(&container("open/client"), "iso/web", Some(&isolated)), None);
+        assert_eq!(refusal(&container("client"), "iso/web", Some(&isolated)), None);
+        assert_eq!(refusal(&Caller::Outside, "iso/web", Some(&isolated)), None);
+        assert_eq!(refusal(&container("iso/client"), "open/web", Some(&none)), None);
+        // A bridge address no container has: refused while anything is isolated.
+        let unknown = Caller::Unknown("10.89.0.9".parse().expect("ip"));
+        let (ns, line) = forbidden(refusal(&unknown, "open/web", Some(&isolated))).expect("403");
+        assert!(ns.is_empty() && line.contains("10.89.0.9"), "{line}");
+        assert_eq!(refusal(&unknown, "open/web", Some(&none)), None);
+        // No table yet: what is isolated is not known.
+        assert!(matches!(refusal(&container("iso/client"), "open/web", None), Some(Refusal::NoTable(_))));
+        assert_eq!(refusal(&container("iso/client"), "iso/web", None), None, "its own namespace needs no table");
+    }
 
     #[test]
     fn requests_name_namespaced_deployments() {

@@ -240,31 +240,44 @@ impl ContainerRuntime {
     /// delivered locally, never masqueraded, so the peer is that address.
     /// Host-network containers call from the node's own addresses: outside.
     pub fn caller(&self, peer: std::net::SocketAddr) -> Caller {
-        use std::net::{IpAddr, SocketAddr};
         if !self.bridged() {
             return Caller::Outside;
         }
-        let ip = match peer {
-            SocketAddr::V4(a) => IpAddr::V4(*a.ip()),
-            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                // Containers get no IPv6 address of ours, but the kernel gives
-                // their eth0 a link-local one: a call over the bridge by it
-                // (an ingress listening on `[::]`) cannot be named.
-                None if (a.ip().segments()[0] & 0xffc0) == 0xfe80 && Some(a.scope_id()) == bridge_index() => {
-                    return Caller::Unknown(peer.ip());
-                }
-                None => return Caller::Outside,
-            },
-        };
-        if ip == serve::BRIDGE_GATEWAY || !cni::in_subnet(ip) {
-            return Caller::Outside;
-        }
-        let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
-        match addresses.iter().find(|(_, a)| a.ip == ip) {
-            Some((id, a)) => Caller::Container { replica: id.clone(), deployment: a.deployment.clone() },
-            None => Caller::Unknown(ip),
-        }
+        name_caller(peer, bridge_index(), |ip| {
+            let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+            addresses.iter().find(|(_, a)| a.ip == ip).map(|(id, a)| (id.clone(), a.deployment.clone()))
+        })
+    }
+}
+
+/// Who is at `peer` on a node whose bridge has interface index `bridge`:
+/// `running` finds the running container (replica, deployment) at a bridge
+/// address.
+fn name_caller(
+    peer: std::net::SocketAddr,
+    bridge: Option<u32>,
+    running: impl Fn(std::net::IpAddr) -> Option<(String, String)>,
+) -> Caller {
+    use std::net::{IpAddr, SocketAddr};
+    let ip = match peer {
+        SocketAddr::V4(a) => IpAddr::V4(*a.ip()),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            // Containers get no IPv6 address of ours, but the kernel gives
+            // their eth0 a link-local one: a call over the bridge by it (an
+            // ingress listening on `[::]`) cannot be named.
+            None if (a.ip().segments()[0] & 0xffc0) == 0xfe80 && bridge.is_some_and(|b| b == a.scope_id()) => {
+                return Caller::Unknown(peer.ip());
+            }
+            None => return Caller::Outside,
+        },
+    };
+    if ip == serve::BRIDGE_GATEWAY || !cni::in_subnet(ip) {
+        return Caller::Outside;
+    }
+    match running(ip) {
+        Some((replica, deployment)) => Caller::Container { replica, deployment },
+        None => Caller::Unknown(ip),
     }
 }
 

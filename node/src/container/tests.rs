@@ -179,3 +179,28 @@ fn image_references_must_be_pinned() {
     assert!(manifest_digest("busybox:latest").expect_err("unpinned").contains("not pinned"));
     assert!(manifest_digest("busybox@sha256:xyz").is_err());
 }
+
+/// The ingress names a caller by its peer address (#20): a running
+/// container's bridge address is that container; the gateway, loopback and
+/// other networks are outside; a bridge address no container has, and an IPv6
+/// link-local peer on the bridge, are unknown (never outside).
+#[test]
+fn callers_are_named_by_their_bridge_address() {
+    let running = |ip: std::net::IpAddr| {
+        (ip.to_string() == "10.89.0.7").then(|| ("team-a-web-abcdef".to_string(), "team-a/web".to_string()))
+    };
+    let at = |s: &str| name_caller(s.parse().expect("a socket address"), Some(9), running);
+    let web = Caller::Container { replica: "team-a-web-abcdef".into(), deployment: "team-a/web".into() };
+    assert_eq!(at("10.89.0.7:40000"), web);
+    assert_eq!(at("[::ffff:10.89.0.7]:40000"), web, "an IPv4 peer on a dual-stack listener");
+    assert_eq!(at("10.89.0.9:40000"), Caller::Unknown("10.89.0.9".parse().expect("ip")));
+    for outside in ["10.89.0.1:40000", "127.0.0.1:40000", "192.168.1.5:40000", "[::1]:40000", "[2001:db8::1]:40000"] {
+        assert_eq!(at(outside), Caller::Outside, "{outside}");
+    }
+    let link_local = |scope: u32| {
+        let ip: std::net::Ipv6Addr = "fe80::1".parse().expect("ip");
+        name_caller(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(ip, 40000, 0, scope)), Some(9), running)
+    };
+    assert_eq!(link_local(9), Caller::Unknown("fe80::1".parse().expect("ip")), "on the bridge");
+    assert_eq!(link_local(2), Caller::Outside, "on another interface");
+}
