@@ -737,3 +737,213 @@ fn a_leader_cut_off_from_etcd_stops_leading_and_nothing_is_placed_twice() {
     assert!(per_node.values().all(|&n| n <= 80), "a node over its 8 cpu: {per_node:?}");
     drop(others);
 }
+
+/// `etcdctl ARGS` against `etcd`'s members; its stdout.
+fn etcdctl(etcd: &Etcd, args: &[&str]) -> String {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.clients.join(",")])
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every (key, value) under `prefix` (values are one-line JSON in these tables).
+fn etcd_pairs(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
+    let text = etcdctl(etcd, &["get", "--prefix", prefix]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines.chunks(2).filter(|kv| kv.len() == 2).map(|kv| (kv[0].to_string(), kv[1].to_string())).collect()
+}
+
+/// `GET path` with the admin token of `url`: the JSON answer.
+fn api_json(url: &str, path: &str) -> Value {
+    let token = token_for(url).expect("the admin token");
+    let (status, body) = super::auth::call(url, "GET", path, Some(&token), "");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// An etcd store written before namespaces (#20) is read, after the upgrade,
+/// with every object in `default`, usable: deployments (one with a secret,
+/// one with a volume), a secret, a volume, a job and its runs, tokens, events.
+///
+/// How the pre-namespace data is made (no binary of b52cf79^ is built: a
+/// second build of the workspace costs many minutes on the test machine):
+/// - the current server writes the objects on etcd, all in `default`, whose
+///   keys and bodies namespaces did not change (`NAME` keys; only `NS/NAME`
+///   keys are new); then, with the server stopped, etcdctl takes out what
+///   namespaces added (the `meta/namespace/*` rows, a `namespace` field in a
+///   body), and the test checks that no key or body names a namespace;
+/// - one deployment (`legacy`, with its revision) and one read-only token are
+///   written by hand with etcdctl, in the layout of b52cf79^'s etcd.rs
+///   (`StoredDeployment`, `StoredRevision`, `StoredToken` with role `read-only`),
+///   so the upgrade is also checked on data the current code did not write.
+#[test]
+fn an_etcd_store_from_before_namespaces_keeps_everything_in_default() {
+    if std::process::Command::new("etcd").arg("--version").output().is_err() {
+        panic!("etcd is not installed: `make deps-test` installs Debian's etcd-server");
+    }
+    let dir = TempDir::new("servers-upgrade");
+    let cwd = dir.path();
+    let etcd = Etcd::start(cwd);
+    let store = etcd.url();
+    let data = cwd.join("s1");
+    let d = data.to_str().unwrap_or_default().to_string();
+    // One address for both servers, so that the node carries on across the upgrade.
+    let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let start = |log: &str| {
+        let args = ["server", "--listen", &listen, "--data-dir", &d, "--store", &store, "--name", "s1"];
+        let p = Proc::start("s1", &args, &cwd.join(log));
+        (p, server_ready(&data))
+    };
+    let (mut before, url) = start("s1-before.log");
+    let join = read_when_ready(&data.join("join-token"));
+    let (_node, ingress) = start_loopback_node(cwd, &url, &join, "n1");
+    let ingress = format!("http://{}", ingress.trim_start_matches("http://"));
+    let hello = wasm_p2("hello_http");
+    let hello = hello.to_str().unwrap_or_default();
+    let counter = wasm_p2("counter");
+    let job_worker = wasm_p2("job_worker");
+
+    cli_ok(cwd, &url, &["secret", "create", "db", "--from-literal", "password=hunter2"]);
+    let web = ["deploy", hello, "--name", "web", "--env", "GREETING=before", "--secret-dir", "db:/secrets/db"];
+    cli_ok(cwd, &url, &[&web[..], &["--wait"]].concat());
+    let counter_args = ["deploy", counter.to_str().unwrap_or_default(), "--name", "counter"];
+    cli_ok(cwd, &url, &[&counter_args[..], &["--volume", "data:/data", "--env", "INTERVAL_MS=200"]].concat());
+    let manifest = cwd.join("job.yaml");
+    let job = format!(
+        "kind: job\nname: once\nwasm: {}\ncompletions: 2\nparallelism: 2\nresources: {{cpu: 50m, memory: 32Mi}}\n",
+        job_worker.display()
+    );
+    std::fs::write(&manifest, job).expect("write the job");
+    cli_ok(cwd, &url, &["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    let reader = cli_ok(cwd, &url, &["token", "create", "reader", "--read-only"]).trim().to_string();
+    wait_for(Duration::from_secs(60), "the job done and the volume made", || {
+        let jobs = get_json(cwd, &url, "jobs");
+        let done = jobs.iter().any(|j| j["name"] == "once" && j["state"] == "succeeded");
+        let volumes = cli_in(cwd, &url, &["volume", "ls"]).stdout;
+        if done && volumes.contains("data") { Ok(()) } else { Err(format!("{jobs:?} {volumes}")) }
+    });
+    wait_for(Duration::from_secs(30), "web answering with its secret", || {
+        let a = get(&ingress, "web.skiff.local", "/file/secrets/db/password")?;
+        if a.body == "hunter2" { Ok(()) } else { Err(format!("{a:?}")) }
+    });
+    let web_before = api_json(&url, "/v1/deployments/web");
+    let digest = web_before["spec"]["workload"]["wasm"].as_str().expect("web's digest").to_string();
+    let events_before: Vec<u64> = api_json(&url, "/v1/events?limit=1000")
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    assert!(!events_before.is_empty(), "no events before the upgrade");
+    before.kill();
+
+    // The pre-namespace layout: no namespace rows, no `namespace` in bodies.
+    etcdctl(&etcd, &["del", "--prefix", "/skiff/meta/namespace/"]);
+    for table in ["nodes/", "deployments/", "revisions/", "replicas/", "jobs/", "runs/", "crons/", "volumes/"] {
+        for (k, v) in etcd_pairs(&etcd, &format!("/skiff/{table}")) {
+            let mut body: Value = serde_json::from_str(&v).unwrap_or_else(|e| panic!("{k}: {e}: {v}"));
+            if body.as_object_mut().and_then(|o| o.remove("namespace")).is_some() {
+                etcdctl(&etcd, &["put", &k, &body.to_string()]);
+            }
+        }
+    }
+    // Written by hand as b52cf79^ wrote them.
+    let now = 1_765_000_000_000u64;
+    let legacy = serde_json::json!({"replicas": 1, "revision": 1, "created_ms": now, "updated_ms": now, "extra": {}});
+    etcdctl(&etcd, &["put", "/skiff/deployments/legacy", &legacy.to_string()]);
+    let spec = serde_json::json!({"workload": {"wasm": digest}, "resources": {"cpu": "100m", "memory": "32Mi"}, "env": {"GREETING": "legacy"}});
+    let revision = serde_json::json!({"spec": spec, "created_ms": now});
+    etcdctl(&etcd, &["put", "/skiff/revisions/legacy/00000000000000000001", &revision.to_string()]);
+    let old_token = "skr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(old_token.as_bytes()))
+    };
+    let stored = serde_json::json!({"hash": hash, "role": "read-only", "created_ms": now});
+    etcdctl(&etcd, &["put", "/skiff/tokens/old-reader", &stored.to_string()]);
+    let keys = etcdctl(&etcd, &["get", "--prefix", "/skiff/", "--keys-only"]);
+    for table in ["deployments/", "revisions/", "secrets/", "volumes/", "jobs/", "crons/", "runs/"] {
+        let under: Vec<&str> = keys.lines().filter_map(|k| k.strip_prefix("/skiff/")?.strip_prefix(table)).collect();
+        assert!(under.iter().all(|k| !k.contains(':')), "a namespaced key under {table}: {under:?}");
+    }
+    assert!(!keys.contains("namespace"), "a namespace key is left: {keys}");
+    for table in ["deployments/", "replicas/", "jobs/", "runs/", "nodes/"] {
+        for (k, v) in etcd_pairs(&etcd, &format!("/skiff/{table}")) {
+            assert!(!v.contains("\"namespace\""), "{k} names a namespace: {v}");
+        }
+    }
+
+    // The current server on it.
+    std::fs::remove_file(data.join("server.url")).expect("rm server.url");
+    let (_after, url) = start("s1-after.log");
+    // The killed server's election key lives until its lease ends.
+    wait_for(Duration::from_secs(30), "s1 leading again", || leader(cwd, &url));
+    let spaces = cli_ok(cwd, &url, &["namespace", "ls"]);
+    assert!(spaces.lines().any(|l| l.starts_with("default")), "{spaces}");
+    let deployments = wait_for(Duration::from_secs(30), "the deployments after the upgrade", || {
+        let ds = get_json(cwd, &url, "deployments");
+        if ds.len() == 3 { Ok(ds) } else { Err(format!("{ds:?}")) }
+    });
+    for d in &deployments {
+        assert_eq!(d["namespace"], "default", "{d}");
+    }
+    let web_after = api_json(&url, "/v1/deployments/web");
+    for field in ["replicas", "revision", "spec", "created_ms"] {
+        assert_eq!(web_after[field], web_before[field], "web's {field} changed in the upgrade");
+    }
+    let described = cli_ok(cwd, &url, &["namespace", "describe", "default"]);
+    assert!(described.lines().any(|l| l.contains("deployments") && l.contains('3')), "{described}");
+    // Every event of before is still there.
+    let events_after: Vec<u64> = api_json(&url, "/v1/events?limit=1000")
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .collect();
+    let lost: Vec<&u64> = events_before.iter().filter(|id| !events_after.contains(id)).collect();
+    assert!(lost.is_empty(), "events lost in the upgrade: {lost:?}");
+    // The job and its runs, the volume, the secret, in default.
+    let jobs = get_json(cwd, &url, "jobs");
+    assert!(jobs.iter().any(|j| j["name"] == "once" && j["state"] == "succeeded"), "{jobs:?}");
+    let runs = cli_ok(cwd, &url, &["get", "runs", "once", "-o", "json"]);
+    assert_eq!(parse_get_json("runs", &runs).len(), 2, "{runs}");
+    let volumes = cli_ok(cwd, &url, &["volume", "ls"]);
+    assert!(volumes.lines().any(|l| l.starts_with("data ") && l.contains("counter")), "{volumes}");
+    assert!(cli_ok(cwd, &url, &["secret", "ls"]).contains("db"));
+    // Usable: scaled, rolled to a new revision whose replicas read the secret,
+    // the hand-written deployment runs and scales.
+    cli_ok(cwd, &url, &["scale", "legacy", "2"]);
+    cli_ok(
+        cwd,
+        &url,
+        &["deploy", hello, "--name", "web", "--env", "GREETING=after", "--secret-dir", "db:/secrets/db", "--wait"],
+    );
+    cli_ok(cwd, &url, &["scale", "web", "2"]);
+    wait_for(Duration::from_secs(60), "web's new revision and legacy answering", || {
+        let a = get(&ingress, "web.skiff.local", "/")?;
+        let s = get(&ingress, "web.skiff.local", "/file/secrets/db/password")?;
+        let l = get(&ingress, "legacy.skiff.local", "/")?;
+        let legacy = get_json(cwd, &url, "deployments").into_iter().find(|d| d["name"] == "legacy");
+        let running = legacy.as_ref().and_then(|d| d["status"]["running"].as_u64());
+        if a.body.starts_with("after from web-")
+            && s.body == "hunter2"
+            && l.body.starts_with("legacy from legacy-")
+            && running == Some(2)
+        {
+            Ok(())
+        } else {
+            Err(format!("{a:?} {s:?} {l:?} {running:?}"))
+        }
+    });
+    // Both tokens of before read, and only read.
+    for t in [reader.as_str(), old_token] {
+        let (status, body) = super::auth::call(&url, "GET", "/v1/deployments/web", Some(t), "");
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = super::auth::call(&url, "POST", "/v1/deployments/web/scale", Some(t), r#"{"replicas":1}"#);
+        assert_eq!(status, 403, "{body}");
+    }
+}
