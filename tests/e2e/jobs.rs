@@ -951,6 +951,19 @@ fn two_teams_run_jobs_and_crons_in_their_namespaces_apart() {
         assert_eq!((job["cron"].as_str(), job["namespace"].as_str()), (Some("nightly"), Some(t.ns)), "{job}");
         let d = t.cli_ok(&["describe", "cron", "nightly"]);
         assert!(d.contains(started) && d.contains("succeeded"), "{d}");
+        // A cron on its schedule starts its jobs in the namespace too.
+        t.apply(
+            &format!("{}-tick.yaml", t.ns),
+            &format!("kind: cron\nname: tick\nschedule: \"*/2 * * * * *\"\njob: {{wasm: {wasm}}}\n"),
+        );
+        let scheduled = wait_for(Duration::from_secs(30), "a scheduled job of tick", || {
+            let jobs = t.jobs();
+            let done = jobs.iter().find(|j| j["cron"] == "tick" && j["state"] == "succeeded");
+            done.map(|j| j["name"].as_str().unwrap_or_default().to_string()).ok_or_else(|| format!("{jobs:?}"))
+        });
+        assert!(scheduled.strip_prefix("tick-").is_some_and(|s| s.parse::<u64>().is_ok()), "{scheduled}");
+        t.cli_ok(&["delete", "cron", "tick"]);
+        assert!(t.jobs().iter().all(|j| j["cron"] != "tick"), "tick's jobs go with it");
         // `skiff run` with the team's token, in its namespace.
         let c = t.cli(&["run", &wasm, "--name", "once", "--", t.ns]);
         assert!(c.ok, "{}", c.stderr);
