@@ -788,6 +788,23 @@ fn a_cron_on_three_servers_on_etcd_runs_no_time_twice_when_the_leader_dies() {
     )
     .expect("manifest");
     cli_ok(cwd, &urls, &["apply", "-f", manifest.to_str().unwrap_or_default()]);
+    // A job of another namespace (#20), stored by key `team-a/report` beside
+    // default's in etcd: the next leader loads it and its runs there.
+    cli_ok(cwd, &urls, &["namespace", "create", "team-a"]);
+    let report = cwd.join("report.yaml");
+    let yaml = format!("kind: job\nname: report\nnamespace: team-a\nwasm: {}\ncompletions: 2\n", path(&worker_p1()));
+    std::fs::write(&report, yaml).expect("manifest");
+    cli_ok(cwd, &urls, &["apply", "-f", report.to_str().unwrap_or_default()]);
+    let team_runs = || {
+        let out = cli_in(cwd, &urls, &["-n", "team-a", "get", "runs", "report", "-o", "json"]);
+        let runs: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stderr))?;
+        if runs.len() == 2 && runs.iter().all(|r| r["outcome"] == "succeeded") {
+            Ok(())
+        } else {
+            Err(format!("{runs:?}"))
+        }
+    };
+    wait_for(Duration::from_secs(30), "team-a's job to succeed", team_runs);
     wait_for(Duration::from_secs(30), "two jobs of the cron", || {
         let j = cron_jobs_at(cwd, &urls, "tick")?;
         if j.len() >= 2 { Ok(()) } else { Err(format!("{j:?}")) }
@@ -809,6 +826,12 @@ fn a_cron_on_three_servers_on_etcd_runs_no_time_twice_when_the_leader_dies() {
             Err(format!("{j:?}"))
         }
     });
+    wait_for(Duration::from_secs(10), "team-a's job on the new leader", team_runs);
+    let listed = cli_ok(cwd, &urls, &["get", "jobs", "-A"]);
+    assert!(listed.lines().any(|l| l.split_whitespace().take(2).eq(["team-a", "report"])), "{listed}");
+    cli_ok(cwd, &urls, &["-n", "team-a", "delete", "job", "report"]);
+    let gone = cli_in(cwd, &urls, &["-n", "team-a", "get", "jobs", "report"]);
+    assert!(!gone.ok && gone.stderr.contains("not found"), "{}", gone.stderr);
     let jobs = cron_jobs_at(cwd, &urls, "tick").expect("jobs");
     no_time_twice(&jobs);
     let names: std::collections::BTreeSet<&String> = jobs.iter().map(|j| &j.0).collect();
