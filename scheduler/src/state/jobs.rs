@@ -382,7 +382,7 @@ impl Mem {
         let name = job.name.clone();
         tx.put_job(&job)?;
         let what = match (&job.cron, job.spec.completions) {
-            (Some(c), _) => format!("created by cron {c}"),
+            (Some(c), _) => format!("created by cron {}", ns::plain(c)),
             (None, 1) => "created: 1 run".to_string(),
             (None, n) => format!("created: {n} completions, {} at once", job.spec.parallelism),
         };
