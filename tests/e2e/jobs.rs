@@ -1102,6 +1102,31 @@ fn a_jobs_runs_wait_at_a_full_quota_and_finish_when_it_frees() {
     let d = t.cli_ok(&["describe", "job", "batch"]);
     assert!(d.contains(&format!("Reason:          {held}")), "{d}");
     assert!(d.contains("QuotaHeld") && d.contains("a run waits: namespace team-q: replicas quota 1"), "{d}");
+    // `skiff run` in the full namespace says why it waits, and waits.
+    let ca = dev.data().join("ca.crt");
+    let args = [
+        "--server",
+        &dev.url,
+        "--token",
+        &t.token,
+        "--ca-file",
+        path(&ca),
+        "-n",
+        "team-q",
+        "run",
+        &wasm,
+        "--name",
+        "waiter",
+        "--",
+        "waited",
+    ];
+    let mut waiter = Proc::start("skiff run", &args, &dev.dir.path().join("waiter.log"));
+    let said = format!("skiff: job waiter waits: {held}");
+    wait_for(Duration::from_secs(30), "skiff run to say it waits", || {
+        let log = waiter.log();
+        if log.contains(&said) { Ok(()) } else { Err(log) }
+    });
+
     // Room made: the runs go, one at a time within the quota, and all succeed.
     t.cli_ok(&["scale", "web", "0"]);
     let mut most = 0;
@@ -1125,6 +1150,10 @@ fn a_jobs_runs_wait_at_a_full_quota_and_finish_when_it_frees() {
         let (ended, started) = (w[0]["finished_ms"].as_u64(), w[1]["started_ms"].as_u64());
         assert!(started >= ended && ended.is_some(), "two runs at once: {runs:?}");
     }
+    // skiff run's run had its turn too, and streamed its output.
+    wait_for(Duration::from_secs(60), "skiff run to end", || if waiter.alive() { Err(waiter.log()) } else { Ok(()) });
+    assert!(waiter.log().contains("job-worker index=0 attempt=1 args=waited"), "{}", waiter.log());
+    assert_eq!(t.job("waiter")["state"], "succeeded");
     // Their use is given back: the deployment may grow again.
     t.cli_ok(&["scale", "web", "1"]);
 }
