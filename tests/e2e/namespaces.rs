@@ -445,7 +445,7 @@ fn namespaces_quotas_and_tokens_survive_a_leader_kill_on_etcd() {
     let list = parse_get_json("deployments", &listed);
     assert_eq!(list.len(), 1, "{listed}");
     assert_eq!(list[0]["namespace"], "team-a");
-    not_found(as_token(cwd, &urls, &token, &["get", "deployment", "web"]), "default's web");
+    not_found(as_token(cwd, &urls, &token, &["-n", "default", "get", "deployment", "web"]), "default's web");
     // The quota still holds.
     let over = as_token(cwd, &urls, &token, &["-n", "team-a", "scale", "web", "3"]);
     assert!(!over.ok, "{}", over.stdout);
