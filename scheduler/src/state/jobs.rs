@@ -177,7 +177,11 @@ pub(super) fn never_fits(mem: &Mem, namespace: &str, what: &str, template: &Work
 /// Checks a job's or cron's key `key` and spec as a user wrote them, and puts
 /// the spec in its namespace: its secrets, volumes and `after` by key.
 pub(super) fn namespaced_spec(mem: &Mem, key: &str, spec: &mut JobSpec, what: &str) -> Result<(), Error> {
-    let (namespace, _) = ns::split(key);
+    let (namespace, plain) = ns::split(key);
+    // `default/NAME` would be a second key of default's NAME.
+    if ns::key(namespace, plain) != key {
+        return Err(Error::Invalid(format!("{key:?} is not a name; name it {plain:?} in namespace {namespace}")));
+    }
     if !mem.namespace_exists(namespace) {
         return Err(Error::NotFound(format!(
             "namespace {namespace:?} not found; `skiff namespace create {namespace}` makes it"
@@ -891,6 +895,8 @@ mod tests {
         st.apply("team-a/web", web).expect("a deployment");
 
         // No such namespace; a run bigger than the whole quota.
+        let e = st.create_job("default/j", spec(1, 1, 0)).expect_err("default's key is its plain name");
+        assert!(e.to_string().contains("is not a name"), "{e}");
         let e = st.create_job("team-b/j", spec(1, 1, 0)).expect_err("no namespace");
         assert!(e.to_string().contains("namespace \"team-b\" not found"), "{e}");
         let mut big = spec(1, 1, 0);
