@@ -9,6 +9,9 @@
 //! Scenarios:
 //! - `a`: 5,000 simulated nodes, 50,000 replicas in deployments of varied sizes and
 //!   requests (kube-scheduler's scheduler_perf shape);
+//! - `quota-cost`: `a` beside the same with its deployments in 100 namespaces,
+//!   without and with quotas, interleaved over rounds and timed by the
+//!   scheduler's own placements (what quota checks cost, #20);
 //! - `failover`: right after `a`, SIGKILL the process holding 10% of the nodes and
 //!   time until every replica runs again elsewhere;
 //! - `b`: 1,000,000 replicas onto 5,000 simulated nodes (Nomad's C1M shape);
@@ -83,15 +86,19 @@ struct RunArgs {
     /// Where result files go
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Scenarios to run: a, a-ns (a again, its deployments spread over 100
+    /// Scenarios to run: a, quota-cost (a, a-ns-free and a-ns interleaved, timed
+    /// by the scheduler's placements), a-ns (a again, its deployments spread over 100
     /// namespaces with quotas), a-ns-free (the same without quotas), failover (runs a first), b, deploy, containers,
     /// http, http-big, routes, cold, containers-cold, density, idle
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,a-ns-free,a-ns,failover,b,deploy,containers,http,http-big,routes,cold,containers-cold,density,idle"
+        default_value = "a,quota-cost,failover,b,deploy,containers,http,http-big,routes,cold,containers-cold,density,idle"
     )]
     scenarios: Vec<String>,
+    /// Rounds of the quota-cost scenario (each runs a, a-ns-free and a-ns)
+    #[arg(long, default_value_t = 3)]
+    quota_rounds: usize,
     /// Simulated nodes in scenarios a and b
     #[arg(long, default_value_t = 5000)]
     nodes: usize,
@@ -280,6 +287,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             }
         }
         scenarios.insert(key.into(), r);
+        save(&scenarios)?;
+    }
+    if want("quota-cost") {
+        scenarios.insert("quota_cost".into(), scenario_quota_cost(&args).await.unwrap_or_else(failed));
         save(&scenarios)?;
     }
     if want("deploy") {
@@ -655,19 +666,34 @@ fn plan_a(total: u32) -> Vec<(String, u32, u64, u64)> {
 /// Namespaces of scenario a-ns.
 const A_NAMESPACES: usize = 100;
 
-/// Scenario a; with `namespaces` > 0 its deployments go round-robin into that
-/// many namespaces (`bench-000`, ...), each with a quota on every resource at
-/// twice what its share of the plan asks, so that every apply is checked
-/// against a quota and none is refused.
-async fn scenario_a(
+/// The namespace of scenario a's `i`th deployment: round-robin over
+/// `namespaces` (`bench-000`, ...), none without namespaces.
+fn a_space(namespaces: usize, i: usize) -> Option<String> {
+    (namespaces > 0).then(|| format!("bench-{:03}", i % namespaces))
+}
+
+/// Scenario a's cluster, its nodes ready, the artifact uploaded and, with
+/// `namespaces` > 0, that many namespaces made (see [`scenario_a`]).
+struct ReadyA {
+    c: Cluster,
+    victims: usize,
+    join: Duration,
+    digest: String,
+    plan: Vec<(String, u32, u64, u64)>,
+}
+
+/// `server` is added to the server's arguments.
+async fn prepare_a(
     args: &RunArgs,
     failover: bool,
     namespaces: usize,
     quotas: bool,
-) -> anyhow::Result<(Value, Option<Value>)> {
-    println!("scenario a: {} nodes, {} replicas, {namespaces} namespaces", args.nodes, args.replicas);
+    server: &[&str],
+) -> anyhow::Result<ReadyA> {
     let store = args.store_args(if namespaces > 0 { "a-ns" } else { "a" });
-    let mut c = Cluster::start(&args.skiff, "a", &store.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let mut extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    extra.extend_from_slice(server);
+    let mut c = Cluster::start(&args.skiff, "a", &extra).await?;
     // Two processes, so that failover can kill 10% of the nodes at once.
     let victims = if failover { args.nodes / 10 } else { 0 };
     c.simulate(&args.skiff, args.nodes - victims, "sa")?;
@@ -678,11 +704,9 @@ async fn scenario_a(
     println!("  {} nodes ready after {:.1}s", args.nodes, join.as_secs_f64());
     let digest = c.upload(EMPTY_WASM).await?;
     let plan = plan_a(args.replicas);
-    let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
-    let space = move |i: usize| (namespaces > 0).then(|| format!("bench-{:03}", i % namespaces));
     if namespaces > 0 && !quotas {
         for i in 0..namespaces {
-            let name = space(i).unwrap_or_default();
+            let name = a_space(namespaces, i).unwrap_or_default();
             let req = skiff_api::namespace::NamespaceRequest::default();
             c.api.put_namespace(&name, &req).await.with_context(|| format!("making namespace {name}"))?;
         }
@@ -702,42 +726,69 @@ async fn scenario_a(
                 "deployments": 2 * deployments.max(1),
                 "volumes": 1,
             }}))?;
-            let name = space(i).unwrap_or_default();
+            let name = a_space(namespaces, i).unwrap_or_default();
             c.api.put_namespace(&name, &req).await.with_context(|| format!("making namespace {name}"))?;
         }
     }
+    Ok(ReadyA { c, victims, join, digest, plan })
+}
+
+/// Applies `plan` through `api`, [`SUBMIT_CONCURRENCY`] at once, each
+/// deployment in its namespace (see [`a_space`]); the task ends, with the time
+/// of the last answer, once every apply has been answered.
+fn submit_plan(
+    api: Client,
+    plan: Vec<(String, u32, u64, u64)>,
+    digest: String,
+    namespaces: usize,
+    progress: Arc<Mutex<Progress>>,
+) -> tokio::task::JoinHandle<anyhow::Result<Instant>> {
+    tokio::spawn(async move {
+        // Several clients at once, as a busy cluster's users would be; the
+        // scheduler's own rate is what is measured, not one client's round trips.
+        let mut inflight = tokio::task::JoinSet::new();
+        for (i, (name, replicas, cpu, mem)) in plan.into_iter().enumerate() {
+            if inflight.len() >= SUBMIT_CONCURRENCY
+                && let Some(done) = inflight.join_next().await
+            {
+                done??;
+            }
+            let (mut api, progress, digest) = (api.clone(), progress.clone(), digest.clone());
+            if let Some(ns) = a_space(namespaces, i) {
+                api = api.with_namespace(&ns);
+            }
+            inflight.spawn(async move {
+                progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
+                api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
+                Ok::<(), anyhow::Error>(())
+            });
+        }
+        while let Some(done) = inflight.join_next().await {
+            done??;
+        }
+        Ok::<Instant, anyhow::Error>(Instant::now())
+    })
+}
+
+/// Scenario a; with `namespaces` > 0 its deployments go round-robin into that
+/// many namespaces (`bench-000`, ...), each with a quota on every resource at
+/// twice what its share of the plan asks, so that every apply is checked
+/// against a quota and none is refused.
+async fn scenario_a(
+    args: &RunArgs,
+    failover: bool,
+    namespaces: usize,
+    quotas: bool,
+) -> anyhow::Result<(Value, Option<Value>)> {
+    println!("scenario a: {} nodes, {} replicas, {namespaces} namespaces", args.nodes, args.replicas);
+    let ReadyA { mut c, victims, join, digest, plan } = prepare_a(args, failover, namespaces, quotas, &[]).await?;
+    let names: Vec<(String, u32)> = plan.iter().map(|(n, r, _, _)| (n.clone(), *r)).collect();
+    let space = move |i: usize| a_space(namespaces, i);
     let progress = Arc::new(Mutex::new(Progress::default()));
     let cpu0 = cpu_seconds(c.server.pid())?;
     let sim_cpu0 = c.sims_cpu_seconds();
     let t0 = Instant::now();
-    let submit = {
-        let (api, progress, digest) = (c.api.clone(), progress.clone(), digest.clone());
-        tokio::spawn(async move {
-            // Several clients at once, as a busy cluster's users would be; the
-            // scheduler's own rate is what is measured, not one client's round trips.
-            let mut inflight = tokio::task::JoinSet::new();
-            for (i, (name, replicas, cpu, mem)) in plan.into_iter().enumerate() {
-                if inflight.len() >= SUBMIT_CONCURRENCY
-                    && let Some(done) = inflight.join_next().await
-                {
-                    done??;
-                }
-                let (mut api, progress, digest) = (api.clone(), progress.clone(), digest.clone());
-                if let Some(ns) = space(i) {
-                    api = api.with_namespace(&ns);
-                }
-                inflight.spawn(async move {
-                    progress.lock().unwrap_or_else(|e| e.into_inner()).created.insert(name.clone(), Instant::now());
-                    api.apply(&name, &apply_request(&digest, replicas, cpu, mem, &[])).await?;
-                    Ok::<(), anyhow::Error>(())
-                });
-            }
-            while let Some(done) = inflight.join_next().await {
-                done??;
-            }
-            Ok::<Instant, anyhow::Error>(Instant::now())
-        })
-    };
+    let submit = submit_plan(c.api.clone(), plan, digest, namespaces, progress.clone());
     let timeout = Duration::from_secs(args.timeout_secs);
     let poll = Duration::from_millis(50);
     // With namespaces, one list per namespace each poll (an unprefixed list is
@@ -799,6 +850,169 @@ async fn scenario_a(
         println!("  failover: {f}");
     }
     Ok((a, f))
+}
+
+/// The quota-cost scenario's server flags: 5,000 simulated nodes on a loaded
+/// 2-core machine missed the 3 s grace (a run placed 59,217 for 50,000
+/// replicas), and a node declared down alive makes its replicas placed twice;
+/// what is measured is the cost of quota checks, not failure detection.
+const QUOTA_SERVER: &[&str] = &["--node-grace", "60s"];
+
+/// The variants of the quota-cost scenario: (name, namespaces, quotas).
+const QUOTA_VARIANTS: [(&str, usize, bool); 3] =
+    [("a", 0, false), ("a_ns_free", A_NAMESPACES, false), ("a_ns", A_NAMESPACES, true)];
+
+/// What quota checks cost (#20), measured so that the observer costs nothing:
+/// scenario a (no namespaces), a-ns-free (100 namespaces without quotas) and
+/// a-ns (the same with quotas), interleaved over `rounds` rounds (each round
+/// starting at the next variant, so that none always runs first). Each run's
+/// rate is the scheduler's own: replicas placed over the time from the first
+/// apply sent to the end of the scheduler's last placing pass
+/// (`skiff_scheduler_last_placement_timestamp_seconds`, same machine clock),
+/// read once at the end; the bench meanwhile only reads the placement counter
+/// every 500 ms, the same small request in every variant (the lists scenario
+/// a-ns polls, 100 per 50 ms, competed with the scheduler on 2 cores). The
+/// ratios are per round and their median is the figure.
+async fn scenario_quota_cost(args: &RunArgs) -> anyhow::Result<Value> {
+    let rounds = args.quota_rounds.max(1);
+    let mut runs = Vec::new();
+    let mut ratios: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut cpu_ratios: HashMap<&str, Vec<f64>> = HashMap::new();
+    for round in 0..rounds {
+        let mut rates: HashMap<&str, (f64, f64)> = HashMap::new();
+        for k in 0..QUOTA_VARIANTS.len() {
+            let (name, namespaces, quotas) = QUOTA_VARIANTS[(round + k) % QUOTA_VARIANTS.len()];
+            println!("quota-cost round {}/{rounds}: {name}", round + 1);
+            let mut r = quota_cost_run(args, namespaces, quotas).await?;
+            println!("  {r}");
+            if r["clean"] == json!(true)
+                && let (Some(rate), Some(cpu)) = (r["placements_per_s"].as_f64(), r["scheduler_cpu_s"].as_f64())
+            {
+                rates.insert(name, (rate, cpu));
+            }
+            r["variant"] = json!(name);
+            r["round"] = json!(round + 1);
+            runs.push(r);
+        }
+        for (pair, (with, without)) in [("a_ns_vs_a", ("a_ns", "a")), ("a_ns_vs_a_ns_free", ("a_ns", "a_ns_free"))] {
+            if let (Some(w), Some(wo)) = (rates.get(with), rates.get(without)) {
+                ratios.entry(pair).or_default().push(w.0 / wo.0.max(1e-9));
+                cpu_ratios.entry(pair).or_default().push(w.1 / wo.1.max(1e-9));
+            }
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let mut summary = serde_json::Map::new();
+    for (name, _, _) in QUOTA_VARIANTS {
+        let mut rates: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["variant"] == json!(name) && r["clean"] == json!(true))
+            .filter_map(|r| r["placements_per_s"].as_f64())
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        summary.insert(format!("{name}_placements_per_s_median"), json!(median(&rates).map(f64::round)));
+    }
+    for pair in ["a_ns_vs_a", "a_ns_vs_a_ns_free"] {
+        let v = ratios.get(pair).cloned().unwrap_or_default();
+        summary.insert(format!("{pair}_median"), json!(median(&v).map(round3)));
+        summary.insert(format!("{pair}_each"), json!(v.iter().map(|x| round3(*x)).collect::<Vec<_>>()));
+        let c = cpu_ratios.get(pair).cloned().unwrap_or_default();
+        summary.insert(format!("{pair}_scheduler_cpu_median"), json!(median(&c).map(round3)));
+    }
+    // The scheduler's own time in the apply handler and in placement passes,
+    // median per variant (less sensitive to the bench and the machine than
+    // the end-to-end rate).
+    for field in ["apply_handler_s", "placement_passes_s", "scheduler_cpu_s"] {
+        for (name, _, _) in QUOTA_VARIANTS {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r["variant"] == json!(name) && r["clean"] == json!(true))
+                .filter_map(|r| r[field].as_f64())
+                .collect();
+            summary.insert(format!("{name}_{field}_median"), json!(median(&v).map(round3)));
+        }
+    }
+    Ok(json!({
+        "nodes": args.nodes,
+        "replicas": args.replicas,
+        "namespaces": A_NAMESPACES,
+        "rounds": rounds,
+        "summary": summary,
+        "runs": runs,
+        "server_flags": QUOTA_SERVER.join(" "),
+        "measured": "placements/s = replicas / (scheduler's last placing pass − first apply sent); ratios per round, median over clean rounds (a run is clean when the scheduler placed each replica once)",
+    }))
+}
+
+/// One run of the quota-cost scenario (see [`scenario_quota_cost`]).
+async fn quota_cost_run(args: &RunArgs, namespaces: usize, quotas: bool) -> anyhow::Result<Value> {
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
+    let ReadyA { c, join, digest, plan, .. } = prepare_a(args, false, namespaces, quotas, QUOTA_SERVER).await?;
+    let placed0 = placements_total(&c.api).await.unwrap_or(0);
+    let cpu0 = cpu_seconds(c.server.pid())?;
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let t0 = Instant::now();
+    let t0_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let submit = submit_plan(c.api.clone(), plan, digest, namespaces, progress);
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let want = u64::from(args.replicas);
+    let mut placed = 0;
+    while placed < want && t0.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.server.check_alive()?;
+        placed = placements_total(&c.api).await.unwrap_or(0).saturating_sub(placed0);
+    }
+    let submitted = submit.await??;
+    // Once the counter says every replica is placed: a later pass would only
+    // be a re-placement (then the run is not clean).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = c.api.metrics().await?;
+    let metric =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+    let placed_total = (metric("skiff_scheduler_placements_total").unwrap_or(0.0) as u64).saturating_sub(placed0);
+    let last = metric("skiff_scheduler_last_placement_timestamp_seconds")
+        .context("the scheduler does not export skiff_scheduler_last_placement_timestamp_seconds (an older skiff?)")?;
+    let cpu = cpu_seconds(c.server.pid())? - cpu0;
+    let secs = last - t0_unix;
+    // The scheduler's own time in the two places quotas are checked or could
+    // cost: the apply handler (PUT /v1/deployments/{name}, namespaced ones
+    // included: they are mapped onto it) and the placement passes.
+    let sum_of = |name: &str, labels: &[&str]| {
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let apply_s = sum_of(
+        "skiff_scheduler_api_request_duration_seconds_sum",
+        &["method=\"PUT\"", "route=\"/v1/deployments/{name}\""],
+    );
+    let placing_s = sum_of("skiff_scheduler_placement_duration_seconds_sum", &[]);
+    Ok(json!({
+        "namespaces": namespaces,
+        "namespaces_with_quotas": if quotas { namespaces } else { 0 },
+        "finished": placed >= want,
+        "clean": placed_total == want,
+        "placements_total": placed_total,
+        "nodes_join_s": join.as_secs_f64(),
+        "submit_s": (submitted - t0).as_secs_f64(),
+        "placed_s": secs,
+        "placements_per_s": (want as f64 / secs.max(1e-9)).round(),
+        "scheduler_cpu_s": cpu,
+        "apply_handler_s": apply_s,
+        "placement_passes_s": placing_s,
+        "loadavg_before": load_before,
+        "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    }))
 }
 
 async fn scenario_failover(c: &mut Cluster, victims: usize, plan: &[(String, u32)]) -> anyhow::Result<Value> {

@@ -521,6 +521,10 @@ fn controller_pass(core: &Core, full: bool) -> (Result<(), state::Error>, bool) 
             metrics::METRICS.placements.inc_by(n as u64);
         }
         if n > 0 {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            metrics::METRICS.last_placement.set(now.as_secs_f64());
+        }
+        if n > 0 {
             tracing::info!("placed {n} replicas");
         }
         Ok(())

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use serde::Serialize;
 use skiff_api::{JobState, NodeState, ReplicaState, RunOutcome};
@@ -33,6 +33,10 @@ pub struct Metrics {
     pub placements: IntCounter,
     /// Time of one placement pass (every pending replica considered once).
     pub placement_seconds: Histogram,
+    /// When the last pass that placed a replica ended (Unix seconds): with
+    /// `placements`, a placement rate read once afterwards, from the
+    /// scheduler's own clock (the bench's quota-cost scenario does).
+    pub last_placement: Gauge,
     /// Time of one store transaction, commit included.
     pub store_tx_seconds: Histogram,
     /// 1 while this server leads (always, on SQLite).
@@ -109,6 +113,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "skiff_scheduler_placement_duration_seconds",
             "Time of one placement pass over the pending replicas",
             latency_buckets(),
+        ),
+        last_placement: registered(
+            &r,
+            Gauge::new(
+                "skiff_scheduler_last_placement_timestamp_seconds",
+                "When the last placement pass that placed a replica ended (Unix time)",
+            )
+            .expect("valid metric"),
         ),
         store_tx_seconds: histogram(
             &r,
