@@ -58,8 +58,9 @@ pub struct Running {
 impl Mem {
     /// Every canary under way.
     pub fn canaries(&self) -> Vec<Running> {
-        self.deployments
-            .values()
+        self.canaried
+            .iter()
+            .filter_map(|name| self.deployments.get(name))
             .filter_map(|e| {
                 let status = active(&e.d.rollout)?.clone();
                 let (spec, blue_green) = (e.d.strategy.canary.clone(), e.d.strategy.blue_green);

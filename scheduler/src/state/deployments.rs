@@ -8,8 +8,11 @@ impl State {
     pub fn reconcile_all(&mut self) -> Result<(), Error> {
         let now = now_ms();
         self.mem.reconcile_due.clear();
+        let names = self.mem.unsettled();
+        if names.is_empty() {
+            return Ok(());
+        }
         self.transact(|mem, tx| {
-            let names: Vec<String> = mem.deployments.keys().cloned().collect();
             for name in names {
                 mem.reconcile(tx, &name, now)?;
             }
@@ -575,6 +578,9 @@ impl Mem {
                         message: format!("rolling out revision {} to replace {from}", e.d.revision),
                         canary: super::canary::start(&e.d.strategy, from, e.d.revision),
                     };
+                    if e.d.rollout.canary.is_some() {
+                        self.canaried.insert(name.to_string());
+                    }
                     tx.put_revision(name, e.d.revision, &req.spec, now)?;
                     tx.event(now, &obj, "NewRevision", &format!("revision {} of {}", e.d.revision, req.spec.workload))?;
                     self.revisions.insert((name.to_string(), e.d.revision), req.spec);
@@ -596,6 +602,41 @@ impl Mem {
     /// Keeps deployment `name` at its count of current-revision replicas, rolling
     /// older revisions out as [`rollout::plan`] decides, and rolls a failing
     /// rollout back to the last good revision.
+    /// The deployments a reconcile may change anything for: all but those
+    /// settled as [`Mem::reconcile`] judges them (at their count, one
+    /// revision, no rollout to complete, nothing leaving) whose place in
+    /// `awake` is right. One read-only walk, no lookup per deployment: the
+    /// full pass every 2 s used to reconcile each of 100,000 deployments
+    /// (a clone of its name and its strategy, two lookups) under the state
+    /// lock, and a cold request arriving meanwhile waited for all of it.
+    pub(super) fn unsettled(&self) -> Vec<String> {
+        let leaving = self.moves.leaving_deployments();
+        let wants_awake = |e: &DeploymentEntry| e.d.replicas > 0 && e.d.idle_seconds().is_some();
+        // Awake and no longer wanting to be (the awake are few).
+        let asleep: std::collections::HashSet<&str> = self
+            .awake
+            .iter()
+            .filter(|name| !self.deployments.get(*name).is_some_and(wants_awake))
+            .map(String::as_str)
+            .collect();
+        self.deployments
+            .iter()
+            .filter(|(name, e)| {
+                let settled = e.counts.total == e.d.replicas
+                    && e.by_revision.keys().all(|r| *r == e.d.revision)
+                    && !can_complete(&e.d.rollout, e.d.revision)
+                    && !leaving.contains(name.as_str());
+                let awake_right = match wants_awake(e) {
+                    true => self.awake.contains(name.as_str()),
+                    false => !asleep.contains(name.as_str()),
+                };
+                !(settled && awake_right)
+            })
+            .map(|(name, _)| name.clone())
+            .chain(asleep.iter().filter(|n| !self.deployments.contains_key(**n)).map(|n| n.to_string()))
+            .collect()
+    }
+
     pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         self.note_awake(name);
         let Some(e) = self.deployments.get(name) else { return Ok(()) };

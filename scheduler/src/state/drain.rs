@@ -79,6 +79,11 @@ impl Moves {
         self.leaving.values().any(|l| l.deployment == deployment)
     }
 
+    /// Deployments with a replica leaving its node.
+    pub(super) fn leaving_deployments(&self) -> std::collections::HashSet<&str> {
+        self.leaving.values().map(|l| l.deployment.as_str()).collect()
+    }
+
     /// Why replica `id` stops, if it stops because it is leaving.
     pub(super) fn why(&self, id: &str) -> Option<String> {
         self.leaving.get(id).map(|l| l.why.clone())

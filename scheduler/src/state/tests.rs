@@ -583,3 +583,34 @@ fn a_deployment_that_scales_to_zero_is_activated_once_and_keeps_its_setting_acro
     assert_eq!(table.scale_to_zero.iter().collect::<Vec<_>>(), ["web"]);
     assert!(table.deployments.contains_key("plain"));
 }
+
+#[test]
+fn the_full_pass_reconciles_only_the_unsettled_and_they_are_what_it_changes() {
+    let (mut st, _dir) = state();
+    let req = |replicas, zero: bool| ApplyRequest {
+        replicas: Some(replicas),
+        spec: spec(10),
+        strategy: None,
+        autoscale: None,
+        scale_to_zero: zero.then_some(skiff_api::ScaleToZero { idle_seconds: 30 }),
+    };
+    st.apply("a", req(1, false)).unwrap();
+    st.apply("b", req(2, false)).unwrap();
+    st.apply("c", req(1, true)).unwrap();
+    // New deployments' first rollouts may still complete: each is looked at.
+    assert_eq!(st.mem().unsettled(), ["a", "b", "c"]);
+    for e in st.mem.deployments.values_mut() {
+        e.d.rollout.state = RolloutState::Complete;
+    }
+    assert_eq!(st.mem().unsettled(), Vec::<String>::new(), "at their counts, one revision: nothing to do");
+    // Under its count (as if a write had been lost), and awake without being
+    // in the idle check's sight: the full pass finds both and mends them.
+    st.mem.deployments.get_mut("b").unwrap().d.replicas = 3;
+    st.mem.awake.remove("c");
+    st.mem.awake.insert("gone".into());
+    assert_eq!(st.mem().unsettled(), ["b", "c", "gone"]);
+    st.reconcile_all().unwrap();
+    assert_eq!(st.mem().replicas_of("b").count(), 3);
+    assert_eq!(st.mem().awake().iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(st.mem().unsettled(), Vec::<String>::new());
+}
