@@ -137,10 +137,60 @@ fn two_teams_share_a_cluster_without_seeing_each_other() {
     // team-b's deployment is untouched.
     let b = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-b", "get", "deployments", "-o", "json"]));
     assert_eq!(b[0]["replicas"], 2, "{b:?}");
-    // Everything, for the cluster admin.
+    // A key is spelled one way: `default/web` (an encoded `/` in a name) is
+    // no second deployment beside default's web, hidden from every listing
+    // and from default's quota; and an encoded `/` after a namespace does not
+    // reach another namespace's object (`default` + `team-a%2Fweb`).
+    let admin = std::fs::read_to_string(dev.data().join("admin-token")).expect("admin-token").trim().to_string();
+    let spec = dev.get("deployments")[0]["spec"].clone();
+    let body = serde_json::json!({"replicas": 1, "spec": spec}).to_string();
+    let error = |answer: &str| {
+        let v: serde_json::Value = serde_json::from_str(answer).unwrap_or_default();
+        v["error"].as_str().unwrap_or_default().to_string()
+    };
+    for path in ["/v1/deployments/default%2Fweb", "/v1/namespaces/default/deployments/default%2Fweb"] {
+        let (status, answer) = super::auth::call(&url, "PUT", path, Some(&admin), &body);
+        assert_eq!(status, 400, "PUT {path}: {answer}");
+        assert!(error(&answer).starts_with("\"default/web\" is not a name: "), "{answer}");
+    }
+    let (_, answer) = super::auth::call(&url, "PUT", "/v1/deployments/default%2Fweb", Some(&admin), &body);
+    assert_eq!(error(&answer), "\"default/web\" is not a name: name it \"web\" in namespace default");
+    let (status, answer) = super::auth::call(&url, "GET", "/v1/deployments/default%2Fweb", Some(&admin), "");
+    assert_eq!(status, 404, "nothing stored: {answer}");
+    let listed = dev.get("deployments");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let (status, default) = super::auth::call(&url, "GET", "/v1/namespaces/default", Some(&admin), "");
+    assert_eq!(status, 200, "{default}");
+    let default: serde_json::Value = serde_json::from_str(&default).expect("a namespace");
+    assert_eq!(default["usage"]["deployments"], 1, "{default}");
+    let own = dev.cli_ok(&["-n", "default", "token", "create", "default-deployer", "--role", "deploy"]);
+    let own = own.trim();
+    for (method, path) in [
+        ("GET", "/v1/deployments/team-a%2Fweb"),
+        ("GET", "/v1/namespaces/default/deployments/team-a%2Fweb"),
+        ("GET", "/v1/secrets/team-a%2Fdb"),
+        ("DELETE", "/v1/secrets/team-a%2Fdb"),
+        ("PUT", "/v1/deployments/team-a%2Fweb"),
+    ] {
+        let (status, answer) = super::auth::call(&url, method, path, Some(own), &body);
+        assert_eq!(status, 400, "{method} {path} with default's token: {answer}");
+        assert!(error(&answer).starts_with("\"team-a/"), "{answer}");
+    }
+    let a_web = parse_get_json("deployments", &dev.cli_ok(&["-n", "team-a", "get", "deployments", "-o", "json"]));
+    assert_eq!(a_web[0]["replicas"], 2, "team-a's web untouched: {a_web:?}");
+
+    // Everything, for the cluster admin: a NAMESPACE column, plain names.
     let all = dev.cli_ok(&["get", "deployments", "-A"]);
-    for name in ["default/web", "team-a/web", "team-b/web"] {
-        assert!(all.lines().any(|l| l.split_whitespace().next() == Some(name)), "{name} in {all}");
+    let columns = |l: &str| l.split_whitespace().take(2).map(String::from).collect::<Vec<_>>();
+    assert_eq!(all.lines().next().map(columns), Some(vec!["NAMESPACE".into(), "NAME".into()]), "{all}");
+    for ns in ["default", "team-a", "team-b"] {
+        assert!(all.lines().any(|l| columns(l) == [ns, "web"]), "{ns} web in {all}");
+    }
+    let replicas = dev.cli_ok(&["get", "replicas", "-A"]);
+    assert!(replicas.starts_with("NAMESPACE"), "{replicas}");
+    for ns in ["default", "team-a", "team-b"] {
+        let of = |l: &&str| l.split_whitespace().next() == Some(ns) && l.split_whitespace().nth(2) == Some("web");
+        assert!(replicas.lines().filter(of).count() >= 1, "{ns}'s web replicas in {replicas}");
     }
 
     // Quotas: 4 replicas and 256Mi in team-a, which holds 2 × 32Mi.
@@ -160,7 +210,6 @@ fn two_teams_share_a_cluster_without_seeing_each_other() {
         big.stderr
     );
     // And in Prometheus, by resource.
-    let admin = std::fs::read_to_string(dev.data().join("admin-token")).expect("admin-token").trim().to_string();
     let (status, metrics) = super::auth::call(&url, "GET", "/metrics", Some(&admin), "");
     assert_eq!(status, 200, "{metrics}");
     for line in [

@@ -61,8 +61,8 @@ pub struct GetArgs {
     /// Replicas: only those on this node
     #[arg(long)]
     node: Option<String>,
-    /// Deployments and replicas (names shown NS/NAME), jobs, crons and runs (a
-    /// NAMESPACE column) of every namespace the token may see
+    /// Deployments, replicas, jobs, crons and runs of every namespace the token
+    /// may see, in a NAMESPACE column
     #[arg(short = 'A', long)]
     all_namespaces: bool,
 }
@@ -105,30 +105,31 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         (Kind::Deployments, None) if args.all_namespaces => {
             let mut deployments = Vec::new();
             for ns in client.namespaces().await? {
-                for mut d in client.clone().with_namespace(&ns.name).deployments().await? {
-                    if format == Format::Table {
-                        d.name = format!("{}/{}", ns.name, d.name);
-                    }
-                    deployments.push(d);
-                }
+                deployments.extend(client.clone().with_namespace(&ns.name).deployments().await?);
             }
             if format == Format::Table {
-                deployments_table(&deployments).print();
+                deployments_table(&deployments, true).print();
             } else {
                 print_encoded(format, &deployments)?;
             }
         }
         (Kind::Replicas, None) if args.all_namespaces => {
+            // A replica has no namespace field: its deployment's key (NS/NAME)
+            // says it in JSON and YAML, the NAMESPACE column in the table.
             let mut replicas = Vec::new();
+            let mut spaces = Vec::new();
             for ns in client.namespaces().await? {
                 let c = client.clone().with_namespace(&ns.name);
                 for mut r in c.replicas(args.deployment.as_deref(), args.node.as_deref()).await? {
-                    r.deployment = skiff_api::namespace::key(&ns.name, &r.deployment);
+                    if format != Format::Table {
+                        r.deployment = skiff_api::namespace::key(&ns.name, &r.deployment);
+                    }
                     replicas.push(r);
+                    spaces.push(ns.name.clone());
                 }
             }
             if format == Format::Table {
-                replicas_table(&replicas, true).print();
+                replicas_table_in(&replicas, true, Some(&spaces)).print();
             } else {
                 print_encoded(format, &replicas)?;
             }
@@ -136,7 +137,7 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         (Kind::Deployments, None) => {
             let deployments = client.deployments().await?;
             if format == Format::Table {
-                deployments_table(&deployments).print();
+                deployments_table(&deployments, false).print();
             } else {
                 print_encoded(format, &deployments)?;
             }
@@ -144,7 +145,7 @@ pub async fn get(args: GetArgs, client: &Client) -> anyhow::Result<()> {
         (Kind::Deployments, Some(name)) => {
             let d = client.deployment(name).await?;
             if format == Format::Table {
-                deployments_table(std::slice::from_ref(&d)).print();
+                deployments_table(std::slice::from_ref(&d), false).print();
             } else {
                 print_encoded(format, &d)?;
             }
@@ -302,16 +303,23 @@ fn rollout_state(r: &skiff_api::Rollout) -> String {
     if r.paused { format!("{} (paused)", r.state) } else { r.state.to_string() }
 }
 
-fn deployments_table(deployments: &[Deployment]) -> Table {
+/// With `all` (`get -A`), a NAMESPACE column first.
+fn deployments_table(deployments: &[Deployment], all: bool) -> Table {
     // READY is ready/desired (passing readiness); AVAILABLE counts those ready
     // for the strategy's min_ready_seconds, as `kubectl get deployments` does.
     // ROLLOUT is where the latest rollout stands: `failed` when its revision never
     // became available by its progress deadline (`describe` says why). A
     // deployment scaled to zero says so in READY: its name is still routable.
-    let mut t =
-        Table::new(&["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "ROLLOUT", "WORKLOAD", "AGE"]);
+    let mut header = if all { vec!["NAMESPACE"] } else { Vec::new() };
+    header.extend(["NAME", "READY", "AVAILABLE", "RUNNING", "PENDING", "REVISION", "ROLLOUT", "WORKLOAD", "AGE"]);
+    let mut t = Table::new(&header);
     for d in deployments {
-        t.row(vec![
+        let mut row = Vec::new();
+        if all {
+            let ns = if d.namespace.is_empty() { skiff_api::namespace::DEFAULT } else { d.namespace.as_str() };
+            row.push(ns.to_string());
+        }
+        row.extend([
             d.name.clone(),
             ready_column(d),
             d.status.available.to_string(),
@@ -322,6 +330,7 @@ fn deployments_table(deployments: &[Deployment]) -> Table {
             short_workload(&d.spec.workload),
             age(d.created_ms),
         ]);
+        t.row(row);
     }
     t
 }
@@ -337,14 +346,24 @@ fn ready_column(d: &Deployment) -> String {
 }
 
 fn replicas_table(replicas: &[Replica], with_deployment: bool) -> Table {
-    let mut header = vec!["ID"];
+    replicas_table_in(replicas, with_deployment, None)
+}
+
+/// With `spaces` (`get -A`: each replica's namespace), a NAMESPACE column first.
+fn replicas_table_in(replicas: &[Replica], with_deployment: bool, spaces: Option<&[String]>) -> Table {
+    let mut header = if spaces.is_some() { vec!["NAMESPACE"] } else { Vec::new() };
+    header.push("ID");
     if with_deployment {
         header.push("DEPLOYMENT");
     }
     header.extend(["REV", "STATE", "NODE", "RESTARTS", "AGE", "REASON"]);
     let mut t = Table::new(&header);
-    for r in replicas {
-        let mut row = vec![r.id.clone()];
+    for (i, r) in replicas.iter().enumerate() {
+        let mut row = Vec::new();
+        if let Some(spaces) = spaces {
+            row.push(spaces.get(i).cloned().unwrap_or_default());
+        }
+        row.push(r.id.clone());
         if with_deployment {
             row.push(r.deployment.clone());
         }

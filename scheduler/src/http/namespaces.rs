@@ -31,8 +31,10 @@ fn encode(key: &str) -> String {
 
 /// Rewrites `/v1/namespaces/NS/KIND[/NAME[/...]]` to `/v1/KIND[/KEY[/...]]` (and
 /// the `deployment=` and `object=` queries of replica and event lists), and
-/// records the namespace in the request's extensions.
-pub(crate) async fn namespaced(mut req: Request) -> Request {
+/// records the namespace in the request's extensions. A NAME holding an encoded
+/// `/` is refused: `default` + `team-a%2Fweb` would make the key `team-a/web`,
+/// another namespace's object behind a check that saw `default`.
+pub(crate) async fn namespaced(mut req: Request) -> Result<Request, ApiError> {
     let mut namespace = None;
     let path = req.uri().path().to_string();
     if let Some(rest) = path.strip_prefix("/v1/namespaces/")
@@ -41,6 +43,13 @@ pub(crate) async fn namespaced(mut req: Request) -> Request {
     {
         let (kind, tail) = rest.split_once('/').map_or((rest, ""), |(k, t)| (k, t));
         if let Some((_, named)) = NAMESPACED.iter().find(|(k, _)| *k == kind) {
+            let name = tail.split('/').next().unwrap_or_default();
+            if *named && name.to_ascii_lowercase().contains("%2f") {
+                let name = name.replace("%2F", "/").replace("%2f", "/");
+                return Err(ApiError::bad_request(format!(
+                    "{name:?} is not a name: a name is a DNS label; its namespace goes in -n NS (/v1/namespaces/NS/...)"
+                )));
+            }
             let tail = match (named, tail.split_once('/')) {
                 (_, _) if tail.is_empty() => String::new(),
                 (true, Some((name, more))) => format!("/{}/{more}", encode(&ns::key(space, name))),
@@ -73,7 +82,7 @@ pub(crate) async fn namespaced(mut req: Request) -> Request {
     if let Some(n) = namespace {
         req.extensions_mut().insert(Ns(n));
     }
-    req
+    Ok(req)
 }
 
 /// The unprefixed namespaced routes mean the caller's namespace: for a token
@@ -208,6 +217,9 @@ pub(super) async fn put_namespace(
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only a cluster admin makes namespaces"));
     }
     let (n, _) = core.state().put_namespace(&name, req)?;
+    // A raised quota lets held rollouts surge and waiting runs start now,
+    // not at the next full pass.
+    core.wake();
     Ok(Json(n))
 }
 
@@ -237,7 +249,9 @@ mod tests {
     use super::*;
 
     async fn rewrite(uri: &str) -> (String, String) {
-        let req = namespaced(Request::builder().uri(uri).body(Body::empty()).expect("a request")).await;
+        let req = namespaced(Request::builder().uri(uri).body(Body::empty()).expect("a request"))
+            .await
+            .unwrap_or_else(|e| panic!("{uri} refused: {e:?}"));
         let ns = req.extensions().get::<Ns>().map_or("default", |n| n.0.as_str()).to_string();
         (req.uri().to_string(), ns)
     }
@@ -270,6 +284,23 @@ mod tests {
         assert_eq!(
             rewrite("/v1/namespaces/b/events?object=job%2Fx").await,
             ("/v1/events?object=job%2Fb%2Fx".into(), "b".into())
+        );
+        // A name is one plain segment: an encoded `/` would reach another
+        // namespace's key (`team-a/web` from `default`), or a second key.
+        for uri in [
+            "/v1/namespaces/default/deployments/team-a%2Fweb",
+            "/v1/namespaces/default/secrets/team-a%2fdb",
+            "/v1/namespaces/team-a/jobs/default%2Fnightly/logs",
+            "/v1/namespaces/default/volumes/default%2Fdata",
+        ] {
+            let req = Request::builder().uri(uri).body(Body::empty()).expect("a request");
+            let e = namespaced(req).await.expect_err(uri);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{uri}");
+        }
+        // Unprefixed, it is the key itself (what a node's activation sends).
+        assert_eq!(
+            rewrite("/v1/deployments/team-a%2Fweb/activate").await,
+            ("/v1/deployments/team-a%2Fweb/activate".into(), "default".into())
         );
         // Namespaces themselves are not rewritten.
         assert_eq!(rewrite("/v1/namespaces/b").await, ("/v1/namespaces/b".into(), "default".into()));

@@ -20,10 +20,6 @@ pub(super) async fn put_secret(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<SecretRequest>,
 ) -> ApiResult<Secret> {
-    let (space, _) = skiff_api::namespace::split(&name);
-    if !core.state().mem().namespace_exists(space) {
-        return Err(ApiError::not_found(format!("namespace {space:?} not found; `skiff namespace ls` lists them")));
-    }
     let mut secret = core.state().put_secret(&name, req)?;
     secret.name = skiff_api::namespace::plain(&secret.name);
     core.wake();

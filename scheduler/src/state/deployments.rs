@@ -39,9 +39,10 @@ impl State {
 
     pub fn apply(&mut self, name: &str, mut req: ApplyRequest) -> Result<ApplyResponse, Error> {
         req.replicas = Some(self.mem.apply_count(name, &req));
-        // A key `NS/NAME` (#20): the name is checked, the namespace must exist,
-        // and the spec's secrets and volumes are that namespace's.
-        let (namespace, plain) = skiff_api::namespace::split(name);
+        // A key `NS/NAME` (#20): the key is the canonical one, the name is
+        // checked, the namespace must exist, and the spec's secrets and
+        // volumes are that namespace's.
+        let (namespace, plain) = namespaces::canonical(name)?;
         skiff_api::manifest::validate_apply(plain, &req).map_err(Error::Invalid)?;
         if !self.mem.namespace_exists(namespace) {
             return Err(Error::NotFound(format!(

@@ -177,11 +177,8 @@ pub(super) fn never_fits(mem: &Mem, namespace: &str, what: &str, template: &Work
 /// Checks a job's or cron's key `key` and spec as a user wrote them, and puts
 /// the spec in its namespace: its secrets, volumes and `after` by key.
 pub(super) fn namespaced_spec(mem: &Mem, key: &str, spec: &mut JobSpec, what: &str) -> Result<(), Error> {
-    let (namespace, plain) = ns::split(key);
     // `default/NAME` would be a second key of default's NAME.
-    if ns::key(namespace, plain) != key {
-        return Err(Error::Invalid(format!("{key:?} is not a name; name it {plain:?} in namespace {namespace}")));
-    }
+    let (namespace, _) = super::namespaces::canonical(key)?;
     if !mem.namespace_exists(namespace) {
         return Err(Error::NotFound(format!(
             "namespace {namespace:?} not found; `skiff namespace create {namespace}` makes it"

@@ -27,6 +27,25 @@ pub(super) const SURGE_HELD: &str = "cannot surge: ";
 /// Most namespaces a cluster holds.
 const MAX_NAMESPACES: usize = 10_000;
 
+/// The namespace and plain name of `key`, a namespaced object's key as a
+/// write names it, refused unless it is the one key `ns::key` gives: `NAME` in
+/// `default`, `NS/NAME` elsewhere, NS a DNS label. Any other spelling
+/// (`default/web`, `/web`, `a/b/c`) would store a second key that no listing
+/// shows and no quota counts. The plain name is left to the caller's own check.
+pub(super) fn canonical(key: &str) -> Result<(&str, &str), Error> {
+    let (namespace, plain) = ns::split(key);
+    let refuse = |why: String| Error::Invalid(format!("{key:?} is not a name: {why}"));
+    if namespace == DEFAULT && key.contains('/') {
+        return Err(refuse(format!("name it {plain:?} in namespace default")));
+    }
+    validate_name(namespace).map_err(|e| refuse(format!("namespace {e}")))?;
+    // `a/b/c`, `team-a/`, and `job:web` (a job's replicas' owner, not a name).
+    if plain.is_empty() || plain.contains('/') || ns::key(namespace, plain) != key {
+        return Err(refuse("a name is a DNS label; its namespace goes in -n NS (/v1/namespaces/NS/...)".into()));
+    }
+    Ok((namespace, plain))
+}
+
 /// `spec` with its secrets and volumes named by their keys in namespace `ns`.
 pub fn keyed_spec(namespace: &str, spec: &mut WorkloadSpec) {
     for s in &mut spec.secrets {
@@ -261,12 +280,24 @@ impl State {
         }
         let body = serde_json::to_string(&s).map_err(|e| Error::Internal(e.to_string()))?;
         let isolation_changed = self.mem.isolated(name) != (s.isolation == Isolation::Namespace);
+        let quota_changed = self.mem.quota(name) != s.quota;
         self.transact(|mem, tx| {
             tx.set_meta(&format!("{META}{name}"), &body)?;
             let verb = if created { "Created" } else { "Updated" };
             tx.event(now, &format!("namespace/{name}"), verb, &format!("quota {}", describe_quota(&s.quota)))?;
             mem.namespaces.insert(name.to_string(), s);
             mem.fx.mutated = true;
+            if quota_changed {
+                // Its rollouts surge as far as the new quota lets them at the
+                // next controller pass (the caller wakes it), not at the next
+                // full one; its jobs' runs waiting for quota are looked at
+                // every pass anyway.
+                let rolling: Vec<String> = Mem::keys_in(&mem.deployments, name)
+                    .filter(|k| mem.deployments[*k].by_revision.keys().any(|r| *r != mem.deployments[*k].d.revision))
+                    .cloned()
+                    .collect();
+                mem.reconcile_due.extend(rolling);
+            }
             Ok(())
         })?;
         if isolation_changed {
@@ -426,6 +457,41 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_not_canonical_is_refused_and_stores_nothing() {
+        let dir = Dir::new();
+        let mut st = open(&dir);
+        st.put_namespace("team-a", NamespaceRequest::default()).expect("a namespace");
+        let mut with_volume = apply(32, 1, None);
+        with_volume.spec.volumes =
+            vec![serde_json::from_value(serde_json::json!({"name": "data", "path": "/data"})).expect("a mount")];
+        let data: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        for (key, why) in [
+            ("default/web", "\"default/web\" is not a name: name it \"web\" in namespace default"),
+            ("/web", "\"/web\" is not a name: namespace name \"\" must be 1 to 63 characters long"),
+            ("team-a/", "\"team-a/\" is not a name: a name is a DNS label"),
+            ("team-a/x/web", "\"team-a/x/web\" is not a name: a name is a DNS label"),
+            ("Team_A/web", "\"Team_A/web\" is not a name: namespace name \"Team_A\" must use only"),
+            ("job:web", "\"job:web\" is not a name: a name is a DNS label"),
+        ] {
+            let e = st.apply(key, with_volume.clone()).expect_err(key);
+            assert!(matches!(e, Error::Invalid(_)) && e.to_string().starts_with(why), "{key}: {e}");
+            let secret = SecretRequest { data: data.clone(), overwrite: false };
+            let e = st.put_secret(key, secret).expect_err(key);
+            assert!(matches!(e, Error::Invalid(_)) && e.to_string().starts_with(why), "{key}: {e}");
+        }
+        let mem = st.mem();
+        assert!(mem.deployments.is_empty(), "{:?}", mem.deployments.keys().collect::<Vec<_>>());
+        assert!(mem.volumes.is_empty(), "{:?}", mem.volumes.keys().collect::<Vec<_>>());
+        assert!(st.secrets().is_empty(), "{:?}", st.secrets());
+        assert_eq!(st.namespace(DEFAULT).expect("default").usage, Usage::default());
+        // The canonical keys of the same objects are taken.
+        st.apply("web", with_volume.clone()).expect("default's web");
+        st.apply("team-a/web", with_volume).expect("team-a's web");
+        st.put_secret("team-a/db", SecretRequest { data, overwrite: false }).expect("team-a's db");
+        assert_eq!(st.mem().volumes.keys().collect::<Vec<_>>(), ["data", "team-a/data"]);
+    }
+
+    #[test]
     fn quotas_refuse_with_one_line_and_hold_the_autoscaler() {
         let dir = Dir::new();
         let mut st = open(&dir);
@@ -474,10 +540,9 @@ mod tests {
         assert!(st.namespace("team-a").is_err());
     }
 
-    #[test]
-    fn a_rollout_that_the_quota_keeps_from_surging_says_so() {
-        let dir = Dir::new();
-        let mut st = open(&dir);
+    /// team-a/web at 2 running replicas, the quota of 2 replicas full, and
+    /// revision 2 applied (max_surge 1, max_unavailable 0): the quota holds it.
+    fn a_rollout_held_by_a_full_quota(st: &mut State) -> ApplyRequest {
         let node = serde_json::json!({"name": "a", "address": "http://127.0.0.1:1", "labels": {},
             "capacity": {"cpu": "4", "memory": "1Gi"}, "runtimes": ["wasm"], "ingress": null});
         st.register(serde_json::from_value(node).expect("a registration")).expect("registered");
@@ -508,6 +573,14 @@ mod tests {
             "cannot surge: namespace team-a: replicas quota 2, 2 in use, this asks 1 more; with max_unavailable: 1 it rolls out without surge"
         );
         assert!(st.mem().replicas_of("team-a/web").all(|r| r.revision == 1), "nothing of revision 2 made");
+        next
+    }
+
+    #[test]
+    fn a_rollout_that_the_quota_keeps_from_surging_says_so() {
+        let dir = Dir::new();
+        let mut st = open(&dir);
+        let mut next = a_rollout_held_by_a_full_quota(&mut st);
         // With max_unavailable 1 it goes on, one old replica at a time, no surge.
         next.strategy = Some(UpdateStrategy { max_unavailable: 1, ..UpdateStrategy::default() });
         st.apply("team-a/web", next).expect("the strategy");
@@ -516,5 +589,24 @@ mod tests {
         let live: Vec<u64> =
             st.mem().replicas_of("team-a/web").filter(|r| !r.state.is_terminal()).map(|r| r.revision).collect();
         assert!(live.contains(&2) && live.len() <= 2, "{live:?}");
+    }
+
+    #[test]
+    fn raising_the_quota_moves_a_held_rollout_at_the_next_pass() {
+        let dir = Dir::new();
+        let mut st = open(&dir);
+        a_rollout_held_by_a_full_quota(&mut st);
+        // Nothing else due: a pass now leaves it held.
+        st.reconcile_due().expect("a pass");
+        let held = st.mem().deployment("team-a/web").expect("web").rollout.message;
+        assert!(held.starts_with("cannot surge"), "{held}");
+        let quota = Quota { replicas: Some(3), ..Quota::default() };
+        st.put_namespace("team-a", NamespaceRequest { quota: Some(quota), isolation: None }).expect("raised");
+        // The pass a wake runs (not the full one every 2 s).
+        st.reconcile_due().expect("a pass");
+        let d = st.mem().deployment("team-a/web").expect("web");
+        assert!(!d.rollout.message.contains("cannot surge"), "{}", d.rollout.message);
+        let revisions: Vec<u64> = st.mem().replicas_of("team-a/web").map(|r| r.revision).collect();
+        assert!(revisions.contains(&2), "a surge replica of revision 2: {revisions:?}");
     }
 }

@@ -12,8 +12,13 @@ impl State {
 
     /// Creates secret `name`, or replaces its values when `req.overwrite`.
     pub fn put_secret(&mut self, name: &str, req: SecretRequest) -> Result<Secret, Error> {
-        // A key `NS/NAME` (#20): the name is what is checked.
-        skiff_api::manifest::validate_secret(skiff_api::namespace::split(name).1, &req).map_err(Error::Invalid)?;
+        // A key `NS/NAME` (#20): the canonical key of a namespace that exists;
+        // the name is what is checked.
+        let (namespace, plain) = super::namespaces::canonical(name)?;
+        if !self.mem.namespace_exists(namespace) {
+            return Err(Error::NotFound(format!("namespace {namespace:?} not found; `skiff namespace ls` lists them")));
+        }
+        skiff_api::manifest::validate_secret(plain, &req).map_err(Error::Invalid)?;
         let now = now_ms();
         let existing = self.mem.secrets.get(name).map(|(s, _)| s.created_ms);
         if existing.is_none() && self.mem.secrets.len() >= self.max_objects {
