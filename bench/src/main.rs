@@ -878,17 +878,19 @@ async fn scenario_quota_cost(args: &RunArgs) -> anyhow::Result<Value> {
     let mut runs = Vec::new();
     let mut ratios: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut cpu_ratios: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut work_ratios: HashMap<&str, Vec<f64>> = HashMap::new();
     for round in 0..rounds {
-        let mut rates: HashMap<&str, (f64, f64)> = HashMap::new();
+        let mut rates: HashMap<&str, (f64, f64, f64)> = HashMap::new();
         for k in 0..QUOTA_VARIANTS.len() {
             let (name, namespaces, quotas) = QUOTA_VARIANTS[(round + k) % QUOTA_VARIANTS.len()];
             println!("quota-cost round {}/{rounds}: {name}", round + 1);
             let mut r = quota_cost_run(args, namespaces, quotas).await?;
             println!("  {r}");
             if r["clean"] == json!(true)
-                && let (Some(rate), Some(cpu)) = (r["placements_per_s"].as_f64(), r["scheduler_cpu_s"].as_f64())
+                && let (Some(rate), Some(cpu), Some(work)) =
+                    (r["placements_per_s"].as_f64(), r["scheduler_cpu_s"].as_f64(), r["scheduler_work_cpu_s"].as_f64())
             {
-                rates.insert(name, (rate, cpu));
+                rates.insert(name, (rate, cpu, work));
             }
             r["variant"] = json!(name);
             r["round"] = json!(round + 1);
@@ -898,6 +900,7 @@ async fn scenario_quota_cost(args: &RunArgs) -> anyhow::Result<Value> {
             if let (Some(w), Some(wo)) = (rates.get(with), rates.get(without)) {
                 ratios.entry(pair).or_default().push(w.0 / wo.0.max(1e-9));
                 cpu_ratios.entry(pair).or_default().push(w.1 / wo.1.max(1e-9));
+                work_ratios.entry(pair).or_default().push(w.2 / wo.2.max(1e-9));
             }
         }
     }
@@ -927,11 +930,15 @@ async fn scenario_quota_cost(args: &RunArgs) -> anyhow::Result<Value> {
         summary.insert(format!("{pair}_each"), json!(v.iter().map(|x| round3(*x)).collect::<Vec<_>>()));
         let c = cpu_ratios.get(pair).cloned().unwrap_or_default();
         summary.insert(format!("{pair}_scheduler_cpu_median"), json!(median(&c).map(round3)));
+        let w = work_ratios.get(pair).cloned().unwrap_or_default();
+        summary.insert(format!("{pair}_scheduler_work_cpu_median"), json!(median(&w).map(round3)));
+        summary
+            .insert(format!("{pair}_scheduler_work_cpu_each"), json!(w.iter().map(|x| round3(*x)).collect::<Vec<_>>()));
     }
     // The scheduler's own time in the apply handler and in placement passes,
     // median per variant (less sensitive to the bench and the machine than
     // the end-to-end rate).
-    for field in ["apply_handler_s", "placement_passes_s", "scheduler_cpu_s"] {
+    for field in ["apply_handler_s", "placement_passes_s", "scheduler_cpu_s", "scheduler_work_cpu_s"] {
         for (name, _, _) in QUOTA_VARIANTS {
             let v: Vec<f64> = runs
                 .iter()
@@ -958,6 +965,12 @@ async fn quota_cost_run(args: &RunArgs, namespaces: usize, quotas: bool) -> anyh
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
     let ReadyA { c, join, digest, plan, .. } = prepare_a(args, false, namespaces, quotas, QUOTA_SERVER).await?;
     let placed0 = placements_total(&c.api).await.unwrap_or(0);
+    // The scheduler's CPU with nothing to do but the 5,000 nodes' heartbeats,
+    // so that what the run's work took is told from what its length cost.
+    let idle0 = cpu_seconds(c.server.pid())?;
+    let idle_t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rate = (cpu_seconds(c.server.pid())? - idle0) / idle_t.elapsed().as_secs_f64();
     let cpu0 = cpu_seconds(c.server.pid())?;
     let progress = Arc::new(Mutex::new(Progress::default()));
     let t0 = Instant::now();
@@ -982,6 +995,7 @@ async fn quota_cost_run(args: &RunArgs, namespaces: usize, quotas: bool) -> anyh
     let last = metric("skiff_scheduler_last_placement_timestamp_seconds")
         .context("the scheduler does not export skiff_scheduler_last_placement_timestamp_seconds (an older skiff?)")?;
     let cpu = cpu_seconds(c.server.pid())? - cpu0;
+    let work_cpu = cpu - idle_rate * t0.elapsed().as_secs_f64();
     let secs = last - t0_unix;
     // The scheduler's own time in the two places quotas are checked or could
     // cost: the apply handler (PUT /v1/deployments/{name}, namespaced ones
@@ -1008,6 +1022,8 @@ async fn quota_cost_run(args: &RunArgs, namespaces: usize, quotas: bool) -> anyh
         "placed_s": secs,
         "placements_per_s": (want as f64 / secs.max(1e-9)).round(),
         "scheduler_cpu_s": cpu,
+        "scheduler_idle_cpu_per_s": idle_rate,
+        "scheduler_work_cpu_s": work_cpu,
         "apply_handler_s": apply_s,
         "placement_passes_s": placing_s,
         "loadavg_before": load_before,
