@@ -76,22 +76,17 @@ pub(crate) struct Reports {
 impl Reports {
     /// The heartbeat that reports `statuses` to a scheduler that knows the node
     /// as of registration `registration`: a full one every `FULL_EVERY` and
-    /// after each registration, else a delta. A delta carries every running
-    /// replica still: its usage is a measurement the dashboard and autoscaling
-    /// sample each heartbeat (an idle replica's unchanged counters are what
-    /// says its rate is zero).
+    /// after each registration, else a delta. A delta carries the replicas
+    /// whose status or usage changed since the last answered heartbeat: an
+    /// idle replica's counters stay as they were, and the scheduler's
+    /// autoscaler takes a replica left out as unchanged (`autoscale::measure`).
+    /// Until #17 every running replica went in each delta: with 10,000 idle
+    /// ones on a node, parsing them was 17% of the scheduler's CPU.
     pub(crate) fn heartbeat(&self, capacity: Resources, statuses: &[ReplicaStatus], registration: u64) -> Heartbeat {
         let full = self.cadence.full(registration);
         let replicas = match full {
             true => statuses.to_vec(),
-            false => statuses
-                .iter()
-                .filter(|s| {
-                    matches!(s.state, ReplicaState::Running | ReplicaState::Ready)
-                        || self.answered.get(&s.id) != Some(*s)
-                })
-                .cloned()
-                .collect(),
+            false => statuses.iter().filter(|s| self.answered.get(&s.id) != Some(*s)).cloned().collect(),
         };
         Heartbeat { capacity, replicas, delta: !full }
     }

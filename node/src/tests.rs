@@ -753,3 +753,43 @@ fn desired_says_which_replicas_an_answer_touched() {
     ids.sort();
     assert_eq!(ids, ["web-bbbbbb", "web-cccccc"]);
 }
+
+#[test]
+fn a_delta_heartbeat_carries_only_replicas_whose_status_or_usage_changed() {
+    use crate::agent::{FULL_EVERY, Reports};
+    let st = |id: &str, state, requests| skiff_api::ReplicaStatus {
+        id: id.into(),
+        generation: 1,
+        state,
+        restarts: 0,
+        reason: None,
+        exit_code: None,
+        cpu_seconds: 0.5,
+        memory_bytes: 0,
+        requests,
+        errors: 0,
+        latency: vec![],
+    };
+    let ids = |hb: &skiff_api::Heartbeat| hb.replicas.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    let mut reports = Reports::default();
+    let first =
+        vec![st("a", ReplicaState::Ready, 1), st("b", ReplicaState::Ready, 1), st("c", ReplicaState::Starting, 0)];
+    let hb = reports.heartbeat(Resources::default(), &first, 1);
+    assert!(!hb.delta, "the first after registering is full");
+    assert_eq!(ids(&hb), ["a", "b", "c"]);
+    reports.answered(&hb, first, 1);
+    // a served a request, c became ready; b is idle and unchanged: left out.
+    let now = vec![st("a", ReplicaState::Ready, 2), st("b", ReplicaState::Ready, 1), st("c", ReplicaState::Ready, 0)];
+    let hb = reports.heartbeat(Resources::default(), &now, 1);
+    assert!(hb.delta);
+    assert_eq!(ids(&hb), ["a", "c"]);
+    reports.answered(&hb, now.clone(), 1);
+    for _ in 2..FULL_EVERY {
+        let hb = reports.heartbeat(Resources::default(), &now, 1);
+        assert!(hb.delta && hb.replicas.is_empty(), "nothing changed: a sign of life");
+        reports.answered(&hb, now.clone(), 1);
+    }
+    let hb = reports.heartbeat(Resources::default(), &now, 1);
+    assert!(!hb.delta, "every FULL_EVERY-th is full");
+    assert_eq!(ids(&hb), ["a", "b", "c"]);
+}

@@ -29,6 +29,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 pub const MAX_WINDOW_SECONDS: u32 = skiff_api::manifest::MAX_AUTOSCALE_WINDOW_SECONDS;
 /// A replica's samples are kept at most this often.
 const SAMPLE_EVERY_MS: u64 = 500;
+/// A replica's last sample older than this (more than a heartbeat ago): a
+/// heartbeat has left it out since, so its counters have not changed.
+const OMITTED_AFTER_MS: u64 = 1500;
 /// Within this fraction of the target the count does not change.
 const TOLERANCE: f64 = 0.1;
 
@@ -43,7 +46,7 @@ pub struct Sample {
 /// The load of a deployment over a window, summed over the replicas measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measured {
-    /// Replicas with two samples or more in the window.
+    /// Replicas measured (see [`measure`]).
     pub replicas: usize,
     /// Cpu cores in use.
     pub cpu_cores: f64,
@@ -58,17 +61,26 @@ pub struct Decision {
     pub why: String,
 }
 
-/// The rates of `series` (one per replica) from `from_ms` on; `None` when no
-/// replica has two samples there.
-pub fn measure<'a>(series: impl Iterator<Item = &'a VecDeque<Sample>>, from_ms: u64) -> Option<Measured> {
+/// The rates of `series` (one per replica) from `from_ms` to `now_ms`; `None`
+/// when no replica is measured. A heartbeat carries a running replica only
+/// when its counters changed since the last one the scheduler answered, so a
+/// replica whose last sample is older than [`OMITTED_AFTER_MS`] was left out
+/// of a heartbeat since: its counters are unchanged as of now (and since
+/// `from_ms` when that sample is older still). A replica with one sample just
+/// taken is not measured yet.
+pub fn measure<'a>(series: impl Iterator<Item = &'a VecDeque<Sample>>, from_ms: u64, now_ms: u64) -> Option<Measured> {
     let mut m = Measured { replicas: 0, cpu_cores: 0.0, requests_per_second: 0.0 };
     for s in series {
-        let mut inside = s.iter().filter(|x| x.at_ms >= from_ms);
-        let (Some(first), Some(last)) = (inside.next(), s.back()) else { continue };
-        if last.at_ms <= first.at_ms {
+        let Some(last) = s.back() else { continue };
+        let first = match s.iter().find(|x| x.at_ms >= from_ms) {
+            Some(first) => *first,
+            None => Sample { at_ms: from_ms, ..*last },
+        };
+        let last_at = if now_ms >= last.at_ms + OMITTED_AFTER_MS { now_ms } else { last.at_ms };
+        if last_at <= first.at_ms {
             continue;
         }
-        let secs = (last.at_ms - first.at_ms) as f64 / 1000.0;
+        let secs = (last_at - first.at_ms) as f64 / 1000.0;
         m.replicas += 1;
         m.cpu_cores += (last.cpu_seconds - first.cpu_seconds).max(0.0) / secs;
         m.requests_per_second += last.requests.saturating_sub(first.requests) as f64 / secs;
@@ -252,7 +264,7 @@ impl Window {
         now_ms: u64,
     ) -> Option<Decision> {
         let from = now_ms.saturating_sub(u64::from(spec.window_seconds) * 1000);
-        let m = measure(ids.iter().filter_map(|id| self.samples.get(id)), from)?;
+        let m = measure(ids.iter().filter_map(|id| self.samples.get(id)), from, now_ms)?;
         let (n, why) = recommend(current, &m, spec, cpu_request_millis);
         let keep = u64::from(spec.stabilization_seconds.max(spec.scale_up_stabilization_seconds)) * 1000;
         let history = self.recommended.entry(name.to_string()).or_default();
@@ -329,12 +341,28 @@ mod tests {
     fn measures_rates_over_the_window_only() {
         // 0.5 cores for 10 s inside the window; an old sample before it is ignored.
         let a = series(&[(0, 0.0, 0), (20_000, 100.0, 0), (30_000, 105.0, 50)]);
-        let b = series(&[(25_000, 1.0, 10)]); // one sample: not measured yet
-        let m = measure([&a, &b].into_iter(), 20_000).expect("measured");
+        let b = series(&[(29_500, 1.0, 10)]); // one sample just taken: not measured yet
+        let m = measure([&a, &b].into_iter(), 20_000, 30_000).expect("measured");
         assert_eq!(m.replicas, 1);
         assert!((m.cpu_cores - 0.5).abs() < 1e-9, "{m:?}");
         assert!((m.requests_per_second - 5.0).abs() < 1e-9, "{m:?}");
-        assert_eq!(measure([&b].into_iter(), 0), None);
+        assert_eq!(measure([&b].into_iter(), 0, 30_000), None);
+    }
+
+    #[test]
+    fn a_replica_left_out_of_heartbeats_is_measured_idle_until_now() {
+        // Busy until 30 s, then unchanged (heartbeats leave it out): over a
+        // window from 20 s to 40 s its rate halves, and over one after its
+        // last sample it is zero, not unmeasured.
+        let a = series(&[(20_000, 100.0, 0), (30_000, 105.0, 50)]);
+        let m = measure([&a].into_iter(), 20_000, 40_000).expect("measured");
+        assert!((m.cpu_cores - 0.25).abs() < 1e-9, "{m:?}");
+        assert!((m.requests_per_second - 2.5).abs() < 1e-9, "{m:?}");
+        let m = measure([&a].into_iter(), 35_000, 45_000).expect("measured while idle");
+        assert_eq!((m.replicas, m.cpu_cores, m.requests_per_second), (1, 0.0, 0.0));
+        // Its one sample, taken long enough ago, says the same.
+        let b = series(&[(10_000, 1.0, 10)]);
+        assert_eq!(measure([&b].into_iter(), 20_000, 30_000).map(|m| m.requests_per_second), Some(0.0));
     }
 
     #[test]

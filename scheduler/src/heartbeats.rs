@@ -43,8 +43,8 @@ impl Batcher {
             match queue.get_mut(&name) {
                 Some(queued) if hb.delta => {
                     queued.capacity = hb.capacity;
-                    // By id, not a search of the queued list per status: both
-                    // hold every running replica of the node (thousands).
+                    // By id, not a search of the queued list per status: a
+                    // full report holds every replica of the node (thousands).
                     let mut at: HashMap<String, usize> =
                         queued.replicas.iter().enumerate().map(|(i, q)| (q.id.clone(), i)).collect();
                     for st in hb.replicas {
