@@ -221,6 +221,12 @@ impl State {
     /// Loads the working set from `store`.
     pub fn load(store: Store, keyring: Keyring, policy: Policy) -> Result<State, StoreError> {
         let mem = Mem::load(&store)?;
+        for (kind, key) in mem.stray_keys() {
+            let path = format!("/v1/{kind}s/{}", key.replace('/', "%2F"));
+            tracing::warn!(
+                "{kind} {key:?} is stored under a key no listing shows and no quota counts (made before keys were checked); DELETE {path} with a cluster-wide admin token removes it"
+            );
+        }
         let now = Instant::now();
         // A restarted scheduler gives every node a full grace period before it
         // counts as down: the nodes kept running while it was away.

@@ -77,6 +77,23 @@ pub struct Ask {
 }
 
 impl Mem {
+    /// The stored objects (kind, key) whose key is not canonical: made before
+    /// writes were held to [`canonical`] keys (`PUT /v1/deployments/default%2Fweb`
+    /// stored `default/web`). No listing shows them and no quota counts them,
+    /// so the server says so at start; a cluster-wide token deletes one by its key.
+    pub(super) fn stray_keys(&self) -> Vec<(&'static str, String)> {
+        let keys = [
+            ("deployment", self.deployments.keys().collect::<Vec<_>>()),
+            ("secret", self.secrets.keys().filter(|k| !registries::is_registry(k)).collect()),
+            ("volume", self.volumes.keys().collect()),
+            ("job", self.jobs.keys().collect()),
+            ("cron", self.crons.keys().collect()),
+        ];
+        keys.into_iter()
+            .flat_map(|(kind, keys)| keys.into_iter().filter(|k| canonical(k).is_err()).map(move |k| (kind, k.clone())))
+            .collect()
+    }
+
     pub(super) fn load_namespace(&mut self, key: &str, value: &str) {
         if let Some(name) = key.strip_prefix(META) {
             let stored: Stored = serde_json::from_str(value).unwrap_or_default();
@@ -489,6 +506,11 @@ mod tests {
         st.apply("team-a/web", with_volume).expect("team-a's web");
         st.put_secret("team-a/db", SecretRequest { data, overwrite: false }).expect("team-a's db");
         assert_eq!(st.mem().volumes.keys().collect::<Vec<_>>(), ["data", "team-a/data"]);
+        assert_eq!(st.mem().stray_keys(), []);
+        // One stored before keys were checked is found (the server warns at start).
+        let stray = Volume { name: "default/old".into(), node: None, size: None, deployments: vec![], created_ms: 0 };
+        st.mem.volumes.insert(stray.name.clone(), stray);
+        assert_eq!(st.mem().stray_keys(), [("volume", "default/old".to_string())]);
     }
 
     #[test]
