@@ -291,6 +291,14 @@ fn a_team_token_without_a_namespace_acts_in_its_own() {
     let (status, body) = super::auth::call(&url, "GET", "/v1/deployments/web", Some(t), "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""namespace":"team-a""#), "{body}");
+    // Another namespace's key in an unprefixed path stays out of reach.
+    dev.cli_ok(&["namespace", "create", "team-b"]);
+    dev.cli_ok(&["-n", "team-b", "deploy", wasm, "--name", "web", "--replicas", "0"]);
+    for path in ["/v1/deployments/team-b%2Fweb", "/v1/deployments/team-b%252Fweb"] {
+        let (status, body) = super::auth::call(&url, "GET", path, Some(t), "");
+        assert!(status == 400 || status == 404, "GET {path} with team-a's token: {status} {body}");
+        assert!(!body.contains(r#""namespace":"team-b""#), "GET {path}: {body}");
+    }
     // `-n default` still means default, which this token may not see.
     not_found(as_token(cwd, &url, t, &["-n", "default", "get", "deployments"]), "list in default");
     // The cluster admin's unprefixed calls are default's, as before.
