@@ -9,9 +9,7 @@
 //! logging once per change of state rather than once per attempt.
 
 use crate::supervisor::{Context, Replica};
-use skiff_api::{
-    Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaState, ReplicaStatus, Resources, Runtime,
-};
+use skiff_api::{Assignment, Client, ClientError, Heartbeat, RegisterRequest, ReplicaStatus, Resources, Runtime};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
