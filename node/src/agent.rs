@@ -132,10 +132,6 @@ impl Desired {
                 tracing::warn!("ignoring an assignment with an invalid replica id: {e}");
                 continue;
             }
-            if !matches!(asg.spec.workload, skiff_api::Workload::Wasm(_)) {
-                // Still started: its supervisor reports it failed with the reason.
-                tracing::debug!(replica = %asg.replica, "assignment needs a runtime this node lacks");
-            }
             touched.push(asg.replica.clone());
             self.0.insert(asg.replica.clone(), asg);
         }
