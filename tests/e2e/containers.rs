@@ -1059,6 +1059,17 @@ fn container_probes_gate_readiness_and_restart_on_liveness() {
     assert!(logs.contains("liveness probe failed: test -f /tmp/ok exited with 1"), "{logs}");
 }
 
+/// A cluster in a network namespace of its own whose node's ingress listens on
+/// every address of it, so that containers reach it on the bridge.
+fn bridged_ingress_setup() -> Setup {
+    let mut s = Setup::in_netns();
+    s.node = None;
+    s.node_args.extend(["--ingress".to_string(), "0.0.0.0:0".to_string()]);
+    let _ = std::fs::remove_file(s.dir.path().join("node/ingress.addr"));
+    s.start_node();
+    s
+}
+
 /// Containers behind the ingress: a busybox httpd deployment with an HTTP port is
 /// ready once it listens, reached through the node's ingress by Host and by path
 /// (both replicas answer), and a container reaches it by name through
@@ -1068,13 +1079,7 @@ fn containers_serve_http_through_the_ingress() {
     if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
-    let mut s = Setup::in_netns();
-    // The ingress on every address of the test's namespace, so that containers
-    // reach it on the bridge.
-    s.node = None;
-    s.node_args.extend(["--ingress".to_string(), "0.0.0.0:0".to_string()]);
-    let _ = std::fs::remove_file(s.dir.path().join("node/ingress.addr"));
-    s.start_node();
+    let s = bridged_ingress_setup();
     let Some(ns) = s._netns.as_ref() else { panic!("no namespace") };
     let ingress = read_when_ready(&s.dir.path().join("node/ingress.addr"));
     let (oci, _) = build_images(s.dir.path());
@@ -1204,13 +1209,7 @@ fn an_isolated_namespaces_containers_reach_only_their_own_through_the_ingress() 
     if !require_root("containers (runc, overlayfs, network namespaces)") {
         return;
     }
-    let mut s = Setup::in_netns();
-    // The ingress on every address of the test's namespace, so that containers
-    // reach it on the bridge.
-    s.node = None;
-    s.node_args.extend(["--ingress".to_string(), "0.0.0.0:0".to_string()]);
-    let _ = std::fs::remove_file(s.dir.path().join("node/ingress.addr"));
-    s.start_node();
+    let s = bridged_ingress_setup();
     let Some(netns) = s._netns.as_ref() else { panic!("no namespace") };
     let (oci, _) = build_images(s.dir.path());
     s.cli(&["image", "import", oci.to_str().unwrap_or_default()]);
