@@ -166,6 +166,11 @@ pub(super) async fn adopt(
             Err(e) => log.system(&format!("cannot resume capturing the container's {name}: {e}")),
         }
     }
+    // A container adopted in its start keeps no boost (nothing here watches
+    // for its readiness to end it).
+    if super::run::boosted(&plan) {
+        super::run::end_boost(&net.oci, &id, &plan, &log).await;
+    }
     let exit_file = bundle.join(EXIT_FILE);
     let mut usage = UsageReader::new(&id, &spec);
     let mut gone_since: Option<std::time::Instant> = None;

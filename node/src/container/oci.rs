@@ -63,6 +63,12 @@ impl Oci {
         }
     }
 
+    /// Sets container `id`'s CFS quota (microseconds per `period`).
+    pub fn set_cpu_quota(&self, id: &str, quota: i64, period: u64) -> Result<(), String> {
+        let (quota, period) = (quota.to_string(), period.to_string());
+        self.quiet(&["update", "--cpu-quota", &quota, "--cpu-period", &period, id]).map(|_| ())
+    }
+
     /// Sends `signal` (`TERM`, `KILL`) to every process of container `id`.
     pub fn kill(&self, id: &str, signal: &str) -> Result<(), String> {
         self.quiet(&["kill", "--all", id, signal]).map(|_| ())

@@ -167,12 +167,20 @@ pub(super) async fn run_container(
         }
     }
 
-    // Cgroup usage into the replica's counters while it runs.
+    // Cgroup usage into the replica's counters while it runs; the startup
+    // CPU given back once it is ready (checked as often as usage is read).
     let mut usage = UsageReader::new(&id, &spec);
+    let mut boost = boosted(&plan).then(std::time::Instant::now);
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
             _ = tokio::time::sleep(STATS_EVERY) => usage.read(),
+        }
+        if let Some(since) = boost
+            && (spec.status.is(skiff_api::ReplicaState::Ready) || since.elapsed() >= bundle::STARTUP_BOOST_MAX)
+        {
+            boost = None;
+            end_boost(&oci, &id, &plan, &log).await;
         }
     };
     let code = match status {
@@ -180,6 +188,20 @@ pub(super) async fn run_container(
         Err(e) => Err(format!("cannot wait for {}: {e}", oci.bin.display())),
     };
     finish(guard, usage, pumps, code, &plan).await
+}
+
+/// Whether a container of `plan` starts with more CPU than it asks for.
+pub(super) fn boosted(plan: &Plan) -> bool {
+    plan.cpu_millis > 0 && plan.cpu_millis < bundle::STARTUP_CPU_MILLIS
+}
+
+/// Lowers container `id`'s CPU quota from the startup boost to its request.
+pub(super) async fn end_boost(oci: &Oci, id: &str, plan: &Plan, log: &LogSink) {
+    let (oci, id, quota) = (oci.clone(), id.to_string(), bundle::cpu_quota(plan.cpu_millis));
+    let set = tokio::task::spawn_blocking(move || oci.set_cpu_quota(&id, quota, bundle::CPU_PERIOD)).await;
+    if let Err(e) = set.unwrap_or_else(|e| Err(e.to_string())) {
+        log.system(&format!("cannot lower the container's CPU quota to its request after its start: {e}"));
+    }
 }
 
 /// After a container's end: OOM kills read, everything torn down, the output
