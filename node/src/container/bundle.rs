@@ -25,10 +25,16 @@ pub const CPU_PERIOD: u64 = 100_000;
 /// request (`runc update`). At a request of 100m (10 ms a period) a start that
 /// needs a little more CPU than that waited for the next 100 ms period: nginx
 /// from zero answered in p50 154 ms at 100m and 74 ms at 1000m (#17). Its
-/// shares, which divide a busy node, are its request's from the start.
+/// shares (its weight against the runtime's own processes while it starts)
+/// are a core's too until then.
 pub const STARTUP_CPU_MILLIS: u64 = 1000;
 /// Longest a container keeps its startup CPU.
 pub const STARTUP_BOOST_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The CFS shares (weight) of `cpu_millis`.
+pub fn cpu_shares(cpu_millis: u64) -> u64 {
+    (cpu_millis * 1024 / 1000).max(2)
+}
 
 /// The CFS quota, microseconds per [`CPU_PERIOD`], of `cpu_millis`.
 pub fn cpu_quota(cpu_millis: u64) -> i64 {
@@ -286,7 +292,7 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build().map_err(e)?);
     }
     if b.cpu_millis > 0 {
-        let shares = (b.cpu_millis * 1024 / 1000).max(2);
+        let shares = cpu_shares(b.cpu_millis.max(STARTUP_CPU_MILLIS));
         let quota = cpu_quota(b.cpu_millis.max(STARTUP_CPU_MILLIS));
         resources = resources
             .cpu(LinuxCpuBuilder::default().shares(shares).quota(quota).period(CPU_PERIOD).build().map_err(e)?);
@@ -577,7 +583,7 @@ mod tests {
                   "cpu": {
                     "period": 100000,
                     "quota": 100000,
-                    "shares": 256
+                    "shares": 1024
                   },
                   "devices": [],
                   "memory": {

@@ -63,10 +63,10 @@ impl Oci {
         }
     }
 
-    /// Sets container `id`'s CFS quota (microseconds per `period`).
-    pub fn set_cpu_quota(&self, id: &str, quota: i64, period: u64) -> Result<(), String> {
-        let (quota, period) = (quota.to_string(), period.to_string());
-        self.quiet(&["update", "--cpu-quota", &quota, "--cpu-period", &period, id]).map(|_| ())
+    /// Sets container `id`'s CFS shares and quota (microseconds per `period`).
+    pub fn set_cpu(&self, id: &str, shares: u64, quota: i64, period: u64) -> Result<(), String> {
+        let (shares, quota, period) = (shares.to_string(), quota.to_string(), period.to_string());
+        self.quiet(&["update", "--cpu-share", &shares, "--cpu-quota", &quota, "--cpu-period", &period, id]).map(|_| ())
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to every process of container `id`.

@@ -197,10 +197,11 @@ pub(super) fn boosted(plan: &Plan) -> bool {
 
 /// Lowers container `id`'s CPU quota from the startup boost to its request.
 pub(super) async fn end_boost(oci: &Oci, id: &str, plan: &Plan, log: &LogSink) {
-    let (oci, id, quota) = (oci.clone(), id.to_string(), bundle::cpu_quota(plan.cpu_millis));
-    let set = tokio::task::spawn_blocking(move || oci.set_cpu_quota(&id, quota, bundle::CPU_PERIOD)).await;
+    let (oci, id) = (oci.clone(), id.to_string());
+    let (shares, quota) = (bundle::cpu_shares(plan.cpu_millis), bundle::cpu_quota(plan.cpu_millis));
+    let set = tokio::task::spawn_blocking(move || oci.set_cpu(&id, shares, quota, bundle::CPU_PERIOD)).await;
     if let Err(e) = set.unwrap_or_else(|e| Err(e.to_string())) {
-        log.system(&format!("cannot lower the container's CPU quota to its request after its start: {e}"));
+        log.system(&format!("cannot lower the container's CPU to its request after its start: {e}"));
     }
 }
 
