@@ -168,7 +168,7 @@ pub(super) async fn adopt(
     }
     // A container adopted in its start keeps no boost (nothing here watches
     // for its readiness to end it).
-    if super::run::boosted(&plan) {
+    if super::run::boosted(&plan, &spec) {
         super::run::end_boost(&net.oci, &id, &plan, &log).await;
     }
     let exit_file = bundle.join(EXIT_FILE);

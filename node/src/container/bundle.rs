@@ -20,8 +20,10 @@ use std::collections::{BTreeMap, HashSet};
 pub const PIDS_LIMIT: i64 = 1024;
 /// CPU quota period, microseconds.
 pub const CPU_PERIOD: u64 = 100_000;
-/// CPU a container may use until it is first ready (or for
-/// [`STARTUP_BOOST_MAX`]), when it asks for less: its quota then drops to its
+/// CPU a container that serves (an HTTP port or a readiness probe) may use
+/// until it is first ready (or for [`STARTUP_BOOST_MAX`]), when it asks for
+/// less; one that never reports ready (a batch job, a worker) keeps its
+/// request from the start. Its quota then drops to its
 /// request (`runc update`). At a request of 100m (10 ms a period) a start that
 /// needs a little more CPU than that waited for the next 100 ms period: nginx
 /// from zero answered in p50 154 ms at 100m and 74 ms at 1000m (#17). Its
@@ -81,6 +83,8 @@ pub struct BundleSpec {
     pub memory: u64,
     /// CPU in millicores (0: no quota).
     pub cpu_millis: u64,
+    /// Start with a core's CPU until ready ([`STARTUP_CPU_MILLIS`]).
+    pub startup_boost: bool,
     /// The container's network namespace.
     pub netns: NetNs,
     /// Host paths bound into the container: (host, container path, writable).
@@ -292,8 +296,8 @@ pub fn spec(b: &BundleSpec) -> Result<Spec, String> {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build().map_err(e)?);
     }
     if b.cpu_millis > 0 {
-        let shares = cpu_shares(b.cpu_millis.max(STARTUP_CPU_MILLIS));
-        let quota = cpu_quota(b.cpu_millis.max(STARTUP_CPU_MILLIS));
+        let start = if b.startup_boost { b.cpu_millis.max(STARTUP_CPU_MILLIS) } else { b.cpu_millis };
+        let (shares, quota) = (cpu_shares(start), cpu_quota(start));
         resources = resources
             .cpu(LinuxCpuBuilder::default().shares(shares).quota(quota).period(CPU_PERIOD).build().map_err(e)?);
     }
@@ -445,6 +449,7 @@ mod tests {
             cgroups_path: "/skiff/h".into(),
             memory: 0,
             cpu_millis: 0,
+            startup_boost: false,
             netns: NetNs::Host,
             binds: vec![],
             network_gate: None,
@@ -470,6 +475,7 @@ mod tests {
             cgroups_path: "/skiff/h".into(),
             memory: 0,
             cpu_millis: 0,
+            startup_boost: false,
             netns: NetNs::Join("/run/netns/skiff-h".into()),
             binds: vec![],
             network_gate: None,
@@ -501,6 +507,7 @@ mod tests {
             cgroups_path: "/skiff/web-abc123".into(),
             memory: 64 << 20,
             cpu_millis: 250,
+            startup_boost: true,
             netns: NetNs::Join("/run/netns/skiff-web-abc123".into()),
             binds: vec![("/var/lib/skiff/secrets/db".into(), "/run/secrets/db".into(), false)],
             network_gate: Some("/data/containers/run/web-abc123/network-gate".into()),

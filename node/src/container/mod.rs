@@ -336,6 +336,7 @@ fn probe(oci: &Oci, dir: &Path) -> Result<(), String> {
             cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
             memory: 32 << 20,
             cpu_millis: 100,
+            startup_boost: false,
             netns: bundle::NetNs::New,
             binds,
             network_gate: None,

@@ -170,7 +170,7 @@ pub(super) async fn run_container(
     // Cgroup usage into the replica's counters while it runs; the startup
     // CPU given back once it is ready (checked as often as usage is read).
     let mut usage = UsageReader::new(&id, &spec);
-    let mut boost = boosted(&plan).then(std::time::Instant::now);
+    let mut boost = boosted(&plan, &spec).then(std::time::Instant::now);
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
@@ -190,9 +190,12 @@ pub(super) async fn run_container(
     finish(guard, usage, pumps, code, &plan).await
 }
 
-/// Whether a container of `plan` starts with more CPU than it asks for.
-pub(super) fn boosted(plan: &Plan) -> bool {
-    plan.cpu_millis > 0 && plan.cpu_millis < bundle::STARTUP_CPU_MILLIS
+/// Whether a container of `plan` running `spec` starts with more CPU than it
+/// asks for: one that will report ready (an HTTP port or a readiness probe)
+/// and asks for less than a core.
+pub(super) fn boosted(plan: &Plan, spec: &RunSpec) -> bool {
+    let serves = spec.http_port.is_some() || spec.probes.readiness.is_some();
+    serves && plan.cpu_millis > 0 && plan.cpu_millis < bundle::STARTUP_CPU_MILLIS
 }
 
 /// Lowers container `id`'s CPU quota from the startup boost to its request.
@@ -290,6 +293,7 @@ fn prepare_bundle(
         cgroups_path: format!("/{CGROUP_PARENT}/{}", spec.replica),
         memory: plan.memory,
         cpu_millis: plan.cpu_millis,
+        startup_boost: boosted(plan, spec),
         netns,
         binds: spec.preopens.iter().map(|p| (p.host.clone(), p.guest.clone(), p.writable)).collect(),
         network_gate,
