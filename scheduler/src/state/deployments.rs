@@ -604,8 +604,7 @@ impl Mem {
     /// older revisions out as [`rollout::plan`] decides, and rolls a failing
     /// rollout back to the last good revision.
     /// The deployments a reconcile may change anything for: all but those
-    /// settled as [`Mem::reconcile`] judges them (at their count, one
-    /// revision, no rollout to complete, nothing leaving) whose place in
+    /// [`settled`] (what [`Mem::reconcile`] returns early for) whose place in
     /// `awake` is right. One read-only walk, no lookup per deployment: the
     /// full pass every 2 s used to reconcile each of 100,000 deployments
     /// (a clone of its name and its strategy, two lookups) under the state
@@ -623,10 +622,7 @@ impl Mem {
         self.deployments
             .iter()
             .filter(|(name, e)| {
-                let settled = e.counts.total == e.d.replicas
-                    && e.by_revision.keys().all(|r| *r == e.d.revision)
-                    && !can_complete(&e.d.rollout, e.d.revision)
-                    && !leaving.contains(name.as_str());
+                let settled = settled(e, leaving.contains(name.as_str()));
                 let awake_right = match wants_awake(e) {
                     true => self.awake.contains(name.as_str()),
                     false => !asleep.contains(name.as_str()),
@@ -641,17 +637,10 @@ impl Mem {
     pub(super) fn reconcile(&mut self, tx: &Tx, name: &str, now: Millis) -> Result<(), Error> {
         self.note_awake(name);
         let Some(e) = self.deployments.get(name) else { return Ok(()) };
-        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy.clone());
-        // At its count, all of the current revision, and no rollout that may
-        // still complete: the plan would create and stop nothing. (Completing
-        // one takes a walk: it asks how long each new replica has served.)
-        if e.counts.total as usize == desired
-            && e.by_revision.keys().all(|r| *r == revision)
-            && !can_complete(&e.d.rollout, revision)
-            && !self.moves.leaves_from(name)
-        {
+        if settled(e, self.moves.leaves_from(name)) {
             return Ok(());
         }
+        let (desired, revision, mut strategy) = (e.d.replicas as usize, e.d.revision, e.d.strategy.clone());
         // A pause holds a new revision back, not a drain or a rebalance.
         let paused = e.d.rollout.paused && e.by_revision.keys().any(|r| *r != revision);
         let min_ready_ms = strategy.min_ready_seconds as u64 * 1000;
@@ -936,6 +925,18 @@ const ROLLOUT_SETTLE_MS: u64 = 1000;
 /// Whether rollout `r` may still complete at `revision`: it is under way, or it
 /// failed for want of time (or with automatic rollback off) and its replicas
 /// may still come to serve.
+/// Whether deployment `e` (with a replica `leaving` its node or not) is
+/// settled: at its count, all of the current revision, no rollout that may
+/// still complete and nothing leaving, so a reconcile would create and stop
+/// nothing. (Completing a rollout takes a walk: it asks how long each new
+/// replica has served.)
+fn settled(e: &DeploymentEntry, leaving: bool) -> bool {
+    e.counts.total == e.d.replicas
+        && e.by_revision.keys().all(|r| *r == e.d.revision)
+        && !can_complete(&e.d.rollout, e.d.revision)
+        && !leaving
+}
+
 fn can_complete(r: &Rollout, revision: u64) -> bool {
     r.state == RolloutState::Progressing || (r.state == RolloutState::Failed && r.to_revision == revision)
 }
