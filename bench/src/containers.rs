@@ -166,26 +166,8 @@ pub async fn scenario_containers(skiff: &Path, deploys: usize) -> anyhow::Result
         let config = bare_config.as_ref().context("no bundle to copy")?;
         let bare_id = format!("bare-{}-{i}", std::process::id());
         std::fs::write(bare.join("config.json"), serde_json::to_vec_pretty(&bare_bundle(config, &rootfs, &bare_id))?)?;
-        // The detached container inherits runc's stdio: a file, not a pipe
-        // that would stay open as long as it runs.
-        let err_path = dir.path().join("bare-runc.log");
-        let err = std::fs::File::create(&err_path)?;
         let t = Instant::now();
-        let status = Command::new(&runc)
-            .arg("--root")
-            .arg(&bare_state)
-            .args(["run", "-d", "--bundle"])
-            .arg(&bare)
-            .arg(&bare_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .status()
-            .context("running runc")?;
-        if !status.success() {
-            let said = std::fs::read_to_string(&err_path).unwrap_or_default();
-            bail!("runc run -d {bare_id} failed: {}", said.trim());
-        }
+        runc_run_detached(&runc, &bare_state, &bare, &bare_id, &dir.path().join("bare-runc.log"))?;
         while !is_running(&bare_state, &bare_id) {
             if t.elapsed() > STEP_TIMEOUT {
                 bail!("bare container {bare_id} not running after {STEP_TIMEOUT:?}");
@@ -372,24 +354,8 @@ pub async fn scenario_containers_cold(skiff: &Path, archive: &Path, samples: usi
             sysctl.retain(|k, _| !k.starts_with("net."));
         }
         std::fs::write(bare.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-        let err_path = dir.path().join("bare-runc.log");
-        let err = std::fs::File::create(&err_path)?;
         let t = Instant::now();
-        let status = Command::new(&runc)
-            .arg("--root")
-            .arg(&bare_state)
-            .args(["run", "-d", "--bundle"])
-            .arg(&bare)
-            .arg(&bare_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .status()
-            .context("running runc")?;
-        if !status.success() {
-            let said = std::fs::read_to_string(&err_path).unwrap_or_default();
-            bail!("runc run -d {bare_id} failed: {}", said.trim());
-        }
+        runc_run_detached(&runc, &bare_state, &bare, &bare_id, &dir.path().join("bare-runc.log"))?;
         loop {
             if let Ok(r) = client.get("http://127.0.0.1:80/").send().await
                 && r.status() == 200
@@ -445,6 +411,30 @@ pub(crate) async fn import(dev: &crate::DevCluster, layer: &[u8]) -> anyhow::Res
     let req = ImageRequest { name: "benchbox".into(), tag: "latest".into(), digest: sha(&manifest) };
     dev.api.put_image(&req).await.context("recording the image")?;
     Ok("benchbox:latest".into())
+}
+
+/// `runc run -d` of `bundle` as container `id` (state under `state`). The
+/// detached container inherits runc's stdio: its errors go to the file
+/// `err_path`, not a pipe that would stay open as long as it runs, and a
+/// failure says what runc wrote there.
+fn runc_run_detached(runc: &Path, state: &Path, bundle: &Path, id: &str, err_path: &Path) -> anyhow::Result<()> {
+    let err = std::fs::File::create(err_path)?;
+    let status = Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(["run", "-d", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .status()
+        .context("running runc")?;
+    if !status.success() {
+        let said = std::fs::read_to_string(err_path).unwrap_or_default();
+        bail!("runc run -d {id} failed: {}", said.trim());
+    }
+    Ok(())
 }
 
 /// The node's bundle config for a bare run: rootfs `rootfs`, a cgroup under
