@@ -12,7 +12,7 @@
 
 use crate::cold::{scale_to_zero_request_idle, timed_get};
 use crate::http::wait_ok;
-use crate::procs::{Proc, peak_rss, rss};
+use crate::procs::{peak_rss, rss};
 use crate::{Cluster, apply_request_with, ms, percentile};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -39,34 +39,7 @@ pub async fn scenario_density(a: DensityArgs<'_>) -> anyhow::Result<Value> {
     let bytes = std::fs::read(a.component).with_context(|| format!("reading {}", a.component.display()))?;
     let max = (a.deployments + 100).to_string();
     let c = Cluster::start(a.skiff, "density", &["--max-objects", &max]).await?;
-    let node_dir = c.dir.path().join("node");
-    let node_dir_s = node_dir.display().to_string();
-    let token_file = c.dir.path().join("server").join("join-token").display().to_string();
-    let node = Proc::spawn(
-        a.skiff,
-        &[
-            "node",
-            "--server",
-            &c.url,
-            "--token-file",
-            &token_file,
-            "--name",
-            "density",
-            "--cpu",
-            "100000",
-            "--memory",
-            "2000Gi",
-            "--data-dir",
-            &node_dir_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--ingress",
-            "127.0.0.1:0",
-            "--activation-timeout",
-            "120s",
-        ],
-        &c.dir.path().join("node.log"),
-    )?;
+    let node = c.real_node(a.skiff, "density", "100000", "2000Gi", &["--activation-timeout", "120s"])?;
     c.wait_ready_nodes(1).await?;
     let digest = c.upload(&bytes).await?;
     // Compiled once, before anything is measured.

@@ -17,32 +17,7 @@ pub async fn scenario_idle(skiff: &Path, component: &Path, replicas: u32) -> any
     println!("idle: {replicas} idle HTTP replicas on one node");
     let bytes = std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let c = Cluster::start(skiff, "idle", &[]).await?;
-    let node_dir = c.dir.path().join("node");
-    let node_dir_s = node_dir.display().to_string();
-    let token_file = c.dir.path().join("server").join("join-token").display().to_string();
-    let node = Proc::spawn(
-        skiff,
-        &[
-            "node",
-            "--server",
-            &c.url,
-            "--token-file",
-            &token_file,
-            "--name",
-            "idle",
-            "--cpu",
-            "1000",
-            "--memory",
-            "200Gi",
-            "--data-dir",
-            &node_dir_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--ingress",
-            "127.0.0.1:0",
-        ],
-        &c.dir.path().join("node.log"),
-    )?;
+    let node = c.real_node(skiff, "idle", "1000", "200Gi", &[])?;
     c.wait_ready_nodes(1).await?;
     let digest = c.upload(&bytes).await?;
     let apply = |n: u32| apply_request_with(&digest, n, json!({ "cpu": "1m", "memory": "4Mi" }));

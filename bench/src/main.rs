@@ -472,6 +472,42 @@ impl Cluster {
         Ok(Cluster { dir, server, sims: Vec::new(), url, token, api })
     }
 
+    /// Starts one real `skiff node` named `name` offering `cpu` millicores and
+    /// `memory`, with its data in `node/`, its API and ingress on loopback
+    /// ports of its choice and its log in `node.log`; `extra` are more flags.
+    pub(crate) fn real_node(
+        &self,
+        skiff: &Path,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let node_dir = self.dir.path().join("node").display().to_string();
+        let token_file = self.dir.path().join("server").join("join-token").display().to_string();
+        let mut args = vec![
+            "node",
+            "--server",
+            &self.url,
+            "--token-file",
+            &token_file,
+            "--name",
+            name,
+            "--cpu",
+            cpu,
+            "--memory",
+            memory,
+            "--data-dir",
+            &node_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(skiff, &args, &self.dir.path().join("node.log"))
+    }
+
     /// Starts a process of `count` simulated nodes named `prefix-NNNNN`.
     fn simulate(&mut self, skiff: &Path, count: usize, prefix: &str) -> anyhow::Result<()> {
         let n = count.to_string();
