@@ -426,28 +426,9 @@ fn the_split_holds_across_nodes() {
     let mut nodes = Vec::new();
     let mut ingresses = Vec::new();
     for name in ["n1", "n2"] {
-        let data = dir.path().join(format!("node-{name}"));
-        let args = [
-            "node",
-            "--server",
-            &url,
-            "--token",
-            &token,
-            "--name",
-            name,
-            "--cpu",
-            "2",
-            "--memory",
-            "2Gi",
-            "--data-dir",
-            data.to_str().unwrap_or_default(),
-            "--listen",
-            "127.0.0.1:0",
-            "--ingress",
-            "127.0.0.1:0",
-        ];
-        nodes.push(Proc::start(name, &args, &dir.path().join(format!("node-{name}.log"))));
-        ingresses.push(read_when_ready(&data.join("ingress.addr")));
+        let (node, ingress) = start_node_on_loopback(dir.path(), &url, &token, name, &[]);
+        nodes.push(node);
+        ingresses.push(ingress);
     }
     wait_for(Duration::from_secs(30), "2 ready nodes", || {
         let n = get_json(dir.path(), &url, "nodes");

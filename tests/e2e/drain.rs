@@ -70,28 +70,8 @@ impl Cluster {
         // read as if it were up.
         let _ = std::fs::remove_file(data.join("ingress.addr"));
         let _ = std::fs::remove_file(data.join("node.addr"));
-        let args = [
-            "node",
-            "--server",
-            &self.url,
-            "--token",
-            &self.token,
-            "--name",
-            name,
-            "--cpu",
-            "2",
-            "--memory",
-            "2Gi",
-            "--data-dir",
-            data.to_str().unwrap_or_default(),
-            "--listen",
-            "127.0.0.1:0",
-            "--ingress",
-            "127.0.0.1:0",
-        ];
-        let log = self.dir.path().join(format!("node-{name}.log"));
-        self.nodes.insert(name.to_string(), Proc::start(name, &args, &log));
-        read_when_ready(&data.join("ingress.addr"));
+        let (node, _) = start_node_on_loopback(self.dir.path(), &self.url, &self.token, name, &[]);
+        self.nodes.insert(name.to_string(), node);
     }
 
     fn ingress(&self, name: &str) -> String {

@@ -25,30 +25,9 @@ impl Cluster {
         let mut procs = Vec::new();
         let mut ingresses = Vec::new();
         for name in nodes {
-            let data = dir.path().join(format!("node-{name}"));
-            let args = [
-                "node",
-                "--server",
-                &url,
-                "--token",
-                &token,
-                "--name",
-                name,
-                "--cpu",
-                "2",
-                "--memory",
-                "2Gi",
-                "--data-dir",
-                data.to_str().unwrap_or_default(),
-                "--listen",
-                "127.0.0.1:0",
-                "--ingress",
-                "127.0.0.1:0",
-                "--request-timeout",
-                "2s",
-            ];
-            procs.push(Proc::start(name, &args, &dir.path().join(format!("node-{name}.log"))));
-            ingresses.push(read_when_ready(&data.join("ingress.addr")));
+            let (node, ingress) = start_node_on_loopback(dir.path(), &url, &token, name, &["--request-timeout", "2s"]);
+            procs.push(node);
+            ingresses.push(ingress);
         }
         let c = Cluster { dir, url, _server: server, nodes: procs, ingresses };
         // Deploying before every node has registered would place all replicas on

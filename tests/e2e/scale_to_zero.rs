@@ -31,28 +31,9 @@ impl Cluster {
         let mut c = Cluster { dir, url, _server: server, nodes: Vec::new(), ingresses: Vec::new(), apis: Vec::new() };
         for name in nodes {
             let data = c.dir.path().join(format!("node-{name}"));
-            let base = [
-                "node",
-                "--server",
-                &c.url,
-                "--token",
-                &token,
-                "--name",
-                name,
-                "--cpu",
-                "2",
-                "--memory",
-                "2Gi",
-                "--data-dir",
-                data.to_str().unwrap_or_default(),
-                "--listen",
-                "127.0.0.1:0",
-                "--ingress",
-                "127.0.0.1:0",
-            ];
-            let args = [&base[..], node_extra].concat();
-            c.nodes.push(Proc::start(name, &args, &c.dir.path().join(format!("node-{name}.log"))));
-            c.ingresses.push(read_when_ready(&data.join("ingress.addr")));
+            let (node, ingress) = start_node_on_loopback(c.dir.path(), &c.url, &token, name, node_extra);
+            c.nodes.push(node);
+            c.ingresses.push(ingress);
             c.apis.push(read_when_ready(&data.join("node.addr")));
         }
         let n = nodes.len();

@@ -214,6 +214,36 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<
     }
 }
 
+/// Starts node `name` of the server at `url` (join token `token`) offering 2
+/// CPUs and 2Gi, its data in `dir/node-NAME`, its API and ingress on loopback
+/// ports of its choice, its log in `dir/node-NAME.log`, with `extra` flags;
+/// returns it and its ingress address once the node has written it.
+pub fn start_node_on_loopback(dir: &Path, url: &str, token: &str, name: &str, extra: &[&str]) -> (Proc, String) {
+    let data = dir.join(format!("node-{name}"));
+    let base = [
+        "node",
+        "--server",
+        url,
+        "--token",
+        token,
+        "--name",
+        name,
+        "--cpu",
+        "2",
+        "--memory",
+        "2Gi",
+        "--data-dir",
+        data.to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+    ];
+    let node = Proc::start(name, &[&base[..], extra].concat(), &dir.join(format!("node-{name}.log")));
+    let ingress = read_when_ready(&data.join("ingress.addr"));
+    (node, ingress)
+}
+
 /// Reads a file that a process writes at start-up, once it exists.
 pub fn read_when_ready(path: &Path) -> String {
     wait_for(Duration::from_secs(30), &format!("{} to appear", path.display()), || {
